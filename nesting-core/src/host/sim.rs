@@ -1,0 +1,2 @@
+//! Placeholder: simulated backend.
+pub struct SimIommufd;
