@@ -1,0 +1,166 @@
+//! `viommu probe`: describe the host IOMMU behind a device and say whether
+//! a passthrough device of a given guest model would be nested, shadowed or
+//! refused, with the checks that decided it.
+//!
+//! The same sequence runs on the simulated and the real host: bind the
+//! device, `IOMMU_GET_HW_INFO`, attach it to a scratch IOAS to learn the
+//! usable IOVA ranges and alignment (the kernel reports them only for an IOAS
+//! with devices attached), then run the ladder.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nesting_core::guest::GuestModel;
+use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+use nesting_core::host::profile::SimHostSpec;
+use nesting_core::host::{DeviceSource, HostError, Iommufd, PtId, SimIommufd};
+use nesting_core::ladder::{self, Decision, HostView};
+use thiserror::Error;
+
+/// Where the host comes from.
+#[derive(Debug)]
+pub enum HostArg {
+    /// The simulated host with a profile (`sim:PROFILE[,KEY=VALUE...]`).
+    Sim(SimHostSpec),
+    /// The real iommufd at a path, with a VFIO cdev device.
+    Real {
+        /// Usually `/dev/iommu`.
+        iommu: PathBuf,
+        /// `/dev/vfio/devices/vfioN`.
+        device: PathBuf,
+    },
+}
+
+/// What `probe` was asked.
+#[derive(Debug)]
+pub struct ProbeArgs {
+    /// The host.
+    pub host: HostArg,
+    /// The guest model configuration.
+    pub model: GuestModel,
+}
+
+/// Bad command line: exit status 2.
+#[derive(Debug, Error)]
+pub enum ProbeUsageError {
+    /// A flag is missing its value.
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    /// An unknown flag or stray argument.
+    #[error("unexpected argument {0:?}")]
+    Unexpected(String),
+    /// `--model` missing.
+    #[error("--model vtd|smmuv3|virtio-iommu is required")]
+    NoModel,
+    /// A real host needs `--device`.
+    #[error("--host {0} needs --device /dev/vfio/devices/vfioN")]
+    NoDevice(String),
+    /// `--device` only goes with a real host.
+    #[error("--device only applies to a real host (--host /dev/iommu)")]
+    DeviceWithSim,
+    /// A bad `sim:` profile.
+    #[error("--host: {0}")]
+    Profile(#[from] nesting_core::host::profile::ProfileError),
+    /// A bad model option.
+    #[error("--model: {0}")]
+    Model(#[from] nesting_core::guest::GuestConfigError),
+}
+
+/// The host failed while probing: exit status 1.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    /// Opening `/dev/iommu`.
+    #[error("opening {path}")]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: HostError,
+    },
+    /// A host call.
+    #[error("probing the host")]
+    Host(#[from] HostError),
+}
+
+/// Usage text.
+pub const USAGE: &str = "usage: viommu probe [--host sim:PROFILE[,KEY=VALUE...] | --host /dev/iommu --device /dev/vfio/devices/vfioN] --model vtd|smmuv3|virtio-iommu [MODEL-KEY=VALUE...]
+profiles: vtd-nest (default), vtd-nonest, smmuv3-nest, smmuv3-s2only, none; keys cap=, ecap=, idr0=..idr5=, pgsize=, aperture=START-LAST";
+
+/// Parses `probe`'s arguments (after the word `probe`).
+pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
+    let mut host: Option<String> = None;
+    let mut device: Option<PathBuf> = None;
+    let mut model: Option<String> = None;
+    let mut opts: Vec<&str> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--host" => host = Some(it.next().ok_or(ProbeUsageError::MissingValue("--host"))?.clone()),
+            "--device" => device = Some(it.next().ok_or(ProbeUsageError::MissingValue("--device"))?.into()),
+            "--model" => model = Some(it.next().ok_or(ProbeUsageError::MissingValue("--model"))?.clone()),
+            s if model.is_some() && s.contains('=') && !s.starts_with('-') => opts.push(s),
+            s => return Err(ProbeUsageError::Unexpected(s.to_string())),
+        }
+    }
+    let model = GuestModel::from_options(model.as_deref().ok_or(ProbeUsageError::NoModel)?, &opts)?;
+    let host = host.unwrap_or_else(|| "sim:vtd-nest".to_string());
+    let host = match host.strip_prefix("sim:") {
+        Some(spec) => {
+            if device.is_some() {
+                return Err(ProbeUsageError::DeviceWithSim);
+            }
+            HostArg::Sim(SimHostSpec::parse(spec)?)
+        }
+        None => HostArg::Real {
+            device: device.ok_or_else(|| ProbeUsageError::NoDevice(host.clone()))?,
+            iommu: host.into(),
+        },
+    };
+    Ok(ProbeArgs { host, model })
+}
+
+/// Probes one device on `host` and decides for `model`.
+pub fn probe_device(host: &SharedHost, source: DeviceSource, model: &GuestModel) -> Result<(HostView, Decision), HostError> {
+    let mut dev = BoundDevice::bind(host, source)?;
+    let info = host.hw_info(dev.id())?;
+    let ioas = Ioas::alloc(host)?;
+    dev.attach(None, PtId::Ioas(ioas.id()))?;
+    let ranges = host.ioas_iova_ranges(ioas.id());
+    dev.detach(None)?;
+    let ranges = ranges?;
+    let view = HostView {
+        info,
+        iova_ranges: ranges.ranges,
+        page_size: ranges.alignment.max(4096),
+        unit: None,
+    };
+    let decision = ladder::decide(model, &view);
+    Ok((view, decision))
+}
+
+/// Runs `probe`, printing the host description, `decision: ...` and the
+/// checks.
+pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<Decision, ProbeError> {
+    let (host, source): (SharedHost, DeviceSource) = match &args.host {
+        HostArg::Sim(spec) => {
+            let sim = Arc::new(SimIommufd::with_host(spec.clone()));
+            let source = sim.add_device(0);
+            (sim, source)
+        }
+        HostArg::Real { iommu, device } => {
+            let fd = Iommufd::open_path(iommu).map_err(|source| ProbeError::Open { path: iommu.clone(), source })?;
+            (Arc::new(fd), DeviceSource::Path(device.clone()))
+        }
+    };
+    let (view, decision) = probe_device(&host, source, &args.model)?;
+    let _ = writeln!(out, "{}", view.info);
+    let _ = writeln!(out, "host page size: {:#x}", view.page_size);
+    for r in &view.iova_ranges {
+        let _ = writeln!(out, "host iova range: {r}");
+    }
+    let _ = writeln!(out, "guest model: {}", args.model.model_name());
+    let _ = write!(out, "{decision}");
+    Ok(decision)
+}
