@@ -642,8 +642,15 @@ pub trait HostBackend: Send + Sync + fmt::Debug {
         access: Access,
     ) -> HostResult<Iova>;
     /// Unmaps every mapping inside `[iova, iova + len)`; `(0, u64::MAX)`
-    /// unmaps everything. A mapping crossing the range boundary makes the
-    /// call fail with nothing changed. Returns the number of bytes unmapped.
+    /// unmaps everything. Returns the number of bytes unmapped; ENOENT when
+    /// nothing was mapped there.
+    ///
+    /// A mapping crossing the range boundary makes the call fail with
+    /// ENOENT, but not always with nothing changed: the kernel walks the
+    /// mappings in ascending order and has already removed those before the
+    /// crossing one (`iopt_unmap_iova_range` in
+    /// `drivers/iommu/iommufd/io_pagetable.c`). Callers that need
+    /// all-or-nothing must unmap exactly whole mappings.
     fn ioas_unmap(&self, ioas: IoasId, iova: Iova, len: u64) -> HostResult<u64>;
     /// Copies the mappings of `[src_iova, src_iova + len)` of `src` into
     /// `dst`, sharing their pinned pages (`IOMMU_IOAS_COPY`).
@@ -711,7 +718,9 @@ pub trait HostBackend: Send + Sync + fmt::Debug {
     /// Detaches a device (or PASID), leaving it blocked.
     fn detach(&self, dev: DevId, pasid: Option<Pasid>) -> HostResult<()>;
 
-    /// Destroys an object (`IOMMU_DESTROY`); EBUSY while in use.
+    /// Destroys an object (`IOMMU_DESTROY`); EBUSY while in use. For a
+    /// vEVENTQ or fault queue the backend first closes the queue's file
+    /// (an open file holds a reference, so the kernel would answer EBUSY).
     fn destroy(&self, id: ObjectId) -> HostResult<()>;
 }
 
