@@ -1,2 +1,0 @@
-//! Placeholder: simulated backend.
-pub struct SimIommufd;
