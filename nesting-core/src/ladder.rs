@@ -137,12 +137,14 @@ impl Decision {
 }
 
 impl fmt::Display for Decision {
-    /// `decision: KIND`, then one line per check.
+    /// `decision: KIND`, `reason: ...`, then one line per check, each
+    /// line ending in a newline.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "decision: {}", self.kind)?;
+        writeln!(f, "decision: {}", self.kind)?;
+        writeln!(f, "reason: {}", self.reason)?;
         for c in &self.checks {
             let mark = if c.passed { "ok  " } else { "FAIL" };
-            write!(f, "\n  {mark} {}: {}", c.name, c.detail)?;
+            writeln!(f, "  {mark} {}: {}", c.name, c.detail)?;
         }
         Ok(())
     }

@@ -408,7 +408,10 @@ mod tests {
     fn page_sizes_smallest_and_intersection() {
         let s = PageSizes(0x4020_1000);
         assert_eq!(s.smallest(), Some(PageSize::SIZE_4K));
-        assert_eq!(s.intersect(PageSizes(0x20_0000)).smallest(), Some(PageSize::SIZE_2M));
+        assert_eq!(
+            s.intersect(PageSizes(0x20_0000)).smallest(),
+            Some(PageSize::SIZE_2M)
+        );
         assert_eq!(PageSizes(0).smallest(), None);
     }
 

@@ -77,7 +77,7 @@ pub enum ProbeError {
         path: PathBuf,
         /// Why.
         #[source]
-        source: HostError,
+        source: std::io::Error,
     },
     /// A host call.
     #[error("probing the host")]
@@ -97,9 +97,27 @@ pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--host" => host = Some(it.next().ok_or(ProbeUsageError::MissingValue("--host"))?.clone()),
-            "--device" => device = Some(it.next().ok_or(ProbeUsageError::MissingValue("--device"))?.into()),
-            "--model" => model = Some(it.next().ok_or(ProbeUsageError::MissingValue("--model"))?.clone()),
+            "--host" => {
+                host = Some(
+                    it.next()
+                        .ok_or(ProbeUsageError::MissingValue("--host"))?
+                        .clone(),
+                )
+            }
+            "--device" => {
+                device = Some(
+                    it.next()
+                        .ok_or(ProbeUsageError::MissingValue("--device"))?
+                        .into(),
+                )
+            }
+            "--model" => {
+                model = Some(
+                    it.next()
+                        .ok_or(ProbeUsageError::MissingValue("--model"))?
+                        .clone(),
+                )
+            }
             s if model.is_some() && s.contains('=') && !s.starts_with('-') => opts.push(s),
             s => return Err(ProbeUsageError::Unexpected(s.to_string())),
         }
@@ -122,7 +140,11 @@ pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
 }
 
 /// Probes one device on `host` and decides for `model`.
-pub fn probe_device(host: &SharedHost, source: DeviceSource, model: &GuestModel) -> Result<(HostView, Decision), HostError> {
+pub fn probe_device(
+    host: &SharedHost,
+    source: DeviceSource,
+    model: &GuestModel,
+) -> Result<(HostView, Decision), HostError> {
     let mut dev = BoundDevice::bind(host, source)?;
     let info = host.hw_info(dev.id())?;
     let ioas = Ioas::alloc(host)?;
@@ -150,7 +172,10 @@ pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<Decision, ProbeError
             (sim, source)
         }
         HostArg::Real { iommu, device } => {
-            let fd = Iommufd::open_path(iommu).map_err(|source| ProbeError::Open { path: iommu.clone(), source })?;
+            let fd = Iommufd::open_path(iommu).map_err(|source| ProbeError::Open {
+                path: iommu.clone(),
+                source,
+            })?;
             (Arc::new(fd), DeviceSource::Path(device.clone()))
         }
     };

@@ -11,7 +11,9 @@ use crate::types::{Iova, IovaRange};
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProfileError {
     /// The profile name is not one of [`HostProfile::NAMES`].
-    #[error("unknown host profile {0:?} (known: vtd-nest, vtd-nonest, smmuv3-nest, smmuv3-s2only, none)")]
+    #[error(
+        "unknown host profile {0:?} (known: vtd-nest, vtd-nonest, smmuv3-nest, smmuv3-s2only, none)"
+    )]
     UnknownProfile(String),
     /// An override key is not known.
     #[error("unknown host key {0:?} (known: cap, ecap, idr0..idr5, pgsize, aperture)")]
@@ -55,8 +57,13 @@ pub enum HostProfile {
 
 impl HostProfile {
     /// Profile names as written in scripts.
-    pub const NAMES: [&'static str; 5] =
-        ["vtd-nest", "vtd-nonest", "smmuv3-nest", "smmuv3-s2only", "none"];
+    pub const NAMES: [&'static str; 5] = [
+        "vtd-nest",
+        "vtd-nonest",
+        "smmuv3-nest",
+        "smmuv3-s2only",
+        "none",
+    ];
 
     /// Every profile.
     pub const ALL: [HostProfile; 5] = [
@@ -156,7 +163,9 @@ impl SimHostSpec {
                     *ecap = VtdEcap(n);
                 }
                 self.info.max_pasid_log2 = vtd_pasid_bits(*ecap);
-                self.info.caps.set(HostCaps::DIRTY_TRACKING, ecap.has(ecap::SSADS));
+                self.info
+                    .caps
+                    .set(HostCaps::DIRTY_TRACKING, ecap.has(ecap::SSADS));
             }
             k if k.len() == 4 && k.starts_with("idr") => {
                 let i = usize::from(k.as_bytes()[3].wrapping_sub(b'0'));
@@ -180,11 +189,14 @@ impl SimHostSpec {
                 self.page_size = n;
             }
             "aperture" => {
-                let (a, b) = value.split_once('-').ok_or_else(|| bad("expected START-LAST"))?;
+                let (a, b) = value
+                    .split_once('-')
+                    .ok_or_else(|| bad("expected START-LAST"))?;
                 let (a, b) = parse_u64(a)
                     .zip(parse_u64(b))
                     .ok_or_else(|| bad("not a number"))?;
-                self.aperture = IovaRange::new(Iova(a), Iova(b)).ok_or_else(|| bad("LAST < START"))?;
+                self.aperture =
+                    IovaRange::new(Iova(a), Iova(b)).ok_or_else(|| bad("LAST < START"))?;
             }
             _ => return Err(ProfileError::UnknownKey(key.to_string())),
         }
@@ -203,10 +215,16 @@ impl SimHostSpec {
                     }
                     let mut pieces = vec![];
                     if a.first < r.first {
-                        pieces.push(IovaRange { first: a.first, last: Iova(r.first.0 - 1) });
+                        pieces.push(IovaRange {
+                            first: a.first,
+                            last: Iova(r.first.0 - 1),
+                        });
                     }
                     if r.last < a.last {
-                        pieces.push(IovaRange { first: Iova(r.last.0 + 1), last: a.last });
+                        pieces.push(IovaRange {
+                            first: Iova(r.last.0 + 1),
+                            last: a.last,
+                        });
                     }
                     pieces
                 })
@@ -399,14 +417,20 @@ mod tests {
             SimHostSpec::parse("vtd-nest,idr7=1"),
             Err(ProfileError::UnknownKey(_))
         ));
-        assert!(matches!(SimHostSpec::parse("amd"), Err(ProfileError::UnknownProfile(_))));
+        assert!(matches!(
+            SimHostSpec::parse("amd"),
+            Err(ProfileError::UnknownProfile(_))
+        ));
         assert!(SimHostSpec::parse("none,pgsize=4097").is_err());
     }
 
     #[test]
     fn usable_ranges_exclude_msi_window() {
         let r = HostProfile::VtdNest.spec().usable_ranges();
-        assert_eq!(r, vec![range(0, 0xfedf_ffff), range(0xfef0_0000, (1 << 48) - 1)]);
+        assert_eq!(
+            r,
+            vec![range(0, 0xfedf_ffff), range(0xfef0_0000, (1 << 48) - 1)]
+        );
     }
 
     #[test]

@@ -494,7 +494,12 @@ fn decision_display_lists_every_check() {
     let text = d.to_string();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("decision: refuse"));
-    assert_eq!(text.lines().count(), d.checks.len() + 1);
+    assert_eq!(
+        lines.next(),
+        Some(format!("reason: {}", d.reason()).as_str())
+    );
+    assert_eq!(text.lines().count(), d.checks.len() + 2);
+    assert!(text.ends_with('\n'));
     assert!(text.contains("\n  ok   host-type: "), "{text}");
     assert!(
         text.contains("\n  FAIL host-nest: host ECAP.NEST=0"),

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::profile::{SimHostSpec, HostProfile};
+use nesting_core::host::profile::{HostProfile, SimHostSpec};
 use nesting_core::host::sim::{SimBacking, SimIommufd};
-use nesting_core::host::{HostOp, PtId};
-use nesting_core::ladder::{self, Decision, HostView};
+use nesting_core::host::{HostBackend, HostOp, PtId};
+use nesting_core::ladder::{self, HostView};
 use nesting_core::types::{Access, Iova};
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 pub mod parse;
 
@@ -55,7 +55,13 @@ pub trait ReplayModel {
         Err(ModelError::Unsupported)
     }
     /// Register write; returns after the write's synchronous effects.
-    fn mmio_write(&mut self, env: &Env<'_>, width: Width, offset: u64, value: u64) -> Result<(), ModelError> {
+    fn mmio_write(
+        &mut self,
+        env: &Env<'_>,
+        width: Width,
+        offset: u64,
+        value: u64,
+    ) -> Result<(), ModelError> {
         Err(ModelError::Unsupported)
     }
     /// Device feature bits offered.
@@ -75,11 +81,25 @@ pub trait ReplayModel {
         Err(ModelError::Unsupported)
     }
     /// Sets up a split virtqueue.
-    fn queue(&mut self, env: &Env<'_>, q: u16, size: u16, desc: u64, avail: u64, used: u64) -> Result<(), ModelError> {
+    fn queue(
+        &mut self,
+        env: &Env<'_>,
+        q: u16,
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    ) -> Result<(), ModelError> {
         Err(ModelError::Unsupported)
     }
     /// Publishes one chain and notifies.
-    fn submit(&mut self, env: &Env<'_>, q: u16, out: &[parse::Buf], inp: &[parse::Buf]) -> Result<(), ModelError> {
+    fn submit(
+        &mut self,
+        env: &Env<'_>,
+        q: u16,
+        out: &[parse::Buf],
+        inp: &[parse::Buf],
+    ) -> Result<(), ModelError> {
         Err(ModelError::Unsupported)
     }
     /// Used-ring entries produced on `q` so far.
@@ -118,11 +138,6 @@ pub struct Summary {
     pub failed: usize,
 }
 
-struct Passthrough {
-    _device: BoundDevice,
-    decision: Decision,
-}
-
 struct Session<'o> {
     out: &'o mut dyn Write,
     summary: Summary,
@@ -131,7 +146,8 @@ struct Session<'o> {
     ram_total: u64,
     host_spec: Option<SimHostSpec>,
     host: Option<Arc<SimIommufd>>,
-    passthrough: BTreeMap<u32, Passthrough>,
+    /// Passthrough devices by SID, bound to the simulated host.
+    passthrough: BTreeMap<u32, BoundDevice>,
 }
 
 /// Runs one script, writing `ok`/`FAIL` lines and the closing
@@ -177,25 +193,44 @@ pub fn defaults_text(model: &str) -> Result<String, String> {
 }
 
 impl Session<'_> {
-    fn check(&mut self, line: usize, ok: bool, expected: impl FnOnce() -> String, got: impl FnOnce() -> String) {
+    fn check(
+        &mut self,
+        line: usize,
+        ok: bool,
+        expected: impl FnOnce() -> String,
+        got: impl FnOnce() -> String,
+    ) {
         if ok {
             self.summary.passed += 1;
             let _ = writeln!(self.out, "ok {line}");
         } else {
             self.summary.failed += 1;
-            let _ = writeln!(self.out, "FAIL {line}: expected {}, got {}", expected(), got());
+            let _ = writeln!(
+                self.out,
+                "FAIL {line}: expected {}, got {}",
+                expected(),
+                got()
+            );
         }
     }
 
     fn check_value(&mut self, line: usize, expect: &Expect, actual: u64) {
-        self.check(line, expect.holds(actual), || expect.describe(), || format!("{actual:#x}"));
+        self.check(
+            line,
+            expect.holds(actual),
+            || expect.describe(),
+            || format!("{actual:#x}"),
+        );
     }
 
     fn host(&mut self) -> Arc<SimIommufd> {
         if let Some(h) = &self.host {
             return h.clone();
         }
-        let spec = self.host_spec.clone().unwrap_or_else(|| self.default_host().spec());
+        let spec = self
+            .host_spec
+            .clone()
+            .unwrap_or_else(|| self.default_host().spec());
         let host = Arc::new(SimIommufd::with_host(spec.clone()));
         self.host_spec = Some(spec);
         self.host = Some(host.clone());
@@ -219,7 +254,10 @@ impl Session<'_> {
     ) -> Result<T, ScriptError> {
         let host = self.host();
         let Some((cfg, model)) = self.model.as_mut() else {
-            return Err(ScriptError::new(line, "use before setup: no `model` directive yet"));
+            return Err(ScriptError::new(
+                line,
+                "use before setup: no `model` directive yet",
+            ));
         };
         let env = Env {
             mem: &self.mem,
@@ -228,18 +266,17 @@ impl Session<'_> {
         f(model.as_mut(), &env).map_err(|e| match e {
             ModelError::Unsupported => ScriptError::new(
                 line,
-                format!("directive {what} is not supported by model {}", cfg.model_name()),
+                format!(
+                    "directive {what} is not supported by model {}",
+                    cfg.model_name()
+                ),
             ),
             ModelError::Script(reason) => ScriptError::new(line, reason),
         })
     }
 
     fn need_ram(&self, line: usize, gpa: u64, len: usize) -> Result<(), ScriptError> {
-        let ok = len == 0
-            || self
-                .mem
-                .checked_offset(GuestAddress(gpa), len.saturating_sub(1))
-                .is_some_and(|_| self.mem.check_range(GuestAddress(gpa), len, vm_memory::Permissions::ReadWrite));
+        let ok = len == 0 || GuestMemoryBackend::check_range(&self.mem, GuestAddress(gpa), len);
         if ok {
             Ok(())
         } else {
@@ -261,18 +298,25 @@ impl Session<'_> {
                     return Err(ScriptError::new(n, "`model` given twice"));
                 }
                 let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
-                let cfg = GuestModel::from_options(name, &opts).map_err(|e| ScriptError::new(n, e.to_string()))?;
+                let cfg = GuestModel::from_options(name, &opts)
+                    .map_err(|e| ScriptError::new(n, e.to_string()))?;
                 let model = make_model(&cfg);
                 self.model = Some((cfg, model));
             }
             Directive::Ram { gpa, size } => self.add_ram(n, *gpa, *size)?,
             Directive::Host { spec } => {
                 if self.host.is_some() {
-                    return Err(ScriptError::new(n, "`host` must come before passthrough devices and host checks, once"));
+                    return Err(ScriptError::new(
+                        n,
+                        "`host` must come before passthrough devices and host checks, once",
+                    ));
                 }
-                self.host_spec = Some(SimHostSpec::parse(spec).map_err(|e| ScriptError::new(n, e.to_string()))?);
+                self.host_spec =
+                    Some(SimHostSpec::parse(spec).map_err(|e| ScriptError::new(n, e.to_string()))?);
             }
-            Directive::Passthrough { sid, expect } => self.passthrough(n, *sid, expect.as_deref())?,
+            Directive::Passthrough { sid, expect } => {
+                self.passthrough(n, *sid, expect.as_deref())?
+            }
             Directive::Write { width, gpa, value } => {
                 let bytes = value.to_le_bytes();
                 self.write_mem(n, *gpa, &bytes[..width.bytes()])?;
@@ -283,35 +327,70 @@ impl Session<'_> {
                 self.read_mem(n, *gpa, &mut buf[..width.bytes()])?;
                 self.check_value(n, expect, u64::from_le_bytes(buf));
             }
-            Directive::MmioWrite { width, offset, value } => {
-                self.model_call(n, "mmio-write", |m, env| m.mmio_write(env, *width, *offset, *value))?
-            }
-            Directive::MmioRead { width, offset, expect } => {
-                let v = self.model_call(n, "mmio-read", |m, env| m.mmio_read(env, *width, *offset))?;
+            Directive::MmioWrite {
+                width,
+                offset,
+                value,
+            } => self.model_call(n, "mmio-write", |m, env| {
+                m.mmio_write(env, *width, *offset, *value)
+            })?,
+            Directive::MmioRead {
+                width,
+                offset,
+                expect,
+            } => {
+                let v =
+                    self.model_call(n, "mmio-read", |m, env| m.mmio_read(env, *width, *offset))?;
                 self.check_value(n, expect, v);
             }
             Directive::Features { expect } => {
                 let v = self.model_call(n, "features", |m, _| m.features())?;
                 self.check_value(n, expect, v);
             }
-            Directive::AckFeatures { value } => self.model_call(n, "ack-features", |m, _| m.ack_features(*value))?,
-            Directive::ConfigRead { width, offset, expect } => {
+            Directive::AckFeatures { value } => {
+                self.model_call(n, "ack-features", |m, _| m.ack_features(*value))?
+            }
+            Directive::ConfigRead {
+                width,
+                offset,
+                expect,
+            } => {
                 let v = self.model_call(n, "config-read", |m, _| m.config_read(*width, *offset))?;
                 self.check_value(n, expect, v);
             }
-            Directive::ConfigWrite { width, offset, value } => {
-                self.model_call(n, "config-write", |m, _| m.config_write(*width, *offset, *value))?
+            Directive::ConfigWrite {
+                width,
+                offset,
+                value,
+            } => self.model_call(n, "config-write", |m, _| {
+                m.config_write(*width, *offset, *value)
+            })?,
+            Directive::Queue {
+                q,
+                size,
+                desc,
+                avail,
+                used,
+            } => self.model_call(n, "queue", |m, env| {
+                m.queue(env, *q, *size, *desc, *avail, *used)
+            })?,
+            Directive::Submit { q, out, inp } => {
+                self.model_call(n, "submit", |m, env| m.submit(env, *q, out, inp))?
             }
-            Directive::Queue { q, size, desc, avail, used } => {
-                self.model_call(n, "queue", |m, env| m.queue(env, *q, *size, *desc, *avail, *used))?
-            }
-            Directive::Submit { q, out, inp } => self.model_call(n, "submit", |m, env| m.submit(env, *q, out, inp))?,
             Directive::Used { q, expect } => {
                 let v = self.model_call(n, "used", |m, env| m.used(env, *q))?;
                 self.check_value(n, expect, v);
             }
-            Directive::Translate { sid, pasid, iova, access, expect } => {
-                let got = self.model_call(n, "translate", |m, env| m.translate(env, *sid, *pasid, *iova, *access))?;
+            Directive::Translate {
+                sid,
+                pasid,
+                iova,
+                access,
+                expect,
+            } => {
+                let got = self.model_call(n, "translate", |m, env| {
+                    m.translate(env, *sid, *pasid, *iova, *access)
+                })?;
                 let ok = match (expect, got) {
                     (TranslateExpect::Gpa(g), Some(a)) => *g == a,
                     (TranslateExpect::Fault, None) => true,
@@ -326,15 +405,23 @@ impl Session<'_> {
             }
             Directive::HostMapped { iova, len, gpa } => self.host_mapped(n, *iova, *len, *gpa)?,
             Directive::HostUnmapped { iova, len } => self.host_unmapped(n, *iova, *len)?,
-            Directive::HostNestedVtd { sid, pasid, pgtbl, aw } => self.host_nested_vtd(n, *sid, *pasid, *pgtbl, *aw)?,
-            Directive::HostNestedSmmuv3 { sid, ste0, ste1 } => self.host_nested_smmuv3(n, *sid, *ste0, *ste1)?,
+            Directive::HostNestedVtd {
+                sid,
+                pasid,
+                pgtbl,
+                aw,
+            } => self.host_nested_vtd(n, *sid, *pasid, *pgtbl, *aw)?,
+            Directive::HostNestedSmmuv3 { sid, ste0, ste1 } => {
+                self.host_nested_smmuv3(n, *sid, *ste0, *ste1)?
+            }
             Directive::HostInvalidations { expect } => {
                 let v = self.host().invalidation_entries();
                 self.check_value(n, expect, v);
             }
             Directive::HostCalls { op, expect } => {
                 let host = self.host();
-                let ops = host_call_ops(op).ok_or_else(|| ScriptError::new(n, format!("unknown host call {op:?}")))?;
+                let ops = host_call_ops(op)
+                    .ok_or_else(|| ScriptError::new(n, format!("unknown host call {op:?}")))?;
                 let v = ops.iter().map(|o| host.calls(*o)).sum();
                 self.check_value(n, expect, v);
             }
@@ -345,16 +432,26 @@ impl Session<'_> {
 
     fn add_ram(&mut self, n: usize, gpa: u64, size: u64) -> Result<(), ScriptError> {
         if size == 0 || gpa.checked_add(size - 1).is_none() {
-            return Err(ScriptError::new(n, format!("bad ram region {gpa:#x}+{size:#x}")));
+            return Err(ScriptError::new(
+                n,
+                format!("bad ram region {gpa:#x}+{size:#x}"),
+            ));
         }
         self.ram_total = self.ram_total.saturating_add(size);
         if self.ram_total > MAX_SCRIPT_RAM {
-            return Err(ScriptError::new(n, format!("more than {MAX_SCRIPT_RAM:#x} bytes of ram")));
+            return Err(ScriptError::new(
+                n,
+                format!("more than {MAX_SCRIPT_RAM:#x} bytes of ram"),
+            ));
         }
         if self.host.is_some() {
-            return Err(ScriptError::new(n, "`ram` must precede passthrough devices and host checks"));
+            return Err(ScriptError::new(
+                n,
+                "`ram` must precede passthrough devices and host checks",
+            ));
         }
-        let size_usize = usize::try_from(size).map_err(|_| ScriptError::new(n, "ram region too large"))?;
+        let size_usize =
+            usize::try_from(size).map_err(|_| ScriptError::new(n, "ram region too large"))?;
         let region = MmapRegion::new(size_usize)
             .map_err(|e| ScriptError::new(n, format!("cannot allocate ram: {e}")))
             .and_then(|r| {
@@ -386,20 +483,30 @@ impl Session<'_> {
 
     fn passthrough(&mut self, n: usize, sid: u32, expect: Option<&str>) -> Result<(), ScriptError> {
         if self.passthrough.contains_key(&sid) {
-            return Err(ScriptError::new(n, format!("passthrough {sid:#x} given twice")));
+            return Err(ScriptError::new(
+                n,
+                format!("passthrough {sid:#x} given twice"),
+            ));
         }
         let host = self.host();
         let shared: SharedHost = host.clone();
         let source = host.add_device(0);
-        let device = BoundDevice::bind(&shared, source).map_err(|e| ScriptError::new(n, format!("simulated host: {e}")))?;
+        let device = BoundDevice::bind(&shared, source)
+            .map_err(|e| ScriptError::new(n, format!("simulated host: {e}")))?;
         let info = host
             .hw_info(device.id())
             .map_err(|e| ScriptError::new(n, format!("simulated host: {e}")))?;
-        let spec = self.host_spec.clone().unwrap_or_else(|| self.default_host().spec());
+        let spec = self
+            .host_spec
+            .clone()
+            .unwrap_or_else(|| self.default_host().spec());
         let mut view = HostView::from(&spec);
         view.info = info;
         let Some((cfg, _)) = &self.model else {
-            return Err(ScriptError::new(n, "use before setup: no `model` directive yet"));
+            return Err(ScriptError::new(
+                n,
+                "use before setup: no `model` directive yet",
+            ));
         };
         let decision = ladder::decide(cfg, &view);
         let kind = decision.kind.to_string();
@@ -407,7 +514,7 @@ impl Session<'_> {
         if let Some(want) = expect {
             self.check(n, want == kind, || want.to_string(), || kind.clone());
         }
-        self.passthrough.insert(sid, Passthrough { _device: device, decision });
+        self.passthrough.insert(sid, device);
         Ok(())
     }
 
@@ -417,10 +524,10 @@ impl Session<'_> {
         let host = self.host();
         let mut out = Vec::new();
         for p in self.passthrough.values() {
-            let pt = host.attachment(p._device.id(), None);
+            let pt = host.attachment(p.id(), None);
             let ioas = match pt {
                 Some(PtId::Ioas(i)) => Some(i),
-                Some(PtId::Hwpt(h)) => host.hwpt(h).and_then(|h| h.ioas),
+                Some(PtId::Hwpt(h)) => host.hwpt(h).map(|h| h.ioas),
                 _ => None,
             };
             if let Some(i) = ioas.filter(|i| !out.contains(i)) {
@@ -443,7 +550,11 @@ impl Session<'_> {
             && ioases.iter().any(|ioas| {
                 let mut off = 0;
                 while off < len {
-                    let want = self.mem.get_host_address(GuestAddress(gpa + off)).ok().map(|p| p as u64);
+                    let want = self
+                        .mem
+                        .get_host_address(GuestAddress(gpa + off))
+                        .ok()
+                        .map(|p| p as u64);
                     let got = host.translate(*ioas, Iova(iova + off));
                     let good = matches!((want, &got), (Some(w), Some((SimBacking::UserVa(v), acc)))
                         if *v == w && acc.intersects(Access::RW));
@@ -474,24 +585,42 @@ impl Session<'_> {
             .ok_or_else(|| ScriptError::new(n, "empty or wrapping range"))?;
         let mut hit = None;
         for ioas in self.device_ioases() {
-            if let Some(m) = host.mappings(ioas).into_iter().find(|m| m.range.overlaps(&range)) {
+            if let Some(m) = host
+                .mappings(ioas)
+                .into_iter()
+                .find(|m| m.range.overlaps(&range))
+            {
                 hit = Some(m.range);
                 break;
             }
         }
-        self.check(n, hit.is_none(), || format!("nothing mapped in {range}"), || format!("{} mapped", hit.map(|r| r.to_string()).unwrap_or_default()));
+        self.check(
+            n,
+            hit.is_none(),
+            || format!("nothing mapped in {range}"),
+            || format!("{} mapped", hit.map(|r| r.to_string()).unwrap_or_default()),
+        );
         Ok(())
     }
 
-    fn nested_data(&mut self, n: usize, sid: u32, pasid: Option<u32>) -> Result<Option<nesting_core::host::HwptData>, ScriptError> {
+    fn nested_data(
+        &mut self,
+        n: usize,
+        sid: u32,
+        pasid: Option<u32>,
+    ) -> Result<Option<nesting_core::host::HwptData>, ScriptError> {
         let host = self.host();
-        let dev = self
-            .passthrough
-            .get(&sid)
-            .map(|p| p._device.id())
-            .ok_or_else(|| ScriptError::new(n, format!("use before setup: {sid:#x} is not a passthrough device")))?;
+        let dev = self.passthrough.get(&sid).map(|p| p.id()).ok_or_else(|| {
+            ScriptError::new(
+                n,
+                format!("use before setup: {sid:#x} is not a passthrough device"),
+            )
+        })?;
         let pasid = match pasid {
-            Some(p) => Some(nesting_core::types::Pasid::new(p).ok_or_else(|| ScriptError::new(n, "pasid wider than 20 bits"))?),
+            Some(p) => Some(
+                nesting_core::types::Pasid::new(p)
+                    .ok_or_else(|| ScriptError::new(n, "pasid wider than 20 bits"))?,
+            ),
             None => None,
         };
         Ok(match host.attachment(dev, pasid) {
@@ -500,19 +629,42 @@ impl Session<'_> {
         })
     }
 
-    fn host_nested_vtd(&mut self, n: usize, sid: u32, pasid: Option<u32>, pgtbl: u64, aw: u32) -> Result<(), ScriptError> {
+    fn host_nested_vtd(
+        &mut self,
+        n: usize,
+        sid: u32,
+        pasid: Option<u32>,
+        pgtbl: u64,
+        aw: u32,
+    ) -> Result<(), ScriptError> {
         use nesting_core::host::HwptData;
         let data = self.nested_data(n, sid, pasid)?;
         let ok = matches!(&data, Some(HwptData::VtdS1 { pgtbl_addr, addr_width, .. }) if *pgtbl_addr == pgtbl && *addr_width == aw);
-        self.check(n, ok, || format!("vtd-s1 pgtbl={pgtbl:#x} aw={aw}"), || format!("{data:?}"));
+        self.check(
+            n,
+            ok,
+            || format!("vtd-s1 pgtbl={pgtbl:#x} aw={aw}"),
+            || format!("{data:?}"),
+        );
         Ok(())
     }
 
-    fn host_nested_smmuv3(&mut self, n: usize, sid: u32, ste0: u64, ste1: u64) -> Result<(), ScriptError> {
+    fn host_nested_smmuv3(
+        &mut self,
+        n: usize,
+        sid: u32,
+        ste0: u64,
+        ste1: u64,
+    ) -> Result<(), ScriptError> {
         use nesting_core::host::HwptData;
         let data = self.nested_data(n, sid, None)?;
         let ok = matches!(&data, Some(HwptData::Smmuv3 { ste }) if *ste == [ste0, ste1]);
-        self.check(n, ok, || format!("smmuv3 ste0={ste0:#x} ste1={ste1:#x}"), || format!("{data:?}"));
+        self.check(
+            n,
+            ok,
+            || format!("smmuv3 ste0={ste0:#x} ste1={ste1:#x}"),
+            || format!("{data:?}"),
+        );
         Ok(())
     }
 }

@@ -341,7 +341,10 @@ impl Directive {
                 | Directive::HostNestedSmmuv3 { .. }
                 | Directive::HostInvalidations { .. }
                 | Directive::HostCalls { .. }
-                | Directive::Passthrough { expect: Some(_), .. }
+                | Directive::Passthrough {
+                    expect: Some(_),
+                    ..
+                }
         )
     }
 }
@@ -430,7 +433,7 @@ fn bufs(list: &str) -> PResult<Vec<Buf>> {
 }
 
 fn hex_bytes(s: &str) -> PResult<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("odd number of hex digits in {s:?}"));
     }
     (0..s.len())
@@ -483,7 +486,9 @@ fn parse_line(toks: &[&str]) -> PResult<Directive> {
             expect: expect(&args[1..], "readN GPA [& MASK] == VALUE")?,
         });
     }
-    if let Some(width) = width_of(name, "mmio-write").filter(|w| matches!(w, Width::W32 | Width::W64)) {
+    if let Some(width) =
+        width_of(name, "mmio-write").filter(|w| matches!(w, Width::W32 | Width::W64))
+    {
         arity(toks, 3, "mmio-write32|64 OFFSET VALUE")?;
         let value = num(args[1])?;
         if value > width.max() {
@@ -495,7 +500,9 @@ fn parse_line(toks: &[&str]) -> PResult<Directive> {
             value,
         });
     }
-    if let Some(width) = width_of(name, "mmio-read").filter(|w| matches!(w, Width::W32 | Width::W64)) {
+    if let Some(width) =
+        width_of(name, "mmio-read").filter(|w| matches!(w, Width::W32 | Width::W64))
+    {
         let usage = "mmio-read32|64 OFFSET [& MASK] == VALUE";
         let offset = num(args.first().ok_or(format!("usage: {usage}"))?)?;
         return Ok(Directive::MmioRead {
@@ -527,7 +534,9 @@ fn parse_line(toks: &[&str]) -> PResult<Directive> {
     }
     match name {
         "model" => {
-            let model = args.first().ok_or("usage: model vtd|smmuv3|virtio-iommu [key=value ...]")?;
+            let model = args
+                .first()
+                .ok_or("usage: model vtd|smmuv3|virtio-iommu [key=value ...]")?;
             Ok(Directive::Model {
                 name: model.to_string(),
                 opts: args[1..].iter().map(|s| s.to_string()).collect(),
@@ -751,7 +760,13 @@ mod tests {
 
     #[test]
     fn numbers_hex_decimal_underscore() {
-        assert_eq!(one("ram 0x1_0000 4096"), Directive::Ram { gpa: 0x10000, size: 4096 });
+        assert_eq!(
+            one("ram 0x1_0000 4096"),
+            Directive::Ram {
+                gpa: 0x10000,
+                size: 4096
+            }
+        );
         assert!(err("ram 0x 1").contains("bad number"));
         assert!(err("ram 12g 1").contains("bad number"));
     }
@@ -763,7 +778,11 @@ mod tests {
             Directive::Read {
                 width: Width::W32,
                 gpa: 0x1000,
-                expect: Expect { mask: Some(0xff), op: CmpOp::Ne, value: 3 }
+                expect: Expect {
+                    mask: Some(0xff),
+                    op: CmpOp::Ne,
+                    value: 3
+                }
             }
         );
         assert!(err("read32 0x1000 = 3").starts_with("usage"));
@@ -773,14 +792,23 @@ mod tests {
     #[test]
     fn write_value_wider_than_width_is_error() {
         assert!(err("write8 0 0x100").contains("does not fit"));
-        assert!(matches!(one("write64 0 0xffffffffffffffff"), Directive::Write { .. }));
+        assert!(matches!(
+            one("write64 0 0xffffffffffffffff"),
+            Directive::Write { .. }
+        ));
     }
 
     #[test]
     fn mmio_only_32_and_64() {
-        assert!(matches!(one("mmio-write32 0x18 1"), Directive::MmioWrite { .. }));
+        assert!(matches!(
+            one("mmio-write32 0x18 1"),
+            Directive::MmioWrite { .. }
+        ));
         assert!(err("mmio-write16 0x18 1").contains("unknown directive"));
-        assert!(matches!(one("mmio-read64 0x8 & 1 == 1"), Directive::MmioRead { .. }));
+        assert!(matches!(
+            one("mmio-read64 0x8 & 1 == 1"),
+            Directive::MmioRead { .. }
+        ));
     }
 
     #[test]
@@ -797,7 +825,11 @@ mod tests {
         );
         assert!(matches!(
             one("translate 1 0x0 w => fault"),
-            Directive::Translate { expect: TranslateExpect::Fault, pasid: None, .. }
+            Directive::Translate {
+                expect: TranslateExpect::Fault,
+                pasid: None,
+                ..
+            }
         ));
         assert!(err("translate 1 0 x => fault").contains("bad access"));
     }
@@ -806,7 +838,13 @@ mod tests {
     fn queue_and_submit() {
         assert_eq!(
             one("queue 0 size=8 desc=0x1000 avail=0x2000 used=0x3000"),
-            Directive::Queue { q: 0, size: 8, desc: 0x1000, avail: 0x2000, used: 0x3000 }
+            Directive::Queue {
+                q: 0,
+                size: 8,
+                desc: 0x1000,
+                avail: 0x2000,
+                used: 0x3000
+            }
         );
         assert!(err("queue 0 size=8 desc=1 avail=2").starts_with("usage"));
         assert!(err("queue 0 size=8 size=8 desc=1 avail=2 used=3").contains("twice"));
@@ -814,7 +852,13 @@ mod tests {
             one("submit 0 out=0x100:16,0x200:8 in=0x300:4"),
             Directive::Submit {
                 q: 0,
-                out: vec![Buf { gpa: 0x100, len: 16 }, Buf { gpa: 0x200, len: 8 }],
+                out: vec![
+                    Buf {
+                        gpa: 0x100,
+                        len: 16
+                    },
+                    Buf { gpa: 0x200, len: 8 }
+                ],
                 inp: vec![Buf { gpa: 0x300, len: 4 }]
             }
         );
@@ -825,38 +869,75 @@ mod tests {
     fn host_checks() {
         assert_eq!(
             one("host-mapped 0x1000 0x2000 => 0x5000"),
-            Directive::HostMapped { iova: 0x1000, len: 0x2000, gpa: 0x5000 }
+            Directive::HostMapped {
+                iova: 0x1000,
+                len: 0x2000,
+                gpa: 0x5000
+            }
         );
         assert_eq!(
             one("host-nested 8 pasid=3 vtd-s1 pgtbl=0x7000 aw=48"),
-            Directive::HostNestedVtd { sid: 8, pasid: Some(3), pgtbl: 0x7000, aw: 48 }
+            Directive::HostNestedVtd {
+                sid: 8,
+                pasid: Some(3),
+                pgtbl: 0x7000,
+                aw: 48
+            }
         );
         assert_eq!(
             one("host-nested 8 smmuv3 ste0=0x1 ste1=0x2"),
-            Directive::HostNestedSmmuv3 { sid: 8, ste0: 1, ste1: 2 }
+            Directive::HostNestedSmmuv3 {
+                sid: 8,
+                ste0: 1,
+                ste1: 2
+            }
         );
-        assert!(matches!(one("host-calls ioas_map == 1"), Directive::HostCalls { .. }));
+        assert!(matches!(
+            one("host-calls ioas_map == 1"),
+            Directive::HostCalls { .. }
+        ));
         assert_eq!(one("host-reset-counters"), Directive::HostResetCounters);
         assert!(err("host-reset-counters now").starts_with("usage"));
     }
 
     #[test]
     fn passthrough_forms() {
-        assert_eq!(one("passthrough 8"), Directive::Passthrough { sid: 8, expect: None });
+        assert_eq!(
+            one("passthrough 8"),
+            Directive::Passthrough {
+                sid: 8,
+                expect: None
+            }
+        );
         assert!(one("passthrough 8 => shadow").is_check());
         assert!(err("passthrough 8 => maybe").starts_with("usage"));
     }
 
     #[test]
     fn write_bytes_hex() {
-        assert_eq!(one("write-bytes 0x10 00ff10"), Directive::WriteBytes { gpa: 0x10, bytes: vec![0, 0xff, 0x10] });
+        assert_eq!(
+            one("write-bytes 0x10 00ff10"),
+            Directive::WriteBytes {
+                gpa: 0x10,
+                bytes: vec![0, 0xff, 0x10]
+            }
+        );
         assert!(err("write-bytes 0 0f0").contains("odd"));
         assert!(err("write-bytes 0 zz").contains("bad hex"));
     }
 
     #[test]
     fn arbitrary_text_never_panics() {
-        for s in ["=>", "& & ==", "translate", "host-nested 1 pasid=", "submit", "used 0 ==", "queue", "write-bytes 0 é"] {
+        for s in [
+            "=>",
+            "& & ==",
+            "translate",
+            "host-nested 1 pasid=",
+            "submit",
+            "used 0 ==",
+            "queue",
+            "write-bytes 0 é",
+        ] {
             let _ = parse_script(s);
         }
     }
