@@ -14,7 +14,7 @@ use std::sync::Arc;
 use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 use nesting_core::host::profile::SimHostSpec;
-use nesting_core::host::{DeviceSource, HostError, Iommufd, PtId, SimIommufd};
+use nesting_core::host::{DeviceSource, HostError, Iommufd, PtId, SimIommufd, take_inherited_fd};
 use nesting_core::ladder::{self, Decision, HostView};
 use thiserror::Error;
 
@@ -23,13 +23,45 @@ use thiserror::Error;
 pub enum HostArg {
     /// The simulated host with a profile (`sim:PROFILE[,KEY=VALUE...]`).
     Sim(SimHostSpec),
-    /// The real iommufd at a path, with a VFIO cdev device.
+    /// The real iommufd, with a VFIO cdev device.
     Real {
         /// Usually `/dev/iommu`.
-        iommu: PathBuf,
+        iommu: FileArg,
         /// `/dev/vfio/devices/vfioN`.
-        device: PathBuf,
+        device: FileArg,
     },
+}
+
+/// A file given on the command line: a path to open, or `fd:N`, a
+/// descriptor inherited from the parent (libvirt passes `/dev/iommu` and
+/// VFIO devices this way to a VMM that may not open them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileArg {
+    /// Open this path.
+    Path(PathBuf),
+    /// Take ownership of this inherited descriptor.
+    Fd(i32),
+}
+
+impl FileArg {
+    fn parse(s: &str) -> Result<FileArg, ProbeUsageError> {
+        match s.strip_prefix("fd:") {
+            Some(n) => n
+                .parse()
+                .map(FileArg::Fd)
+                .map_err(|_| ProbeUsageError::BadFd(s.to_string())),
+            None => Ok(FileArg::Path(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for FileArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileArg::Path(p) => write!(f, "{}", p.display()),
+            FileArg::Fd(n) => write!(f, "fd:{n}"),
+        }
+    }
 }
 
 /// What `probe` was asked.
@@ -59,6 +91,9 @@ pub enum ProbeUsageError {
     /// `--device` only goes with a real host.
     #[error("--device only applies to a real host (--host /dev/iommu)")]
     DeviceWithSim,
+    /// `fd:N` with N not a number.
+    #[error("bad descriptor {0:?}: expected fd:N")]
+    BadFd(String),
     /// A bad `sim:` profile.
     #[error("--host: {0}")]
     Profile(#[from] nesting_core::host::profile::ProfileError),
@@ -70,11 +105,11 @@ pub enum ProbeUsageError {
 /// The host failed while probing: exit status 1.
 #[derive(Debug, Error)]
 pub enum ProbeError {
-    /// Opening `/dev/iommu`.
-    #[error("opening {path}")]
+    /// Opening `/dev/iommu` or the device.
+    #[error("opening {file}")]
     Open {
-        /// The path.
-        path: PathBuf,
+        /// The file.
+        file: FileArg,
         /// Why.
         #[source]
         source: std::io::Error,
@@ -85,13 +120,14 @@ pub enum ProbeError {
 }
 
 /// Usage text.
-pub const USAGE: &str = "usage: viommu probe [--host sim:PROFILE[,KEY=VALUE...] | --host /dev/iommu --device /dev/vfio/devices/vfioN] --model vtd|smmuv3|virtio-iommu [MODEL-KEY=VALUE...]
+pub const USAGE: &str = "usage: viommu probe [--host sim:PROFILE[,KEY=VALUE...] | --host /dev/iommu|fd:N --device /dev/vfio/devices/vfioN|fd:N] --model vtd|smmuv3|virtio-iommu [MODEL-KEY=VALUE...]
+fd:N takes an inherited, already-open descriptor (as libvirt passes them)
 profiles: vtd-nest (default), vtd-nonest, smmuv3-nest, smmuv3-s2only, none; keys cap=, ecap=, idr0=..idr5=, pgsize=, aperture=START-LAST";
 
 /// Parses `probe`'s arguments (after the word `probe`).
 pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
     let mut host: Option<String> = None;
-    let mut device: Option<PathBuf> = None;
+    let mut device: Option<String> = None;
     let mut model: Option<String> = None;
     let mut opts: Vec<&str> = Vec::new();
     let mut it = args.iter();
@@ -132,8 +168,10 @@ pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
             HostArg::Sim(SimHostSpec::parse(spec)?)
         }
         None => HostArg::Real {
-            device: device.ok_or_else(|| ProbeUsageError::NoDevice(host.clone()))?,
-            iommu: host.into(),
+            device: FileArg::parse(
+                &device.ok_or_else(|| ProbeUsageError::NoDevice(host.clone()))?,
+            )?,
+            iommu: FileArg::parse(&host)?,
         },
     };
     Ok(ProbeArgs { host, model })
@@ -172,11 +210,22 @@ pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<Decision, ProbeError
             (sim, source)
         }
         HostArg::Real { iommu, device } => {
-            let fd = Iommufd::open_path(iommu).map_err(|source| ProbeError::Open {
-                path: iommu.clone(),
-                source,
-            })?;
-            (Arc::new(fd), DeviceSource::Path(device.clone()))
+            let open_err = |file: &FileArg| {
+                let file = file.clone();
+                move |source| ProbeError::Open { file, source }
+            };
+            let backend = match iommu {
+                FileArg::Path(p) => Iommufd::open_path(p),
+                FileArg::Fd(n) => take_inherited_fd(*n).map(Iommufd::from_fd),
+            }
+            .map_err(open_err(iommu))?;
+            let source = match device {
+                FileArg::Path(p) => DeviceSource::Path(p.clone()),
+                FileArg::Fd(n) => {
+                    DeviceSource::Fd(take_inherited_fd(*n).map_err(open_err(device))?)
+                }
+            };
+            (Arc::new(backend), source)
         }
     };
     let (view, decision) = probe_device(&host, source, &args.model)?;

@@ -315,12 +315,8 @@ impl Errno {
 
 impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (errno {})",
-            std::io::Error::from_raw_os_error(self.0),
-            self.0
-        )
+        // io::Error's text already ends in "(os error N)".
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
     }
 }
 
@@ -736,3 +732,4 @@ mod sys;
 
 pub use iommufd::Iommufd;
 pub use sim::SimIommufd;
+pub use sys::take_inherited_fd;

@@ -283,3 +283,14 @@ pub fn adopt_fd(raw: u32) -> io::Result<OwnedFd> {
     });
     Ok(fd)
 }
+
+/// Test twin of the real `own_inherited_fd`: checks the number is open
+/// through `/proc/self/fd` and hands back a descriptor of `/dev/null`
+/// instead of adopting the number (tests must not close descriptors the
+/// test harness owns).
+pub fn own_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    if std::fs::metadata(format!("/proc/self/fd/{raw}")).is_err() {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    Ok(OwnedFd::from(File::open("/dev/null")?))
+}

@@ -26,9 +26,33 @@ pub mod fake;
 mod real;
 
 #[cfg(test)]
-pub use fake::{adopt_fd, ioctl_with_buf, ioctl_with_mut, read_into, write_all};
+pub use fake::{adopt_fd, ioctl_with_buf, ioctl_with_mut, own_inherited_fd, read_into, write_all};
 #[cfg(not(test))]
-pub use real::{adopt_fd, ioctl_with_buf, ioctl_with_mut, read_into, write_all};
+pub use real::{adopt_fd, ioctl_with_buf, ioctl_with_mut, own_inherited_fd, read_into, write_all};
+
+/// Descriptor numbers already taken by [`take_inherited_fd`].
+static INHERITED: std::sync::Mutex<std::collections::BTreeSet<std::os::fd::RawFd>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Takes ownership of a descriptor inherited from the parent process, such
+/// as `/dev/iommu` or a VFIO cdev opened by libvirt and passed to a VMM
+/// that may not open them itself. EBADF if the number is negative or not
+/// open; EBUSY if this process already took it (two owners would close it
+/// twice).
+pub fn take_inherited_fd(raw: std::os::fd::RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    let mut taken = INHERITED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if taken.contains(&raw) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    let fd = own_inherited_fd(raw)?;
+    taken.insert(raw);
+    Ok(fd)
+}
 
 mod sealed {
     /// Implemented only in this module: keeps arbitrary types away from the

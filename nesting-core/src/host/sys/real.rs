@@ -1,7 +1,7 @@
 //! The real system calls.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 
 use super::{IoctlArg, IoctlBufArg, Payload, prepare};
@@ -88,5 +88,19 @@ pub fn adopt_fd(raw: u32) -> io::Result<OwnedFd> {
     // SAFETY: the kernel installed this descriptor in our table as the
     // result of the ioctl that returned it and handed it to us alone; no
     // other owner exists, and it is adopted exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Takes ownership of a descriptor this process inherited from its parent
+/// (the fd-passing convention of management stacks such as libvirt), after
+/// checking that the number is an open descriptor.
+pub fn own_inherited_fd(raw: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_GETFD reads the descriptor flags of `raw` and touches no
+    // memory; on a number that is not open it fails with EBADF.
+    cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
+    // SAFETY: `raw` is open (checked above). By the fd-passing convention
+    // the parent handed it to this process for the caller to own, and
+    // `take_inherited_fd` (the only caller) adopts each number at most once
+    // per process, so no other `OwnedFd` or `File` owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }

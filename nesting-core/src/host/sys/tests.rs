@@ -300,3 +300,29 @@ fn hw_info_out_type_reads_union() {
     info.__bindgen_anon_1.out_data_type = 2;
     assert_eq!(hw_info_out_type(&info), 2);
 }
+
+#[test]
+fn take_inherited_fd_negative_or_closed_is_ebadf() {
+    assert_eq!(
+        super::take_inherited_fd(-1).unwrap_err().raw_os_error(),
+        Some(libc::EBADF)
+    );
+    assert_eq!(
+        super::take_inherited_fd(1_000_000)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EBADF)
+    );
+}
+
+#[test]
+fn take_inherited_fd_twice_is_ebusy() {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open("/dev/null").unwrap();
+    let raw = f.as_raw_fd();
+    let _owned = super::take_inherited_fd(raw).unwrap();
+    assert_eq!(
+        super::take_inherited_fd(raw).unwrap_err().raw_os_error(),
+        Some(libc::EBUSY)
+    );
+}
