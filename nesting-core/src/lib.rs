@@ -9,6 +9,44 @@
 //! - [`guest`]: the configuration a guest IOMMU model presents.
 //! - [`ladder`]: the nest -> shadow -> refuse decision for a passthrough
 //!   device.
+//!
+//! # Plugging it into a VMM
+//!
+//! One host backend serves the whole VM. For each passthrough device, bind
+//! it, describe its host IOMMU, and let the ladder decide. This runs on the
+//! simulated host; a VMM uses [`host::Iommufd::open`] (or
+//! [`host::Iommufd::from_fd`] with a descriptor from
+//! [`host::take_inherited_fd`]) and [`host::DeviceSource::Path`] or
+//! [`host::DeviceSource::Fd`] instead.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nesting_core::guest::GuestModel;
+//! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+//! use nesting_core::host::profile::HostProfile;
+//! use nesting_core::host::{PtId, SimIommufd};
+//! use nesting_core::ladder::{self, DecisionKind, HostView};
+//!
+//! let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
+//! let host: SharedHost = sim.clone();
+//! let guest = GuestModel::from_options("vtd", &["mode=scalable", "cm=1"]).unwrap();
+//!
+//! let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+//! let ioas = Ioas::alloc(&host).unwrap();
+//! dev.attach(None, PtId::Ioas(ioas.id())).unwrap();
+//! let ranges = host.ioas_iova_ranges(ioas.id()).unwrap();
+//! let view = HostView {
+//!     info: host.hw_info(dev.id()).unwrap(),
+//!     iova_ranges: ranges.ranges,
+//!     page_size: ranges.alignment,
+//!     unit: None,
+//! };
+//! let decision = ladder::decide(&guest, &view);
+//! // No nesting on this host, but the guest invalidates on map (CAP.CM):
+//! assert_eq!(decision.kind, DecisionKind::Shadow);
+//! println!("{decision}");
+//! ```
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod bits;

@@ -73,6 +73,7 @@ fn run_replay(args: &[String]) -> u8 {
         }
         files => {
             let mut worst = 0;
+            let mut total = replay::Summary::default();
             let mut out = std::io::stdout().lock();
             for f in files {
                 if files.len() > 1 {
@@ -81,17 +82,28 @@ fn run_replay(args: &[String]) -> u8 {
                 let text = match std::fs::read_to_string(f) {
                     Ok(t) => t,
                     Err(e) => {
+                        let _ = out.flush();
                         eprintln!("viommu replay: {f}: {e}");
                         worst = 2;
                         continue;
                     }
                 };
                 let result = replay::run_script(&text, &mut out);
-                if let Err(e) = &result {
-                    let _ = out.flush();
-                    eprintln!("viommu replay: {f}: script error at {e}");
+                match &result {
+                    Ok(s) => {
+                        total.passed += s.passed;
+                        total.failed += s.failed;
+                    }
+                    Err(e) => {
+                        let _ = out.flush();
+                        eprintln!("viommu replay: {f}: script error at {e}");
+                    }
                 }
                 worst = worst.max(replay::exit_code(&result));
+            }
+            if files.len() > 1 {
+                // The last line is always the totals (REPLAY.md).
+                let _ = writeln!(out, "{} passed, {} failed", total.passed, total.failed);
             }
             worst as u8
         }

@@ -728,6 +728,8 @@ pub trait HostBackend: Send + Sync + fmt::Debug {
 pub mod iommufd;
 pub mod objects;
 pub mod sim;
+// The only module allowed `unsafe` code: system calls of the real backend.
+#[allow(unsafe_code)]
 mod sys;
 
 pub use iommufd::Iommufd;
