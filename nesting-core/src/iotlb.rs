@@ -1,0 +1,1 @@
+//! Placeholder: filled by the iotlb work of issue 3.

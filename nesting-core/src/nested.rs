@@ -1,0 +1,1 @@
+//! Placeholder: filled by the nested work of issue 3.

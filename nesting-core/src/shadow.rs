@@ -1,0 +1,1 @@
+//! Placeholder: filled by the shadow work of issue 3.
