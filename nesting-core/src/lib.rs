@@ -52,8 +52,8 @@
 pub mod bits;
 pub mod guest;
 pub mod host;
-pub mod ladder;
 pub mod iotlb;
+pub mod ladder;
 pub mod mem;
 pub mod nested;
 pub mod ram;
