@@ -14,6 +14,9 @@ pub(super) struct PagesElm {
     pub writable: bool,
     pub start_byte: u64,
     pub length: u64,
+    /// Size of the file behind a file-backed `iopt_pages`, as it was when
+    /// mapped (the kernel reads `i_size` when it pins).
+    pub file_size: Option<u64>,
 }
 
 impl PagesElm {
@@ -63,7 +66,7 @@ impl State {
     /// io_pagetable.c, `iopt_map_file_pages` + pages.c, `iopt_alloc_file_pages`.
     pub fn alloc_file_pages(
         &mut self,
-        file: super::SimFileKey,
+        (file, file_size): (super::SimFileKey, u64),
         start: u64,
         len: u64,
         writable: bool,
@@ -75,12 +78,14 @@ impl State {
         // "if (check_add_overflow(start, length - 1, &last)) return -EOVERFLOW;"
         start.checked_add(len - 1).ok_or(Errno::EOVERFLOW)?;
         let start_byte = start % self.page_size();
-        self.alloc_pages(
+        let mut elm = self.alloc_pages(
             PagesBase::File(file, start - start_byte),
             start_byte,
             len,
             writable,
-        )
+        )?;
+        elm.file_size = Some(file_size);
+        Ok(elm)
     }
 
     /// pages.c, `iopt_alloc_pages`: "if (length > SIZE_MAX - PAGE_SIZE ||
@@ -101,6 +106,7 @@ impl State {
             writable,
             start_byte,
             length,
+            file_size: None,
         })
     }
 
@@ -130,6 +136,7 @@ impl State {
                     writable: area.writable,
                     start_byte: area.start_byte + (cur - area.iova),
                     length: end - cur + 1,
+                    file_size: area.file_size,
                 });
                 if end == last {
                     return Ok(out);
@@ -189,8 +196,13 @@ impl State {
                 writable: e.writable,
                 start_byte: e.start_byte,
                 access: access & Access::RW,
+                file_size: e.file_size,
             });
             at = at.wrapping_add(e.length);
+        }
+        // An IOAS with a domain pins at once (iopt_fill_domains_pages).
+        if !io.domains.is_empty() {
+            areas.iter().try_for_each(|a| check_pinnable(a, page))?;
         }
         let io = self.ioas_mut(ioas)?;
         for a in areas {
@@ -413,6 +425,13 @@ impl State {
         {
             return Err(Errno(libc::EADDRINUSE));
         }
+        // The first domain pins every area (iopt_fill_domain ->
+        // pfn_reader_user_pin); later ones copy from the pinned pages.
+        if io.domains.is_empty() {
+            io.areas
+                .values()
+                .try_for_each(|a| check_pinnable(a, page))?;
+        }
         // "No area exists that is outside the allowed domain aperture"
         let ap = spec.aperture;
         if ap.first.0 != 0 {
@@ -432,6 +451,26 @@ impl State {
         self.ioas_mut(ioas)?.domains.push(hwpt);
         Ok(())
     }
+}
+
+/// Whether the kernel can pin an area's pages. For a file, pages.c
+/// `pin_memfd_pages` pins whole pages from the area's first to its last
+/// with mm/gup.c `memfd_pin_folios`, which refuses "if (end >=
+/// i_size_read(file_inode(memfd))) return -EINVAL;": a mapping whose last
+/// page reaches past the end of the file fails when it is pinned, at MAP
+/// time if the IOAS has a domain, else when the first domain is attached.
+fn check_pinnable(a: &Area, page: u64) -> Result<(), Errno> {
+    let (Some(size), PagesBase::File(_, base)) = (a.file_size, a.base) else {
+        return Ok(());
+    };
+    let last_index = (a.start_byte + (a.len - 1)) / page;
+    let end = base
+        .checked_add((last_index + 1) * page - 1)
+        .ok_or(Errno::EINVAL)?;
+    if end >= size {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
 }
 
 /// io_pagetable.c, `iopt_check_iova` for a FIXED_IOVA placement.

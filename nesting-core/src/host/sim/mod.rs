@@ -550,10 +550,20 @@ impl State {
     }
 }
 
+/// The size of an open file (safe std calls only, as `SimFileKey::of`).
+fn file_size(fd: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let owned = fd.try_clone_to_owned().map_err(|e| Errno::from_io(&e))?;
+    std::fs::File::from(owned)
+        .metadata()
+        .map(|m| m.len())
+        .map_err(|e| Errno::from_io(&e))
+}
+
 /// Where MAP's pages come from.
 enum PagesSrc {
     User,
-    File(SimFileKey),
+    /// The file and its size.
+    File((SimFileKey, u64)),
     /// The descriptor could not be inspected.
     BadFile(Errno),
 }
@@ -592,8 +602,10 @@ impl HostBackend for SimIommufd {
         let (op, src) = match src {
             MapSource::UserVa(va) => (HostOp::IoasMap, (PagesSrc::User, va)),
             MapSource::File { fd, offset } => {
-                let src =
-                    SimFileKey::of(fd).map_or(PagesSrc::BadFile(Errno::EBADF), PagesSrc::File);
+                let src = match (SimFileKey::of(fd), file_size(fd)) {
+                    (Ok(key), Ok(size)) => PagesSrc::File((key, size)),
+                    _ => PagesSrc::BadFile(Errno::EBADF),
+                };
                 (HostOp::IoasMapFile, (src, offset))
             }
         };

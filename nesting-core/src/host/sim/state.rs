@@ -68,6 +68,8 @@ pub(super) struct Area {
     /// Byte offset of the first byte inside the pages object.
     pub start_byte: u64,
     pub access: Access,
+    /// File size for a file-backed `iopt_pages` (see `PagesElm`).
+    pub file_size: Option<u64>,
 }
 
 impl Area {

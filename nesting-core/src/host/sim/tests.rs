@@ -315,6 +315,67 @@ fn map_file_translates_to_file_offset() {
     let _ = std::fs::remove_file(path);
 }
 
+/// A temporary file of `len` bytes, removed on drop.
+struct TempFile(std::fs::File, std::path::PathBuf);
+
+impl TempFile {
+    fn new(tag: &str, len: u64) -> TempFile {
+        let path = std::env::temp_dir().join(format!("sim-{tag}-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        TempFile(f, path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+/// Seen on Linux 7.2 (tests/kernel): a memfd of 64 KiB, 16 KiB mapped from
+/// offset 60 KiB into an IOAS with a mock domain fails with EINVAL.
+#[test]
+fn map_file_past_end_with_domain_einval() {
+    let f = TempFile::new("past-end", 0x10000);
+    let s = sim(HostProfile::None);
+    let ioas = s.ioas_alloc().unwrap();
+    let dev = bind(&s, 0);
+    s.attach(dev, None, PtId::Ioas(ioas)).unwrap();
+    let src = |offset| MapSource::File {
+        fd: f.0.as_fd(),
+        offset,
+    };
+    assert_eq!(
+        errno(s.ioas_map(ioas, fixed(0x10000), src(0xf000), 0x4000, RW)),
+        Errno::EINVAL
+    );
+    assert!(s.mappings(ioas).is_empty());
+    // The last page of the file is still mappable, part of a page too.
+    s.ioas_map(ioas, fixed(0x10000), src(0xf000), 0x1000, RW)
+        .unwrap();
+    assert_eq!(s.pinned_pages(), 1);
+}
+
+/// Without a domain nothing is pinned, so the mapping is accepted and the
+/// first attach (which pins) fails instead.
+#[test]
+fn map_file_past_end_without_domain_fails_at_first_attach() {
+    let f = TempFile::new("past-end-attach", 0x2000);
+    let s = sim(HostProfile::None);
+    let ioas = s.ioas_alloc().unwrap();
+    let src = MapSource::File {
+        fd: f.0.as_fd(),
+        offset: 0x1000,
+    };
+    s.ioas_map(ioas, fixed(0x10000), src, 0x2000, RW).unwrap();
+    let dev = bind(&s, 0);
+    assert_eq!(errno(s.attach(dev, None, PtId::Ioas(ioas))), Errno::EINVAL);
+    assert_eq!(s.attachment(dev, None), None);
+    s.ioas_unmap(ioas, Iova(0), u64::MAX).unwrap();
+    s.attach(dev, None, PtId::Ioas(ioas)).unwrap();
+}
+
 // -------------------------------------------------------------- IOAS UNMAP
 
 #[test]
