@@ -1,0 +1,312 @@
+//! The device's configuration: what it offers (feature bits, virtio 1.3
+//! 5.13.3) and presents (configuration layout, 5.13.4), built from the
+//! VMM's [`VirtioIommuConfig`] and, for passthrough endpoints, adjusted to
+//! the host the ladder looked at.
+
+use nesting_core::guest::{Endpoints, ResvKind, VirtioIommuConfig};
+use nesting_core::ladder::{Decision, DecisionKind};
+use nesting_core::types::IovaRange;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use zerocopy::IntoBytes;
+
+use crate::protocol::{
+    CONFIG_BYPASS_OFFSET, ConfigSpace, Features, PROBE_T_RESV_MEM, ProbeProperty, ProbeResvMem,
+    RESV_MEM_T_MSI, RESV_MEM_T_RESERVED, Range32, Range64,
+};
+
+/// Largest `probe_size` the device accepts from the VMM: the device writes
+/// that many bytes per PROBE request, and the Linux driver allocates them
+/// per endpoint. QEMU uses 512; 64 KiB is room for 2730 RESV_MEM properties.
+pub const MAX_PROBE_SIZE: u32 = 64 * 1024;
+
+/// The VMM's configuration cannot make a device.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// virtio 1.3 5.13.4: "The device MUST set at least one bit in
+    /// page_size_mask".
+    #[error("page_size_mask {mask:#x} has no page size the host can map (host page {host_page:#x})")]
+    NoPageSize {
+        /// The mask asked for.
+        mask: u64,
+        /// The host's smallest page, 0 without passthrough.
+        host_page: u64,
+    },
+    /// `probe_size` above [`MAX_PROBE_SIZE`].
+    #[error("probe_size {0:#x} is above the device's limit")]
+    ProbeSizeTooLarge(u32),
+    /// The RESV_MEM properties do not fit `probe_size`.
+    #[error("{regions} RESV_MEM properties do not fit probe_size {probe_size:#x}")]
+    ProbeTooSmall {
+        /// Regions to announce.
+        regions: usize,
+        /// The probe buffer size.
+        probe_size: u32,
+    },
+    /// The ladder refused the passthrough device.
+    #[error("passthrough device refused: {reason}")]
+    Refused {
+        /// The ladder's reason.
+        reason: String,
+    },
+    /// `domain_range` is empty while BYPASS_CONFIG needs one ID for the
+    /// driver's bypass domain... any range is non-empty; kept for
+    /// inverted ranges from a snapshot.
+    #[error("domain_range {first:#x}-{last:#x} is inverted")]
+    DomainRange {
+        /// First ID.
+        first: u32,
+        /// Last ID.
+        last: u32,
+    },
+}
+
+/// One RESV_MEM region announced by PROBE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResvMem {
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub end: u64,
+    /// `VIRTIO_IOMMU_RESV_MEM_T_*`.
+    pub subtype: u8,
+}
+
+impl ResvMem {
+    /// The property's bytes.
+    pub fn property(&self) -> ProbeResvMem {
+        ProbeResvMem {
+            head: ProbeProperty {
+                type_: PROBE_T_RESV_MEM.into(),
+                // 5.13.6.7.2: "The device MUST write the size of a property
+                // without the struct virtio_iommu_probe_property header".
+                length: ((ProbeResvMem::SIZE - ProbeProperty::SIZE) as u16).into(),
+            },
+            subtype: self.subtype,
+            reserved: [0; 3],
+            start: self.start.into(),
+            end: self.end.into(),
+        }
+    }
+
+    /// Whether the region overlaps `[first, last]`.
+    pub fn overlaps(&self, first: u64, last: u64) -> bool {
+        self.start <= last && first <= self.end
+    }
+}
+
+/// Options a VMM sets that scripts do not (they are not part of
+/// `REPLAY.md`'s model options).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceOptions {
+    /// Offer the legacy `VIRTIO_IOMMU_F_BYPASS` instead of
+    /// `VIRTIO_IOMMU_F_BYPASS_CONFIG`, for drivers older than the config
+    /// field (virtio 1.3 5.13.3.2: devices SHOULD NOT offer both).
+    pub legacy_bypass: bool,
+}
+
+/// The device's resolved configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfig {
+    /// `page_size_mask` presented.
+    pub page_size_mask: u64,
+    /// `input_range` presented.
+    pub input_range: (u64, u64),
+    /// `domain_range` presented.
+    pub domain_range: (u32, u32),
+    /// `probe_size` presented; 0 = no PROBE feature.
+    pub probe_size: u32,
+    /// `bypass` at system reset.
+    pub bypass_at_reset: bool,
+    /// RESV_MEM regions of every endpoint (the VMM's).
+    pub resv: Vec<ResvMem>,
+    /// RESERVED regions added for passthrough endpoints: holes of the host
+    /// IOAS inside `input_range`.
+    pub host_resv: Vec<ResvMem>,
+    /// Managed endpoints as inclusive ranges; `None` = all.
+    pub endpoints: Option<Vec<(u32, u32)>>,
+    /// VMM options.
+    pub options: DeviceOptions,
+}
+
+impl DeviceConfig {
+    /// The configuration of `cfg` with `options`.
+    pub fn new(cfg: &VirtioIommuConfig, options: DeviceOptions) -> Result<Self, ConfigError> {
+        let resv = cfg
+            .resv
+            .iter()
+            .map(|r| ResvMem {
+                start: r.range.first.raw(),
+                end: r.range.last.raw(),
+                subtype: match r.kind {
+                    ResvKind::Reserved => RESV_MEM_T_RESERVED,
+                    ResvKind::Msi => RESV_MEM_T_MSI,
+                },
+            })
+            .collect();
+        let endpoints = match &cfg.endpoints {
+            Endpoints::All => None,
+            Endpoints::List(l) => Some(l.iter().map(|r| (r.first, r.last)).collect()),
+        };
+        let c = DeviceConfig {
+            page_size_mask: cfg.page_size_mask.0,
+            input_range: (cfg.input_range.first.raw(), cfg.input_range.last.raw()),
+            domain_range: (cfg.domain_range.first, cfg.domain_range.last),
+            probe_size: cfg.probe_size,
+            bypass_at_reset: cfg.bypass,
+            resv,
+            host_resv: Vec::new(),
+            endpoints,
+            options,
+        };
+        c.validate(0)?;
+        Ok(c)
+    }
+
+    /// Checks what the device can present.
+    pub fn validate(&self, host_page: u64) -> Result<(), ConfigError> {
+        if self.page_size_mask == 0 {
+            return Err(ConfigError::NoPageSize {
+                mask: self.page_size_mask,
+                host_page,
+            });
+        }
+        if self.probe_size > MAX_PROBE_SIZE {
+            return Err(ConfigError::ProbeSizeTooLarge(self.probe_size));
+        }
+        let regions = self.resv.len() + self.host_resv.len();
+        if regions * ProbeResvMem::SIZE > self.probe_size as usize && regions > 0 {
+            return Err(ConfigError::ProbeTooSmall {
+                regions,
+                probe_size: self.probe_size,
+            });
+        }
+        if self.domain_range.0 > self.domain_range.1 || self.input_range.0 > self.input_range.1 {
+            return Err(ConfigError::DomainRange {
+                first: self.domain_range.0,
+                last: self.domain_range.1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adjusts the configuration to the host behind passthrough endpoints:
+    /// the page sizes become those the VMM asked for that the host IOAS can
+    /// map (multiples of its alignment `host_page`), the input range is
+    /// clipped to the host's IOVA ranges, and the host's holes inside it are
+    /// announced as RESERVED (the ladder's adjustments).
+    pub fn apply_host(&mut self, decision: &Decision, host_page: u64) -> Result<(), ConfigError> {
+        if decision.kind != DecisionKind::Shadow {
+            return Err(ConfigError::Refused {
+                reason: decision.reason.clone(),
+            });
+        }
+        let host_sizes = match host_page {
+            0 => u64::MAX,
+            p => !(p.next_power_of_two() - 1),
+        };
+        let mut next = self.clone();
+        next.page_size_mask &= host_sizes;
+        if let Some(r) = decision.adjust.input_range {
+            next.input_range = (
+                next.input_range.0.max(r.first.raw()),
+                next.input_range.1.min(r.last.raw()),
+            );
+        }
+        for hole in &decision.adjust.reserved {
+            let m = ResvMem {
+                start: hole.first.raw(),
+                end: hole.last.raw(),
+                subtype: RESV_MEM_T_RESERVED,
+            };
+            if !next.host_resv.contains(&m) {
+                next.host_resv.push(m);
+            }
+        }
+        next.validate(host_page)?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Feature bits the device offers.
+    pub fn offered(&self) -> Features {
+        let mut f = Features::VERSION_1
+            | Features::INPUT_RANGE
+            | Features::DOMAIN_RANGE
+            | Features::MAP_UNMAP
+            | Features::MMIO;
+        // 5.13.3.2: "New devices SHOULD NOT offer VIRTIO_IOMMU_F_BYPASS.
+        // Devices SHOULD NOT offer both".
+        f |= match self.options.legacy_bypass {
+            true => Features::BYPASS,
+            false => Features::BYPASS_CONFIG,
+        };
+        if self.probe_size > 0 {
+            f |= Features::PROBE;
+        }
+        f
+    }
+
+    /// Whether the device manages `endpoint`.
+    pub fn manages(&self, endpoint: u32) -> bool {
+        match &self.endpoints {
+            None => true,
+            Some(l) => l.iter().any(|(a, b)| *a <= endpoint && endpoint <= *b),
+        }
+    }
+
+    /// The granule: lowest set bit of `page_size_mask` (5.13.6: "The least
+    /// significant bit set defines the page granularity").
+    pub fn granule(&self) -> u64 {
+        1u64 << self.page_size_mask.trailing_zeros().min(63)
+    }
+
+    /// The input range as an [`IovaRange`].
+    pub fn input(&self) -> IovaRange {
+        IovaRange {
+            first: self.input_range.0.into(),
+            last: self.input_range.1.into(),
+        }
+    }
+
+    /// The configuration structure with the current `bypass` value.
+    pub fn space(&self, bypass: bool) -> ConfigSpace {
+        ConfigSpace {
+            page_size_mask: self.page_size_mask.into(),
+            input_range: Range64 {
+                start: self.input_range.0.into(),
+                end: self.input_range.1.into(),
+            },
+            domain_range: Range32 {
+                start: self.domain_range.0.into(),
+                end: self.domain_range.1.into(),
+            },
+            probe_size: self.probe_size.into(),
+            // 5.13.4.2: "The device MUST NOT present a value different than
+            // 0 or 1 in bypass".
+            bypass: u8::from(bypass),
+            reserved: [0; 3],
+        }
+    }
+}
+
+/// Reads `data.len()` bytes of the configuration space at `offset`; bytes
+/// beyond the structure read as zero.
+pub fn read_space(space: &ConfigSpace, offset: u64, data: &mut [u8]) {
+    let bytes = space.as_bytes();
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| bytes.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// The byte a config write of `data` at `offset` puts into `bypass`, if it
+/// covers it.
+pub fn bypass_byte(offset: u64, data: &[u8]) -> Option<u8> {
+    let rel = CONFIG_BYPASS_OFFSET.checked_sub(offset)?;
+    data.get(usize::try_from(rel).ok()?).copied()
+}

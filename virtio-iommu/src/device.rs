@@ -1,0 +1,473 @@
+//! The device a VMM plugs into its virtio transport: feature negotiation,
+//! configuration space, the two virtqueues, interrupts, passthrough
+//! endpoints, reset.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nesting_core::guest::{GuestModel, VirtioIommuConfig};
+use nesting_core::ladder::{self, HostView};
+use thiserror::Error;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemory};
+
+use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions};
+use crate::domain::Tables;
+use crate::event::EventLog;
+use crate::nesting::{HostFailure, Passthrough, PassthroughHost};
+use crate::protocol::{EVENT_QUEUE, Features, NUM_QUEUES, REQUEST_QUEUE};
+use crate::queue::{self, QueueError};
+
+/// Largest virtqueue the device offers (`queue_num_max`): Linux sizes its
+/// event buffers and in-flight requests by it; QEMU offers 256.
+pub const MAX_QUEUE_SIZE: u16 = 256;
+
+/// What the device asks the VMM's transport to signal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The device used buffers of this queue (virtio 1.3 2.7.7.2: used
+    /// buffer notification).
+    Queue(u16),
+    /// The configuration space changed.
+    Config,
+}
+
+/// The interrupt callback: the VMM raises the MSI-X vector or INTx/MMIO
+/// interrupt of its transport for the cause. Called with the device's lock
+/// held: it must not call back into the device.
+pub type InterruptCallback = Arc<dyn Fn(Interrupt) + Send + Sync>;
+
+/// A device-level failure (never caused by a malformed request, which gets
+/// a status instead).
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    /// The configuration cannot make a device.
+    #[error("virtio-iommu configuration")]
+    Config(#[from] ConfigError),
+    /// FEATURES_OK refused: the driver's feature set is not one the device
+    /// can operate with.
+    #[error("driver features {driver:#x} refused: {why}")]
+    Features {
+        /// What the driver acknowledged.
+        driver: u64,
+        /// Why, with the spec section.
+        why: &'static str,
+    },
+    /// A queue index other than 0 (request) or 1 (event).
+    #[error("virtio-iommu has no queue {0}")]
+    NoQueue(u16),
+    /// The queue's size or ring addresses are not usable.
+    #[error("queue {queue} set-up refused")]
+    QueueSetup {
+        /// The queue.
+        queue: u16,
+        /// virtio-queue's reason.
+        #[source]
+        source: virtio_queue::Error,
+    },
+    /// A queue cannot be processed; the device needs a reset.
+    #[error("virtqueue failure")]
+    Queue(#[from] QueueError),
+    /// No guest memory was given before a queue was used.
+    #[error("no guest memory set")]
+    NoMemory,
+    /// A passthrough endpoint could not be added.
+    #[error("passthrough endpoint {endpoint:#x}")]
+    Passthrough {
+        /// The endpoint.
+        endpoint: u32,
+        /// The host's failure.
+        #[source]
+        source: HostFailure,
+    },
+    /// A passthrough endpoint was added without a host.
+    #[error("no passthrough host set")]
+    NoHost,
+    /// A snapshot is inconsistent or does not fit this device.
+    #[error("snapshot refused: {0}")]
+    Snapshot(&'static str),
+}
+
+/// Everything the requests and `translate` work on.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub cfg: DeviceConfig,
+    /// Negotiated features (empty before FEATURES_OK).
+    pub features: Features,
+    pub features_ok: bool,
+    /// Config field `bypass` now.
+    pub bypass: bool,
+    pub tables: Tables,
+    pub events: EventLog,
+    pub passthrough: Option<Passthrough>,
+}
+
+pub(crate) struct Inner<M> {
+    pub state: State,
+    pub queues: [Queue; NUM_QUEUES],
+    pub mem: Option<Arc<M>>,
+    pub irq: Option<InterruptCallback>,
+}
+
+impl<M> Inner<M> {
+    pub fn signal(&self, what: Interrupt) {
+        if let Some(cb) = &self.irq {
+            cb(what);
+        }
+    }
+}
+
+/// The virtio-iommu device.
+///
+/// All methods take `&self`: the device locks its state, so the VMM's
+/// transport thread (config, queues) and its device threads
+/// ([`VirtioIommu::translate`]) can share it behind an `Arc`.
+pub struct VirtioIommu<M: GuestMemory> {
+    pub(crate) inner: Mutex<Inner<M>>,
+}
+
+impl<M: GuestMemory> std::fmt::Debug for VirtioIommu<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VirtioIommu").finish_non_exhaustive()
+    }
+}
+
+fn new_queues() -> [Queue; NUM_QUEUES] {
+    // MAX_QUEUE_SIZE is a power of two, which is all Queue::new checks.
+    [0, 1].map(|_| Queue::new(MAX_QUEUE_SIZE).unwrap_or_else(|_| unreachable!()))
+}
+
+impl<M: GuestMemory> VirtioIommu<M> {
+    /// A device presenting `cfg` (the `model virtio-iommu` options of
+    /// `REPLAY.md`), with no passthrough endpoint.
+    pub fn new(cfg: &VirtioIommuConfig, options: DeviceOptions) -> Result<Self, DeviceError> {
+        let cfg = DeviceConfig::new(cfg, options)?;
+        Ok(Self::from_config(cfg))
+    }
+
+    pub(crate) fn from_config(cfg: DeviceConfig) -> Self {
+        let bypass = cfg.bypass_at_reset;
+        VirtioIommu {
+            inner: Mutex::new(Inner {
+                state: State {
+                    cfg,
+                    features: Features::empty(),
+                    features_ok: false,
+                    bypass,
+                    tables: Tables::default(),
+                    events: EventLog::default(),
+                    passthrough: None,
+                },
+                queues: new_queues(),
+                mem: None,
+                irq: None,
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner<M>> {
+        // A panic elsewhere cannot leave the state half-updated in a way
+        // that matters more than losing the device: keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets (or replaces, after memory hot-plug) the guest memory.
+    pub fn set_memory(&self, mem: Arc<M>) {
+        self.lock().mem = Some(mem);
+    }
+
+    /// Sets the interrupt callback.
+    pub fn set_interrupt(&self, cb: InterruptCallback) {
+        self.lock().irq = Some(cb);
+    }
+
+    /// Sets the host behind passthrough endpoints (once, before
+    /// [`VirtioIommu::add_passthrough`]).
+    pub fn set_passthrough_host(&self, host: Box<dyn PassthroughHost>) {
+        self.lock().state.passthrough = Some(Passthrough::new(host));
+    }
+
+    /// Adds passthrough endpoint `endpoint` whose host IOMMU `view`
+    /// describes. The ladder decides: virtio-iommu is always shadowed, or
+    /// refused when the host cannot map what the device presents. Before
+    /// the driver negotiated features the device's page sizes and input
+    /// range shrink to the host's; afterwards (hot-plug) the host must fit
+    /// what the driver was already told.
+    pub fn add_passthrough(&self, endpoint: u32, view: &HostView) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        let st = &mut g.state;
+        let guest = GuestModel::VirtioIommu(st.cfg_as_guest());
+        let decision = ladder::decide(&guest, view);
+        let mut next = st.cfg.clone();
+        next.apply_host(&decision, view.page_size)?;
+        if st.features_ok && next != st.cfg {
+            return Err(ConfigError::Refused {
+                reason: format!(
+                    "hot-plugged endpoint {endpoint:#x} would change the configuration the driver read ({})",
+                    decision.reason
+                ),
+            }
+            .into());
+        }
+        let space = st.unattached_space(endpoint);
+        let tables = st.tables.clone();
+        let pt = st.passthrough.as_mut().ok_or(DeviceError::NoHost)?;
+        pt.add(endpoint, space, &tables)
+            .map_err(|source| DeviceError::Passthrough { endpoint, source })?;
+        st.cfg = next;
+        log::info!("virtio-iommu: passthrough endpoint {endpoint:#x}: {}", decision.reason);
+        Ok(())
+    }
+
+    /// Feature bits offered (64 bits; bit 32 is VIRTIO_F_VERSION_1).
+    pub fn device_features(&self) -> u64 {
+        self.lock().state.cfg.offered().bits()
+    }
+
+    /// The driver's FEATURES_OK with `driver` acknowledged. Refuses (the
+    /// transport then leaves FEATURES_OK clear) a set with bits the device
+    /// did not offer (virtio 1.3 3.1.1: "the driver MUST NOT accept a
+    /// feature which the device did not offer") or without
+    /// VIRTIO_F_VERSION_1 (the device has no legacy interface, 6.1).
+    pub fn ack_features(&self, driver: u64) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        let offered = g.state.cfg.offered();
+        let f = Features::from_bits_retain(driver);
+        let why = if !offered.contains(f) {
+            Some("acknowledges a feature the device did not offer (virtio 1.3 3.1.1)")
+        } else if !f.contains(Features::VERSION_1) {
+            Some("VIRTIO_F_VERSION_1 not accepted; the device has no legacy interface (virtio 1.3 7.1)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(DeviceError::Features { driver, why });
+        }
+        let before: Vec<(u32, Option<crate::nesting::SpaceId>)> = g.state.passthrough_spaces();
+        g.state.features = f;
+        g.state.features_ok = true;
+        g.state.resettle_unattached(&before);
+        Ok(())
+    }
+
+    /// Reads device configuration space (`data.len()` bytes at `offset`).
+    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let g = self.lock();
+        let space = g.state.cfg.space(g.state.bypass);
+        config::read_space(&space, offset, data);
+    }
+
+    /// Writes device configuration space. Only `bypass` is writable, and
+    /// only with VIRTIO_IOMMU_F_BYPASS_CONFIG negotiated (virtio 1.3
+    /// 5.13.4.1: "the driver MAY write to bypass. The driver MUST NOT write
+    /// to any other device configuration field"); other writes are ignored.
+    pub fn write_config(&self, offset: u64, data: &[u8]) {
+        let mut g = self.lock();
+        let Some(v) = config::bypass_byte(offset, data) else {
+            log::debug!("virtio-iommu: ignored config write at {offset:#x}");
+            return;
+        };
+        if !g.state.features.contains(Features::BYPASS_CONFIG) {
+            log::debug!("virtio-iommu: bypass write without BYPASS_CONFIG ignored");
+            return;
+        }
+        // 5.13.4.1: "The driver MUST NOT write a value different than 0 or
+        // 1 to bypass"; the device keeps presenting 0 or 1 (5.13.4.2).
+        if v > 1 {
+            log::warn!("virtio-iommu: bypass write of {v:#x} ignored");
+            return;
+        }
+        let before = g.state.passthrough_spaces();
+        g.state.bypass = v == 1;
+        g.state.resettle_unattached(&before);
+    }
+
+    /// Sets up virtqueue `index` (0 request, 1 event) as a split ring of
+    /// `size` entries and enables it.
+    pub fn setup_queue(
+        &self,
+        index: u16,
+        size: u16,
+        desc: u64,
+        avail: u64,
+        used: u64,
+    ) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        let q = g
+            .queues
+            .get_mut(usize::from(index))
+            .ok_or(DeviceError::NoQueue(index))?;
+        let err = |source| DeviceError::QueueSetup {
+            queue: index,
+            source,
+        };
+        let mut fresh = Queue::new(MAX_QUEUE_SIZE).map_err(err)?;
+        fresh.try_set_size(size).map_err(err)?;
+        fresh.try_set_desc_table_address(GuestAddress(desc)).map_err(err)?;
+        fresh.try_set_avail_ring_address(GuestAddress(avail)).map_err(err)?;
+        fresh.try_set_used_ring_address(GuestAddress(used)).map_err(err)?;
+        fresh.set_ready(true);
+        *q = fresh;
+        Ok(())
+    }
+
+    /// The driver notified queue `index`: requests are executed and
+    /// answered, or waiting faults are written into the new event buffers.
+    /// Returns after the device has used every buffer it could.
+    pub fn notify(&self, index: u16) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        let mem = g.mem.clone().ok_or(DeviceError::NoMemory)?;
+        let inner = &mut *g;
+        let used = match index {
+            REQUEST_QUEUE => {
+                let q = &mut inner.queues[usize::from(REQUEST_QUEUE)];
+                queue::drain_requests(&mut inner.state, q, &*mem)?
+            }
+            EVENT_QUEUE => {
+                let q = &mut inner.queues[usize::from(EVENT_QUEUE)];
+                queue::deliver_events(&mut inner.state.events, q, &*mem)?
+            }
+            other => return Err(DeviceError::NoQueue(other)),
+        };
+        if used > 0 {
+            inner.signal(Interrupt::Queue(index));
+        }
+        Ok(())
+    }
+
+    /// Used-ring entries the device has produced on queue `index` since it
+    /// was set up (wrapping at 2^16, as the ring index does).
+    pub fn used_count(&self, index: u16) -> Option<u16> {
+        let g = self.lock();
+        g.queues.get(usize::from(index)).map(|q| q.next_used())
+    }
+
+    /// Faults dropped because no event buffer was available and the
+    /// backlog was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.lock().state.events.dropped()
+    }
+
+    /// Faults waiting for an event buffer.
+    pub fn pending_events(&self) -> usize {
+        self.lock().state.events.pending()
+    }
+
+    /// Device reset (the driver wrote 0 to the device status): features,
+    /// queues, domains and waiting faults are cleared (5.13.5: "When the
+    /// device is reset, endpoints are not attached to any domain").
+    /// `bypass` keeps its value (5.13.4.2: "SHOULD NOT change on device
+    /// reset"); passthrough endpoints go back to blocked or bypass.
+    pub fn reset(&self) {
+        let mut g = self.lock();
+        g.queues = new_queues();
+        g.state.reset();
+    }
+
+    /// System reset: a device reset that also restores `bypass` to its
+    /// initial value (5.13.4.2: "SHOULD be restored to its initial value on
+    /// system reset").
+    pub fn system_reset(&self) {
+        let mut g = self.lock();
+        g.queues = new_queues();
+        let before = g.state.passthrough_spaces();
+        g.state.bypass = g.state.cfg.bypass_at_reset;
+        g.state.resettle_unattached(&before);
+        g.state.reset();
+    }
+}
+
+impl State {
+    pub(crate) fn cfg_as_guest(&self) -> VirtioIommuConfig {
+        let mut c = VirtioIommuConfig {
+            page_size_mask: nesting_core::types::PageSizes(self.cfg.page_size_mask),
+            input_range: self.cfg.input(),
+            probe_size: self.cfg.probe_size,
+            bypass: self.cfg.bypass_at_reset,
+            ..VirtioIommuConfig::default()
+        };
+        c.domain_range.first = self.cfg.domain_range.0;
+        c.domain_range.last = self.cfg.domain_range.1;
+        c
+    }
+
+    /// Where an unattached passthrough endpoint goes: identity when
+    /// unattached endpoints bypass, blocked otherwise.
+    pub(crate) fn unattached_space(&self, endpoint: u32) -> Option<crate::nesting::SpaceId> {
+        match self.tables.domain_of(endpoint) {
+            Some(_) => self.host_space(endpoint),
+            None => self.unattached_bypass().then_some(crate::nesting::SpaceId::Identity),
+        }
+    }
+
+    /// Every passthrough endpoint with its host space now.
+    pub(crate) fn passthrough_spaces(&self) -> Vec<(u32, Option<crate::nesting::SpaceId>)> {
+        let Some(pt) = &self.passthrough else {
+            return Vec::new();
+        };
+        pt.endpoints()
+            .iter()
+            .map(|e| (*e, self.host_space(*e)))
+            .collect()
+    }
+
+    /// After a change of the bypass rule, moves passthrough endpoints from
+    /// the space they were in (`before`) to the one the rule now gives.
+    pub(crate) fn resettle_unattached(&mut self, before: &[(u32, Option<crate::nesting::SpaceId>)]) {
+        let tables = self.tables.clone();
+        for (ep, from) in before {
+            let to = self.host_space(*ep);
+            if *from == to {
+                continue;
+            }
+            let Some(pt) = self.passthrough.as_mut() else {
+                return;
+            };
+            let moved = match to {
+                Some(s) => pt.enter(*ep, s, &tables),
+                None => pt.block(*ep),
+            };
+            match moved {
+                Ok(()) => {
+                    if let Some(f) = from {
+                        pt.leave(*f);
+                    }
+                }
+                // The host kept the endpoint where it was; DMA stays as
+                // before, which is the safe direction only when that was
+                // blocked. Report it: the VMM should reset the device.
+                Err(e) => log::error!("virtio-iommu: moving passthrough endpoint {ep:#x}: {e}"),
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        let before = self.passthrough_spaces();
+        self.features = Features::empty();
+        self.features_ok = false;
+        self.tables = Tables::default();
+        self.events = EventLog::default();
+        // Every passthrough endpoint leaves its domain space.
+        let tables = Tables::default();
+        for (ep, from) in before {
+            let to = self.unattached_bypass().then_some(crate::nesting::SpaceId::Identity);
+            let Some(pt) = self.passthrough.as_mut() else {
+                break;
+            };
+            if from == to {
+                continue;
+            }
+            let moved = match to {
+                Some(s) => pt.enter(ep, s, &tables),
+                None => pt.block(ep),
+            };
+            match moved {
+                Ok(()) => {
+                    if let Some(f) = from {
+                        pt.leave(f);
+                    }
+                }
+                Err(e) => log::error!("virtio-iommu: resetting passthrough endpoint {ep:#x}: {e}"),
+            }
+        }
+    }
+}

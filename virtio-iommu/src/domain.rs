@@ -1,0 +1,255 @@
+//! Domains, their mappings and the endpoints attached to them: the state
+//! ATTACH, DETACH, MAP and UNMAP change (virtio 1.3 5.13.6.3 to 5.13.6.6)
+//! and `translate` reads.
+//!
+//! This module is the bookkeeping only; request decoding and the checks
+//! that depend on negotiated features live in `request.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{MapFlags, Status};
+
+/// Most domains a guest may create. Every domain costs device memory and,
+/// when it holds passthrough endpoints, a host IOAS; Linux creates one per
+/// IOMMU group plus one bypass domain, so 65536 covers one domain per
+/// endpoint of a full PCI segment. Exceeding it gets `S_NOMEM`.
+pub const MAX_DOMAINS: usize = 1 << 16;
+
+/// Most mappings one domain may hold. Linux's DMA API sends one MAP per
+/// `dma_map_*` call (4 KiB granule); 2^18 mappings is 1 GiB mapped page by
+/// page, far above what a device keeps in flight. Exceeding it gets
+/// `S_NOMEM`.
+pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 18;
+
+/// Most mappings across all domains (about 64 MiB of bookkeeping at most),
+/// so that many domains cannot multiply the per-domain bound. Exceeding it
+/// gets `S_NOMEM`.
+pub const MAX_MAPPINGS_TOTAL: usize = 1 << 20;
+
+/// One MAP request's mapping: `[iova_first, iova_last]` to `gpa..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mapping {
+    /// First IOVA.
+    pub iova_first: u64,
+    /// Last IOVA (inclusive).
+    pub iova_last: u64,
+    /// Guest-physical address of `iova_first`.
+    pub gpa: u64,
+    /// `VIRTIO_IOMMU_MAP_F_*` bits as the driver sent them.
+    pub flags: u32,
+}
+
+impl Mapping {
+    /// The flags as a typed set.
+    pub fn map_flags(&self) -> MapFlags {
+        MapFlags::from_bits_retain(self.flags)
+    }
+
+    /// Length in bytes (`u64::MAX` saturates a full-space mapping).
+    pub fn len(&self) -> u64 {
+        (self.iova_last - self.iova_first).saturating_add(1)
+    }
+
+    /// Never empty; for clippy.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// One domain.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Created with `VIRTIO_IOMMU_ATTACH_F_BYPASS`.
+    pub bypass: bool,
+    /// Attached endpoints.
+    pub endpoints: BTreeSet<u32>,
+    /// Mappings by first IOVA; never overlapping.
+    pub mappings: BTreeMap<u64, Mapping>,
+}
+
+impl Domain {
+    /// The mapping holding `iova`, if any.
+    pub fn lookup(&self, iova: u64) -> Option<&Mapping> {
+        self.mappings
+            .range(..=iova)
+            .next_back()
+            .map(|(_, m)| m)
+            .filter(|m| iova <= m.iova_last)
+    }
+
+    /// Whether any mapping overlaps `[first, last]`.
+    pub fn overlaps(&self, first: u64, last: u64) -> bool {
+        self.lookup(first).is_some() || self.mappings.range(first..=last).next().is_some()
+    }
+
+    /// The mappings an UNMAP of `[first, last]` removes, or `Err(S_RANGE)`
+    /// if it would split one (virtio 1.3 5.13.6.6.2: "If a mapping affected
+    /// by the range is not covered in its entirety by the range ... the
+    /// device SHOULD set the request status to VIRTIO_IOMMU_S_RANGE, and
+    /// SHOULD NOT remove any mapping").
+    pub fn unmap_set(&self, first: u64, last: u64) -> Result<Vec<Mapping>, Status> {
+        if let Some(m) = self.lookup(first)
+            && m.iova_first < first
+        {
+            return Err(Status::Range);
+        }
+        let mut out = Vec::new();
+        for m in self.mappings.range(first..=last).map(|(_, m)| m) {
+            if m.iova_last > last {
+                return Err(Status::Range);
+            }
+            out.push(*m);
+        }
+        Ok(out)
+    }
+}
+
+/// All domains and which endpoint is in which.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tables {
+    domains: BTreeMap<u32, Domain>,
+    /// Endpoint -> the domain it is attached to.
+    attached: BTreeMap<u32, u32>,
+    total_mappings: usize,
+}
+
+/// What an ATTACH changed, for the passthrough layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachEffect {
+    /// The domain the endpoint left, if any, and whether it ceased to exist.
+    pub left: Option<(u32, bool)>,
+    /// Whether the target domain was created by this request.
+    pub created: bool,
+}
+
+impl Tables {
+    /// The domain `id`.
+    pub fn domain(&self, id: u32) -> Option<&Domain> {
+        self.domains.get(&id)
+    }
+
+    /// Every domain, by ID.
+    pub fn domains(&self) -> impl Iterator<Item = (u32, &Domain)> {
+        self.domains.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The domain `endpoint` is attached to.
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.attached.get(&endpoint).copied()
+    }
+
+    /// Number of mappings across all domains.
+    pub fn total_mappings(&self) -> usize {
+        self.total_mappings
+    }
+
+    /// Whether a new domain could be created now.
+    pub fn can_create_domain(&self) -> bool {
+        self.domains.len() < MAX_DOMAINS
+    }
+
+    /// Attaches `endpoint` to `domain`, creating the domain, after
+    /// detaching the endpoint from the domain it was in (5.13.6.3.2: "the
+    /// device SHOULD first detach it from that domain"). The caller has
+    /// checked bypass consistency and limits.
+    pub fn attach(&mut self, endpoint: u32, domain: u32, bypass: bool) -> AttachEffect {
+        let left = match self.attached.get(&endpoint).copied() {
+            Some(old) if old == domain => {
+                return AttachEffect {
+                    left: None,
+                    created: false,
+                };
+            }
+            Some(old) => Some((old, self.detach(endpoint, old))),
+            None => None,
+        };
+        let created = !self.domains.contains_key(&domain);
+        let d = self.domains.entry(domain).or_insert_with(|| Domain {
+            bypass,
+            ..Domain::default()
+        });
+        d.endpoints.insert(endpoint);
+        self.attached.insert(endpoint, domain);
+        AttachEffect { left, created }
+    }
+
+    /// Detaches `endpoint` from `domain`; returns whether the domain
+    /// ceased to exist (5.13.6.4: "After all endpoints have been
+    /// successfully detached from a domain, it ceases to exist"), dropping
+    /// its mappings. The caller has checked that the endpoint is in it.
+    pub fn detach(&mut self, endpoint: u32, domain: u32) -> bool {
+        self.attached.remove(&endpoint);
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return false;
+        };
+        d.endpoints.remove(&endpoint);
+        if !d.endpoints.is_empty() {
+            return false;
+        }
+        if let Some(d) = self.domains.remove(&domain) {
+            self.total_mappings -= d.mappings.len();
+        }
+        true
+    }
+
+    /// Whether `domain` may take one more mapping.
+    pub fn has_room(&self, domain: u32) -> bool {
+        self.total_mappings < MAX_MAPPINGS_TOTAL
+            && self
+                .domains
+                .get(&domain)
+                .is_some_and(|d| d.mappings.len() < MAX_MAPPINGS_PER_DOMAIN)
+    }
+
+    /// Inserts a mapping the caller validated.
+    pub fn insert_mapping(&mut self, domain: u32, m: Mapping) {
+        if let Some(d) = self.domains.get_mut(&domain)
+            && d.mappings.insert(m.iova_first, m).is_none()
+        {
+            self.total_mappings += 1;
+        }
+    }
+
+    /// Removes the mappings starting at `firsts`.
+    pub fn remove_mappings(&mut self, domain: u32, removed: &[Mapping]) {
+        if let Some(d) = self.domains.get_mut(&domain) {
+            for m in removed {
+                if d.mappings.remove(&m.iova_first).is_some() {
+                    self.total_mappings -= 1;
+                }
+            }
+        }
+    }
+
+    /// Rebuilds the derived counters and indexes after a restore; `None`
+    /// if the snapshot is inconsistent.
+    pub fn validated(self) -> Option<Tables> {
+        let mut t = Tables {
+            domains: self.domains,
+            attached: BTreeMap::new(),
+            total_mappings: 0,
+        };
+        for (id, d) in &t.domains {
+            if d.endpoints.is_empty() || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN {
+                return None;
+            }
+            let mut prev_last: Option<u64> = None;
+            for (k, m) in &d.mappings {
+                let ordered = prev_last.is_none_or(|p| p < m.iova_first);
+                if *k != m.iova_first || m.iova_last < m.iova_first || !ordered {
+                    return None;
+                }
+                prev_last = Some(m.iova_last);
+            }
+            t.total_mappings += d.mappings.len();
+            for e in &d.endpoints {
+                if t.attached.insert(*e, *id).is_some() {
+                    return None;
+                }
+            }
+        }
+        (t.domains.len() <= MAX_DOMAINS && t.total_mappings <= MAX_MAPPINGS_TOTAL).then_some(t)
+    }
+}

@@ -1,0 +1,243 @@
+//! What the device asks of the host for passthrough endpoints.
+//!
+//! virtio-iommu has no page-table format a physical IOMMU could walk, so
+//! the ladder never nests it: a passthrough endpoint is always shadowed.
+//! Each guest domain holding a passthrough endpoint gets one host address
+//! space (a `nesting_core::shadow::ShadowDomain` over the RAM IOAS); an
+//! unattached passthrough endpoint is either blocked or, in bypass, attached
+//! to one shared identity space (IOVA = GPA over all guest RAM).
+//!
+//! The device drives a [`PassthroughHost`]: every call is synchronous and
+//! has reached the host IOMMU when it returns, so a MAP or UNMAP request
+//! completes only after the host agrees. A failed call leaves the host as
+//! it was, and the device then leaves its own state as it was too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use nesting_core::types::{Access, Gpa, Iova};
+use thiserror::Error;
+
+use crate::domain::{Mapping, Tables};
+use crate::protocol::{MapFlags, Status};
+
+/// A host IOMMU failure, as the device answers it.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum HostFailure {
+    /// The host ran out of memory or IOVA space (ENOMEM, ENOSPC):
+    /// `VIRTIO_IOMMU_S_NOMEM`.
+    #[error("the host IOMMU is out of resources")]
+    NoMemory,
+    /// The guest-physical range is not guest RAM, so the host cannot pin
+    /// it: `VIRTIO_IOMMU_S_FAULT`.
+    #[error("the guest-physical range is not guest RAM")]
+    NotRam,
+    /// Any other host failure: `VIRTIO_IOMMU_S_DEVERR`.
+    #[error("the host IOMMU failed")]
+    Device,
+}
+
+impl HostFailure {
+    /// The request status for this failure.
+    pub fn status(self) -> Status {
+        match self {
+            HostFailure::NoMemory => Status::NoMem,
+            HostFailure::NotRam => Status::Fault,
+            HostFailure::Device => Status::DevErr,
+        }
+    }
+}
+
+/// A host address space the device shadows into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SpaceId {
+    /// The guest domain with this ID.
+    Domain(u32),
+    /// The identity space shared by every passthrough endpoint in bypass.
+    Identity,
+}
+
+impl fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpaceId::Domain(d) => write!(f, "domain {d}"),
+            SpaceId::Identity => f.write_str("identity space"),
+        }
+    }
+}
+
+/// The host side of passthrough endpoints. Implemented over
+/// `nesting_core::shadow` for a real or simulated iommufd; tests use a
+/// recording fake. Every call applies its change to the host IOMMU before
+/// returning and, on failure, leaves the host unchanged.
+pub trait PassthroughHost: Send + fmt::Debug {
+    /// Creates an empty address space (the identity one maps all guest
+    /// RAM at IOVA = GPA).
+    fn create(&mut self, space: SpaceId) -> Result<(), HostFailure>;
+    /// Destroys a space no endpoint is attached to any more.
+    fn destroy(&mut self, space: SpaceId);
+    /// Maps `[iova, iova + len)` to guest RAM at `gpa`.
+    fn map(
+        &mut self,
+        space: SpaceId,
+        iova: Iova,
+        gpa: Gpa,
+        len: u64,
+        access: Access,
+    ) -> Result<(), HostFailure>;
+    /// Unmaps exactly the mappings `map` created in `[iova, iova + len)`.
+    fn unmap(&mut self, space: SpaceId, iova: Iova, len: u64) -> Result<(), HostFailure>;
+    /// Attaches a passthrough endpoint to a space, replacing what it was
+    /// attached to.
+    fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure>;
+    /// Blocks all DMA of a passthrough endpoint.
+    fn block(&mut self, endpoint: u32) -> Result<(), HostFailure>;
+}
+
+/// The host access a mapping grants: the READ/WRITE flags (MMIO is a memory
+/// type, not a permission).
+pub fn access_of(flags: MapFlags) -> Access {
+    let mut a = Access::empty();
+    if flags.contains(MapFlags::READ) {
+        a |= Access::READ;
+    }
+    if flags.contains(MapFlags::WRITE) {
+        a |= Access::WRITE;
+    }
+    a
+}
+
+/// The passthrough endpoints and the spaces that exist for them.
+#[derive(Debug)]
+pub struct Passthrough {
+    host: Box<dyn PassthroughHost>,
+    endpoints: BTreeSet<u32>,
+    spaces: BTreeMap<SpaceId, usize>,
+}
+
+impl Passthrough {
+    /// No passthrough endpoint yet, behind `host`.
+    pub fn new(host: Box<dyn PassthroughHost>) -> Self {
+        Passthrough {
+            host,
+            endpoints: BTreeSet::new(),
+            spaces: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a passthrough endpoint, unattached: blocked (`None`) or in
+    /// the identity space.
+    pub fn add(&mut self, endpoint: u32, space: Option<SpaceId>, tables: &Tables) -> Result<(), HostFailure> {
+        match space {
+            Some(s) => self.enter(endpoint, s, tables)?,
+            None => self.host.block(endpoint)?,
+        }
+        self.endpoints.insert(endpoint);
+        Ok(())
+    }
+
+    /// Whether `endpoint` is a passthrough endpoint.
+    pub fn is_passthrough(&self, endpoint: u32) -> bool {
+        self.endpoints.contains(&endpoint)
+    }
+
+    /// The passthrough endpoints.
+    pub fn endpoints(&self) -> &BTreeSet<u32> {
+        &self.endpoints
+    }
+
+    /// Whether `domain` has a host space.
+    pub fn has_space(&self, domain: u32) -> bool {
+        self.spaces.contains_key(&SpaceId::Domain(domain))
+    }
+
+    /// Moves `endpoint` into `space`, creating it (and, for a domain,
+    /// replaying the domain's mappings from `tables`) when it is the first.
+    pub fn enter(&mut self, endpoint: u32, space: SpaceId, tables: &Tables) -> Result<(), HostFailure> {
+        let created = !self.spaces.contains_key(&space);
+        if created {
+            self.host.create(space)?;
+            if let SpaceId::Domain(d) = space
+                && let Err(e) = self.replay(d, tables)
+            {
+                self.host.destroy(space);
+                return Err(e);
+            }
+        }
+        if let Err(e) = self.host.attach(endpoint, space) {
+            if created {
+                self.host.destroy(space);
+            }
+            return Err(e);
+        }
+        *self.spaces.entry(space).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Takes `endpoint` out of `space` (it is then attached elsewhere or
+    /// blocked); destroys the space when it was the last user.
+    pub fn leave(&mut self, space: SpaceId) {
+        if let Some(n) = self.spaces.get_mut(&space) {
+            *n -= 1;
+            if *n == 0 {
+                self.spaces.remove(&space);
+                self.host.destroy(space);
+            }
+        }
+    }
+
+    /// Blocks `endpoint` (detached, no bypass).
+    pub fn block(&mut self, endpoint: u32) -> Result<(), HostFailure> {
+        self.host.block(endpoint)
+    }
+
+    fn replay(&mut self, domain: u32, tables: &Tables) -> Result<(), HostFailure> {
+        let Some(d) = tables.domain(domain) else {
+            return Ok(());
+        };
+        for m in d.mappings.values() {
+            self.host_map(SpaceId::Domain(domain), m)?;
+        }
+        Ok(())
+    }
+
+    /// Mirrors a new mapping of `domain`, when the domain has a host space.
+    pub fn map(&mut self, domain: u32, m: &Mapping) -> Result<(), HostFailure> {
+        let space = SpaceId::Domain(domain);
+        if !self.spaces.contains_key(&space) {
+            return Ok(());
+        }
+        self.host_map(space, m)
+    }
+
+    fn host_map(&mut self, space: SpaceId, m: &Mapping) -> Result<(), HostFailure> {
+        self.host.map(
+            space,
+            Iova(m.iova_first),
+            Gpa(m.gpa),
+            m.len(),
+            access_of(m.map_flags()),
+        )
+    }
+
+    /// Removes mappings of `domain` from its host space. On failure the
+    /// mappings removed before the failing one are mapped back, so the host
+    /// matches the unchanged guest view.
+    pub fn unmap(&mut self, domain: u32, removed: &[Mapping]) -> Result<(), HostFailure> {
+        let space = SpaceId::Domain(domain);
+        if !self.spaces.contains_key(&space) {
+            return Ok(());
+        }
+        for (i, m) in removed.iter().enumerate() {
+            if let Err(e) = self.host.unmap(space, Iova(m.iova_first), m.len()) {
+                for back in &removed[..i] {
+                    if let Err(again) = self.host_map(space, back) {
+                        log::error!("restoring {space} at {:#x}: {again}", back.iova_first);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Snapshot and restore of the complete device state, for live migration.
+//!
+//! The snapshot holds everything the guest can observe: configuration,
+//! negotiated features, `bypass`, domains with their mappings and
+//! endpoints, the fault backlog and the virtqueues' positions. Guest memory
+//! and the interrupt callback are the VMM's; passthrough endpoints are
+//! re-added by the destination VMM (their host objects cannot migrate)
+//! before [`VirtioIommu::restore`], which then rebuilds their host address
+//! spaces from the restored domains.
+
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
+
+use crate::config::DeviceConfig;
+use crate::device::{DeviceError, MAX_QUEUE_SIZE, VirtioIommu};
+use crate::domain::Tables;
+use crate::event::EventLog;
+use crate::protocol::{Features, NUM_QUEUES};
+
+/// Snapshot format version; bumped on any incompatible change.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// One split virtqueue's state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    /// Ring size the driver chose.
+    pub size: u16,
+    /// Set up and enabled.
+    pub ready: bool,
+    /// Descriptor table address.
+    pub desc: u64,
+    /// Available ring address.
+    pub avail: u64,
+    /// Used ring address.
+    pub used: u64,
+    /// Next available index the device reads.
+    pub next_avail: u16,
+    /// Next used index the device writes.
+    pub next_used: u16,
+}
+
+impl QueueSnapshot {
+    fn of(q: &Queue) -> Self {
+        QueueSnapshot {
+            size: q.size(),
+            ready: q.ready(),
+            desc: q.desc_table(),
+            avail: q.avail_ring(),
+            used: q.used_ring(),
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+        }
+    }
+
+    fn queue(&self) -> Result<Queue, DeviceError> {
+        let state = virtio_queue::QueueState {
+            max_size: MAX_QUEUE_SIZE,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: false,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc,
+            avail_ring: self.avail,
+            used_ring: self.used,
+        };
+        Queue::try_from(state).map_err(|_| DeviceError::Snapshot("invalid virtqueue state"))
+    }
+}
+
+/// The device's state (serde).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// [`SNAPSHOT_VERSION`].
+    pub version: u32,
+    /// Configuration presented.
+    pub config: DeviceConfig,
+    /// Negotiated feature bits.
+    pub features: u64,
+    /// FEATURES_OK accepted.
+    pub features_ok: bool,
+    /// Config field `bypass`.
+    pub bypass: bool,
+    /// Domains, mappings, attachments.
+    pub tables: Tables,
+    /// Waiting faults and counters.
+    pub events: EventLog,
+    /// Request and event queues.
+    pub queues: [QueueSnapshot; NUM_QUEUES],
+    /// Passthrough endpoints (re-added by the destination VMM).
+    pub passthrough: Vec<u32>,
+}
+
+impl<M: GuestMemory> VirtioIommu<M> {
+    /// The complete device state.
+    pub fn snapshot(&self) -> Snapshot {
+        let g = self.lock();
+        let st = &g.state;
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            config: st.cfg.clone(),
+            features: st.features.bits(),
+            features_ok: st.features_ok,
+            bypass: st.bypass,
+            tables: st.tables.clone(),
+            events: st.events.clone(),
+            queues: [QueueSnapshot::of(&g.queues[0]), QueueSnapshot::of(&g.queues[1])],
+            passthrough: st
+                .passthrough
+                .as_ref()
+                .map(|p| p.endpoints().iter().copied().collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// A device in the state of `snap`, with no passthrough endpoint: for
+    /// a destination without passthrough devices.
+    pub fn from_snapshot(snap: &Snapshot) -> Result<Self, DeviceError> {
+        if !snap.passthrough.is_empty() {
+            return Err(DeviceError::Snapshot(
+                "the snapshot has passthrough endpoints: add them, then restore",
+            ));
+        }
+        snap.config.validate(0)?;
+        let dev = VirtioIommu::from_config(snap.config.clone());
+        dev.restore(snap)?;
+        Ok(dev)
+    }
+
+    /// Loads `snap` into this device, whose passthrough endpoints (if
+    /// any) the VMM added already, the same set as on the source. Every
+    /// part is checked before anything changes; passthrough endpoints are
+    /// then moved into the host spaces the restored domains give them.
+    pub fn restore(&self, snap: &Snapshot) -> Result<(), DeviceError> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(DeviceError::Snapshot("unknown snapshot version"));
+        }
+        snap.config.validate(0)?;
+        let tables = snap
+            .tables
+            .clone()
+            .validated()
+            .ok_or(DeviceError::Snapshot("inconsistent domains"))?;
+        if tables.domains().flat_map(|(_, d)| d.endpoints.iter()).any(|e| !snap.config.manages(*e)) {
+            return Err(DeviceError::Snapshot("an attached endpoint is not managed"));
+        }
+        let events = snap
+            .events
+            .clone()
+            .validated()
+            .ok_or(DeviceError::Snapshot("event backlog over its bound"))?;
+        let features = Features::from_bits(snap.features)
+            .filter(|f| snap.config.offered().contains(*f))
+            .ok_or(DeviceError::Snapshot("features not offered"))?;
+        let queues = [snap.queues[0].queue()?, snap.queues[1].queue()?];
+        let mut g = self.lock();
+        let mine: Vec<u32> = g
+            .state
+            .passthrough
+            .as_ref()
+            .map(|p| p.endpoints().iter().copied().collect())
+            .unwrap_or_default();
+        if mine != snap.passthrough {
+            return Err(DeviceError::Snapshot("passthrough endpoints differ from the source's"));
+        }
+        let before = g.state.passthrough_spaces();
+        g.state.cfg = snap.config.clone();
+        g.state.features = features;
+        g.state.features_ok = snap.features_ok;
+        g.state.bypass = snap.bypass;
+        g.state.tables = tables;
+        g.state.events = events;
+        g.queues = queues;
+        g.state.resettle_unattached(&before);
+        Ok(())
+    }
+}
