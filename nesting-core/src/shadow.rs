@@ -1,1 +1,784 @@
-//! Placeholder: filled by the shadow work of issue 3.
+//! The shadow engine: a guest domain's IOVA -> GPA mappings mirrored into a
+//! kernel-managed IOAS for the passthrough devices attached to it.
+//!
+//! - **Pin once.** Guest RAM is mapped once into the VM's RAM IOAS
+//!   ([`RamIoas`], IOVA = GPA). Each shadow mapping is an `IOMMU_IOAS_COPY`
+//!   out of it, so the kernel pins and accounts a page at most once however
+//!   many domains and devices use it, and a guest that maps memory again
+//!   costs no new pinning. Where the kernel refuses a COPY the engine falls
+//!   back to a plain MAP of the same memory.
+//! - **Batches.** Guest changes are staged ([`ShadowDomain::map`],
+//!   [`ShadowDomain::unmap`]) and applied together at a sync point
+//!   ([`ShadowDomain::sync`]): a virtio-iommu request, a VT-d invalidation.
+//!   Runs contiguous in both IOVA and GPA become one host mapping.
+//! - **Whole areas.** The kernel refuses an unmap that splits a mapping, so
+//!   the engine keeps the host's runs: a guest unmap of part of a run
+//!   unmaps the run and maps the remainder again.
+//! - **Not RAM.** GPAs outside guest RAM (MMIO, BARs) are skipped with a
+//!   warning and counted; never fatal.
+//! - **Consistent on failure.** A host failure rolls the domain back to
+//!   what it was before the sync (guest view and host IOAS), and returns a
+//!   typed error the model turns into its architected error. If even the
+//!   rollback fails, the IOAS is emptied (or, failing that, the devices are
+//!   blocked) so a device can never reach memory the guest did not map, and
+//!   the next sync rebuilds everything.
+//! - **Devices.** Several devices share one domain's IOAS; a device joining
+//!   gets the existing mappings; one leaving returns to blocking.
+//! - **Identity.** With translation off (VT-d TE=0, virtio-iommu bypass) a
+//!   device sees guest RAM at IOVA = GPA: the devices are re-attached to
+//!   the RAM IOAS, and back, without re-mapping anything.
+
+mod spans;
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use spans::{Span, SpanMap};
+
+use crate::host::objects::{BoundDevice, Ioas, SharedHost};
+use crate::host::{DevId, Errno, HostError, IoasId, IovaPlacement, MapSource, PtId};
+use crate::ram::{RamBacking, RamIoas};
+use crate::types::{Access, Gpa, Iova, Pasid};
+
+/// Most guest mappings one domain may hold: a guest mapping 4 GiB in 4 KiB
+/// pages, one by one, reaches this. Each costs host memory in the engine
+/// and in the kernel, so a guest asking for more gets an out-of-memory
+/// answer instead of growing the VMM without bound.
+pub const MAX_GUEST_SPANS: usize = 1 << 20;
+
+/// The smallest IOVA alignment the engine accepts: 4 KiB, the smallest
+/// page of every IOMMU iommufd drives.
+const MIN_ALIGNMENT: u64 = 4096;
+
+/// Failure of a shadow domain operation.
+#[derive(Debug, Error)]
+pub enum ShadowError {
+    /// A mapping or unmapping the host cannot express: empty, wrapping the
+    /// address space, or not aligned to the host IOMMU's page size. Models
+    /// check their own architected limits first; this is the backstop.
+    #[error(
+        "range at {iova:#x} of {len:#x} bytes (gpa {gpa:#x}) is empty, wraps or is not {align:#x}-aligned"
+    )]
+    BadRange {
+        /// IOVA.
+        iova: u64,
+        /// GPA (0 for an unmap).
+        gpa: u64,
+        /// Length.
+        len: u64,
+        /// The host's IOVA alignment.
+        align: u64,
+    },
+    /// The domain would exceed [`MAX_GUEST_SPANS`].
+    #[error("more than {MAX_GUEST_SPANS} mappings in one domain")]
+    TooManyMappings,
+    /// The host ran out of memory or IOVA space (ENOMEM, ENOSPC).
+    #[error("host out of memory")]
+    NoMemory {
+        /// The host's error.
+        #[source]
+        source: HostError,
+    },
+    /// Any other host failure.
+    #[error("host failure")]
+    Host {
+        /// The host's error.
+        #[source]
+        source: HostError,
+    },
+}
+
+impl ShadowError {
+    fn from_host(source: HostError) -> ShadowError {
+        if source.errno == Errno::ENOMEM || source.errno == Errno::ENOSPC {
+            ShadowError::NoMemory { source }
+        } else {
+            ShadowError::Host { source }
+        }
+    }
+
+    /// Whether the failure is a lack of memory (virtio-iommu `S_NOMEM`)
+    /// rather than a device error (`S_DEVERR`).
+    pub fn is_no_memory(&self) -> bool {
+        matches!(
+            self,
+            ShadowError::NoMemory { .. } | ShadowError::TooManyMappings
+        )
+    }
+}
+
+/// What one [`ShadowDomain::sync`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Host calls made (map, copy, unmap), rollback excluded.
+    pub host_calls: u64,
+    /// Host mappings created.
+    pub mapped: u64,
+    /// Host unmap calls.
+    pub unmapped: u64,
+    /// Bytes of guest mappings skipped because their GPAs are not RAM.
+    pub skipped_bytes: u64,
+}
+
+/// Totals over a domain's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShadowStats {
+    /// Successful syncs.
+    pub syncs: u64,
+    /// Syncs that failed and were rolled back.
+    pub failed_syncs: u64,
+    /// Host calls made by syncs (rollback excluded).
+    pub host_calls: u64,
+    /// Bytes skipped because they were not RAM.
+    pub skipped_bytes: u64,
+    /// COPYs refused by the host and done as MAP instead.
+    pub copy_fallbacks: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Staged {
+    Map(Span),
+    Unmap { first: u64, last: u64 },
+}
+
+impl Staged {
+    fn range(&self) -> (u64, u64) {
+        match *self {
+            Staged::Map(s) => (s.first, s.last),
+            Staged::Unmap { first, last } => (first, last),
+        }
+    }
+}
+
+/// A host change made during a sync, to undo on failure.
+#[derive(Clone, Copy, Debug)]
+enum Done {
+    Unmapped(Span),
+    Mapped(Span),
+}
+
+/// One guest domain's mappings in one host IOAS.
+#[derive(Debug)]
+pub struct ShadowDomain {
+    host: SharedHost,
+    ram: Arc<RamIoas>,
+    ioas: Ioas,
+    align: u64,
+    /// The guest's mappings as of the last successful sync.
+    guest: SpanMap,
+    /// The host mappings, as installed (each one COPY or MAP).
+    runs: SpanMap,
+    staged: Vec<Staged>,
+    devices: Vec<(DevId, Option<Pasid>)>,
+    identity: bool,
+    /// The host IOAS no longer matches `runs`: rebuild at the next sync.
+    rebuild: bool,
+    /// Devices were detached because the IOAS could not be cleaned.
+    quarantined: bool,
+    stats: ShadowStats,
+}
+
+impl ShadowDomain {
+    /// An empty domain with a new IOAS.
+    pub fn new(host: &SharedHost, ram: &Arc<RamIoas>) -> Result<ShadowDomain, ShadowError> {
+        let ioas = Ioas::alloc(host).map_err(ShadowError::from_host)?;
+        let align = Self::host_alignment(host, ioas.id())?;
+        Ok(ShadowDomain {
+            host: host.clone(),
+            ram: ram.clone(),
+            ioas,
+            align,
+            guest: SpanMap::new(),
+            runs: SpanMap::new(),
+            staged: Vec::new(),
+            devices: Vec::new(),
+            identity: false,
+            rebuild: false,
+            quarantined: false,
+            stats: ShadowStats::default(),
+        })
+    }
+
+    /// The IOVA alignment the host requires of the IOAS: the largest page
+    /// size of the attached devices' IOMMUs, and never less than 4 KiB
+    /// (an IOAS without devices reports 1, but every IOMMU it may meet has
+    /// pages of at least 4 KiB).
+    fn host_alignment(host: &SharedHost, ioas: IoasId) -> Result<u64, ShadowError> {
+        let r = host
+            .ioas_iova_ranges(ioas)
+            .map_err(ShadowError::from_host)?;
+        Ok(r.alignment.max(MIN_ALIGNMENT))
+    }
+
+    /// The shadow IOAS.
+    pub fn ioas(&self) -> &Ioas {
+        &self.ioas
+    }
+
+    /// The guest's mappings as of the last successful sync.
+    pub fn guest_mappings(&self) -> impl Iterator<Item = &Span> {
+        self.guest.iter()
+    }
+
+    /// The host mappings the engine installed.
+    pub fn host_runs(&self) -> impl Iterator<Item = &Span> {
+        self.runs.iter()
+    }
+
+    /// Totals over the domain's life.
+    pub fn stats(&self) -> ShadowStats {
+        self.stats
+    }
+
+    /// The devices (and PASIDs) attached.
+    pub fn devices(&self) -> &[(DevId, Option<Pasid>)] {
+        &self.devices
+    }
+
+    /// Whether devices see guest RAM at IOVA = GPA.
+    pub fn is_identity(&self) -> bool {
+        self.identity
+    }
+
+    /// The host's IOVA alignment (its IOMMU page size).
+    pub fn alignment(&self) -> u64 {
+        self.align
+    }
+
+    fn checked_range(&self, iova: Iova, gpa: u64, len: u64) -> Result<(u64, u64), ShadowError> {
+        let bad = || ShadowError::BadRange {
+            iova: iova.raw(),
+            gpa,
+            len,
+            align: self.align,
+        };
+        let a = self.align - 1;
+        if len == 0 || (iova.raw() | gpa | len) & a != 0 || gpa.checked_add(len - 1).is_none() {
+            return Err(bad());
+        }
+        let last = iova.raw().checked_add(len - 1).ok_or_else(bad)?;
+        Ok((iova.raw(), last))
+    }
+
+    /// Stages a guest mapping of `len` bytes from `iova` to `gpa`; it
+    /// replaces whatever the guest had mapped there. Applied at the next
+    /// [`ShadowDomain::sync`].
+    pub fn map(
+        &mut self,
+        iova: Iova,
+        gpa: Gpa,
+        len: u64,
+        access: Access,
+    ) -> Result<(), ShadowError> {
+        let (first, last) = self.checked_range(iova, gpa.raw(), len)?;
+        self.staged.push(Staged::Map(Span {
+            first,
+            last,
+            gpa: gpa.raw(),
+            access: access & Access::RW,
+        }));
+        Ok(())
+    }
+
+    /// Stages the removal of every guest mapping inside `[iova, iova +
+    /// len)`, splitting those that cross its ends (whether a split is
+    /// allowed is the model's rule, not the engine's).
+    pub fn unmap(&mut self, iova: Iova, len: u64) -> Result<(), ShadowError> {
+        let (first, last) = self.checked_range(iova, 0, len)?;
+        self.staged.push(Staged::Unmap { first, last });
+        Ok(())
+    }
+
+    /// Stages the removal of every guest mapping.
+    pub fn unmap_all(&mut self) {
+        self.staged.push(Staged::Unmap {
+            first: 0,
+            last: u64::MAX,
+        });
+    }
+
+    /// Whether changes are staged.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty() || self.rebuild
+    }
+
+    /// Applies the staged changes to the host IOAS. On failure the domain
+    /// is as it was before: the staged changes are dropped, the guest view
+    /// and the host IOAS unchanged.
+    pub fn sync(&mut self) -> Result<SyncReport, ShadowError> {
+        if !self.has_staged() {
+            return Ok(SyncReport::default());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let undo = match self.apply_to_guest(&staged) {
+            Ok(u) => u,
+            Err(e) => {
+                self.stats.failed_syncs += 1;
+                return Err(e);
+            }
+        };
+        let dirty = if self.rebuild {
+            vec![(0, u64::MAX)]
+        } else {
+            merge(staged.iter().map(Staged::range).collect())
+        };
+        let mut report = SyncReport::default();
+        let result = self.apply_to_host(&dirty, &mut report);
+        self.stats.host_calls += report.host_calls;
+        match result {
+            Ok(()) => {
+                self.stats.syncs += 1;
+                self.stats.skipped_bytes += report.skipped_bytes;
+                Ok(report)
+            }
+            Err(e) => {
+                self.undo_guest(undo);
+                self.stats.failed_syncs += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies staged changes to the guest view; returns how to undo them.
+    fn apply_to_guest(
+        &mut self,
+        staged: &[Staged],
+    ) -> Result<Vec<(Staged, Vec<Span>)>, ShadowError> {
+        let mut undo = Vec::with_capacity(staged.len());
+        for op in staged {
+            let (first, last) = op.range();
+            let before = self.guest.overlapping(first, last);
+            match *op {
+                Staged::Map(s) => self.guest.insert(s),
+                Staged::Unmap { first, last } => self.guest.remove(first, last),
+            }
+            undo.push((*op, before));
+            if self.guest.len() > MAX_GUEST_SPANS {
+                self.undo_guest(undo);
+                return Err(ShadowError::TooManyMappings);
+            }
+        }
+        Ok(undo)
+    }
+
+    fn undo_guest(&mut self, undo: Vec<(Staged, Vec<Span>)>) {
+        for (op, before) in undo.into_iter().rev() {
+            let (first, last) = op.range();
+            self.guest.remove(first, last);
+            for s in before {
+                self.guest.insert(s);
+            }
+        }
+    }
+
+    /// Brings the host runs inside the dirty ranges in line with the guest
+    /// view.
+    fn apply_to_host(
+        &mut self,
+        dirty: &[(u64, u64)],
+        report: &mut SyncReport,
+    ) -> Result<(), ShadowError> {
+        if self.rebuild {
+            return self.rebuild_host(report);
+        }
+        // Old runs crossing a dirty range are replaced whole: the affected
+        // area is the dirty ranges grown to the runs they touch.
+        let mut affected = Vec::new();
+        for &(first, last) in dirty {
+            let runs = self.runs.overlapping(first, last);
+            let f = runs.first().map_or(first, |r| r.first.min(first));
+            let l = runs.last().map_or(last, |r| r.last.max(last));
+            affected.push((f, l));
+        }
+        let affected = merge(affected);
+        let mut old = Vec::new();
+        let mut new = Vec::new();
+        for &(first, last) in &affected {
+            old.push(self.runs.overlapping(first, last));
+            new.push(self.desired_runs(first, last, report));
+        }
+        let mut done = Vec::new();
+        let res = self.replace_runs(&old, &new, &mut done, report);
+        if let Err(e) = res {
+            self.roll_back(done);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Unmaps `old` and installs `new`, area by area, skipping runs present
+    /// in both.
+    fn replace_runs(
+        &mut self,
+        old: &[Vec<Span>],
+        new: &[Vec<Span>],
+        done: &mut Vec<Done>,
+        report: &mut SyncReport,
+    ) -> Result<(), ShadowError> {
+        for (old, new) in old.iter().zip(new) {
+            for group in removal_groups(old, new) {
+                let (Some(head), Some(tail)) = (group.first(), group.last()) else {
+                    continue;
+                };
+                let (first, last) = (head.first, tail.last);
+                report.host_calls += 1;
+                report.unmapped += 1;
+                self.host
+                    .ioas_unmap(
+                        self.ioas.id(),
+                        Iova(first),
+                        (last - first).saturating_add(1),
+                    )
+                    .map_err(ShadowError::from_host)?;
+                for s in &group {
+                    self.runs.take(s.first);
+                    done.push(Done::Unmapped(*s));
+                }
+            }
+            for s in minus(new, old) {
+                self.install(&s, report)?;
+                self.runs.insert(s);
+                done.push(Done::Mapped(s));
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps one run: COPY from the RAM IOAS, or MAP of the same memory
+    /// where the host refuses the COPY.
+    fn install(&mut self, s: &Span, report: &mut SyncReport) -> Result<(), ShadowError> {
+        report.host_calls += 1;
+        report.mapped += 1;
+        let copied = self.host.ioas_copy(
+            self.ioas.id(),
+            IovaPlacement::Fixed(Iova(s.first)),
+            self.ram.ioas().id(),
+            Iova(s.gpa),
+            s.len(),
+            s.access,
+        );
+        let e = match copied {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        // Out of memory and "already mapped" are not a refusal of COPY
+        // itself; a MAP would fail the same way.
+        if [Errno::ENOMEM, Errno::ENOSPC, Errno::EEXIST].contains(&e.errno) {
+            return Err(ShadowError::from_host(e));
+        }
+        let Some(region) = self.ram.ram().region_of(Gpa(s.gpa), s.len()) else {
+            return Err(ShadowError::from_host(e));
+        };
+        let off = s.gpa - region.gpa.raw();
+        log::debug!(
+            "IOAS_COPY of {:#x} refused ({e}); mapping it directly",
+            s.gpa
+        );
+        self.stats.copy_fallbacks += 1;
+        report.host_calls += 1;
+        let place = IovaPlacement::Fixed(Iova(s.first));
+        let res = match &region.backing {
+            RamBacking::UserVa(va) => self.host.ioas_map(
+                self.ioas.id(),
+                place,
+                MapSource::UserVa(va + off),
+                s.len(),
+                s.access,
+            ),
+            RamBacking::File { file, offset } => self.host.ioas_map(
+                self.ioas.id(),
+                place,
+                MapSource::File {
+                    fd: file.as_fd(),
+                    offset: offset + off,
+                },
+                s.len(),
+                s.access,
+            ),
+        };
+        res.map(|_| ()).map_err(ShadowError::from_host)
+    }
+
+    /// The host runs the guest view calls for inside `[first, last]`:
+    /// guest spans clipped to it, cut at RAM region ends, non-RAM parts
+    /// skipped, and neighbours contiguous in IOVA and GPA joined.
+    fn desired_runs(&self, first: u64, last: u64, report: &mut SyncReport) -> Vec<Span> {
+        let mut out: Vec<Span> = Vec::new();
+        for g in self.guest.overlapping(first, last) {
+            let Some(g) = g.clip(first, last) else {
+                continue;
+            };
+            for piece in self.ram_pieces(&g, report) {
+                match out.last_mut() {
+                    Some(prev)
+                        if prev.continues_into(&piece)
+                            && self
+                                .ram
+                                .ram()
+                                .region_of(Gpa(prev.gpa), prev.len() + piece.len())
+                                .is_some() =>
+                    {
+                        prev.last = piece.last;
+                    }
+                    _ => out.push(piece),
+                }
+            }
+        }
+        out
+    }
+
+    /// `span` cut into the parts whose GPAs are RAM, one per RAM region.
+    fn ram_pieces(&self, span: &Span, report: &mut SyncReport) -> Vec<Span> {
+        let ram = self.ram.ram();
+        let gpa_last = span.gpa + (span.last - span.first);
+        let mut out = Vec::new();
+        let mut at = span.gpa;
+        loop {
+            let (end, is_ram) = match ram.region_of(Gpa(at), 1) {
+                Some(r) => ((r.gpa.raw() + (r.len - 1)).min(gpa_last), true),
+                None => {
+                    let next = ram
+                        .regions()
+                        .iter()
+                        .find(|r| r.gpa.raw() > at)
+                        .map_or(gpa_last, |r| (r.gpa.raw() - 1).min(gpa_last));
+                    (next, false)
+                }
+            };
+            let piece = Span {
+                first: span.first + (at - span.gpa),
+                last: span.first + (end - span.gpa),
+                gpa: at,
+                access: span.access,
+            };
+            if is_ram {
+                out.push(piece);
+            } else {
+                log::warn!(
+                    "guest maps iova {:#x}..={:#x} to gpa {at:#x}, which is not RAM: not mirrored to the host",
+                    piece.first,
+                    piece.last
+                );
+                report.skipped_bytes += piece.len();
+            }
+            if end >= gpa_last {
+                break;
+            }
+            at = end + 1;
+        }
+        out
+    }
+
+    /// Undoes the host changes of a failed sync. If that fails too, the IOAS
+    /// is emptied (or the devices blocked) and rebuilt at the next sync.
+    fn roll_back(&mut self, done: Vec<Done>) {
+        let mut scratch = SyncReport::default();
+        for d in done.into_iter().rev() {
+            let ok = match d {
+                Done::Mapped(s) => {
+                    self.runs.take(s.first);
+                    self.host
+                        .ioas_unmap(self.ioas.id(), Iova(s.first), s.len())
+                        .is_ok()
+                }
+                Done::Unmapped(s) => {
+                    let ok = self.install(&s, &mut scratch).is_ok();
+                    if ok {
+                        self.runs.insert(s);
+                    }
+                    ok
+                }
+            };
+            if !ok {
+                log::error!("shadow rollback failed; emptying the IOAS");
+                self.empty_host();
+                return;
+            }
+        }
+    }
+
+    /// Removes every host mapping; if even that fails, blocks the devices.
+    /// Either way the next sync rebuilds from the guest view.
+    fn empty_host(&mut self) {
+        self.rebuild = true;
+        match self.host.ioas_unmap(self.ioas.id(), Iova(0), u64::MAX) {
+            Ok(_) => self.runs = SpanMap::new(),
+            Err(e) if e.errno == Errno::ENOENT => self.runs = SpanMap::new(),
+            Err(e) => {
+                log::error!("cannot empty shadow IOAS ({e}); blocking its devices");
+                for &(dev, pasid) in &self.devices {
+                    if let Err(e) = self.host.detach(dev, pasid) {
+                        log::error!("cannot block {dev}: {e}");
+                    }
+                }
+                self.quarantined = true;
+            }
+        }
+    }
+
+    /// Rebuilds the whole IOAS from the guest view (after a failed
+    /// rollback).
+    fn rebuild_host(&mut self, report: &mut SyncReport) -> Result<(), ShadowError> {
+        report.host_calls += 1;
+        match self.host.ioas_unmap(self.ioas.id(), Iova(0), u64::MAX) {
+            Ok(_) => {}
+            Err(e) if e.errno == Errno::ENOENT => {}
+            Err(e) => return Err(ShadowError::from_host(e)),
+        }
+        self.runs = SpanMap::new();
+        for s in self.desired_runs(0, u64::MAX, report) {
+            if let Err(e) = self.install(&s, report) {
+                self.empty_host();
+                return Err(e);
+            }
+            self.runs.insert(s);
+        }
+        if self.quarantined {
+            let pt = self.target();
+            for &(dev, pasid) in &self.devices {
+                self.host
+                    .attach(dev, pasid, pt)
+                    .map_err(ShadowError::from_host)?;
+            }
+            self.quarantined = false;
+        }
+        self.rebuild = false;
+        Ok(())
+    }
+
+    fn target(&self) -> PtId {
+        if self.identity {
+            PtId::Ioas(self.ram.ioas().id())
+        } else {
+            PtId::Ioas(self.ioas.id())
+        }
+    }
+
+    /// Attaches a device (or one of its PASIDs) to this domain, replacing
+    /// whatever it was attached to: it sees the domain's mappings at once.
+    /// If the host refuses (the device cannot share this IOAS, e.g. its
+    /// reserved regions collide with existing mappings), nothing changes.
+    pub fn attach(
+        &mut self,
+        dev: &mut BoundDevice,
+        pasid: Option<Pasid>,
+    ) -> Result<(), ShadowError> {
+        if self.quarantined {
+            // The IOAS is not trustworthy until rebuilt.
+            self.sync()?;
+        }
+        dev.attach(pasid, self.target())
+            .map_err(ShadowError::from_host)?;
+        if !self.devices.contains(&(dev.id(), pasid)) {
+            self.devices.push((dev.id(), pasid));
+        }
+        Ok(())
+    }
+
+    /// Detaches a device from this domain, leaving it blocked.
+    pub fn detach(
+        &mut self,
+        dev: &mut BoundDevice,
+        pasid: Option<Pasid>,
+    ) -> Result<(), ShadowError> {
+        if self.devices.contains(&(dev.id(), pasid)) {
+            dev.detach(pasid).map_err(ShadowError::from_host)?;
+        }
+        self.forget(dev.id(), pasid);
+        Ok(())
+    }
+
+    /// Forgets a device that another domain has taken over (its attach
+    /// already replaced this one's on the host).
+    pub fn forget(&mut self, dev: DevId, pasid: Option<Pasid>) {
+        self.devices.retain(|d| *d != (dev, pasid));
+    }
+
+    /// Switches the devices between the RAM IOAS (identity: IOVA = GPA)
+    /// and the shadow IOAS by re-attaching them; the mappings stay in
+    /// place. On a host failure the devices already switched are switched
+    /// back.
+    pub fn set_identity(&mut self, on: bool) -> Result<(), ShadowError> {
+        if on == self.identity {
+            return Ok(());
+        }
+        let (from, to) = (self.target(), {
+            self.identity = on;
+            self.target()
+        });
+        if self.quarantined {
+            return Ok(());
+        }
+        for (i, &(dev, pasid)) in self.devices.iter().enumerate() {
+            if let Err(e) = self.host.attach(dev, pasid, to) {
+                for &(d, p) in &self.devices[..i] {
+                    if let Err(e) = self.host.attach(d, p, from) {
+                        log::error!("cannot switch {d} back: {e}");
+                    }
+                }
+                self.identity = !on;
+                return Err(ShadowError::from_host(e));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sorted, merged (overlapping or adjacent) inclusive ranges.
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (f, l) in v {
+        match out.last_mut() {
+            Some(prev) if prev.1 == u64::MAX || f <= prev.1 + 1 => prev.1 = prev.1.max(l),
+            _ => out.push((f, l)),
+        }
+    }
+    out
+}
+
+/// The spans of `a` not in `b` (both ascending and disjoint).
+fn minus(a: &[Span], b: &[Span]) -> Vec<Span> {
+    let mut j = 0;
+    let mut out = Vec::new();
+    for s in a {
+        while j < b.len() && b[j].first < s.first {
+            j += 1;
+        }
+        if b.get(j) != Some(s) {
+            out.push(*s);
+        }
+    }
+    out
+}
+
+/// The runs of `old` that `new` does not keep, grouped into maximal
+/// sequences that are consecutive in `old`: one unmap call covers a group,
+/// since no kept run lies between its members (runs are disjoint and
+/// `old` holds every run of the affected area).
+fn removal_groups(old: &[Span], new: &[Span]) -> Vec<Vec<Span>> {
+    let kept = minus(old, &minus(old, new));
+    let mut k = 0;
+    let mut groups: Vec<Vec<Span>> = Vec::new();
+    let mut open = false;
+    for s in old {
+        while k < kept.len() && kept[k].first < s.first {
+            k += 1;
+        }
+        if kept.get(k) == Some(s) {
+            open = false;
+            continue;
+        }
+        match groups.last_mut() {
+            Some(g) if open => g.push(*s),
+            _ => groups.push(vec![*s]),
+        }
+        open = true;
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests;
