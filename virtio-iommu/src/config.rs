@@ -25,7 +25,9 @@ pub const MAX_PROBE_SIZE: u32 = 64 * 1024;
 pub enum ConfigError {
     /// virtio 1.3 5.13.4: "The device MUST set at least one bit in
     /// page_size_mask".
-    #[error("page_size_mask {mask:#x} has no page size the host can map (host page {host_page:#x})")]
+    #[error(
+        "page_size_mask {mask:#x} has no page size the host can map (host page {host_page:#x})"
+    )]
     NoPageSize {
         /// The mask asked for.
         mask: u64,
@@ -49,15 +51,22 @@ pub enum ConfigError {
         /// The ladder's reason.
         reason: String,
     },
-    /// `domain_range` is empty while BYPASS_CONFIG needs one ID for the
-    /// driver's bypass domain... any range is non-empty; kept for
-    /// inverted ranges from a snapshot.
-    #[error("domain_range {first:#x}-{last:#x} is inverted")]
+    /// An inverted `domain_range` or `input_range` (only a snapshot can
+    /// carry one; the option parser refuses them).
+    #[error("domain_range {first:#x}-{last:#x} or the input range is inverted")]
     DomainRange {
         /// First ID.
         first: u32,
         /// Last ID.
         last: u32,
+    },
+    /// 5.13.6.8.1.2: "The device SHOULD NOT present more than one
+    /// VIRTIO_IOMMU_RESV_MEM_T_MSI property per endpoint" nor "multiple
+    /// RESV_MEM properties that overlap each other".
+    #[error("resv regions: {why}")]
+    Resv {
+        /// Which rule.
+        why: &'static str,
     },
 }
 
@@ -180,6 +189,28 @@ impl DeviceConfig {
                 regions,
                 probe_size: self.probe_size,
             });
+        }
+        if self
+            .resv
+            .iter()
+            .filter(|r| r.subtype == RESV_MEM_T_MSI)
+            .count()
+            > 1
+        {
+            return Err(ConfigError::Resv {
+                why: "more than one MSI region",
+            });
+        }
+        for (i, a) in self.resv.iter().enumerate() {
+            if a.end < a.start
+                || self.resv[i + 1..]
+                    .iter()
+                    .any(|b| a.overlaps(b.start, b.end))
+            {
+                return Err(ConfigError::Resv {
+                    why: "overlapping or inverted regions",
+                });
+            }
         }
         if self.domain_range.0 > self.domain_range.1 || self.input_range.0 > self.input_range.1 {
             return Err(ConfigError::DomainRange {

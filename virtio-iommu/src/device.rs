@@ -214,7 +214,10 @@ impl<M: GuestMemory> VirtioIommu<M> {
         pt.add(endpoint, space, &tables)
             .map_err(|source| DeviceError::Passthrough { endpoint, source })?;
         st.cfg = next;
-        log::info!("virtio-iommu: passthrough endpoint {endpoint:#x}: {}", decision.reason);
+        log::info!(
+            "virtio-iommu: passthrough endpoint {endpoint:#x}: {}",
+            decision.reason
+        );
         Ok(())
     }
 
@@ -235,7 +238,9 @@ impl<M: GuestMemory> VirtioIommu<M> {
         let why = if !offered.contains(f) {
             Some("acknowledges a feature the device did not offer (virtio 1.3 3.1.1)")
         } else if !f.contains(Features::VERSION_1) {
-            Some("VIRTIO_F_VERSION_1 not accepted; the device has no legacy interface (virtio 1.3 7.1)")
+            Some(
+                "VIRTIO_F_VERSION_1 not accepted; the device has no legacy interface (virtio 1.3 7.1)",
+            )
         } else {
             None
         };
@@ -302,9 +307,15 @@ impl<M: GuestMemory> VirtioIommu<M> {
         };
         let mut fresh = Queue::new(MAX_QUEUE_SIZE).map_err(err)?;
         fresh.try_set_size(size).map_err(err)?;
-        fresh.try_set_desc_table_address(GuestAddress(desc)).map_err(err)?;
-        fresh.try_set_avail_ring_address(GuestAddress(avail)).map_err(err)?;
-        fresh.try_set_used_ring_address(GuestAddress(used)).map_err(err)?;
+        fresh
+            .try_set_desc_table_address(GuestAddress(desc))
+            .map_err(err)?;
+        fresh
+            .try_set_avail_ring_address(GuestAddress(avail))
+            .map_err(err)?;
+        fresh
+            .try_set_used_ring_address(GuestAddress(used))
+            .map_err(err)?;
         fresh.set_ready(true);
         *q = fresh;
         Ok(())
@@ -395,7 +406,9 @@ impl State {
     pub(crate) fn unattached_space(&self, endpoint: u32) -> Option<crate::nesting::SpaceId> {
         match self.tables.domain_of(endpoint) {
             Some(_) => self.host_space(endpoint),
-            None => self.unattached_bypass().then_some(crate::nesting::SpaceId::Identity),
+            None => self
+                .unattached_bypass()
+                .then_some(crate::nesting::SpaceId::Identity),
         }
     }
 
@@ -412,7 +425,10 @@ impl State {
 
     /// After a change of the bypass rule, moves passthrough endpoints from
     /// the space they were in (`before`) to the one the rule now gives.
-    pub(crate) fn resettle_unattached(&mut self, before: &[(u32, Option<crate::nesting::SpaceId>)]) {
+    pub(crate) fn resettle_unattached(
+        &mut self,
+        before: &[(u32, Option<crate::nesting::SpaceId>)],
+    ) {
         let tables = self.tables.clone();
         for (ep, from) in before {
             let to = self.host_space(*ep);
@@ -449,7 +465,9 @@ impl State {
         // Every passthrough endpoint leaves its domain space.
         let tables = Tables::default();
         for (ep, from) in before {
-            let to = self.unattached_bypass().then_some(crate::nesting::SpaceId::Identity);
+            let to = self
+                .unattached_bypass()
+                .then_some(crate::nesting::SpaceId::Identity);
             let Some(pt) = self.passthrough.as_mut() else {
                 break;
             };

@@ -67,7 +67,10 @@ impl SplitRing {
     ) -> Result<u16, MemError> {
         let head = self.next_desc;
         let total = out.len() + inp.len();
-        let bufs = out.iter().map(|b| (b, 0)).chain(inp.iter().map(|b| (b, DESC_F_WRITE)));
+        let bufs = out
+            .iter()
+            .map(|b| (b, 0))
+            .chain(inp.iter().map(|b| (b, DESC_F_WRITE)));
         for (i, ((addr, len), wflag)) in bufs.enumerate() {
             let idx = self.next_desc;
             let next = (idx + 1) % self.size.max(1);

@@ -70,7 +70,8 @@ impl MockDriver {
         let (req, next) = SplitRing::at(0x1_0000, MOCK_QUEUE_SIZE);
         let (evt, _) = SplitRing::at(next, MOCK_QUEUE_SIZE);
         for (q, r) in [(REQUEST_QUEUE, &req), (EVENT_QUEUE, &evt)] {
-            dev.setup_queue(q, r.size, r.desc, r.avail, r.used).expect("queue");
+            dev.setup_queue(q, r.size, r.desc, r.avail, r.used)
+                .expect("queue");
         }
         let mut d = MockDriver { mem, dev, req, evt };
         d.post_event_buffers(MOCK_EVENT_BUFFERS);
@@ -85,6 +86,23 @@ impl MockDriver {
                 .publish(&*self.mem, &[], &[(at, FaultRecord::SIZE as u32)])
                 .expect("event buffer");
         }
+        self.dev.notify(EVENT_QUEUE).expect("event notify");
+    }
+
+    /// Publishes a raw request chain and notifies; the used element is
+    /// consumed.
+    pub fn mem_publish_raw(&mut self, out: &[(u64, u32)], inp: &[(u64, u32)]) -> u32 {
+        self.req.publish(&*self.mem, out, inp).expect("publish");
+        self.dev.notify(REQUEST_QUEUE).expect("notify");
+        self.req
+            .pop_used(&*self.mem)
+            .expect("used")
+            .map_or(0, |(_, len)| len)
+    }
+
+    /// Publishes one event buffer made of the given writable pieces.
+    pub fn mem_publish_event(&mut self, inp: &[(u64, u32)]) {
+        self.evt.publish(&*self.mem, &[], inp).expect("publish");
         self.dev.notify(EVENT_QUEUE).expect("event notify");
     }
 
@@ -106,9 +124,13 @@ impl MockDriver {
     /// Sends raw readable bytes with a device-writable part of
     /// `writable` bytes; returns the used length and the writable bytes.
     pub fn send_raw(&mut self, readable: &[u8], writable: u32) -> (u32, Vec<u8>) {
-        self.mem.write_bytes_at(Gpa(REQ_BUF), readable).expect("request");
+        self.mem
+            .write_bytes_at(Gpa(REQ_BUF), readable)
+            .expect("request");
         let zero = vec![0u8; writable as usize];
-        self.mem.write_bytes_at(Gpa(RESP_BUF), &zero).expect("response");
+        self.mem
+            .write_bytes_at(Gpa(RESP_BUF), &zero)
+            .expect("response");
         let out: &[(u64, u32)] = match readable.is_empty() {
             true => &[],
             false => &[(REQ_BUF, readable.len() as u32)],
@@ -119,9 +141,15 @@ impl MockDriver {
         };
         self.req.publish(&*self.mem, out, inp).expect("publish");
         self.dev.notify(REQUEST_QUEUE).expect("notify");
-        let (_, len) = self.req.pop_used(&*self.mem).expect("used").expect("request used");
+        let (_, len) = self
+            .req
+            .pop_used(&*self.mem)
+            .expect("used")
+            .expect("request used");
         let mut back = vec![0u8; writable as usize];
-        self.mem.read_bytes_at(Gpa(RESP_BUF), &mut back).expect("response");
+        self.mem
+            .read_bytes_at(Gpa(RESP_BUF), &mut back)
+            .expect("response");
         (len, back)
     }
 

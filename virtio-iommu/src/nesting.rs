@@ -127,7 +127,12 @@ impl Passthrough {
 
     /// Adds a passthrough endpoint, unattached: blocked (`None`) or in
     /// the identity space.
-    pub fn add(&mut self, endpoint: u32, space: Option<SpaceId>, tables: &Tables) -> Result<(), HostFailure> {
+    pub fn add(
+        &mut self,
+        endpoint: u32,
+        space: Option<SpaceId>,
+        tables: &Tables,
+    ) -> Result<(), HostFailure> {
         match space {
             Some(s) => self.enter(endpoint, s, tables)?,
             None => self.host.block(endpoint)?,
@@ -153,7 +158,12 @@ impl Passthrough {
 
     /// Moves `endpoint` into `space`, creating it (and, for a domain,
     /// replaying the domain's mappings from `tables`) when it is the first.
-    pub fn enter(&mut self, endpoint: u32, space: SpaceId, tables: &Tables) -> Result<(), HostFailure> {
+    pub fn enter(
+        &mut self,
+        endpoint: u32,
+        space: SpaceId,
+        tables: &Tables,
+    ) -> Result<(), HostFailure> {
         let created = !self.spaces.contains_key(&space);
         if created {
             self.host.create(space)?;

@@ -48,7 +48,9 @@ bitflags! {
 
 /// `struct virtio_iommu_range_64`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Range64 {
     /// First address.
     pub start: Le64,
@@ -58,7 +60,9 @@ pub struct Range64 {
 
 /// `struct virtio_iommu_range_32`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct Range32 {
     /// First ID.
     pub start: Le32,
@@ -68,7 +72,9 @@ pub struct Range32 {
 
 /// `struct virtio_iommu_config` (virtio 1.3 5.13.4).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct ConfigSpace {
     /// Supported page sizes; the lowest set bit is the granule.
     pub page_size_mask: Le64,
@@ -89,7 +95,9 @@ pub const CONFIG_BYPASS_OFFSET: u64 = 36;
 
 /// `struct virtio_iommu_req_head`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct ReqHead {
     /// Request type ([`RequestType`]).
     pub type_: u8,
@@ -99,7 +107,9 @@ pub struct ReqHead {
 
 /// `struct virtio_iommu_req_tail`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct ReqTail {
     /// Status ([`Status`]).
     pub status: u8,
@@ -109,7 +119,9 @@ pub struct ReqTail {
 
 /// Device-readable body of `struct virtio_iommu_req_attach` (after the head).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct AttachBody {
     /// Domain ID.
     pub domain: Le32,
@@ -123,7 +135,9 @@ pub struct AttachBody {
 
 /// Device-readable body of `struct virtio_iommu_req_detach`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct DetachBody {
     /// Domain ID.
     pub domain: Le32,
@@ -135,7 +149,9 @@ pub struct DetachBody {
 
 /// Device-readable body of `struct virtio_iommu_req_map`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct MapBody {
     /// Domain ID.
     pub domain: Le32,
@@ -151,7 +167,9 @@ pub struct MapBody {
 
 /// Device-readable body of `struct virtio_iommu_req_unmap`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct UnmapBody {
     /// Domain ID.
     pub domain: Le32,
@@ -184,7 +202,9 @@ impl Default for ProbeBody {
 
 /// `struct virtio_iommu_probe_property` header.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct ProbeProperty {
     /// Type in bits 0..12, reserved bits 12..16.
     pub type_: Le16,
@@ -194,7 +214,9 @@ pub struct ProbeProperty {
 
 /// `struct virtio_iommu_probe_resv_mem` (5.13.6.8.1).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct ProbeResvMem {
     /// Header: type RESV_MEM, length 20.
     pub head: ProbeProperty,
@@ -210,7 +232,9 @@ pub struct ProbeResvMem {
 
 /// `struct virtio_iommu_fault` (5.13.6.9).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct FaultRecord {
     /// [`FaultReason`].
     pub reason: u8,

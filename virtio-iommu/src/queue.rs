@@ -16,7 +16,7 @@ use zerocopy::IntoBytes;
 
 use crate::device::State;
 use crate::event::EventLog;
-use crate::protocol::{Features, FaultRecord, ReqTail, RequestType, Status};
+use crate::protocol::{FaultRecord, Features, ReqTail, RequestType, Status};
 use crate::request::{Decoded, MAX_READABLE, Request, decode};
 
 /// A virtqueue could not be used at all (the device then needs a reset;
@@ -51,18 +51,23 @@ struct Chain {
 }
 
 /// Reads up to `buf.len()` bytes from the readable buffers; returns how
-/// many, or `None` if guest memory refused.
-fn read_prefix<M: GuestMemory>(mem: &M, segs: &[Seg], buf: &mut [u8]) -> Option<usize> {
+/// many were read and whether guest memory refused the rest.
+fn read_prefix<M: GuestMemory>(mem: &M, segs: &[Seg], buf: &mut [u8]) -> (usize, bool) {
     let mut done = 0;
     for s in segs {
         if done == buf.len() {
             break;
         }
         let n = (s.len as usize).min(buf.len() - done);
-        mem.read_bytes_at(Gpa(s.addr), &mut buf[done..done + n]).ok()?;
+        if mem
+            .read_bytes_at(Gpa(s.addr), &mut buf[done..done + n])
+            .is_err()
+        {
+            return (done, true);
+        }
         done += n;
     }
-    Some(done)
+    (done, false)
 }
 
 /// Writes `data` at byte `offset` of the writable buffers.
@@ -113,11 +118,8 @@ where
 /// Handles one request chain; returns the used length.
 fn handle<M: GuestMemory>(state: &mut State, mem: &M, c: &Chain) -> u32 {
     let mut buf = [0u8; MAX_READABLE];
-    let read = read_prefix(mem, &c.readable, &mut buf);
-    let decoded = match read {
-        Some(n) => decode(&buf[..n]),
-        None => Decoded::NoHead,
-    };
+    let (n, unreadable) = read_prefix(mem, &c.readable, &mut buf);
+    let decoded = decode(&buf[..n]);
     let probe_size = u64::from(state.cfg.probe_size);
     let ty = match decoded {
         // 5.13.6: "When the device fails to parse a request, for instance
@@ -153,12 +155,19 @@ fn handle<M: GuestMemory>(state: &mut State, mem: &M, c: &Chain) -> u32 {
         }
         return 0;
     }
-    if read.is_none() {
-        // The readable part is not guest memory: a transport error the
-        // driver can still be told about.
+    if unreadable {
+        // Part of the readable buffers is not guest memory: a transport
+        // error the driver can still be told about.
         return finish(mem, c, tail_at, &[], Status::IoErr);
     }
-    let mut props = vec![0u8; if ty == RequestType::Probe { probe_size as usize } else { 0 }];
+    let mut props = vec![
+        0u8;
+        if ty == RequestType::Probe {
+            probe_size as usize
+        } else {
+            0
+        }
+    ];
     let status = match decoded {
         Decoded::Request(r) => state.execute(&r, &mut props),
         // Malformed: the body is shorter than its type's.
@@ -219,10 +228,11 @@ pub(crate) fn drain_requests<M: GuestMemory>(
         let head = chain.head_index();
         let c = collect(chain);
         let len = handle(state, mem, &c);
-        q.add_used(mem, head, len).map_err(|source| QueueError::Ring {
-            queue: crate::protocol::REQUEST_QUEUE,
-            source,
-        })?;
+        q.add_used(mem, head, len)
+            .map_err(|source| QueueError::Ring {
+                queue: crate::protocol::REQUEST_QUEUE,
+                source,
+            })?;
         used += 1;
     }
     Ok(used)

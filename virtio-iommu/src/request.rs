@@ -146,7 +146,11 @@ impl State {
 
     /// Moves a passthrough endpoint's host attachment to `to` (`None`:
     /// blocked). Host first: on failure nothing changed.
-    pub(crate) fn move_host(&mut self, endpoint: u32, to: Option<SpaceId>) -> Result<(), HostFailure> {
+    pub(crate) fn move_host(
+        &mut self,
+        endpoint: u32,
+        to: Option<SpaceId>,
+    ) -> Result<(), HostFailure> {
         let from = self.host_space(endpoint);
         let Some(pt) = self.passthrough.as_mut() else {
             return Ok(());
@@ -209,7 +213,8 @@ impl State {
             true => SpaceId::Identity,
             false => SpaceId::Domain(domain),
         };
-        self.move_host(endpoint, Some(to)).map_err(HostFailure::status)?;
+        self.move_host(endpoint, Some(to))
+            .map_err(HostFailure::status)?;
         // 5.13.6.3.2: "the device SHOULD first detach it from that domain
         // and attach it to the one identified by domain".
         self.tables.attach(endpoint, domain, bypass);
@@ -267,7 +272,10 @@ impl State {
 
     /// The RESV_MEM regions a mapping in `domain` must avoid.
     fn domain_resv(&self, domain: u32) -> impl Iterator<Item = &ResvMem> {
-        let host = self.passthrough.as_ref().is_some_and(|p| p.has_space(domain));
+        let host = self
+            .passthrough
+            .as_ref()
+            .is_some_and(|p| p.has_space(domain));
         let extra: &[ResvMem] = if host { &self.cfg.host_resv } else { &[] };
         self.cfg.resv.iter().chain(extra)
     }
@@ -314,7 +322,11 @@ impl State {
         // 5.13.6.5.2: "If a mapping already exists in the requested range,
         // the device SHOULD reject the request and set status to
         // VIRTIO_IOMMU_S_INVAL."
-        if self.tables.domain(domain).is_some_and(|d| d.overlaps(first, last)) {
+        if self
+            .tables
+            .domain(domain)
+            .is_some_and(|d| d.overlaps(first, last))
+        {
             return Err(Status::Inval);
         }
         // Limits: MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL.
@@ -357,7 +369,11 @@ impl State {
     /// The RESV_MEM properties of `endpoint`.
     pub(crate) fn endpoint_resv(&self, endpoint: u32) -> Vec<ResvMem> {
         let mut out = self.cfg.resv.clone();
-        if self.passthrough.as_ref().is_some_and(|p| p.is_passthrough(endpoint)) {
+        if self
+            .passthrough
+            .as_ref()
+            .is_some_and(|p| p.is_passthrough(endpoint))
+        {
             // 5.13.6.8.1.2: "The device SHOULD NOT present multiple
             // RESV_MEM properties that overlap each other for the same
             // endpoint": the VMM's regions win over host holes.

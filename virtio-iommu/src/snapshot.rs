@@ -105,7 +105,10 @@ impl<M: GuestMemory> VirtioIommu<M> {
             bypass: st.bypass,
             tables: st.tables.clone(),
             events: st.events.clone(),
-            queues: [QueueSnapshot::of(&g.queues[0]), QueueSnapshot::of(&g.queues[1])],
+            queues: [
+                QueueSnapshot::of(&g.queues[0]),
+                QueueSnapshot::of(&g.queues[1]),
+            ],
             passthrough: st
                 .passthrough
                 .as_ref()
@@ -142,7 +145,11 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .clone()
             .validated()
             .ok_or(DeviceError::Snapshot("inconsistent domains"))?;
-        if tables.domains().flat_map(|(_, d)| d.endpoints.iter()).any(|e| !snap.config.manages(*e)) {
+        if tables
+            .domains()
+            .flat_map(|(_, d)| d.endpoints.iter())
+            .any(|e| !snap.config.manages(*e))
+        {
             return Err(DeviceError::Snapshot("an attached endpoint is not managed"));
         }
         let events = snap
@@ -162,7 +169,9 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .map(|p| p.endpoints().iter().copied().collect())
             .unwrap_or_default();
         if mine != snap.passthrough {
-            return Err(DeviceError::Snapshot("passthrough endpoints differ from the source's"));
+            return Err(DeviceError::Snapshot(
+                "passthrough endpoints differ from the source's",
+            ));
         }
         let before = g.state.passthrough_spaces();
         g.state.cfg = snap.config.clone();

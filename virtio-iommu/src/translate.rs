@@ -45,7 +45,8 @@ impl Translation {
 fn permits(flags: MapFlags, access: Access) -> bool {
     let needs_read = access.intersects(Access::READ | Access::EXEC);
     let needs_write = access.contains(Access::WRITE);
-    (!needs_read || flags.contains(MapFlags::READ)) && (!needs_write || flags.contains(MapFlags::WRITE))
+    (!needs_read || flags.contains(MapFlags::READ))
+        && (!needs_write || flags.contains(MapFlags::WRITE))
 }
 
 fn identity(iova: u64) -> Translation {
@@ -58,7 +59,12 @@ fn identity(iova: u64) -> Translation {
 impl State {
     /// Translates without side effects; `Err` carries the fault to report
     /// (`None`: endpoint not managed, nothing to report).
-    pub(crate) fn lookup(&self, endpoint: u32, iova: u64, access: Access) -> Result<Translation, Option<Fault>> {
+    pub(crate) fn lookup(
+        &self,
+        endpoint: u32,
+        iova: u64,
+        access: Access,
+    ) -> Result<Translation, Option<Fault>> {
         if !self.cfg.manages(endpoint) {
             return Err(None);
         }
