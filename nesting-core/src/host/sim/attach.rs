@@ -3,7 +3,7 @@
 //! `intel/nested.c`, `intel/pasid.c` and `arm/arm-smmu-v3/arm-smmu-v3.c`
 //! (see [`super::vendor`]).
 
-use super::state::{Attach, Nested, Obj, Paging, State};
+use super::state::{Attach, Nested, Obj, Paging, Stage, State};
 use super::vendor::{self, UnitKind};
 use crate::host::{Errno, HostCaps, HwptAlloc, HwptData, HwptFlags, PtId};
 
@@ -78,7 +78,12 @@ impl State {
             return Err(Errno::EOPNOTSUPP);
         }
         let drv_flags = flags - HwptFlags::FAULT_ID_VALID;
-        let stage = vendor::domain_alloc_paging(self.unit_info(unit), drv_flags, has_data(data))?;
+        let stage = if UnitKind::of(self.unit_info(unit)) == UnitKind::Mock {
+            super::mock::alloc_paging(drv_flags, data)?;
+            Stage::Generic
+        } else {
+            vendor::domain_alloc_paging(self.unit_info(unit), drv_flags, has_data(data))?
+        };
         let id = self.insert(Obj::Paging(Paging {
             ioas,
             unit,
@@ -112,7 +117,7 @@ impl State {
         //      !user_data->len || !ops->domain_alloc_nested) return ERR_PTR(-EOPNOTSUPP);"
         if flags.intersects(!(HwptFlags::FAULT_ID_VALID | HwptFlags::PASID))
             || !has_data(data)
-            || kind != UnitKind::Vtd
+            || !matches!(kind, UnitKind::Vtd | UnitKind::Mock)
         {
             return Err(Errno::EOPNOTSUPP);
         }
@@ -125,7 +130,11 @@ impl State {
             return Err(Errno::EINVAL);
         }
         let drv_flags = flags - HwptFlags::FAULT_ID_VALID;
-        vendor::vtd_alloc_nested(self.unit_info(unit), drv_flags, p.stage, data)?;
+        if kind == UnitKind::Mock {
+            super::mock::alloc_nested(drv_flags, data)?;
+        } else {
+            vendor::vtd_alloc_nested(self.unit_info(unit), drv_flags, p.stage, data)?;
+        }
         self.insert(Obj::Nested(Nested {
             parent,
             viommu: None,
@@ -155,7 +164,11 @@ impl State {
         if flags.intersects(!(HwptFlags::FAULT_ID_VALID | HwptFlags::PASID)) || !has_data(data) {
             return Err(Errno::EOPNOTSUPP);
         }
-        vendor::smmu_alloc_domain_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
+        if UnitKind::of(self.unit_info(unit)) == UnitKind::Mock {
+            super::mock::alloc_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
+        } else {
+            vendor::smmu_alloc_domain_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
+        }
         self.insert(Obj::Nested(Nested {
             parent: v.hwpt,
             viommu: Some(viommu),

@@ -45,10 +45,13 @@ use crate::types::{Access, Iova, IovaRange, Pasid};
 mod attach;
 mod eventq;
 mod ioas;
+mod mock;
 mod state;
 mod vendor;
 mod viommu;
 
+#[cfg(test)]
+mod mock_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
@@ -654,8 +657,14 @@ impl HostBackend for SimIommufd {
         self.run(HostOp::IoasAllowIovas, |s| s.allow_iovas(ioas.0, ranges))
     }
 
+    /// A request naming a fault queue is sent with
+    /// `IOMMU_HWPT_FAULT_ID_VALID`, as the real backend sends it.
     fn hwpt_alloc(&self, req: &HwptAlloc) -> HostResult<HwptId> {
-        self.run(HostOp::HwptAlloc, |s| s.hwpt_alloc(req))
+        let mut req = req.clone();
+        if req.fault.is_some() {
+            req.flags |= HwptFlags::FAULT_ID_VALID;
+        }
+        self.run(HostOp::HwptAlloc, |s| s.hwpt_alloc(&req))
             .map(HwptId)
     }
 

@@ -95,11 +95,16 @@ mod iidr {
 pub(super) enum UnitKind {
     Vtd,
     Smmuv3,
+    /// The kernel's mock IOMMU ([`super::mock`]).
+    Mock,
     Generic,
 }
 
 impl UnitKind {
     pub fn of(info: &HostInfo) -> UnitKind {
+        if super::mock::is_mock(info) {
+            return UnitKind::Mock;
+        }
         match info.hw {
             HwInfo::IntelVtd { .. } => UnitKind::Vtd,
             HwInfo::ArmSmmuv3 { .. } => UnitKind::Smmuv3,
@@ -366,6 +371,12 @@ fn compatible(t: &AttachTarget<'_>, dom_unit: u32, dom_spec: &SimHostSpec) -> Re
     if dom_unit == t.dev_unit {
         return Ok(());
     }
+    // selftest.c registers one mock iommu_device for every mock device, and
+    // its attach_dev checks nothing of the domain's origin.
+    if UnitKind::of(&dom_spec.info) == UnitKind::Mock && UnitKind::of(t.dev_info) == UnitKind::Mock
+    {
+        return Ok(());
+    }
     let same_kind = UnitKind::of(&dom_spec.info) == UnitKind::of(t.dev_info);
     if same_kind && UnitKind::of(t.dev_info) != UnitKind::Smmuv3 && dom_spec == t.dev_spec {
         return Ok(());
@@ -447,6 +458,19 @@ pub(super) fn attach_nested(
         }
         return Ok(());
     }
+    if UnitKind::of(&parent_spec.info) == UnitKind::Mock {
+        // domain_nested_ops has set_dev_pasid (mock_domain_set_dev_pasid_nop).
+        if t.pasid != 0 {
+            pasid_checks(t)?;
+        }
+        compatible(t, parent.unit, parent_spec)?;
+        // mock_domain_nop_attach: a nested domain of a vIOMMU needs the
+        // device's vDEVICE there (iommufd_viommu_get_vdev_id -> -ENOENT).
+        if n.viommu.is_some() && !vdev_known {
+            return Err(Errno::ENOENT);
+        }
+        return Ok(());
+    }
     if t.pasid != 0 {
         if UnitKind::of(t.dev_info) != UnitKind::Vtd {
             return Err(Errno::EINVAL);
@@ -487,6 +511,9 @@ fn vtd_setup_nested(info: &HostInfo, data: &HwptData) -> Result<(), Errno> {
 /// exist on this unit (viommu.c, `iommufd_viommu_alloc_ioctl`: 0 means
 /// EOPNOTSUPP).
 pub(super) fn viommu_supported(info: &HostInfo, kind: ViommuType) -> Result<(), Errno> {
+    if UnitKind::of(info) == UnitKind::Mock {
+        return super::mock::viommu_supported(kind);
+    }
     // Only arm-smmu-v3 (and AMD) implement vIOMMUs; intel_iommu_ops has no
     // get_viommu_size.
     let s = smmu(info).ok_or(Errno::EOPNOTSUPP)?;
@@ -501,7 +528,7 @@ pub(super) fn viommu_supported(info: &HostInfo, kind: ViommuType) -> Result<(), 
 }
 
 /// Outcome of a driver's invalidation: entries handled and result.
-pub(super) type Handled = (u32, Result<(), Errno>);
+pub type Handled = (u32, Result<(), Errno>);
 
 /// intel/nested.c, `intel_nested_cache_invalidate_user`: stops at the first
 /// bad entry and reports how many it handled.
