@@ -1,12 +1,61 @@
 //! Intel VT-d guest IOMMU model (Intel Virtualization Technology for
 //! Directed I/O, revision 4 and later).
 //!
-//! Not implemented yet: this crate is the home of the model built by the
-//! VT-d issue (legacy and scalable mode, both translation stages, queued
-//! invalidation, fault recording, nesting and shadowing through
-//! `nesting-core`). Its planned layout follows the spec's chapters:
-//! `regs.rs` (chapter 11, register descriptions), `tables.rs`/`walk.rs`
-//! (chapter 9, translation structure formats; chapter 3, DMA remapping),
-//! `queue.rs` (chapter 6.5, invalidation), `fault.rs` (chapter 7), and
-//! `nesting.rs` (what it asks of `nesting-core`).
+//! # For a VMM author
+//!
+//! Create a [`Vtd`] from a [`nesting_core::guest::VtdConfig`] (the `model vtd` options of
+//! `REPLAY.md`), map its register page (4 KiB at the DMAR unit's base, as
+//! the ACPI DMAR table announces it) and forward MMIO:
+//!
+//! ```
+//! use nesting_core::guest::VtdConfig;
+//! use nesting_core::types::{Access, Bdf, Iova};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//! use vtd::{Vtd, TranslateResult};
+//!
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let mut unit = Vtd::new(VtdConfig::legacy_defaults());
+//! unit.set_interrupt_callback(|irq| println!("MSI {:#x} <- {:#x}", irq.addr, irq.data));
+//! // The guest driver's MMIO accesses:
+//! let cap = unit.mmio_read(0x08, 8);
+//! assert_ne!(cap, 0);
+//! // A device's DMA, before the guest enabled translation, is untranslated:
+//! let r = unit.translate(&mem, Bdf(0x08), None, Iova(0x1234), Access::READ);
+//! assert!(matches!(r, TranslateResult::Mapped(t) if t.gpa_of(Iova(0x1234)).0 == 0x1234));
+//! ```
+//!
+//! - Registers: [`regs`] declares them as data (chapter 11); CAP/ECAP
+//!   derive from the configuration.
+//! - Translation: [`translate`] (chapter 3: root, context, PASID tables)
+//!   and [`walk`] (first-stage x86 4/5-level walks, second-stage walks,
+//!   nested), on formats from [`tables`] (chapter 9).
+//! - Invalidation: register-based (CCMD, IOTLB) and queued ([`queue`],
+//!   6.5), including invalidation wait with status write, interrupt and
+//!   fence, and the IQE/ITE/ICE errors.
+//! - Faults: [`fault`] (chapter 7): primary fault logging, FPD, PFO, PPF,
+//!   FRI, fault events.
+//! - Passthrough: [`nesting`] is the seam a shadow or nested engine
+//!   consumes.
+//!
+//! Interrupts (fault events, invalidation completion events, page request
+//! events) are MSIs raised through the callback of
+//! [`Vtd::set_interrupt_callback`]. Interrupt remapping is not modelled.
 #![forbid(unsafe_code)]
+
+pub mod fault;
+pub mod nesting;
+pub mod queue;
+pub mod regs;
+pub mod tables;
+pub mod translate;
+pub mod walk;
+
+mod model;
+
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
+
+#[cfg(test)]
+mod tests;
+
+pub use model::{Interrupt, InterruptSource, TranslateResult, Translation, Vtd};

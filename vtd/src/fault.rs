@@ -1,0 +1,338 @@
+//! Faults (VT-d chapter 7): the fault reasons of legacy and scalable mode
+//! (7.1.3, the "Fault Reason" encodings Linux's `dmar.c` decodes), primary
+//! fault logging into the circular fault recording registers (7.2.1), and
+//! the record format (11.4.14).
+
+use crate::regs::{RegisterFile, frcd, fsts, off};
+
+/// A fault reason (7.1.3). Decoding is total: codes the model never
+/// produces decode to `Unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FaultReason {
+    /// 0x1: root-entry present bit clear (legacy).
+    RootNotPresent,
+    /// 0x2: context-entry present bit clear (legacy).
+    ContextNotPresent,
+    /// 0x3: invalid context entry: unsupported AW or TT (legacy).
+    ContextInvalid,
+    /// 0x4: input address beyond the context's AGAW (legacy).
+    AddressBeyondAgaw,
+    /// 0x5: write to a page without write permission (legacy).
+    Write,
+    /// 0x6: read of a page without read permission (legacy).
+    Read,
+    /// 0x7: error accessing a second-stage paging entry (legacy).
+    PagingEntryAccess,
+    /// 0x8: error accessing the root table (legacy).
+    RootTableAccess,
+    /// 0x9: error accessing the context table (legacy).
+    ContextTableAccess,
+    /// 0xA: non-zero reserved field in a present root entry (legacy).
+    RootReserved,
+    /// 0xB: non-zero reserved field in a present context entry (legacy).
+    ContextReserved,
+    /// 0xC: non-zero reserved field in a second-stage entry (legacy).
+    PagingEntryReserved,
+    /// 0xD: translation type of the context entry blocks the request.
+    TranslationTypeBlocked,
+    /// 0x30: invalid root table address / table mode (RTADDR.TTM).
+    SmInvalidRootTable,
+    /// 0x31: request with PASID while the root table is in legacy mode.
+    SmTtmLegacyWithPasid,
+    /// 0x38: error accessing a scalable-mode root entry.
+    SmRootAccess,
+    /// 0x39: scalable-mode root entry present bit clear.
+    SmRootNotPresent,
+    /// 0x3A: non-zero reserved field in a scalable-mode root entry.
+    SmRootReserved,
+    /// 0x40: error accessing a scalable-mode context entry.
+    SmContextAccess,
+    /// 0x41: scalable-mode context entry present bit clear.
+    SmContextNotPresent,
+    /// 0x42: non-zero reserved field in a scalable-mode context entry.
+    SmContextReserved,
+    /// 0x43: invalid scalable-mode context entry.
+    SmContextInvalid,
+    /// 0x45: request with PASID but the context's PASIDE is clear.
+    SmPasidDisabled,
+    /// 0x46: PASID beyond the context's PASID directory size.
+    SmPasidTooLarge,
+    /// 0x50: error accessing a PASID directory entry.
+    PasidDirAccess,
+    /// 0x51: PASID directory entry present bit clear.
+    PasidDirNotPresent,
+    /// 0x52: non-zero reserved field in a PASID directory entry.
+    PasidDirReserved,
+    /// 0x58: error accessing a PASID table entry.
+    PasidEntryAccess,
+    /// 0x59: PASID table entry present bit clear.
+    PasidEntryNotPresent,
+    /// 0x5A: non-zero reserved field in a PASID table entry.
+    PasidEntryReserved,
+    /// 0x5B: invalid PASID table entry (PGTT, AW, unsupported mode).
+    PasidEntryInvalid,
+    /// 0x5C: execute request but the PASID entry's ERE is clear.
+    PasidEreClear,
+    /// 0x5D: supervisor request but the PASID entry's SRE is clear.
+    PasidSreClear,
+    /// 0x70: error accessing a first-stage paging entry.
+    FsEntryAccess,
+    /// 0x71: first-stage paging entry present bit clear.
+    FsEntryNotPresent,
+    /// 0x72: non-zero reserved field in a first-stage paging entry.
+    FsEntryReserved,
+    /// 0x73: error accessing the first-stage table root (FSPTPTR).
+    FsRootAccess,
+    /// 0x74: nested: first-stage table address beyond the second stage's
+    /// address width.
+    NestedFsAddressBeyond,
+    /// 0x75: nested: no read permission in the second stage for the
+    /// first-stage root table.
+    NestedFsRootRead,
+    /// 0x76: nested: no read permission in the second stage for a
+    /// first-stage table.
+    NestedFsTableRead,
+    /// 0x77: nested: no write permission in the second stage for a
+    /// first-stage accessed/dirty update.
+    NestedFsTableWrite,
+    /// 0x78: error accessing a second-stage paging entry.
+    SsEntryAccess,
+    /// 0x79: second-stage entry not present (no R and no W).
+    SsEntryNotPresent,
+    /// 0x7A: non-zero reserved field in a second-stage paging entry.
+    SsEntryReserved,
+    /// 0x7B: invalid second-stage table pointer.
+    SsRootInvalid,
+    /// 0x80: non-canonical input address for first-stage translation.
+    FsNonCanonical,
+    /// 0x81: user request to a supervisor page (U/S clear).
+    FsUserSupervisor,
+    /// 0x82: execute request to a page with XD set.
+    FsExecute,
+    /// 0x83: input address beyond the PASID entry's address width.
+    SmAddressBeyond,
+    /// 0x84: output address beyond the host address width.
+    SmOutputBeyond,
+    /// 0x85: write request without write permission (scalable mode).
+    SmWrite,
+    /// 0x86: read request without read permission (scalable mode).
+    SmRead,
+    /// Any other code.
+    Unknown(u8),
+}
+
+const TABLE: [(FaultReason, u8); 52] = {
+    use FaultReason::*;
+    [
+        (RootNotPresent, 0x1),
+        (ContextNotPresent, 0x2),
+        (ContextInvalid, 0x3),
+        (AddressBeyondAgaw, 0x4),
+        (Write, 0x5),
+        (Read, 0x6),
+        (PagingEntryAccess, 0x7),
+        (RootTableAccess, 0x8),
+        (ContextTableAccess, 0x9),
+        (RootReserved, 0xa),
+        (ContextReserved, 0xb),
+        (PagingEntryReserved, 0xc),
+        (TranslationTypeBlocked, 0xd),
+        (SmInvalidRootTable, 0x30),
+        (SmTtmLegacyWithPasid, 0x31),
+        (SmRootAccess, 0x38),
+        (SmRootNotPresent, 0x39),
+        (SmRootReserved, 0x3a),
+        (SmContextAccess, 0x40),
+        (SmContextNotPresent, 0x41),
+        (SmContextReserved, 0x42),
+        (SmContextInvalid, 0x43),
+        (SmPasidDisabled, 0x45),
+        (SmPasidTooLarge, 0x46),
+        (PasidDirAccess, 0x50),
+        (PasidDirNotPresent, 0x51),
+        (PasidDirReserved, 0x52),
+        (PasidEntryAccess, 0x58),
+        (PasidEntryNotPresent, 0x59),
+        (PasidEntryReserved, 0x5a),
+        (PasidEntryInvalid, 0x5b),
+        (PasidEreClear, 0x5c),
+        (PasidSreClear, 0x5d),
+        (FsEntryAccess, 0x70),
+        (FsEntryNotPresent, 0x71),
+        (FsEntryReserved, 0x72),
+        (FsRootAccess, 0x73),
+        (NestedFsAddressBeyond, 0x74),
+        (NestedFsRootRead, 0x75),
+        (NestedFsTableRead, 0x76),
+        (NestedFsTableWrite, 0x77),
+        (SsEntryAccess, 0x78),
+        (SsEntryNotPresent, 0x79),
+        (SsEntryReserved, 0x7a),
+        (SsRootInvalid, 0x7b),
+        (FsNonCanonical, 0x80),
+        (FsUserSupervisor, 0x81),
+        (FsExecute, 0x82),
+        (SmAddressBeyond, 0x83),
+        (SmOutputBeyond, 0x84),
+        (SmWrite, 0x85),
+        (SmRead, 0x86),
+    ]
+};
+
+impl FaultReason {
+    /// The architected code (FRCD.FR).
+    pub fn code(self) -> u8 {
+        if let FaultReason::Unknown(c) = self {
+            return c;
+        }
+        TABLE
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Decodes a code; never fails.
+    pub fn from_code(code: u8) -> FaultReason {
+        TABLE
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map_or(FaultReason::Unknown(code), |(r, _)| *r)
+    }
+}
+
+/// The request a fault is recorded for (11.4.14 record fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultRecord {
+    /// Requester (source-id).
+    pub source_id: u16,
+    /// PASID, when the request carried one.
+    pub pasid: Option<u32>,
+    /// Input address of the request (the record keeps bits 63:12).
+    pub address: u64,
+    /// Whether the request was a write (T1=0) or a read (T1=1).
+    pub write: bool,
+    /// Execute requested.
+    pub exec: bool,
+    /// Privileged (supervisor) request.
+    pub privileged: bool,
+    /// Why.
+    pub reason: FaultReason,
+}
+
+impl FaultRecord {
+    /// The record as the two quadwords of a fault recording register.
+    pub fn encode(&self) -> [u64; 2] {
+        let lo = frcd::FI.set(0, self.address >> 12);
+        let mut hi = frcd::SID.set(0, u64::from(self.source_id));
+        hi = frcd::FR.set(hi, u64::from(self.reason.code()));
+        hi = frcd::T1.set(hi, u64::from(!self.write));
+        hi = frcd::EXE.set(hi, u64::from(self.exec));
+        hi = frcd::PRIV.set(hi, u64::from(self.privileged));
+        if let Some(p) = self.pasid {
+            hi = frcd::PP.set(hi, 1);
+            hi = frcd::PV.set(hi, u64::from(p));
+        }
+        [lo, frcd::F.set(hi, 1)]
+    }
+
+    /// Decodes the two quadwords of a fault recording register (whatever F).
+    pub fn decode(raw: [u64; 2]) -> FaultRecord {
+        let [lo, hi] = raw;
+        FaultRecord {
+            source_id: frcd::SID.get(hi) as u16,
+            pasid: frcd::PP.is_set(hi).then(|| frcd::PV.get(hi) as u32),
+            address: frcd::FI.get(lo) << 12,
+            write: !frcd::T1.is_set(hi),
+            exec: frcd::EXE.is_set(hi),
+            privileged: frcd::PRIV.is_set(hi),
+            reason: FaultReason::from_code(frcd::FR.get(hi) as u8),
+        }
+    }
+}
+
+/// Outcome of trying to log one fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogOutcome {
+    /// Written into fault recording register `index`.
+    Recorded {
+        /// Which record.
+        index: u16,
+    },
+    /// The next record was still pending: PFO set, fault dropped.
+    Overflow,
+    /// PFO was already set: fault dropped without any status change.
+    Dropped,
+}
+
+/// Primary fault logging state (7.2.1): the hardware's next-record index
+/// into the circular fault recording registers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultLog {
+    next: u16,
+}
+
+impl FaultLog {
+    /// The index the next fault will be recorded at.
+    pub fn next_index(&self) -> u16 {
+        self.next
+    }
+
+    /// Restores the next-record index (snapshot restore), wrapped to `nfr`.
+    pub fn set_next_index(&mut self, next: u16, nfr: u16) {
+        self.next = next % nfr.max(1);
+    }
+
+    /// Logs a fault into the registers (7.2.1): if PFO is set the fault is
+    /// dropped; if the record at the next index still holds a fault (F=1)
+    /// PFO is set and the fault dropped; otherwise the record is written
+    /// with F=1, PPF is set and, if PPF was clear, FRI points at it.
+    pub fn log(
+        &mut self,
+        regs: &mut RegisterFile,
+        fro: u64,
+        nfr: u16,
+        rec: &FaultRecord,
+    ) -> LogOutcome {
+        let status = regs.get(off::FSTS);
+        // 7.2.1: "If the Primary Fault Overflow (PFO) field is Set,
+        // hardware does not record the fault."
+        if fsts::PFO.is_set(status) {
+            return LogOutcome::Dropped;
+        }
+        let index = self.next % nfr.max(1);
+        let base = fro + 16 * u64::from(index);
+        // 7.2.1: a record whose F field is still Set is not overwritten;
+        // hardware sets PFO instead.
+        if frcd::F.is_set(regs.get(base + 8)) {
+            regs.set(off::FSTS, fsts::PFO.set(status, 1));
+            return LogOutcome::Overflow;
+        }
+        let [lo, hi] = rec.encode();
+        regs.set(base, lo);
+        regs.set(base + 8, hi);
+        let mut status = status;
+        if !fsts::PPF.is_set(status) {
+            status = fsts::FRI.set(status, u64::from(index));
+        }
+        regs.set(off::FSTS, fsts::PPF.set(status, 1));
+        self.next = (index + 1) % nfr.max(1);
+        LogOutcome::Recorded { index }
+    }
+
+    /// Recomputes PPF after software cleared F bits (11.4.9.1: PPF is Set
+    /// while any fault recording register has F Set), and moves FRI to the
+    /// first pending record at or after the old FRI.
+    pub fn refresh_ppf(regs: &mut RegisterFile, fro: u64, nfr: u16) {
+        let status = regs.get(off::FSTS);
+        let fri = fsts::FRI.get(status) as u16;
+        let n = nfr.max(1);
+        let pending = (0..n)
+            .map(|k| (fri + k) % n)
+            .find(|i| frcd::F.is_set(regs.get(fro + 16 * u64::from(*i) + 8)));
+        let status = match pending {
+            Some(i) => fsts::FRI.set(fsts::PPF.set(status, 1), u64::from(i)),
+            None => fsts::PPF.set(status, 0),
+        };
+        regs.set(off::FSTS, status);
+    }
+}

@@ -1,0 +1,699 @@
+//! The unit: register writes and what they start (11.4.4 global command,
+//! 6.5.1 register-based invalidation, 6.5.2 queued invalidation), event
+//! interrupts (7.3, 6.5.2.9), and translation with fault recording.
+
+use std::sync::Arc;
+
+use nesting_core::guest::VtdConfig;
+use nesting_core::mem::GuestMemoryExt;
+use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid};
+use vm_memory::GuestMemory;
+
+use crate::fault::{FaultLog, FaultReason, FaultRecord, LogOutcome};
+use crate::nesting::{ContextScope, EventQueue, IotlbScope, PasidScope, VtdEvent};
+use crate::queue::{
+    self, CcGranularity, Decoded, Descriptor, IotlbGranularity, PcGranularity, iqei,
+};
+use crate::regs::{
+    ICS_IWC, IQ_OFFSET, RegisterFile, WriteEffect, ccmd, ectl, fsts, gcmd, iotlb_reg, iqa, iqer,
+    iva, off, rtaddr,
+};
+use crate::tables::read_qwords;
+use crate::translate::{self, Caps, Located, Outcome, Request, RootPointer};
+
+/// Which event an interrupt signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterruptSource {
+    /// Fault event (FECTL/FEDATA/FEADDR, 7.3).
+    Fault,
+    /// Invalidation completion event (IECTL/IEDATA/IEADDR, 6.5.2.9).
+    InvalidationCompletion,
+    /// Page request event (PECTL/PEDATA/PEADDR, 7.5).
+    PageRequest,
+}
+
+/// An MSI the unit raises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interrupt {
+    /// Which event.
+    pub source: InterruptSource,
+    /// Message address (upper and lower address registers).
+    pub addr: u64,
+    /// Message data.
+    pub data: u32,
+}
+
+type Callback = Arc<dyn Fn(Interrupt) + Send + Sync>;
+
+/// A successful translation: one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// Input address of the page's first byte.
+    pub iova: Iova,
+    /// Guest physical address of the page's first byte.
+    pub gpa: Gpa,
+    /// Page size.
+    pub size: PageSize,
+    /// Permissions granted (READ/WRITE/EXEC).
+    pub access: Access,
+    /// Domain-id of the context or PASID entry (0 untranslated).
+    pub did: u16,
+    /// PASID the translation is granular to (first-stage, nested).
+    pub pasid: Option<u32>,
+}
+
+impl Translation {
+    /// The guest physical address of `iova` (which must lie in the page).
+    pub fn gpa_of(&self, iova: Iova) -> Gpa {
+        Gpa(self.gpa.0 | (iova.0 & self.size.mask()))
+    }
+}
+
+/// The result of [`Vtd::translate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TranslateResult {
+    /// Translated.
+    Mapped(Translation),
+    /// Blocked; `recorded` says whether a fault record was written (not
+    /// with FPD, nor when the log overflowed).
+    Fault {
+        /// Why.
+        reason: FaultReason,
+        /// Whether the fault was recorded.
+        recorded: bool,
+    },
+}
+
+/// One VT-d DMA remapping unit.
+pub struct Vtd {
+    cfg: VtdConfig,
+    caps: Caps,
+    regs: RegisterFile,
+    root: RootPointer,
+    faults: FaultLog,
+    events: EventQueue,
+    irq: Option<Callback>,
+    descriptors_processed: u64,
+}
+
+impl std::fmt::Debug for Vtd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vtd")
+            .field("cfg", &self.cfg)
+            .field("root", &self.root)
+            .field("faults", &self.faults)
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most 128-bit descriptors one queue can hold: IQA.QS is 3 bits, 2^7
+/// pages of 256 descriptors (11.4.10.3). One tail write processes at most
+/// this many, so the drain is bounded even if the guest rewrites the tail.
+const MAX_QUEUE_DESCRIPTORS: u64 = 256 << 7;
+
+impl Vtd {
+    /// A unit at reset.
+    pub fn new(cfg: VtdConfig) -> Vtd {
+        Vtd {
+            caps: Caps::new(&cfg),
+            regs: RegisterFile::new(&cfg),
+            root: RootPointer::default(),
+            faults: FaultLog::default(),
+            events: EventQueue::default(),
+            irq: None,
+            descriptors_processed: 0,
+            cfg,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &VtdConfig {
+        &self.cfg
+    }
+
+    /// Sets the function that delivers the unit's MSIs.
+    pub fn set_interrupt_callback(&mut self, f: impl Fn(Interrupt) + Send + Sync + 'static) {
+        self.irq = Some(Arc::new(f));
+    }
+
+    /// The register file (read-only view, for tests and snapshots).
+    pub fn registers(&self) -> &RegisterFile {
+        &self.regs
+    }
+
+    /// Invalidation descriptors executed since reset.
+    pub fn descriptors_processed(&self) -> u64 {
+        self.descriptors_processed
+    }
+
+    /// Takes the events queued for a nesting layer ([`crate::nesting`]).
+    pub fn take_events(&mut self) -> Vec<VtdEvent> {
+        self.events.drain()
+    }
+
+    /// Whether translation is enabled (GSTS.TES).
+    pub fn translation_enabled(&self) -> bool {
+        gcmd::TE.is_set(self.regs.get(off::GSTS))
+    }
+
+    /// A register read of `size` bytes (4 or 8) at `offset`. Other sizes
+    /// and unimplemented offsets read as zero.
+    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        match size {
+            4 | 8 if offset.is_multiple_of(u64::from(size)) => {
+                self.regs.read(offset, u64::from(size))
+            }
+            _ => {
+                log::debug!("vtd: unsupported {size}-byte read at {offset:#x}");
+                0
+            }
+        }
+    }
+
+    /// A register write of `size` bytes (4 or 8) at `offset`; returns
+    /// after everything the write starts has completed (commands,
+    /// invalidations, queue processing up to the new tail).
+    pub fn mmio_write<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        offset: u64,
+        size: u32,
+        value: u64,
+    ) {
+        if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
+            log::debug!("vtd: unsupported {size}-byte write at {offset:#x}");
+            return;
+        }
+        for e in self.regs.write(offset, u64::from(size), value) {
+            self.after_write(mem, &e);
+        }
+    }
+
+    fn after_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
+        let iotlb = self.cfg.iro + 8;
+        let frcd_hi = e.offset >= self.cfg.fro
+            && e.offset < self.cfg.fro + 16 * u64::from(self.cfg.nfr)
+            && (e.offset - self.cfg.fro) % 16 == 8;
+        match e.offset {
+            off::GCMD => self.global_command(mem, e),
+            off::CCMD if ccmd::ICC.is_set(e.new) => self.context_command(),
+            o if o == iotlb && iotlb_reg::IVT.is_set(e.new) => self.iotlb_command(),
+            off::IQT if self.cfg.qi => self.process_queue(mem),
+            off::FSTS => {
+                // 6.5.2.10: clearing IQE lets hardware fetch again from IQH.
+                if fsts::IQE.is_set(e.old) && !fsts::IQE.is_set(e.new) {
+                    self.process_queue(mem);
+                }
+                self.settle_fault_ip();
+            }
+            off::FECTL => self.unmask(off::FECTL, e, InterruptSource::Fault),
+            // 6.5.2.9: IP clears with IWC.
+            off::ICS if self.cfg.qi && !ICS_IWC.is_set(e.new) => {
+                self.regs.set_field(off::IECTL, ectl::IP, 0);
+            }
+            off::IECTL if self.cfg.qi => {
+                self.unmask(off::IECTL, e, InterruptSource::InvalidationCompletion)
+            }
+            off::PECTL if self.cfg.prs => self.unmask(off::PECTL, e, InterruptSource::PageRequest),
+            _ if frcd_hi => {
+                FaultLog::refresh_ppf(&mut self.regs, self.cfg.fro, self.cfg.nfr);
+                self.settle_fault_ip();
+            }
+            _ => {}
+        }
+    }
+
+    // -- interrupts (7.3, 6.5.2.9) ----------------------------------------
+
+    fn raise(&self, source: InterruptSource) {
+        let (addr, uaddr, data) = match source {
+            InterruptSource::Fault => (off::FEADDR, off::FEUADDR, off::FEDATA),
+            InterruptSource::InvalidationCompletion => (off::IEADDR, off::IEUADDR, off::IEDATA),
+            InterruptSource::PageRequest => (off::PEADDR, off::PEUADDR, off::PEDATA),
+        };
+        let irq = Interrupt {
+            source,
+            addr: (self.regs.get(uaddr) << 32) | self.regs.get(addr),
+            data: self.regs.get(data) as u32,
+        };
+        log::trace!("vtd: interrupt {irq:?}");
+        if let Some(cb) = &self.irq {
+            cb(irq);
+        }
+    }
+
+    /// An interrupt condition on the event whose control register is
+    /// `ctl`: with IM set, IP is set instead (7.3, 6.5.2.9).
+    fn signal(&mut self, ctl: u64, source: InterruptSource) {
+        if ectl::IM.is_set(self.regs.get(ctl)) {
+            self.regs.set_field(ctl, ectl::IP, 1);
+        } else {
+            self.regs.set_field(ctl, ectl::IP, 0);
+            self.raise(source);
+        }
+    }
+
+    /// 7.3: software clearing IM with IP set delivers the pending
+    /// interrupt and clears IP.
+    fn unmask(&mut self, ctl: u64, e: &WriteEffect, source: InterruptSource) {
+        let v = self.regs.get(ctl);
+        if ectl::IM.is_set(e.old) && !ectl::IM.is_set(e.new) && ectl::IP.is_set(v) {
+            self.regs.set_field(ctl, ectl::IP, 0);
+            self.raise(source);
+        }
+    }
+
+    /// 7.3: IP clears once software has serviced every status condition.
+    fn settle_fault_ip(&mut self) {
+        if self.regs.get(off::FSTS) & fsts::EVENT_MASK == 0 {
+            self.regs.set_field(off::FECTL, ectl::IP, 0);
+        }
+    }
+
+    /// A fault status field was set; `before` is FSTS before. 7.3: an
+    /// interrupt condition arises only if no status field was already
+    /// pending service.
+    fn fault_status_set(&mut self, before: u64) {
+        if before & fsts::EVENT_MASK == 0 {
+            self.signal(off::FECTL, InterruptSource::Fault);
+        }
+    }
+
+    // -- global command (11.4.4) ------------------------------------------
+
+    fn global_command<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
+        let cmd = e.written;
+        // GCMD is write-only: it reads as zero.
+        self.regs.set(off::GCMD, 0);
+        let mut sts = self.regs.get(off::GSTS);
+        // One-shot SRTP: latch RTADDR; RTPS reports completion.
+        if gcmd::SRTP.is_set(cmd) {
+            let rta = self.regs.get(off::RTADDR);
+            self.root = RootPointer {
+                addr: rtaddr::RTA.mask() & rta,
+                ttm: rtaddr::TTM.get(rta) as u8,
+            };
+            sts = gcmd::SRTP.set(sts, 1);
+            self.events.push(VtdEvent::RootTable {
+                addr: self.root.addr,
+                ttm: self.root.ttm,
+            });
+        }
+        // One-shot WBF: the model has no write buffer; the flush completes
+        // at once, so WBFS reads 0.
+        sts = gcmd::WBF.set(sts, 0);
+        // Persistent CFI: mirrored in CFIS.
+        sts = gcmd::CFI.set(sts, gcmd::CFI.get(cmd));
+        let te = gcmd::TE.is_set(cmd);
+        if te != gcmd::TE.is_set(sts) {
+            sts = gcmd::TE.set(sts, u64::from(te));
+            self.events.push(VtdEvent::TranslationEnabled(te));
+        }
+        let qie = gcmd::QIE.is_set(cmd) && self.cfg.qi;
+        let was = gcmd::QIE.is_set(sts);
+        sts = gcmd::QIE.set(sts, u64::from(qie));
+        self.regs.set(off::GSTS, sts);
+        if was && !qie {
+            // 11.4.10.1: IQH is reset when queued invalidation is disabled.
+            self.regs.set(off::IQH, 0);
+        } else if qie && !was {
+            self.process_queue(mem);
+        }
+    }
+
+    // -- register-based invalidation (6.5.1) ------------------------------
+
+    fn qi_enabled(&self) -> bool {
+        gcmd::QIE.is_set(self.regs.get(off::GSTS))
+    }
+
+    fn context_command(&mut self) {
+        let v = self.regs.get(off::CCMD);
+        // 6.5.1: with queued invalidation enabled, register-based
+        // invalidation must not be used; the unit ignores it (the command
+        // completes with CAIG=0, "not performed").
+        let caig = if self.qi_enabled() {
+            log::warn!("vtd: CCMD write while queued invalidation is enabled");
+            0
+        } else {
+            let scope = match ccmd::CIRG.get(v) {
+                1 => Some(ContextScope::Global),
+                2 => Some(ContextScope::Domain {
+                    did: ccmd::DID.get(v) as u16,
+                }),
+                3 => Some(ContextScope::Device {
+                    did: ccmd::DID.get(v) as u16,
+                    sid: ccmd::SID.get(v) as u16,
+                    fm: ccmd::FM.get(v) as u8,
+                }),
+                _ => None,
+            };
+            scope.map_or(0, |s| {
+                self.events.push(VtdEvent::Context(s));
+                ccmd::CIRG.get(v)
+            })
+        };
+        let v = ccmd::ICC.set(ccmd::CAIG.set(v, caig), 0);
+        self.regs.set(off::CCMD, v);
+    }
+
+    fn iotlb_command(&mut self) {
+        let at = self.cfg.iro + 8;
+        let v = self.regs.get(at);
+        let iva_v = self.regs.get(self.cfg.iro);
+        let did = iotlb_reg::DID.get(v) as u16;
+        let iaig = if self.qi_enabled() {
+            log::warn!("vtd: IOTLB_REG write while queued invalidation is enabled");
+            0
+        } else {
+            let scope = match iotlb_reg::IIRG.get(v) {
+                1 => Some(IotlbScope::Global),
+                2 => Some(IotlbScope::Domain { did }),
+                // 6.5.1.2: AM above CAP.MAMV is not performed.
+                3 if iva::AM.get(iva_v) <= crate::regs::MAMV => Some(IotlbScope::Pages {
+                    did,
+                    addr: iva::ADDR.mask() & iva_v,
+                    am: iva::AM.get(iva_v) as u8,
+                    ih: iva::IH.is_set(iva_v),
+                }),
+                _ => None,
+            };
+            scope.map_or(0, |s| {
+                self.events.push(VtdEvent::Iotlb(s));
+                iotlb_reg::IIRG.get(v)
+            })
+        };
+        let v = iotlb_reg::IVT.set(iotlb_reg::IAIG.set(v, iaig), 0);
+        self.regs.set(at, v);
+    }
+
+    // -- queued invalidation (6.5.2) --------------------------------------
+
+    fn queue_error(&mut self, code: u8) {
+        let before = self.regs.get(off::FSTS);
+        self.regs.set_field(off::IQER, iqer::IQEI, u64::from(code));
+        self.regs.set(off::FSTS, fsts::IQE.set(before, 1));
+        log::debug!("vtd: invalidation queue error, IQEI {code}");
+        self.fault_status_set(before);
+    }
+
+    /// Fetches and executes descriptors from IQH up to IQT (6.5.2).
+    fn process_queue<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
+        let status = self.regs.get(off::FSTS);
+        // 6.5.2.10: no fetching while IQE or ITE is pending.
+        if !self.qi_enabled() || fsts::IQE.is_set(status) || fsts::ITE.is_set(status) {
+            return;
+        }
+        let a = self.regs.get(off::IQA);
+        let wide = iqa::DW.is_set(a);
+        let desc = if wide { 32 } else { 16 };
+        let size = 4096u64 << iqa::QS.get(a);
+        let base = iqa::IQA.mask() & a;
+        let tail = IQ_OFFSET.mask() & self.regs.get(off::IQT);
+        // 11.4.10.3 DW: 256-bit descriptors exist only with scalable mode.
+        if wide && !self.caps_scalable() {
+            return self.queue_error(iqei::WIDTH);
+        }
+        // 11.4.10.2: the tail must lie in the queue, on a descriptor.
+        if tail >= size || !tail.is_multiple_of(desc) {
+            return self.queue_error(iqei::TAIL);
+        }
+        let mut head = IQ_OFFSET.mask() & self.regs.get(off::IQH);
+        for _ in 0..MAX_QUEUE_DESCRIPTORS {
+            if head == tail {
+                break;
+            }
+            let Ok(q) = read_qwords::<M, 2>(mem, base + head) else {
+                return self.queue_error(iqei::FETCH);
+            };
+            match queue::decode(q, &self.cfg) {
+                // 6.5.2.10: the head stays on the bad descriptor.
+                Decoded::Invalid(code) => return self.queue_error(code),
+                Decoded::Ok(d) => self.execute(mem, d),
+            }
+            self.descriptors_processed += 1;
+            head = (head + desc) % size;
+            self.regs.set(off::IQH, head);
+        }
+    }
+
+    fn caps_scalable(&self) -> bool {
+        self.cfg.mode == nesting_core::guest::VtdMode::Scalable
+    }
+
+    fn execute<M: GuestMemory + ?Sized>(&mut self, mem: &M, d: Descriptor) {
+        let ev = match d {
+            Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
+                CcGranularity::Global => ContextScope::Global,
+                CcGranularity::Domain => ContextScope::Domain { did },
+                CcGranularity::Device => ContextScope::Device { did, sid, fm },
+            }),
+            Descriptor::Iotlb {
+                g,
+                did,
+                addr,
+                am,
+                ih,
+            } => VtdEvent::Iotlb(match g {
+                IotlbGranularity::Global => IotlbScope::Global,
+                IotlbGranularity::Domain => IotlbScope::Domain { did },
+                IotlbGranularity::Page => IotlbScope::Pages { did, addr, am, ih },
+            }),
+            Descriptor::PasidIotlb {
+                page,
+                did,
+                pasid,
+                addr,
+                am,
+                ih,
+            } => VtdEvent::Iotlb(if page {
+                IotlbScope::PasidPages {
+                    did,
+                    pasid,
+                    addr,
+                    am,
+                    ih,
+                }
+            } else {
+                IotlbScope::Pasid { did, pasid }
+            }),
+            Descriptor::PasidCache { g, did, pasid } => VtdEvent::PasidCache(match g {
+                PcGranularity::Global => PasidScope::Global,
+                PcGranularity::Domain => PasidScope::Domain { did },
+                PcGranularity::Pasid => PasidScope::Pasid { did, pasid },
+            }),
+            Descriptor::DeviceTlb { sid, addr, s } => {
+                let (addr, len) = queue::dev_tlb_range(addr, s);
+                VtdEvent::DeviceTlb {
+                    sid,
+                    pasid: None,
+                    addr,
+                    len,
+                }
+            }
+            Descriptor::PasidDeviceTlb {
+                sid,
+                pasid,
+                global,
+                addr,
+                s,
+            } => {
+                let (addr, len) = if global {
+                    (0, u64::MAX)
+                } else {
+                    queue::dev_tlb_range(addr, s)
+                };
+                VtdEvent::DeviceTlb {
+                    sid,
+                    pasid: Some(pasid),
+                    addr,
+                    len,
+                }
+            }
+            Descriptor::PageGroupResponse {
+                rid,
+                pasid,
+                code,
+                index,
+            } => VtdEvent::PageGroupResponse {
+                rid,
+                pasid,
+                index,
+                code,
+            },
+            Descriptor::InterruptEntryCache => return,
+            Descriptor::Wait {
+                interrupt,
+                status_write,
+                data,
+                addr,
+                ..
+            } => {
+                return self.wait(mem, interrupt, status_write, data, addr);
+            }
+        };
+        self.events.push(ev);
+    }
+
+    /// 6.5.2.8: every earlier descriptor has completed (they complete
+    /// synchronously here, which also satisfies FN and PD); then the
+    /// status write and the completion event.
+    fn wait<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        interrupt: bool,
+        status_write: bool,
+        data: u32,
+        addr: u64,
+    ) {
+        if status_write && mem.write_u32_le(Gpa(addr), data).is_err() {
+            // A DMA write to no memory is dropped, as on a real platform.
+            log::warn!("vtd: invalidation wait status write to {addr:#x} failed");
+        }
+        if interrupt {
+            // 6.5.2.9: no new event while IWC is still set.
+            if ICS_IWC.is_set(self.regs.get(off::ICS)) {
+                return;
+            }
+            self.regs.set(off::ICS, ICS_IWC.mask());
+            self.signal(off::IECTL, InterruptSource::InvalidationCompletion);
+        }
+    }
+
+    // -- errors reported by a nesting layer ---------------------------------
+
+    /// A device-TLB invalidation for `sid` timed out on the host
+    /// (6.5.2.10 ITE): sets FSTS.ITE and IQER.ITESID, raises a fault
+    /// event; the queue stops until software clears ITE.
+    pub fn report_invalidation_timeout(&mut self, sid: u16) {
+        let before = self.regs.get(off::FSTS);
+        if !fsts::ITE.is_set(before) {
+            self.regs.set_field(off::IQER, iqer::ITESID, u64::from(sid));
+        }
+        self.regs.set(off::FSTS, fsts::ITE.set(before, 1));
+        self.fault_status_set(before);
+    }
+
+    /// A device-TLB invalidation completion for `sid` was invalid
+    /// (6.5.2.10 ICE): sets FSTS.ICE and IQER.ICESID, raises a fault event.
+    pub fn report_invalidation_completion_error(&mut self, sid: u16) {
+        let before = self.regs.get(off::FSTS);
+        if !fsts::ICE.is_set(before) {
+            self.regs.set_field(off::IQER, iqer::ICESID, u64::from(sid));
+        }
+        self.regs.set(off::FSTS, fsts::ICE.set(before, 1));
+        self.fault_status_set(before);
+    }
+
+    /// Records a fault on behalf of a passthrough device (the host IOMMU
+    /// reported it); returns whether it was recorded.
+    pub fn report_fault(&mut self, rec: &FaultRecord) -> bool {
+        self.log_fault(rec)
+    }
+
+    fn log_fault(&mut self, rec: &FaultRecord) -> bool {
+        let before = self.regs.get(off::FSTS);
+        match self
+            .faults
+            .log(&mut self.regs, self.cfg.fro, self.cfg.nfr, rec)
+        {
+            LogOutcome::Recorded { .. } => {
+                self.fault_status_set(before);
+                true
+            }
+            LogOutcome::Overflow => {
+                self.fault_status_set(before);
+                false
+            }
+            LogOutcome::Dropped => false,
+        }
+    }
+
+    // -- translation (chapter 3) ------------------------------------------
+
+    /// Translates one DMA request of `sid` (with `pasid`, for requests
+    /// with PASID) at `iova`. Faults are recorded (7.2) unless fault
+    /// processing is disabled, and raise the fault event.
+    pub fn translate<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        sid: Bdf,
+        pasid: Option<Pasid>,
+        iova: Iova,
+        access: Access,
+    ) -> TranslateResult {
+        let req = Request {
+            sid: sid.0,
+            pasid: pasid.map(|p| p.raw()),
+            iova: iova.0,
+            access,
+        };
+        match self.walk(mem, &req) {
+            Outcome::Mapped { leaf, origin } => {
+                let size = PageSize::new(1u64 << leaf.shift).unwrap_or(PageSize::SIZE_4K);
+                TranslateResult::Mapped(Translation {
+                    iova: Iova(iova.0 & !size.mask()),
+                    gpa: Gpa(leaf.base),
+                    size,
+                    access: leaf.perms,
+                    did: origin.did,
+                    pasid: origin.pasid,
+                })
+            }
+            Outcome::Fault { reason, fpd } => {
+                let recorded = !fpd
+                    && self.log_fault(&FaultRecord {
+                        source_id: req.sid,
+                        pasid: req.pasid,
+                        address: req.iova & !0xfff,
+                        write: access.contains(Access::WRITE),
+                        exec: access.contains(Access::EXEC),
+                        privileged: access.contains(Access::PRIV),
+                        reason,
+                    });
+                TranslateResult::Fault { reason, recorded }
+            }
+        }
+    }
+
+    /// Resolves a request without recording faults: what a shadowing
+    /// layer uses to mirror the guest's tables after an invalidation.
+    pub fn walk<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
+        if !self.translation_enabled() {
+            // 3.1: with translation disabled, requests are not remapped.
+            return Outcome::Mapped {
+                leaf: crate::walk::Leaf {
+                    base: req.iova & !0xfff,
+                    shift: 12,
+                    perms: Access::READ | Access::WRITE | Access::EXEC,
+                },
+                origin: translate::Origin {
+                    did: 0,
+                    pasid: None,
+                },
+            };
+        }
+        translate::resolve(mem, &self.caps, self.root, req)
+    }
+
+    /// Same as [`Vtd::walk`]; the name the nesting seam documents.
+    pub fn walk_for_shadow<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
+        self.walk(mem, req)
+    }
+
+    /// The PASID table entry a request of `sid` with `pasid` (or, with
+    /// `None`, RID_PASID) uses, for a nesting layer building a stage-1
+    /// HWPT from it. `None` in legacy mode or when the tables fault.
+    pub fn pasid_entry<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        sid: Bdf,
+        pasid: Option<u32>,
+    ) -> Option<Located> {
+        if self.root.ttm != 1 || !self.caps_scalable() {
+            return None;
+        }
+        translate::locate_pasid_entry(mem, &self.caps, self.root.addr, sid.0, pasid).ok()
+    }
+}

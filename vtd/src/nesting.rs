@@ -1,0 +1,214 @@
+//! What the model tells a nesting layer (the seam `nesting-core`'s shadow
+//! and nested engines plug into).
+//!
+//! The model never calls the host. Instead every guest action that can
+//! change what a passthrough device must see becomes a [`VtdEvent`]:
+//! translation enabled or disabled, a new root table, and every
+//! invalidation the guest issues (register-based or queued), with its
+//! scope. A nesting layer drains them with [`crate::Vtd::take_events`]
+//! after each MMIO write and:
+//!
+//! - **shadows** (caching mode, VT-d 6.1): on each IOTLB / PASID-based
+//!   IOTLB event it re-walks the affected range with
+//!   [`crate::Vtd::walk_for_shadow`] and mirrors the result (in caching
+//!   mode the guest invalidates after making entries valid, so the
+//!   invalidation is how shadowing learns of maps);
+//! - **nests**: on context / PASID-cache events it re-reads the PASID
+//!   entry ([`crate::Vtd::pasid_entry`]) and (re)builds the stage-1 HWPT
+//!   from it; PASID-based IOTLB events become batched stage-1
+//!   invalidation entries.
+//!
+//! Host failures come back through [`crate::Vtd::report_fault`],
+//! [`crate::Vtd::report_invalidation_timeout`] and
+//! [`crate::Vtd::report_invalidation_completion_error`], which produce the
+//! architected guest-visible errors.
+//!
+//! The queue of pending events is bounded ([`MAX_PENDING_EVENTS`]); if a
+//! consumer falls behind, the queue collapses into one
+//! [`VtdEvent::Resync`], after which the consumer must treat everything
+//! as changed.
+
+use std::collections::VecDeque;
+
+/// Most events kept for a nesting layer that has not drained them: a
+/// guest can issue invalidations much faster than a consumer that never
+/// runs drains them, and this bounds the memory that costs (one queued
+/// invalidation queue's worth: 2^15 descriptors).
+pub const MAX_PENDING_EVENTS: usize = 1 << 15;
+
+/// Scope of a context-cache invalidation (6.5.1.1, 6.5.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContextScope {
+    /// Every context entry.
+    Global,
+    /// Entries of one domain.
+    Domain {
+        /// Domain-id.
+        did: u16,
+    },
+    /// Entries of one device (and its function-mask siblings).
+    Device {
+        /// Domain-id.
+        did: u16,
+        /// Source-id.
+        sid: u16,
+        /// Function mask: 0 none, 1..3 = mask bits 2:0 of the function.
+        fm: u8,
+    },
+}
+
+/// Scope of an IOTLB invalidation (6.5.1.2, 6.5.2.3, 6.5.2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IotlbScope {
+    /// Everything.
+    Global,
+    /// One domain, every PASID.
+    Domain {
+        /// Domain-id.
+        did: u16,
+    },
+    /// Pages of one domain (domain-granular translations).
+    Pages {
+        /// Domain-id.
+        did: u16,
+        /// First address, aligned to the range.
+        addr: u64,
+        /// 2^am 4 KiB pages.
+        am: u8,
+        /// Invalidation hint: only leaf entries changed.
+        ih: bool,
+    },
+    /// Every translation of one PASID in one domain.
+    Pasid {
+        /// Domain-id.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+    },
+    /// Pages of one PASID in one domain.
+    PasidPages {
+        /// Domain-id.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+        /// First address, aligned to the range.
+        addr: u64,
+        /// 2^am 4 KiB pages.
+        am: u8,
+        /// Invalidation hint.
+        ih: bool,
+    },
+}
+
+impl IotlbScope {
+    /// The address range of a page-selective scope, as (first, length).
+    pub fn range(&self) -> Option<(u64, u64)> {
+        match *self {
+            IotlbScope::Pages { addr, am, .. } | IotlbScope::PasidPages { addr, am, .. } => {
+                let len = 4096u64 << am.min(52);
+                Some((addr & !(len - 1), len))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Scope of a PASID-cache invalidation (6.5.2.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasidScope {
+    /// Every PASID entry.
+    Global,
+    /// Every PASID entry of a domain.
+    Domain {
+        /// Domain-id.
+        did: u16,
+    },
+    /// One PASID of one domain.
+    Pasid {
+        /// Domain-id.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+    },
+}
+
+/// Something a nesting layer must react to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VtdEvent {
+    /// GCMD.TE changed (11.4.4): with translation off, DMA is untranslated.
+    TranslationEnabled(bool),
+    /// GCMD.SRTP latched a new root table (11.4.4).
+    RootTable {
+        /// Root table address.
+        addr: u64,
+        /// RTADDR.TTM.
+        ttm: u8,
+    },
+    /// Context-cache invalidation.
+    Context(ContextScope),
+    /// PASID-cache invalidation.
+    PasidCache(PasidScope),
+    /// IOTLB or PASID-based IOTLB invalidation.
+    Iotlb(IotlbScope),
+    /// Device-TLB or PASID-based device-TLB invalidation (6.5.2.5,
+    /// 6.5.2.6): forward to a passthrough device's ATS cache.
+    DeviceTlb {
+        /// Source-id of the device.
+        sid: u16,
+        /// PASID, for the PASID-based form.
+        pasid: Option<u32>,
+        /// First address.
+        addr: u64,
+        /// Length in bytes (`u64::MAX`: everything).
+        len: u64,
+    },
+    /// Page group response (7.7) for a page request the model forwarded.
+    PageGroupResponse {
+        /// Requester.
+        rid: u16,
+        /// PASID, if the request had one.
+        pasid: Option<u32>,
+        /// Page request group index.
+        index: u16,
+        /// Response code (0 success, 1 invalid, 0xf failure).
+        code: u8,
+    },
+    /// Events were lost: re-read everything.
+    Resync,
+}
+
+/// The bounded queue of events.
+#[derive(Clone, Debug, Default)]
+pub struct EventQueue {
+    q: VecDeque<VtdEvent>,
+}
+
+impl EventQueue {
+    /// Queues one event, collapsing the queue into [`VtdEvent::Resync`] at
+    /// [`MAX_PENDING_EVENTS`].
+    pub fn push(&mut self, e: VtdEvent) {
+        if self.q.len() >= MAX_PENDING_EVENTS {
+            log::warn!("vtd: {MAX_PENDING_EVENTS} undrained nesting events, collapsing to resync");
+            self.q.clear();
+            self.q.push_back(VtdEvent::Resync);
+        }
+        if self.q.back() != Some(&VtdEvent::Resync) || e != VtdEvent::Resync {
+            self.q.push_back(e);
+        }
+    }
+
+    /// Takes every queued event.
+    pub fn drain(&mut self) -> Vec<VtdEvent> {
+        self.q.drain(..).collect()
+    }
+
+    /// Number queued.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}

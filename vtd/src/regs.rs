@@ -1,0 +1,633 @@
+//! The register file (VT-d chapter 11, "Register Descriptions"), declared
+//! as data: every register is one [`RegDesc`] row with its offset, width,
+//! reset value, writable mask and write-1-to-clear mask. [`RegisterFile`]
+//! applies those masks to MMIO writes; what a write *starts* (commands,
+//! invalidations, queue processing) is the model's business (`lib.rs`).
+//!
+//! The layout depends on the configuration: CAP.FRO places the fault
+//! recording registers, ECAP.IRO the IOTLB registers, CAP.NFR says how many
+//! fault records exist, and the page request registers exist only when
+//! ECAP.PRS is set.
+
+use std::collections::BTreeMap;
+
+use nesting_core::bits::Field;
+use nesting_core::guest::{VtdAddressWidth, VtdConfig, VtdMode};
+use nesting_core::host::info::{cap, ecap};
+
+/// Register offsets of the architected block (VT-d 11.4, register map).
+pub mod off {
+    /// Version (11.4.1).
+    pub const VER: u64 = 0x00;
+    /// Capability (11.4.2).
+    pub const CAP: u64 = 0x08;
+    /// Extended capability (11.4.3).
+    pub const ECAP: u64 = 0x10;
+    /// Global command (11.4.4).
+    pub const GCMD: u64 = 0x18;
+    /// Global status (11.4.5).
+    pub const GSTS: u64 = 0x1c;
+    /// Root table address (11.4.6).
+    pub const RTADDR: u64 = 0x20;
+    /// Context command (11.4.7).
+    pub const CCMD: u64 = 0x28;
+    /// Fault status (11.4.9.1).
+    pub const FSTS: u64 = 0x34;
+    /// Fault event control (11.4.9.2).
+    pub const FECTL: u64 = 0x38;
+    /// Fault event data (11.4.9.3).
+    pub const FEDATA: u64 = 0x3c;
+    /// Fault event address (11.4.9.4).
+    pub const FEADDR: u64 = 0x40;
+    /// Fault event upper address (11.4.9.5).
+    pub const FEUADDR: u64 = 0x44;
+    /// Advanced fault log (11.4.9.7); the model has no advanced fault
+    /// logging (CAP.AFL=0), so it reads as zero.
+    pub const AFLOG: u64 = 0x58;
+    /// Invalidation queue head (11.4.10.1).
+    pub const IQH: u64 = 0x80;
+    /// Invalidation queue tail (11.4.10.2).
+    pub const IQT: u64 = 0x88;
+    /// Invalidation queue address (11.4.10.3).
+    pub const IQA: u64 = 0x90;
+    /// Invalidation completion status (11.4.10.4).
+    pub const ICS: u64 = 0x9c;
+    /// Invalidation event control (11.4.10.5).
+    pub const IECTL: u64 = 0xa0;
+    /// Invalidation event data (11.4.10.6).
+    pub const IEDATA: u64 = 0xa4;
+    /// Invalidation event address (11.4.10.7).
+    pub const IEADDR: u64 = 0xa8;
+    /// Invalidation event upper address (11.4.10.8).
+    pub const IEUADDR: u64 = 0xac;
+    /// Invalidation queue error record (11.4.10.9).
+    pub const IQER: u64 = 0xb0;
+    /// Page request queue head (11.4.11.1).
+    pub const PQH: u64 = 0xc0;
+    /// Page request queue tail (11.4.11.2).
+    pub const PQT: u64 = 0xc8;
+    /// Page request queue address (11.4.11.3).
+    pub const PQA: u64 = 0xd0;
+    /// Page request status (11.4.11.4).
+    pub const PRS: u64 = 0xdc;
+    /// Page request event control (11.4.11.5).
+    pub const PECTL: u64 = 0xe0;
+    /// Page request event data (11.4.11.6).
+    pub const PEDATA: u64 = 0xe4;
+    /// Page request event address (11.4.11.7).
+    pub const PEADDR: u64 = 0xe8;
+    /// Page request event upper address (11.4.11.8).
+    pub const PEUADDR: u64 = 0xec;
+}
+
+/// GCMD_REG / GSTS_REG bits (11.4.4, 11.4.5). The command and status bit of
+/// each function share a position.
+pub mod gcmd {
+    use nesting_core::bits::Field;
+    /// Translation enable (persistent; status TES).
+    pub const TE: Field = Field::bit(31);
+    /// Set root table pointer (one-shot; status RTPS).
+    pub const SRTP: Field = Field::bit(30);
+    /// Write buffer flush (one-shot; status WBFS).
+    pub const WBF: Field = Field::bit(27);
+    /// Queued invalidation enable (persistent; status QIES).
+    pub const QIE: Field = Field::bit(26);
+    /// Compatibility format interrupt (persistent; status CFIS).
+    pub const CFI: Field = Field::bit(23);
+}
+
+/// RTADDR_REG fields (11.4.6).
+pub mod rtaddr {
+    use nesting_core::bits::Field;
+    /// Root table address, 4 KiB aligned.
+    pub const RTA: Field = Field::bits(63, 12);
+    /// Translation table mode: 00 legacy, 01 scalable, others reserved.
+    pub const TTM: Field = Field::bits(11, 10);
+}
+
+/// CCMD_REG fields (11.4.7).
+pub mod ccmd {
+    use nesting_core::bits::Field;
+    /// Invalidate context-cache (set by software, cleared on completion).
+    pub const ICC: Field = Field::bit(63);
+    /// Invalidation request granularity.
+    pub const CIRG: Field = Field::bits(62, 61);
+    /// Actual invalidation granularity.
+    pub const CAIG: Field = Field::bits(60, 59);
+    /// Function mask.
+    pub const FM: Field = Field::bits(33, 32);
+    /// Source-id.
+    pub const SID: Field = Field::bits(31, 16);
+    /// Domain-id.
+    pub const DID: Field = Field::bits(15, 0);
+}
+
+/// IOTLB_REG fields (11.4.8.1), at ECAP.IRO + 8.
+pub mod iotlb_reg {
+    use nesting_core::bits::Field;
+    /// Invalidate IOTLB (set by software, cleared on completion).
+    pub const IVT: Field = Field::bit(63);
+    /// Invalidation request granularity.
+    pub const IIRG: Field = Field::bits(61, 60);
+    /// Actual invalidation granularity.
+    pub const IAIG: Field = Field::bits(58, 57);
+    /// Drain reads.
+    pub const DR: Field = Field::bit(49);
+    /// Drain writes.
+    pub const DW: Field = Field::bit(48);
+    /// Domain-id.
+    pub const DID: Field = Field::bits(47, 32);
+}
+
+/// IVA_REG fields (11.4.8.2), at ECAP.IRO.
+pub mod iva {
+    use nesting_core::bits::Field;
+    /// Page address.
+    pub const ADDR: Field = Field::bits(63, 12);
+    /// Invalidation hint (leaf-only).
+    pub const IH: Field = Field::bit(6);
+    /// Address mask: 2^AM pages.
+    pub const AM: Field = Field::bits(5, 0);
+}
+
+/// FSTS_REG bits (11.4.9.1).
+pub mod fsts {
+    use nesting_core::bits::Field;
+    /// Primary fault overflow (RW1C).
+    pub const PFO: Field = Field::bit(0);
+    /// Primary pending fault (RO: some fault record has F set).
+    pub const PPF: Field = Field::bit(1);
+    /// Invalidation queue error (RW1C).
+    pub const IQE: Field = Field::bit(4);
+    /// Invalidation completion error (RW1C).
+    pub const ICE: Field = Field::bit(5);
+    /// Invalidation time-out error (RW1C).
+    pub const ITE: Field = Field::bit(6);
+    /// Fault record index (RO).
+    pub const FRI: Field = Field::bits(15, 8);
+    /// The status fields whose setting is a fault event condition
+    /// (VT-d 7.3: PFO, PPF, IQE, ICE, ITE; PRO lives in PRS_REG).
+    pub const EVENT_MASK: u64 = PFO.mask() | PPF.mask() | IQE.mask() | ICE.mask() | ITE.mask();
+}
+
+/// FECTL/IECTL/PECTL bits (11.4.9.2, 11.4.10.5, 11.4.11.5).
+pub mod ectl {
+    use nesting_core::bits::Field;
+    /// Interrupt mask.
+    pub const IM: Field = Field::bit(31);
+    /// Interrupt pending.
+    pub const IP: Field = Field::bit(30);
+}
+
+/// IQA_REG fields (11.4.10.3).
+pub mod iqa {
+    use nesting_core::bits::Field;
+    /// Queue base, 4 KiB aligned.
+    pub const IQA: Field = Field::bits(63, 12);
+    /// Descriptor width: 0 = 128-bit, 1 = 256-bit.
+    pub const DW: Field = Field::bit(11);
+    /// Queue size: 2^QS 4 KiB pages.
+    pub const QS: Field = Field::bits(2, 0);
+}
+
+/// IQH/IQT queue offset (11.4.10.1, 11.4.10.2): bits 18:4, in bytes.
+pub const IQ_OFFSET: Field = Field::bits(18, 4);
+
+/// ICS_REG: invalidation wait descriptor complete (11.4.10.4, RW1C).
+pub const ICS_IWC: Field = Field::bit(0);
+
+/// IQER_REG fields (11.4.10.9).
+pub mod iqer {
+    use nesting_core::bits::Field;
+    /// Invalidation queue error info.
+    pub const IQEI: Field = Field::bits(3, 0);
+    /// Invalidation time-out error source-id.
+    pub const ITESID: Field = Field::bits(47, 32);
+    /// Invalidation completion error source-id.
+    pub const ICESID: Field = Field::bits(63, 48);
+}
+
+/// Fault recording register fields (11.4.14), as one 128-bit record split
+/// in its low and high quadwords.
+pub mod frcd {
+    use nesting_core::bits::Field;
+    /// Low quadword: fault info (page address of the request), bits 63:12.
+    pub const FI: Field = Field::bits(63, 12);
+    /// High quadword: source-id.
+    pub const SID: Field = Field::bits(15, 0);
+    /// High quadword: type bit 2 (T2).
+    pub const T2: Field = Field::bit(28);
+    /// High quadword: privilege mode requested.
+    pub const PRIV: Field = Field::bit(29);
+    /// High quadword: execute permission requested.
+    pub const EXE: Field = Field::bit(30);
+    /// High quadword: PASID present.
+    pub const PP: Field = Field::bit(31);
+    /// High quadword: fault reason.
+    pub const FR: Field = Field::bits(39, 32);
+    /// High quadword: PASID value.
+    pub const PV: Field = Field::bits(59, 40);
+    /// High quadword: address type.
+    pub const AT: Field = Field::bits(61, 60);
+    /// High quadword: type bit 1 (T1): 0 write, 1 read.
+    pub const T1: Field = Field::bit(62);
+    /// High quadword: fault (RW1C).
+    pub const F: Field = Field::bit(63);
+}
+
+/// Register access width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegWidth {
+    /// 32 bits.
+    W32,
+    /// 64 bits.
+    W64,
+}
+
+impl RegWidth {
+    /// Width in bytes.
+    pub const fn bytes(self) -> u64 {
+        match self {
+            RegWidth::W32 => 4,
+            RegWidth::W64 => 8,
+        }
+    }
+}
+
+/// One register, as data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegDesc {
+    /// The spec's name.
+    pub name: &'static str,
+    /// Byte offset from the register base.
+    pub offset: u64,
+    /// Width.
+    pub width: RegWidth,
+    /// Value at reset.
+    pub reset: u64,
+    /// Bits software writes (RW).
+    pub writable: u64,
+    /// Bits software clears by writing 1 (RW1C).
+    pub w1c: u64,
+}
+
+const fn reg(name: &'static str, offset: u64, width: RegWidth, reset: u64) -> RegDesc {
+    RegDesc {
+        name,
+        offset,
+        width,
+        reset,
+        writable: 0,
+        w1c: 0,
+    }
+}
+
+const fn rw(mut d: RegDesc, writable: u64) -> RegDesc {
+    d.writable = writable;
+    d
+}
+
+const fn w1c(mut d: RegDesc, mask: u64) -> RegDesc {
+    d.w1c = mask;
+    d
+}
+
+use RegWidth::{W32, W64};
+
+/// VER_REG value: architecture version 1.0 for a legacy-only unit, 3.0
+/// for one with scalable mode (the revision that introduced it).
+pub fn version(cfg: &VtdConfig) -> u64 {
+    match cfg.mode {
+        VtdMode::Legacy => 0x10,
+        VtdMode::Scalable => 0x30,
+    }
+}
+
+/// Number of domains field: 2^(4 + 2*6) = 65536, the full 16-bit DID
+/// space (11.4.2 ND).
+const ND_64K: u64 = 6;
+
+/// Largest address mask a page-selective invalidation may carry: 2^18
+/// 4 KiB pages = 1 GiB, the largest page (11.4.2 MAMV).
+pub const MAMV: u64 = 18;
+
+/// CAP_REG computed from the configuration (VT-d 11.4.2).
+pub fn capability(cfg: &VtdConfig) -> u64 {
+    // SAGAW bit 1 = 39-bit (3-level), bit 2 = 48-bit (4-level), bit 3 =
+    // 57-bit (5-level); a unit supporting a depth supports the shallower
+    // ones (Linux picks the deepest it needs among SAGAW).
+    let sagaw: u64 = match cfg.aw {
+        VtdAddressWidth::Bits39 => 0b0010,
+        VtdAddressWidth::Bits48 => 0b0110,
+        VtdAddressWidth::Bits57 => 0b1110,
+    };
+    let fields = [
+        (cap::ND, ND_64K),
+        (cap::CM, u64::from(cfg.cm)),
+        (cap::SAGAW, sagaw),
+        (cap::MGAW, u64::from(cfg.aw.bits()) - 1),
+        (cap::FRO, cfg.fro / 16),
+        (cap::SLLPS, u64::from(cfg.sps)),
+        (cap::PSI, 1),
+        (cap::NFR, u64::from(cfg.nfr) - 1),
+        (cap::MAMV, MAMV),
+        (cap::DWD, 1),
+        (cap::DRD, 1),
+        (cap::FS1GP, u64::from(cfg.first_stage_1g())),
+        (
+            cap::FS5LP,
+            u64::from(cfg.flts && cfg.aw == VtdAddressWidth::Bits57),
+        ),
+    ];
+    fields.iter().fold(0, |acc, (f, v)| f.set(acc, *v))
+}
+
+/// ECAP_REG computed from the configuration (VT-d 11.4.3).
+pub fn extended_capability(cfg: &VtdConfig) -> u64 {
+    let scalable = cfg.mode == VtdMode::Scalable;
+    let fields = [
+        // Page walks snoop: the model reads guest memory coherently.
+        (ecap::C, 1),
+        (ecap::QI, u64::from(cfg.qi)),
+        // Device-TLBs need queued invalidation (11.4.3 DT).
+        (ecap::DT, u64::from(cfg.qi)),
+        (ecap::PT, 1),
+        (ecap::IRO, cfg.iro / 16),
+        (ecap::NEST, u64::from(cfg.nest)),
+        (ecap::PRS, u64::from(cfg.prs)),
+        // First-stage execute and supervisor requests, and the extended
+        // accessed flag, come with first-stage translation.
+        (ecap::ERS, u64::from(cfg.flts)),
+        (ecap::SRS, u64::from(cfg.flts)),
+        (ecap::EAFS, u64::from(cfg.flts)),
+        (ecap::PSS, u64::from(cfg.pasid_bits.saturating_sub(1))),
+        (ecap::PASID, u64::from(cfg.pasid_bits > 0)),
+        (ecap::SMTS, u64::from(scalable)),
+        (ecap::SSTS, u64::from(cfg.slts)),
+        (ecap::FSTS, u64::from(cfg.flts)),
+        (ecap::SMPWCS, u64::from(scalable)),
+    ];
+    fields.iter().fold(0, |acc, (f, v)| f.set(acc, *v))
+}
+
+/// The full register layout of a unit with this configuration.
+pub fn layout(cfg: &VtdConfig) -> Vec<RegDesc> {
+    let ectl_reset = ectl::IM.mask();
+    let msi_addr = 0xffff_fffc;
+    let mut v = vec![
+        reg("VER_REG", off::VER, W32, version(cfg)),
+        reg("CAP_REG", off::CAP, W64, capability(cfg)),
+        reg("ECAP_REG", off::ECAP, W64, extended_capability(cfg)),
+        // Write-only: reads return 0; the model acts on the written value.
+        rw(
+            reg("GCMD_REG", off::GCMD, W32, 0),
+            gcmd::TE.mask()
+                | gcmd::SRTP.mask()
+                | gcmd::WBF.mask()
+                | gcmd::QIE.mask()
+                | gcmd::CFI.mask(),
+        ),
+        reg("GSTS_REG", off::GSTS, W32, 0),
+        rw(
+            reg("RTADDR_REG", off::RTADDR, W64, 0),
+            rtaddr::RTA.mask() | rtaddr::TTM.mask(),
+        ),
+        rw(
+            reg("CCMD_REG", off::CCMD, W64, 0),
+            ccmd::ICC.mask()
+                | ccmd::CIRG.mask()
+                | ccmd::FM.mask()
+                | ccmd::SID.mask()
+                | ccmd::DID.mask(),
+        ),
+        w1c(
+            reg("FSTS_REG", off::FSTS, W32, 0),
+            fsts::PFO.mask() | fsts::IQE.mask() | fsts::ICE.mask() | fsts::ITE.mask(),
+        ),
+        rw(
+            reg("FECTL_REG", off::FECTL, W32, ectl_reset),
+            ectl::IM.mask(),
+        ),
+        rw(reg("FEDATA_REG", off::FEDATA, W32, 0), 0xffff_ffff),
+        rw(reg("FEADDR_REG", off::FEADDR, W32, 0), msi_addr),
+        rw(reg("FEUADDR_REG", off::FEUADDR, W32, 0), 0xffff_ffff),
+        reg("AFLOG_REG", off::AFLOG, W64, 0),
+    ];
+    if cfg.qi {
+        v.extend([
+            reg("IQH_REG", off::IQH, W64, 0),
+            rw(reg("IQT_REG", off::IQT, W64, 0), IQ_OFFSET.mask()),
+            rw(
+                reg("IQA_REG", off::IQA, W64, 0),
+                iqa::IQA.mask() | iqa::DW.mask() | iqa::QS.mask(),
+            ),
+            w1c(reg("ICS_REG", off::ICS, W32, 0), ICS_IWC.mask()),
+            rw(
+                reg("IECTL_REG", off::IECTL, W32, ectl_reset),
+                ectl::IM.mask(),
+            ),
+            rw(reg("IEDATA_REG", off::IEDATA, W32, 0), 0xffff_ffff),
+            rw(reg("IEADDR_REG", off::IEADDR, W32, 0), msi_addr),
+            rw(reg("IEUADDR_REG", off::IEUADDR, W32, 0), 0xffff_ffff),
+            reg("IQER_REG", off::IQER, W64, 0),
+        ]);
+    }
+    if cfg.prs {
+        v.extend(page_request_regs(msi_addr, ectl_reset));
+    }
+    v.push(rw(
+        reg("IVA_REG", cfg.iro, W64, 0),
+        iva::ADDR.mask() | iva::IH.mask() | iva::AM.mask(),
+    ));
+    v.push(rw(
+        reg("IOTLB_REG", cfg.iro + 8, W64, 0),
+        iotlb_reg::IVT.mask()
+            | iotlb_reg::IIRG.mask()
+            | iotlb_reg::DR.mask()
+            | iotlb_reg::DW.mask()
+            | iotlb_reg::DID.mask(),
+    ));
+    for i in 0..u64::from(cfg.nfr) {
+        let base = cfg.fro + 16 * i;
+        v.push(reg("FRCD_REG.lo", base, W64, 0));
+        v.push(w1c(reg("FRCD_REG.hi", base + 8, W64, 0), frcd::F.mask()));
+    }
+    v
+}
+
+/// PQH/PQT/PQA/PRS/PECTL/PEDATA/PEADDR/PEUADDR (11.4.11), present when
+/// ECAP.PRS is set.
+fn page_request_regs(msi_addr: u64, ectl_reset: u64) -> [RegDesc; 8] {
+    [
+        rw(reg("PQH_REG", off::PQH, W64, 0), Field::bits(18, 5).mask()),
+        reg("PQT_REG", off::PQT, W64, 0),
+        rw(
+            reg("PQA_REG", off::PQA, W64, 0),
+            Field::bits(63, 12).mask() | Field::bits(2, 0).mask(),
+        ),
+        // PPR (bit 0) and PRO (bit 1), both RW1C.
+        w1c(reg("PRS_REG", off::PRS, W32, 0), 0b11),
+        rw(
+            reg("PECTL_REG", off::PECTL, W32, ectl_reset),
+            ectl::IM.mask(),
+        ),
+        rw(reg("PEDATA_REG", off::PEDATA, W32, 0), 0xffff_ffff),
+        rw(reg("PEADDR_REG", off::PEADDR, W32, 0), msi_addr),
+        rw(reg("PEUADDR_REG", off::PEUADDR, W32, 0), 0xffff_ffff),
+    ]
+}
+
+/// What one software write did to one register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteEffect {
+    /// Offset of the register written.
+    pub offset: u64,
+    /// Value before.
+    pub old: u64,
+    /// Value after the masks were applied.
+    pub new: u64,
+    /// The value software wrote, in register position (for a 32-bit half
+    /// of a 64-bit register, the half shifted into place; only the bits of
+    /// that half are meaningful, see `written_mask`).
+    pub written: u64,
+    /// The register bits this access covered.
+    pub written_mask: u64,
+}
+
+/// The register file of one unit: values plus their declarations.
+#[derive(Clone, Debug)]
+pub struct RegisterFile {
+    descs: Vec<RegDesc>,
+    values: Vec<u64>,
+    by_offset: BTreeMap<u64, usize>,
+}
+
+impl RegisterFile {
+    /// A register file at reset.
+    pub fn new(cfg: &VtdConfig) -> Self {
+        let descs = layout(cfg);
+        let values = descs.iter().map(|d| d.reset).collect();
+        let by_offset = descs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.offset, i))
+            .collect();
+        RegisterFile {
+            descs,
+            values,
+            by_offset,
+        }
+    }
+
+    /// The declarations, in layout order.
+    pub fn descs(&self) -> &[RegDesc] {
+        &self.descs
+    }
+
+    /// Raw value of the register at `offset` (0 if there is none).
+    pub fn get(&self, offset: u64) -> u64 {
+        self.by_offset
+            .get(&offset)
+            .and_then(|i| self.values.get(*i))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Hardware update of the register at `offset` (ignored if none).
+    pub fn set(&mut self, offset: u64, value: u64) {
+        if let Some(v) = self
+            .by_offset
+            .get(&offset)
+            .and_then(|i| self.values.get_mut(*i))
+        {
+            *v = value;
+        }
+    }
+
+    /// Hardware update of one field.
+    pub fn set_field(&mut self, offset: u64, f: Field, value: u64) {
+        let v = self.get(offset);
+        self.set(offset, f.set(v, value));
+    }
+
+    /// The register containing byte `offset`, with the byte's position in
+    /// it.
+    fn locate(&self, offset: u64) -> Option<(usize, u64)> {
+        let (base, i) = self.by_offset.range(..=offset).next_back()?;
+        let d = self.descs.get(*i)?;
+        (offset < base + d.width.bytes()).then_some((*i, offset - base))
+    }
+
+    /// A software read of `size` (4 or 8) bytes at `offset`. Unimplemented
+    /// offsets read as zero (VT-d 11.2: reserved registers read 0). An
+    /// 8-byte read of two adjacent 32-bit registers returns both; a 4-byte
+    /// read of a 64-bit register returns the addressed half.
+    pub fn read(&self, offset: u64, size: u64) -> u64 {
+        match size {
+            8 => match self.locate(offset) {
+                Some((i, 0)) if self.descs.get(i).map(|d| d.width) == Some(W64) => {
+                    self.value_for_read(i)
+                }
+                _ => self.read(offset, 4) | (self.read(offset + 4, 4) << 32),
+            },
+            _ => match self.locate(offset) {
+                Some((i, pos)) if pos % 4 == 0 => {
+                    (self.value_for_read(i) >> (pos * 8)) & 0xffff_ffff
+                }
+                _ => 0,
+            },
+        }
+    }
+
+    fn value_for_read(&self, i: usize) -> u64 {
+        self.values.get(i).copied().unwrap_or(0)
+    }
+
+    /// A software write of `size` (4 or 8) bytes at `offset`, applying the
+    /// writable and write-1-to-clear masks. Returns what changed, one entry
+    /// per register touched (an 8-byte write may cover two 32-bit
+    /// registers). Writes to read-only or unimplemented offsets change
+    /// nothing but are still reported, so the model can act on the written
+    /// value of write-only registers (GCMD).
+    pub fn write(&mut self, offset: u64, size: u64, value: u64) -> Vec<WriteEffect> {
+        let mut out = Vec::with_capacity(2);
+        match (size, self.locate(offset)) {
+            (8, Some((i, 0))) if self.descs.get(i).map(|d| d.width) == Some(W64) => {
+                out.extend(self.write_part(i, u64::MAX, value));
+            }
+            (8, _) => {
+                out.extend(self.write32(offset, value & 0xffff_ffff));
+                out.extend(self.write32(offset + 4, value >> 32));
+            }
+            _ => out.extend(self.write32(offset, value & 0xffff_ffff)),
+        }
+        out
+    }
+
+    fn write32(&mut self, offset: u64, value: u64) -> Option<WriteEffect> {
+        let (i, pos) = self.locate(offset)?;
+        if pos % 4 != 0 {
+            return None;
+        }
+        let shift = pos * 8;
+        self.write_part(i, 0xffff_ffff << shift, value << shift)
+    }
+
+    fn write_part(&mut self, i: usize, covered: u64, value: u64) -> Option<WriteEffect> {
+        let d = *self.descs.get(i)?;
+        let old = *self.values.get(i)?;
+        let writable = d.writable & covered;
+        let mut new = (old & !writable) | (value & writable);
+        new &= !(value & d.w1c & covered);
+        if let Some(v) = self.values.get_mut(i) {
+            *v = new;
+        }
+        Some(WriteEffect {
+            offset: d.offset,
+            old,
+            new,
+            written: value,
+            written_mask: covered,
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! Unit tests, one file per spec area; the shared harness is here.
+
+use std::sync::{Arc, Mutex};
+
+use nesting_core::guest::{GuestModel, VtdConfig};
+use nesting_core::types::{Access, Bdf, Iova, Pasid};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::mock::PageAlloc;
+use crate::{Interrupt, TranslateResult, Vtd};
+
+mod legacy;
+mod proptests;
+mod queue;
+mod regs;
+mod scalable;
+
+/// Guest RAM of the tests: 32 MiB at 0; tables come from the pool at
+/// 16 MiB.
+pub(crate) const RAM: u64 = 32 << 20;
+const POOL: u64 = 16 << 20;
+
+pub(crate) struct Harness {
+    pub mem: GuestMemoryMmap<()>,
+    pub vtd: Vtd,
+    pub alloc: PageAlloc,
+    pub irqs: Arc<Mutex<Vec<Interrupt>>>,
+}
+
+pub(crate) fn config(opts: &[&str]) -> VtdConfig {
+    match GuestModel::from_options("vtd", opts).unwrap() {
+        GuestModel::Vtd(c) => c,
+        _ => unreachable!(),
+    }
+}
+
+impl Harness {
+    pub fn new(opts: &[&str]) -> Harness {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+        let mut vtd = Vtd::new(config(opts));
+        let irqs = Arc::new(Mutex::new(Vec::new()));
+        let sink = irqs.clone();
+        vtd.set_interrupt_callback(move |i| sink.lock().unwrap().push(i));
+        Harness {
+            mem,
+            vtd,
+            alloc: PageAlloc::new(POOL, RAM - POOL),
+            irqs,
+        }
+    }
+
+    pub fn read32(&self, off: u64) -> u64 {
+        self.vtd.mmio_read(off, 4)
+    }
+
+    pub fn read64(&self, off: u64) -> u64 {
+        self.vtd.mmio_read(off, 8)
+    }
+
+    pub fn write32(&mut self, off: u64, v: u64) {
+        self.vtd.mmio_write(&self.mem, off, 4, v);
+    }
+
+    pub fn write64(&mut self, off: u64, v: u64) {
+        self.vtd.mmio_write(&self.mem, off, 8, v);
+    }
+
+    pub fn translate(
+        &mut self,
+        sid: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> TranslateResult {
+        let pasid = pasid.map(|p| Pasid::new(p).unwrap());
+        self.vtd
+            .translate(&self.mem, Bdf(sid), pasid, Iova(iova), access)
+    }
+
+    /// The GPA of a translation, or the fault reason code.
+    pub fn gpa(
+        &mut self,
+        sid: u16,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Result<u64, u8> {
+        match self.translate(sid, pasid, iova, access) {
+            TranslateResult::Mapped(t) => Ok(t.gpa_of(Iova(iova)).0),
+            TranslateResult::Fault { reason, .. } => Err(reason.code()),
+        }
+    }
+
+    pub fn irq_count(&self) -> usize {
+        self.irqs.lock().unwrap().len()
+    }
+}

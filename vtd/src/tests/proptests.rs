@@ -1,0 +1,131 @@
+//! proptest: random mappings -> tables built by the mock -> every walk
+//! result equals the mapping, for each format and level count.
+
+use std::collections::BTreeMap;
+
+use nesting_core::types::Access;
+use proptest::prelude::*;
+
+use super::Harness;
+use crate::mock::{
+    FsTables, LegacyTables, PasidSetup, ScalableTables, SlTables, flpte, probe_like_linux,
+};
+
+/// One mapping of the reference model: page index in a slot grid, page
+/// size shift, output page number, writable.
+#[derive(Clone, Debug)]
+struct Map {
+    slot: u64,
+    shift: u32,
+    out: u64,
+    write: bool,
+}
+
+/// Mappings on a grid of 1 GiB slots so that pages of different sizes
+/// never overlap; the slot number spreads them over the top-level index.
+fn mappings(bits: u32) -> impl Strategy<Value = Vec<Map>> {
+    let slots = 1u64 << (bits - 30).min(20);
+    prop::collection::vec(
+        (
+            0..slots,
+            prop::sample::select(vec![12u32, 21, 30]),
+            0u64..256,
+            any::<bool>(),
+        ),
+        1..12,
+    )
+    .prop_map(|v| {
+        let mut seen = BTreeMap::new();
+        for (slot, shift, out, write) in v {
+            seen.entry(slot).or_insert(Map {
+                slot,
+                shift,
+                out,
+                write,
+            });
+        }
+        seen.into_values().collect()
+    })
+}
+
+fn iova_of(m: &Map, offset: u64) -> u64 {
+    (m.slot << 30) + (offset & ((1 << m.shift) - 1))
+}
+
+fn gpa_of(m: &Map, offset: u64) -> u64 {
+    (m.out << m.shift) + (offset & ((1 << m.shift) - 1))
+}
+
+fn check_all(
+    h: &mut Harness,
+    maps: &[Map],
+    pasid: Option<u32>,
+    sid: u16,
+    offset: u64,
+    write_fault: u8,
+) {
+    for m in maps {
+        let iova = iova_of(m, offset);
+        assert_eq!(
+            h.gpa(sid, pasid, iova, Access::READ),
+            Ok(gpa_of(m, offset)),
+            "{m:?}"
+        );
+        let w = h.gpa(sid, pasid, iova, Access::WRITE);
+        if m.write {
+            assert_eq!(w, Ok(gpa_of(m, offset)));
+        } else {
+            assert_eq!(w, Err(write_fault));
+        }
+        // The next slot is unmapped unless another mapping uses it.
+        let next = (m.slot + 1) << 30;
+        if !maps.iter().any(|o| o.slot == m.slot + 1)
+            && h.gpa(sid, pasid, next, Access::READ).is_ok()
+        {
+            panic!("unmapped {next:#x} translated");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn legacy_second_stage_walk_equals_mapping(
+        (levels, maps) in (3u32..=5).prop_flat_map(|l| (Just(l), mappings(9 * l + 12))),
+        offset in 0u64..(1 << 30),
+    ) {
+        let aw = match levels { 3 => "aw=39", 4 => "aw=48", _ => "aw=57" };
+        let mut h = Harness::new(&["mode=legacy", aw]);
+        let t = LegacyTables::new(&h.mem, &mut h.alloc);
+        let sl = SlTables::new(&h.mem, &mut h.alloc, levels);
+        for m in &maps {
+            sl.map(&h.mem, &mut h.alloc, iova_of(m, 0), gpa_of(m, 0), m.shift, true, m.write);
+        }
+        t.set_context(&h.mem, &mut h.alloc, 0x10, 1, 0, u64::from(levels - 2), sl.root, false);
+        probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+        check_all(&mut h, &maps, None, 0x10, offset, 0x5);
+    }
+
+    #[test]
+    fn first_stage_walk_equals_mapping(
+        // The lower (canonical, non-negative) half of the address space.
+        (levels, maps) in (4u32..=5).prop_flat_map(|l| (Just(l), mappings(9 * l + 11))),
+        offset in 0u64..(1 << 30),
+        pasid in 1u32..4096,
+    ) {
+        let aw = if levels == 5 { "aw=57" } else { "aw=48" };
+        let mut h = Harness::new(&[aw]);
+        let t = ScalableTables::new(&h.mem, &mut h.alloc);
+        let dir = t.set_context(&h.mem, &mut h.alloc, 0x10, 0, 0);
+        let fs = FsTables::new(&h.mem, &mut h.alloc, levels);
+        for m in &maps {
+            let flags = flpte::US | if m.write { flpte::RW } else { 0 };
+            fs.map(&h.mem, &mut h.alloc, iova_of(m, 0), gpa_of(m, 0), m.shift, flags);
+        }
+        let e = PasidSetup::first_stage(1, fs.root, levels, false, false);
+        t.set_pasid(&h.mem, &mut h.alloc, dir, pasid, &e);
+        probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+        check_all(&mut h, &maps, Some(pasid), 0x10, offset, 0x85);
+    }
+}

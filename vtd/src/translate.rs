@@ -1,0 +1,522 @@
+//! DMA remapping of one request (VT-d chapter 3): the root table, the
+//! context entry (3.4 legacy, 3.4.3/3.4.4 scalable), the PASID directory
+//! and PASID table (3.4.4), then the walk the translation type selects.
+//!
+//! The resolution reports, with each fault, whether fault processing was
+//! disabled (FPD) by an entry it had already accepted (7.2.1: "faults
+//! detected ... after ... an entry with FPD=1 are not recorded").
+
+use nesting_core::guest::{VtdConfig, VtdMode};
+use nesting_core::types::Access;
+use vm_memory::GuestMemory;
+
+use crate::fault::FaultReason;
+use crate::regs::capability;
+use crate::tables::{
+    ContextEntry, FPD, P, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
+    TranslationType, aw_levels, ptr_above_haw,
+};
+use crate::walk::{
+    Direct, FsParams, FsWalk, Leaf, SsFault, SsParams, SsWalk, TableAccess, walk_first_stage,
+    walk_second_stage,
+};
+
+/// The latched root table pointer (GCMD.SRTP copies RTADDR, 11.4.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RootPointer {
+    /// Root table address.
+    pub addr: u64,
+    /// RTADDR.TTM: 0 legacy, 1 scalable, others reserved.
+    pub ttm: u8,
+}
+
+/// What the unit supports, from its configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Legacy or scalable.
+    pub mode: VtdMode,
+    /// CAP.SAGAW.
+    pub sagaw: u64,
+    /// Host address width (the unit reports MGAW = HAW).
+    pub haw: u32,
+    /// CAP.SLLPS.
+    pub sps: u8,
+    /// CAP.FS1GP.
+    pub fs1gp: bool,
+    /// CAP.FS5LP.
+    pub fs5lp: bool,
+    /// ECAP.FSTS.
+    pub flts: bool,
+    /// ECAP.SSTS.
+    pub slts: bool,
+    /// ECAP.NEST.
+    pub nest: bool,
+    /// PASID width (0: no PASIDs).
+    pub pasid_bits: u8,
+}
+
+impl Caps {
+    /// The capabilities of a configuration.
+    pub fn new(cfg: &VtdConfig) -> Caps {
+        use nesting_core::host::info::cap;
+        let c = capability(cfg);
+        Caps {
+            mode: cfg.mode,
+            sagaw: cap::SAGAW.get(c),
+            haw: cfg.aw.bits(),
+            sps: cfg.sps,
+            fs1gp: cap::FS1GP.is_set(c),
+            fs5lp: cap::FS5LP.is_set(c),
+            flts: cfg.flts,
+            slts: cfg.slts,
+            nest: cfg.nest,
+            pasid_bits: cfg.pasid_bits,
+        }
+    }
+}
+
+/// One DMA request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Source-id (requester ID).
+    pub sid: u16,
+    /// PASID, when the request carries one.
+    pub pasid: Option<u32>,
+    /// Input address.
+    pub iova: u64,
+    /// READ/WRITE/EXEC and PRIV.
+    pub access: Access,
+}
+
+/// How a translation was made: what a cache entry is tagged with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// Domain identifier of the context or PASID entry.
+    pub did: u16,
+    /// The PASID the translation is granular to (first-stage or nested
+    /// translations, 6.2.1 "PASID-granular"); `None` for domain-granular
+    /// second-stage and pass-through translations.
+    pub pasid: Option<u32>,
+}
+
+/// The result of resolving one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Translated.
+    Mapped {
+        /// The page.
+        leaf: Leaf,
+        /// Where it came from.
+        origin: Origin,
+    },
+    /// Blocked.
+    Fault {
+        /// Why.
+        reason: FaultReason,
+        /// Fault processing disabled by an entry already accepted.
+        fpd: bool,
+    },
+}
+
+fn fault(reason: FaultReason, fpd: bool) -> Outcome {
+    Outcome::Fault { reason, fpd }
+}
+
+/// Resolves `req` through the tables rooted at `root`.
+pub fn resolve<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    root: RootPointer,
+    req: &Request,
+) -> Outcome {
+    match (root.ttm, caps.mode) {
+        // 11.4.6 TTM: 00 legacy mode; requests with PASID cannot be
+        // translated by legacy tables (fault 0x31).
+        (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
+        (0, _) => resolve_legacy(mem, caps, root.addr, req),
+        (1, VtdMode::Scalable) => resolve_scalable(mem, caps, root.addr, req),
+        // 11.4.6 TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
+        _ => fault(FaultReason::SmInvalidRootTable, false),
+    }
+}
+
+fn bus_devfn(sid: u16) -> (u8, u8) {
+    ((sid >> 8) as u8, sid as u8)
+}
+
+/// 3.4.2 legacy mode: root entry by bus, context entry by devfn.
+fn resolve_legacy<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    req: &Request,
+) -> Outcome {
+    let (bus, devfn) = bus_devfn(req.sid);
+    let Ok(root) = RootEntry::read(mem, rta, bus) else {
+        return fault(FaultReason::RootTableAccess, false);
+    };
+    // 9.1: P clear blocks every request of the bus.
+    if !P.is_set(root.lo) {
+        return fault(FaultReason::RootNotPresent, false);
+    }
+    // 9.1: bits 11:1, 127:64 and context-table pointer bits above HAW are
+    // reserved.
+    if root.lo & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 || root.hi != 0 {
+        return fault(FaultReason::RootReserved, false);
+    }
+    let Ok(ctx) = ContextEntry::read(mem, root.lo & PTR.mask(), devfn) else {
+        return fault(FaultReason::ContextTableAccess, false);
+    };
+    if !P.is_set(ctx.lo) {
+        return fault(FaultReason::ContextNotPresent, false);
+    }
+    if ctx.reserved(caps.haw) {
+        return fault(FaultReason::ContextReserved, false);
+    }
+    let fpd = FPD.is_set(ctx.lo);
+    let origin = Origin {
+        did: ctx.did(),
+        pasid: None,
+    };
+    match ctx.tt() {
+        // 9.3 TT=10: pass-through; the output is the input, within HAW.
+        TranslationType::PassThrough => {
+            passthrough(req, caps, origin, fpd, FaultReason::AddressBeyondAgaw)
+        }
+        TranslationType::Untranslated | TranslationType::DeviceTlb => {
+            legacy_second_stage(mem, caps, &ctx, req, origin, fpd)
+        }
+        TranslationType::Unknown(_) => fault(FaultReason::ContextInvalid, fpd),
+    }
+}
+
+fn legacy_second_stage<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    ctx: &ContextEntry,
+    req: &Request,
+    origin: Origin,
+    fpd: bool,
+) -> Outcome {
+    // 9.3 AW: a value CAP.SAGAW does not report makes the entry invalid.
+    let Some(levels) = aw_levels(ContextEntry::AW.get(ctx.hi), caps.sagaw) else {
+        return fault(FaultReason::ContextInvalid, fpd);
+    };
+    // 3.7: input addresses above the AGAW the entry selects fault (0x4).
+    if !fits(req.iova, agaw(levels)) {
+        return fault(FaultReason::AddressBeyondAgaw, fpd);
+    }
+    let p = SsParams {
+        root: ctx.lo & PTR.mask(),
+        levels,
+        haw: caps.haw,
+        sps: caps.sps,
+    };
+    match walk_second_stage(mem, &p, req.iova, req.access) {
+        SsWalk::Mapped(leaf) => Outcome::Mapped { leaf, origin },
+        // 7.1.3: legacy mode reports entries with R=W=0 and insufficient
+        // permissions alike, as read (0x6) or write (0x5) faults.
+        SsWalk::Fault(SsFault::NotPresent | SsFault::Permission) => fault(
+            rw_reason(req.access, FaultReason::Write, FaultReason::Read),
+            fpd,
+        ),
+        SsWalk::Fault(SsFault::Access) => fault(FaultReason::PagingEntryAccess, fpd),
+        SsWalk::Fault(SsFault::Reserved) => fault(FaultReason::PagingEntryReserved, fpd),
+    }
+}
+
+fn rw_reason(access: Access, write: FaultReason, read: FaultReason) -> FaultReason {
+    if access.contains(Access::WRITE) {
+        write
+    } else {
+        read
+    }
+}
+
+/// Address width of `levels` levels.
+fn agaw(levels: u32) -> u32 {
+    12 + 9 * levels
+}
+
+fn fits(addr: u64, bits: u32) -> bool {
+    bits >= 64 || addr >> bits == 0
+}
+
+fn passthrough(
+    req: &Request,
+    caps: &Caps,
+    origin: Origin,
+    fpd: bool,
+    beyond: FaultReason,
+) -> Outcome {
+    if !fits(req.iova, caps.haw) {
+        return fault(beyond, fpd);
+    }
+    Outcome::Mapped {
+        leaf: Leaf {
+            base: req.iova & !0xfff,
+            shift: 12,
+            perms: Access::READ | Access::WRITE,
+        },
+        origin,
+    }
+}
+
+/// A PASID table entry located for a request (scalable mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The entry.
+    pub entry: PasidEntry,
+    /// The PASID it is the entry of (the request's, or RID_PASID).
+    pub pasid: u32,
+    /// Fault processing disabled by the context, directory or PASID
+    /// entry.
+    pub fpd: bool,
+}
+
+/// 3.4.3 scalable mode: scalable root entry, scalable context entry,
+/// PASID directory, PASID table entry. `Err` carries the fault and FPD.
+pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+    req_pasid: Option<u32>,
+) -> Result<Located, (FaultReason, bool)> {
+    let (bus, devfn) = bus_devfn(sid);
+    let root = RootEntry::read(mem, rta, bus).map_err(|_| (FaultReason::SmRootAccess, false))?;
+    // 9.2: the low half serves devfn 0..127, the high half 128..255.
+    let half = if devfn < 128 { root.lo } else { root.hi };
+    if !P.is_set(half) {
+        return Err((FaultReason::SmRootNotPresent, false));
+    }
+    if half & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 {
+        return Err((FaultReason::SmRootReserved, false));
+    }
+    let ctx = SmContextEntry::read(mem, half & PTR.mask(), devfn)
+        .map_err(|_| (FaultReason::SmContextAccess, false))?;
+    if !P.is_set(ctx.q[0]) {
+        return Err((FaultReason::SmContextNotPresent, false));
+    }
+    if ctx.reserved(caps.haw) {
+        return Err((FaultReason::SmContextReserved, false));
+    }
+    let fpd = FPD.is_set(ctx.q[0]);
+    // 9.4 PASIDE: requests with PASID need it; requests without use
+    // RID_PASID.
+    let pasid = match req_pasid {
+        Some(_) if !SmContextEntry::PASIDE.is_set(ctx.q[0]) => {
+            return Err((FaultReason::SmPasidDisabled, fpd));
+        }
+        Some(p) => p,
+        None => SmContextEntry::RID_PASID.get(ctx.q[1]) as u32,
+    };
+    // 9.4 PDTS: the directory covers 2^(PDTS+7) tables of 64 PASIDs;
+    // ECAP.PSS bounds the PASIDs a request may carry.
+    let too_wide = req_pasid.is_some() && u64::from(pasid) >> caps.pasid_bits.min(20) != 0;
+    if u64::from(pasid) >= ctx.max_pasids() || too_wide {
+        return Err((FaultReason::SmPasidTooLarge, fpd));
+    }
+    let dirent = PasidDirEntry::read(mem, ctx.q[0] & PTR.mask(), pasid)
+        .map_err(|_| (FaultReason::PasidDirAccess, fpd))?;
+    if !P.is_set(dirent.0) {
+        return Err((FaultReason::PasidDirNotPresent, fpd));
+    }
+    if dirent.0 & (PasidDirEntry::RESERVED | ptr_above_haw(caps.haw)) != 0 {
+        return Err((FaultReason::PasidDirReserved, fpd));
+    }
+    let fpd = fpd || FPD.is_set(dirent.0);
+    let entry = PasidEntry::read(mem, dirent.0 & PTR.mask(), pasid)
+        .map_err(|_| (FaultReason::PasidEntryAccess, fpd))?;
+    if !P.is_set(entry.q[0]) {
+        return Err((FaultReason::PasidEntryNotPresent, fpd));
+    }
+    if entry.reserved(caps.haw) {
+        return Err((FaultReason::PasidEntryReserved, fpd));
+    }
+    let fpd = fpd || FPD.is_set(entry.q[0]);
+    Ok(Located { entry, pasid, fpd })
+}
+
+fn resolve_scalable<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    req: &Request,
+) -> Outcome {
+    match locate_pasid_entry(mem, caps, rta, req.sid, req.pasid) {
+        Ok(l) => scalable_walk(mem, caps, &l.entry, l.pasid, req, l.fpd),
+        Err((reason, fpd)) => fault(reason, fpd),
+    }
+}
+
+fn scalable_walk<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    pe: &PasidEntry,
+    pasid: u32,
+    req: &Request,
+    fpd: bool,
+) -> Outcome {
+    let did = pe.did();
+    let domain = Origin { did, pasid: None };
+    let granular = Origin {
+        did,
+        pasid: Some(pasid),
+    };
+    // 9.6 PGTT: a type the unit does not report is an invalid entry.
+    match pe.pgtt() {
+        Pgtt::PassThrough => passthrough(req, caps, domain, fpd, FaultReason::SmAddressBeyond),
+        Pgtt::SecondStage if caps.slts => sm_second_stage(mem, caps, pe, req, domain, fpd),
+        Pgtt::FirstStage if caps.flts => first_stage(mem, caps, pe, req, granular, fpd, None),
+        Pgtt::Nested if caps.nest => match ss_params(caps, pe) {
+            Some(ss) => first_stage(mem, caps, pe, req, granular, fpd, Some(ss)),
+            None => fault(FaultReason::PasidEntryInvalid, fpd),
+        },
+        _ => fault(FaultReason::PasidEntryInvalid, fpd),
+    }
+}
+
+fn ss_params(caps: &Caps, pe: &PasidEntry) -> Option<SsParams> {
+    let levels = aw_levels(PasidEntry::AW.get(pe.q[0]), caps.sagaw)?;
+    Some(SsParams {
+        root: pe.ssptptr(),
+        levels,
+        haw: caps.haw,
+        sps: caps.sps,
+    })
+}
+
+fn sm_second_stage<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    pe: &PasidEntry,
+    req: &Request,
+    origin: Origin,
+    fpd: bool,
+) -> Outcome {
+    let Some(p) = ss_params(caps, pe) else {
+        return fault(FaultReason::PasidEntryInvalid, fpd);
+    };
+    if !fits(req.iova, agaw(p.levels)) {
+        return fault(FaultReason::SmAddressBeyond, fpd);
+    }
+    match walk_second_stage(mem, &p, req.iova, req.access) {
+        SsWalk::Mapped(leaf) => Outcome::Mapped { leaf, origin },
+        SsWalk::Fault(f) => fault(ss_fault(f, req.access), fpd),
+    }
+}
+
+/// Scalable-mode reasons for a second-stage walk of the request itself.
+fn ss_fault(f: SsFault, access: Access) -> FaultReason {
+    match f {
+        SsFault::Access => FaultReason::SsEntryAccess,
+        SsFault::Reserved => FaultReason::SsEntryReserved,
+        SsFault::NotPresent | SsFault::Permission => {
+            rw_reason(access, FaultReason::SmWrite, FaultReason::SmRead)
+        }
+    }
+}
+
+/// First-stage table addresses translated through the second stage
+/// (3.8 nested translation).
+struct Nested<'m, M: ?Sized> {
+    mem: &'m M,
+    ss: SsParams,
+}
+
+impl<M: GuestMemory + ?Sized> TableAccess for Nested<'_, M> {
+    fn table_gpa(&mut self, addr: u64, write: bool, root: bool) -> Result<u64, FaultReason> {
+        if !fits(addr, agaw(self.ss.levels)) {
+            return Err(FaultReason::NestedFsAddressBeyond);
+        }
+        let access = if write { Access::WRITE } else { Access::READ };
+        match walk_second_stage(self.mem, &self.ss, addr, access) {
+            SsWalk::Mapped(leaf) => Ok(leaf.output(addr)),
+            SsWalk::Fault(SsFault::Access) => Err(FaultReason::SsEntryAccess),
+            SsWalk::Fault(SsFault::Reserved) => Err(FaultReason::SsEntryReserved),
+            SsWalk::Fault(_) if write => Err(FaultReason::NestedFsTableWrite),
+            SsWalk::Fault(_) if root => Err(FaultReason::NestedFsRootRead),
+            SsWalk::Fault(_) => Err(FaultReason::NestedFsTableRead),
+        }
+    }
+}
+
+fn first_stage<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    pe: &PasidEntry,
+    req: &Request,
+    origin: Origin,
+    fpd: bool,
+    nested: Option<SsParams>,
+) -> Outcome {
+    // 9.6 FSPM: 0 = 4-level, 1 = 5-level (needs CAP.FS5LP).
+    let levels = match PasidEntry::FSPM.get(pe.q[2]) {
+        0 => 4,
+        1 if caps.fs5lp => 5,
+        _ => return fault(FaultReason::PasidEntryInvalid, fpd),
+    };
+    // 9.6 SRE/ERE: supervisor and execute requests need them.
+    if req.access.contains(Access::PRIV) && !PasidEntry::SRE.is_set(pe.q[2]) {
+        return fault(FaultReason::PasidSreClear, fpd);
+    }
+    if req.access.contains(Access::EXEC) && !PasidEntry::ERE.is_set(pe.q[2]) {
+        return fault(FaultReason::PasidEreClear, fpd);
+    }
+    let p = FsParams {
+        root: pe.fsptptr(),
+        levels,
+        haw: caps.haw,
+        fs1gp: caps.fs1gp,
+        wpe: PasidEntry::WPE.is_set(pe.q[2]),
+        eafe: PasidEntry::EAFE.is_set(pe.q[2]),
+    };
+    let walked = match nested {
+        None => walk_first_stage(mem, &mut Direct, &p, req.iova, req.access),
+        Some(ss) => walk_first_stage(mem, &mut Nested { mem, ss }, &p, req.iova, req.access),
+    };
+    let leaf = match walked {
+        FsWalk::Mapped(leaf) => leaf,
+        FsWalk::Fault(r) => return fault(r, fpd),
+    };
+    let Some(ss) = nested else {
+        return Outcome::Mapped { leaf, origin };
+    };
+    nested_output(mem, &ss, leaf, req, origin, fpd)
+}
+
+/// 3.8: the first-stage output goes through the second stage; the page is
+/// the smaller of the two and the permissions their intersection.
+fn nested_output<M: GuestMemory + ?Sized>(
+    mem: &M,
+    ss: &SsParams,
+    fs: Leaf,
+    req: &Request,
+    origin: Origin,
+    fpd: bool,
+) -> Outcome {
+    let gpa = fs.output(req.iova);
+    if !fits(gpa, agaw(ss.levels)) {
+        return fault(FaultReason::SmOutputBeyond, fpd);
+    }
+    match walk_second_stage(mem, ss, gpa, req.access & (Access::READ | Access::WRITE)) {
+        SsWalk::Mapped(s) => {
+            let shift = fs.shift.min(s.shift);
+            let out = s.output(gpa) & !((1u64 << shift) - 1);
+            let mut perms = fs.perms & (s.perms | Access::EXEC);
+            if !s.perms.contains(Access::READ) {
+                perms.remove(Access::EXEC);
+            }
+            Outcome::Mapped {
+                leaf: Leaf {
+                    base: out,
+                    shift,
+                    perms,
+                },
+                origin,
+            }
+        }
+        SsWalk::Fault(f) => fault(ss_fault(f, req.access), fpd),
+    }
+}

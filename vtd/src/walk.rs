@@ -1,0 +1,392 @@
+//! Page-table walks (VT-d 3.6 first-stage translation, 3.7 second-stage
+//! translation, 3.8 nested translation; entry formats 9.7 and 9.8).
+//!
+//! A walk returns an enum, never `Result`: guest tables are guest input,
+//! and every outcome is architected. Walks are bounded by the level count
+//! (at most five reads, plus at most five nested second-stage walks of
+//! five reads each for a nested first-stage walk).
+
+use nesting_core::bits::Field;
+use nesting_core::guest::{SPS_1G, SPS_2M};
+use nesting_core::mem::GuestMemoryExt;
+use nesting_core::types::{Access, Gpa};
+use vm_memory::GuestMemory;
+
+use crate::fault::FaultReason;
+use crate::tables::{PTR, above_haw, read_qwords};
+
+/// Bits of the input address one level indexes: 9 per level above the
+/// 12-bit page offset.
+const LEVEL_BITS: u32 = 9;
+
+/// The first input-address bit level `level` (1 = leaf page table)
+/// indexes.
+const fn level_shift(level: u32) -> u32 {
+    12 + LEVEL_BITS * (level - 1)
+}
+
+/// Index of `iova` in a table of `level`.
+fn level_index(iova: u64, level: u32) -> u64 {
+    Field::bits(level_shift(level) + LEVEL_BITS - 1, level_shift(level)).get(iova)
+}
+
+/// A leaf: the page an input address falls in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Output address of the page's first byte.
+    pub base: u64,
+    /// log2 of the page size (12, 21 or 30).
+    pub shift: u32,
+    /// Permissions granted (READ/WRITE/EXEC).
+    pub perms: Access,
+}
+
+impl Leaf {
+    /// Output address of `iova`.
+    pub fn output(&self, iova: u64) -> u64 {
+        self.base | (iova & ((1u64 << self.shift) - 1))
+    }
+}
+
+/// Second-stage entry bits (9.8).
+pub mod sl {
+    use nesting_core::bits::Field;
+    /// Read.
+    pub const R: Field = Field::bit(0);
+    /// Write.
+    pub const W: Field = Field::bit(1);
+    /// Page size (leaf at level 2 or 3).
+    pub const PS: Field = Field::bit(7);
+    /// Snoop (reserved without ECAP.SC, which the model does not report).
+    pub const SNP: Field = Field::bit(11);
+}
+
+/// Why a second-stage walk stopped; the caller maps it to the fault reason
+/// of its mode (legacy, scalable, or a nested first-stage table fetch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SsFault {
+    /// Reading an entry failed.
+    Access,
+    /// An entry with R=W=0.
+    NotPresent,
+    /// A reserved bit is set in a present entry.
+    Reserved,
+    /// The translation does not grant the access.
+    Permission,
+}
+
+/// Result of a second-stage walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SsWalk {
+    /// Translated.
+    Mapped(Leaf),
+    /// Stopped.
+    Fault(SsFault),
+}
+
+/// Parameters of a second-stage walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SsParams {
+    /// Table root (SLPTPTR / SSPTPTR).
+    pub root: u64,
+    /// Levels, 3..=5.
+    pub levels: u32,
+    /// Host address width: output and table address bits above are
+    /// reserved.
+    pub haw: u32,
+    /// CAP.SLLPS superpage bits.
+    pub sps: u8,
+}
+
+fn sl_reserved(entry: u64, level: u32, p: &SsParams) -> bool {
+    let mut rsvd = above_haw(p.haw) | sl::SNP.mask();
+    let superpage_ok = match level {
+        2 => p.sps & SPS_2M != 0,
+        3 => p.sps & SPS_1G != 0,
+        _ => false,
+    };
+    if sl::PS.is_set(entry) {
+        if !superpage_ok {
+            return true;
+        }
+        // Address bits below the superpage size are reserved.
+        rsvd |= Field::bits(level_shift(level) - 1, 12).mask();
+    }
+    entry & rsvd != 0
+}
+
+/// Walks second-stage tables for `iova` (3.7). Permissions are the
+/// intersection of R/W over all levels (3.7.1); `access` is checked
+/// against them.
+pub fn walk_second_stage<M: GuestMemory + ?Sized>(
+    mem: &M,
+    p: &SsParams,
+    iova: u64,
+    access: Access,
+) -> SsWalk {
+    let mut table = p.root & PTR.mask();
+    let mut perms = Access::READ | Access::WRITE;
+    // Bounded: one read per level, levels <= 5.
+    for level in (1..=p.levels.min(5)).rev() {
+        let addr = table + 8 * level_index(iova, level);
+        let Ok([entry]) = read_qwords::<M, 1>(mem, addr) else {
+            return SsWalk::Fault(SsFault::Access);
+        };
+        if !sl::R.is_set(entry) && !sl::W.is_set(entry) {
+            return SsWalk::Fault(SsFault::NotPresent);
+        }
+        if sl_reserved(entry, level, p) {
+            return SsWalk::Fault(SsFault::Reserved);
+        }
+        if !sl::R.is_set(entry) {
+            perms.remove(Access::READ);
+        }
+        if !sl::W.is_set(entry) {
+            perms.remove(Access::WRITE);
+        }
+        if level == 1 || sl::PS.is_set(entry) {
+            let shift = level_shift(level);
+            let leaf = Leaf {
+                base: entry & Field::bits(51, shift).mask(),
+                shift,
+                perms,
+            };
+            let needed = access & (Access::READ | Access::WRITE);
+            if !perms.contains(needed) {
+                return SsWalk::Fault(SsFault::Permission);
+            }
+            return SsWalk::Mapped(leaf);
+        }
+        table = entry & Field::bits(51, 12).mask();
+    }
+    SsWalk::Fault(SsFault::NotPresent)
+}
+
+/// First-stage entry bits (9.7, the x86 paging format).
+pub mod fl {
+    use nesting_core::bits::Field;
+    /// Present.
+    pub const P: Field = Field::bit(0);
+    /// Read/write.
+    pub const RW: Field = Field::bit(1);
+    /// User/supervisor.
+    pub const US: Field = Field::bit(2);
+    /// Accessed.
+    pub const A: Field = Field::bit(5);
+    /// Dirty (leaf).
+    pub const D: Field = Field::bit(6);
+    /// Page size.
+    pub const PS: Field = Field::bit(7);
+    /// Extended accessed (with PASID-entry EAFE).
+    pub const EA: Field = Field::bit(10);
+    /// Execute disable.
+    pub const XD: Field = Field::bit(63);
+}
+
+/// Parameters of a first-stage walk, from the PASID entry (9.6) and the
+/// unit's capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FsParams {
+    /// FSPTPTR.
+    pub root: u64,
+    /// 4 or 5.
+    pub levels: u32,
+    /// Host address width.
+    pub haw: u32,
+    /// CAP.FS1GP.
+    pub fs1gp: bool,
+    /// PASID entry WPE.
+    pub wpe: bool,
+    /// PASID entry EAFE.
+    pub eafe: bool,
+}
+
+/// How first-stage table addresses reach guest memory: directly
+/// (first-stage only) or through the second stage (nested, 3.8).
+pub trait TableAccess {
+    /// The guest physical address of a first-stage table location, for a
+    /// read (`write` false) or an accessed/dirty update; `root` says the
+    /// location is in the top-level table.
+    fn table_gpa(&mut self, addr: u64, write: bool, root: bool) -> Result<u64, FaultReason>;
+}
+
+/// First-stage tables addressed directly in guest physical memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Direct;
+
+impl TableAccess for Direct {
+    fn table_gpa(&mut self, addr: u64, _write: bool, _root: bool) -> Result<u64, FaultReason> {
+        Ok(addr)
+    }
+}
+
+/// Result of a first-stage walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsWalk {
+    /// Translated; the output is a GPA (first-stage only) or an address
+    /// the second stage translates next (nested).
+    Mapped(Leaf),
+    /// Stopped with this fault.
+    Fault(FaultReason),
+}
+
+/// Whether `iova` is canonical for a `levels`-level first-stage table
+/// (3.6: bits 63:48 resp. 63:57 equal bit 47 resp. 56).
+pub fn canonical(iova: u64, levels: u32) -> bool {
+    let top = level_shift(levels) + LEVEL_BITS - 1;
+    let upper = Field::bits(63, top).get(iova);
+    upper == 0 || upper == Field::bits(63, top).max()
+}
+
+fn fl_reserved(entry: u64, level: u32, p: &FsParams) -> bool {
+    let rsvd = above_haw(p.haw);
+    if fl::PS.is_set(entry) && level > 1 {
+        let ok = level == 2 || (level == 3 && p.fs1gp);
+        if !ok {
+            return true;
+        }
+        // Bit 12 is PAT; bits (shift-1):13 are reserved.
+        return entry & (rsvd | Field::bits(level_shift(level) - 1, 13).mask()) != 0;
+    }
+    entry & rsvd != 0
+}
+
+/// The entries a successful walk visited, for A/D updates.
+struct Visited {
+    addrs: [u64; 5],
+    entries: [u64; 5],
+    n: usize,
+}
+
+/// Walks first-stage tables for `iova` (3.6) and checks the access
+/// (3.6.2 access rights): user requests need U/S=1 at every level, writes
+/// need R/W=1 at every level unless a supervisor request with WPE=0,
+/// execute needs XD=0 at every level. On success the accessed flags (and
+/// the dirty flag of the leaf for writes) are set (3.6.3).
+pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
+    mem: &M,
+    tables: &mut T,
+    p: &FsParams,
+    iova: u64,
+    access: Access,
+) -> FsWalk {
+    if !canonical(iova, p.levels) {
+        return FsWalk::Fault(FaultReason::FsNonCanonical);
+    }
+    let mut v = Visited {
+        addrs: [0; 5],
+        entries: [0; 5],
+        n: 0,
+    };
+    let (mut rw, mut us, mut xd) = (true, true, false);
+    let mut table = p.root & PTR.mask();
+    for level in (1..=p.levels.min(5)).rev() {
+        let root = level == p.levels;
+        let addr = match tables.table_gpa(table + 8 * level_index(iova, level), false, root) {
+            Ok(a) => a,
+            Err(r) => return FsWalk::Fault(r),
+        };
+        let Ok([entry]) = read_qwords::<M, 1>(mem, addr) else {
+            let r = if root {
+                FaultReason::FsRootAccess
+            } else {
+                FaultReason::FsEntryAccess
+            };
+            return FsWalk::Fault(r);
+        };
+        if !fl::P.is_set(entry) {
+            return FsWalk::Fault(FaultReason::FsEntryNotPresent);
+        }
+        if fl_reserved(entry, level, p) {
+            return FsWalk::Fault(FaultReason::FsEntryReserved);
+        }
+        if let (Some(a), Some(e)) = (v.addrs.get_mut(v.n), v.entries.get_mut(v.n)) {
+            *a = table + 8 * level_index(iova, level);
+            *e = entry;
+            v.n += 1;
+        }
+        rw &= fl::RW.is_set(entry);
+        us &= fl::US.is_set(entry);
+        xd |= fl::XD.is_set(entry);
+        if level == 1 || fl::PS.is_set(entry) {
+            let shift = level_shift(level);
+            let base = entry & Field::bits(51, shift).mask();
+            return finish_first_stage(mem, tables, p, &v, (rw, us, xd), base, shift, access);
+        }
+        table = entry & Field::bits(51, 12).mask();
+    }
+    FsWalk::Fault(FaultReason::FsEntryNotPresent)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
+    mem: &M,
+    tables: &mut T,
+    p: &FsParams,
+    v: &Visited,
+    (rw, us, xd): (bool, bool, bool),
+    base: u64,
+    shift: u32,
+    access: Access,
+) -> FsWalk {
+    let user = !access.contains(Access::PRIV);
+    // 3.6.2: user-mode requests need U/S=1 in every paging entry.
+    if user && !us {
+        return FsWalk::Fault(FaultReason::FsUserSupervisor);
+    }
+    // 3.6.2: writes need R/W=1 in every entry; supervisor writes ignore
+    // R/W unless WPE=1.
+    let writable = rw || (!user && !p.wpe);
+    if access.contains(Access::WRITE) && !writable {
+        return FsWalk::Fault(FaultReason::SmWrite);
+    }
+    // 3.6.2: execute requests fault if XD=1 in any entry.
+    if access.contains(Access::EXEC) && xd {
+        return FsWalk::Fault(FaultReason::FsExecute);
+    }
+    if let Err(r) = update_accessed_dirty(mem, tables, p, v, access.contains(Access::WRITE)) {
+        return FsWalk::Fault(r);
+    }
+    let mut perms = Access::READ;
+    if writable {
+        perms |= Access::WRITE;
+    }
+    if !xd {
+        perms |= Access::EXEC;
+    }
+    FsWalk::Mapped(Leaf { base, shift, perms })
+}
+
+/// 3.6.3: the accessed flag of every entry used, the extended accessed
+/// flag with EAFE, and the dirty flag of the leaf on writes. Only bits 5,
+/// 6 and 10 change, so the update writes the entry's two low bytes: a
+/// guest CPU editing the address or high flags concurrently is not
+/// overwritten (hardware uses a locked operation; vm-memory offers none).
+fn update_accessed_dirty<M: GuestMemory + ?Sized, T: TableAccess>(
+    mem: &M,
+    tables: &mut T,
+    p: &FsParams,
+    v: &Visited,
+    write: bool,
+) -> Result<(), FaultReason> {
+    for i in 0..v.n {
+        let (Some(addr), Some(entry)) = (v.addrs.get(i), v.entries.get(i)) else {
+            break;
+        };
+        let mut want = fl::A.mask();
+        if p.eafe {
+            want |= fl::EA.mask();
+        }
+        if write && i + 1 == v.n {
+            want |= fl::D.mask();
+        }
+        if entry & want == want {
+            continue;
+        }
+        let gpa = tables.table_gpa(*addr, true, i == 0)?;
+        let low = ((entry | want) & 0xffff) as u16;
+        mem.write_u16_le(Gpa(gpa), low)
+            .map_err(|_| FaultReason::FsEntryAccess)?;
+    }
+    Ok(())
+}
