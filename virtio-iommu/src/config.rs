@@ -3,7 +3,7 @@
 //! VMM's [`VirtioIommuConfig`] and, for passthrough endpoints, adjusted to
 //! the host the ladder looked at.
 
-use nesting_core::guest::{Endpoints, ResvKind, VirtioIommuConfig};
+use nesting_core::guest::{Endpoints, ResvKind, ResvRegion, VirtioIommuConfig};
 use nesting_core::ladder::{Decision, DecisionKind};
 use nesting_core::types::IovaRange;
 use serde::{Deserialize, Serialize};
@@ -106,12 +106,35 @@ impl ResvMem {
 
 /// Options a VMM sets that scripts do not (they are not part of
 /// `REPLAY.md`'s model options).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceOptions {
     /// Offer the legacy `VIRTIO_IOMMU_F_BYPASS` instead of
     /// `VIRTIO_IOMMU_F_BYPASS_CONFIG`, for drivers older than the config
     /// field (virtio 1.3 5.13.3.2: devices SHOULD NOT offer both).
     pub legacy_bypass: bool,
+    /// Width of the guest-physical address space: a MAP whose physical
+    /// range reaches past `2^phys_bits - 1` gets `VIRTIO_IOMMU_S_FAULT`
+    /// (5.13.6.5: the physical range "should be within the guest-physical
+    /// address space"). 1..=64.
+    pub phys_bits: u8,
+}
+
+impl Default for DeviceOptions {
+    /// Modern bypass; 52 physical address bits, the widest any platform
+    /// with an IOMMU has (x86 5-level paging, Arm LPA2).
+    fn default() -> Self {
+        DeviceOptions {
+            legacy_bypass: false,
+            phys_bits: 52,
+        }
+    }
+}
+
+impl DeviceOptions {
+    /// The last guest-physical address.
+    pub fn phys_last(&self) -> u64 {
+        u64::MAX >> (64 - u32::from(self.phys_bits.clamp(1, 64)))
+    }
 }
 
 /// The device's resolved configuration.
@@ -221,23 +244,64 @@ impl DeviceConfig {
         Ok(())
     }
 
-    /// Adjusts the configuration to the host behind passthrough endpoints:
-    /// the page sizes become those the VMM asked for that the host IOAS can
-    /// map (multiples of its alignment `host_page`), the input range is
-    /// clipped to the host's IOVA ranges, and the host's holes inside it are
-    /// announced as RESERVED (the ladder's adjustments).
+    /// Keeps the page sizes the host IOAS can map: multiples of its
+    /// alignment `host_page` (QEMU intersects with the host's page sizes
+    /// the same way). Refused when none is left.
+    pub fn restrict_page_sizes(&mut self, host_page: u64) -> Result<(), ConfigError> {
+        let host_sizes = match host_page {
+            0 => u64::MAX,
+            p => !(p.checked_next_power_of_two().unwrap_or(1 << 63) - 1),
+        };
+        let mask = self.page_size_mask & host_sizes;
+        if mask == 0 {
+            return Err(ConfigError::NoPageSize {
+                mask: self.page_size_mask,
+                host_page,
+            });
+        }
+        self.page_size_mask = mask;
+        Ok(())
+    }
+
+    /// The guest configuration the ladder judges.
+    pub fn as_guest(&self) -> VirtioIommuConfig {
+        let mut c = VirtioIommuConfig {
+            page_size_mask: nesting_core::types::PageSizes(self.page_size_mask),
+            input_range: self.input(),
+            probe_size: self.probe_size,
+            bypass: self.bypass_at_reset,
+            ..VirtioIommuConfig::default()
+        };
+        c.domain_range.first = self.domain_range.0;
+        c.domain_range.last = self.domain_range.1;
+        c.resv = self
+            .resv
+            .iter()
+            .map(|r| ResvRegion {
+                range: IovaRange {
+                    first: r.start.into(),
+                    last: r.end.into(),
+                },
+                kind: match r.subtype {
+                    RESV_MEM_T_MSI => ResvKind::Msi,
+                    _ => ResvKind::Reserved,
+                },
+            })
+            .collect();
+        c
+    }
+
+    /// Adjusts the configuration to the ladder's decision for a host
+    /// behind passthrough endpoints: the input range is clipped to the
+    /// host's IOVA ranges and the host's holes inside it are announced as
+    /// RESERVED. A refusal is an error with the ladder's reasons.
     pub fn apply_host(&mut self, decision: &Decision, host_page: u64) -> Result<(), ConfigError> {
         if decision.kind != DecisionKind::Shadow {
             return Err(ConfigError::Refused {
                 reason: decision.reason.clone(),
             });
         }
-        let host_sizes = match host_page {
-            0 => u64::MAX,
-            p => !(p.next_power_of_two() - 1),
-        };
         let mut next = self.clone();
-        next.page_size_mask &= host_sizes;
         if let Some(r) = decision.adjust.input_range {
             next.input_range = (
                 next.input_range.0.max(r.first.raw()),

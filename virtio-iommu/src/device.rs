@@ -195,9 +195,12 @@ impl<M: GuestMemory> VirtioIommu<M> {
     pub fn add_passthrough(&self, endpoint: u32, view: &HostView) -> Result<(), DeviceError> {
         let mut g = self.lock();
         let st = &mut g.state;
-        let guest = GuestModel::VirtioIommu(st.cfg_as_guest());
-        let decision = ladder::decide(&guest, view);
+        // The page sizes first: those the VMM asked for that the host IOAS
+        // can map; the ladder then judges the device as it will present.
         let mut next = st.cfg.clone();
+        next.restrict_page_sizes(view.page_size)?;
+        let guest = GuestModel::VirtioIommu(next.as_guest());
+        let decision = ladder::decide(&guest, view);
         next.apply_host(&decision, view.page_size)?;
         if st.features_ok && next != st.cfg {
             return Err(ConfigError::Refused {
@@ -388,19 +391,6 @@ impl<M: GuestMemory> VirtioIommu<M> {
 }
 
 impl State {
-    pub(crate) fn cfg_as_guest(&self) -> VirtioIommuConfig {
-        let mut c = VirtioIommuConfig {
-            page_size_mask: nesting_core::types::PageSizes(self.cfg.page_size_mask),
-            input_range: self.cfg.input(),
-            probe_size: self.cfg.probe_size,
-            bypass: self.cfg.bypass_at_reset,
-            ..VirtioIommuConfig::default()
-        };
-        c.domain_range.first = self.cfg.domain_range.0;
-        c.domain_range.last = self.cfg.domain_range.1;
-        c
-    }
-
     /// Where an unattached passthrough endpoint goes: identity when
     /// unattached endpoints bypass, blocked otherwise.
     pub(crate) fn unattached_space(&self, endpoint: u32) -> Option<crate::nesting::SpaceId> {

@@ -81,6 +81,8 @@ pub mod snapshot;
 pub mod translate;
 
 #[cfg(test)]
+mod shadow_tests;
+#[cfg(test)]
 mod tests;
 
 pub use config::{ConfigError, DeviceConfig, DeviceOptions, MAX_PROBE_SIZE};

@@ -40,6 +40,11 @@ pub fn config(opts: &[&str]) -> VirtioIommuConfig {
     }
 }
 
+/// [`MOCK_RAM`] bytes of guest RAM from GPA 0.
+pub fn mock_memory() -> Arc<GuestMemoryMmap> {
+    Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MOCK_RAM as usize)]).expect("ram"))
+}
+
 /// A guest driver and its memory.
 pub struct MockDriver {
     /// Guest memory.
@@ -60,9 +65,15 @@ impl MockDriver {
 
     /// Drives `dev`; `negotiate` acknowledges every offered feature.
     pub fn with_device(dev: Arc<VirtioIommu<GuestMemoryMmap>>, negotiate: bool) -> MockDriver {
-        let mem = Arc::new(
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MOCK_RAM as usize)]).expect("ram"),
-        );
+        Self::with_memory(dev, mock_memory(), negotiate)
+    }
+
+    /// Drives `dev` over `mem` (at least [`MOCK_RAM`] from GPA 0).
+    pub fn with_memory(
+        dev: Arc<VirtioIommu<GuestMemoryMmap>>,
+        mem: Arc<GuestMemoryMmap>,
+        negotiate: bool,
+    ) -> MockDriver {
         dev.set_memory(mem.clone());
         if negotiate {
             dev.ack_features(dev.device_features()).expect("features");

@@ -14,7 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
+use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::ram::RamIoas;
+use nesting_core::shadow::{ShadowDomain, ShadowError};
 use nesting_core::types::{Access, Gpa, Iova};
 use thiserror::Error;
 
@@ -247,6 +251,124 @@ impl Passthrough {
                 }
                 return Err(e);
             }
+        }
+        Ok(())
+    }
+}
+
+/// [`PassthroughHost`] over the shadow engine (`nesting_core::shadow`):
+/// one [`ShadowDomain`] per guest domain holding a passthrough endpoint,
+/// one in identity mode (IOVA = GPA, the RAM IOAS) for bypass, each
+/// endpoint's VFIO device bound to the VM's iommufd.
+#[derive(Debug)]
+pub struct ShadowHost {
+    host: SharedHost,
+    ram: Arc<RamIoas>,
+    devices: BTreeMap<u32, BoundDevice>,
+    spaces: BTreeMap<SpaceId, ShadowDomain>,
+    /// The space each endpoint's device is attached to now.
+    attached: BTreeMap<u32, SpaceId>,
+}
+
+fn failure(e: &ShadowError) -> HostFailure {
+    log::warn!("virtio-iommu: shadow engine: {e}");
+    match e.is_no_memory() {
+        true => HostFailure::NoMemory,
+        false => HostFailure::Device,
+    }
+}
+
+impl ShadowHost {
+    /// The VM's iommufd and its RAM IOAS.
+    pub fn new(host: SharedHost, ram: Arc<RamIoas>) -> Self {
+        ShadowHost {
+            host,
+            ram,
+            devices: BTreeMap::new(),
+            spaces: BTreeMap::new(),
+            attached: BTreeMap::new(),
+        }
+    }
+
+    /// Hands over the bound VFIO device of passthrough endpoint
+    /// `endpoint` (before [`crate::VirtioIommu::add_passthrough`]).
+    pub fn add_device(&mut self, endpoint: u32, dev: BoundDevice) {
+        self.devices.insert(endpoint, dev);
+    }
+
+    /// The shadow domain of a space, if it exists (for checks).
+    pub fn space(&self, space: SpaceId) -> Option<&ShadowDomain> {
+        self.spaces.get(&space)
+    }
+
+    fn sync(&mut self, space: SpaceId) -> Result<(), HostFailure> {
+        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
+        d.sync().map(|_| ()).map_err(|e| failure(&e))
+    }
+}
+
+impl PassthroughHost for ShadowHost {
+    fn create(&mut self, space: SpaceId) -> Result<(), HostFailure> {
+        let mut d = ShadowDomain::new(&self.host, &self.ram).map_err(|e| failure(&e))?;
+        if space == SpaceId::Identity {
+            d.set_identity(true).map_err(|e| failure(&e))?;
+        }
+        self.spaces.insert(space, d);
+        Ok(())
+    }
+
+    fn destroy(&mut self, space: SpaceId) {
+        // No device is attached any more (the device moved every endpoint
+        // out first); dropping destroys the IOAS.
+        self.spaces.remove(&space);
+    }
+
+    fn map(
+        &mut self,
+        space: SpaceId,
+        iova: Iova,
+        gpa: Gpa,
+        len: u64,
+        access: Access,
+    ) -> Result<(), HostFailure> {
+        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
+        d.map(iova, gpa, len, access).map_err(|e| failure(&e))?;
+        self.sync(space)
+    }
+
+    fn unmap(&mut self, space: SpaceId, iova: Iova, len: u64) -> Result<(), HostFailure> {
+        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
+        d.unmap(iova, len).map_err(|e| failure(&e))?;
+        self.sync(space)
+    }
+
+    fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure> {
+        let dev = self.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
+        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
+        // The kernel replaces the device's domain atomically.
+        d.attach(dev, None).map_err(|e| failure(&e))?;
+        let id = dev.id();
+        if let Some(old) = self.attached.insert(endpoint, space)
+            && old != space
+            && let Some(o) = self.spaces.get_mut(&old)
+        {
+            o.forget(id, None);
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, endpoint: u32) -> Result<(), HostFailure> {
+        let dev = self.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
+        if dev.is_attached(None) {
+            dev.detach(None).map_err(|e| {
+                log::warn!("virtio-iommu: blocking endpoint {endpoint:#x}: {e}");
+                HostFailure::Device
+            })?;
+        }
+        if let Some(old) = self.attached.remove(&endpoint)
+            && let Some(o) = self.spaces.get_mut(&old)
+        {
+            o.forget(dev.id(), None);
         }
         Ok(())
     }

@@ -314,6 +314,11 @@ impl State {
         if first < lo || last > hi || phys.checked_add(last - first).is_none() {
             return Err(Status::Range);
         }
+        // 5.13.6.5: the physical range "should be within the
+        // guest-physical address space": a bad address.
+        if phys + (last - first) > self.cfg.options.phys_last() {
+            return Err(Status::Fault);
+        }
         // 5.13.6.8.1.2: "The device SHOULD reject a MAP request that
         // overlaps a RESV_MEM region."
         if self.domain_resv(domain).any(|r| r.overlaps(first, last)) {

@@ -105,6 +105,7 @@ fn feature_bits_new_devices_should_not_offer_bypass_nor_both() {
         &config(&[]),
         DeviceOptions {
             legacy_bypass: true,
+            ..DeviceOptions::default()
         },
     )
     .unwrap();
@@ -119,6 +120,7 @@ fn feature_bits_legacy_bypass_accepted_when_driver_asks() {
             &config(&[]),
             DeviceOptions {
                 legacy_bypass: true,
+                ..DeviceOptions::default()
             },
         )
         .unwrap(),
@@ -572,12 +574,22 @@ fn map_end_before_start_is_inval_and_top_of_space_is_allowed() {
     let mut d = attached();
     assert_eq!(d.map(1, 0x2000, 0xfff, 0, R), Status::Inval);
     assert_eq!(d.map(1, u64::MAX - 0xfff, u64::MAX, 0, R), Status::Ok);
-    assert_eq!(d.map(1, 0x1000, 0x1fff, u64::MAX - 0xfff, R), Status::Ok);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, (1 << 52) - 0x1000, R), Status::Ok);
     assert_eq!(
         d.map(1, 0x2000, 0x3fff, u64::MAX - 0xfff, R),
         Status::Range,
         "phys wraps"
     );
+}
+
+#[test]
+fn map_physical_range_outside_guest_space_is_fault() {
+    let mut d = attached();
+    assert_eq!(
+        d.map(1, 0x1000, 0x2fff, (1 << 52) - 0x1000, R),
+        Status::Fault
+    );
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 1 << 52, R), Status::Fault);
 }
 
 #[test]

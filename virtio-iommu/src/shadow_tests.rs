@@ -1,0 +1,191 @@
+//! Passthrough endpoints through the real shadow engine on the simulated
+//! host: MAP/UNMAP reach the host IOAS before the request completes, host
+//! failures become S_NOMEM/S_DEVERR with guest and host views unchanged,
+//! bypass uses the RAM IOAS, and the ladder refuses what cannot be backed.
+
+use std::sync::Arc;
+
+use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+use nesting_core::host::profile::{HostProfile, SimHostSpec};
+use nesting_core::host::sim::SimBacking;
+use nesting_core::host::{DevId, Errno, HostOp, PtId, SimIommufd};
+use nesting_core::ladder::HostView;
+use nesting_core::ram::{GuestRam, RamIoas};
+use nesting_core::types::{Access, Iova};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use crate::config::DeviceOptions;
+use crate::device::VirtioIommu;
+use crate::mock::{MockDriver, config, mock_memory};
+use crate::nesting::ShadowHost;
+use crate::protocol::Status;
+
+const RW: u32 = 3;
+
+struct Rig {
+    sim: Arc<SimIommufd>,
+    drv: MockDriver,
+    dev_id: DevId,
+    ram_ioas: nesting_core::host::IoasId,
+}
+
+/// A virtio-iommu with passthrough endpoint 8 on a simulated host of
+/// `spec`, set up as the README's VMM flow does.
+fn rig_with(spec: SimHostSpec, opts: &[&str]) -> Result<Rig, crate::DeviceError> {
+    let sim = Arc::new(SimIommufd::with_host(spec));
+    let host: SharedHost = sim.clone();
+    let mem = mock_memory();
+    let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&*mem).unwrap()).unwrap());
+    let mut bound = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+    let dev_id = bound.id();
+    let probe = Ioas::alloc(&host).unwrap();
+    bound.attach(None, PtId::Ioas(probe.id())).unwrap();
+    let ranges = host.ioas_iova_ranges(probe.id()).unwrap();
+    let view = HostView {
+        info: host.hw_info(dev_id).unwrap(),
+        iova_ranges: ranges.ranges,
+        page_size: ranges.alignment,
+        unit: None,
+    };
+    let mut shadow = ShadowHost::new(host.clone(), ram.clone());
+    shadow.add_device(8, bound);
+    let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default())?);
+    dev.set_passthrough_host(Box::new(shadow));
+    dev.add_passthrough(8, &view)?;
+    drop(probe);
+    let drv = MockDriver::with_memory(dev, mem, true);
+    Ok(Rig {
+        sim,
+        drv,
+        dev_id,
+        ram_ioas: ram.ioas().id(),
+    })
+}
+
+fn rig() -> Rig {
+    rig_with(HostProfile::VtdNonest.spec(), &[]).unwrap()
+}
+
+impl Rig {
+    fn ioas(&self) -> Option<nesting_core::host::IoasId> {
+        match self.sim.attachment(self.dev_id, None) {
+            Some(PtId::Ioas(i)) => Some(i),
+            Some(PtId::Hwpt(h)) => self.sim.hwpt(h).map(|h| h.ioas),
+            _ => None,
+        }
+    }
+
+    /// The host memory behind `iova` in the device's IOAS, if mapped.
+    fn host_at(&self, iova: u64) -> Option<(u64, Access)> {
+        match self.sim.translate(self.ioas()?, Iova(iova))? {
+            (SimBacking::UserVa(va), acc) => Some((va, acc)),
+            _ => None,
+        }
+    }
+
+    fn hva(&self, gpa: u64) -> u64 {
+        self.drv.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
+    }
+}
+
+#[test]
+fn shadow_endpoint_blocked_until_attached_then_map_in_host_before_completion() {
+    let mut r = rig();
+    assert_eq!(r.sim.attachment(r.dev_id, None), None, "blocked");
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(1, 0x10_0000, 0x10_1fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    let want = r.hva(0x40_1000);
+    assert_eq!(r.host_at(0x10_1000), Some((want, Access::RW)));
+    assert_eq!(r.drv.unmap(1, 0x10_0000, 0x10_1fff), Status::Ok);
+    assert_eq!(r.host_at(0x10_1000), None);
+    assert_eq!(r.drv.detach(1, 8), Status::Ok);
+    assert_eq!(r.sim.attachment(r.dev_id, None), None, "blocked again");
+}
+
+#[test]
+fn shadow_read_only_mapping_is_read_only_on_host() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.drv.map(1, 0x2000, 0x2fff, 0x50_0000, 1), Status::Ok);
+    assert_eq!(r.host_at(0x2000).map(|h| h.1), Some(Access::READ));
+}
+
+#[test]
+fn shadow_host_enomem_is_nomem_and_views_unchanged() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    r.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
+    assert_eq!(r.drv.map(1, 0x3000, 0x3fff, 0x50_0000, RW), Status::NoMem);
+    assert_eq!(r.host_at(0x3000), None);
+    assert_eq!(r.drv.dev.translate(8, 0x3000, Access::READ).gpa(), None);
+    assert_eq!(
+        r.drv.map(1, 0x3000, 0x3fff, 0x50_0000, RW),
+        Status::Ok,
+        "retry works"
+    );
+}
+
+#[test]
+fn shadow_host_failure_on_unmap_is_deverr_and_mapping_kept() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.drv.map(1, 0x3000, 0x3fff, 0x50_0000, RW), Status::Ok);
+    r.sim.fail_nth(HostOp::IoasUnmap, 1, Errno::EIO);
+    assert_eq!(r.drv.unmap(1, 0x3000, 0x3fff), Status::DevErr);
+    assert_eq!(r.host_at(0x3000).map(|h| h.0), Some(r.hva(0x50_0000)));
+    assert_eq!(
+        r.drv.dev.translate(8, 0x3000, Access::READ).gpa(),
+        Some(0x50_0000)
+    );
+}
+
+#[test]
+fn shadow_bypass_domain_and_global_bypass_use_identity() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach_flags(1, 8, 1), Status::Ok);
+    assert_eq!(r.ioas(), Some(r.ram_ioas));
+    assert_eq!(r.host_at(0x60_0000).map(|h| h.0), Some(r.hva(0x60_0000)));
+    assert_eq!(r.drv.detach(1, 8), Status::Ok);
+    assert_eq!(r.sim.attachment(r.dev_id, None), None);
+    r.drv
+        .dev
+        .write_config(crate::protocol::CONFIG_BYPASS_OFFSET, &[1]);
+    assert_eq!(r.ioas(), Some(r.ram_ioas), "unattached endpoint bypasses");
+}
+
+#[test]
+fn shadow_joining_domain_with_mappings_gets_them_in_host() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 9), Status::Ok);
+    assert_eq!(r.drv.map(1, 0x7000, 0x7fff, 0x70_0000, RW), Status::Ok);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.host_at(0x7000).map(|h| h.0), Some(r.hva(0x70_0000)));
+    // Domain 1 emptied of its passthrough endpoint: the host IOAS goes.
+    assert_eq!(r.drv.attach(2, 8), Status::Ok);
+    assert_eq!(r.host_at(0x7000), None);
+}
+
+#[test]
+fn shadow_page_size_mask_is_intersection_with_host_pages() {
+    let mut spec = HostProfile::VtdNonest.spec();
+    spec.page_size = 0x1_0000;
+    let r = rig_with(spec, &["page_size_mask=0x201000"]).unwrap();
+    let mut b = [0u8; 8];
+    r.drv.dev.read_config(0, &mut b);
+    assert_eq!(
+        u64::from_le_bytes(b),
+        0x20_0000,
+        "4K dropped: below the host's 64K"
+    );
+}
+
+#[test]
+fn shadow_refused_when_no_page_size_left() {
+    let mut spec = HostProfile::VtdNonest.spec();
+    spec.page_size = 0x1_0000;
+    let e = rig_with(spec, &["page_size_mask=0x1000"]).err().unwrap();
+    assert!(e.to_string().contains("configuration"), "{e}");
+}
