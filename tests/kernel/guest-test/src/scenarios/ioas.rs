@@ -1,0 +1,397 @@
+//! IOAS scenarios: map, map_file, unmap (whole, refused partial), copy,
+//! iova_ranges, allow_iovas, and the pinning questions.
+
+use libc::{EEXIST, EINVAL, ENOENT};
+use nesting_core::host::{IovaPlacement, MapSource, PtId};
+use nesting_core::types::{Access, Iova, IovaRange};
+
+use crate::mem::Mem;
+use crate::rig::Rig;
+use crate::trace::Trace;
+
+/// A fixed IOVA in the mock aperture (which starts at 16 MiB).
+const BASE: u64 = 0x100_0000;
+const K4: u64 = 4096;
+
+fn fixed(iova: u64) -> IovaPlacement {
+    IovaPlacement::Fixed(Iova(iova))
+}
+
+fn range(first: u64, last: u64) -> IovaRange {
+    IovaRange {
+        first: Iova(first),
+        last: Iova(last),
+    }
+}
+
+/// Map, unmap and their refusals on one IOAS with a mock device.
+pub fn map_unmap(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    t.dbg("iova_ranges without domain", h.ioas_iova_ranges(ioas));
+    let a = MapSource::UserVa(m.a.va());
+    t.dbg(
+        "map before any domain",
+        h.ioas_map(ioas, fixed(BASE), a, m.a.len(), Access::RW),
+    );
+    t.val("pinned without domain", r.pinned_pages());
+    let Ok(_dev) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    t.val("pinned with domain", r.pinned_pages());
+    t.dbg("iova_ranges with mock domain", h.ioas_iova_ranges(ioas));
+    t.dbg(
+        "map overlapping",
+        h.ioas_map(ioas, fixed(BASE + 4 * K4), a, 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "map any",
+        h.ioas_map(ioas, IovaPlacement::Any, a, 4 * K4, Access::READ),
+    );
+    t.dbg(
+        "map unaligned length",
+        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, 100, Access::RW),
+    );
+    t.dbg(
+        "map zero length",
+        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, 0, Access::RW),
+    );
+    t.dbg(
+        "map without access",
+        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, K4, Access::empty()),
+    );
+    t.dbg(
+        "map below aperture",
+        h.ioas_map(ioas, fixed(0x10_0000), a, K4, Access::RW),
+    );
+    t.dbg(
+        "map above aperture",
+        h.ioas_map(ioas, fixed(1 << 32), a, K4, Access::RW),
+    );
+    t.dbg(
+        "map unaligned iova",
+        h.ioas_map(ioas, fixed(BASE + 0x10_0800), a, K4, Access::RW),
+    );
+    let b_half = MapSource::UserVa(m.b.va() + 2048);
+    t.dbg(
+        "map half-page user address",
+        h.ioas_map(ioas, fixed(BASE + 0x20_0800), b_half, 2048, Access::RW),
+    );
+    t.val("pinned after maps", r.pinned_pages());
+    t.dbg(
+        "unmap partial middle",
+        h.ioas_unmap(ioas, Iova(BASE + 4 * K4), 4 * K4),
+    );
+    t.dbg(
+        "unmap cutting the end",
+        h.ioas_unmap(ioas, Iova(BASE), 8 * K4),
+    );
+    t.dbg(
+        "unmap cutting the start",
+        h.ioas_unmap(ioas, Iova(BASE + 8 * K4), 8 * K4),
+    );
+    t.dbg("unmap whole", h.ioas_unmap(ioas, Iova(BASE), m.a.len()));
+    t.dbg("unmap again", h.ioas_unmap(ioas, Iova(BASE), m.a.len()));
+    t.dbg("unmap unaligned", h.ioas_unmap(ioas, Iova(BASE + 1), K4));
+    t.dbg("unmap all", h.ioas_unmap(ioas, Iova(0), u64::MAX));
+    t.dbg(
+        "unmap all when empty",
+        h.ioas_unmap(ioas, Iova(0), u64::MAX),
+    );
+    t.val("pinned after unmap", r.pinned_pages());
+
+    t.expect("map overlapping", Err(EEXIST));
+    t.expect("map unaligned length", Err(EINVAL));
+    t.expect("map zero length", Err(EINVAL));
+    t.expect("unmap partial middle", Err(ENOENT));
+    t.expect("unmap cutting the end", Err(ENOENT));
+    t.expect("unmap whole", Ok("65536"));
+    t.expect("unmap again", Err(ENOENT));
+    t.expect("pinned without domain", Ok("0"));
+    t.expect("pinned with domain", Ok("16"));
+    t.expect("pinned after unmap", Ok("0"));
+}
+
+/// `IOMMU_IOAS_MAP_FILE` of a memfd.
+pub fn map_file(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    if t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false))
+        .is_err()
+    {
+        return;
+    }
+    let f = |offset| MapSource::File { fd: m.fd(), offset };
+    t.dbg(
+        "map_file whole",
+        h.ioas_map(ioas, fixed(BASE), f(0), 64 << 10, Access::RW),
+    );
+    t.val("pinned after map_file", r.pinned_pages());
+    t.dbg(
+        "map_file at offset, any iova",
+        h.ioas_map(ioas, IovaPlacement::Any, f(4 * K4), 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "map_file past end of file",
+        h.ioas_map(
+            ioas,
+            fixed(BASE + 0x10_0000),
+            f(60 << 10),
+            4 * K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "map_file offset overflow",
+        h.ioas_map(
+            ioas,
+            fixed(BASE + 0x10_0000),
+            f(u64::MAX - K4 + 1),
+            2 * K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "map_file unaligned offset at aligned iova",
+        h.ioas_map(ioas, fixed(BASE + 0x10_0000), f(100), K4, Access::RW),
+    );
+    t.dbg(
+        "map_file overlapping",
+        h.ioas_map(ioas, fixed(BASE), f(0), K4, Access::RW),
+    );
+    t.dbg(
+        "unmap file mapping",
+        h.ioas_unmap(ioas, Iova(BASE), 64 << 10),
+    );
+    t.dbg("unmap all", h.ioas_unmap(ioas, Iova(0), u64::MAX));
+    t.val("pinned after unmap", r.pinned_pages());
+
+    t.expect("map_file whole", Ok("Iova(16777216)"));
+    t.expect("pinned after map_file", Ok("16"));
+    t.expect("map_file overlapping", Err(EEXIST));
+    t.expect("unmap file mapping", Ok("65536"));
+}
+
+/// `IOMMU_IOAS_COPY`, including the sub-range question.
+pub fn copy(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let (Ok(src), Ok(dst)) = (
+        t.id("ioas_alloc src", h.ioas_alloc()),
+        t.id("ioas_alloc dst", h.ioas_alloc()),
+    ) else {
+        return;
+    };
+    for (label, ioas) in [("mock_device src", src), ("mock_device dst", dst)] {
+        if t.id(label, r.mock_device(PtId::Ioas(ioas), false)).is_err() {
+            return;
+        }
+    }
+    let a = MapSource::UserVa(m.a.va());
+    let b = MapSource::UserVa(m.b.va());
+    t.dbg(
+        "map a",
+        h.ioas_map(src, fixed(BASE), a, m.a.len(), Access::RW),
+    );
+    t.dbg(
+        "map b after a",
+        h.ioas_map(src, fixed(BASE + m.a.len()), b, m.b.len(), Access::RW),
+    );
+    t.val("pinned after maps", r.pinned_pages());
+    t.dbg(
+        "copy whole mapping",
+        h.ioas_copy(
+            dst,
+            fixed(0x200_0000),
+            src,
+            Iova(BASE),
+            m.a.len(),
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "copy sub-range of one mapping",
+        h.ioas_copy(
+            dst,
+            fixed(0x300_0000),
+            src,
+            Iova(BASE + 4 * K4),
+            4 * K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "copy spanning two mappings",
+        h.ioas_copy(
+            dst,
+            IovaPlacement::Any,
+            src,
+            Iova(BASE + 12 * K4),
+            8 * K4,
+            Access::READ,
+        ),
+    );
+    t.val("pinned after copies", r.pinned_pages());
+    t.dbg(
+        "copy from unmapped range",
+        h.ioas_copy(
+            dst,
+            fixed(0x400_0000),
+            src,
+            Iova(0x500_0000),
+            K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "copy range with a hole",
+        h.ioas_copy(
+            dst,
+            fixed(0x400_0000),
+            src,
+            Iova(BASE + 16 * K4 + m.b.len() - K4),
+            2 * K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "copy onto used iova",
+        h.ioas_copy(dst, fixed(0x200_0000), src, Iova(BASE), K4, Access::RW),
+    );
+    t.dbg(
+        "copy unaligned length",
+        h.ioas_copy(dst, fixed(0x400_0000), src, Iova(BASE), 100, Access::RW),
+    );
+    t.dbg(
+        "copy within one ioas",
+        h.ioas_copy(src, fixed(0x600_0000), src, Iova(BASE), K4, Access::RW),
+    );
+    t.dbg(
+        "unmap part of sub-range copy",
+        h.ioas_unmap(dst, Iova(0x300_0000), 2 * K4),
+    );
+    t.dbg(
+        "unmap sub-range copy",
+        h.ioas_unmap(dst, Iova(0x300_0000), 4 * K4),
+    );
+    t.dbg("unmap source", h.ioas_unmap(src, Iova(0), u64::MAX));
+    t.val("pinned with only copies left", r.pinned_pages());
+    t.dbg("unmap copies", h.ioas_unmap(dst, Iova(0), u64::MAX));
+    t.val("pinned at end", r.pinned_pages());
+
+    t.expect("copy whole mapping", Ok("Iova(33554432)"));
+    t.expect("copy from unmapped range", Err(ENOENT));
+    t.expect("copy onto used iova", Err(EEXIST));
+    t.expect("pinned at end", Ok("0"));
+}
+
+/// The same pages in two IOASes, by MAP twice and by MAP + COPY: pin
+/// counts (per page, from the kernel) and pinned-page accounting.
+pub fn pinning(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let (Ok(one), Ok(two)) = (
+        t.id("ioas_alloc 1", h.ioas_alloc()),
+        t.id("ioas_alloc 2", h.ioas_alloc()),
+    ) else {
+        return;
+    };
+    for (label, ioas) in [("mock_device 1", one), ("mock_device 2", two)] {
+        if t.id(label, r.mock_device(PtId::Ioas(ioas), false)).is_err() {
+            return;
+        }
+    }
+    let (va, len) = (m.b.va(), m.b.len());
+    let b = MapSource::UserVa(va);
+    t.dbg(
+        "map into 1",
+        h.ioas_map(one, fixed(BASE), b, len, Access::RW),
+    );
+    t.val("pinned after one map", r.pinned_pages());
+    let once = r.pin_count(va, len);
+    t.dbg(
+        "map into 2",
+        h.ioas_map(two, fixed(BASE), b, len, Access::RW),
+    );
+    t.val("pinned after two maps", r.pinned_pages());
+    let twice_map = r.pin_count(va, len);
+    t.dbg("unmap 2", h.ioas_unmap(two, Iova(BASE), len));
+    t.dbg(
+        "copy 1 into 2",
+        h.ioas_copy(two, fixed(BASE), one, Iova(BASE), len, Access::RW),
+    );
+    t.val("pinned after map and copy", r.pinned_pages());
+    let twice_copy = r.pin_count(va, len);
+    t.dbg("unmap 1", h.ioas_unmap(one, Iova(BASE), len));
+    t.val("pinned with only the copy", r.pinned_pages());
+
+    t.expect("pinned after one map", Ok("4"));
+    t.expect("pinned after two maps", Ok("8"));
+    t.expect("pinned after map and copy", Ok("4"));
+    t.expect("pinned with only the copy", Ok("4"));
+    if let (Some(once), Some(map), Some(copy)) = (once, twice_map, twice_copy) {
+        let want = (Ok(1), Ok(2), Ok(1));
+        t.check(
+            "pin count per page: one map 1, two maps 2, map+copy 1",
+            (once, map, copy) == want,
+            format!("one map {once:?}, two maps {map:?}, map+copy {copy:?}"),
+        );
+    }
+}
+
+/// `IOMMU_IOAS_ALLOW_IOVAS` and `IOMMU_IOAS_IOVA_RANGES`.
+pub fn allow_iovas(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    if t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false))
+        .is_err()
+    {
+        return;
+    }
+    let a = MapSource::UserVa(m.a.va());
+    let allowed = range(0x200_0000, 0x2ff_ffff);
+    t.dbg("allow one range", h.ioas_allow_iovas(ioas, &[allowed]));
+    t.dbg("iova_ranges after allow", h.ioas_iova_ranges(ioas));
+    t.dbg(
+        "map any inside allowed",
+        h.ioas_map(ioas, IovaPlacement::Any, a, 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "map fixed outside allowed",
+        h.ioas_map(ioas, fixed(BASE), a, 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "map fixed inside allowed",
+        h.ioas_map(ioas, fixed(0x280_0000), a, 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "allow range excluding a mapping",
+        h.ioas_allow_iovas(ioas, &[range(0x300_0000, 0x3ff_ffff)]),
+    );
+    t.dbg(
+        "allow overlapping ranges",
+        h.ioas_allow_iovas(
+            ioas,
+            &[range(0x200_0000, 0x2ff_ffff), range(0x280_0000, 0x380_0000)],
+        ),
+    );
+    t.dbg(
+        "allow inverted range",
+        h.ioas_allow_iovas(
+            ioas,
+            &[IovaRange {
+                first: Iova(0x300_0000),
+                last: Iova(0x200_0000),
+            }],
+        ),
+    );
+    t.dbg("allow everything again", h.ioas_allow_iovas(ioas, &[]));
+    t.dbg("iova_ranges at end", h.ioas_iova_ranges(ioas));
+    t.dbg("unmap all", h.ioas_unmap(ioas, Iova(0), u64::MAX));
+    t.expect("allow one range", Ok("()"));
+    t.expect("allow everything again", Ok("()"));
+}

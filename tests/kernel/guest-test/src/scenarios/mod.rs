@@ -1,0 +1,26 @@
+//! The operation sequences run on both hosts.
+
+use crate::mem::Mem;
+use crate::rig::Rig;
+use crate::trace::Trace;
+
+pub mod ioas;
+pub mod objects;
+
+/// A scenario: drives a host, recording into the trace.
+pub type Scenario = fn(&dyn Rig, &mut Trace, &Mem);
+
+/// Every scenario, by name.
+pub const ALL: &[(&str, Scenario)] = &[
+    ("ioas-map-unmap", ioas::map_unmap),
+    ("ioas-map-file", ioas::map_file),
+    ("ioas-copy", ioas::copy),
+    ("ioas-pinning", ioas::pinning),
+    ("ioas-allow-iovas", ioas::allow_iovas),
+    ("hw-info", objects::hw_info),
+    ("hwpt", objects::hwpt),
+    ("viommu", objects::viommu),
+    ("fault", objects::fault),
+    ("pasid", objects::pasid),
+    ("dirty", objects::dirty),
+];

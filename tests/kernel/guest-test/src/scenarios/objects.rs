@@ -1,0 +1,690 @@
+//! HWPT, invalidation, vIOMMU / vDEVICE / vEVENTQ, fault queue, PASID and
+//! dirty-tracking scenarios on mock devices (selftest data types).
+
+use libc::{EBUSY, EINVAL};
+use nesting_core::host::{
+    DevId, FaultQueueId, HostBackend, HwptAlloc, HwptData, HwptFlags, HwptId, InvalidateOutcome,
+    InvalidateTarget, InvalidationBatch, IovaPlacement, MapSource, ObjectId, PageResponse,
+    PageResponseCode, PtId, VeventqType, ViommuType,
+};
+use nesting_core::types::{Access, Iova, IovaRange, Pasid};
+
+use crate::mem::Mem;
+use crate::rig::Rig;
+use crate::testcmd as tc;
+use crate::trace::Trace;
+
+const BASE: u64 = 0x100_0000;
+
+fn req(dev: DevId, parent: PtId, flags: HwptFlags, data: HwptData) -> HwptAlloc {
+    HwptAlloc {
+        dev,
+        parent,
+        flags,
+        fault: None,
+        data,
+    }
+}
+
+/// `struct iommu_hwpt_selftest { __u32 iotlb; __u32 pagetable_type; }`.
+fn selftest_data(iotlb: u32) -> HwptData {
+    let mut bytes = iotlb.to_ne_bytes().to_vec();
+    bytes.extend_from_slice(&0u32.to_ne_bytes());
+    HwptData::Raw {
+        data_type: tc::HWPT_DATA_SELFTEST,
+        bytes,
+    }
+}
+
+/// `struct iommu_hwpt_invalidate_selftest { __u32 flags; __u32 iotlb_id; }`
+/// entries.
+fn hwpt_inv(entries: &[(u32, u32)]) -> InvalidationBatch {
+    let bytes = entries
+        .iter()
+        .flat_map(|(f, id)| [f.to_ne_bytes(), id.to_ne_bytes()].concat())
+        .collect();
+    InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 8,
+        bytes,
+    }
+}
+
+fn show_inv(o: &InvalidateOutcome) -> String {
+    match o.result {
+        Ok(()) => format!("handled {} ok", o.handled),
+        Err(e) => format!(
+            "handled {} {}",
+            o.handled,
+            crate::trace::errno_name(e.errno.0)
+        ),
+    }
+}
+
+fn inv(
+    t: &mut Trace,
+    label: &str,
+    h: &dyn HostBackend,
+    target: InvalidateTarget,
+    b: &InvalidationBatch,
+) {
+    let o = h.hwpt_invalidate(target, b);
+    t.text(label, show_inv(&o));
+}
+
+/// `IOMMU_GET_HW_INFO` of mock devices with and without PASID support.
+pub fn hw_info(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    for (label, pasid) in [("hw_info plain", false), ("hw_info pasid", true)] {
+        if let Ok(d) = r.mock_device(PtId::Ioas(ioas), pasid) {
+            t.dbg(label, h.hw_info(d.dev));
+        }
+    }
+    t.dbg("hw_info unknown device", h.hw_info(DevId(0xffff)));
+}
+
+/// Paging and nested HWPTs, their refusals and destruction order.
+pub fn hwpt(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    let dev = d.dev;
+    let none = HwptData::None;
+    let io = PtId::Ioas(ioas);
+    let paging = t.id(
+        "paging",
+        h.hwpt_alloc(&req(dev, io, HwptFlags::empty(), none.clone())),
+    );
+    let parent = t.id(
+        "nest parent",
+        h.hwpt_alloc(&req(dev, io, HwptFlags::NEST_PARENT, none.clone())),
+    );
+    t.id(
+        "paging unknown flag",
+        h.hwpt_alloc(&req(
+            dev,
+            io,
+            HwptFlags::from_bits_retain(1 << 20),
+            none.clone(),
+        )),
+    )
+    .ok();
+    t.id(
+        "paging with selftest data",
+        h.hwpt_alloc(&req(
+            dev,
+            io,
+            HwptFlags::empty(),
+            selftest_data(tc::IOTLB_DEFAULT),
+        )),
+    )
+    .ok();
+    let (Ok(paging), Ok(parent)) = (paging, parent) else {
+        return;
+    };
+    let on = |p| {
+        req(
+            dev,
+            PtId::Hwpt(p),
+            HwptFlags::empty(),
+            selftest_data(tc::IOTLB_DEFAULT),
+        )
+    };
+    let nested = t.id("nested", h.hwpt_alloc(&on(parent)));
+    t.id("nested on non-parent", h.hwpt_alloc(&on(paging))).ok();
+    let bad_type = HwptData::Raw {
+        data_type: 0x1234,
+        bytes: vec![0; 8],
+    };
+    t.id(
+        "nested unknown data type",
+        h.hwpt_alloc(&req(dev, PtId::Hwpt(parent), HwptFlags::empty(), bad_type)),
+    )
+    .ok();
+    let short = HwptData::Raw {
+        data_type: tc::HWPT_DATA_SELFTEST,
+        bytes: vec![0; 2],
+    };
+    t.id(
+        "nested short data",
+        h.hwpt_alloc(&req(dev, PtId::Hwpt(parent), HwptFlags::empty(), short)),
+    )
+    .ok();
+    t.id(
+        "nested dirty flag",
+        h.hwpt_alloc(&req(
+            dev,
+            PtId::Hwpt(parent),
+            HwptFlags::DIRTY_TRACKING,
+            selftest_data(0),
+        )),
+    )
+    .ok();
+    t.id(
+        "nested without data",
+        h.hwpt_alloc(&req(dev, PtId::Hwpt(parent), HwptFlags::empty(), none)),
+    )
+    .ok();
+    let Ok(nested) = nested else { return };
+    t.id("attach nested", r.attach(d, None, PtId::Hwpt(nested)))
+        .ok();
+    t.id("replace with paging", r.attach(d, None, PtId::Hwpt(paging)))
+        .ok();
+    t.id("replace with nested", r.attach(d, None, PtId::Hwpt(nested)))
+        .ok();
+    t.id(
+        "destroy parent under nested",
+        h.destroy(ObjectId::Hwpt(parent)),
+    )
+    .ok();
+    t.id("destroy nested in use", h.destroy(ObjectId::Hwpt(nested)))
+        .ok();
+
+    let target = InvalidateTarget::Hwpt(nested);
+    let (all, max) = (tc::INVALIDATE_FLAG_ALL, tc::IOTLB_ID_MAX);
+    let good = [(0, 0), (0, 1), (all, 0), (0, max)];
+    inv(t, "invalidate good batch", h, target, &hwpt_inv(&good));
+    let bad_id = [(0, 0), (0, 1), (0, max + 1), (0, 2)];
+    inv(
+        t,
+        "invalidate bad id in middle",
+        h,
+        target,
+        &hwpt_inv(&bad_id),
+    );
+    let bad_flags = [(0, 0), (all << 1, 1), (0, 2)];
+    inv(
+        t,
+        "invalidate bad flags in middle",
+        h,
+        target,
+        &hwpt_inv(&bad_flags),
+    );
+    inv(t, "invalidate empty batch", h, target, &hwpt_inv(&[]));
+    let wrong_type = InvalidationBatch::Raw {
+        data_type: 0x1234,
+        entry_len: 8,
+        bytes: vec![0; 8],
+    };
+    inv(t, "invalidate wrong data type", h, target, &wrong_type);
+    let short = InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 4,
+        bytes: vec![0; 8],
+    };
+    inv(t, "invalidate short entries", h, target, &short);
+    let long = InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 16,
+        bytes: vec![0; 32],
+    };
+    inv(t, "invalidate long zero-padded entries", h, target, &long);
+    inv(
+        t,
+        "invalidate paging hwpt",
+        h,
+        InvalidateTarget::Hwpt(paging),
+        &hwpt_inv(&[(0, 0)]),
+    );
+
+    t.id("back to paging", r.attach(d, None, PtId::Hwpt(paging)))
+        .ok();
+    t.id("destroy nested", h.destroy(ObjectId::Hwpt(nested)))
+        .ok();
+    t.id("destroy parent", h.destroy(ObjectId::Hwpt(parent)))
+        .ok();
+    t.id("destroy attached paging", h.destroy(ObjectId::Hwpt(paging)))
+        .ok();
+    t.id("destroy ioas in use", h.destroy(ObjectId::Ioas(ioas)))
+        .ok();
+
+    t.expect("invalidate good batch", Ok("handled 4 ok"));
+    t.expect("invalidate bad id in middle", Ok("handled 2 EINVAL"));
+    t.expect("invalidate bad flags in middle", Ok("handled 1 EOPNOTSUPP"));
+    t.expect("destroy parent under nested", Err(EBUSY));
+    t.expect("nested on non-parent", Err(EINVAL));
+}
+
+/// vIOMMU, vDEVICE and vEVENTQ with the selftest types.
+pub fn viommu(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    let io = PtId::Ioas(ioas);
+    let Ok(parent) = t.id(
+        "nest parent",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::NEST_PARENT, HwptData::None)),
+    ) else {
+        return;
+    };
+    let Ok(paging) = t.id(
+        "paging",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::empty(), HwptData::None)),
+    ) else {
+        return;
+    };
+    let st = ViommuType::Other(tc::VIOMMU_TYPE_SELFTEST);
+    t.id("viommu on non-parent", h.viommu_alloc(d.dev, paging, st))
+        .ok();
+    t.id(
+        "viommu unknown type",
+        h.viommu_alloc(d.dev, parent, ViommuType::Other(0x1234)),
+    )
+    .ok();
+    t.id(
+        "viommu default type",
+        h.viommu_alloc(d.dev, parent, ViommuType::Other(0)),
+    )
+    .ok();
+    let Ok(vi) = t.id("viommu", h.viommu_alloc(d.dev, parent, st)) else {
+        return;
+    };
+    let qt = VeventqType::Other(tc::VEVENTQ_TYPE_SELFTEST);
+    t.id("veventq depth 0", h.veventq_alloc(vi, qt, 0)).ok();
+    let Ok(q) = t.id("veventq depth 2", h.veventq_alloc(vi, qt, 2)) else {
+        return;
+    };
+    t.id("second veventq same type", h.veventq_alloc(vi, qt, 2))
+        .ok();
+    let data = selftest_data(tc::IOTLB_DEFAULT);
+    let Ok(nested) = t.id(
+        "nested on viommu",
+        h.hwpt_alloc(&req(d.dev, PtId::Viommu(vi), HwptFlags::empty(), data)),
+    ) else {
+        return;
+    };
+    t.id(
+        "attach nested before vdevice",
+        r.attach(d, None, PtId::Hwpt(nested)),
+    )
+    .ok();
+    t.id("event before vdevice", r.trigger_vevent(d, vi, 0x99))
+        .ok();
+    let Ok(vd) = t.id("vdevice", h.vdevice_alloc(vi, d.dev, 0x99)) else {
+        return;
+    };
+    t.id(
+        "second vdevice same device",
+        h.vdevice_alloc(vi, d.dev, 0x98),
+    )
+    .ok();
+    t.id("event while on ioas", r.trigger_vevent(d, vi, 0x99))
+        .ok();
+    t.id(
+        "attach nested on viommu",
+        r.attach(d, None, PtId::Hwpt(nested)),
+    )
+    .ok();
+    t.dbg("read empty", h.veventq_read(q, 8));
+    t.id("event 1", r.trigger_vevent(d, vi, 0x99)).ok();
+    t.dbg("read one", h.veventq_read(q, 8));
+    for label in ["event 2", "event 3", "event 4 overflows"] {
+        t.id(label, r.trigger_vevent(d, vi, 0x99)).ok();
+    }
+    t.dbg("read after overflow", h.veventq_read(q, 8));
+    t.id("event 5", r.trigger_vevent(d, vi, 0x99)).ok();
+    t.dbg("read after recovery", h.veventq_read(q, 8));
+
+    let vinv = |entries: &[(u32, u32, u32)]| InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 12,
+        bytes: entries
+            .iter()
+            .flat_map(|(f, v, c)| [f.to_ne_bytes(), v.to_ne_bytes(), c.to_ne_bytes()].concat())
+            .collect(),
+    };
+    let target = InvalidateTarget::Viommu(vi);
+    inv(
+        t,
+        "viommu invalidate good",
+        h,
+        target,
+        &vinv(&[(0, 0x99, 0), (1, 0x99, 0), (0, 0x99, 3)]),
+    );
+    inv(
+        t,
+        "viommu invalidate unknown vdev in middle",
+        h,
+        target,
+        &vinv(&[(0, 0x99, 0), (0, 0x42, 1), (0, 0x99, 2)]),
+    );
+    inv(
+        t,
+        "viommu invalidate bad cache id",
+        h,
+        target,
+        &vinv(&[(0, 0x99, 4)]),
+    );
+    inv(
+        t,
+        "viommu invalidate bad flags",
+        h,
+        target,
+        &vinv(&[(0, 0x99, 0), (4, 0x99, 0)]),
+    );
+    inv(t, "viommu invalidate empty", h, target, &vinv(&[]));
+    let short = InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 8,
+        bytes: [0u32, 0x99].iter().flat_map(|v| v.to_ne_bytes()).collect(),
+    };
+    inv(t, "viommu invalidate short entry", h, target, &short);
+    let long = InvalidationBatch::Raw {
+        data_type: tc::INVALIDATE_DATA_SELFTEST,
+        entry_len: 16,
+        bytes: [0u32, 0x99, 0, 1]
+            .iter()
+            .flat_map(|v| v.to_ne_bytes())
+            .collect(),
+    };
+    inv(
+        t,
+        "viommu invalidate long entry with non-zero tail",
+        h,
+        target,
+        &long,
+    );
+    t.id("destroy viommu in use", h.destroy(ObjectId::Viommu(vi)))
+        .ok();
+    t.id(
+        "destroy vdevice while attached",
+        h.destroy(ObjectId::Vdevice(vd)),
+    )
+    .ok();
+    t.id("back to ioas", r.attach(d, None, io)).ok();
+    t.id("destroy nested", h.destroy(ObjectId::Hwpt(nested)))
+        .ok();
+    t.id("destroy vdevice", h.destroy(ObjectId::Vdevice(vd)))
+        .ok();
+    t.expect(
+        "viommu invalidate unknown vdev in middle",
+        Ok("handled 1 EINVAL"),
+    );
+    t.id("destroy veventq", h.destroy(ObjectId::Veventq(q)))
+        .ok();
+    t.id("destroy viommu", h.destroy(ObjectId::Viommu(vi))).ok();
+    t.id("destroy parent", h.destroy(ObjectId::Hwpt(parent)))
+        .ok();
+
+    t.expect("viommu", Ok(""));
+    t.expect("vdevice", Ok(""));
+    t.expect("veventq depth 2", Ok(""));
+    t.expect(
+        "read one",
+        Ok("[Event { sequence: 0, data: [153, 0, 0, 0] }]"),
+    );
+    t.check(
+        "lost event detected",
+        t.steps
+            .iter()
+            .any(|(l, o)| l == "read after overflow" && format!("{o}").contains("Lost")),
+        "a Lost marker after overflowing a depth-2 queue",
+    );
+}
+
+/// Fault queue: an IOPF through a nested HWPT, read, answered once.
+pub fn fault(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    let Ok(fq) = t.id("fault_queue_alloc", h.fault_queue_alloc()) else {
+        return;
+    };
+    let Ok(parent) = t.id(
+        "nest parent",
+        h.hwpt_alloc(&req(
+            d.dev,
+            PtId::Ioas(ioas),
+            HwptFlags::NEST_PARENT,
+            HwptData::None,
+        )),
+    ) else {
+        return;
+    };
+    let mut with_fault = req(
+        d.dev,
+        PtId::Hwpt(parent),
+        HwptFlags::empty(),
+        selftest_data(tc::IOTLB_DEFAULT),
+    );
+    with_fault.fault = Some(fq);
+    t.dbg("iopf before attach", r.trigger_iopf(d, None, 1, Iova(BASE)));
+    t.dbg("read before attach", h.fault_read(fq).map(|g| g.len()));
+    let Ok(iopf_hwpt) = t.id("nested with fault queue", h.hwpt_alloc(&with_fault)) else {
+        return;
+    };
+    let mut bad = with_fault.clone();
+    bad.fault = Some(FaultQueueId(0xffff));
+    t.id("nested with unknown fault queue", h.hwpt_alloc(&bad))
+        .ok();
+    t.id("attach", r.attach(d, None, PtId::Hwpt(iopf_hwpt)))
+        .ok();
+    t.dbg("read empty", h.fault_read(fq).map(|g| g.len()));
+    t.dbg("iopf", r.trigger_iopf(d, None, 7, Iova(BASE + 0x1000)));
+    let groups = h.fault_read(fq);
+    t.rec("read one group", groups.clone(), |g| {
+        g.iter()
+            .map(|g| {
+                g.faults
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{:?} addr {:#x} perm {:?} pasid {}",
+                            f.flags, f.addr.0, f.perm, f.pasid
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    })
+    .ok();
+    let cookie = groups.ok().and_then(|g| g.first().and_then(|g| g.cookie()));
+    if let Some(cookie) = cookie {
+        let resp = PageResponse {
+            cookie,
+            code: PageResponseCode::Success,
+        };
+        t.dbg("respond", h.fault_respond(fq, resp));
+        t.dbg("respond twice", h.fault_respond(fq, resp));
+    }
+    t.dbg("read after response", h.fault_read(fq).map(|g| g.len()));
+    t.dbg(
+        "respond unknown cookie",
+        h.fault_respond(
+            fq,
+            PageResponse {
+                cookie: 0xdead,
+                code: PageResponseCode::Invalid,
+            },
+        ),
+    );
+    t.id("back to ioas", r.attach(d, None, PtId::Ioas(ioas)))
+        .ok();
+    t.id("destroy nested", h.destroy(ObjectId::Hwpt(iopf_hwpt)))
+        .ok();
+    t.id("destroy fault queue", h.destroy(ObjectId::FaultQueue(fq)))
+        .ok();
+    t.expect(
+        "read one group",
+        Ok("PageFaultFlags(LAST_PAGE) addr 0x1001000 perm Access(READ | WRITE) pasid 0"),
+    );
+    t.expect("respond", Ok("()"));
+}
+
+/// PASID attach, replace and detach.
+pub fn pasid(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    let Ok(d) = t.id("mock pasid device", r.mock_device(PtId::Ioas(ioas), true)) else {
+        return;
+    };
+    let Ok(plain) = t.id("mock plain device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    let io = PtId::Ioas(ioas);
+    let a = t.id(
+        "pasid hwpt a",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::PASID, HwptData::None)),
+    );
+    let b = t.id(
+        "pasid hwpt b",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::PASID, HwptData::None)),
+    );
+    let c = t.id(
+        "hwpt without pasid flag",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::empty(), HwptData::None)),
+    );
+    let (Ok(a), Ok(b), Ok(c)) = (a, b, c) else {
+        return;
+    };
+    let p1 = Pasid::new(1).unwrap_or_else(|| unreachable!());
+    let p2 = Pasid::new(2).unwrap_or_else(|| unreachable!());
+    t.id(
+        "pasid attach while rid on non-pasid domain",
+        r.attach(d, Some(p1), PtId::Hwpt(a)),
+    )
+    .ok();
+    t.id(
+        "rid to pasid-compatible hwpt",
+        r.attach(d, None, PtId::Hwpt(a)),
+    )
+    .ok();
+    t.id("attach pasid 1 to a", r.attach(d, Some(p1), PtId::Hwpt(a)))
+        .ok();
+    t.val("pasid 1 on a", r.pasid_domain_is(d, p1, Some(a)));
+    t.id(
+        "attach pasid 2 to non-pasid hwpt",
+        r.attach(d, Some(p2), PtId::Hwpt(c)),
+    )
+    .ok();
+    t.id(
+        "attach plain device pasid",
+        r.attach(plain, Some(p1), PtId::Hwpt(a)),
+    )
+    .ok();
+    t.id(
+        "replace pasid 1 with b",
+        r.attach(d, Some(p1), PtId::Hwpt(b)),
+    )
+    .ok();
+    t.val("pasid 1 on b", r.pasid_domain_is(d, p1, Some(b)));
+    t.id("destroy hwpt b in use", h.destroy(ObjectId::Hwpt(b)))
+        .ok();
+    t.id("detach pasid 1", r.detach_pasid(d, p1)).ok();
+    t.val("pasid 1 detached", r.pasid_domain_is(d, p1, None));
+    t.id("detach pasid 1 again", r.detach_pasid(d, p1)).ok();
+    t.id("destroy hwpt b", h.destroy(ObjectId::Hwpt(b))).ok();
+    t.expect("pasid attach while rid on non-pasid domain", Err(EINVAL));
+    t.expect("attach pasid 2 to non-pasid hwpt", Err(EINVAL));
+    t.expect("attach pasid 1 to a", Ok(""));
+    t.expect("pasid 1 on b", Ok("true"));
+    t.expect("pasid 1 detached", Ok("true"));
+}
+
+/// Dirty tracking on a paging HWPT.
+pub fn dirty(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
+        return;
+    };
+    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+        return;
+    };
+    let io = PtId::Ioas(ioas);
+    let Ok(hw) = t.id(
+        "dirty hwpt",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::DIRTY_TRACKING, HwptData::None)),
+    ) else {
+        return;
+    };
+    let Ok(plain) = t.id(
+        "plain hwpt",
+        h.hwpt_alloc(&req(d.dev, io, HwptFlags::empty(), HwptData::None)),
+    ) else {
+        return;
+    };
+    t.id("attach", r.attach(d, None, PtId::Hwpt(hw))).ok();
+    t.dbg(
+        "map",
+        h.ioas_map(
+            ioas,
+            IovaPlacement::Fixed(Iova(BASE)),
+            MapSource::UserVa(m.a.va()),
+            m.a.len(),
+            Access::RW,
+        ),
+    );
+    let range = IovaRange {
+        first: Iova(BASE),
+        last: Iova(BASE + m.a.len() - 1),
+    };
+    let bits = |t: &mut Trace, label: &str, hwpt: HwptId, no_clear: bool| {
+        t.rec(
+            label,
+            h.hwpt_get_dirty_bitmap(hwpt, range, 4096, no_clear),
+            |b| {
+                b.iter_ones()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        )
+        .ok();
+    };
+    t.dbg(
+        "dirty before tracking",
+        r.dirty(hw, Iova(BASE + 0x3000), 4096),
+    );
+    t.dbg("enable tracking", h.hwpt_set_dirty_tracking(hw, true));
+    t.dbg(
+        "enable on plain hwpt",
+        h.hwpt_set_dirty_tracking(plain, true),
+    );
+    bits(t, "bitmap clean", hw, false);
+    t.dbg("dirty page 3", r.dirty(hw, Iova(BASE + 0x3000), 4096));
+    t.dbg("dirty page 9", r.dirty(hw, Iova(BASE + 0x9000), 4096));
+    bits(t, "bitmap no-clear", hw, true);
+    bits(t, "bitmap read and clear", hw, false);
+    bits(t, "bitmap after clear", hw, false);
+    t.dbg(
+        "bitmap page size not a power of two",
+        h.hwpt_get_dirty_bitmap(hw, range, 3000, false)
+            .map(|b| b.len()),
+    );
+    t.dbg(
+        "bitmap unaligned iova",
+        h.hwpt_get_dirty_bitmap(
+            hw,
+            IovaRange {
+                first: Iova(BASE + 0x800),
+                last: range.last,
+            },
+            4096,
+            false,
+        )
+        .map(|b| b.len()),
+    );
+    t.dbg("disable tracking", h.hwpt_set_dirty_tracking(hw, false));
+    t.expect("bitmap no-clear", Ok("3,9"));
+    t.expect("bitmap read and clear", Ok("3,9"));
+    t.expect("bitmap after clear", Ok(""));
+}
