@@ -283,6 +283,15 @@ pub fn copy(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     t.val("pinned at end", r.pinned_pages());
 
     t.expect("copy whole mapping", Ok("Iova(33554432)"));
+    // Question 1 (docs/kernel-findings.md): the uAPI comment says COPY
+    // takes whole mappings; iopt_get_pages takes the area *containing* the
+    // start. The kernel accepts the sub-range and the copy is a mapping of
+    // its own (unmapping half of it is refused).
+    t.expect("copy sub-range of one mapping", Ok("Iova(50331648)"));
+    t.expect("copy spanning two mappings", Ok("Iova(16777216)"));
+    t.expect("unmap part of sub-range copy", Err(ENOENT));
+    t.expect("unmap sub-range copy", Ok("16384"));
+    t.expect("pinned after copies", Ok("20"));
     t.expect("copy from unmapped range", Err(ENOENT));
     t.expect("copy onto used iova", Err(EEXIST));
     t.expect("pinned at end", Ok("0"));
