@@ -51,6 +51,7 @@ pub mod translate;
 pub mod walk;
 
 mod model;
+mod shared;
 
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
@@ -58,4 +59,6 @@ pub mod mock;
 #[cfg(test)]
 mod tests;
 
-pub use model::{Interrupt, InterruptSource, TranslateResult, Translation, Vtd};
+pub use model::{Interrupt, InterruptSource, TranslateResult, Vtd};
+pub use nesting_core::iotlb::Translation;
+pub use shared::SharedVtd;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use nesting_core::guest::VtdConfig;
+use nesting_core::iotlb::{Iotlb, IotlbInvalidation, IotlbTag, Translation};
 use nesting_core::mem::GuestMemoryExt;
-use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid};
+use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
 use crate::fault::{FaultLog, FaultReason, FaultRecord, LogOutcome};
@@ -45,34 +46,12 @@ pub struct Interrupt {
 
 type Callback = Arc<dyn Fn(Interrupt) + Send + Sync>;
 
-/// A successful translation: one page.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Translation {
-    /// Input address of the page's first byte.
-    pub iova: Iova,
-    /// Guest physical address of the page's first byte.
-    pub gpa: Gpa,
-    /// Page size.
-    pub size: PageSize,
-    /// Permissions granted (READ/WRITE/EXEC).
-    pub access: Access,
-    /// Domain-id of the context or PASID entry (0 untranslated).
-    pub did: u16,
-    /// PASID the translation is granular to (first-stage, nested).
-    pub pasid: Option<u32>,
-}
-
-impl Translation {
-    /// The guest physical address of `iova` (which must lie in the page).
-    pub fn gpa_of(&self, iova: Iova) -> Gpa {
-        Gpa(self.gpa.0 | (iova.0 & self.size.mask()))
-    }
-}
-
 /// The result of [`Vtd::translate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TranslateResult {
-    /// Translated.
+    /// Translated: the page, with the permissions the walk granted (a
+    /// translation served from the cache may grant less than the tables
+    /// would; see [`Vtd::translate`]).
     Mapped(Translation),
     /// Blocked; `recorded` says whether a fault record was written (not
     /// with FPD, nor when the log overflowed).
@@ -93,6 +72,7 @@ pub struct Vtd {
     faults: FaultLog,
     events: EventQueue,
     irq: Option<Callback>,
+    iotlb: Arc<Iotlb>,
     descriptors_processed: u64,
 }
 
@@ -122,6 +102,7 @@ impl Vtd {
             faults: FaultLog::default(),
             events: EventQueue::default(),
             irq: None,
+            iotlb: Arc::new(Iotlb::default()),
             descriptors_processed: 0,
             cfg,
         }
@@ -140,6 +121,13 @@ impl Vtd {
     /// The register file (read-only view, for tests and snapshots).
     pub fn registers(&self) -> &RegisterFile {
         &self.regs
+    }
+
+    /// The translation cache (nesting-core's IOTLB): shared with
+    /// [`crate::SharedVtd`] and vm-memory views so that device threads hit
+    /// it without taking the model's lock.
+    pub fn iotlb(&self) -> &Arc<Iotlb> {
+        &self.iotlb
     }
 
     /// Invalidation descriptors executed since reset.
@@ -224,6 +212,15 @@ impl Vtd {
         }
     }
 
+    /// Applies an event to the translation cache and queues it for a
+    /// nesting layer.
+    fn emit(&mut self, ev: VtdEvent) {
+        for inv in cache_invalidations(&ev) {
+            self.iotlb.invalidate(inv);
+        }
+        self.events.push(ev);
+    }
+
     // -- interrupts (7.3, 6.5.2.9) ----------------------------------------
 
     fn raise(&self, source: InterruptSource) {
@@ -295,7 +292,7 @@ impl Vtd {
                 ttm: rtaddr::TTM.get(rta) as u8,
             };
             sts = gcmd::SRTP.set(sts, 1);
-            self.events.push(VtdEvent::RootTable {
+            self.emit(VtdEvent::RootTable {
                 addr: self.root.addr,
                 ttm: self.root.ttm,
             });
@@ -308,7 +305,7 @@ impl Vtd {
         let te = gcmd::TE.is_set(cmd);
         if te != gcmd::TE.is_set(sts) {
             sts = gcmd::TE.set(sts, u64::from(te));
-            self.events.push(VtdEvent::TranslationEnabled(te));
+            self.emit(VtdEvent::TranslationEnabled(te));
         }
         let qie = gcmd::QIE.is_set(cmd) && self.cfg.qi;
         let was = gcmd::QIE.is_set(sts);
@@ -350,7 +347,7 @@ impl Vtd {
                 _ => None,
             };
             scope.map_or(0, |s| {
-                self.events.push(VtdEvent::Context(s));
+                self.emit(VtdEvent::Context(s));
                 ccmd::CIRG.get(v)
             })
         };
@@ -380,7 +377,7 @@ impl Vtd {
                 _ => None,
             };
             scope.map_or(0, |s| {
-                self.events.push(VtdEvent::Iotlb(s));
+                self.emit(VtdEvent::Iotlb(s));
                 iotlb_reg::IIRG.get(v)
             })
         };
@@ -533,7 +530,7 @@ impl Vtd {
                 return self.wait(mem, interrupt, status_write, data, addr);
             }
         };
-        self.events.push(ev);
+        self.emit(ev);
     }
 
     /// 6.5.2.8: every earlier descriptor has completed (they complete
@@ -613,8 +610,13 @@ impl Vtd {
     // -- translation (chapter 3) ------------------------------------------
 
     /// Translates one DMA request of `sid` (with `pasid`, for requests
-    /// with PASID) at `iova`. Faults are recorded (7.2) unless fault
-    /// processing is disabled, and raise the fault event.
+    /// with PASID) at `iova`, through the translation cache. Faults are
+    /// recorded (7.2) unless fault processing is disabled, and raise the
+    /// fault event.
+    ///
+    /// First-stage translations made for a read are cached without write
+    /// permission, so the first write walks again and sets the dirty flag
+    /// (3.6.3); everything else is cached with what the walk granted.
     pub fn translate<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -623,6 +625,11 @@ impl Vtd {
         iova: Iova,
         access: Access,
     ) -> TranslateResult {
+        let rid = RequesterId::Pci(sid);
+        if let Some(t) = self.iotlb.lookup(rid, pasid, iova, access) {
+            return TranslateResult::Mapped(t);
+        }
+        let generation = self.iotlb.generation();
         let req = Request {
             sid: sid.0,
             pasid: pasid.map(|p| p.raw()),
@@ -632,14 +639,24 @@ impl Vtd {
         match self.walk(mem, &req) {
             Outcome::Mapped { leaf, origin } => {
                 let size = PageSize::new(1u64 << leaf.shift).unwrap_or(PageSize::SIZE_4K);
-                TranslateResult::Mapped(Translation {
+                let mut granted = leaf.perms | (access & Access::PRIV);
+                if origin.pasid.is_some() && !access.contains(Access::WRITE) {
+                    granted.remove(Access::WRITE);
+                }
+                let t = Translation {
                     iova: Iova(iova.0 & !size.mask()),
                     gpa: Gpa(leaf.base),
                     size,
-                    access: leaf.perms,
-                    did: origin.did,
-                    pasid: origin.pasid,
-                })
+                    access: granted,
+                };
+                if self.translation_enabled() {
+                    let tag = IotlbTag {
+                        domain: u32::from(origin.did),
+                        asid: origin.pasid,
+                    };
+                    self.iotlb.insert(generation, rid, pasid, tag, t);
+                }
+                TranslateResult::Mapped(t)
             }
             Outcome::Fault { reason, fpd } => {
                 let recorded = !fpd
@@ -696,4 +713,66 @@ impl Vtd {
         }
         translate::locate_pasid_entry(mem, &self.caps, self.root.addr, sid.0, pasid).ok()
     }
+}
+
+/// What an event removes from the translation cache (6.5: each
+/// invalidation removes at least the entries its scope names; the cache
+/// may remove more).
+fn cache_invalidations(ev: &VtdEvent) -> Vec<IotlbInvalidation> {
+    use IotlbInvalidation as I;
+    match *ev {
+        VtdEvent::TranslationEnabled(_) | VtdEvent::RootTable { .. } | VtdEvent::Resync => {
+            vec![I::All]
+        }
+        VtdEvent::Context(ContextScope::Global)
+        | VtdEvent::PasidCache(PasidScope::Global)
+        | VtdEvent::Iotlb(IotlbScope::Global) => vec![I::All],
+        VtdEvent::Context(ContextScope::Domain { did })
+        | VtdEvent::PasidCache(PasidScope::Domain { did })
+        | VtdEvent::Iotlb(IotlbScope::Domain { did }) => vec![I::Domain {
+            domain: u32::from(did),
+        }],
+        VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => function_siblings(sid, fm)
+            .map(|s| I::Requester {
+                rid: RequesterId::Pci(Bdf(s)),
+            })
+            .collect(),
+        VtdEvent::PasidCache(PasidScope::Pasid { did, pasid })
+        | VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid }) => vec![I::Asid {
+            domain: u32::from(did),
+            asid: pasid,
+        }],
+        VtdEvent::Iotlb(
+            scope @ (IotlbScope::Pages { did, .. } | IotlbScope::PasidPages { did, .. }),
+        ) => {
+            let asid = match scope {
+                IotlbScope::PasidPages { pasid, .. } => Some(pasid),
+                _ => None,
+            };
+            let (first, len) = scope.range().unwrap_or((0, u64::MAX));
+            vec![I::Range {
+                domain: u32::from(did),
+                asid,
+                iova: Iova(first),
+                len,
+            }]
+        }
+        VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => Vec::new(),
+    }
+}
+
+/// The source-ids a device-selective context invalidation covers
+/// (11.4.7 FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
+/// bits 2:0.
+fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
+    let mask: u16 = match fm {
+        1 => 0b100,
+        2 => 0b110,
+        3 => 0b111,
+        _ => 0,
+    };
+    let base = sid & !mask;
+    (0..8u16)
+        .filter(move |f| f & !mask == 0)
+        .map(move |f| base | f)
 }

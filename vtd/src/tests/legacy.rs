@@ -88,11 +88,20 @@ fn second_stage_superpages_translate_with_their_size() {
             assert_eq!(t.size.bytes(), 1 << 30);
             assert_eq!(t.gpa.0, 0x8000_0000);
             assert_eq!(t.access, Access::READ);
-            assert_eq!(t.did, DID);
         }
         r => panic!("{r:?}"),
     }
     assert_eq!(l.h.gpa(SID, None, 0x3f_ffff, Access::WRITE), Ok(0x7f_ffff));
+    let req = crate::translate::Request {
+        sid: SID,
+        pasid: None,
+        iova: 0x4000_0000,
+        access: Access::READ,
+    };
+    assert!(matches!(
+        l.h.vtd.walk(&l.h.mem, &req),
+        crate::translate::Outcome::Mapped { origin, .. } if origin.did == DID && origin.pasid.is_none()
+    ));
 }
 
 #[test]
