@@ -20,6 +20,7 @@ use nesting_core::types::{Access, Iova};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 pub mod parse;
+pub mod virtio;
 
 pub use parse::{Directive, ScriptError, Width};
 use parse::{Expect, Line, TranslateExpect, parse_script};
@@ -125,8 +126,11 @@ struct Unimplemented;
 impl ReplayModel for Unimplemented {}
 
 /// Builds the replay model for a configuration.
-fn make_model(_cfg: &GuestModel) -> Box<dyn ReplayModel> {
-    Box::new(Unimplemented)
+fn make_model(cfg: &GuestModel) -> Box<dyn ReplayModel> {
+    match cfg {
+        GuestModel::VirtioIommu(c) => Box::new(virtio::VirtioReplay::new(c)),
+        _ => Box::new(Unimplemented),
+    }
 }
 
 /// Totals of one script run.
