@@ -184,15 +184,29 @@ const READ_RETRIES: u32 = 8;
 
 impl Slot {
     fn read(&self) -> Option<Raw> {
+        self.read_if(|_, _| true)
+    }
+
+    /// Reads the slot if its key words pass `want` (checked before the
+    /// value words are read, so a mismatching way costs three loads).
+    #[inline]
+    fn read_if(&self, want: impl Fn(u64, u64) -> bool) -> Option<Raw> {
         for _ in 0..READ_RETRIES {
             let s1 = self.seq.load(Ordering::Acquire);
             if s1 & 1 != 0 {
                 std::hint::spin_loop();
                 continue;
             }
+            let who = self.who.load(Ordering::Relaxed);
+            let page = self.page.load(Ordering::Relaxed);
+            if !want(who, page) {
+                // A torn read can only make a matching entry look
+                // mismatched, which is a miss: the caller walks.
+                return None;
+            }
             let raw = Raw {
-                who: self.who.load(Ordering::Relaxed),
-                page: self.page.load(Ordering::Relaxed),
+                who,
+                page,
                 gpa: self.gpa.load(Ordering::Relaxed),
                 tag: self.tag.load(Ordering::Relaxed),
             };
@@ -338,10 +352,9 @@ impl Iotlb {
             let base = iova.raw() & !((1u64 << shift) - 1);
             let page = base | u64::from(shift);
             for slot in self.set(base, shift) {
-                let Some(r) = slot.read() else { continue };
-                if r.who != who || r.page != page {
+                let Some(r) = slot.read_if(|w, p| w == who && p == page) else {
                     continue;
-                }
+                };
                 let granted = Access::from_bits_truncate((r.gpa & 0xff) as u8);
                 if !granted.permits(access) {
                     return None;
