@@ -9,6 +9,16 @@
 //! - [`guest`]: the configuration a guest IOMMU model presents.
 //! - [`ladder`]: the nest -> shadow -> refuse decision for a passthrough
 //!   device.
+//! - [`ram`]: guest RAM and the RAM IOAS (all guest RAM mapped once, IOVA =
+//!   GPA), shared by both engines so every page is pinned once.
+//! - [`shadow`]: the shadow engine, mirroring a guest domain's mappings
+//!   into a host IOAS by `IOAS_COPY` from the RAM IOAS, in batches, with
+//!   rollback on host failure.
+//! - [`nested`]: the nested engine: NEST_PARENT stage 2 over the RAM IOAS,
+//!   nested HWPTs per guest context and PASID, batched invalidations,
+//!   vIOMMU events and page requests.
+//! - [`iotlb`]: the translation cache for emulated devices, lock-free on
+//!   lookup, and [`iotlb::IommuView`], a vm-memory `Iommu` over a model.
 //!
 //! # Plugging it into a VMM
 //!
