@@ -14,6 +14,7 @@ mod rig;
 mod scenarios;
 mod testcmd;
 mod trace;
+mod vfio;
 
 use mem::Mem;
 use rig::{KernelRig, SimRig};
@@ -101,6 +102,11 @@ fn main() -> ExitCode {
     for (name, f) in scenarios::ALL {
         if only.is_empty() || only.iter().any(|o| o == name) {
             run_scenario(&mut rep, &mem, name, *f);
+        }
+    }
+    if only.is_empty() || only.iter().any(|o| o == "vfio") {
+        for c in vfio::run() {
+            rep.line(&c.name, c.pass, &c.detail);
         }
     }
     println!("# guest-test: {} passed, {} failed", rep.passed, rep.failed);

@@ -54,6 +54,13 @@ impl Buf {
         self.len as u64
     }
 
+    /// The contents.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes, alive while `self`
+        // is; device DMA into it has completed when callers read it.
+        unsafe { std::slice::from_raw_parts(self.addr, self.len) }
+    }
+
     /// The contents, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, and `&mut self` makes the borrow unique.
