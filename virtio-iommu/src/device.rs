@@ -5,6 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nesting_core::guest::{GuestModel, VirtioIommuConfig};
+use nesting_core::iotlb::{Iotlb, IotlbInvalidation};
 use nesting_core::ladder::{self, HostView};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
@@ -20,6 +21,11 @@ use crate::queue::{self, QueueError};
 /// Largest virtqueue the device offers (`queue_num_max`): Linux sizes its
 /// event buffers and in-flight requests by it; QEMU offers 256.
 pub const MAX_QUEUE_SIZE: u16 = 256;
+
+/// Entries of the device's IOTLB (translations cached for `translate`):
+/// 4096 pages of 4 KiB cover 16 MiB of DMA buffers per working set, more
+/// with 2 MiB and 1 GiB entries; a miss only costs a lookup under the lock.
+pub const IOTLB_ENTRIES: usize = 4096;
 
 /// What the device asks the VMM's transport to signal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +105,9 @@ pub(crate) struct State {
     pub tables: Tables,
     pub events: EventLog,
     pub passthrough: Option<Passthrough>,
+    /// IOTLB invalidations the last changes call for, applied before the
+    /// change completes (request used, config write returns).
+    pub inv: Vec<IotlbInvalidation>,
 }
 
 pub(crate) struct Inner<M> {
@@ -123,6 +132,10 @@ impl<M> Inner<M> {
 /// ([`VirtioIommu::translate`]) can share it behind an `Arc`.
 pub struct VirtioIommu<M: GuestMemory> {
     pub(crate) inner: Mutex<Inner<M>>,
+    /// Translations cached for [`VirtioIommu::translate`] and the
+    /// `nesting_core::iotlb::IommuView`s over the device; read without the
+    /// lock, invalidated under it.
+    pub(crate) iotlb: Iotlb,
 }
 
 impl<M: GuestMemory> std::fmt::Debug for VirtioIommu<M> {
@@ -156,11 +169,13 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     tables: Tables::default(),
                     events: EventLog::default(),
                     passthrough: None,
+                    inv: Vec::new(),
                 },
                 queues: new_queues(),
                 mem: None,
                 irq: None,
             }),
+            iotlb: Iotlb::new(IOTLB_ENTRIES),
         }
     }
 
@@ -168,6 +183,12 @@ impl<M: GuestMemory> VirtioIommu<M> {
         // A panic elsewhere cannot leave the state half-updated in a way
         // that matters more than losing the device: keep going.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every cached translation (bypass rule, reset, restore).
+    pub(crate) fn invalidate_all(&self, st: &mut State) {
+        st.inv.clear();
+        self.iotlb.invalidate(IotlbInvalidation::All);
     }
 
     /// Sets (or replaces, after memory hot-plug) the guest memory.
@@ -254,6 +275,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.features = f;
         g.state.features_ok = true;
         g.state.resettle_unattached(&before);
+        self.invalidate_all(&mut g.state);
         Ok(())
     }
 
@@ -287,6 +309,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         let before = g.state.passthrough_spaces();
         g.state.bypass = v == 1;
         g.state.resettle_unattached(&before);
+        self.invalidate_all(&mut g.state);
     }
 
     /// Sets up virtqueue `index` (0 request, 1 event) as a split ring of
@@ -334,7 +357,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         let used = match index {
             REQUEST_QUEUE => {
                 let q = &mut inner.queues[usize::from(REQUEST_QUEUE)];
-                queue::drain_requests(&mut inner.state, q, &*mem)?
+                queue::drain_requests(&mut inner.state, q, &*mem, &self.iotlb)?
             }
             EVENT_QUEUE => {
                 let q = &mut inner.queues[usize::from(EVENT_QUEUE)];
@@ -375,6 +398,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         let mut g = self.lock();
         g.queues = new_queues();
         g.state.reset();
+        self.invalidate_all(&mut g.state);
     }
 
     /// System reset: a device reset that also restores `bypass` to its
@@ -387,6 +411,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.bypass = g.state.cfg.bypass_at_reset;
         g.state.resettle_unattached(&before);
         g.state.reset();
+        self.invalidate_all(&mut g.state);
     }
 }
 

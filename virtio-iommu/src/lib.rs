@@ -86,7 +86,9 @@ mod shadow_tests;
 mod tests;
 
 pub use config::{ConfigError, DeviceConfig, DeviceOptions, MAX_PROBE_SIZE};
-pub use device::{DeviceError, Interrupt, InterruptCallback, MAX_QUEUE_SIZE, VirtioIommu};
+pub use device::{
+    DeviceError, IOTLB_ENTRIES, Interrupt, InterruptCallback, MAX_QUEUE_SIZE, VirtioIommu,
+};
 pub use domain::{MAX_DOMAINS, MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL};
 pub use event::MAX_QUEUED_EVENTS;
 pub use protocol::{Features, Status};

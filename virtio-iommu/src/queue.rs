@@ -7,6 +7,7 @@
 //! and writes only the tail (and properties), so a chain's size never
 //! drives an allocation. Every drain is bounded by the ring size.
 
+use nesting_core::iotlb::Iotlb;
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::Gpa;
 use thiserror::Error;
@@ -212,6 +213,7 @@ pub(crate) fn drain_requests<M: GuestMemory>(
     state: &mut State,
     q: &mut Queue,
     mem: &M,
+    iotlb: &Iotlb,
 ) -> Result<u16, QueueError> {
     let mut used = 0u16;
     // Bounded: at most one ring's worth per notification (virtio-queue
@@ -228,6 +230,11 @@ pub(crate) fn drain_requests<M: GuestMemory>(
         let head = chain.head_index();
         let c = collect(chain);
         let len = handle(state, mem, &c);
+        // Cached translations the request removed are gone before the
+        // driver can see it complete.
+        for inv in state.inv.drain(..) {
+            iotlb.invalidate(inv);
+        }
         q.add_used(mem, head, len)
             .map_err(|source| QueueError::Ring {
                 queue: crate::protocol::REQUEST_QUEUE,

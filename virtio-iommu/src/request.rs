@@ -5,6 +5,8 @@
 //! host only for passthrough endpoints, host first, so that a host failure
 //! leaves the guest-visible state unchanged.
 
+use nesting_core::iotlb::IotlbInvalidation;
+use nesting_core::types::{EndpointId, Iova, RequesterId};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::config::ResvMem;
@@ -15,6 +17,12 @@ use crate::protocol::{
     AttachBody, AttachFlags, DetachBody, Features, MapBody, MapFlags, ProbeBody, ReqHead,
     RequestType, Status, UnmapBody,
 };
+
+fn requester(endpoint: u32) -> IotlbInvalidation {
+    IotlbInvalidation::Requester {
+        rid: RequesterId::Endpoint(EndpointId(endpoint)),
+    }
+}
 
 /// A decoded request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -218,6 +226,7 @@ impl State {
         // 5.13.6.3.2: "the device SHOULD first detach it from that domain
         // and attach it to the one identified by domain".
         self.tables.attach(endpoint, domain, bypass);
+        self.inv.push(requester(endpoint));
         Ok(())
     }
 
@@ -242,6 +251,7 @@ impl State {
         // from a domain, the endpoint cannot access any mapping from that
         // domain."
         self.tables.detach(endpoint, domain);
+        self.inv.push(requester(endpoint));
         Ok(())
     }
 
@@ -368,6 +378,12 @@ impl State {
             pt.unmap(domain, &removed).map_err(HostFailure::status)?;
         }
         self.tables.remove_mappings(domain, &removed);
+        self.inv.push(IotlbInvalidation::Range {
+            domain,
+            asid: None,
+            iova: Iova(first),
+            len: (last - first).saturating_add(1),
+        });
         Ok(())
     }
 

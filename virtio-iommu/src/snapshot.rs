@@ -182,6 +182,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.events = events;
         g.queues = queues;
         g.state.resettle_unattached(&before);
+        self.invalidate_all(&mut g.state);
         Ok(())
     }
 }

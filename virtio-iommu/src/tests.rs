@@ -1101,3 +1101,71 @@ fn passthrough_refused_by_ladder_when_host_cannot_map_input_range() {
     let e = dev.add_passthrough(8, &host_view()).unwrap_err();
     assert!(e.to_string().contains("configuration"), "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// IOTLB and the vm-memory view
+
+#[test]
+fn iotlb_cached_translation_dropped_by_unmap_and_detach() {
+    let mut d = attached();
+    assert_eq!(d.map(1, 0x20_0000, 0x3f_ffff, 0x40_0000, RW), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0x20_1000, Access::READ), Some(0x40_1000));
+    // A 2 MiB-aligned mapping of 2 MiB is cached as one 2 MiB page.
+    let rid = nesting_core::types::RequesterId::Endpoint(nesting_core::types::EndpointId(8));
+    let p = d
+        .dev
+        .iotlb
+        .lookup(rid, None, Iova(0x3f_f000), Access::READ)
+        .unwrap();
+    assert_eq!(p.size, nesting_core::types::PageSize::SIZE_2M);
+    assert_eq!(d.unmap(1, 0x20_0000, 0x3f_ffff), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0x20_1000, Access::READ), None);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x40_0000, R), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), Some(0x40_0000));
+    assert_eq!(d.detach(1, 8), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), None);
+}
+
+#[test]
+fn iotlb_entry_without_permission_is_a_miss_that_faults() {
+    let mut d = attached();
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x40_0000, R), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), Some(0x40_0000));
+    assert_eq!(gpa(&d, 8, 0x1000, Access::WRITE), None);
+    assert_eq!(d.events().len(), 1);
+}
+
+#[test]
+fn iotlb_bypass_change_invalidates_identity_entries() {
+    let d = MockDriver::new(&["bypass=1"]);
+    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), Some(0x1000));
+    d.dev.write_config(CONFIG_BYPASS_OFFSET, &[0]);
+    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), None);
+}
+
+#[test]
+fn iommu_view_reads_guest_memory_through_the_device() {
+    use vm_memory::iommu::Iommu;
+    let mut d = attached();
+    assert_eq!(d.map(1, 0x10_0000, 0x10_1fff, 0x40_0000, RW), Status::Ok);
+    let rid = nesting_core::types::RequesterId::Endpoint(nesting_core::types::EndpointId(8));
+    let view = nesting_core::iotlb::IommuView::new(d.dev.clone(), rid, None, false);
+    let ranges: Vec<_> = view
+        .translate(
+            vm_memory::GuestAddress(0x10_0ff0),
+            0x20,
+            vm_memory::Permissions::Write,
+        )
+        .unwrap()
+        .collect();
+    assert_eq!(ranges.first().map(|r| r.base.0), Some(0x40_0ff0));
+    assert_eq!(d.unmap(1, 0x10_0000, 0x10_1fff), Status::Ok);
+    assert!(
+        view.translate(
+            vm_memory::GuestAddress(0x10_0ff0),
+            0x20,
+            vm_memory::Permissions::Write
+        )
+        .is_err()
+    );
+}

@@ -3,11 +3,13 @@
 //! compatible with the mapping's flags), and fault reporting for the
 //! accesses it refuses (5.13.6.9).
 
-use nesting_core::types::Access;
+use nesting_core::iotlb::{Iotlb, IotlbTag, Translate, TranslateFault, Translation as IotlbPage};
+use nesting_core::types::{Access, EndpointId, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
 use crate::device::{Interrupt, State, VirtioIommu};
 use crate::event::Fault;
+use crate::nesting::access_of;
 use crate::protocol::{EVENT_QUEUE, FaultReason, MapFlags, RESV_MEM_T_MSI};
 use crate::queue;
 
@@ -56,6 +58,36 @@ fn identity(iova: u64) -> Translation {
     }
 }
 
+/// A successful lookup: the result and, when it can be cached, the page
+/// (with the domain tag) to put in the IOTLB.
+pub(crate) struct Hit {
+    pub t: Translation,
+    pub page: Option<(IotlbTag, IotlbPage)>,
+}
+
+/// Tag of translations that belong to no domain (an unattached endpoint in
+/// bypass); invalidated by requester or globally.
+const NO_DOMAIN: u32 = u32::MAX;
+
+/// The largest page of 1 GiB, 2 MiB or 4 KiB around `iova` that lies
+/// inside `[first, last]` and maps to a `size`-aligned GPA (`gpa_of` gives
+/// the GPA of an IOVA).
+fn page_of(
+    iova: u64,
+    first: u64,
+    last: u64,
+    gpa_of: impl Fn(u64) -> u64,
+) -> Option<(u64, PageSize)> {
+    [PageSize::SIZE_1G, PageSize::SIZE_2M, PageSize::SIZE_4K]
+        .into_iter()
+        .find_map(|size| {
+            let base = iova & !size.mask();
+            let end = base.checked_add(size.mask())?;
+            let fits = first <= base && end <= last && gpa_of(base) & size.mask() == 0;
+            fits.then_some((base, size))
+        })
+}
+
 impl State {
     /// Translates without side effects; `Err` carries the fault to report
     /// (`None`: endpoint not managed, nothing to report).
@@ -64,17 +96,36 @@ impl State {
         endpoint: u32,
         iova: u64,
         access: Access,
-    ) -> Result<Translation, Option<Fault>> {
+    ) -> Result<Hit, Option<Fault>> {
         if !self.cfg.manages(endpoint) {
             return Err(None);
         }
         let fault = |r| Err(Some(Fault::new(r, endpoint, iova, access)));
+        let granted = (Access::RW | Access::EXEC) | (access & Access::PRIV);
+        let identity = |domain| {
+            let page = page_of(iova, 0, u64::MAX, |v| v).map(|(base, size)| {
+                let tag = IotlbTag { domain, asid: None };
+                (
+                    tag,
+                    IotlbPage {
+                        iova: Iova(base),
+                        gpa: Gpa(base),
+                        size,
+                        access: granted,
+                    },
+                )
+            });
+            Ok(Hit {
+                t: identity(iova),
+                page,
+            })
+        };
         let Some(domain_id) = self.tables.domain_of(endpoint) else {
             // 5.13.6.2: "The device SHOULD NOT let unattached endpoints that
             // are not in bypass mode access the guest-physical address
             // space."
             return match self.unattached_bypass() {
-                true => Ok(identity(iova)),
+                true => identity(NO_DOMAIN),
                 false => fault(FaultReason::Domain),
             };
         };
@@ -84,28 +135,77 @@ impl State {
         // 5.13.6: "All accesses from an endpoint in bypass mode are allowed
         // and translated by the IOMMU using the identity function."
         if d.bypass {
-            return Ok(identity(iova));
+            return identity(domain_id);
         }
         // 5.13.6.8.1: an MSI region is a doorbell the platform translates
         // (writes pass untranslated); a RESERVED region is never mapped.
         for r in self.endpoint_resv(endpoint) {
             if r.overlaps(iova, iova) {
-                return match r.subtype == RESV_MEM_T_MSI && !access.contains(Access::READ) {
-                    true => Ok(Translation::Mapped {
+                if r.subtype != RESV_MEM_T_MSI || access.intersects(Access::READ | Access::EXEC) {
+                    return fault(FaultReason::Unspecified);
+                }
+                let page = page_of(iova, r.start, r.end, |v| v).map(|(base, size)| {
+                    let tag = IotlbTag {
+                        domain: domain_id,
+                        asid: None,
+                    };
+                    let acc = Access::WRITE | (access & Access::PRIV);
+                    (
+                        tag,
+                        IotlbPage {
+                            iova: Iova(base),
+                            gpa: Gpa(base),
+                            size,
+                            access: acc,
+                        },
+                    )
+                });
+                return Ok(Hit {
+                    t: Translation::Mapped {
                         gpa: iova,
                         len: r.end - iova + 1,
-                    }),
-                    false => fault(FaultReason::Unspecified),
-                };
+                    },
+                    page,
+                });
             }
         }
-        match d.lookup(iova) {
-            Some(m) if permits(m.map_flags(), access) => Ok(Translation::Mapped {
-                gpa: m.gpa + (iova - m.iova_first),
-                len: m.iova_last - iova + 1,
-            }),
-            _ => fault(FaultReason::Mapping),
-        }
+        let Some(m) = d.lookup(iova).filter(|m| permits(m.map_flags(), access)) else {
+            return fault(FaultReason::Mapping);
+        };
+        let gpa_of = |v: u64| m.gpa + (v - m.iova_first);
+        let t = Translation::Mapped {
+            gpa: gpa_of(iova),
+            len: m.iova_last - iova + 1,
+        };
+        // Mappings next to a RESV_MEM region are cached only by pages that
+        // stay clear of it.
+        let page = page_of(iova, m.iova_first, m.iova_last, gpa_of)
+            .filter(|(base, size)| {
+                !self
+                    .endpoint_resv(endpoint)
+                    .iter()
+                    .any(|r| r.overlaps(*base, base + size.mask()))
+            })
+            .map(|(base, size)| {
+                let tag = IotlbTag {
+                    domain: domain_id,
+                    asid: None,
+                };
+                let mut acc = access_of(m.map_flags()) | (access & Access::PRIV);
+                if acc.contains(Access::READ) {
+                    acc |= Access::EXEC;
+                }
+                (
+                    tag,
+                    IotlbPage {
+                        iova: Iova(base),
+                        gpa: Gpa(gpa_of(base)),
+                        size,
+                        access: acc,
+                    },
+                )
+            });
+        Ok(Hit { t, page })
     }
 }
 
@@ -113,11 +213,25 @@ impl<M: GuestMemory> VirtioIommu<M> {
     /// Translates a DMA access of an emulated endpoint. A refused access
     /// is reported as a fault on the event queue before this returns
     /// (written into a posted buffer with an interrupt, or queued until the
-    /// driver posts one).
+    /// driver posts one). Hits in the device's IOTLB take no lock.
     pub fn translate(&self, endpoint: u32, iova: u64, access: Access) -> Translation {
+        let rid = RequesterId::Endpoint(EndpointId(endpoint));
+        if let Some(p) = self.iotlb.lookup(rid, None, Iova(iova), access) {
+            let off = iova - p.iova.raw();
+            return Translation::Mapped {
+                gpa: p.gpa.raw() + off,
+                len: p.size.bytes() - off,
+            };
+        }
         let mut g = self.lock();
+        let at = self.iotlb.generation();
         let fault = match g.state.lookup(endpoint, iova, access) {
-            Ok(t) => return t,
+            Ok(hit) => {
+                if let Some((tag, page)) = hit.page {
+                    self.iotlb.insert(at, rid, None, tag, page);
+                }
+                return hit.t;
+            }
             Err(None) => {
                 log::warn!("virtio-iommu: translate for unmanaged endpoint {endpoint:#x}");
                 return Translation::Fault(FaultReason::Unspecified);
@@ -136,5 +250,44 @@ impl<M: GuestMemory> VirtioIommu<M> {
             }
         }
         Translation::Fault(FaultReason::from(fault.reason))
+    }
+}
+
+impl<M: GuestMemory + Send + Sync> Translate for VirtioIommu<M> {
+    /// The page holding `iova` for endpoint `rid` (virtio-iommu has no
+    /// PASIDs: an access with one is refused). The fault, if any, is
+    /// reported on the event queue before this returns.
+    fn translate(
+        &self,
+        rid: RequesterId,
+        pasid: Option<Pasid>,
+        iova: Iova,
+        access: Access,
+    ) -> Result<IotlbPage, TranslateFault> {
+        let refused = TranslateFault { rid, iova };
+        let (RequesterId::Endpoint(EndpointId(ep)), None) = (rid, pasid) else {
+            return Err(refused);
+        };
+        if let Some(p) = self.iotlb.lookup(rid, None, iova, access) {
+            return Ok(p);
+        }
+        // The device's translate fills the IOTLB with the page when the
+        // translation covers one (it always does with a granule of 4 KiB or
+        // more); a sub-page translation cannot be described as a page and
+        // is refused rather than over-granted.
+        for _ in 0..2 {
+            if let Translation::Fault(_) = VirtioIommu::translate(self, ep, iova.raw(), access) {
+                return Err(refused);
+            }
+            if let Some(p) = self.iotlb.lookup(rid, None, iova, access) {
+                return Ok(p);
+            }
+        }
+        log::warn!("virtio-iommu: {rid} at {iova:#x} maps less than a page; refused");
+        Err(refused)
+    }
+
+    fn iotlb(&self) -> &Iotlb {
+        &self.iotlb
     }
 }
