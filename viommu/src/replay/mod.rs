@@ -21,6 +21,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMm
 
 pub mod parse;
 pub mod virtio;
+pub mod vtd;
 
 pub use parse::{Directive, ScriptError, Width};
 use parse::{Expect, Line, TranslateExpect, parse_script};
@@ -129,6 +130,7 @@ impl ReplayModel for Unimplemented {}
 fn make_model(cfg: &GuestModel) -> Box<dyn ReplayModel> {
     match cfg {
         GuestModel::VirtioIommu(c) => Box::new(virtio::VirtioReplay::new(c)),
+        GuestModel::Vtd(c) => Box::new(vtd::VtdReplay::new(c)),
         _ => Box::new(Unimplemented),
     }
 }
