@@ -81,6 +81,8 @@ pub mod snapshot;
 pub mod translate;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod shadow_tests;
 #[cfg(test)]
 mod tests;
