@@ -1,0 +1,34 @@
+//! VT-d register file (VT-d chapter 11): any sequence of register reads
+//! and writes, with guest memory holding anything, never panics; GCMD
+//! always reads as zero and read-only CAP/ECAP never change.
+#![no_main]
+
+#[path = "vtd_common.rs"]
+mod vtd_common;
+
+use libfuzzer_sys::fuzz_target;
+use vtd::Vtd;
+use vtd::regs::off;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    let mem = vtd_common::ram(rest);
+    let mut unit = Vtd::new(vtd_common::config(sel));
+    let cap = unit.mmio_read(off::CAP, 8);
+    let ecap = unit.mmio_read(off::ECAP, 8);
+    for op in rest.chunks_exact(12).take(256) {
+        let head = vtd_common::u64_at(op, 0);
+        let offset = head & 0xfff;
+        let size = if head & (1 << 12) != 0 { 8 } else { 4 };
+        let value = vtd_common::u64_at(op, 4);
+        if head & (1 << 13) != 0 {
+            let _ = unit.mmio_read(offset, size);
+        } else {
+            unit.mmio_write(&mem, offset, size, value);
+        }
+        let _ = unit.take_events();
+    }
+    assert_eq!(unit.mmio_read(off::GCMD, 4), 0);
+    assert_eq!(unit.mmio_read(off::CAP, 8), cap);
+    assert_eq!(unit.mmio_read(off::ECAP, 8), ecap);
+});

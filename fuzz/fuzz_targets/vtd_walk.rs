@@ -1,0 +1,41 @@
+//! VT-d translation over arbitrary guest memory (VT-d chapter 3, 9): root,
+//! context, PASID and page tables are whatever the input holds. No panic,
+//! bounded work (each walk reads at most a fixed number of entries), and
+//! every translation is self-consistent.
+#![no_main]
+
+#[path = "vtd_common.rs"]
+mod vtd_common;
+
+use libfuzzer_sys::fuzz_target;
+use nesting_core::types::{Access, Bdf, Iova, Pasid};
+use vtd::regs::off;
+use vtd::{TranslateResult, Vtd};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    let mem = vtd_common::ram(rest);
+    let mut unit = Vtd::new(vtd_common::config(sel));
+    // Root table somewhere in (or outside) RAM, either table mode.
+    unit.mmio_write(&mem, off::RTADDR, 8, vtd_common::u64_at(rest, 0));
+    unit.mmio_write(&mem, off::GCMD, 4, 1 << 30);
+    unit.mmio_write(&mem, off::GCMD, 4, 1 << 31);
+    // Requests from the tail of the input.
+    let reqs = rest.len().saturating_sub(16 * 16) / 16;
+    for i in 0..reqs.min(16) {
+        let at = rest.len() - 16 * (i + 1);
+        let a = vtd_common::u64_at(rest, at);
+        let iova = vtd_common::u64_at(rest, at + 8);
+        let sid = Bdf(a as u16);
+        let pasid = ((a >> 16) & 1 == 1).then(|| Pasid::new((a >> 20) as u32 & 0xfffff)).flatten();
+        let access = Access::from_bits_truncate((a >> 40) as u8) | Access::READ;
+        match unit.translate(&mem, sid, pasid, Iova(iova), access) {
+            TranslateResult::Mapped(t) => {
+                assert!(t.iova.raw() <= iova && iova - t.iova.raw() < t.size.bytes());
+                assert_eq!(t.gpa.raw() & t.size.mask(), 0);
+                assert!(t.access.permits(access));
+            }
+            TranslateResult::Fault { .. } => {}
+        }
+    }
+});
