@@ -404,3 +404,104 @@ pub fn allow_iovas(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     t.expect("allow one range", Ok("()"));
     t.expect("allow everything again", Ok("()"));
 }
+
+/// Edge cases of the kernel's IOAS code that the simulator's documentation
+/// makes claims about: an unmap cut at its end removes the mappings before
+/// the cut; a file mapping past EOF fails when first pinned; COPY keeps the
+/// source pages' writability; pins follow the IOAS's domains.
+pub fn edges(r: &dyn Rig, t: &mut Trace, m: &Mem) {
+    let h = r.host();
+    let (Ok(one), Ok(two)) = (
+        t.id("ioas_alloc 1", h.ioas_alloc()),
+        t.id("ioas_alloc 2", h.ioas_alloc()),
+    ) else {
+        return;
+    };
+    // A file mapping reaching past the end of the file, made before any
+    // domain: accepted, then the first attach has to pin it.
+    let f = MapSource::File {
+        fd: m.fd(),
+        offset: 60 << 10,
+    };
+    t.dbg(
+        "map_file past end without domain",
+        h.ioas_map(one, fixed(BASE + 0x10_0000), f, 4 * K4, Access::RW),
+    );
+    t.id(
+        "mock_device on ioas with unpinnable file mapping",
+        r.mock_device(PtId::Ioas(one), false),
+    )
+    .ok();
+    t.dbg(
+        "unmap unpinnable file mapping",
+        h.ioas_unmap(one, Iova(BASE + 0x10_0000), 4 * K4),
+    );
+    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(one), false)) else {
+        return;
+    };
+    // Two adjacent mappings; an unmap that covers the first and cuts the
+    // second.
+    let a = MapSource::UserVa(m.a.va());
+    t.dbg(
+        "map first",
+        h.ioas_map(one, fixed(BASE), a, 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "map second",
+        h.ioas_map(
+            one,
+            fixed(BASE + 4 * K4),
+            MapSource::UserVa(m.a.va() + 4 * K4),
+            4 * K4,
+            Access::RW,
+        ),
+    );
+    t.dbg(
+        "unmap covering first, cutting second",
+        h.ioas_unmap(one, Iova(BASE), 6 * K4),
+    );
+    t.dbg("first still mapped", h.ioas_unmap(one, Iova(BASE), 4 * K4));
+    t.dbg(
+        "second still mapped",
+        h.ioas_unmap(one, Iova(BASE + 4 * K4), 4 * K4),
+    );
+    // COPY asking for WRITE from read-only pages.
+    t.dbg(
+        "map read-only",
+        h.ioas_map(one, fixed(BASE), a, 4 * K4, Access::READ),
+    );
+    t.dbg(
+        "copy read-only pages as writable",
+        h.ioas_copy(two, fixed(BASE), one, Iova(BASE), 4 * K4, Access::RW),
+    );
+    t.dbg(
+        "copy read-only pages as readable",
+        h.ioas_copy(two, fixed(BASE), one, Iova(BASE), 4 * K4, Access::READ),
+    );
+    t.val("pinned, ioas 2 without domain", r.pinned_pages());
+    // The device moves to IOAS 2: IOAS 1 has no domain left.
+    t.id(
+        "replace device to ioas 2",
+        r.attach(d, None, PtId::Ioas(two)),
+    )
+    .ok();
+    t.val("pinned after replace", r.pinned_pages());
+    t.dbg(
+        "iova_ranges of ioas 1 without domain",
+        h.ioas_iova_ranges(one),
+    );
+    t.id("back to ioas 1", r.attach(d, None, PtId::Ioas(one)))
+        .ok();
+    t.val("pinned after moving back", r.pinned_pages());
+
+    t.expect("map_file past end without domain", Ok("Iova(17825792)"));
+    t.expect(
+        "mock_device on ioas with unpinnable file mapping",
+        Err(EINVAL),
+    );
+    t.expect("unmap covering first, cutting second", Err(ENOENT));
+    // The refused unmap has removed the mapping before the cut.
+    t.expect("first still mapped", Err(ENOENT));
+    t.expect("second still mapped", Ok("16384"));
+    t.expect("copy read-only pages as writable", Err(libc::EPERM));
+}

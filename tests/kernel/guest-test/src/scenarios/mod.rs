@@ -17,6 +17,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("ioas-copy", ioas::copy),
     ("ioas-pinning", ioas::pinning),
     ("ioas-allow-iovas", ioas::allow_iovas),
+    ("ioas-edges", ioas::edges),
     ("hw-info", objects::hw_info),
     ("hwpt", objects::hwpt),
     ("viommu", objects::viommu),
