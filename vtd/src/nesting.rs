@@ -212,3 +212,59 @@ impl EventQueue {
         self.q.is_empty()
     }
 }
+
+/// The stage-1 description a nested HWPT gets for a guest PASID entry
+/// (iommufd's `struct iommu_hwpt_vtd_s1`): only first-stage entries nest
+/// (PGTT=001; the host supplies the second stage). `None` for every other
+/// translation type, which a nesting layer shadows or refuses instead.
+pub fn stage1_hwpt(entry: &crate::tables::PasidEntry) -> Option<nesting_core::host::HwptData> {
+    use crate::tables::{PasidEntry, Pgtt};
+    use nesting_core::host::{HwptData, VtdS1Flags};
+    if entry.pgtt() != Pgtt::FirstStage {
+        return None;
+    }
+    // 9.6 FSPM: 0 = 4-level (48-bit), 1 = 5-level (57-bit).
+    let addr_width = match PasidEntry::FSPM.get(entry.q[2]) {
+        0 => 48,
+        1 => 57,
+        _ => return None,
+    };
+    let mut flags = VtdS1Flags::empty();
+    for (field, flag) in [
+        (PasidEntry::SRE, VtdS1Flags::SRE),
+        (PasidEntry::WPE, VtdS1Flags::WPE),
+        (PasidEntry::EAFE, VtdS1Flags::EAFE),
+    ] {
+        if field.is_set(entry.q[2]) {
+            flags |= flag;
+        }
+    }
+    Some(HwptData::VtdS1 {
+        flags,
+        pgtbl_addr: entry.fsptptr(),
+        addr_width,
+    })
+}
+
+/// The stage-1 invalidation entry (iommufd's
+/// `struct iommu_hwpt_vtd_s1_invalidate`) an IOTLB event becomes for the
+/// nested HWPT of its PASID: page-selective scopes keep their range and
+/// invalidation hint; wider scopes invalidate everything.
+pub fn stage1_invalidation(scope: &IotlbScope) -> nesting_core::host::VtdS1Invalidation {
+    use nesting_core::host::VtdS1Invalidation;
+    match *scope {
+        IotlbScope::Pages { ih, .. } | IotlbScope::PasidPages { ih, .. } => {
+            let (addr, len) = scope.range().unwrap_or((0, u64::MAX));
+            VtdS1Invalidation {
+                addr,
+                npages: len / 4096,
+                leaf: ih,
+            }
+        }
+        _ => VtdS1Invalidation {
+            addr: 0,
+            npages: u64::MAX,
+            leaf: false,
+        },
+    }
+}

@@ -385,3 +385,43 @@ fn pasid_entry_lookup_for_nesting_layer() {
             .is_none()
     );
 }
+
+#[test]
+fn first_stage_pasid_entry_becomes_vtd_s1_hwpt_data() {
+    use nesting_core::host::{HwptData, VtdS1Flags};
+    let mut s = scalable(&[]);
+    let fs = s.fs(4);
+    s.set_pasid(0, &PasidSetup::first_stage(DID, fs.root, 4, true, true));
+    let l =
+        s.h.vtd
+            .pasid_entry(&s.h.mem, nesting_core::types::Bdf(SID), None)
+            .unwrap();
+    assert_eq!(
+        crate::nesting::stage1_hwpt(&l.entry),
+        Some(HwptData::VtdS1 {
+            flags: VtdS1Flags::SRE | VtdS1Flags::WPE,
+            pgtbl_addr: fs.root,
+            addr_width: 48,
+        })
+    );
+    let pt = crate::tables::PasidEntry {
+        q: PasidSetup::pass_through(DID).q,
+    };
+    assert_eq!(crate::nesting::stage1_hwpt(&pt), None);
+}
+
+#[test]
+fn pasid_iotlb_scopes_become_stage1_invalidations() {
+    use crate::nesting::{IotlbScope, stage1_invalidation};
+    let page = IotlbScope::PasidPages {
+        did: 1,
+        pasid: 2,
+        addr: 0x20_3000,
+        am: 2,
+        ih: true,
+    };
+    let e = stage1_invalidation(&page);
+    assert_eq!((e.addr, e.npages, e.leaf), (0x20_0000, 4, true));
+    let all = stage1_invalidation(&IotlbScope::Pasid { did: 1, pasid: 2 });
+    assert_eq!((all.addr, all.npages, all.leaf), (0, u64::MAX, false));
+}
