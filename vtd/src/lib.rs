@@ -46,6 +46,7 @@ pub mod fault;
 pub mod nesting;
 pub mod queue;
 pub mod regs;
+pub mod snapshot;
 pub mod tables;
 pub mod translate;
 pub mod walk;

@@ -130,6 +130,39 @@ impl Vtd {
         &self.iotlb
     }
 
+    /// The latched root table pointer: (address, TTM).
+    pub fn root_pointer(&self) -> (u64, u8) {
+        (self.root.addr, self.root.ttm)
+    }
+
+    /// The index the next primary fault will be recorded at.
+    pub fn fault_next(&self) -> u16 {
+        self.faults.next_index()
+    }
+
+    pub(crate) fn restore_register(&mut self, offset: u64, value: u64) {
+        self.regs.set(offset, value);
+    }
+
+    pub(crate) fn restore_internal(
+        &mut self,
+        root_addr: u64,
+        ttm: u8,
+        fault_next: u16,
+        processed: u64,
+    ) {
+        self.root = RootPointer {
+            addr: root_addr & rtaddr::RTA.mask(),
+            ttm: ttm & 3,
+        };
+        self.faults.set_next_index(fault_next, self.cfg.nfr);
+        self.descriptors_processed = processed;
+    }
+
+    pub(crate) fn push_event(&mut self, ev: VtdEvent) {
+        self.emit(ev);
+    }
+
     /// Invalidation descriptors executed since reset.
     pub fn descriptors_processed(&self) -> u64 {
         self.descriptors_processed

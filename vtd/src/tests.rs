@@ -15,6 +15,7 @@ mod proptests;
 mod queue;
 mod regs;
 mod scalable;
+mod snapshot;
 
 /// Guest RAM of the tests: 32 MiB at 0; tables come from the pool at
 /// 16 MiB.
