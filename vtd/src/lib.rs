@@ -44,6 +44,7 @@
 
 pub mod fault;
 pub mod nesting;
+pub mod prq;
 pub mod queue;
 pub mod regs;
 pub mod snapshot;

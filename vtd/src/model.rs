@@ -12,6 +12,7 @@ use vm_memory::GuestMemory;
 
 use crate::fault::{FaultLog, FaultReason, FaultRecord, LogOutcome};
 use crate::nesting::{ContextScope, EventQueue, IotlbScope, PasidScope, VtdEvent};
+use crate::prq::{self, PageRequest, PageRequestOutcome};
 use crate::queue::{
     self, CcGranularity, Decoded, Descriptor, IotlbGranularity, PcGranularity, iqei,
 };
@@ -237,6 +238,10 @@ impl Vtd {
                 self.unmask(off::IECTL, e, InterruptSource::InvalidationCompletion)
             }
             off::PECTL if self.cfg.prs => self.unmask(off::PECTL, e, InterruptSource::PageRequest),
+            // 7.5: the page request event's IP clears with PPR.
+            off::PRS if self.cfg.prs && !prq::prs::PPR.is_set(e.new) => {
+                self.regs.set_field(off::PECTL, ectl::IP, 0);
+            }
             _ if frcd_hi => {
                 FaultLog::refresh_ppf(&mut self.regs, self.cfg.fro, self.cfg.nfr);
                 self.settle_fault_ip();
@@ -638,6 +643,51 @@ impl Vtd {
             }
             LogOutcome::Dropped => false,
         }
+    }
+
+    // -- page requests (7.5) ----------------------------------------------
+
+    /// A page request of a PRI-capable device (7.5.1). Without ECAP.PRS,
+    /// or when the device's context entry has PRE clear, the unit answers
+    /// the last request of a group itself with "invalid request"; when the
+    /// queue is full it sets PRS.PRO and answers "success" (the device
+    /// then retries its translation); otherwise the request is queued at
+    /// PQT and the page request event raised if PPR was clear.
+    pub fn page_request<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &PageRequest,
+    ) -> PageRequestOutcome {
+        let respond = |code: u8| PageRequestOutcome::Responded {
+            response: req.last.then_some(code),
+        };
+        let enabled = self.cfg.prs
+            && self.root.ttm == 1
+            && translate::context_pre(mem, &self.caps, self.root.addr, req.sid);
+        if !enabled {
+            return respond(prq::response::INVALID);
+        }
+        let status = self.regs.get(off::PRS);
+        let a = self.regs.get(off::PQA);
+        let size = 4096u64 << iqa::QS.get(a);
+        let tail = prq::PQ_OFFSET.mask() & self.regs.get(off::PQT);
+        let head = prq::PQ_OFFSET.mask() & self.regs.get(off::PQH);
+        let next = (tail + prq::DESCRIPTOR_SIZE) % size;
+        // 7.5.1: with PRO set, or no free slot, the request is not queued.
+        if prq::prs::PRO.is_set(status) || next == head || tail >= size {
+            self.regs.set(off::PRS, prq::prs::PRO.set(status, 1));
+            return respond(prq::response::SUCCESS);
+        }
+        if prq::write_descriptor(mem, (iqa::IQA.mask() & a) + tail, req).is_err() {
+            log::warn!("vtd: page request queue at {a:#x} is not in guest memory");
+            return respond(prq::response::SUCCESS);
+        }
+        self.regs.set(off::PQT, next);
+        self.regs.set(off::PRS, prq::prs::PPR.set(status, 1));
+        if !prq::prs::PPR.is_set(status) {
+            self.signal(off::PECTL, InterruptSource::PageRequest);
+        }
+        PageRequestOutcome::Queued
     }
 
     // -- translation (chapter 3) ------------------------------------------

@@ -460,7 +460,9 @@ pub fn layout(cfg: &VtdConfig) -> Vec<RegDesc> {
 fn page_request_regs(msi_addr: u64, ectl_reset: u64) -> [RegDesc; 8] {
     [
         rw(reg("PQH_REG", off::PQH, W64, 0), Field::bits(18, 5).mask()),
-        reg("PQT_REG", off::PQT, W64, 0),
+        // Software initializes PQT (Linux writes 0 at set-up); hardware
+        // advances it.
+        rw(reg("PQT_REG", off::PQT, W64, 0), Field::bits(18, 5).mask()),
         rw(
             reg("PQA_REG", off::PQA, W64, 0),
             Field::bits(63, 12).mask() | Field::bits(2, 0).mask(),

@@ -12,6 +12,7 @@ use crate::{Interrupt, TranslateResult, Vtd};
 mod cache;
 mod legacy;
 mod proptests;
+mod prq;
 mod queue;
 mod regs;
 mod scalable;

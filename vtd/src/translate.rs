@@ -338,6 +338,21 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     Ok(Located { entry, pasid, fpd })
 }
 
+/// Whether the scalable-mode context entry of `sid` is present with
+/// page requests enabled (9.4 PRE).
+pub fn context_pre<M: GuestMemory + ?Sized>(mem: &M, caps: &Caps, rta: u64, sid: u16) -> bool {
+    let (bus, devfn) = bus_devfn(sid);
+    let Ok(root) = RootEntry::read(mem, rta, bus) else {
+        return false;
+    };
+    let half = if devfn < 128 { root.lo } else { root.hi };
+    if !P.is_set(half) || half & ptr_above_haw(caps.haw) != 0 {
+        return false;
+    }
+    SmContextEntry::read(mem, half & PTR.mask(), devfn)
+        .is_ok_and(|c| P.is_set(c.q[0]) && SmContextEntry::PRE.is_set(c.q[0]))
+}
+
 fn resolve_scalable<M: GuestMemory + ?Sized>(
     mem: &M,
     caps: &Caps,
