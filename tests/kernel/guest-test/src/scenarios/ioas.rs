@@ -192,96 +192,84 @@ pub fn copy(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     }
     let a = MapSource::UserVa(m.a.va());
     let b = MapSource::UserVa(m.b.va());
-    t.dbg(
-        "map a",
-        h.ioas_map(src, fixed(BASE), a, m.a.len(), Access::RW),
-    );
+    let (alen, blen) = (m.a.len(), m.b.len());
+    t.dbg("map a", h.ioas_map(src, fixed(BASE), a, alen, Access::RW));
+    let after_a = fixed(BASE + alen);
     t.dbg(
         "map b after a",
-        h.ioas_map(src, fixed(BASE + m.a.len()), b, m.b.len(), Access::RW),
+        h.ioas_map(src, after_a, b, blen, Access::RW),
     );
     t.val("pinned after maps", r.pinned_pages());
-    t.dbg(
-        "copy whole mapping",
-        h.ioas_copy(
-            dst,
-            fixed(0x200_0000),
-            src,
-            Iova(BASE),
-            m.a.len(),
-            Access::RW,
-        ),
-    );
-    t.dbg(
-        "copy sub-range of one mapping",
-        h.ioas_copy(
+    let any = IovaPlacement::Any;
+    let (rw, ro) = (Access::RW, Access::READ);
+    let b_last_page = BASE + alen + blen - K4;
+    // (label, destination IOAS, placement, source IOVA, length, access)
+    let sharing = [
+        ("copy whole mapping", dst, fixed(0x200_0000), BASE, alen, rw),
+        (
+            "copy sub-range of one mapping",
             dst,
             fixed(0x300_0000),
-            src,
-            Iova(BASE + 4 * K4),
+            BASE + 4 * K4,
             4 * K4,
-            Access::RW,
+            rw,
         ),
-    );
-    t.dbg(
-        "copy spanning two mappings",
-        h.ioas_copy(
+        (
+            "copy spanning two mappings",
             dst,
-            IovaPlacement::Any,
-            src,
-            Iova(BASE + 12 * K4),
+            any,
+            BASE + 12 * K4,
             8 * K4,
-            Access::READ,
+            ro,
         ),
-    );
-    t.val("pinned after copies", r.pinned_pages());
-    t.dbg(
-        "copy from unmapped range",
-        h.ioas_copy(
+    ];
+    let refused_and_self = [
+        (
+            "copy from unmapped range",
             dst,
             fixed(0x400_0000),
-            src,
-            Iova(0x500_0000),
+            0x500_0000,
             K4,
-            Access::RW,
+            rw,
         ),
-    );
-    t.dbg(
-        "copy range with a hole",
-        h.ioas_copy(
+        (
+            "copy range with a hole",
             dst,
             fixed(0x400_0000),
-            src,
-            Iova(BASE + 16 * K4 + m.b.len() - K4),
+            b_last_page,
             2 * K4,
-            Access::RW,
+            rw,
         ),
-    );
-    t.dbg(
-        "copy onto used iova",
-        h.ioas_copy(dst, fixed(0x200_0000), src, Iova(BASE), K4, Access::RW),
-    );
-    t.dbg(
-        "copy unaligned length",
-        h.ioas_copy(dst, fixed(0x400_0000), src, Iova(BASE), 100, Access::RW),
-    );
-    t.dbg(
-        "copy within one ioas",
-        h.ioas_copy(src, fixed(0x600_0000), src, Iova(BASE), K4, Access::RW),
-    );
-    t.dbg(
-        "unmap part of sub-range copy",
-        h.ioas_unmap(dst, Iova(0x300_0000), 2 * K4),
-    );
-    t.dbg(
-        "unmap sub-range copy",
-        h.ioas_unmap(dst, Iova(0x300_0000), 4 * K4),
-    );
-    t.dbg("unmap source", h.ioas_unmap(src, Iova(0), u64::MAX));
+        ("copy onto used iova", dst, fixed(0x200_0000), BASE, K4, rw),
+        (
+            "copy unaligned length",
+            dst,
+            fixed(0x400_0000),
+            BASE,
+            100,
+            rw,
+        ),
+        ("copy within one ioas", src, fixed(0x600_0000), BASE, K4, rw),
+    ];
+    for (label, to, place, from, len, access) in sharing {
+        t.dbg(label, h.ioas_copy(to, place, src, Iova(from), len, access));
+    }
+    t.val("pinned after copies", r.pinned_pages());
+    for (label, to, place, from, len, access) in refused_and_self {
+        t.dbg(label, h.ioas_copy(to, place, src, Iova(from), len, access));
+    }
+    let unmap =
+        |t: &mut Trace, label, ioas, iova, len| t.dbg(label, h.ioas_unmap(ioas, Iova(iova), len));
+    unmap(t, "unmap part of sub-range copy", dst, 0x300_0000, 2 * K4);
+    unmap(t, "unmap sub-range copy", dst, 0x300_0000, 4 * K4);
+    unmap(t, "unmap source", src, 0, u64::MAX);
     t.val("pinned with only copies left", r.pinned_pages());
-    t.dbg("unmap copies", h.ioas_unmap(dst, Iova(0), u64::MAX));
+    unmap(t, "unmap copies", dst, 0, u64::MAX);
     t.val("pinned at end", r.pinned_pages());
+    copy_expectations(t);
+}
 
+fn copy_expectations(t: &mut Trace) {
     t.expect("copy whole mapping", Ok("Iova(33554432)"));
     // Question 1 (docs/kernel-findings.md): the uAPI comment says COPY
     // takes whole mappings; iopt_get_pages takes the area *containing* the
