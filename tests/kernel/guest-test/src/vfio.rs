@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nesting_core::guest::GuestModel;
 use nesting_core::host::info::{cap, ecap};
 use nesting_core::host::{
-    DeviceSource, HostBackend, HwInfo, Iommufd, IovaPlacement, MapSource, PtId,
+    DeviceSource, HostBackend, HwInfo, IoasId, Iommufd, IovaPlacement, MapSource, PtId,
 };
 use nesting_core::ladder::{self, DecisionKind, HostView};
 use nesting_core::types::{Access, Iova};
@@ -208,41 +208,38 @@ fn run_inner(c: &mut Checks) -> Option<()> {
     c.res("attach to ioas", host.attach(id, None, PtId::Ioas(ioas)))?;
     let ranges = c.res("iova_ranges", host.ioas_iova_ranges(ioas))?;
     decide(c, &info, &ranges);
+    let edu = edu(c, dev)?;
+    dma(c, &host, ioas, &edu)?;
+    c.res("detach", host.detach(id, None))?;
+    c.res("unbind", host.unbind_device(id))?;
+    Some(())
+}
 
+/// The device copies a buffer through its own memory into another mapped
+/// buffer; after the destination is unmapped the same DMA must not land.
+fn dma(c: &mut Checks, host: &Iommufd, ioas: IoasId, edu: &Edu) -> Option<()> {
     let mut src = c.res("source buffer", Buf::new(DMA_LEN as usize))?;
-    let dst = c.res("destination buffer", Buf::new(DMA_LEN as usize))?;
+    let mut dst = c.res("destination buffer", Buf::new(DMA_LEN as usize))?;
     for (i, b) in src.bytes_mut().iter_mut().enumerate() {
         *b = (i as u8) ^ 0xa5;
     }
     let map = |iova, b: &Buf, a| {
-        host.ioas_map(
-            ioas,
-            IovaPlacement::Fixed(Iova(iova)),
-            MapSource::UserVa(b.va()),
-            DMA_LEN,
-            a,
-        )
+        let at = IovaPlacement::Fixed(Iova(iova));
+        host.ioas_map(ioas, at, MapSource::UserVa(b.va()), DMA_LEN, a)
     };
     c.res("map source (read)", map(IOVA_SRC, &src, Access::READ))?;
     c.res(
         "map destination (write)",
         map(IOVA_DST, &dst, Access::WRITE),
     )?;
-    let edu = edu(c, dev)?;
     c.res("dma ram -> device", edu.dma(IOVA_SRC, EDU_BUF, false))?;
     c.res("dma device -> ram", edu.dma(EDU_BUF, IOVA_DST, true))?;
     let same = dst.bytes() == src.bytes();
-    c.add(
-        "dma bytes arrived",
-        same,
-        format!("first bytes {:02x?}", &dst.bytes()[..8]),
-    );
-    let mut dst = dst;
+    let head = format!("first bytes {:02x?}", &dst.bytes()[..8]);
+    c.add("dma bytes arrived", same, head);
     dst.bytes_mut().fill(0);
-    c.res(
-        "unmap destination",
-        host.ioas_unmap(ioas, Iova(IOVA_DST), DMA_LEN),
-    )?;
+    let unmap = host.ioas_unmap(ioas, Iova(IOVA_DST), DMA_LEN);
+    c.res("unmap destination", unmap)?;
     c.res(
         "dma after unmap completes",
         edu.dma(EDU_BUF, IOVA_DST, true),
@@ -253,8 +250,6 @@ fn run_inner(c: &mut Checks) -> Option<()> {
         untouched,
         "destination left zero",
     );
-    c.res("detach", host.detach(id, None))?;
-    c.res("unbind", host.unbind_device(id))?;
     Some(())
 }
 

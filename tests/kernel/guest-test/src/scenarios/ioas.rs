@@ -2,7 +2,7 @@
 //! iova_ranges, allow_iovas, and the pinning questions.
 
 use libc::{EEXIST, EINVAL, ENOENT};
-use nesting_core::host::{IovaPlacement, MapSource, PtId};
+use nesting_core::host::{IoasId, IovaPlacement, MapSource, PtId};
 use nesting_core::types::{Access, Iova, IovaRange};
 
 use crate::mem::Mem;
@@ -32,76 +32,57 @@ pub fn map_unmap(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     };
     t.dbg("iova_ranges without domain", h.ioas_iova_ranges(ioas));
     let a = MapSource::UserVa(m.a.va());
-    t.dbg(
-        "map before any domain",
-        h.ioas_map(ioas, fixed(BASE), a, m.a.len(), Access::RW),
-    );
+    let whole = h.ioas_map(ioas, fixed(BASE), a, m.a.len(), Access::RW);
+    t.dbg("map before any domain", whole);
     t.val("pinned without domain", r.pinned_pages());
     let Ok(_dev) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     t.val("pinned with domain", r.pinned_pages());
     t.dbg("iova_ranges with mock domain", h.ioas_iova_ranges(ioas));
-    t.dbg(
-        "map overlapping",
-        h.ioas_map(ioas, fixed(BASE + 4 * K4), a, 4 * K4, Access::RW),
-    );
-    t.dbg(
-        "map any",
-        h.ioas_map(ioas, IovaPlacement::Any, a, 4 * K4, Access::READ),
-    );
-    t.dbg(
-        "map unaligned length",
-        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, 100, Access::RW),
-    );
-    t.dbg(
-        "map zero length",
-        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, 0, Access::RW),
-    );
-    t.dbg(
-        "map without access",
-        h.ioas_map(ioas, fixed(BASE + 0x10_0000), a, K4, Access::empty()),
-    );
-    t.dbg(
-        "map below aperture",
-        h.ioas_map(ioas, fixed(0x10_0000), a, K4, Access::RW),
-    );
-    t.dbg(
-        "map above aperture",
-        h.ioas_map(ioas, fixed(1 << 32), a, K4, Access::RW),
-    );
-    t.dbg(
-        "map unaligned iova",
-        h.ioas_map(ioas, fixed(BASE + 0x10_0800), a, K4, Access::RW),
-    );
+    let (rw, any, free) = (Access::RW, IovaPlacement::Any, BASE + 0x10_0000);
     let b_half = MapSource::UserVa(m.b.va() + 2048);
-    t.dbg(
-        "map half-page user address",
-        h.ioas_map(ioas, fixed(BASE + 0x20_0800), b_half, 2048, Access::RW),
-    );
+    // (label, placement, source, length, access)
+    let maps = [
+        ("map overlapping", fixed(BASE + 4 * K4), a, 4 * K4, rw),
+        ("map any", any, a, 4 * K4, Access::READ),
+        ("map unaligned length", fixed(free), a, 100, rw),
+        ("map zero length", fixed(free), a, 0, rw),
+        ("map without access", fixed(free), a, K4, Access::empty()),
+        ("map below aperture", fixed(0x10_0000), a, K4, rw),
+        ("map above aperture", fixed(1 << 32), a, K4, rw),
+        ("map unaligned iova", fixed(BASE + 0x10_0800), a, K4, rw),
+        (
+            "map half-page user address",
+            fixed(BASE + 0x20_0800),
+            b_half,
+            2048,
+            rw,
+        ),
+    ];
+    for (label, place, src, len, access) in maps {
+        t.dbg(label, h.ioas_map(ioas, place, src, len, access));
+    }
     t.val("pinned after maps", r.pinned_pages());
-    t.dbg(
-        "unmap partial middle",
-        h.ioas_unmap(ioas, Iova(BASE + 4 * K4), 4 * K4),
-    );
-    t.dbg(
-        "unmap cutting the end",
-        h.ioas_unmap(ioas, Iova(BASE), 8 * K4),
-    );
-    t.dbg(
-        "unmap cutting the start",
-        h.ioas_unmap(ioas, Iova(BASE + 8 * K4), 8 * K4),
-    );
-    t.dbg("unmap whole", h.ioas_unmap(ioas, Iova(BASE), m.a.len()));
-    t.dbg("unmap again", h.ioas_unmap(ioas, Iova(BASE), m.a.len()));
-    t.dbg("unmap unaligned", h.ioas_unmap(ioas, Iova(BASE + 1), K4));
-    t.dbg("unmap all", h.ioas_unmap(ioas, Iova(0), u64::MAX));
-    t.dbg(
-        "unmap all when empty",
-        h.ioas_unmap(ioas, Iova(0), u64::MAX),
-    );
+    // (label, IOVA, length)
+    let unmaps = [
+        ("unmap partial middle", BASE + 4 * K4, 4 * K4),
+        ("unmap cutting the end", BASE, 8 * K4),
+        ("unmap cutting the start", BASE + 8 * K4, 8 * K4),
+        ("unmap whole", BASE, m.a.len()),
+        ("unmap again", BASE, m.a.len()),
+        ("unmap unaligned", BASE + 1, K4),
+        ("unmap all", 0, u64::MAX),
+        ("unmap all when empty", 0, u64::MAX),
+    ];
+    for (label, iova, len) in unmaps {
+        t.dbg(label, h.ioas_unmap(ioas, Iova(iova), len));
+    }
     t.val("pinned after unmap", r.pinned_pages());
+    map_unmap_expectations(t);
+}
 
+fn map_unmap_expectations(t: &mut Trace) {
     t.expect("map overlapping", Err(EEXIST));
     t.expect("map unaligned length", Err(EINVAL));
     t.expect("map zero length", Err(EINVAL));
@@ -393,6 +374,24 @@ pub fn allow_iovas(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     t.expect("allow everything again", Ok("()"));
 }
 
+/// A file mapping reaching past the end of the file, made before any
+/// domain: accepted, then the first attach has to pin it and fails.
+fn file_past_eof_then_attach(r: &dyn Rig, t: &mut Trace, m: &Mem, ioas: IoasId) {
+    let h = r.host();
+    let f = MapSource::File {
+        fd: m.fd(),
+        offset: 60 << 10,
+    };
+    let at = fixed(BASE + 0x10_0000);
+    let map = h.ioas_map(ioas, at, f, 4 * K4, Access::RW);
+    t.dbg("map_file past end without domain", map);
+    let dev = r.mock_device(PtId::Ioas(ioas), false);
+    t.id("mock_device on ioas with unpinnable file mapping", dev)
+        .ok();
+    let unmap = h.ioas_unmap(ioas, Iova(BASE + 0x10_0000), 4 * K4);
+    t.dbg("unmap unpinnable file mapping", unmap);
+}
+
 /// Edge cases of the kernel's IOAS code that the simulator's documentation
 /// makes claims about: an unmap cut at its end removes the mappings before
 /// the cut; a file mapping past EOF fails when first pinned; COPY keeps the
@@ -405,25 +404,7 @@ pub fn edges(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     ) else {
         return;
     };
-    // A file mapping reaching past the end of the file, made before any
-    // domain: accepted, then the first attach has to pin it.
-    let f = MapSource::File {
-        fd: m.fd(),
-        offset: 60 << 10,
-    };
-    t.dbg(
-        "map_file past end without domain",
-        h.ioas_map(one, fixed(BASE + 0x10_0000), f, 4 * K4, Access::RW),
-    );
-    t.id(
-        "mock_device on ioas with unpinnable file mapping",
-        r.mock_device(PtId::Ioas(one), false),
-    )
-    .ok();
-    t.dbg(
-        "unmap unpinnable file mapping",
-        h.ioas_unmap(one, Iova(BASE + 0x10_0000), 4 * K4),
-    );
+    file_past_eof_then_attach(r, t, m, one);
     let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(one), false)) else {
         return;
     };

@@ -5,7 +5,8 @@ use libc::{EBUSY, EINVAL};
 use nesting_core::host::{
     DevId, FaultQueueId, HostBackend, HostError, HwptAlloc, HwptData, HwptFlags, HwptId,
     InvalidateOutcome, InvalidateTarget, InvalidationBatch, IovaPlacement, MapSource, ObjectId,
-    PageResponse, PageResponseCode, PtId, VdeviceId, VeventqId, VeventqType, ViommuId, ViommuType,
+    PageFault, PageResponse, PageResponseCode, PtId, VdeviceId, VeventqId, VeventqType, ViommuId,
+    ViommuType,
 };
 use nesting_core::types::{Access, Iova, IovaRange, Pasid};
 
@@ -400,23 +401,13 @@ pub fn fault(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     let Ok(fq) = t.id("fault_queue_alloc", h.fault_queue_alloc()) else {
         return;
     };
-    let Ok(parent) = t.id(
-        "nest parent",
-        h.hwpt_alloc(&req(
-            d.dev,
-            PtId::Ioas(ioas),
-            HwptFlags::NEST_PARENT,
-            HwptData::None,
-        )),
-    ) else {
+    let io = (d.dev, PtId::Ioas(ioas));
+    let nest = HwptFlags::NEST_PARENT;
+    let Ok(parent) = alloc(t, h, "nest parent", io, nest, HwptData::None) else {
         return;
     };
-    let mut with_fault = req(
-        d.dev,
-        PtId::Hwpt(parent),
-        HwptFlags::empty(),
-        selftest_data(tc::IOTLB_DEFAULT),
-    );
+    let data = selftest_data(tc::IOTLB_DEFAULT);
+    let mut with_fault = req(d.dev, PtId::Hwpt(parent), HwptFlags::empty(), data);
     with_fault.fault = Some(fq);
     t.dbg("iopf before attach", r.trigger_iopf(d, None, 1, Iova(BASE)));
     t.dbg("read before attach", h.fault_read(fq).map(|g| g.len()));
@@ -431,51 +422,42 @@ pub fn fault(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
         .ok();
     t.dbg("read empty", h.fault_read(fq).map(|g| g.len()));
     t.dbg("iopf", r.trigger_iopf(d, None, 7, Iova(BASE + 0x1000)));
-    let groups = h.fault_read(fq);
-    t.rec("read one group", groups.clone(), |g| {
-        g.iter()
-            .map(|g| {
-                g.faults
-                    .iter()
-                    .map(|f| {
-                        format!(
-                            "{:?} addr {:#x} perm {:?} pasid {}",
-                            f.flags, f.addr.0, f.perm, f.pasid
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(";")
-            })
-            .collect::<Vec<_>>()
-            .join(" | ")
-    })
-    .ok();
-    let cookie = groups.ok().and_then(|g| g.first().and_then(|g| g.cookie()));
-    if let Some(cookie) = cookie {
-        let resp = PageResponse {
-            cookie,
-            code: PageResponseCode::Success,
-        };
-        t.dbg("respond", h.fault_respond(fq, resp));
-        t.dbg("respond twice", h.fault_respond(fq, resp));
-    }
-    t.dbg("read after response", h.fault_read(fq).map(|g| g.len()));
-    t.dbg(
-        "respond unknown cookie",
-        h.fault_respond(
-            fq,
-            PageResponse {
-                cookie: 0xdead,
-                code: PageResponseCode::Invalid,
-            },
-        ),
-    );
-    t.id("back to ioas", r.attach(d, None, PtId::Ioas(ioas)))
-        .ok();
+    read_and_respond(t, h, fq);
+    t.id("back to ioas", r.attach(d, None, io.1)).ok();
     t.id("destroy nested", h.destroy(ObjectId::Hwpt(iopf_hwpt)))
         .ok();
     t.id("destroy fault queue", h.destroy(ObjectId::FaultQueue(fq)))
         .ok();
+}
+
+/// One fault group read, answered once (a second answer and an unknown
+/// cookie are refused).
+fn read_and_respond(t: &mut Trace, h: &dyn HostBackend, fq: FaultQueueId) {
+    let show = |f: &PageFault| {
+        let (flags, addr, perm, pasid) = (f.flags, f.addr.0, f.perm, f.pasid);
+        format!("{flags:?} addr {addr:#x} perm {perm:?} pasid {pasid}")
+    };
+    let groups = h.fault_read(fq);
+    let _ = t.rec("read one group", groups.clone(), |g| {
+        let groups = g.iter().map(|g| {
+            let faults: Vec<String> = g.faults.iter().map(show).collect();
+            faults.join(";")
+        });
+        groups.collect::<Vec<_>>().join(" | ")
+    });
+    let cookie = groups.ok().and_then(|g| g.first().and_then(|g| g.cookie()));
+    if let Some(cookie) = cookie {
+        let code = PageResponseCode::Success;
+        let resp = PageResponse { cookie, code };
+        t.dbg("respond", h.fault_respond(fq, resp));
+        t.dbg("respond twice", h.fault_respond(fq, resp));
+    }
+    t.dbg("read after response", h.fault_read(fq).map(|g| g.len()));
+    let unknown = PageResponse {
+        cookie: 0xdead,
+        code: PageResponseCode::Invalid,
+    };
+    t.dbg("respond unknown cookie", h.fault_respond(fq, unknown));
     t.expect(
         "read one group",
         Ok("PageFaultFlags(LAST_PAGE) addr 0x1001000 perm Access(READ | WRITE) pasid 0"),
@@ -564,17 +546,11 @@ pub fn dirty(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
         return;
     };
-    let io = PtId::Ioas(ioas);
-    let Ok(hw) = t.id(
-        "dirty hwpt",
-        h.hwpt_alloc(&req(d.dev, io, HwptFlags::DIRTY_TRACKING, HwptData::None)),
-    ) else {
-        return;
-    };
-    let Ok(plain) = t.id(
-        "plain hwpt",
-        h.hwpt_alloc(&req(d.dev, io, HwptFlags::empty(), HwptData::None)),
-    ) else {
+    let io = (d.dev, PtId::Ioas(ioas));
+    let tracking = HwptFlags::DIRTY_TRACKING;
+    let hw = alloc(t, h, "dirty hwpt", io, tracking, HwptData::None);
+    let plain = alloc(t, h, "plain hwpt", io, HwptFlags::empty(), HwptData::None);
+    let (Ok(hw), Ok(plain)) = (hw, plain) else {
         return;
     };
     t.id("attach", r.attach(d, None, PtId::Hwpt(hw))).ok();
@@ -584,34 +560,13 @@ pub fn dirty(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     // IOVA 2 KiB off the 4 KiB page grid keeps every entry at 2 KiB, so the
     // bitmap is exact on both hosts.
     let start = BASE + 0x800;
+    let (a, len) = (MapSource::UserVa(m.a.va()), m.a.len());
+    let off_grid = IovaPlacement::Fixed(Iova(start));
     t.dbg(
         "map off the 4 KiB grid",
-        h.ioas_map(
-            ioas,
-            IovaPlacement::Fixed(Iova(start)),
-            MapSource::UserVa(m.a.va()),
-            m.a.len(),
-            Access::RW,
-        ),
+        h.ioas_map(ioas, off_grid, a, len, Access::RW),
     );
-    let range = IovaRange {
-        first: Iova(start),
-        last: Iova(start + m.a.len() - 1),
-    };
     let page = tc::MOCK_PAGE_SIZE;
-    let bits = |t: &mut Trace, label: &str, hwpt: HwptId, no_clear: bool| {
-        t.rec(
-            label,
-            h.hwpt_get_dirty_bitmap(hwpt, range, page, no_clear),
-            |b| {
-                b.iter_ones()
-                    .map(|i| i.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            },
-        )
-        .ok();
-    };
     t.dbg(
         "dirty before tracking",
         r.dirty(hw, Iova(start + 0x3000), page),
@@ -621,31 +576,40 @@ pub fn dirty(r: &dyn Rig, t: &mut Trace, m: &Mem) {
         "enable on plain hwpt",
         h.hwpt_set_dirty_tracking(plain, true),
     );
-    bits(t, "bitmap clean", hw, false);
+    dirty_bitmaps(r, t, hw, start, len);
+    t.dbg("disable tracking", h.hwpt_set_dirty_tracking(hw, false));
+}
+
+/// Two pages written, read without and with clearing, then the refused
+/// geometries.
+fn dirty_bitmaps(r: &dyn Rig, t: &mut Trace, hw: HwptId, start: u64, len: u64) {
+    let h = r.host();
+    let page = tc::MOCK_PAGE_SIZE;
+    let range = IovaRange {
+        first: Iova(start),
+        last: Iova(start + len - 1),
+    };
+    let bits = |t: &mut Trace, label: &str, no_clear: bool| {
+        let r = h.hwpt_get_dirty_bitmap(hw, range, page, no_clear);
+        let _ = t.rec(label, r, |b| {
+            let ones: Vec<String> = b.iter_ones().map(|i| i.to_string()).collect();
+            ones.join(",")
+        });
+    };
+    bits(t, "bitmap clean", false);
     t.dbg("dirty page 6", r.dirty(hw, Iova(start + 0x3000), page));
     t.dbg("dirty page 18", r.dirty(hw, Iova(start + 0x9000), page));
-    bits(t, "bitmap no-clear", hw, true);
-    bits(t, "bitmap read and clear", hw, false);
-    bits(t, "bitmap after clear", hw, false);
-    t.dbg(
-        "bitmap page size not a power of two",
-        h.hwpt_get_dirty_bitmap(hw, range, 3000, false)
-            .map(|b| b.len()),
-    );
-    t.dbg(
-        "bitmap unaligned iova",
-        h.hwpt_get_dirty_bitmap(
-            hw,
-            IovaRange {
-                first: Iova(start + 0x400),
-                last: range.last,
-            },
-            page,
-            false,
-        )
-        .map(|b| b.len()),
-    );
-    t.dbg("disable tracking", h.hwpt_set_dirty_tracking(hw, false));
+    bits(t, "bitmap no-clear", true);
+    bits(t, "bitmap read and clear", false);
+    bits(t, "bitmap after clear", false);
+    let odd = h.hwpt_get_dirty_bitmap(hw, range, 3000, false);
+    t.dbg("bitmap page size not a power of two", odd.map(|b| b.len()));
+    let unaligned = IovaRange {
+        first: Iova(start + 0x400),
+        last: range.last,
+    };
+    let r = h.hwpt_get_dirty_bitmap(hw, unaligned, page, false);
+    t.dbg("bitmap unaligned iova", r.map(|b| b.len()));
     t.expect("bitmap no-clear", Ok("6,18"));
     t.expect("bitmap read and clear", Ok("6,18"));
     t.expect("bitmap after clear", Ok(""));
