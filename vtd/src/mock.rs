@@ -528,6 +528,11 @@ impl Queue {
         mem: &M,
         descs: &[[u64; 2]],
     ) -> bool {
+        // One slot stays free: a full ring would have tail == head.
+        assert!(
+            descs.len() + 1 < self.slots() as usize,
+            "batch larger than the queue"
+        );
         mem.write_u32_le(Gpa(self.status), 1)
             .expect("status in RAM");
         for d in descs {
