@@ -1,0 +1,217 @@
+//! The guest's view of the endpoint through Linux: sysfs to find the
+//! function, its BAR0 mapped from `resource0`, its config space through
+//! the sysfs `config` file, and pinned buffers whose physical addresses
+//! come from `/proc/self/pagemap`. All `unsafe` of the program is here.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Page size of x86-64 Linux.
+pub const PAGE: usize = 4096;
+
+/// The first PCI function in sysfs with `vendor:device`.
+pub fn find_function(vendor: u16, device: u16) -> Option<PathBuf> {
+    let read_id = |p: &Path, f: &str| {
+        fs::read_to_string(p.join(f))
+            .ok()
+            .and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+    };
+    let mut entries: Vec<_> = fs::read_dir("/sys/bus/pci/devices")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    entries
+        .into_iter()
+        .find(|p| read_id(p, "vendor") == Some(vendor) && read_id(p, "device") == Some(device))
+}
+
+/// Start address of BAR `n` from the sysfs `resource` file.
+pub fn bar_address(dev: &Path, n: usize) -> Option<u64> {
+    let text = fs::read_to_string(dev.join("resource")).ok()?;
+    let line = text.lines().nth(n)?;
+    let start = line.split_whitespace().next()?;
+    u64::from_str_radix(start.trim_start_matches("0x"), 16).ok()
+}
+
+/// A function's configuration space through sysfs.
+pub struct Config(File);
+
+impl Config {
+    /// Opens `dev`'s `config` file for reading and writing.
+    pub fn open(dev: &Path) -> io::Result<Self> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev.join("config"))
+            .map(Config)
+    }
+
+    /// Reads the 16-bit register at `off`.
+    pub fn read16(&self, off: u64) -> io::Result<u16> {
+        let mut b = [0u8; 2];
+        self.0.read_exact_at(&mut b, off)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Writes the 16-bit register at `off`.
+    pub fn write16(&self, off: u64, v: u16) -> io::Result<()> {
+        self.0.write_all_at(&v.to_le_bytes(), off)
+    }
+}
+
+/// A BAR mapped from sysfs `resourceN`, accessed with 32-bit volatile
+/// loads and stores.
+pub struct Mmio {
+    base: *mut u32,
+    len: usize,
+    _file: File,
+}
+
+impl Mmio {
+    /// Maps `len` bytes of `dev`'s BAR `n`.
+    pub fn map(dev: &Path, n: usize, len: usize) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev.join(format!("resource{n}")))?;
+        // SAFETY: a new shared mapping of the BAR file, at an address the
+        // kernel picks; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mmio {
+            base: p.cast(),
+            len,
+            _file: file,
+        })
+    }
+
+    fn reg(&self, off: usize) -> *mut u32 {
+        assert!(
+            off.is_multiple_of(4) && off + 4 <= self.len,
+            "register {off:#x} outside the BAR"
+        );
+        // In bounds: checked above.
+        self.base.wrapping_byte_add(off)
+    }
+
+    /// Loads the register at `off`.
+    pub fn read(&self, off: usize) -> u32 {
+        // SAFETY: `reg` is an aligned address inside the live mapping.
+        unsafe { self.reg(off).read_volatile() }
+    }
+
+    /// Stores `v` to the register at `off`.
+    pub fn write(&self, off: usize, v: u32) {
+        // SAFETY: `reg` is an aligned address inside the live mapping.
+        unsafe { self.reg(off).write_volatile(v) }
+    }
+}
+
+impl Drop for Mmio {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` created.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One locked page of anonymous memory and its guest physical address.
+pub struct PinnedPage {
+    addr: *mut u8,
+    phys: u64,
+}
+
+impl PinnedPage {
+    /// A zeroed page, populated and locked so its physical page stays.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_LOCKED,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut page = PinnedPage {
+            addr: p.cast(),
+            phys: 0,
+        };
+        page.fill(0);
+        page.phys = phys_of(page.addr as u64)?;
+        Ok(page)
+    }
+
+    /// The guest physical address of the page.
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    /// Sets every byte to `v`.
+    pub fn fill(&mut self, v: u8) {
+        for i in 0..PAGE {
+            self.set(i, v);
+        }
+    }
+
+    /// Writes byte `i`.
+    pub fn set(&mut self, i: usize, v: u8) {
+        assert!(i < PAGE);
+        // SAFETY: `i` is inside the live page; volatile because a device
+        // reads the page behind the compiler's back.
+        unsafe { self.addr.add(i).write_volatile(v) }
+    }
+
+    /// The page's bytes as memory holds them now (volatile reads: the
+    /// device wrote them behind the compiler's back).
+    pub fn snapshot(&self) -> Vec<u8> {
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: every index is inside the live page.
+        (0..PAGE)
+            .map(|i| unsafe { self.addr.add(i).read_volatile() })
+            .collect()
+    }
+}
+
+impl Drop for PinnedPage {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the page `new` mapped.
+        unsafe { libc::munmap(self.addr.cast(), PAGE) };
+    }
+}
+
+/// Physical address of the resident page holding `va`
+/// (Documentation/admin-guide/mm/pagemap.rst: bit 63 present, bits 0-54
+/// the page frame number, shown to CAP_SYS_ADMIN only).
+fn phys_of(va: u64) -> io::Result<u64> {
+    let f = File::open("/proc/self/pagemap")?;
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, va / PAGE as u64 * 8)?;
+    let e = u64::from_le_bytes(b);
+    let pfn = e & ((1 << 55) - 1);
+    if e >> 63 == 0 || pfn == 0 {
+        return Err(io::Error::other(format!(
+            "page {va:#x} not present or PFN hidden ({e:#x})"
+        )));
+    }
+    Ok(pfn * PAGE as u64 + va % PAGE as u64)
+}
