@@ -117,11 +117,14 @@ pub enum FaultReason {
     SmWrite,
     /// 0x86: read request without read permission (scalable mode).
     SmRead,
+    /// 0x87: request with PASID to the interrupt address range
+    /// 0xFEEx_xxxx.
+    SmInterruptAddress,
     /// Any other code.
     Unknown(u8),
 }
 
-const TABLE: [(FaultReason, u8); 52] = {
+const TABLE: [(FaultReason, u8); 53] = {
     use FaultReason::*;
     [
         (RootNotPresent, 0x1),
@@ -176,6 +179,7 @@ const TABLE: [(FaultReason, u8); 52] = {
         (SmOutputBeyond, 0x84),
         (SmWrite, 0x85),
         (SmRead, 0x86),
+        (SmInterruptAddress, 0x87),
     ]
 };
 

@@ -134,6 +134,11 @@ pub fn resolve<M: GuestMemory + ?Sized>(
         // translated by legacy tables (fault 0x31).
         (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
         (0, _) => resolve_legacy(mem, caps, root.addr, req),
+        // 3.15 (interrupt address range): requests with PASID to
+        // 0xFEEx_xxxx are not interrupt requests and fault (0x87).
+        (1, VtdMode::Scalable) if req.pasid.is_some() && req.iova >> 20 == 0xfee => {
+            fault(FaultReason::SmInterruptAddress, false)
+        }
         (1, VtdMode::Scalable) => resolve_scalable(mem, caps, root.addr, req),
         // 11.4.6 TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
         _ => fault(FaultReason::SmInvalidRootTable, false),

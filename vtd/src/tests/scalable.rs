@@ -425,3 +425,11 @@ fn pasid_iotlb_scopes_become_stage1_invalidations() {
     let all = stage1_invalidation(&IotlbScope::Pasid { did: 1, pasid: 2 });
     assert_eq!((all.addr, all.npages, all.leaf), (0, u64::MAX, false));
 }
+
+#[test]
+fn request_with_pasid_to_interrupt_range_faults_0x87() {
+    let mut s = scalable(&[]);
+    assert_eq!(s.h.gpa(SID, Some(1), 0xfee0_0000, Access::WRITE), Err(0x87));
+    // Without PASID the address is looked up normally (here: no entry).
+    assert_eq!(s.h.gpa(SID, None, 0xfee0_0000, Access::WRITE), Err(0x51));
+}
