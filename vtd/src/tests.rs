@@ -21,7 +21,7 @@ mod snapshot;
 /// Guest RAM of the tests: 32 MiB at 0; tables come from the pool at
 /// 16 MiB.
 pub(crate) const RAM: u64 = 32 << 20;
-const POOL: u64 = 16 << 20;
+pub(crate) const POOL: u64 = 16 << 20;
 
 pub(crate) struct Harness {
     pub mem: GuestMemoryMmap<()>,

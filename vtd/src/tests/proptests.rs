@@ -129,3 +129,69 @@ proptest! {
         check_all(&mut h, &maps, Some(pasid), 0x10, offset, 0x85);
     }
 }
+
+/// The L1 GPA a nested test's second stage puts L2 GPA `x` at.
+const NESTED_OFFSET: u64 = 1 << 40;
+/// Where a nested test's first stage outputs start, clear of the table
+/// pool the second stage identity-maps.
+const L2_BASE: u64 = 4 << 30;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn scalable_second_stage_walk_equals_mapping(
+        (levels, maps) in (3u32..=5).prop_flat_map(|l| (Just(l), mappings(9 * l + 12))),
+        offset in 0u64..(1 << 30),
+    ) {
+        let aw = match levels { 3 => "aw=39", 4 => "aw=48", _ => "aw=57" };
+        let mut h = Harness::new(&[aw, "flts=0", "slts=1"]);
+        let t = ScalableTables::new(&h.mem, &mut h.alloc);
+        let dir = t.set_context(&h.mem, &mut h.alloc, 0x10, 0, 0);
+        let sl = SlTables::new(&h.mem, &mut h.alloc, levels);
+        for m in &maps {
+            sl.map(&h.mem, &mut h.alloc, iova_of(m, 0), gpa_of(m, 0), m.shift, true, m.write);
+        }
+        let e = PasidSetup::second_stage(1, sl.root, u64::from(levels - 2));
+        t.set_pasid(&h.mem, &mut h.alloc, dir, 0, &e);
+        probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+        check_all(&mut h, &maps, None, 0x10, offset, 0x85);
+    }
+
+    #[test]
+    fn nested_walk_equals_composition_of_stages(
+        maps in mappings(47),
+        offset in 0u64..(1 << 30),
+    ) {
+        let mut h = Harness::new(&["flts=1", "slts=1", "nest=1"]);
+        let t = ScalableTables::new(&h.mem, &mut h.alloc);
+        let dir = t.set_context(&h.mem, &mut h.alloc, 0x10, 0, 0);
+        let fs = FsTables::new(&h.mem, &mut h.alloc, 4);
+        let sl = SlTables::new(&h.mem, &mut h.alloc, 4);
+        for m in &maps {
+            let flags = flpte::US | if m.write { flpte::RW } else { 0 };
+            fs.map(&h.mem, &mut h.alloc, iova_of(m, 0), L2_BASE + gpa_of(m, 0), m.shift, flags);
+            // The second stage moves each first-stage output page up by
+            // NESTED_OFFSET, with the same size; always writable.
+            sl.map(&h.mem, &mut h.alloc, L2_BASE + gpa_of(m, 0), gpa_of(m, 0) + NESTED_OFFSET, m.shift, true, true);
+        }
+        // First-stage table pages are addressed through the second stage:
+        // identity-map the table pool (the first 2 MiB of it is plenty).
+        for page in (super::POOL..super::POOL + (2 << 20)).step_by(1 << 21) {
+            sl.map(&h.mem, &mut h.alloc, page, page, 21, true, true);
+        }
+        let e = PasidSetup::nested(1, fs.root, 4, sl.root, 2);
+        t.set_pasid(&h.mem, &mut h.alloc, dir, 0, &e);
+        probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+        for m in &maps {
+            let iova = iova_of(m, offset);
+            prop_assert_eq!(h.gpa(0x10, None, iova, Access::READ), Ok(gpa_of(m, offset) + NESTED_OFFSET));
+            let w = h.gpa(0x10, None, iova, Access::WRITE);
+            if m.write {
+                prop_assert_eq!(w, Ok(gpa_of(m, offset) + NESTED_OFFSET));
+            } else {
+                prop_assert_eq!(w, Err(0x85));
+            }
+        }
+    }
+}
