@@ -18,9 +18,11 @@ fuzz_target!(|data: &[u8]| {
     let ecap = unit.mmio_read(off::ECAP, 8);
     for op in rest.chunks_exact(12).take(256) {
         let head = vtd_common::u64_at(op, 0);
-        let offset = head & 0xfff;
-        let size = if head & (1 << 12) != 0 { 8 } else { 4 };
         let value = vtd_common::u64_at(op, 4);
+        // Mostly the register page (and beyond, where far fault records
+        // live); sometimes any offset at all.
+        let offset = if head & (1 << 14) != 0 { value } else { head & 0x3fff };
+        let size = if head & (1 << 12) != 0 { 8 } else { 4 };
         if head & (1 << 13) != 0 {
             let _ = unit.mmio_read(offset, size);
         } else {

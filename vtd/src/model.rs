@@ -459,7 +459,10 @@ impl Vtd {
             if head == tail {
                 break;
             }
-            let Ok(q) = read_qwords::<M, 2>(mem, base + head) else {
+            let fetched = base
+                .checked_add(head)
+                .and_then(|at| read_qwords::<M, 2>(mem, at).ok());
+            let Some(q) = fetched else {
                 return self.queue_error(iqei::FETCH);
             };
             match queue::decode(q, &self.cfg) {
@@ -678,7 +681,8 @@ impl Vtd {
             self.regs.set(off::PRS, prq::prs::PRO.set(status, 1));
             return respond(prq::response::SUCCESS);
         }
-        if prq::write_descriptor(mem, (iqa::IQA.mask() & a) + tail, req).is_err() {
+        let at = (iqa::IQA.mask() & a).checked_add(tail);
+        if at.is_none_or(|at| prq::write_descriptor(mem, at, req).is_err()) {
             log::warn!("vtd: page request queue at {a:#x} is not in guest memory");
             return respond(prq::response::SUCCESS);
         }

@@ -105,7 +105,7 @@ impl IotlbScope {
     pub fn range(&self) -> Option<(u64, u64)> {
         match *self {
             IotlbScope::Pages { addr, am, .. } | IotlbScope::PasidPages { addr, am, .. } => {
-                let len = 4096u64 << am.min(52);
+                let len = 4096u64 << am.min(51);
                 Some((addr & !(len - 1), len))
             }
             _ => None,

@@ -373,7 +373,8 @@ pub fn dev_tlb_range(addr: u64, s: bool) -> (u64, u64) {
     }
     let above = addr >> 12;
     let ones = above.trailing_ones();
-    if ones >= 52 {
+    // Bits 63:12 all ones (or all but the top one) cover everything.
+    if ones >= 51 {
         return (0, u64::MAX);
     }
     let len = 4096u64 << (ones + 1);

@@ -570,7 +570,10 @@ impl RegisterFile {
                 Some((i, 0)) if self.descs.get(i).map(|d| d.width) == Some(W64) => {
                     self.value_for_read(i)
                 }
-                _ => self.read(offset, 4) | (self.read(offset + 4, 4) << 32),
+                _ => {
+                    let hi = offset.checked_add(4).map_or(0, |o| self.read(o, 4));
+                    self.read(offset, 4) | (hi << 32)
+                }
             },
             _ => match self.locate(offset) {
                 Some((i, pos)) if pos % 4 == 0 => {
@@ -599,7 +602,9 @@ impl RegisterFile {
             }
             (8, _) => {
                 out.extend(self.write32(offset, value & 0xffff_ffff));
-                out.extend(self.write32(offset + 4, value >> 32));
+                if let Some(hi) = offset.checked_add(4) {
+                    out.extend(self.write32(hi, value >> 32));
+                }
             }
             _ => out.extend(self.write32(offset, value & 0xffff_ffff)),
         }

@@ -354,3 +354,33 @@ fn decode_is_total_over_types() {
         })
     ));
 }
+
+#[test]
+fn queue_at_top_of_address_space_is_fetch_error_not_overflow() {
+    let mut h = Harness::new(&["mode=legacy"]);
+    h.write64(off::IQA, 0xffff_ffff_ffff_f007);
+    h.write32(off::GCMD, gcmd::QIE.mask());
+    h.write64(off::IQH, 0);
+    h.write32(off::IQT, 0x7_fff0);
+    assert_eq!(iqer::IQEI.get(h.read64(off::IQER)), u64::from(iqei::FETCH));
+}
+
+#[test]
+fn extreme_ranges_do_not_overflow() {
+    assert_eq!(dev_tlb_range(!0xfff & !(1 << 63), true), (0, u64::MAX));
+    assert_eq!(dev_tlb_range(u64::MAX, true), (0, u64::MAX));
+    let s = IotlbScope::Pages {
+        did: 0,
+        addr: u64::MAX,
+        am: 63,
+        ih: false,
+    };
+    assert_eq!(s.range(), Some((0x8000_0000_0000_0000, 1 << 63)));
+}
+
+#[test]
+fn register_access_at_top_offset_reads_zero() {
+    let mut h = Harness::new(&[]);
+    assert_eq!(h.vtd.mmio_read(u64::MAX - 7, 8), 0);
+    h.vtd.mmio_write(&h.mem, u64::MAX - 7, 8, u64::MAX);
+}
