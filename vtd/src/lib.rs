@@ -37,6 +37,11 @@
 //! - Passthrough: [`nesting`] is the seam a shadow or nested engine
 //!   consumes.
 //!
+//! The unit's host address width (output addresses and table pointers)
+//! equals the configured address width `aw`: the VMM's ACPI DMAR table
+//! should report `Host Address Width = aw - 1`, and guest RAM must lie
+//! below `2^aw`.
+//!
 //! Interrupts (fault events, invalidation completion events, page request
 //! events) are MSIs raised through the callback of
 //! [`Vtd::set_interrupt_callback`]. Interrupt remapping is not modelled.
