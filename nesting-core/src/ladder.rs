@@ -385,17 +385,18 @@ fn combined(hosts: &[HostView]) -> HostView {
 /// iommufd: a nested HWPT and its vIOMMU belong to one physical IOMMU
 /// (`iommufd_viommu_alloc` takes the device's IOMMU; a nested domain
 /// attaches only to devices of that instance, `paging_domain_compatible` in
-/// intel/nested.c, `arm_vsmmu_init` in arm-smmu-v3-iommufd.c). With the
-/// unit unknown, differing hardware information means different units.
+/// intel/nested.c, `arm_vsmmu_init` in arm-smmu-v3-iommufd.c). Servers carry
+/// several identical units, so identical hardware information proves
+/// nothing: with a unit unknown the check fails closed (the devices may
+/// still be shadowed). [`HostView::unit`] comes from
+/// `SimIommufd::iommu_of` on the simulated host and from
+/// [`crate::host::sysfs_iommu_unit`] on a real one.
 fn same_iommu(a: &HostView, b: &HostView) -> Check {
     let (passed, detail) = match (a.unit, b.unit) {
         (Some(x), Some(y)) => (x == y, format!("physical IOMMU unit {x} vs {y}")),
         _ => (
-            a.info == b.info,
-            match a.info == b.info {
-                true => "unit unknown; identical hardware information".to_string(),
-                false => "unit unknown and hardware information differs".to_string(),
-            },
+            false,
+            "physical IOMMU unit unknown: cannot show the devices share one".to_string(),
         ),
     };
     check("same-iommu", passed, detail)

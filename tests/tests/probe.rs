@@ -25,7 +25,7 @@ const MODELS: [(&str, &[&str]); 7] = [
 fn probe_sim(spec: &SimHostSpec, guest: &GuestModel) -> ladder::Decision {
     let sim = Arc::new(SimIommufd::with_host(spec.clone()));
     let host: SharedHost = sim.clone();
-    let (_, d) = probe::probe_device(&host, sim.add_device(0), guest).unwrap();
+    let (_, d) = probe::probe_device(&host, sim.add_device(0), Some(0), guest).unwrap();
     // probe leaves nothing behind: the scratch IOAS and the device are gone.
     assert_eq!(sim.calls(HostOp::UnbindDevice), 1);
     assert_eq!(sim.calls(HostOp::Destroy), 1);
@@ -135,8 +135,7 @@ fn devices_behind_two_units_share_a_domain_only_by_shadowing() {
     let guest = GuestModel::from_options("vtd", &[]).unwrap();
     let mut views = Vec::new();
     for unit in [a, b] {
-        let (mut v, _) = probe::probe_device(&host, sim.add_device(unit), &guest).unwrap();
-        v.unit = Some(unit);
+        let (v, _) = probe::probe_device(&host, sim.add_device(unit), Some(unit), &guest).unwrap();
         views.push(v);
     }
     assert_eq!(ladder::decide(&guest, &views[0]).kind, DecisionKind::Nested);

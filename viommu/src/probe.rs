@@ -8,13 +8,17 @@
 //! with devices attached), then run the ladder.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 use nesting_core::host::profile::SimHostSpec;
-use nesting_core::host::{DeviceSource, HostError, Iommufd, PtId, SimIommufd, take_inherited_fd};
+use nesting_core::host::{
+    DeviceSource, HostError, Iommufd, PtId, SimIommufd, sysfs_iommu_unit, sysfs_iommu_unit_of_fd,
+    take_inherited_fd,
+};
 use nesting_core::ladder::{self, Decision, HostView};
 use thiserror::Error;
 
@@ -177,10 +181,13 @@ pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
     Ok(ProbeArgs { host, model })
 }
 
-/// Probes one device on `host` and decides for `model`.
+/// Probes one device on `host` and decides for `model`; `unit` is the
+/// physical IOMMU instance it sits behind, where known (see
+/// `nesting_core::host::sysfs_iommu_unit`).
 pub fn probe_device(
     host: &SharedHost,
     source: DeviceSource,
+    unit: Option<u32>,
     model: &GuestModel,
 ) -> Result<(HostView, Decision), HostError> {
     let mut dev = BoundDevice::bind(host, source)?;
@@ -194,7 +201,7 @@ pub fn probe_device(
         info,
         iova_ranges: ranges.ranges,
         page_size: ranges.alignment.max(4096),
-        unit: None,
+        unit,
     };
     let decision = ladder::decide(model, &view);
     Ok((view, decision))
@@ -203,11 +210,11 @@ pub fn probe_device(
 /// Runs `probe`, printing the host description, `decision: ...` and the
 /// checks.
 pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<Decision, ProbeError> {
-    let (host, source): (SharedHost, DeviceSource) = match &args.host {
+    let (host, source, unit): (SharedHost, DeviceSource, Option<u32>) = match &args.host {
         HostArg::Sim(spec) => {
             let sim = Arc::new(SimIommufd::with_host(spec.clone()));
             let source = sim.add_device(0);
-            (sim, source)
+            (sim, source, Some(0))
         }
         HostArg::Real { iommu, device } => {
             let open_err = |file: &FileArg| {
@@ -219,17 +226,24 @@ pub fn run(args: &ProbeArgs, out: &mut dyn Write) -> Result<Decision, ProbeError
                 FileArg::Fd(n) => take_inherited_fd(*n).map(Iommufd::from_fd),
             }
             .map_err(open_err(iommu))?;
-            let source = match device {
-                FileArg::Path(p) => DeviceSource::Path(p.clone()),
+            let (source, unit) = match device {
+                FileArg::Path(p) => (DeviceSource::Path(p.clone()), sysfs_iommu_unit(p)),
                 FileArg::Fd(n) => {
-                    DeviceSource::Fd(take_inherited_fd(*n).map_err(open_err(device))?)
+                    let fd = take_inherited_fd(*n).map_err(open_err(device))?;
+                    let unit = sysfs_iommu_unit_of_fd(fd.as_fd());
+                    (DeviceSource::Fd(fd), unit)
                 }
             };
-            (Arc::new(backend), source)
+            (Arc::new(backend), source, unit)
         }
     };
-    let (view, decision) = probe_device(&host, source, &args.model)?;
+    let (view, decision) = probe_device(&host, source, unit, &args.model)?;
     let _ = writeln!(out, "{}", view.info);
+    match view.unit {
+        Some(u) => writeln!(out, "host iommu unit: {u}"),
+        None => writeln!(out, "host iommu unit: unknown"),
+    }
+    .ok();
     let _ = writeln!(out, "host page size: {:#x}", view.page_size);
     for r in &view.iova_ranges {
         let _ = writeln!(out, "host iova range: {r}");

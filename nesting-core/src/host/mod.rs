@@ -728,6 +728,7 @@ pub trait HostBackend: Send + Sync + fmt::Debug {
 pub mod iommufd;
 pub mod objects;
 pub mod sim;
+pub mod unit;
 // The only module allowed `unsafe` code: system calls of the real backend.
 #[allow(unsafe_code)]
 mod sys;
@@ -735,3 +736,4 @@ mod sys;
 pub use iommufd::Iommufd;
 pub use sim::SimIommufd;
 pub use sys::take_inherited_fd;
+pub use unit::{sysfs_iommu_unit, sysfs_iommu_unit_of_fd};

@@ -533,22 +533,30 @@ fn decide_domain_two_units_cannot_nest() {
 }
 
 #[test]
-fn decide_domain_unknown_units_compare_hardware_info() {
+fn decide_domain_unknown_units_fail_closed() {
     let g = guest("smmuv3", "");
-    expect(
-        &decide_domain(&g, &[host("smmuv3-nest"), host("smmuv3-nest")]),
-        Nested,
-        &[],
-        "same info",
-    );
-    let other = host("smmuv3-nest,idr5=0x76"); // OAS 52
-    let d = decide_domain(&g, &[host("smmuv3-nest"), other]);
+    // Identical hardware information is what two units of one server
+    // report: it does not show the devices share a unit.
+    let d = decide_domain(&g, &[host("smmuv3-nest"), host("smmuv3-nest")]);
     expect(
         &d,
         Refuse,
         &["same-iommu", "map-invalidation"],
-        "different info",
+        "unknown units",
     );
+    assert!(d.to_string().contains("unit unknown"), "{d}");
+    let d = decide_domain(&g, &[unit(host("smmuv3-nest"), 0), host("smmuv3-nest")]);
+    expect(
+        &d,
+        Refuse,
+        &["same-iommu", "map-invalidation"],
+        "one unknown",
+    );
+    let d = decide_domain(
+        &g,
+        &[unit(host("smmuv3-nest"), 2), unit(host("smmuv3-nest"), 2)],
+    );
+    expect(&d, Nested, &[], "known, same");
 }
 
 #[test]

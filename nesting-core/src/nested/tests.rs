@@ -17,7 +17,11 @@ fn fixture(profile: HostProfile) -> Fixture {
     // Arm hosts reserve an MSI window at 128 MiB that an attach refuses to
     // see mapped (EADDRINUSE); guest RAM of Arm's `virt` machine starts at
     // 1 GiB, x86's at 0.
-    let base = if profile == HostProfile::Smmuv3Nest { 0x4000_0000 } else { 0 };
+    let base = if profile == HostProfile::Smmuv3Nest {
+        0x4000_0000
+    } else {
+        0
+    };
     let ram = GuestRam::new(vec![RamRegion {
         gpa: Gpa(base),
         len: 256 << 20,

@@ -508,6 +508,7 @@ impl Session<'_> {
             .unwrap_or_else(|| self.default_host().spec());
         let mut view = HostView::from(&spec);
         view.info = info;
+        view.unit = host.iommu_of(device.id());
         let Some((cfg, _)) = &self.model else {
             return Err(ScriptError::new(
                 n,

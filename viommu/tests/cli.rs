@@ -1,0 +1,118 @@
+//! The `viommu` binary's contract: output order, the default host, and exit
+//! codes (0 ok, 1 host failure or failed check, 2 bad arguments or script
+//! error).
+
+use std::process::{Command, Output};
+
+fn viommu(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_viommu"))
+        .args(args)
+        .output()
+        .expect("the viommu binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn probe_default_host_is_sim_vtd_nest_and_decision_follows_host_description() {
+    let o = viommu(&["probe", "--model", "vtd"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = stdout(&o);
+    let host_line = out.find("host iommu: intel-vtd").expect("host description");
+    let decision = out.find("\ndecision: nested\n").expect("decision line");
+    assert!(host_line < decision, "{out}");
+    assert!(out.contains("host iommu unit: 0"), "{out}");
+    // The reasons follow the decision.
+    assert!(out[decision..].contains("  ok   host-type"), "{out}");
+}
+
+#[test]
+fn probe_shadow_and_refuse_on_named_profiles() {
+    let o = viommu(&[
+        "probe",
+        "--host",
+        "sim:vtd-nonest",
+        "--model",
+        "vtd",
+        "cm=1",
+    ]);
+    assert!(stdout(&o).contains("\ndecision: shadow\n"), "{o:?}");
+    let o = viommu(&["probe", "--host", "sim:smmuv3-s2only", "--model", "smmuv3"]);
+    assert!(stdout(&o).contains("\ndecision: refuse\n"), "{o:?}");
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn probe_bad_arguments_exit_2_with_a_message() {
+    for args in [
+        &["probe"][..],
+        &["probe", "--model"],
+        &["probe", "--model", "frob"],
+        &["probe", "--model", "vtd", "aw=40"],
+        &["probe", "--host", "sim:nope", "--model", "vtd"],
+        &["probe", "--host", "/dev/iommu", "--model", "vtd"],
+        &[
+            "probe",
+            "--host",
+            "sim:vtd-nest",
+            "--device",
+            "/dev/vfio/devices/vfio0",
+            "--model",
+            "vtd",
+        ],
+        &["frobnicate"],
+    ] {
+        let o = viommu(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        assert!(!o.stderr.is_empty(), "{args:?}: no message");
+    }
+}
+
+#[test]
+fn probe_real_host_that_cannot_be_opened_exits_1() {
+    let o = viommu(&[
+        "probe",
+        "--host",
+        "/nonexistent/iommu",
+        "--device",
+        "/nonexistent/vfio0",
+        "--model",
+        "vtd",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("/nonexistent/iommu"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn replay_exit_codes_follow_the_contract() {
+    let dir = std::env::temp_dir().join(format!("viommu-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let ok = script(
+        "ok.viommu",
+        "model virtio-iommu\nram 0x0 0x1000\nwrite8 0x10 7\nread8 0x10 == 7\n",
+    );
+    let fail = script(
+        "fail.viommu",
+        "model virtio-iommu\nram 0x0 0x1000\nread8 0x10 == 7\n",
+    );
+    let bad = script("bad.viommu", "model virtio-iommu\nfrobnicate\n");
+    let o = viommu(&["replay", &ok]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(stdout(&o).ends_with("1 passed, 0 failed\n"), "{o:?}");
+    assert_eq!(viommu(&["replay", &fail]).status.code(), Some(1));
+    assert_eq!(viommu(&["replay", &bad]).status.code(), Some(2));
+    let o = viommu(&["replay", "--defaults", "vtd"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(stdout(&o).contains("mode="), "{o:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
