@@ -230,7 +230,7 @@ impl State {
             natural.min(1u64 << addr.trailing_zeros())
         };
         // "if (iova_alignment >= max_alignment) iova_alignment = max_alignment;"
-        align = align.min(self.hpage_size());
+        align = align.min(self.max_iova_alignment());
         // "if (iova_alignment < iopt->iova_alignment) return -EINVAL;"
         if align < self.iova_alignment(io) {
             return Err(Errno::EINVAL);

@@ -281,3 +281,21 @@ fn mock_pasid_attach_needs_pasid_compatible_rid_domain() {
         .unwrap();
     assert!(iova.0 >= 1 << 24, "allocated inside the mock aperture");
 }
+
+/// `iopt_alloc_iova` caps the alignment of an automatic IOVA at
+/// `HPAGE_SIZE` with CONFIG_TRANSPARENT_HUGEPAGE, at `PAGE_SIZE` without
+/// (the kernel test's guest kernel placed 64 KiB from a 16 KiB-aligned
+/// address at 0x1000).
+#[test]
+fn map_any_alignment_capped_by_transparent_hugepage_config() {
+    let va = 0x7f00_0000_4000;
+    for (thp, want) in [(true, 0x4000), (false, 0x1000)] {
+        let s = SimIommufd::with_host(HostProfile::VtdNonest.spec());
+        s.set_transparent_hugepage(thp);
+        let ioas = s.ioas_alloc().unwrap();
+        let iova = s
+            .ioas_map(ioas, IovaPlacement::Any, MapSource::UserVa(va), 0x10000, RW)
+            .unwrap();
+        assert_eq!(iova, Iova(want), "thp {thp}");
+    }
+}

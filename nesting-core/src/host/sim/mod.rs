@@ -236,6 +236,15 @@ impl SimIommufd {
         self.lock().state.dev(dev.0).ok().map(|d| d.unit)
     }
 
+    /// Whether the simulated kernel has CONFIG_TRANSPARENT_HUGEPAGE (the
+    /// default, as distribution kernels do): it lets automatic IOVA
+    /// placement align to up to `HPAGE_SIZE` rather than `PAGE_SIZE`. Seen
+    /// with the kernel test's guest kernel, built without it: a 64 KiB
+    /// mapping of a 16 KiB-aligned buffer placed at 0x1000, not 0x4000.
+    pub fn set_transparent_hugepage(&self, enabled: bool) {
+        self.lock().state.no_thp = !enabled;
+    }
+
     /// Makes the `n`-th call of `op` from now (1 = the next) fail with
     /// `errno`, changing nothing. `n == 0` is ignored.
     pub fn fail_nth(&self, op: HostOp, n: u64, errno: Errno) {

@@ -234,6 +234,8 @@ pub(super) struct State {
     pub attach: BTreeMap<(u32, u32), Attach>,
     pub next_pages: u64,
     pub next_handle: u64,
+    /// The simulated kernel is built without CONFIG_TRANSPARENT_HUGEPAGE.
+    pub no_thp: bool,
 }
 
 /// Looks up an object of one type, with `iommufd_get_object`'s answer for
@@ -285,6 +287,17 @@ impl State {
     pub fn hpage_size(&self) -> u64 {
         let p = self.page_size();
         p.saturating_mul(p / 8)
+    }
+
+    /// The largest alignment automatic IOVA allocation uses
+    /// (io_pagetable.c, `iopt_alloc_iova`: `max_alignment = PAGE_SIZE`,
+    /// raised to `HPAGE_SIZE` under CONFIG_TRANSPARENT_HUGEPAGE).
+    pub fn max_iova_alignment(&self) -> u64 {
+        if self.no_thp {
+            self.page_size()
+        } else {
+            self.hpage_size()
+        }
     }
 
     pub fn unit_info(&self, unit: u32) -> &HostInfo {
