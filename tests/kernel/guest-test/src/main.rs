@@ -52,13 +52,19 @@ fn run_scenario(rep: &mut Report, mem: &Mem, name: &str, f: scenarios::Scenario)
     drop(kernel);
     let mut ts = Trace::default();
     f(&SimRig::default(), &mut ts, mem);
+    compare(rep, name, &tk, &ts);
+}
+
+/// Prints the kernel's steps and checks and whether the simulator took the
+/// same steps with the same results.
+fn compare(rep: &mut Report, name: &str, tk: &Trace, ts: &Trace) {
     for (label, outcome) in &tk.steps {
         println!("# {name}: {label}: {outcome}");
     }
     for c in &tk.checks {
         rep.line(&format!("{name}/{}", c.name), c.pass, &c.detail);
     }
-    match tk.first_difference(&ts) {
+    match tk.first_difference(ts) {
         None => rep.line(
             &format!("{name}/sim-matches-kernel"),
             true,
@@ -105,8 +111,12 @@ fn main() -> ExitCode {
         }
     }
     if only.is_empty() || only.iter().any(|o| o == "vfio") {
-        for c in vfio::run() {
+        let out = vfio::run(&mem);
+        for c in out.checks {
             rep.line(&c.name, c.pass, &c.detail);
+        }
+        if let Some((tk, ts)) = out.traces {
+            compare(&mut rep, "vfio-vtd", &tk, &ts);
         }
     }
     println!("# guest-test: {} passed, {} failed", rep.passed, rep.failed);

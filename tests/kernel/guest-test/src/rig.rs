@@ -244,9 +244,16 @@ const SIM_UNIT_PLAIN: u32 = 0;
 /// Unit of the simulator's mock devices with PASID support.
 const SIM_UNIT_PASID: u32 = 1;
 
+/// Whether the running kernel has CONFIG_TRANSPARENT_HUGEPAGE, which the
+/// simulator must be told: it changes automatic IOVA placement.
+fn kernel_has_thp() -> bool {
+    std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists()
+}
+
 impl Default for SimRig {
     fn default() -> Self {
         let sim = SimIommufd::new();
+        sim.set_transparent_hugepage(kernel_has_thp());
         assert_eq!(sim.add_iommu(mock_spec(false)), SIM_UNIT_PLAIN);
         assert_eq!(sim.add_iommu(mock_spec(true)), SIM_UNIT_PASID);
         SimRig { sim }
@@ -327,4 +334,99 @@ impl Rig for SimRig {
             Err(Errno::EINVAL)
         }
     }
+}
+
+/// The kernel with a real VFIO device: "adding a device" binds it through
+/// its cdev path (once) and attaches it with `VFIO_DEVICE_ATTACH_IOMMUFD_PT`.
+#[derive(Debug)]
+pub struct VfioRig {
+    /// The backend under test.
+    pub fd: Iommufd,
+    /// The device's VFIO cdev.
+    pub path: std::path::PathBuf,
+}
+
+impl Rig for VfioRig {
+    fn host(&self) -> &dyn HostBackend {
+        &self.fd
+    }
+
+    fn mock_device(&self, pt: PtId, _pasid: bool) -> Result<MockDev, Errno> {
+        let src = nesting_core::host::DeviceSource::Path(self.path.clone());
+        let dev = self.fd.bind_device(src).map_err(|e| e.errno)?;
+        self.fd.attach(dev, None, pt).map_err(|e| e.errno)?;
+        Ok(MockDev { dev, stdev: 0 })
+    }
+
+    fn attach(&self, d: MockDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
+        self.fd.attach(d.dev, pasid, pt).map_err(|e| e.errno)
+    }
+
+    fn detach_pasid(&self, d: MockDev, pasid: Pasid) -> Result<(), Errno> {
+        self.fd.detach(d.dev, Some(pasid)).map_err(|e| e.errno)
+    }
+
+    /// Not observable through VFIO.
+    fn pasid_domain_is(&self, _d: MockDev, _pasid: Pasid, _hwpt: Option<HwptId>) -> bool {
+        false
+    }
+
+    fn pinned_pages(&self) -> u64 {
+        vm_pinned_pages()
+    }
+
+    /// A real device faults on its own; nothing triggers it here.
+    fn trigger_iopf(&self, _: MockDev, _: Option<Pasid>, _: u32, _: Iova) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    fn trigger_vevent(&self, _: MockDev, _: ViommuId, _: u32) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+
+    fn dirty(&self, _: HwptId, _: Iova, _: u64) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
+}
+
+impl SimRig {
+    /// A simulator whose one IOMMU is described by `spec` (every device
+    /// added is behind it).
+    pub fn with_spec(spec: SimHostSpec) -> Self {
+        let sim = SimIommufd::new();
+        sim.set_transparent_hugepage(kernel_has_thp());
+        sim.add_iommu(spec.clone());
+        sim.add_iommu(spec);
+        SimRig { sim }
+    }
+}
+
+/// A simulated host describing what the kernel reported for a device: its
+/// `GET_HW_INFO`, and the IOVA ranges and alignment of an IOAS it is
+/// attached to (the holes between ranges become reserved regions).
+pub fn spec_from_kernel(
+    info: &HostInfo,
+    r: &nesting_core::host::IovaRanges,
+) -> Option<SimHostSpec> {
+    let first = r.ranges.first()?;
+    let last = r.ranges.last()?;
+    let reserved = r
+        .ranges
+        .windows(2)
+        .filter_map(|w| {
+            Some(IovaRange {
+                first: w[0].last.checked_add(1)?,
+                last: w[1].first.checked_sub(1)?,
+            })
+        })
+        .collect();
+    Some(SimHostSpec {
+        info: info.clone(),
+        page_size: r.alignment.max(4096),
+        aperture: IovaRange {
+            first: first.first,
+            last: last.last,
+        },
+        reserved,
+    })
 }

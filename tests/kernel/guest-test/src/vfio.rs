@@ -19,8 +19,12 @@ use nesting_core::host::{
 use nesting_core::ladder::{self, DecisionKind, HostView};
 use nesting_core::types::{Access, Iova};
 
-use crate::mem::Buf;
-use crate::trace::Check;
+use nesting_core::host::profile::SimHostSpec;
+
+use crate::mem::{Buf, Mem};
+use crate::rig::{SimRig, VfioRig, spec_from_kernel};
+use crate::scenarios;
+use crate::trace::{Check, Trace};
 
 /// PCI IDs of QEMU's edu device.
 const EDU_VENDOR: &str = "0x1234";
@@ -174,19 +178,43 @@ impl Checks {
     }
 }
 
-/// Runs the real-device checks.
-pub fn run() -> Vec<Check> {
-    let mut c = Checks(Vec::new());
-    let _ = run_inner(&mut c);
-    c.0
+/// What the real-device part found: its checks, and the traces of the
+/// VT-d scenario on the kernel and on the simulator described like it.
+pub struct Outcome {
+    /// Checks of the DMA part.
+    pub checks: Vec<Check>,
+    /// Kernel and simulator traces of [`scenarios::vtd::vtd`].
+    pub traces: Option<(Trace, Trace)>,
 }
 
-fn run_inner(c: &mut Checks) -> Option<()> {
+/// Runs the real-device checks, then the VT-d scenario on both hosts.
+pub fn run(mem: &Mem) -> Outcome {
+    let mut c = Checks(Vec::new());
+    let found = run_inner(&mut c);
+    let traces = found.and_then(|(path, spec)| {
+        let spec = spec?;
+        let fd = c.res("open /dev/iommu again", Iommufd::open())?;
+        let kernel = VfioRig { fd, path };
+        let mut tk = Trace::default();
+        scenarios::vtd::vtd(&kernel, &mut tk, mem);
+        let mut ts = Trace::default();
+        scenarios::vtd::vtd(&SimRig::with_spec(spec), &mut ts, mem);
+        Some((tk, ts))
+    });
+    Outcome {
+        checks: c.0,
+        traces,
+    }
+}
+
+/// Returns the device path and the simulated host describing it.
+fn run_inner(c: &mut Checks) -> Option<(PathBuf, Option<SimHostSpec>)> {
     let path = find_edu();
     c.add("edu bound to vfio-pci", path.is_some(), format!("{path:?}"));
+    let path = path?;
     let dev = c.res(
         "open cdev",
-        OpenOptions::new().read(true).write(true).open(path?),
+        OpenOptions::new().read(true).write(true).open(&path),
     )?;
     let host = c.res("open /dev/iommu", Iommufd::open())?;
     let fd = c.res("dup cdev", dev.try_clone())?;
@@ -212,7 +240,7 @@ fn run_inner(c: &mut Checks) -> Option<()> {
     dma(c, &host, ioas, &edu)?;
     c.res("detach", host.detach(id, None))?;
     c.res("unbind", host.unbind_device(id))?;
-    Some(())
+    Some((path, spec_from_kernel(&info, &ranges)))
 }
 
 /// The device copies a buffer through its own memory into another mapped

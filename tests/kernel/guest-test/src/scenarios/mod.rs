@@ -6,6 +6,7 @@ use crate::trace::Trace;
 
 pub mod ioas;
 pub mod objects;
+pub mod vtd;
 
 /// A scenario: drives a host, recording into the trace.
 pub type Scenario = fn(&dyn Rig, &mut Trace, &Mem);
