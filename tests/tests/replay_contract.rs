@@ -139,3 +139,19 @@ fn defaults_listing_parses_back() {
     }
     assert!(viommu::replay::defaults_text("amd").is_err());
 }
+
+#[test]
+fn host_calls_leave_out_the_runners_own_ram_ioas() {
+    // The runner maps guest RAM once into a RAM IOAS at the first
+    // passthrough device; `host-calls` counts what the guest caused.
+    let (code, out) = run(
+        "model smmuv3\nram 0x4000_0000 0x10000\nram 0x8000_0000 0x10000\npassthrough 0x10\nhost-calls ioas_map == 0\nhost-calls ioas_alloc == 0\n",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("decision 16 nested"), "{out}");
+    // After a reset the same holds.
+    let (code, out) = run(
+        "model smmuv3\nram 0x4000_0000 0x10000\npassthrough 0x10\nhost-reset-counters\nhost-calls ioas_map == 0\n",
+    );
+    assert_eq!(code, 0, "{out}");
+}

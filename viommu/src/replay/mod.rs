@@ -14,8 +14,9 @@ use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::profile::{HostProfile, SimHostSpec};
 use nesting_core::host::sim::{SimBacking, SimIommufd};
-use nesting_core::host::{HostBackend, HostOp, PtId};
-use nesting_core::ladder::{self, HostView};
+use nesting_core::host::{DevId, HostBackend, HostOp, PtId};
+use nesting_core::ladder::{self, Decision, HostView};
+use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Access, Iova};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -46,6 +47,20 @@ pub struct Env<'a> {
     pub mem: &'a GuestMemoryMmap,
     /// The simulated host.
     pub host: &'a Arc<SimIommufd>,
+}
+
+/// A passthrough device the runner bound on the simulated host.
+pub struct Passthrough<'a> {
+    /// The endpoint (SID) the script named.
+    pub sid: u32,
+    /// The bound device.
+    pub device: BoundDevice,
+    /// What its host IOMMU offers.
+    pub view: HostView,
+    /// The VM's iommufd.
+    pub host: SharedHost,
+    /// Guest RAM mapped once (IOVA = GPA), for the engines.
+    pub ram: &'a Arc<RamIoas>,
 }
 
 /// A model as replay drives it. Every method defaults to
@@ -108,6 +123,19 @@ pub trait ReplayModel {
     fn used(&mut self, env: &Env<'_>, q: u16) -> Result<u64, ModelError> {
         Err(ModelError::Unsupported)
     }
+    /// Takes a passthrough device and backs it through nesting-core
+    /// (shadowed or nested), deciding with the ladder or, for a device
+    /// added after the guest driver started, the hotplug rules. Returns
+    /// the decision the runner prints; a refused device is dropped
+    /// (unbound). A model without passthrough support hands the device
+    /// back with [`ModelError::Unsupported`] and the runner decides alone.
+    fn passthrough(
+        &mut self,
+        env: &Env<'_>,
+        dev: Passthrough<'_>,
+    ) -> Result<Decision, (ModelError, BoundDevice)> {
+        Err((ModelError::Unsupported, dev.device))
+    }
     /// A DMA access: `Ok(Some(gpa))` translated, `Ok(None)` refused.
     fn translate(
         &mut self,
@@ -152,8 +180,15 @@ struct Session<'o> {
     ram_total: u64,
     host_spec: Option<SimHostSpec>,
     host: Option<Arc<SimIommufd>>,
-    /// Passthrough devices by SID, bound to the simulated host.
-    passthrough: BTreeMap<u32, BoundDevice>,
+    /// Passthrough devices by SID, bound to the simulated host: their
+    /// host IDs, and the devices no model took.
+    passthrough: BTreeMap<u32, DevId>,
+    held: BTreeMap<u32, BoundDevice>,
+    /// The RAM IOAS, made at the first passthrough device.
+    ram: Option<Arc<RamIoas>>,
+    /// Host calls the runner itself made (the RAM IOAS) since the last
+    /// counter reset: `host-calls` counts what the guest caused.
+    setup_calls: BTreeMap<HostOp, u64>,
 }
 
 /// Runs one script, writing `ok`/`FAIL` lines and the closing
@@ -169,6 +204,9 @@ pub fn run_script(text: &str, out: &mut dyn Write) -> Result<Summary, ScriptErro
         host_spec: None,
         host: None,
         passthrough: BTreeMap::new(),
+        held: BTreeMap::new(),
+        ram: None,
+        setup_calls: BTreeMap::new(),
     };
     for line in &lines {
         s.step(line)?;
@@ -428,10 +466,16 @@ impl Session<'_> {
                 let host = self.host();
                 let ops = host_call_ops(op)
                     .ok_or_else(|| ScriptError::new(n, format!("unknown host call {op:?}")))?;
-                let v = ops.iter().map(|o| host.calls(*o)).sum();
+                let v = ops
+                    .iter()
+                    .map(|o| host.calls(*o) - self.setup_calls.get(o).copied().unwrap_or(0))
+                    .sum();
                 self.check_value(n, expect, v);
             }
-            Directive::HostResetCounters => self.host().reset_counters(),
+            Directive::HostResetCounters => {
+                self.host().reset_counters();
+                self.setup_calls.clear();
+            }
         }
         Ok(())
     }
@@ -509,20 +553,60 @@ impl Session<'_> {
         let mut view = HostView::from(&spec);
         view.info = info;
         view.unit = host.iommu_of(device.id());
-        let Some((cfg, _)) = &self.model else {
+        let ram = self.ram_ioas(n)?;
+        self.passthrough.insert(sid, device.id());
+        let dev = Passthrough {
+            sid,
+            device,
+            view: view.clone(),
+            host: shared,
+            ram: &ram,
+        };
+        let env = Env {
+            mem: &self.mem,
+            host: &host,
+        };
+        let Some((cfg, model)) = self.model.as_mut() else {
             return Err(ScriptError::new(
                 n,
                 "use before setup: no `model` directive yet",
             ));
         };
-        let decision = ladder::decide(cfg, &view);
+        let decision = match model.passthrough(&env, dev) {
+            Ok(d) => d,
+            Err((ModelError::Unsupported, device)) => {
+                self.held.insert(sid, device);
+                ladder::decide(cfg, &view)
+            }
+            Err((ModelError::Script(reason), _)) => return Err(ScriptError::new(n, reason)),
+        };
         let kind = decision.kind.to_string();
         let _ = writeln!(self.out, "decision {sid} {kind}: {}", decision.reason);
         if let Some(want) = expect {
             self.check(n, want == kind, || want.to_string(), || kind.clone());
         }
-        self.passthrough.insert(sid, device);
         Ok(())
+    }
+
+    /// The RAM IOAS over the script's guest RAM, made once; its host calls
+    /// are the runner's, not the guest's, and `host-calls` leaves them out.
+    fn ram_ioas(&mut self, n: usize) -> Result<Arc<RamIoas>, ScriptError> {
+        if let Some(r) = &self.ram {
+            return Ok(r.clone());
+        }
+        let host = self.host();
+        let before: Vec<(HostOp, u64)> =
+            HostOp::ALL.iter().map(|&op| (op, host.calls(op))).collect();
+        let shared: SharedHost = host.clone();
+        let ram = GuestRam::from_guest_memory(&self.mem)
+            .and_then(|r| RamIoas::new(&shared, r))
+            .map_err(|e| ScriptError::new(n, format!("guest RAM on the simulated host: {e}")))?;
+        for (op, b) in before {
+            *self.setup_calls.entry(op).or_default() += host.calls(op) - b;
+        }
+        let ram = Arc::new(ram);
+        self.ram = Some(ram.clone());
+        Ok(ram)
     }
 
     /// The IOASes passthrough devices are attached to (directly or through
@@ -530,8 +614,8 @@ impl Session<'_> {
     fn device_ioases(&mut self) -> Vec<nesting_core::host::IoasId> {
         let host = self.host();
         let mut out = Vec::new();
-        for p in self.passthrough.values() {
-            let pt = host.attachment(p.id(), None);
+        for &dev in self.passthrough.values() {
+            let pt = host.attachment(dev, None);
             let ioas = match pt {
                 Some(PtId::Ioas(i)) => Some(i),
                 Some(PtId::Hwpt(h)) => host.hwpt(h).map(|h| h.ioas),
@@ -617,7 +701,7 @@ impl Session<'_> {
         pasid: Option<u32>,
     ) -> Result<Option<nesting_core::host::HwptData>, ScriptError> {
         let host = self.host();
-        let dev = self.passthrough.get(&sid).map(|p| p.id()).ok_or_else(|| {
+        let dev = self.passthrough.get(&sid).copied().ok_or_else(|| {
             ScriptError::new(
                 n,
                 format!("use before setup: {sid:#x} is not a passthrough device"),
