@@ -134,6 +134,14 @@ impl Model {
     }
 
     fn unmap(&mut self, ioas: usize, iova: u64, len: u64) -> Result<u64, Errno> {
+        // ioas.c, iommufd_ioas_unmap: "if (cmd->iova == 0 && cmd->length ==
+        // U64_MAX)" unmaps everything and succeeds even when empty.
+        if iova == 0 && len == u64::MAX {
+            let m = &mut self.ioas[ioas];
+            let n = m.values().map(|a| a.len).sum();
+            m.clear();
+            return Ok(n);
+        }
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -426,6 +434,7 @@ fn op() -> impl Strategy<Value = Op> {
             access
         }),
         3 => (ioas.clone(), iova(), len()).prop_map(|(ioas, iova, len)| Op::Unmap { ioas, iova, len }),
+        1 => ioas.clone().prop_map(|ioas| Op::Unmap { ioas, iova: 0, len: u64::MAX }),
         3 => (ioas.clone(), iova(), ioas.clone(), iova(), len(), access()).prop_map(
             |(dst, dst_iova, src, src_iova, len, access)| Op::Copy { dst, dst_iova, src, src_iova, len, access }
         ),

@@ -1164,6 +1164,39 @@ fn smmu_ste_disallowed_bits_eio() {
     assert_eq!(errno(nested(&s, d, PtId::Viommu(v), bad)), Errno::EIO);
 }
 
+/// arm-smmu-v3-iommufd.c, `arm_smmu_validate_vste`: every field of
+/// `STRTAB_STE_0/1_NESTING_ALLOWED` may be set (EATS only to TRANS), and
+/// any bit outside them fails with EIO, in either word.
+#[test]
+fn smmu_ste_every_allowed_field_accepted_every_other_bit_eio() {
+    let (s, d, _, v) = smmu_viommu();
+    // V, Cfg=S1_TRANS, S1Fmt=3, S1ContextPtr all ones, S1CDMax=31.
+    let w0 = 1 | (5 << 1) | (3 << 4) | (((1u64 << 46) - 1) << 6) | (0x1f << 59);
+    // S1DSS=2, S1CIR, S1COR, S1CSH all ones, S1STALLD, EATS=TRANS.
+    let w1 = 2 | (3 << 2) | (3 << 4) | (3 << 6) | (1 << 27) | (1 << 28);
+    nested(&s, d, PtId::Viommu(v), HwptData::Smmuv3 { ste: [w0, w1] }).unwrap();
+    for bit in 52..59 {
+        let bad = HwptData::Smmuv3 {
+            ste: [w0 | (1 << bit), w1],
+        };
+        assert_eq!(
+            errno(nested(&s, d, PtId::Viommu(v), bad)),
+            Errno::EIO,
+            "word 0 bit {bit}"
+        );
+    }
+    for bit in (8..27).chain(30..64) {
+        let bad = HwptData::Smmuv3 {
+            ste: [w0, w1 | (1 << bit)],
+        };
+        assert_eq!(
+            errno(nested(&s, d, PtId::Viommu(v), bad)),
+            Errno::EIO,
+            "word 1 bit {bit}"
+        );
+    }
+}
+
 #[test]
 fn smmu_ste_s2_config_eio() {
     let (s, d, _, v) = smmu_viommu();
