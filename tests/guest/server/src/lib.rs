@@ -22,3 +22,4 @@ pub mod irq;
 pub mod passthrough;
 pub mod ram;
 pub mod regfile;
+pub mod virtio_pci;

@@ -8,6 +8,8 @@
 //! 3.0, 6.1: "read accesses to reserved or unimplemented registers must be
 //! completed normally and a data value of 0 returned").
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// One register of a [`RegFile`].
@@ -75,14 +77,15 @@ pub enum RegFileError {
 /// A register file: the specs and the current values.
 #[derive(Clone, Debug)]
 pub struct RegFile {
-    specs: &'static [RegSpec],
+    specs: Cow<'static, [RegSpec]>,
     values: Vec<u32>,
     size: u32,
 }
 
 impl RegFile {
     /// A file of `size` bytes holding `specs`, at reset.
-    pub fn new(specs: &'static [RegSpec], size: u32) -> Self {
+    pub fn new(specs: impl Into<Cow<'static, [RegSpec]>>, size: u32) -> Self {
+        let specs = specs.into();
         let values = specs.iter().map(|s| s.reset).collect();
         RegFile {
             specs,
@@ -98,7 +101,7 @@ impl RegFile {
 
     /// Puts every register back to its reset value.
     pub fn reset(&mut self) {
-        for (v, s) in self.values.iter_mut().zip(self.specs) {
+        for (v, s) in self.values.iter_mut().zip(self.specs.iter()) {
             *v = s.reset;
         }
     }
