@@ -57,6 +57,8 @@ pub enum FaultReason {
     SmPasidDisabled,
     /// 0x46: PASID beyond the context's PASID directory size.
     SmPasidTooLarge,
+    /// 0x48: the context entry's RID_PASID is beyond its PASID directory.
+    SmRidPasidError,
     /// 0x50: error accessing a PASID directory entry.
     PasidDirAccess,
     /// 0x51: PASID directory entry present bit clear.
@@ -124,7 +126,7 @@ pub enum FaultReason {
     Unknown(u8),
 }
 
-const TABLE: [(FaultReason, u8); 53] = {
+const TABLE: [(FaultReason, u8); 54] = {
     use FaultReason::*;
     [
         (RootNotPresent, 0x1),
@@ -151,6 +153,7 @@ const TABLE: [(FaultReason, u8); 53] = {
         (SmContextInvalid, 0x43),
         (SmPasidDisabled, 0x45),
         (SmPasidTooLarge, 0x46),
+        (SmRidPasidError, 0x48),
         (PasidDirAccess, 0x50),
         (PasidDirNotPresent, 0x51),
         (PasidDirReserved, 0x52),

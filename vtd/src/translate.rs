@@ -53,6 +53,10 @@ pub struct Caps {
     pub nest: bool,
     /// PASID width (0: no PASIDs).
     pub pasid_bits: u8,
+    /// ECAP.DT.
+    pub dt: bool,
+    /// ECAP.PRS.
+    pub prs: bool,
 }
 
 impl Caps {
@@ -71,6 +75,8 @@ impl Caps {
             slts: cfg.slts,
             nest: cfg.nest,
             pasid_bits: cfg.pasid_bits,
+            dt: cfg.qi,
+            prs: cfg.prs,
         }
     }
 }
@@ -307,6 +313,13 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
         return Err((FaultReason::SmContextReserved, false));
     }
     let fpd = FPD.is_set(ctx.q[0]);
+    // 9.4 DTE/PRE: enabling what the unit does not report makes the entry
+    // invalid.
+    let dte = SmContextEntry::DTE.is_set(ctx.q[0]);
+    let pre = SmContextEntry::PRE.is_set(ctx.q[0]);
+    if (dte && !caps.dt) || (pre && !caps.prs) {
+        return Err((FaultReason::SmContextInvalid, fpd));
+    }
     // 9.4 PASIDE: requests with PASID need it; requests without use
     // RID_PASID.
     let pasid = match req_pasid {
@@ -320,7 +333,13 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     // ECAP.PSS bounds the PASIDs a request may carry.
     let too_wide = req_pasid.is_some() && u64::from(pasid) >> caps.pasid_bits.min(20) != 0;
     if u64::from(pasid) >= ctx.max_pasids() || too_wide {
-        return Err((FaultReason::SmPasidTooLarge, fpd));
+        // 9.4 RID_PASID: a RID_PASID beyond the directory is an error of
+        // that field (0x48), a request's PASID beyond it 0x46.
+        let reason = match req_pasid {
+            Some(_) => FaultReason::SmPasidTooLarge,
+            None => FaultReason::SmRidPasidError,
+        };
+        return Err((reason, fpd));
     }
     let dirent = PasidDirEntry::read(mem, ctx.q[0] & PTR.mask(), pasid)
         .map_err(|_| (FaultReason::PasidDirAccess, fpd))?;

@@ -433,3 +433,22 @@ fn request_with_pasid_to_interrupt_range_faults_0x87() {
     // Without PASID the address is looked up normally (here: no entry).
     assert_eq!(s.h.gpa(SID, None, 0xfee0_0000, Access::WRITE), Err(0x51));
 }
+
+#[test]
+fn rid_pasid_beyond_directory_faults_0x48() {
+    let mut s = scalable(&[]);
+    // PDTS=1 covers PASIDs below 16384.
+    s.t.set_context(&s.h.mem, &mut s.h.alloc, 0x0220, 1, 20000);
+    assert_eq!(s.h.gpa(0x0220, None, 0, Access::READ), Err(0x48));
+}
+
+#[test]
+fn page_requests_enabled_without_prs_is_invalid_context_0x43() {
+    let mut s = scalable(&["prs=0"]);
+    let root = vm_memory::Bytes::read_obj::<u64>(&s.h.mem, vm_memory::GuestAddress(s.t.root + 32))
+        .unwrap();
+    let ce = (root & !0xfff) + 32 * 0x10;
+    let q0 = vm_memory::Bytes::read_obj::<u64>(&s.h.mem, vm_memory::GuestAddress(ce)).unwrap();
+    vm_memory::Bytes::write_obj(&s.h.mem, q0 | (1 << 4), vm_memory::GuestAddress(ce)).unwrap();
+    assert_eq!(s.h.gpa(SID, None, 0, Access::READ), Err(0x43));
+}
