@@ -9,6 +9,7 @@
 
 use std::process::ExitCode;
 
+mod api;
 mod mem;
 mod rig;
 mod scenarios;
@@ -108,6 +109,11 @@ fn main() -> ExitCode {
     for (name, f) in scenarios::ALL {
         if only.is_empty() || only.iter().any(|o| o == name) {
             run_scenario(&mut rep, &mem, name, *f);
+        }
+    }
+    if only.is_empty() || only.iter().any(|o| o == "api") {
+        for c in api::run() {
+            rep.line(&c.name, c.pass, &c.detail);
         }
     }
     if only.is_empty() || only.iter().any(|o| o == "vfio") {
