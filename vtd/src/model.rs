@@ -481,97 +481,22 @@ impl Vtd {
     }
 
     fn execute<M: GuestMemory + ?Sized>(&mut self, mem: &M, d: Descriptor) {
-        let ev = match d {
-            Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
-                CcGranularity::Global => ContextScope::Global,
-                CcGranularity::Domain => ContextScope::Domain { did },
-                CcGranularity::Device => ContextScope::Device { did, sid, fm },
-            }),
-            Descriptor::Iotlb {
-                g,
-                did,
-                addr,
-                am,
-                ih,
-            } => VtdEvent::Iotlb(match g {
-                IotlbGranularity::Global => IotlbScope::Global,
-                IotlbGranularity::Domain => IotlbScope::Domain { did },
-                IotlbGranularity::Page => IotlbScope::Pages { did, addr, am, ih },
-            }),
-            Descriptor::PasidIotlb {
-                page,
-                did,
-                pasid,
-                addr,
-                am,
-                ih,
-            } => VtdEvent::Iotlb(if page {
-                IotlbScope::PasidPages {
-                    did,
-                    pasid,
-                    addr,
-                    am,
-                    ih,
-                }
-            } else {
-                IotlbScope::Pasid { did, pasid }
-            }),
-            Descriptor::PasidCache { g, did, pasid } => VtdEvent::PasidCache(match g {
-                PcGranularity::Global => PasidScope::Global,
-                PcGranularity::Domain => PasidScope::Domain { did },
-                PcGranularity::Pasid => PasidScope::Pasid { did, pasid },
-            }),
-            Descriptor::DeviceTlb { sid, addr, s } => {
-                let (addr, len) = queue::dev_tlb_range(addr, s);
-                VtdEvent::DeviceTlb {
-                    sid,
-                    pasid: None,
-                    addr,
-                    len,
-                }
-            }
-            Descriptor::PasidDeviceTlb {
-                sid,
-                pasid,
-                global,
-                addr,
-                s,
-            } => {
-                let (addr, len) = if global {
-                    (0, u64::MAX)
-                } else {
-                    queue::dev_tlb_range(addr, s)
-                };
-                VtdEvent::DeviceTlb {
-                    sid,
-                    pasid: Some(pasid),
-                    addr,
-                    len,
-                }
-            }
-            Descriptor::PageGroupResponse {
-                rid,
-                pasid,
-                code,
-                index,
-            } => VtdEvent::PageGroupResponse {
-                rid,
-                pasid,
-                index,
-                code,
-            },
-            Descriptor::InterruptEntryCache => return,
+        match d {
             Descriptor::Wait {
                 interrupt,
                 status_write,
                 data,
                 addr,
                 ..
-            } => {
-                return self.wait(mem, interrupt, status_write, data, addr);
+            } => self.wait(mem, interrupt, status_write, data, addr),
+            // Interrupt remapping is not modelled: nothing is cached.
+            Descriptor::InterruptEntryCache => {}
+            d => {
+                if let Some(ev) = cache_event(d).or_else(|| device_event(d)) {
+                    self.emit(ev);
+                }
             }
-        };
-        self.emit(ev);
+        }
     }
 
     /// 6.5.2.8: every earlier descriptor has completed (they complete
@@ -862,4 +787,96 @@ fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
     (0..8u16)
         .filter(move |f| f & !mask == 0)
         .map(move |f| base | f)
+}
+
+/// The event of a translation-cache invalidation descriptor (6.5.2.1 to
+/// 6.5.2.4).
+fn cache_event(d: Descriptor) -> Option<VtdEvent> {
+    Some(match d {
+        Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
+            CcGranularity::Global => ContextScope::Global,
+            CcGranularity::Domain => ContextScope::Domain { did },
+            CcGranularity::Device => ContextScope::Device { did, sid, fm },
+        }),
+        Descriptor::Iotlb {
+            g,
+            did,
+            addr,
+            am,
+            ih,
+        } => VtdEvent::Iotlb(match g {
+            IotlbGranularity::Global => IotlbScope::Global,
+            IotlbGranularity::Domain => IotlbScope::Domain { did },
+            IotlbGranularity::Page => IotlbScope::Pages { did, addr, am, ih },
+        }),
+        Descriptor::PasidIotlb {
+            page: true,
+            did,
+            pasid,
+            addr,
+            am,
+            ih,
+        } => VtdEvent::Iotlb(IotlbScope::PasidPages {
+            did,
+            pasid,
+            addr,
+            am,
+            ih,
+        }),
+        Descriptor::PasidIotlb { did, pasid, .. } => {
+            VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid })
+        }
+        Descriptor::PasidCache { g, did, pasid } => VtdEvent::PasidCache(match g {
+            PcGranularity::Global => PasidScope::Global,
+            PcGranularity::Domain => PasidScope::Domain { did },
+            PcGranularity::Pasid => PasidScope::Pasid { did, pasid },
+        }),
+        _ => return None,
+    })
+}
+
+/// The event of a device-side descriptor (6.5.2.5, 6.5.2.6, 7.7).
+fn device_event(d: Descriptor) -> Option<VtdEvent> {
+    Some(match d {
+        Descriptor::DeviceTlb { sid, addr, s } => {
+            let (addr, len) = queue::dev_tlb_range(addr, s);
+            VtdEvent::DeviceTlb {
+                sid,
+                pasid: None,
+                addr,
+                len,
+            }
+        }
+        Descriptor::PasidDeviceTlb {
+            sid,
+            pasid,
+            global,
+            addr,
+            s,
+        } => {
+            let (addr, len) = if global {
+                (0, u64::MAX)
+            } else {
+                queue::dev_tlb_range(addr, s)
+            };
+            VtdEvent::DeviceTlb {
+                sid,
+                pasid: Some(pasid),
+                addr,
+                len,
+            }
+        }
+        Descriptor::PageGroupResponse {
+            rid,
+            pasid,
+            code,
+            index,
+        } => VtdEvent::PageGroupResponse {
+            rid,
+            pasid,
+            index,
+            code,
+        },
+        _ => return None,
+    })
 }
