@@ -45,7 +45,7 @@ fn driver(passthrough: bool) -> (MockDriver, Option<Arc<SimIommufd>>) {
     let mut shadow = ShadowHost::new(host.clone(), ram);
     shadow.add_device(8, bound);
     let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
-    dev.set_passthrough_host(Box::new(shadow));
+    dev.set_passthrough_host(Box::new(shadow)).unwrap();
     dev.add_passthrough(8, &view).unwrap();
     drop(probe);
     let mut d = MockDriver::with_memory(dev, mem, true);
@@ -83,7 +83,10 @@ fn translate(c: &mut Criterion) {
     // 8192 separate 4 KiB mappings: twice the IOTLB's entries.
     for p in 0..8192u64 {
         let iova = p * PAGE;
-        assert_eq!(d.map(1, iova, iova + PAGE - 1, 0x10_0000 + (p % 64) * PAGE, RW), Status::Ok);
+        assert_eq!(
+            d.map(1, iova, iova + PAGE - 1, 0x10_0000 + (p % 64) * PAGE, RW),
+            Status::Ok
+        );
     }
     g.bench_function("iotlb_hit", |b| {
         b.iter(|| black_box(d.dev.translate(8, black_box(0x1008), Access::READ)))

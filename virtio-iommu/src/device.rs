@@ -27,14 +27,14 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 /// with 2 MiB and 1 GiB entries; a miss only costs a lookup under the lock.
 pub const IOTLB_ENTRIES: usize = 4096;
 
-/// What the device asks the VMM's transport to signal.
+/// What the device asks the VMM's transport to signal. The device's
+/// configuration never changes on its own (only the driver writes
+/// `bypass`), so there is no configuration-change interrupt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interrupt {
     /// The device used buffers of this queue (virtio 1.3 2.7.7.2: used
     /// buffer notification).
     Queue(u16),
-    /// The configuration space changed.
-    Config,
 }
 
 /// The interrupt callback: the VMM raises the MSI-X vector or INTx/MMIO
@@ -88,6 +88,9 @@ pub enum DeviceError {
     /// A passthrough endpoint was added without a host.
     #[error("no passthrough host set")]
     NoHost,
+    /// The passthrough host was set already.
+    #[error("the passthrough host is set already")]
+    HostAlreadySet,
     /// A snapshot is inconsistent or does not fit this device.
     #[error("snapshot refused: {0}")]
     Snapshot(&'static str),
@@ -201,10 +204,15 @@ impl<M: GuestMemory> VirtioIommu<M> {
         self.lock().irq = Some(cb);
     }
 
-    /// Sets the host behind passthrough endpoints (once, before
-    /// [`VirtioIommu::add_passthrough`]).
-    pub fn set_passthrough_host(&self, host: Box<dyn PassthroughHost>) {
-        self.lock().state.passthrough = Some(Passthrough::new(host));
+    /// Sets the host behind passthrough endpoints, once, before
+    /// [`VirtioIommu::add_passthrough`].
+    pub fn set_passthrough_host(&self, host: Box<dyn PassthroughHost>) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        if g.state.passthrough.is_some() {
+            return Err(DeviceError::HostAlreadySet);
+        }
+        g.state.passthrough = Some(Passthrough::new(host));
+        Ok(())
     }
 
     /// Adds passthrough endpoint `endpoint` whose host IOMMU `view`

@@ -58,12 +58,66 @@
 //! assert!(matches!(dev.translate(8, 0x1000, Access::READ), Translation::Fault(_)));
 //! ```
 //!
-//! Passthrough endpoints: give the device a [`nesting::PassthroughHost`]
-//! (the shadow engine over the VM's iommufd) with
-//! [`VirtioIommu::set_passthrough_host`], then add each endpoint with its
-//! host view ([`VirtioIommu::add_passthrough`]); the ladder refuses a host
-//! that cannot back the device. Every MAP and UNMAP of a domain holding a
-//! passthrough endpoint is in the host IOMMU before the request completes.
+//! # The translate callback of emulated devices
+//!
+//! [`VirtioIommu::translate`] answers one access; translations are cached
+//! in the device's IOTLB (hits take no lock) and invalidated before the
+//! request that changes them completes. A VMM whose device emulation reads
+//! guest memory through vm-memory wraps the device, per endpoint, in
+//! `nesting_core::iotlb::IommuView` (the device implements
+//! `nesting_core::iotlb::Translate`), which is a vm-memory `Iommu`.
+//! A refused access has been reported to the driver on the event queue
+//! when `translate` returns; the VMM then fails the DMA (e.g. completes the
+//! I/O with an error), as hardware would abort it.
+//!
+//! # Passthrough (VFIO) endpoints
+//!
+//! They are always shadowed: give the device a [`nesting::ShadowHost`]
+//! (the shadow engine over the VM's iommufd and its RAM IOAS) with each
+//! endpoint's bound device, then add the endpoint with its host view; the
+//! ladder refuses a host that cannot back the device, and the device's
+//! page sizes and input range shrink to what the host can map. Every MAP
+//! and UNMAP of a domain holding a passthrough endpoint is in the host IOAS
+//! before the request completes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use nesting_core::guest::VirtioIommuConfig;
+//! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+//! use nesting_core::host::profile::HostProfile;
+//! use nesting_core::host::{PtId, SimIommufd};
+//! use nesting_core::ladder::HostView;
+//! use nesting_core::ram::{GuestRam, RamIoas};
+//! use virtio_iommu::nesting::ShadowHost;
+//! use virtio_iommu::{DeviceOptions, VirtioIommu};
+//! use vm_memory::{GuestAddress, GuestMemoryMmap};
+//!
+//! // One iommufd per VM (here the simulated one) and guest RAM mapped once.
+//! let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
+//! let host: SharedHost = sim.clone();
+//! let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+//! let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&*mem).unwrap()).unwrap());
+//!
+//! // The VFIO device behind endpoint 8: bind it, learn its IOVA ranges.
+//! let mut vfio = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+//! let probe = Ioas::alloc(&host).unwrap();
+//! vfio.attach(None, PtId::Ioas(probe.id())).unwrap();
+//! let ranges = host.ioas_iova_ranges(probe.id()).unwrap();
+//! let view = HostView {
+//!     info: host.hw_info(vfio.id()).unwrap(),
+//!     iova_ranges: ranges.ranges,
+//!     page_size: ranges.alignment,
+//!     unit: None,
+//! };
+//!
+//! let dev = VirtioIommu::<GuestMemoryMmap>::new(&VirtioIommuConfig::default(), DeviceOptions::default()).unwrap();
+//! let mut shadow = ShadowHost::new(host.clone(), ram);
+//! shadow.add_device(8, vfio);
+//! dev.set_passthrough_host(Box::new(shadow)).unwrap();
+//! dev.add_passthrough(8, &view).unwrap(); // Err: refused, fail the hot-plug
+//! dev.set_memory(mem);
+//! // Until the driver attaches it, endpoint 8 is blocked on the host.
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod config;

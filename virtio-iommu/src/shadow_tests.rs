@@ -50,7 +50,7 @@ fn rig_with(spec: SimHostSpec, opts: &[&str]) -> Result<Rig, crate::DeviceError>
     let mut shadow = ShadowHost::new(host.clone(), ram.clone());
     shadow.add_device(8, bound);
     let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default())?);
-    dev.set_passthrough_host(Box::new(shadow));
+    dev.set_passthrough_host(Box::new(shadow)).unwrap();
     dev.add_passthrough(8, &view)?;
     drop(probe);
     let drv = MockDriver::with_memory(dev, mem, true);
@@ -188,4 +188,21 @@ fn shadow_refused_when_no_page_size_left() {
     spec.page_size = 0x1_0000;
     let e = rig_with(spec, &["page_size_mask=0x1000"]).err().unwrap();
     assert!(e.to_string().contains("configuration"), "{e}");
+}
+
+#[test]
+fn shadow_snapshot_restored_on_new_host_rebuilds_host_mappings() {
+    let mut a = rig();
+    assert_eq!(a.drv.attach(1, 8), Status::Ok);
+    assert_eq!(a.drv.map(1, 0x9000, 0x9fff, 0x90_0000, RW), Status::Ok);
+    let snap = a.drv.dev.snapshot();
+    assert_eq!(snap.passthrough, vec![8]);
+    let b = rig();
+    assert_eq!(b.host_at(0x9000), None);
+    b.drv.dev.restore(&snap).unwrap();
+    assert_eq!(b.host_at(0x9000).map(|h| h.0), Some(b.hva(0x90_0000)));
+    assert_eq!(
+        b.drv.dev.translate(8, 0x9000, Access::READ).gpa(),
+        Some(0x90_0000)
+    );
 }

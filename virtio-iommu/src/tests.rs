@@ -986,7 +986,7 @@ fn host_view() -> nesting_core::ladder::HostView {
 fn passthrough_driver(opts: &[&str]) -> (MockDriver, FakeHost) {
     let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default()).unwrap());
     let host = FakeHost::default();
-    dev.set_passthrough_host(Box::new(host.clone()));
+    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
     dev.add_passthrough(8, &host_view()).unwrap();
     (MockDriver::with_device(dev, true), host)
 }
@@ -1097,7 +1097,8 @@ fn passthrough_refused_by_ladder_when_host_cannot_map_input_range() {
         DeviceOptions::default(),
     )
     .unwrap();
-    dev.set_passthrough_host(Box::new(FakeHost::default()));
+    dev.set_passthrough_host(Box::new(FakeHost::default()))
+        .unwrap();
     let e = dev.add_passthrough(8, &host_view()).unwrap_err();
     assert!(e.to_string().contains("configuration"), "{e}");
 }
@@ -1167,5 +1168,28 @@ fn iommu_view_reads_guest_memory_through_the_device() {
             vm_memory::Permissions::Write
         )
         .is_err()
+    );
+}
+
+#[test]
+fn passthrough_hotplug_after_features_must_fit_what_the_driver_read() {
+    let (d, host) = passthrough_driver(&[]);
+    let mut spec = nesting_core::host::profile::HostProfile::VtdNonest.spec();
+    spec.aperture.last = Iova((1 << 39) - 1);
+    let smaller = nesting_core::ladder::HostView::from(&spec);
+    let e = d.dev.add_passthrough(9, &smaller).unwrap_err();
+    assert!(e.to_string().contains("configuration"), "{e}");
+    assert!(!host.0.lock().unwrap().attached.contains_key(&9));
+    d.dev.add_passthrough(10, &host_view()).unwrap();
+    assert_eq!(host.0.lock().unwrap().attached[&10], None, "joins blocked");
+}
+
+#[test]
+fn passthrough_host_set_once() {
+    let (d, _) = passthrough_driver(&[]);
+    assert!(
+        d.dev
+            .set_passthrough_host(Box::new(FakeHost::default()))
+            .is_err()
     );
 }
