@@ -13,6 +13,11 @@
 //!   `resource0`, buffers are locked pages whose physical addresses come
 //!   from `/proc/self/pagemap`, and the endpoint's IOVAs are those
 //!   physical addresses.
+//! - `virtio-iommu-fault`: the endpoint sits behind our virtio-iommu
+//!   (ACPI VIOT). Linux's driver registers the IOMMU and gives the
+//!   endpoint a translated default domain with nothing mapped, so DMA to a
+//!   buffer's physical address is refused by the model, and the fault the
+//!   model writes on its event queue is what the driver logs.
 
 mod sys;
 
@@ -156,29 +161,9 @@ fn diff(got: &[u8], want: &[u8]) -> String {
 }
 
 fn dma_passthrough(r: &mut Report) {
-    let Some(dev) = sys::find_function(VENDOR, DEVICE) else {
-        r.check(
-            "endpoint/found",
-            false,
-            format!("no {VENDOR:04x}:{DEVICE:04x} in /sys/bus/pci/devices"),
-        );
+    let Some((_dev, ep, cfg)) = open_endpoint(r) else {
         return;
     };
-    let bdf = dev
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let bar0 = sys::bar_address(&dev, 0).unwrap_or(0);
-    r.check("endpoint/found", true, format!("{bdf}, BAR0 at {bar0:#x}"));
-    let (bar, cfg) = match (Mmio::map(&dev, 0, PAGE), Config::open(&dev)) {
-        (Ok(b), Ok(c)) => (b, c),
-        (b, c) => {
-            let e = format!("resource0: {:?}, config: {:?}", b.err(), c.err());
-            r.check("endpoint/map", false, e);
-            return;
-        }
-    };
-    let ep = Endpoint { bar };
     let (id, ver, max) = (
         ep.bar.read(reg::ID),
         ep.bar.read(reg::VERSION),
@@ -342,6 +327,95 @@ fn refusal_checks(r: &mut Report, ep: &Endpoint, dst: &mut PinnedPage) {
     );
 }
 
+/// Maps BAR0 and the config space of the endpoint, after the
+/// `endpoint/found` check.
+fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint, Config)> {
+    let Some(dev) = sys::find_function(VENDOR, DEVICE) else {
+        let e = format!("no {VENDOR:04x}:{DEVICE:04x} in /sys/bus/pci/devices");
+        r.check("endpoint/found", false, e);
+        return None;
+    };
+    let bdf = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let bar0 = sys::bar_address(&dev, 0).unwrap_or(0);
+    r.check("endpoint/found", true, format!("{bdf}, BAR0 at {bar0:#x}"));
+    match (Mmio::map(&dev, 0, PAGE), Config::open(&dev)) {
+        (Ok(bar), Ok(cfg)) => Some((dev, Endpoint { bar }, cfg)),
+        (b, c) => {
+            let e = format!("resource0: {:?}, config: {:?}", b.err(), c.err());
+            r.check("endpoint/map", false, e);
+            None
+        }
+    }
+}
+
+fn virtio_iommu_fault(r: &mut Report) {
+    // The virtio-iommu function (modern virtio ID 23) is registered as an
+    // IOMMU under its PCI name.
+    let iommus = sys::iommus();
+    let viommu = sys::find_function(VENDOR, 0x1040 + 23)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let registered = viommu.as_ref().is_some_and(|n| iommus.contains(n));
+    r.check(
+        "iommu/registered",
+        registered,
+        format!("virtio-iommu function {viommu:?}, /sys/class/iommu: {iommus:?}"),
+    );
+    let Some((dev, ep, cfg)) = open_endpoint(r) else {
+        return;
+    };
+    let group = sys::iommu_group(&dev);
+    let translated = group.as_ref().is_some_and(|(_, t)| t.starts_with("DMA"));
+    r.check(
+        "iommu/endpoint-domain",
+        translated,
+        format!("group, default domain type: {group:?}"),
+    );
+    let cmd = cfg.read16(4).unwrap_or(0);
+    let set = cfg.write16(4, cmd | CMD_MEM_BME);
+    r.check(
+        "config/bus-master",
+        set.is_ok(),
+        format!("command {cmd:#06x}"),
+    );
+    let mut page = match PinnedPage::new() {
+        Ok(p) => p,
+        Err(e) => {
+            r.check("buffers/pagemap", false, e.to_string());
+            return;
+        }
+    };
+    page.fill(0x33);
+    let mut kmsg = sys::Kmsg::open_at_end();
+    // The buffer's physical address is not an IOVA the default domain
+    // maps: the model refuses the write and reports a mapping fault.
+    let o = ep.run(&fill_cmd(page.phys(), 64, 0x5555_5555));
+    let untouched = page.snapshot().iter().all(|b| *b == 0x33);
+    r.check(
+        "dma/unmapped-refused",
+        o.status == ST_WRITE_FAULT && o.fault == page.phys() && untouched,
+        format!(
+            "IOVA {:#x}: {o:?}, memory untouched: {untouched}",
+            page.phys()
+        ),
+    );
+    // virtio 1.3 5.13.6.9: the device reports the fault on the event
+    // queue; Linux's viommu_fault_handler logs "page fault from EP <id> at
+    // <address> [W]".
+    let want = format!("fault from EP {} at {:#x}", 0x28, page.phys());
+    let line = match kmsg.as_mut() {
+        Ok(k) => k.wait_for(&want, std::time::Duration::from_secs(3)),
+        Err(_) => None,
+    };
+    r.check(
+        "iommu/fault-reported",
+        line.is_some(),
+        line.unwrap_or_else(|| format!("no kernel message with {want:?} ({:?})", kmsg.err())),
+    );
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
@@ -352,6 +426,7 @@ fn main() -> ExitCode {
         println!("# scenario {a}");
         match a.as_str() {
             "dma-passthrough" => dma_passthrough(&mut r),
+            "virtio-iommu-fault" => virtio_iommu_fault(&mut r),
             other => {
                 r.check(&format!("scenario/{other}"), false, "unknown scenario");
             }

@@ -215,3 +215,67 @@ fn phys_of(va: u64) -> io::Result<u64> {
     }
     Ok(pfn * PAGE as u64 + va % PAGE as u64)
 }
+
+/// The kernel log from now on (`/dev/kmsg`, non-blocking).
+pub struct Kmsg(File);
+
+impl Kmsg {
+    /// Opens `/dev/kmsg` positioned after the last record.
+    pub fn open_at_end() -> io::Result<Self> {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")?;
+        f.seek(SeekFrom::End(0))?;
+        Ok(Kmsg(f))
+    }
+
+    /// The first new record containing `needle`, waiting up to `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: std::time::Duration) -> Option<String> {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            match self.0.read(&mut buf) {
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    // "prio,seq,usec,flags;message"
+                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
+                    if msg.contains(needle) {
+                        return Some(msg.to_string());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                // EPIPE: records were overwritten; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+}
+
+/// The IOMMU group of `dev` and its default domain type
+/// (`/sys/kernel/iommu_groups/N/type`).
+pub fn iommu_group(dev: &Path) -> Option<(String, String)> {
+    let link = fs::read_link(dev.join("iommu_group")).ok()?;
+    let n = link.file_name()?.to_string_lossy().into_owned();
+    let t = fs::read_to_string(format!("/sys/kernel/iommu_groups/{n}/type")).unwrap_or_default();
+    Some((n, t.trim().to_string()))
+}
+
+/// Names under `/sys/class/iommu`.
+pub fn iommus() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/sys/class/iommu")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -172,6 +172,21 @@ impl<T: Translate> DmaEndpoint<T> {
         if len == 0 || len > MAX_LEN || wraps(dst) || (op == Op::Copy && wraps(src)) {
             return (Status::BadLength, 0);
         }
+        // The device translates the whole transfer, page by page in
+        // address order, before it moves a byte: the first refused page
+        // ends the command with one fault (reported once by the model) and
+        // nothing written.
+        if op == Op::Copy
+            && let Some(at) = self.first_refused(src, len, Permissions::Read)
+        {
+            return (Status::ReadFault, at);
+        }
+        if let Op::Unknown(_) = op {
+            return (Status::BadOpcode, 0);
+        }
+        if let Some(at) = self.first_refused(dst, len, Permissions::Write) {
+            return (Status::WriteFault, at);
+        }
         let mut buf = vec![0u8; len as usize];
         match op {
             Op::Fill => {
@@ -180,42 +195,35 @@ impl<T: Translate> DmaEndpoint<T> {
                     *b = *p;
                 }
             }
-            Op::Copy => {
+            // Translations just checked are in the view's cache; a failure
+            // now means the memory went away under the command.
+            Op::Copy | Op::Unknown(_) => {
                 if self.mem.read_slice(&mut buf, GuestAddress(src)).is_err() {
-                    return (
-                        Status::ReadFault,
-                        self.first_refused(src, len, Permissions::Read),
-                    );
+                    return (Status::ReadFault, src);
                 }
             }
-            Op::Unknown(_) => return (Status::BadOpcode, 0),
         }
         if self.mem.write_slice(&buf, GuestAddress(dst)).is_err() {
-            return (
-                Status::WriteFault,
-                self.first_refused(dst, len, Permissions::Write),
-            );
+            return (Status::WriteFault, dst);
         }
         (Status::Ok, 0)
     }
 
-    /// The first page-granular address of `[addr, addr + len)` that the
-    /// requester may not access. Bounded: `len` is at most [`MAX_LEN`].
-    fn first_refused(&self, addr: u64, len: u32, access: Permissions) -> u64 {
+    /// The first address of `[addr, addr + len)` (page-granular) that the
+    /// requester may not access, translating each page once. Bounded:
+    /// `len` is at most [`MAX_LEN`].
+    fn first_refused(&self, addr: u64, len: u32, access: Permissions) -> Option<u64> {
         let end = addr.saturating_add(u64::from(len));
         let mut at = addr;
         while at < end {
             let next = ((at & !(PAGE - 1)) + PAGE).min(end);
             let n = usize::try_from(next - at).unwrap_or(usize::MAX);
             if !self.mem.check_range(GuestAddress(at), n, access) {
-                return at;
+                return Some(at);
             }
             at = next;
         }
-        // The whole range checks out now: the failure was not a refusal of
-        // one page (e.g. the RAM changed under the command). Report the
-        // start, which is where the refused transfer began.
-        addr
+        None
     }
 
     fn complete(&mut self, op: Op, status: Status, fault: u64, irqs: &mut MsixVectors) {

@@ -15,6 +15,7 @@
 //! makes every IOVA the guest physical address of the same value.
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod backend;
 pub mod config;
 pub mod dma;
@@ -22,4 +23,5 @@ pub mod irq;
 pub mod passthrough;
 pub mod ram;
 pub mod regfile;
+pub mod virtio_backend;
 pub mod virtio_pci;

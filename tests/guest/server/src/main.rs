@@ -1,22 +1,37 @@
-//! `viommu-guest-server`: serves the DMA test endpoint to one vfio-user
-//! client (QEMU's `vfio-user-pci`) and exits when the client disconnects.
+//! `viommu-guest-server`: serves the harness's PCI functions to QEMU's
+//! `vfio-user-pci` devices, one UNIX socket per function, and exits when
+//! the clients disconnect.
 //!
 //! ```text
 //! viommu-guest-server --socket PATH [--bdf BB:DD.F]
+//!         [--virtio-iommu PATH [--iommu-bdf BB:DD.F]]
+//! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--iommu-bdf BB:DD.F]
 //! ```
-//! `--bdf` is where the guest sees the function (default 00:05.0): the
-//! requester ID its DMA carries. Log level from `VIOMMU_GUEST_LOG`
-//! (error, warn, info, debug, trace; default info), on stderr.
+//! `--socket` serves the DMA test endpoint; `--bdf` is where the guest sees
+//! it (default 00:05.0). Alone, its DMA is untranslated (IOVA = GPA). With
+//! `--virtio-iommu`, a virtio-iommu function (default 00:04.0) is served on
+//! the second socket and translates the endpoint's DMA, the endpoint ID
+//! being the endpoint's requester ID. `--write-viot` writes the VIOT body
+//! (for QEMU's `-acpitable sig=VIOT,data=FILE`) describing that topology.
+//! Log level from `VIOMMU_GUEST_LOG` (error, warn, info, debug, trace;
+//! default info), on stderr.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{LevelFilter, Log, Metadata, Record, error, info};
-use nesting_core::types::{Bdf, RequesterId};
+use nesting_core::guest::VirtioIommuConfig;
+use nesting_core::iotlb::Translate;
+use nesting_core::types::{Bdf, EndpointId, RequesterId};
+use viommu_guest_server::acpi::{PciRange, viot_body};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
+use viommu_guest_server::virtio_backend::{self, VirtioBackend};
+use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
+use virtio_iommu::{DeviceOptions, VirtioIommu};
+use vm_memory::GuestMemoryMmap;
 
 /// A stderr logger: one line per record, with the level and module.
 struct StderrLog;
@@ -36,8 +51,11 @@ impl Log for StderrLog {
 static LOGGER: StderrLog = StderrLog;
 
 struct Args {
-    socket: PathBuf,
+    socket: Option<PathBuf>,
     bdf: Bdf,
+    virtio_iommu: Option<PathBuf>,
+    iommu_bdf: Bdf,
+    write_viot: Option<PathBuf>,
 }
 
 fn parse_bdf(s: &str) -> Option<Bdf> {
@@ -50,23 +68,122 @@ fn parse_bdf(s: &str) -> Option<Bdf> {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut socket = None;
-    let mut bdf = Bdf::new(0, 5, 0);
+    let mut a = Args {
+        socket: None,
+        bdf: Bdf::new(0, 5, 0),
+        virtio_iommu: None,
+        iommu_bdf: Bdf::new(0, 4, 0),
+        write_viot: None,
+    };
     let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--socket" => socket = it.next().map(PathBuf::from),
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--socket" => a.socket = Some(PathBuf::from(value()?)),
+            "--virtio-iommu" => a.virtio_iommu = Some(PathBuf::from(value()?)),
+            "--write-viot" => a.write_viot = Some(PathBuf::from(value()?)),
             "--bdf" => {
-                let v = it.next().unwrap_or_default();
-                bdf = parse_bdf(&v).ok_or(format!("bad --bdf {v}"))?;
+                let v = value()?;
+                a.bdf = parse_bdf(&v).ok_or(format!("bad --bdf {v}"))?;
             }
-            _ => return Err(format!("unknown argument {a}")),
+            "--iommu-bdf" => {
+                let v = value()?;
+                a.iommu_bdf = parse_bdf(&v).ok_or(format!("bad --iommu-bdf {v}"))?;
+            }
+            _ => return Err(format!("unknown argument {arg}")),
         }
     }
-    Ok(Args {
-        socket: socket.ok_or("--socket PATH is required")?,
-        bdf,
-    })
+    if a.socket.is_none() && a.write_viot.is_none() {
+        return Err("--socket PATH or --write-viot FILE is required".into());
+    }
+    Ok(a)
+}
+
+/// Serves the endpoint on `socket`, its DMA translated by `model` as `rid`.
+fn serve_endpoint<T: Translate>(socket: &Path, model: Arc<T>, rid: RequesterId) -> bool {
+    let server = match vfio_user::Server::new(socket, true, irqs(), regions()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen on {}: {e}", socket.display());
+            return false;
+        }
+    };
+    info!("DMA test endpoint ({rid}) on {}", socket.display());
+    let mut backend = EndpointBackend::new(model, rid);
+    match server.run(&mut backend) {
+        Ok(()) => {
+            info!("endpoint: client disconnected");
+            true
+        }
+        Err(e) => {
+            error!("endpoint server stopped: {e}");
+            false
+        }
+    }
+}
+
+/// The virtio-iommu model the guest drives, with defaults for a test
+/// device (no bypass: DMA is refused until the driver attaches).
+fn virtio_iommu() -> Result<Arc<VirtioIommu<GuestMemoryMmap>>, String> {
+    VirtioIommu::new(&VirtioIommuConfig::default(), DeviceOptions::default())
+        .map(Arc::new)
+        .map_err(|e| format!("virtio-iommu model: {e}"))
+}
+
+/// Binds the virtio-iommu function's socket and serves it on a thread.
+fn spawn_virtio_iommu(
+    socket: &Path,
+    dev: &Arc<VirtioIommu<GuestMemoryMmap>>,
+) -> Result<std::thread::JoinHandle<bool>, String> {
+    let server = vfio_user::Server::new(
+        socket,
+        true,
+        virtio_backend::irqs(),
+        virtio_backend::regions(),
+    )
+    .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    info!("virtio-iommu on {}", socket.display());
+    let d = Arc::clone(dev);
+    let mut backend = VirtioBackend::new(Arc::clone(dev), Box::new(move |m| d.set_memory(m)));
+    connect_interrupts(dev, backend.transport().irq_router());
+    Ok(std::thread::spawn(move || match server.run(&mut backend) {
+        Ok(()) => {
+            info!("virtio-iommu: client disconnected");
+            true
+        }
+        Err(e) => {
+            error!("virtio-iommu server stopped: {e}");
+            false
+        }
+    }))
+}
+
+fn write_viot(path: &PathBuf, a: &Args) -> Result<(), String> {
+    let range = PciRange {
+        endpoint_start: u32::from(a.bdf.0),
+        bdf_start: a.bdf.0,
+        bdf_end: a.bdf.0,
+    };
+    let body = viot_body(a.iommu_bdf.0, &[range]).map_err(|e| e.to_string())?;
+    std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn run(a: &Args) -> Result<bool, String> {
+    if let Some(path) = &a.write_viot {
+        write_viot(path, a)?;
+    }
+    let Some(socket) = &a.socket else {
+        return Ok(true);
+    };
+    let Some(viommu_socket) = &a.virtio_iommu else {
+        let model = Arc::new(Passthrough::default());
+        return Ok(serve_endpoint(socket, model, RequesterId::Pci(a.bdf)));
+    };
+    let dev = virtio_iommu()?;
+    let virtio = spawn_virtio_iommu(viommu_socket, &dev)?;
+    let rid = RequesterId::Endpoint(EndpointId(u32::from(a.bdf.0)));
+    let ok = serve_endpoint(socket, dev, rid);
+    Ok(virtio.join().unwrap_or(false) && ok)
 }
 
 fn main() -> ExitCode {
@@ -83,33 +200,15 @@ fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
-            eprintln!(
-                "viommu-guest-server: {e}\nusage: viommu-guest-server --socket PATH [--bdf BB:DD.F]"
-            );
+            eprintln!("viommu-guest-server: {e} (see the crate docs for usage)");
             return ExitCode::from(2);
         }
     };
-    let server = match vfio_user::Server::new(&args.socket, true, irqs(), regions()) {
-        Ok(s) => s,
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            error!("cannot listen on {}: {e}", args.socket.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    info!(
-        "DMA test endpoint (requester {}) on {}",
-        args.bdf,
-        args.socket.display()
-    );
-    let mut backend =
-        EndpointBackend::new(Arc::new(Passthrough::default()), RequesterId::Pci(args.bdf));
-    match server.run(&mut backend) {
-        Ok(()) => {
-            info!("client disconnected");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!("server stopped: {e}");
+            error!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,16 @@ struct Shifted {
     shift: u64,
     refused: u64,
     iotlb: Iotlb,
+    faults: std::sync::atomic::AtomicUsize,
+}
+
+fn shifted(shift: u64, refused: u64) -> Shifted {
+    Shifted {
+        shift,
+        refused,
+        iotlb: Iotlb::new(64),
+        faults: Default::default(),
+    }
 }
 
 impl Translate for Shifted {
@@ -33,6 +43,8 @@ impl Translate for Shifted {
     ) -> Result<Translation, TranslateFault> {
         let page = iova.align_down(0x1000);
         if r != rid() || page.raw() == self.refused {
+            self.faults
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(TranslateFault { rid: r, iova });
         }
         Ok(Translation {
@@ -114,11 +126,7 @@ fn copy_across_pages_moves_bytes() {
 
 #[test]
 fn dma_goes_through_the_model() {
-    let model = Shifted {
-        shift: 0x4_0000,
-        refused: u64::MAX,
-        iotlb: Iotlb::new(64),
-    };
+    let model = shifted(0x4_0000, u64::MAX);
     let (mut ep, mem, mut irqs) = endpoint(model);
     program(&mut ep, &mut irqs, 0, 0x1000, 4);
     w32(&mut ep, &mut irqs, 0x24, 0xdead_beef);
@@ -133,12 +141,7 @@ fn dma_goes_through_the_model() {
 
 #[test]
 fn refused_write_reports_fault_address_and_writes_nothing() {
-    let model = Shifted {
-        shift: 0,
-        refused: 0x6000,
-        iotlb: Iotlb::new(64),
-    };
-    let (mut ep, mem, mut irqs) = endpoint(model);
+    let (mut ep, mem, mut irqs) = endpoint(shifted(0, 0x6000));
     program(&mut ep, &mut irqs, 0, 0x5800, 0x1000);
     w32(&mut ep, &mut irqs, 0x24, 0xffff_ffff);
     w32(&mut ep, &mut irqs, 0x08, 1);
@@ -223,4 +226,22 @@ fn reset_clears_registers() {
     assert_eq!(r32(&ep, 0x0c), Status::Idle as u32);
     assert_eq!(r32(&ep, 0x20), 0);
     assert_eq!(r32(&ep, 0x28), NO_VECTOR);
+}
+
+#[test]
+fn refused_transfer_faults_once_and_copies_nothing() {
+    let model = Arc::new(shifted(0, 0x7000));
+    let mem = ram();
+    let mut ep = DmaEndpoint::new(Arc::clone(&model), rid());
+    ep.set_ram(&mem);
+    let mut irqs = MsixVectors::new(4);
+    mem.write_slice(&[9u8; 0x3000], GuestAddress(0x5000))
+        .unwrap();
+    // Source pages 0x5000..0x8000 cross the refused page 0x7000.
+    program(&mut ep, &mut irqs, 0x5000, 0x10000, 0x3000);
+    w32(&mut ep, &mut irqs, 0x08, 2);
+    assert_eq!(r32(&ep, 0x0c), Status::ReadFault as u32);
+    assert_eq!(r32(&ep, 0x30), 0x7000);
+    assert_eq!(model.faults.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10000)).unwrap(), 0);
 }

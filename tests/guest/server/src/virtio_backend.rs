@@ -1,0 +1,189 @@
+//! The vfio-user backend of a virtio-pci function: configuration space and
+//! BAR0 go to the [`VirtioPci`] transport, BAR2 holds the MSI-X table QEMU
+//! emulates, guest RAM from `dma_map` becomes the device's memory, and the
+//! MSI-X eventfds are the transport's vector sink.
+
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use log::{info, warn};
+use vfio_bindings::bindings::vfio::{
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
+};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
+use vm_memory::GuestMemoryMmap;
+
+use crate::irq::MsixVectors;
+use crate::ram::GuestRam;
+use crate::virtio_pci::caps::{BAR0_SIZE, BAR2_SIZE};
+use crate::virtio_pci::{VectorSink, VirtioDevice, VirtioPci};
+
+/// MSI-X vectors of the virtio function: configuration changes and one
+/// per queue of a two-queue device (virtio-iommu), as Linux asks for.
+pub const VIRTIO_MSIX_VECTORS: u16 = 3;
+
+/// The regions a virtio-pci function announces.
+pub fn regions() -> Vec<ServerRegion> {
+    (0..VFIO_PCI_NUM_REGIONS)
+        .map(|index| {
+            let size = match index {
+                VFIO_PCI_BAR0_REGION_INDEX => BAR0_SIZE,
+                VFIO_PCI_BAR2_REGION_INDEX => BAR2_SIZE,
+                VFIO_PCI_CONFIG_REGION_INDEX => 256,
+                _ => 0,
+            };
+            let flags = match size {
+                0 => 0,
+                _ => VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+            };
+            ServerRegion {
+                region_info: vfio_region_info {
+                    argsz: size_of::<vfio_region_info>() as u32,
+                    index,
+                    size,
+                    flags,
+                    ..Default::default()
+                },
+                sparse_areas: Vec::new(),
+                mmap_fd: None,
+            }
+        })
+        .collect()
+}
+
+/// The IRQ indices: MSI-X only.
+pub fn irqs() -> Vec<IrqInfo> {
+    (0..VFIO_PCI_NUM_IRQS)
+        .map(|index| match index {
+            VFIO_PCI_MSIX_IRQ_INDEX => IrqInfo {
+                index,
+                count: u32::from(VIRTIO_MSIX_VECTORS),
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+            },
+            _ => IrqInfo {
+                index,
+                count: 0,
+                flags: 0,
+            },
+        })
+        .collect()
+}
+
+/// Hands the guest RAM to the device (e.g. `VirtioIommu::set_memory`).
+pub type MemorySink = Box<dyn Fn(Arc<GuestMemoryMmap>) + Send>;
+
+/// A virtio-pci function served over vfio-user.
+pub struct VirtioBackend<D: VirtioDevice> {
+    pci: VirtioPci<D>,
+    msix: Arc<Mutex<MsixVectors>>,
+    ram: GuestRam,
+    set_memory: MemorySink,
+}
+
+impl<D: VirtioDevice> VirtioBackend<D> {
+    /// The function for `device`; `set_memory` receives the guest RAM
+    /// each time the client changes it.
+    pub fn new(device: Arc<D>, set_memory: MemorySink) -> Self {
+        let msix = Arc::new(Mutex::new(MsixVectors::new(u32::from(VIRTIO_MSIX_VECTORS))));
+        let m = Arc::clone(&msix);
+        let sink: VectorSink = Arc::new(move |v| {
+            m.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .signal(u32::from(v))
+        });
+        VirtioBackend {
+            pci: VirtioPci::new(device, VIRTIO_MSIX_VECTORS, sink),
+            msix,
+            ram: GuestRam::default(),
+            set_memory,
+        }
+    }
+
+    /// The transport (for its interrupt router).
+    pub fn transport(&self) -> &VirtioPci<D> {
+        &self.pci
+    }
+
+    fn publish_ram(&self) {
+        (self.set_memory)(Arc::new(self.ram.memory().clone()));
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+impl<D: VirtioDevice> ServerBackend for VirtioBackend<D> {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => self.pci.config_read(offset, data).map_err(invalid),
+            VFIO_PCI_BAR0_REGION_INDEX => self.pci.bar0_read(offset, data).map_err(invalid),
+            VFIO_PCI_BAR2_REGION_INDEX => {
+                data.fill(0);
+                Ok(())
+            }
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => self.pci.config_write(offset, data).map_err(invalid),
+            VFIO_PCI_BAR0_REGION_INDEX => self.pci.bar0_write(offset, data).map_err(invalid),
+            VFIO_PCI_BAR2_REGION_INDEX => Ok(()),
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> io::Result<()> {
+        let writable = flags.contains(DmaMapFlags::WRITE);
+        let outcome = self
+            .ram
+            .map(address, size, offset, fd, writable)
+            .map_err(invalid)?;
+        info!("virtio: dma_map {address:#x}+{size:#x}: {outcome:?}");
+        self.publish_ram();
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
+        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
+        let n = self.ram.unmap(address, size, all).map_err(invalid)?;
+        info!("virtio: dma_unmap {address:#x}+{size:#x}: {n} region(s)");
+        self.publish_ram();
+        Ok(())
+    }
+
+    fn reset(&mut self) -> io::Result<()> {
+        info!("virtio: function reset");
+        // A function-level reset resets the device (status 0).
+        self.pci.bar0_write(0x14, &[0]).map_err(invalid)
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> io::Result<()> {
+        self.msix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irqs(index, flags, start, count, fds)
+            .inspect_err(|e| warn!("virtio: set_irqs: {e}"))
+            .map_err(invalid)
+    }
+}
