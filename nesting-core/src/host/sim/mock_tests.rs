@@ -299,3 +299,27 @@ fn map_any_alignment_capped_by_transparent_hugepage_config() {
         assert_eq!(iova, Iova(want), "thp {thp}");
     }
 }
+
+/// The backend closes a fault queue's file before `IOMMU_DESTROY`; the
+/// kernel refuses while a HWPT delivers to the queue (EBUSY) and the
+/// queue is unreadable from then on (kernel test: ENOENT), until destroyed.
+#[test]
+fn refused_fault_queue_destroy_leaves_it_unreadable() {
+    let (s, d, _, parent) = world();
+    let fq = s.fault_queue_alloc().unwrap();
+    let mut r = req(d, PtId::Hwpt(parent), HwptFlags::empty(), selftest(0));
+    r.fault = Some(fq);
+    let h = s.hwpt_alloc(&r).unwrap();
+    assert_eq!(errno(s.destroy(ObjectId::FaultQueue(fq))), libc::EBUSY);
+    assert_eq!(errno(s.fault_read(fq)), libc::ENOENT);
+    let resp = PageResponse {
+        cookie: 0,
+        code: crate::host::PageResponseCode::Success,
+    };
+    assert_eq!(errno(s.fault_respond(fq, resp)), libc::ENOENT);
+    s.destroy(ObjectId::Hwpt(h)).unwrap();
+    s.destroy(ObjectId::FaultQueue(fq)).unwrap();
+    // A new queue may reuse the number and is readable.
+    let fq2 = s.fault_queue_alloc().unwrap();
+    assert_eq!(s.fault_read(fq2).unwrap().len(), 0);
+}

@@ -747,7 +747,10 @@ impl HostBackend for SimIommufd {
     }
 
     fn veventq_read(&self, q: VeventqId, max: usize) -> HostResult<Vec<VEvent>> {
-        self.run(HostOp::VeventqRead, |s| s.veventq_read(q.0, max))
+        self.run(HostOp::VeventqRead, |s| {
+            s.queue_open(q.0)?;
+            s.veventq_read(q.0, max)
+        })
     }
 
     fn fault_queue_alloc(&self) -> HostResult<FaultQueueId> {
@@ -756,11 +759,17 @@ impl HostBackend for SimIommufd {
     }
 
     fn fault_read(&self, q: FaultQueueId) -> HostResult<Vec<FaultGroup>> {
-        self.run(HostOp::FaultRead, |s| s.fault_read(q.0))
+        self.run(HostOp::FaultRead, |s| {
+            s.queue_open(q.0)?;
+            s.fault_read(q.0)
+        })
     }
 
     fn fault_respond(&self, q: FaultQueueId, resp: PageResponse) -> HostResult<()> {
-        self.run(HostOp::FaultRespond, |s| s.fault_respond(q.0, resp))
+        self.run(HostOp::FaultRespond, |s| {
+            s.queue_open(q.0)?;
+            s.fault_respond(q.0, resp)
+        })
     }
 
     fn attach(&self, dev: DevId, pasid: Option<Pasid>, pt: PtId) -> HostResult<()> {
@@ -784,7 +793,22 @@ impl HostBackend for SimIommufd {
         self.run(HostOp::Detach, |s| s.detach(dev.0, pasid_raw(pasid)))
     }
 
+    /// As the real backend does, a vEVENTQ's or fault queue's file is
+    /// closed before the destroy is tried: refused (EBUSY while a HWPT
+    /// delivers to the queue), the queue stays but cannot be read or
+    /// answered any more (ENOENT). Seen with the kernel test.
     fn destroy(&self, id: ObjectId) -> HostResult<()> {
-        self.run(HostOp::Destroy, |s| s.destroy(id.raw()))
+        let queue = matches!(id, ObjectId::Veventq(_) | ObjectId::FaultQueue(_));
+        if queue {
+            let mut g = self.lock();
+            if g.state.objects.contains_key(&id.raw()) {
+                g.state.closed_queues.insert(id.raw());
+            }
+        }
+        let r = self.run(HostOp::Destroy, |s| s.destroy(id.raw()));
+        if queue && r.is_ok() {
+            self.lock().state.closed_queues.remove(&id.raw());
+        }
+        r
     }
 }

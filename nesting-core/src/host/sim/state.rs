@@ -236,6 +236,9 @@ pub(super) struct State {
     pub next_handle: u64,
     /// The simulated kernel is built without CONFIG_TRANSPARENT_HUGEPAGE.
     pub no_thp: bool,
+    /// vEVENTQs and fault queues whose file the backend closed for a
+    /// destroy the kernel refused: they can no longer be read or answered.
+    pub closed_queues: std::collections::BTreeSet<u32>,
 }
 
 /// Looks up an object of one type, with `iommufd_get_object`'s answer for
@@ -281,6 +284,15 @@ impl State {
             .iter()
             .map(|u| u.spec.page_size)
             .fold(DEFAULT_PAGE_SIZE, u64::max)
+    }
+
+    /// ENOENT for a queue whose file the backend has closed (see
+    /// `closed_queues`), as the backend's descriptor table answers.
+    pub fn queue_open(&self, id: u32) -> Result<(), Errno> {
+        if self.closed_queues.contains(&id) {
+            return Err(Errno::ENOENT);
+        }
+        Ok(())
     }
 
     /// `HPAGE_SIZE`: one page-table page of pages (2 MiB with 4 KiB pages).
