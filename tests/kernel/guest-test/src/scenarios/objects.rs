@@ -530,11 +530,82 @@ pub fn pasid(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     t.val("pasid 1 detached", r.pasid_domain_is(d, p1, None));
     t.id("detach pasid 1 again", r.detach_pasid(d, p1)).ok();
     t.id("destroy hwpt b", h.destroy(ObjectId::Hwpt(b))).ok();
+    let nest = HwptFlags::NEST_PARENT;
+    if let Ok(parent) = alloc(t, h, "nest parent", (d.dev, io), nest, HwptData::None) {
+        pasid_fault(r, t, d, parent, p1);
+    }
     t.expect("pasid attach while rid on non-pasid domain", Err(EINVAL));
     t.expect("attach pasid 2 to non-pasid hwpt", Err(EINVAL));
     t.expect("attach pasid 1 to a", Ok(""));
     t.expect("pasid 1 on b", Ok("true"));
     t.expect("pasid 1 detached", Ok("true"));
+}
+
+/// An IOPF from a PASID: a nested HWPT with a fault queue attached to the
+/// PASID, a fault raised there, read with its PASID, answered; then the
+/// fault queue cannot be destroyed while the HWPT delivers to it.
+fn pasid_fault(r: &dyn Rig, t: &mut Trace, d: MockDev, parent: HwptId, p1: Pasid) {
+    let h = r.host();
+    let Ok(fq) = t.id("fault_queue_alloc", h.fault_queue_alloc()) else {
+        return;
+    };
+    let mut with_fault = req(
+        d.dev,
+        PtId::Hwpt(parent),
+        HwptFlags::PASID,
+        selftest_data(tc::IOTLB_DEFAULT),
+    );
+    with_fault.fault = Some(fq);
+    let Ok(iopf) = t.id(
+        "nested pasid hwpt with fault queue",
+        h.hwpt_alloc(&with_fault),
+    ) else {
+        return;
+    };
+    t.id(
+        "attach pasid 1 to it",
+        r.attach(d, Some(p1), PtId::Hwpt(iopf)),
+    )
+    .ok();
+    t.dbg(
+        "iopf on pasid 1",
+        r.trigger_iopf(d, Some(p1), 3, Iova(BASE)),
+    );
+    let groups = h.fault_read(fq);
+    let fault = groups
+        .as_ref()
+        .ok()
+        .and_then(|g| g.first())
+        .and_then(|g| g.faults.first());
+    let shown = fault.map(|f| format!("{:?} pasid {} addr {:#x}", f.flags, f.pasid, f.addr.0));
+    t.val("pasid fault read", shown);
+    if let Some(cookie) = groups.ok().and_then(|g| g.first().and_then(|g| g.cookie())) {
+        let resp = PageResponse {
+            cookie,
+            code: PageResponseCode::Success,
+        };
+        t.dbg("respond pasid fault", h.fault_respond(fq, resp));
+    }
+    t.id("detach pasid 1 from it", r.detach_pasid(d, p1)).ok();
+    // The backend closes the queue's file before IOMMU_DESTROY (an open
+    // file holds a reference); refused, the queue is then unreadable.
+    t.id(
+        "destroy fault queue in use",
+        h.destroy(ObjectId::FaultQueue(fq)),
+    )
+    .ok();
+    t.dbg(
+        "read after refused destroy",
+        h.fault_read(fq).map(|g| g.len()),
+    );
+    t.id("destroy nested", h.destroy(ObjectId::Hwpt(iopf))).ok();
+    t.id("destroy fault queue", h.destroy(ObjectId::FaultQueue(fq)))
+        .ok();
+    t.expect(
+        "pasid fault read",
+        Ok("Some(\"PageFaultFlags(PASID_VALID | LAST_PAGE) pasid 1 addr 0x1000000\")"),
+    );
+    t.expect("destroy fault queue in use", Err(EBUSY));
 }
 
 /// Dirty tracking on a paging HWPT.
