@@ -331,6 +331,11 @@ fn viommu_events(
     t.dbg("read after overflow", h.veventq_read(q, 8));
     t.id("event 5", r.trigger_vevent(d, vi, 0x99)).ok();
     t.dbg("read after recovery", h.veventq_read(q, 8));
+    for label in ["event 6", "event 7"] {
+        t.id(label, r.trigger_vevent(d, vi, 0x99)).ok();
+    }
+    t.dbg("read at most one", h.veventq_read(q, 1));
+    t.dbg("read the other", h.veventq_read(q, 8));
     t.expect("vdevice", Ok(""));
     t.expect("veventq depth 2", Ok(""));
     t.expect(
