@@ -120,12 +120,14 @@ pub struct DeviceOptions {
 }
 
 impl Default for DeviceOptions {
-    /// Modern bypass; 52 physical address bits, the widest any platform
-    /// with an IOMMU has (x86 5-level paging, Arm LPA2).
+    /// Modern bypass; no physical address limit (64 bits), as QEMU: a
+    /// Linux guest without BYPASS_CONFIG builds identity domains by mapping
+    /// the whole input range at IOVA = GPA, which a narrower limit would
+    /// refuse. A VMM that knows its guest-physical width sets it.
     fn default() -> Self {
         DeviceOptions {
             legacy_bypass: false,
-            phys_bits: 52,
+            phys_bits: 64,
         }
     }
 }

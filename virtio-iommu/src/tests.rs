@@ -580,11 +580,33 @@ fn map_end_before_start_is_inval_and_top_of_space_is_allowed() {
         Status::Range,
         "phys wraps"
     );
+    assert_eq!(d.map(1, 0x4000, 0x4fff, u64::MAX - 0xfff, R), Status::Ok);
+}
+
+#[test]
+fn map_linux_identity_domain_of_whole_input_range_is_ok() {
+    // viommu_domain_map_identity() without BYPASS_CONFIG: one MAP of the
+    // aperture at IOVA = GPA, READ | WRITE.
+    let mut d = attached();
+    assert_eq!(d.map(1, 0, u64::MAX, 0, RW), Status::Ok);
+    assert_eq!(gpa(&d, 8, 0xdead_b000, Access::WRITE), Some(0xdead_b000));
+    assert_eq!(d.unmap(1, 0, u64::MAX), Status::Ok);
 }
 
 #[test]
 fn map_physical_range_outside_guest_space_is_fault() {
-    let mut d = attached();
+    let dev = Arc::new(
+        VirtioIommu::new(
+            &config(&[]),
+            DeviceOptions {
+                phys_bits: 52,
+                ..DeviceOptions::default()
+            },
+        )
+        .unwrap(),
+    );
+    let mut d = MockDriver::with_device(dev, true);
+    assert_eq!(d.attach(1, 8), Status::Ok);
     assert_eq!(
         d.map(1, 0x1000, 0x2fff, (1 << 52) - 0x1000, R),
         Status::Fault
