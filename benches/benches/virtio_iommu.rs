@@ -42,7 +42,7 @@ fn driver(passthrough: bool) -> (MockDriver, Option<Arc<SimIommufd>>) {
         page_size: ranges.alignment,
         unit: None,
     };
-    let mut shadow = ShadowHost::new(host.clone(), ram);
+    let shadow = ShadowHost::new(host.clone(), ram);
     shadow.add_device(8, bound);
     let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
     dev.set_passthrough_host(Box::new(shadow)).unwrap();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use nesting_core::guest::{GuestModel, VirtioIommuConfig};
 use nesting_core::iotlb::{Iotlb, IotlbInvalidation};
-use nesting_core::ladder::{self, HostView};
+use nesting_core::ladder::{self, Adjustments, Check, Decision, DecisionKind, HostView};
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -85,6 +85,13 @@ pub enum DeviceError {
         #[source]
         source: HostFailure,
     },
+    /// The ladder (or the device's own configuration rules) refused a
+    /// passthrough endpoint; the decision lists the failed checks.
+    #[error("passthrough endpoint refused: {}", .0.reason)]
+    Refused(Box<Decision>),
+    /// The endpoint is a passthrough endpoint already.
+    #[error("endpoint {0:#x} is a passthrough endpoint already")]
+    AlreadyPassthrough(u32),
     /// A passthrough endpoint was added without a host.
     #[error("no passthrough host set")]
     NoHost,
@@ -216,30 +223,22 @@ impl<M: GuestMemory> VirtioIommu<M> {
     }
 
     /// Adds passthrough endpoint `endpoint` whose host IOMMU `view`
-    /// describes. The ladder decides: virtio-iommu is always shadowed, or
-    /// refused when the host cannot map what the device presents. Before
-    /// the driver negotiated features the device's page sizes and input
-    /// range shrink to the host's; afterwards (hot-plug) the host must fit
-    /// what the driver was already told.
-    pub fn add_passthrough(&self, endpoint: u32, view: &HostView) -> Result<(), DeviceError> {
+    /// describes (its device already handed to the passthrough host). The
+    /// ladder decides: virtio-iommu is always shadowed, or refused when the
+    /// host cannot map what the device presents. Before the driver
+    /// negotiated features the device's page sizes and input range shrink
+    /// to the host's; afterwards (hot-plug) the host must fit what the
+    /// driver was already told. Returns the decision; a refusal is
+    /// [`DeviceError::Refused`] with the checks that failed, and nothing
+    /// changed.
+    pub fn add_passthrough(&self, endpoint: u32, view: &HostView) -> Result<Decision, DeviceError> {
         let mut g = self.lock();
         let st = &mut g.state;
-        // The page sizes first: those the VMM asked for that the host IOAS
-        // can map; the ladder then judges the device as it will present.
-        let mut next = st.cfg.clone();
-        next.restrict_page_sizes(view.page_size)?;
-        let guest = GuestModel::VirtioIommu(next.as_guest());
-        let decision = ladder::decide(&guest, view);
-        next.apply_host(&decision, view.page_size)?;
-        if st.features_ok && next != st.cfg {
-            return Err(ConfigError::Refused {
-                reason: format!(
-                    "hot-plugged endpoint {endpoint:#x} would change the configuration the driver read ({})",
-                    decision.reason
-                ),
-            }
-            .into());
+        let pt = st.passthrough.as_ref().ok_or(DeviceError::NoHost)?;
+        if pt.is_passthrough(endpoint) {
+            return Err(DeviceError::AlreadyPassthrough(endpoint));
         }
+        let (next, decision) = st.plan_host(endpoint, view).map_err(DeviceError::Refused)?;
         let space = st.unattached_space(endpoint);
         let tables = st.tables.clone();
         let pt = st.passthrough.as_mut().ok_or(DeviceError::NoHost)?;
@@ -250,7 +249,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             "virtio-iommu: passthrough endpoint {endpoint:#x}: {}",
             decision.reason
         );
-        Ok(())
+        Ok(decision)
     }
 
     /// Feature bits offered (64 bits; bit 32 is VIRTIO_F_VERSION_1).
@@ -423,7 +422,70 @@ impl<M: GuestMemory> VirtioIommu<M> {
     }
 }
 
+/// A refusal decision: `checks` plus the failed check `name`.
+fn refusal(mut checks: Vec<Check>, name: &'static str, detail: String) -> Decision {
+    checks.push(Check {
+        name,
+        passed: false,
+        detail: detail.clone(),
+    });
+    Decision {
+        kind: DecisionKind::Refuse,
+        checks,
+        reason: detail,
+        adjust: Adjustments::default(),
+    }
+}
+
 impl State {
+    /// The configuration the device would present with a passthrough
+    /// endpoint behind `view`, and the ladder's decision; or the refusal.
+    fn plan_host(
+        &self,
+        endpoint: u32,
+        view: &HostView,
+    ) -> Result<(DeviceConfig, Decision), Box<Decision>> {
+        if !self.cfg.manages(endpoint) {
+            let why = format!("endpoint {endpoint:#x} is not managed by this virtio-iommu");
+            return Err(Box::new(refusal(Vec::new(), "endpoint", why)));
+        }
+        // The page sizes first: those the VMM asked for that the host IOAS
+        // can map; the ladder then judges the device as it will present.
+        let mut next = self.cfg.clone();
+        if let Err(e) = next.restrict_page_sizes(view.page_size) {
+            return Err(Box::new(refusal(
+                Vec::new(),
+                "page-size-mask",
+                e.to_string(),
+            )));
+        }
+        let decision = ladder::decide(&GuestModel::VirtioIommu(next.as_guest()), view);
+        if decision.kind != DecisionKind::Shadow {
+            return Err(Box::new(decision));
+        }
+        if let Err(e) = next.apply_host(&decision, view.page_size) {
+            return Err(Box::new(refusal(
+                decision.checks,
+                "device-config",
+                e.to_string(),
+            )));
+        }
+        if self.features_ok && next != self.cfg {
+            let why = format!(
+                "hot-plugged endpoint {endpoint:#x} would change the configuration the driver read (page sizes {:#x} -> {:#x}, input range {:#x}-{:#x} -> {:#x}-{:#x}, {} host hole(s))",
+                self.cfg.page_size_mask,
+                next.page_size_mask,
+                self.cfg.input_range.0,
+                self.cfg.input_range.1,
+                next.input_range.0,
+                next.input_range.1,
+                next.host_resv.len()
+            );
+            return Err(Box::new(refusal(decision.checks, "hotplug-config", why)));
+        }
+        Ok((next, decision))
+    }
+
     /// Where an unattached passthrough endpoint goes: identity when
     /// unattached endpoints bypass, blocked otherwise.
     pub(crate) fn unattached_space(&self, endpoint: u32) -> Option<crate::nesting::SpaceId> {

@@ -111,9 +111,9 @@
 //! };
 //!
 //! let dev = VirtioIommu::<GuestMemoryMmap>::new(&VirtioIommuConfig::default(), DeviceOptions::default()).unwrap();
-//! let mut shadow = ShadowHost::new(host.clone(), ram);
+//! let shadow = ShadowHost::new(host.clone(), ram);
 //! shadow.add_device(8, vfio);
-//! dev.set_passthrough_host(Box::new(shadow)).unwrap();
+//! dev.set_passthrough_host(Box::new(shadow.clone())).unwrap();
 //! dev.add_passthrough(8, &view).unwrap(); // Err: refused, fail the hot-plug
 //! dev.set_memory(mem);
 //! // Until the driver attaches it, endpoint 8 is blocked on the host.

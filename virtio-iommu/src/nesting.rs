@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::ram::RamIoas;
@@ -32,10 +32,11 @@ pub enum HostFailure {
     /// `VIRTIO_IOMMU_S_NOMEM`.
     #[error("the host IOMMU is out of resources")]
     NoMemory,
-    /// The guest-physical range is not guest RAM, so the host cannot pin
-    /// it: `VIRTIO_IOMMU_S_FAULT`.
-    #[error("the guest-physical range is not guest RAM")]
-    NotRam,
+    /// The endpoint's device cannot share the domain's host address
+    /// space with the devices already in it (5.13.6.3.2: incompatible
+    /// endpoint properties): `VIRTIO_IOMMU_S_UNSUPP`.
+    #[error("the device cannot join this host address space")]
+    Incompatible,
     /// Any other host failure: `VIRTIO_IOMMU_S_DEVERR`.
     #[error("the host IOMMU failed")]
     Device,
@@ -46,7 +47,7 @@ impl HostFailure {
     pub fn status(self) -> Status {
         match self {
             HostFailure::NoMemory => Status::NoMem,
-            HostFailure::NotRam => Status::Fault,
+            HostFailure::Incompatible => Status::Unsupp,
             HostFailure::Device => Status::DevErr,
         }
     }
@@ -260,8 +261,16 @@ impl Passthrough {
 /// one [`ShadowDomain`] per guest domain holding a passthrough endpoint,
 /// one in identity mode (IOVA = GPA, the RAM IOAS) for bypass, each
 /// endpoint's VFIO device bound to the VM's iommufd.
-#[derive(Debug)]
+///
+/// A handle: the VMM keeps a clone to hand over the devices of endpoints
+/// it hot-plugs after giving the device its host.
+#[derive(Clone, Debug)]
 pub struct ShadowHost {
+    inner: Arc<Mutex<ShadowInner>>,
+}
+
+#[derive(Debug)]
+struct ShadowInner {
     host: SharedHost,
     ram: Arc<RamIoas>,
     devices: BTreeMap<u32, BoundDevice>,
@@ -282,45 +291,82 @@ impl ShadowHost {
     /// The VM's iommufd and its RAM IOAS.
     pub fn new(host: SharedHost, ram: Arc<RamIoas>) -> Self {
         ShadowHost {
-            host,
-            ram,
-            devices: BTreeMap::new(),
-            spaces: BTreeMap::new(),
-            attached: BTreeMap::new(),
+            inner: Arc::new(Mutex::new(ShadowInner {
+                host,
+                ram,
+                devices: BTreeMap::new(),
+                spaces: BTreeMap::new(),
+                attached: BTreeMap::new(),
+            })),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ShadowInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Hands over the bound VFIO device of passthrough endpoint
     /// `endpoint` (before [`crate::VirtioIommu::add_passthrough`]).
-    pub fn add_device(&mut self, endpoint: u32, dev: BoundDevice) {
-        self.devices.insert(endpoint, dev);
+    pub fn add_device(&self, endpoint: u32, dev: BoundDevice) {
+        self.lock().devices.insert(endpoint, dev);
     }
 
-    /// The shadow domain of a space, if it exists (for checks).
-    pub fn space(&self, space: SpaceId) -> Option<&ShadowDomain> {
-        self.spaces.get(&space)
+    /// Takes back the device of an endpoint the device refused (or one
+    /// being unplugged after the guest detached it); dropping it unbinds
+    /// it.
+    pub fn remove_device(&self, endpoint: u32) -> Option<BoundDevice> {
+        let mut g = self.lock();
+        if let Some(space) = g.attached.remove(&endpoint) {
+            let g = &mut *g;
+            if let (Some(d), Some(dev)) = (g.spaces.get_mut(&space), g.devices.get_mut(&endpoint))
+                && let Err(e) = d.detach(dev, None)
+            {
+                log::warn!("virtio-iommu: detaching endpoint {endpoint:#x}: {e}");
+            }
+        }
+        g.devices.remove(&endpoint)
+    }
+
+    /// The guest mappings a space mirrors, as `(first, last, gpa)`.
+    pub fn space_mappings(&self, space: SpaceId) -> Option<Vec<(u64, u64, u64)>> {
+        let g = self.lock();
+        let d = g.spaces.get(&space)?;
+        Some(
+            d.guest_mappings()
+                .map(|s| (s.first, s.last, s.gpa))
+                .collect(),
+        )
+    }
+}
+
+impl ShadowInner {
+    fn space(&mut self, space: SpaceId) -> Result<&mut ShadowDomain, HostFailure> {
+        self.spaces.get_mut(&space).ok_or(HostFailure::Device)
     }
 
     fn sync(&mut self, space: SpaceId) -> Result<(), HostFailure> {
-        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
-        d.sync().map(|_| ()).map_err(|e| failure(&e))
+        self.space(space)?
+            .sync()
+            .map(|_| ())
+            .map_err(|e| failure(&e))
     }
 }
 
 impl PassthroughHost for ShadowHost {
     fn create(&mut self, space: SpaceId) -> Result<(), HostFailure> {
-        let mut d = ShadowDomain::new(&self.host, &self.ram).map_err(|e| failure(&e))?;
+        let mut g = self.lock();
+        let mut d = ShadowDomain::new(&g.host, &g.ram).map_err(|e| failure(&e))?;
         if space == SpaceId::Identity {
             d.set_identity(true).map_err(|e| failure(&e))?;
         }
-        self.spaces.insert(space, d);
+        g.spaces.insert(space, d);
         Ok(())
     }
 
     fn destroy(&mut self, space: SpaceId) {
         // No device is attached any more (the device moved every endpoint
         // out first); dropping destroys the IOAS.
-        self.spaces.remove(&space);
+        self.lock().spaces.remove(&space);
     }
 
     fn map(
@@ -331,26 +377,36 @@ impl PassthroughHost for ShadowHost {
         len: u64,
         access: Access,
     ) -> Result<(), HostFailure> {
-        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
-        d.map(iova, gpa, len, access).map_err(|e| failure(&e))?;
-        self.sync(space)
+        let mut g = self.lock();
+        g.space(space)?
+            .map(iova, gpa, len, access)
+            .map_err(|e| failure(&e))?;
+        g.sync(space)
     }
 
     fn unmap(&mut self, space: SpaceId, iova: Iova, len: u64) -> Result<(), HostFailure> {
-        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
-        d.unmap(iova, len).map_err(|e| failure(&e))?;
-        self.sync(space)
+        let mut g = self.lock();
+        g.space(space)?.unmap(iova, len).map_err(|e| failure(&e))?;
+        g.sync(space)
     }
 
     fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure> {
-        let dev = self.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
-        let d = self.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
-        // The kernel replaces the device's domain atomically.
-        d.attach(dev, None).map_err(|e| failure(&e))?;
+        let mut g = self.lock();
+        let g = &mut *g;
+        let dev = g.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
+        let d = g.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
+        // The kernel replaces the device's domain atomically. A refusal
+        // other than lack of memory means the device cannot share this
+        // IOAS with the others (iommufd's compatibility and reserved-region
+        // checks): the endpoints' properties are not compatible.
+        d.attach(dev, None).map_err(|e| match failure(&e) {
+            HostFailure::NoMemory => HostFailure::NoMemory,
+            _ => HostFailure::Incompatible,
+        })?;
         let id = dev.id();
-        if let Some(old) = self.attached.insert(endpoint, space)
+        if let Some(old) = g.attached.insert(endpoint, space)
             && old != space
-            && let Some(o) = self.spaces.get_mut(&old)
+            && let Some(o) = g.spaces.get_mut(&old)
         {
             o.forget(id, None);
         }
@@ -358,15 +414,17 @@ impl PassthroughHost for ShadowHost {
     }
 
     fn block(&mut self, endpoint: u32) -> Result<(), HostFailure> {
-        let dev = self.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
+        let mut g = self.lock();
+        let g = &mut *g;
+        let dev = g.devices.get_mut(&endpoint).ok_or(HostFailure::Device)?;
         if dev.is_attached(None) {
             dev.detach(None).map_err(|e| {
                 log::warn!("virtio-iommu: blocking endpoint {endpoint:#x}: {e}");
                 HostFailure::Device
             })?;
         }
-        if let Some(old) = self.attached.remove(&endpoint)
-            && let Some(o) = self.spaces.get_mut(&old)
+        if let Some(old) = g.attached.remove(&endpoint)
+            && let Some(o) = g.spaces.get_mut(&old)
         {
             o.forget(dev.id(), None);
         }

@@ -1122,7 +1122,7 @@ fn passthrough_refused_by_ladder_when_host_cannot_map_input_range() {
     dev.set_passthrough_host(Box::new(FakeHost::default()))
         .unwrap();
     let e = dev.add_passthrough(8, &host_view()).unwrap_err();
-    assert!(e.to_string().contains("configuration"), "{e}");
+    assert!(matches!(e, crate::DeviceError::Refused(_)), "{e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1200,7 +1200,7 @@ fn passthrough_hotplug_after_features_must_fit_what_the_driver_read() {
     spec.aperture.last = Iova((1 << 39) - 1);
     let smaller = nesting_core::ladder::HostView::from(&spec);
     let e = d.dev.add_passthrough(9, &smaller).unwrap_err();
-    assert!(e.to_string().contains("configuration"), "{e}");
+    assert!(matches!(e, crate::DeviceError::Refused(_)), "{e}");
     assert!(!host.0.lock().unwrap().attached.contains_key(&9));
     d.dev.add_passthrough(10, &host_view()).unwrap();
     assert_eq!(host.0.lock().unwrap().attached[&10], None, "joins blocked");
@@ -1214,4 +1214,13 @@ fn passthrough_host_set_once() {
             .set_passthrough_host(Box::new(FakeHost::default()))
             .is_err()
     );
+}
+
+#[test]
+fn passthrough_endpoint_incompatible_with_domain_is_unsupp() {
+    let (mut d, host) = passthrough_driver(&[]);
+    host.0.lock().unwrap().fail_next = Some(HostFailure::Incompatible);
+    assert_eq!(d.attach(1, 8), Status::Unsupp);
+    assert_eq!(d.dev.lock().state.tables.domain_of(8), None);
+    assert_eq!(host.0.lock().unwrap().attached[&8], None);
 }

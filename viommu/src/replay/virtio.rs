@@ -4,27 +4,32 @@
 //! queue set-up, descriptor chains published on a split ring and notified,
 //! and DMA translations of endpoints.
 //!
-//! Passthrough endpoints stay runner-only (ladder decision and host
-//! checks) until the runner hands models their bound devices; the device
-//! side is [`virtio_iommu::VirtioIommu::add_passthrough`] with
-//! [`virtio_iommu::nesting::ShadowHost`].
+//! Passthrough endpoints are shadowed through the shadow engine
+//! ([`ShadowHost`] over the runner's simulated iommufd and RAM IOAS) and
+//! decided by the device ([`VirtioIommu::add_passthrough`]: the ladder, or
+//! the hot-plug rule once the driver has read the configuration).
 
 use std::sync::Arc;
 
 use nesting_core::guest::VirtioIommuConfig;
+use nesting_core::host::objects::BoundDevice;
+use nesting_core::ladder::{Adjustments, Check, Decision, DecisionKind};
 use nesting_core::types::Access;
 use virtio_iommu::driver::SplitRing;
+use virtio_iommu::nesting::ShadowHost;
 use virtio_iommu::protocol::NUM_QUEUES;
-use virtio_iommu::{DeviceOptions, VirtioIommu};
+use virtio_iommu::{DeviceError, DeviceOptions, VirtioIommu};
 use vm_memory::GuestMemoryMmap;
 
 use super::parse::{Buf, Width};
-use super::{Env, ModelError, ReplayModel};
+use super::{Env, ModelError, Passthrough, ReplayModel};
 
 /// The virtio-iommu device with the driver-side rings replay writes.
 pub struct VirtioReplay {
     dev: Result<VirtioIommu<GuestMemoryMmap>, String>,
     rings: [Option<SplitRing>; NUM_QUEUES],
+    /// The shadow engine's handle, made at the first passthrough device.
+    shadow: Option<ShadowHost>,
 }
 
 impl VirtioReplay {
@@ -35,6 +40,7 @@ impl VirtioReplay {
             dev: VirtioIommu::new(cfg, DeviceOptions::default())
                 .map_err(|e| format!("virtio-iommu device refused: {}", chain(&e))),
             rings: [None, None],
+            shadow: None,
         }
     }
 
@@ -77,6 +83,51 @@ fn queue_index(q: u16) -> Result<usize, ModelError> {
 }
 
 impl ReplayModel for VirtioReplay {
+    fn passthrough(
+        &mut self,
+        _env: &Env<'_>,
+        p: Passthrough<'_>,
+    ) -> Result<Decision, (ModelError, BoundDevice)> {
+        let dev = match &self.dev {
+            Ok(d) => d,
+            Err(e) => return Err((ModelError::Script(e.clone()), p.device)),
+        };
+        let shadow = match &self.shadow {
+            Some(s) => s.clone(),
+            None => {
+                let s = ShadowHost::new(p.host.clone(), p.ram.clone());
+                if let Err(e) = dev.set_passthrough_host(Box::new(s.clone())) {
+                    return Err((script(chain(&e)), p.device));
+                }
+                self.shadow = Some(s.clone());
+                s
+            }
+        };
+        shadow.add_device(p.sid, p.device);
+        match dev.add_passthrough(p.sid, &p.view) {
+            Ok(decision) => Ok(decision),
+            // Refused: the device is dropped (unbound), as the runner
+            // expects of a refused device.
+            Err(DeviceError::Refused(decision)) => {
+                drop(shadow.remove_device(p.sid));
+                Ok(*decision)
+            }
+            Err(e) => match shadow.remove_device(p.sid) {
+                Some(device) => Err((script(chain(&e)), device)),
+                None => Ok(Decision {
+                    kind: DecisionKind::Refuse,
+                    checks: vec![Check {
+                        name: "host",
+                        passed: false,
+                        detail: chain(&e),
+                    }],
+                    reason: chain(&e),
+                    adjust: Adjustments::default(),
+                }),
+            },
+        }
+    }
+
     fn features(&mut self) -> Result<u64, ModelError> {
         Ok(self.dev()?.device_features())
     }
