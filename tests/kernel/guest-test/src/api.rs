@@ -80,7 +80,7 @@ fn sized_veventq(out: &mut Vec<Check>) {
     let h = k.host();
     let setup = || {
         let ioas = h.ioas_alloc().ok()?;
-        let d = k.mock_device(PtId::Ioas(ioas), false).ok()?;
+        let d = k.add_device(PtId::Ioas(ioas), false).ok()?;
         let req = nesting_core::host::HwptAlloc {
             dev: d.dev,
             parent: PtId::Ioas(ioas),

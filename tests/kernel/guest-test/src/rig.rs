@@ -17,9 +17,10 @@ use nesting_core::types::{Access, Iova, IovaRange, Pasid};
 
 use crate::testcmd::{self as tc, IommuTestCmd, Op};
 
-/// A mock device, bound and attached.
+/// A device of the test, bound and attached: a mock device (kernel
+/// selftest or simulator) or the real VFIO device.
 #[derive(Clone, Copy, Debug)]
-pub struct MockDev {
+pub struct TestDev {
     /// Its iommufd device ID.
     pub dev: DevId,
     /// The selftest object holding it (kernel only; 0 on the simulator).
@@ -30,15 +31,15 @@ pub struct MockDev {
 pub trait Rig {
     /// The backend under test.
     fn host(&self) -> &dyn HostBackend;
-    /// Adds a mock device attached to `pt` (an IOAS or a HWPT);
+    /// Adds a device attached to `pt` (an IOAS or a HWPT);
     /// `pasid`: the device supports PASIDs.
-    fn mock_device(&self, pt: PtId, pasid: bool) -> Result<MockDev, Errno>;
+    fn add_device(&self, pt: PtId, pasid: bool) -> Result<TestDev, Errno>;
     /// Attaches (or replaces) the device's RID or PASID domain.
-    fn attach(&self, d: MockDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno>;
+    fn attach(&self, d: TestDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno>;
     /// Detaches a PASID.
-    fn detach_pasid(&self, d: MockDev, pasid: Pasid) -> Result<(), Errno>;
+    fn detach_pasid(&self, d: TestDev, pasid: Pasid) -> Result<(), Errno>;
     /// Whether a device's PASID is attached to `hwpt` (`None`: detached).
-    fn pasid_domain_is(&self, d: MockDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool;
+    fn pasid_domain_is(&self, d: TestDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool;
     /// Pages pinned for DMA by this process now.
     fn pinned_pages(&self) -> u64;
     /// How many times each page of `[va, va + len)` is pinned, where the
@@ -49,13 +50,13 @@ pub trait Rig {
     /// The device raises a one-fault page request group.
     fn trigger_iopf(
         &self,
-        d: MockDev,
+        d: TestDev,
         pasid: Option<Pasid>,
         grpid: u32,
         addr: Iova,
     ) -> Result<(), Errno>;
     /// The device raises the selftest vEVENT (its vDEVICE's virtual ID).
-    fn trigger_vevent(&self, d: MockDev, viommu: ViommuId, virt_id: u32) -> Result<(), Errno>;
+    fn trigger_vevent(&self, d: TestDev, viommu: ViommuId, virt_id: u32) -> Result<(), Errno>;
     /// The device writes the page at `iova` through `hwpt`.
     fn dirty(&self, hwpt: HwptId, iova: Iova, page: u64) -> Result<(), Errno>;
 }
@@ -140,7 +141,7 @@ impl Rig for KernelRig {
         &self.fd
     }
 
-    fn mock_device(&self, pt: PtId, pasid: bool) -> Result<MockDev, Errno> {
+    fn add_device(&self, pt: PtId, pasid: bool) -> Result<TestDev, Errno> {
         let mut c = IommuTestCmd::new(Op::MockDomainFlags, pt.raw());
         c.set_u32(
             12,
@@ -151,13 +152,13 @@ impl Rig for KernelRig {
             },
         );
         let c = self.cmd(c)?;
-        Ok(MockDev {
+        Ok(TestDev {
             stdev: c.u32_at(0),
             dev: DevId(c.u32_at(8)),
         })
     }
 
-    fn attach(&self, d: MockDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
+    fn attach(&self, d: TestDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
         let Some(p) = pasid else {
             let mut c = IommuTestCmd::new(Op::MockDomainReplace, d.stdev);
             c.set_u32(0, pt.raw());
@@ -173,13 +174,13 @@ impl Rig for KernelRig {
         self.cmd(c).map(drop)
     }
 
-    fn detach_pasid(&self, d: MockDev, pasid: Pasid) -> Result<(), Errno> {
+    fn detach_pasid(&self, d: TestDev, pasid: Pasid) -> Result<(), Errno> {
         let mut c = IommuTestCmd::new(Op::PasidDetach, d.stdev);
         c.set_u32(0, pasid.raw());
         self.cmd(c).map(drop)
     }
 
-    fn pasid_domain_is(&self, d: MockDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool {
+    fn pasid_domain_is(&self, d: TestDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool {
         // PASID_CHECK_HWPT succeeds when the PASID's domain is the HWPT's;
         // HWPT 0 asks whether the PASID is detached.
         let mut c = IommuTestCmd::new(Op::PasidCheckHwpt, d.stdev);
@@ -198,7 +199,7 @@ impl Rig for KernelRig {
 
     fn trigger_iopf(
         &self,
-        d: MockDev,
+        d: TestDev,
         pasid: Option<Pasid>,
         grpid: u32,
         addr: Iova,
@@ -212,7 +213,7 @@ impl Rig for KernelRig {
         self.cmd(c).map(drop)
     }
 
-    fn trigger_vevent(&self, d: MockDev, _viommu: ViommuId, _virt_id: u32) -> Result<(), Errno> {
+    fn trigger_vevent(&self, d: TestDev, _viommu: ViommuId, _virt_id: u32) -> Result<(), Errno> {
         let mut c = IommuTestCmd::new(Op::TriggerVevent, 0);
         c.set_u32(0, d.dev.0);
         self.cmd(c).map(drop)
@@ -265,7 +266,7 @@ impl Rig for SimRig {
         &self.sim
     }
 
-    fn mock_device(&self, pt: PtId, pasid: bool) -> Result<MockDev, Errno> {
+    fn add_device(&self, pt: PtId, pasid: bool) -> Result<TestDev, Errno> {
         let unit = if pasid {
             SIM_UNIT_PASID
         } else {
@@ -276,18 +277,18 @@ impl Rig for SimRig {
             .bind_device(self.sim.add_device(unit))
             .map_err(|e| e.errno)?;
         self.sim.attach(dev, None, pt).map_err(|e| e.errno)?;
-        Ok(MockDev { dev, stdev: 0 })
+        Ok(TestDev { dev, stdev: 0 })
     }
 
-    fn attach(&self, d: MockDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
+    fn attach(&self, d: TestDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
         self.sim.attach(d.dev, pasid, pt).map_err(|e| e.errno)
     }
 
-    fn detach_pasid(&self, d: MockDev, pasid: Pasid) -> Result<(), Errno> {
+    fn detach_pasid(&self, d: TestDev, pasid: Pasid) -> Result<(), Errno> {
         self.sim.detach(d.dev, Some(pasid)).map_err(|e| e.errno)
     }
 
-    fn pasid_domain_is(&self, d: MockDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool {
+    fn pasid_domain_is(&self, d: TestDev, pasid: Pasid, hwpt: Option<HwptId>) -> bool {
         self.sim.attached_hwpt(d.dev, Some(pasid)) == hwpt
     }
 
@@ -300,7 +301,7 @@ impl Rig for SimRig {
     /// domain cannot take is dropped and the op still succeeds.
     fn trigger_iopf(
         &self,
-        d: MockDev,
+        d: TestDev,
         pasid: Option<Pasid>,
         _grpid: u32,
         addr: Iova,
@@ -314,7 +315,7 @@ impl Rig for SimRig {
     /// `iommufd_test_trigger_vevent`: the mock device knows its vIOMMU and
     /// virtual ID only while attached to a nested HWPT of that vIOMMU
     /// (`mock_domain_nop_attach`), else ENOENT.
-    fn trigger_vevent(&self, d: MockDev, viommu: ViommuId, virt_id: u32) -> Result<(), Errno> {
+    fn trigger_vevent(&self, d: TestDev, viommu: ViommuId, virt_id: u32) -> Result<(), Errno> {
         let on_viommu = self
             .sim
             .attached_hwpt(d.dev, None)
@@ -351,23 +352,23 @@ impl Rig for VfioRig {
         &self.fd
     }
 
-    fn mock_device(&self, pt: PtId, _pasid: bool) -> Result<MockDev, Errno> {
+    fn add_device(&self, pt: PtId, _pasid: bool) -> Result<TestDev, Errno> {
         let src = nesting_core::host::DeviceSource::Path(self.path.clone());
         let dev = self.fd.bind_device(src).map_err(|e| e.errno)?;
         self.fd.attach(dev, None, pt).map_err(|e| e.errno)?;
-        Ok(MockDev { dev, stdev: 0 })
+        Ok(TestDev { dev, stdev: 0 })
     }
 
-    fn attach(&self, d: MockDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
+    fn attach(&self, d: TestDev, pasid: Option<Pasid>, pt: PtId) -> Result<(), Errno> {
         self.fd.attach(d.dev, pasid, pt).map_err(|e| e.errno)
     }
 
-    fn detach_pasid(&self, d: MockDev, pasid: Pasid) -> Result<(), Errno> {
+    fn detach_pasid(&self, d: TestDev, pasid: Pasid) -> Result<(), Errno> {
         self.fd.detach(d.dev, Some(pasid)).map_err(|e| e.errno)
     }
 
     /// Not observable through VFIO.
-    fn pasid_domain_is(&self, _d: MockDev, _pasid: Pasid, _hwpt: Option<HwptId>) -> bool {
+    fn pasid_domain_is(&self, _d: TestDev, _pasid: Pasid, _hwpt: Option<HwptId>) -> bool {
         false
     }
 
@@ -376,11 +377,11 @@ impl Rig for VfioRig {
     }
 
     /// A real device faults on its own; nothing triggers it here.
-    fn trigger_iopf(&self, _: MockDev, _: Option<Pasid>, _: u32, _: Iova) -> Result<(), Errno> {
+    fn trigger_iopf(&self, _: TestDev, _: Option<Pasid>, _: u32, _: Iova) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)
     }
 
-    fn trigger_vevent(&self, _: MockDev, _: ViommuId, _: u32) -> Result<(), Errno> {
+    fn trigger_vevent(&self, _: TestDev, _: ViommuId, _: u32) -> Result<(), Errno> {
         Err(Errno::EOPNOTSUPP)
     }
 

@@ -35,7 +35,7 @@ pub fn map_unmap(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let whole = h.ioas_map(ioas, fixed(BASE), a, m.a.len(), Access::RW);
     t.dbg("map before any domain", whole);
     t.val("pinned without domain", r.pinned_pages());
-    let Ok(_dev) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(_dev) = t.id("mock_device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     t.val("pinned with domain", r.pinned_pages());
@@ -101,7 +101,7 @@ pub fn map_file(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    if t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false))
+    if t.id("mock_device", r.add_device(PtId::Ioas(ioas), false))
         .is_err()
     {
         return;
@@ -167,7 +167,7 @@ pub fn copy(r: &dyn Rig, t: &mut Trace, m: &Mem) {
         return;
     };
     for (label, ioas) in [("mock_device src", src), ("mock_device dst", dst)] {
-        if t.id(label, r.mock_device(PtId::Ioas(ioas), false)).is_err() {
+        if t.id(label, r.add_device(PtId::Ioas(ioas), false)).is_err() {
             return;
         }
     }
@@ -277,7 +277,7 @@ pub fn pinning(r: &dyn Rig, t: &mut Trace, m: &Mem) {
         return;
     };
     for (label, ioas) in [("mock_device 1", one), ("mock_device 2", two)] {
-        if t.id(label, r.mock_device(PtId::Ioas(ioas), false)).is_err() {
+        if t.id(label, r.add_device(PtId::Ioas(ioas), false)).is_err() {
             return;
         }
     }
@@ -325,7 +325,7 @@ pub fn allow_iovas(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    if t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false))
+    if t.id("mock_device", r.add_device(PtId::Ioas(ioas), false))
         .is_err()
     {
         return;
@@ -385,7 +385,7 @@ fn file_past_eof_then_attach(r: &dyn Rig, t: &mut Trace, m: &Mem, ioas: IoasId) 
     let at = fixed(BASE + 0x10_0000);
     let map = h.ioas_map(ioas, at, f, 4 * K4, Access::RW);
     t.dbg("map_file past end without domain", map);
-    let dev = r.mock_device(PtId::Ioas(ioas), false);
+    let dev = r.add_device(PtId::Ioas(ioas), false);
     t.id("mock_device on ioas with unpinnable file mapping", dev)
         .ok();
     let unmap = h.ioas_unmap(ioas, Iova(BASE + 0x10_0000), 4 * K4);
@@ -405,7 +405,7 @@ pub fn edges(r: &dyn Rig, t: &mut Trace, m: &Mem) {
         return;
     };
     file_past_eof_then_attach(r, t, m, one);
-    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(one), false)) else {
+    let Ok(d) = t.id("mock_device", r.add_device(PtId::Ioas(one), false)) else {
         return;
     };
     // Two adjacent mappings; an unmap that covers the first and cuts the

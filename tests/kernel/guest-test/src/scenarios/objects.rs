@@ -11,7 +11,7 @@ use nesting_core::host::{
 use nesting_core::types::{Access, Iova, IovaRange, Pasid};
 
 use crate::mem::Mem;
-use crate::rig::{MockDev, Rig};
+use crate::rig::{Rig, TestDev};
 use crate::testcmd as tc;
 use crate::trace::Trace;
 
@@ -80,7 +80,7 @@ pub fn hw_info(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
         return;
     };
     for (label, pasid) in [("hw_info plain", false), ("hw_info pasid", true)] {
-        if let Ok(d) = r.mock_device(PtId::Ioas(ioas), pasid) {
+        if let Ok(d) = r.add_device(PtId::Ioas(ioas), pasid) {
             t.dbg(label, h.hw_info(d.dev));
         }
     }
@@ -105,7 +105,7 @@ pub fn hwpt(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(d) = t.id("mock_device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     let (none, empty) = (HwptData::None, HwptFlags::empty());
@@ -238,7 +238,7 @@ pub fn viommu(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(d) = t.id("mock_device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     let io = (d.dev, PtId::Ioas(ioas));
@@ -297,7 +297,7 @@ pub fn viommu(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
 fn viommu_events(
     r: &dyn Rig,
     t: &mut Trace,
-    d: MockDev,
+    d: TestDev,
     vi: ViommuId,
 ) -> Option<(VeventqId, HwptId, VdeviceId)> {
     let h = r.host();
@@ -400,7 +400,7 @@ pub fn fault(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(d) = t.id("mock_device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     let Ok(fq) = t.id("fault_queue_alloc", h.fault_queue_alloc()) else {
@@ -476,10 +476,10 @@ pub fn pasid(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("mock pasid device", r.mock_device(PtId::Ioas(ioas), true)) else {
+    let Ok(d) = t.id("mock pasid device", r.add_device(PtId::Ioas(ioas), true)) else {
         return;
     };
-    let Ok(plain) = t.id("mock plain device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(plain) = t.id("mock plain device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     let io = PtId::Ioas(ioas);
@@ -549,7 +549,7 @@ pub fn pasid(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
 /// An IOPF from a PASID: a nested HWPT with a fault queue attached to the
 /// PASID, a fault raised there, read with its PASID, answered; then the
 /// fault queue cannot be destroyed while the HWPT delivers to it.
-fn pasid_fault(r: &dyn Rig, t: &mut Trace, d: MockDev, parent: HwptId, p1: Pasid) {
+fn pasid_fault(r: &dyn Rig, t: &mut Trace, d: TestDev, parent: HwptId, p1: Pasid) {
     let h = r.host();
     let Ok(fq) = t.id("fault_queue_alloc", h.fault_queue_alloc()) else {
         return;
@@ -619,7 +619,7 @@ pub fn dirty(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("mock_device", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(d) = t.id("mock_device", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     let io = (d.dev, PtId::Ioas(ioas));

@@ -19,7 +19,7 @@ pub fn vtd(r: &dyn Rig, t: &mut Trace, m: &Mem) {
     let Ok(ioas) = t.id("ioas_alloc", h.ioas_alloc()) else {
         return;
     };
-    let Ok(d) = t.id("bind and attach", r.mock_device(PtId::Ioas(ioas), false)) else {
+    let Ok(d) = t.id("bind and attach", r.add_device(PtId::Ioas(ioas), false)) else {
         return;
     };
     t.dbg("iova_ranges", h.ioas_iova_ranges(ioas));
