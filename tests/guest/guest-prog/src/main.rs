@@ -18,8 +18,14 @@
 //!   endpoint a translated default domain with nothing mapped, so DMA to a
 //!   buffer's physical address is refused by the model, and the fault the
 //!   model writes on its event queue is what the driver logs.
+//! - `virtio-iommu-vfio`: the same topology; the endpoint is bound to
+//!   vfio-pci and driven from user space: buffers mapped at chosen IOVAs
+//!   (above guest RAM, so only translation can reach them) through the
+//!   type1 container, completion on MSI-X vector 0 as an eventfd, a write
+//!   to a read-only mapping and DMA after unmap refused and reported.
 
 mod sys;
+mod vfio;
 
 use std::process::ExitCode;
 
@@ -100,11 +106,39 @@ struct Outcome {
     seq_advanced: bool,
 }
 
-struct Endpoint {
-    bar: Mmio,
+/// 32-bit register access to BAR0, by sysfs mmap or through VFIO.
+trait Bar {
+    fn read(&self, off: usize) -> u32;
+    fn write(&self, off: usize, v: u32);
 }
 
-impl Endpoint {
+impl Bar for Mmio {
+    fn read(&self, off: usize) -> u32 {
+        Mmio::read(self, off)
+    }
+    fn write(&self, off: usize, v: u32) {
+        Mmio::write(self, off, v)
+    }
+}
+
+impl Bar for vfio::Vfio {
+    /// A failed access reads as all-ones, as a PCI master abort does.
+    fn read(&self, off: usize) -> u32 {
+        self.read32(off as u64).unwrap_or(u32::MAX)
+    }
+    fn write(&self, off: usize, v: u32) {
+        if let Err(e) = self.write32(off as u64, v) {
+            println!("# BAR0 write {off:#x}: {e}");
+        }
+    }
+}
+
+struct Endpoint<B: Bar> {
+    bar: B,
+    vector: u32,
+}
+
+impl<B: Bar> Endpoint<B> {
     fn run(&self, c: &Cmd) -> Outcome {
         let b = &self.bar;
         let seq = b.read(reg::SEQ);
@@ -114,7 +148,7 @@ impl Endpoint {
         b.write(reg::DST_HI, (c.dst >> 32) as u32);
         b.write(reg::LEN, c.len);
         b.write(reg::PATTERN, c.pattern);
-        b.write(reg::VECTOR, u32::MAX);
+        b.write(reg::VECTOR, self.vector);
         b.write(reg::CMD, c.op);
         // vfio-user region writes are non-posted, so the command is done
         // when the store returns; the read of SEQ also flushes it.
@@ -200,7 +234,7 @@ fn dma_passthrough(r: &mut Report) {
 
 /// PCI Local Bus 3.0, 6.2.2: with Bus Master Enable clear the device
 /// issues no DMA; set it, and DMA runs.
-fn bus_master_checks(r: &mut Report, ep: &Endpoint, cfg: &Config, dst: &PinnedPage) {
+fn bus_master_checks(r: &mut Report, ep: &Endpoint<Mmio>, cfg: &Config, dst: &PinnedPage) {
     let cmd = cfg.read16(4).unwrap_or(0);
     let _ = cfg.write16(4, cmd & !0x0004);
     let o = ep.run(&fill_cmd(dst.phys(), 16, 0x5a5a_5a5a));
@@ -219,7 +253,12 @@ fn bus_master_checks(r: &mut Report, ep: &Endpoint, cfg: &Config, dst: &PinnedPa
     );
 }
 
-fn transfer_checks(r: &mut Report, ep: &Endpoint, src: &mut PinnedPage, dst: &mut PinnedPage) {
+fn transfer_checks(
+    r: &mut Report,
+    ep: &Endpoint<Mmio>,
+    src: &mut PinnedPage,
+    dst: &mut PinnedPage,
+) {
     let p = 0xa5c3_5a3c;
     let o = ep.run(&fill_cmd(dst.phys(), PAGE as u32, p));
     let want: Vec<u8> = (0..PAGE).map(|i| pattern_byte(p, i)).collect();
@@ -290,7 +329,7 @@ fn transfer_checks(r: &mut Report, ep: &Endpoint, src: &mut PinnedPage, dst: &mu
     );
 }
 
-fn refusal_checks(r: &mut Report, ep: &Endpoint, dst: &mut PinnedPage) {
+fn refusal_checks(r: &mut Report, ep: &Endpoint<Mmio>, dst: &mut PinnedPage) {
     let o = ep.run(&fill_cmd(NOWHERE + 0x10, 64, 0x1111_1111));
     r.check(
         "dma/write-outside-ram",
@@ -329,7 +368,7 @@ fn refusal_checks(r: &mut Report, ep: &Endpoint, dst: &mut PinnedPage) {
 
 /// Maps BAR0 and the config space of the endpoint, after the
 /// `endpoint/found` check.
-fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint, Config)> {
+fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint<Mmio>, Config)> {
     let Some(dev) = sys::find_function(VENDOR, DEVICE) else {
         let e = format!("no {VENDOR:04x}:{DEVICE:04x} in /sys/bus/pci/devices");
         r.check("endpoint/found", false, e);
@@ -342,7 +381,14 @@ fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint, Config
     let bar0 = sys::bar_address(&dev, 0).unwrap_or(0);
     r.check("endpoint/found", true, format!("{bdf}, BAR0 at {bar0:#x}"));
     match (Mmio::map(&dev, 0, PAGE), Config::open(&dev)) {
-        (Ok(bar), Ok(cfg)) => Some((dev, Endpoint { bar }, cfg)),
+        (Ok(bar), Ok(cfg)) => Some((
+            dev,
+            Endpoint {
+                bar,
+                vector: u32::MAX,
+            },
+            cfg,
+        )),
         (b, c) => {
             let e = format!("resource0: {:?}, config: {:?}", b.err(), c.err());
             r.check("endpoint/map", false, e);
@@ -416,6 +462,194 @@ fn virtio_iommu_fault(r: &mut Report) {
     );
 }
 
+/// IOVAs the guest chooses: above its 512 MiB of RAM, so an access can
+/// only reach the buffers through the IOMMU's translation.
+const IOVA_SRC: u64 = 0x4000_0000;
+const IOVA_DST: u64 = 0x4010_0000;
+/// Two pages: the buffers' pages are not physically contiguous, so a
+/// transfer spanning them exercises per-page translation.
+const VFIO_LEN: usize = 2 * PAGE;
+/// Endpoint ID of 00:05.0 in the harness's VIOT.
+const ENDPOINT_ID: u32 = 0x28;
+
+fn virtio_iommu_vfio(r: &mut Report) {
+    let Some(dev) = sys::find_function(VENDOR, DEVICE) else {
+        r.check("endpoint/found", false, "no endpoint");
+        return;
+    };
+    let bound = vfio::bind_vfio_pci(&dev);
+    if !r.check("vfio/bind", bound.is_ok(), format!("{bound:?}")) {
+        return;
+    }
+    let v = match vfio::Vfio::open(&dev) {
+        Ok(v) => v,
+        Err(e) => {
+            r.check("vfio/container", false, e.to_string());
+            return;
+        }
+    };
+    r.check(
+        "vfio/container",
+        true,
+        format!("group {:?} in a type1v2 container", sys::iommu_group(&dev)),
+    );
+    let cmd = v.config_read16(4).unwrap_or(0);
+    let bme = v.config_write16(4, cmd | CMD_MEM_BME);
+    let irq = v.msix_vector0();
+    r.check(
+        "vfio/bus-master-msix",
+        bme.is_ok() && irq.is_ok(),
+        format!(
+            "command {cmd:#06x}: {bme:?}; MSI-X vector 0: {:?}",
+            irq.as_ref().err()
+        ),
+    );
+    let (Ok(irq), Ok(mut src), Ok(dst)) = (irq, vfio::Buf::new(VFIO_LEN), vfio::Buf::new(VFIO_LEN))
+    else {
+        return;
+    };
+    let len = VFIO_LEN as u64;
+    let maps = (
+        v.map(src.va(), IOVA_SRC, len, false),
+        v.map(dst.va(), IOVA_DST, len, true),
+    );
+    if !r.check(
+        "vfio/map",
+        maps.0.is_ok() && maps.1.is_ok(),
+        format!("src {IOVA_SRC:#x} read-only, dst {IOVA_DST:#x} read-write: {maps:?}"),
+    ) {
+        return;
+    }
+    let ep = Endpoint { bar: v, vector: 0 };
+    vfio_transfers(r, &ep, &irq, &mut src, &dst);
+    vfio_refusals(r, &ep, &dst);
+}
+
+fn vfio_transfers(
+    r: &mut Report,
+    ep: &Endpoint<vfio::Vfio>,
+    irq: &vfio::EventFd,
+    src: &mut vfio::Buf,
+    dst: &vfio::Buf,
+) {
+    let p = 0x6b5a_4b3c;
+    let o = ep.run(&fill_cmd(IOVA_DST, VFIO_LEN as u32, p));
+    let want: Vec<u8> = (0..VFIO_LEN).map(|i| pattern_byte(p, i)).collect();
+    let got = dst.snapshot();
+    r.check(
+        "dma/fill-iova",
+        o.status == ST_OK && got == want,
+        format!(
+            "{VFIO_LEN:#x} bytes at IOVA {IOVA_DST:#x}: {o:?}; {}",
+            diff(&got, &want)
+        ),
+    );
+    let n = irq.wait(2000);
+    r.check(
+        "irq/msix-completion",
+        matches!(n, Ok(k) if k >= 1),
+        format!("eventfd of vector 0: {n:?}"),
+    );
+
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in 0..VFIO_LEN {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        src.set(i, x as u8);
+    }
+    let o = ep.run(&copy_cmd(IOVA_SRC + 3, IOVA_DST + 5, VFIO_LEN as u32 - 8));
+    let (s, got) = (src.snapshot(), dst.snapshot());
+    let ok = o.status == ST_OK && got[5..VFIO_LEN - 3] == s[3..VFIO_LEN - 5];
+    r.check(
+        "dma/copy-iova",
+        ok,
+        format!(
+            "IOVA {:#x} -> {:#x}: {o:?}; {}",
+            IOVA_SRC + 3,
+            IOVA_DST + 5,
+            diff(&got[5..VFIO_LEN - 3], &s[3..VFIO_LEN - 5])
+        ),
+    );
+    let n = irq.wait(2000);
+    r.check(
+        "irq/msix-second",
+        matches!(n, Ok(k) if k >= 1),
+        format!("{n:?}"),
+    );
+}
+
+/// A refusal of `cmd`: the status, the fault address, and the fault
+/// record the driver logged.
+fn expect_fault(
+    r: &mut Report,
+    name: &str,
+    ep: &Endpoint<vfio::Vfio>,
+    cmd: &Cmd,
+    status: u32,
+    iova: u64,
+) {
+    let mut kmsg = sys::Kmsg::open_at_end();
+    let o = ep.run(cmd);
+    r.check(
+        name,
+        o.status == status && o.fault == iova,
+        format!("{o:?}, want status {status} at {iova:#x}"),
+    );
+    let want = format!("fault from EP {ENDPOINT_ID} at {iova:#x}");
+    let line = kmsg
+        .as_mut()
+        .ok()
+        .and_then(|k| k.wait_for(&want, std::time::Duration::from_secs(3)));
+    r.check(
+        &format!("{name}/reported"),
+        line.is_some(),
+        line.unwrap_or_else(|| format!("no kernel message with {want:?}")),
+    );
+}
+
+fn vfio_refusals(r: &mut Report, ep: &Endpoint<vfio::Vfio>, dst: &vfio::Buf) {
+    // virtio 1.3 5.13.6.5: a MAP without VIRTIO_IOMMU_MAP_F_WRITE does
+    // not let the device write.
+    expect_fault(
+        r,
+        "dma/write-readonly-refused",
+        ep,
+        &fill_cmd(IOVA_SRC, 16, 0),
+        ST_WRITE_FAULT,
+        IOVA_SRC,
+    );
+    let before = dst.snapshot();
+    let unmapped = ep.bar.unmap(IOVA_DST, VFIO_LEN as u64);
+    r.check(
+        "vfio/unmap",
+        matches!(unmapped, Ok(n) if n == VFIO_LEN as u64),
+        format!("{unmapped:?}"),
+    );
+    expect_fault(
+        r,
+        "dma/after-unmap-refused",
+        ep,
+        &fill_cmd(IOVA_DST + PAGE as u64, 64, 0xffff_ffff),
+        ST_WRITE_FAULT,
+        IOVA_DST + PAGE as u64,
+    );
+    let untouched = dst.snapshot() == before;
+    r.check(
+        "dma/after-unmap-untouched",
+        untouched,
+        "the unmapped buffer kept its bytes",
+    );
+    expect_fault(
+        r,
+        "dma/read-unmapped-refused",
+        ep,
+        &copy_cmd(IOVA_DST, IOVA_SRC, 4),
+        ST_READ_FAULT,
+        IOVA_DST,
+    );
+}
+
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     if args.is_empty() {
@@ -427,6 +661,7 @@ fn main() -> ExitCode {
         match a.as_str() {
             "dma-passthrough" => dma_passthrough(&mut r),
             "virtio-iommu-fault" => virtio_iommu_fault(&mut r),
+            "virtio-iommu-vfio" => virtio_iommu_vfio(&mut r),
             other => {
                 r.check(&format!("scenario/{other}"), false, "unknown scenario");
             }
