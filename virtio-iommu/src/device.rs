@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nesting_core::guest::{GuestModel, VirtioIommuConfig};
 use nesting_core::iotlb::{Iotlb, IotlbInvalidation};
 use nesting_core::ladder::{self, Adjustments, Check, Decision, DecisionKind, HostView};
+use nesting_core::mem::GuestMemoryExt;
+use nesting_core::types::Gpa;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
@@ -26,6 +28,10 @@ pub const MAX_QUEUE_SIZE: u16 = 256;
 /// 4096 pages of 4 KiB cover 16 MiB of DMA buffers per working set, more
 /// with 2 MiB and 1 GiB entries; a miss only costs a lookup under the lock.
 pub const IOTLB_ENTRIES: usize = 4096;
+
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT` (virtio 1.3 2.7.6): "If flags is 1, the
+/// device SHOULD NOT send a notification" (without VIRTIO_F_EVENT_IDX).
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// What the device asks the VMM's transport to signal. The device's
 /// configuration never changes on its own (only the driver writes
@@ -127,10 +133,25 @@ pub(crate) struct Inner<M> {
     pub irq: Option<InterruptCallback>,
 }
 
-impl<M> Inner<M> {
-    pub fn signal(&self, what: Interrupt) {
+impl<M: GuestMemory> Inner<M> {
+    /// Signals a used-buffer notification for queue `q` unless the driver
+    /// suppressed it (virtio 1.3 2.7.10: VIRTQ_AVAIL_F_NO_INTERRUPT, which
+    /// Linux sets on its callback-less request queue).
+    pub fn signal_used(&mut self, q: u16, mem: &M) {
+        let Some(queue) = self.queues.get_mut(usize::from(q)) else {
+            return;
+        };
+        // virtio-queue leaves the flag to the device (VIRTIO_F_EVENT_IDX is
+        // not offered, so it is the only suppression). Read after the used
+        // ring writes; a ring whose flags cannot be read still gets the
+        // interrupt: a spurious one is harmless, a lost one is not.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let flags = mem.read_u16_le(Gpa(queue.avail_ring())).unwrap_or(0);
+        if flags & VIRTQ_AVAIL_F_NO_INTERRUPT != 0 {
+            return;
+        }
         if let Some(cb) = &self.irq {
-            cb(what);
+            cb(Interrupt::Queue(q));
         }
     }
 }
@@ -373,7 +394,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             other => return Err(DeviceError::NoQueue(other)),
         };
         if used > 0 {
-            inner.signal(Interrupt::Queue(index));
+            inner.signal_used(index, &mem);
         }
         Ok(())
     }

@@ -1224,3 +1224,23 @@ fn passthrough_endpoint_incompatible_with_domain_is_unsupp() {
     assert_eq!(d.dev.lock().state.tables.domain_of(8), None);
     assert_eq!(host.0.lock().unwrap().attached[&8], None);
 }
+
+#[test]
+fn used_buffer_interrupt_suppressed_when_driver_sets_no_interrupt() {
+    let mut d = drv();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    d.dev
+        .set_interrupt(Arc::new(move |i| s2.lock().unwrap().push(i)));
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![crate::Interrupt::Queue(REQUEST_QUEUE)]
+    );
+    // VIRTQ_AVAIL_F_NO_INTERRUPT in the request queue's avail flags, as
+    // Linux sets it on its callback-less request queue.
+    let (ring, _) = crate::driver::SplitRing::at(0x1_0000, crate::mock::MOCK_QUEUE_SIZE);
+    nesting_core::mem::GuestMemoryExt::write_u16_le(&*d.mem, Gpa(ring.avail), 1).unwrap();
+    assert_eq!(d.attach(2, 8), Status::Ok);
+    assert_eq!(seen.lock().unwrap().len(), 1, "no interrupt");
+}

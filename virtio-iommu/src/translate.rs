@@ -7,7 +7,7 @@ use nesting_core::iotlb::{Iotlb, IotlbTag, Translate, TranslateFault, Translatio
 use nesting_core::types::{Access, EndpointId, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
-use crate::device::{Interrupt, State, VirtioIommu};
+use crate::device::{State, VirtioIommu};
 use crate::event::Fault;
 use crate::nesting::access_of;
 use crate::protocol::{EVENT_QUEUE, FaultReason, MapFlags, RESV_MEM_T_MSI};
@@ -244,7 +244,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             let q = &mut inner.queues[usize::from(EVENT_QUEUE)];
             match queue::deliver_events(&mut inner.state.events, q, &*mem) {
                 Ok(0) => {}
-                Ok(_) => inner.signal(Interrupt::Queue(EVENT_QUEUE)),
+                Ok(_) => inner.signal_used(EVENT_QUEUE, &mem),
                 // The event queue is not set up yet: the fault waits.
                 Err(e) => log::debug!("virtio-iommu: fault queued: {e}"),
             }
