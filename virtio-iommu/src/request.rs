@@ -290,17 +290,18 @@ impl State {
         self.cfg.resv.iter().chain(extra)
     }
 
-    fn map(&mut self, b: &MapBody) -> Result<(), Status> {
-        let (domain, first, last, phys) = (
-            b.domain.get(),
-            b.virt_start.get(),
-            b.virt_end.get(),
-            b.phys_start.get(),
-        );
+    /// Every check of a MAP request, in the order the spec lists them.
+    fn check_map(
+        &self,
+        domain: u32,
+        first: u64,
+        last: u64,
+        phys: u64,
+        flags: MapFlags,
+    ) -> Result<(), Status> {
         // 5.13.6.5.2: "If the device doesn't recognize a flags bit, it MUST
         // reject the request and set status to VIRTIO_IOMMU_S_INVAL."
         // MMIO is only defined with VIRTIO_IOMMU_F_MMIO negotiated.
-        let flags = MapFlags::from_bits_retain(b.flags.get());
         let mut known = MapFlags::READ | MapFlags::WRITE;
         if self.negotiated(Features::MMIO) {
             known |= MapFlags::MMIO;
@@ -348,6 +349,18 @@ impl State {
         if !self.tables.has_room(domain) {
             return Err(Status::NoMem);
         }
+        Ok(())
+    }
+
+    fn map(&mut self, b: &MapBody) -> Result<(), Status> {
+        let (domain, first, last, phys) = (
+            b.domain.get(),
+            b.virt_start.get(),
+            b.virt_end.get(),
+            b.phys_start.get(),
+        );
+        let flags = MapFlags::from_bits_retain(b.flags.get());
+        self.check_map(domain, first, last, phys, flags)?;
         let m = Mapping {
             iova_first: first,
             iova_last: last,

@@ -7,7 +7,9 @@ use nesting_core::iotlb::{Iotlb, IotlbTag, Translate, TranslateFault, Translatio
 use nesting_core::types::{Access, EndpointId, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
+use crate::config::ResvMem;
 use crate::device::{State, VirtioIommu};
+use crate::domain::Mapping;
 use crate::event::Fault;
 use crate::nesting::access_of;
 use crate::protocol::{EVENT_QUEUE, FaultReason, MapFlags, RESV_MEM_T_MSI};
@@ -101,31 +103,12 @@ impl State {
             return Err(None);
         }
         let fault = |r| Err(Some(Fault::new(r, endpoint, iova, access)));
-        let granted = (Access::RW | Access::EXEC) | (access & Access::PRIV);
-        let identity = |domain| {
-            let page = page_of(iova, 0, u64::MAX, |v| v).map(|(base, size)| {
-                let tag = IotlbTag { domain, asid: None };
-                (
-                    tag,
-                    IotlbPage {
-                        iova: Iova(base),
-                        gpa: Gpa(base),
-                        size,
-                        access: granted,
-                    },
-                )
-            });
-            Ok(Hit {
-                t: identity(iova),
-                page,
-            })
-        };
         let Some(domain_id) = self.tables.domain_of(endpoint) else {
             // 5.13.6.2: "The device SHOULD NOT let unattached endpoints that
             // are not in bypass mode access the guest-physical address
             // space."
             return match self.unattached_bypass() {
-                true => identity(NO_DOMAIN),
+                true => Ok(identity_hit(iova, NO_DOMAIN, access)),
                 false => fault(FaultReason::Domain),
             };
         };
@@ -135,77 +118,82 @@ impl State {
         // 5.13.6: "All accesses from an endpoint in bypass mode are allowed
         // and translated by the IOMMU using the identity function."
         if d.bypass {
-            return identity(domain_id);
+            return Ok(identity_hit(iova, domain_id, access));
         }
+        let resv = self.endpoint_resv(endpoint);
         // 5.13.6.8.1: an MSI region is a doorbell the platform translates
         // (writes pass untranslated); a RESERVED region is never mapped.
-        for r in self.endpoint_resv(endpoint) {
-            if r.overlaps(iova, iova) {
-                if r.subtype != RESV_MEM_T_MSI || access.intersects(Access::READ | Access::EXEC) {
-                    return fault(FaultReason::Unspecified);
-                }
-                let page = page_of(iova, r.start, r.end, |v| v).map(|(base, size)| {
-                    let tag = IotlbTag {
-                        domain: domain_id,
-                        asid: None,
-                    };
-                    let acc = Access::WRITE | (access & Access::PRIV);
-                    (
-                        tag,
-                        IotlbPage {
-                            iova: Iova(base),
-                            gpa: Gpa(base),
-                            size,
-                            access: acc,
-                        },
-                    )
-                });
-                return Ok(Hit {
-                    t: Translation::Mapped {
-                        gpa: iova,
-                        len: r.end - iova + 1,
-                    },
-                    page,
-                });
+        if let Some(r) = resv.iter().find(|r| r.overlaps(iova, iova)) {
+            if r.subtype != RESV_MEM_T_MSI || access.intersects(Access::READ | Access::EXEC) {
+                return fault(FaultReason::Unspecified);
             }
+            return Ok(msi_hit(r, iova, domain_id, access));
         }
-        let Some(m) = d.lookup(iova).filter(|m| permits(m.map_flags(), access)) else {
-            return fault(FaultReason::Mapping);
-        };
-        let gpa_of = |v: u64| m.gpa + (v - m.iova_first);
-        let t = Translation::Mapped {
+        match d.lookup(iova).filter(|m| permits(m.map_flags(), access)) {
+            Some(m) => Ok(mapping_hit(m, &resv, iova, domain_id, access)),
+            None => fault(FaultReason::Mapping),
+        }
+    }
+}
+
+/// An IOTLB entry of `domain`: `size` bytes from `base` to `gpa`.
+fn entry(
+    domain: u32,
+    base: u64,
+    gpa: u64,
+    size: PageSize,
+    access: Access,
+) -> (IotlbTag, IotlbPage) {
+    let tag = IotlbTag { domain, asid: None };
+    let page = IotlbPage {
+        iova: Iova(base),
+        gpa: Gpa(gpa),
+        size,
+        access,
+    };
+    (tag, page)
+}
+
+/// Bypass: identity, every permission; cached by the largest page.
+fn identity_hit(iova: u64, domain: u32, access: Access) -> Hit {
+    let granted = Access::RW | Access::EXEC | (access & Access::PRIV);
+    Hit {
+        t: identity(iova),
+        page: page_of(iova, 0, u64::MAX, |v| v)
+            .map(|(base, size)| entry(domain, base, base, size, granted)),
+    }
+}
+
+/// A write to an MSI doorbell region: identity, writes only.
+fn msi_hit(r: &ResvMem, iova: u64, domain: u32, access: Access) -> Hit {
+    let granted = Access::WRITE | (access & Access::PRIV);
+    Hit {
+        t: Translation::Mapped {
+            gpa: iova,
+            len: r.end - iova + 1,
+        },
+        page: page_of(iova, r.start, r.end, |v| v)
+            .map(|(base, size)| entry(domain, base, base, size, granted)),
+    }
+}
+
+/// A mapping's translation; cached by the largest page of it that keeps
+/// clear of the RESV_MEM regions.
+fn mapping_hit(m: &Mapping, resv: &[ResvMem], iova: u64, domain: u32, access: Access) -> Hit {
+    let gpa_of = |v: u64| m.gpa + (v - m.iova_first);
+    let mut granted = access_of(m.map_flags()) | (access & Access::PRIV);
+    if granted.contains(Access::READ) {
+        granted |= Access::EXEC;
+    }
+    let page = page_of(iova, m.iova_first, m.iova_last, gpa_of)
+        .filter(|(base, size)| !resv.iter().any(|r| r.overlaps(*base, base + size.mask())))
+        .map(|(base, size)| entry(domain, base, gpa_of(base), size, granted));
+    Hit {
+        t: Translation::Mapped {
             gpa: gpa_of(iova),
             len: m.iova_last - iova + 1,
-        };
-        // Mappings next to a RESV_MEM region are cached only by pages that
-        // stay clear of it.
-        let page = page_of(iova, m.iova_first, m.iova_last, gpa_of)
-            .filter(|(base, size)| {
-                !self
-                    .endpoint_resv(endpoint)
-                    .iter()
-                    .any(|r| r.overlaps(*base, base + size.mask()))
-            })
-            .map(|(base, size)| {
-                let tag = IotlbTag {
-                    domain: domain_id,
-                    asid: None,
-                };
-                let mut acc = access_of(m.map_flags()) | (access & Access::PRIV);
-                if acc.contains(Access::READ) {
-                    acc |= Access::EXEC;
-                }
-                (
-                    tag,
-                    IotlbPage {
-                        iova: Iova(base),
-                        gpa: Gpa(gpa_of(base)),
-                        size,
-                        access: acc,
-                    },
-                )
-            });
-        Ok(Hit { t, page })
+        },
+        page,
     }
 }
 
