@@ -5,6 +5,8 @@
 //! host only for passthrough endpoints, host first, so that a host failure
 //! leaves the guest-visible state unchanged.
 
+use std::borrow::Cow;
+
 use nesting_core::iotlb::IotlbInvalidation;
 use nesting_core::types::{EndpointId, Iova, RequesterId};
 use zerocopy::{FromBytes, IntoBytes};
@@ -401,23 +403,24 @@ impl State {
     }
 
     /// The RESV_MEM properties of `endpoint`.
-    pub(crate) fn endpoint_resv(&self, endpoint: u32) -> Vec<ResvMem> {
-        let mut out = self.cfg.resv.clone();
-        if self
+    pub(crate) fn endpoint_resv(&self, endpoint: u32) -> Cow<'_, [ResvMem]> {
+        let passthrough = self
             .passthrough
             .as_ref()
-            .is_some_and(|p| p.is_passthrough(endpoint))
-        {
-            // 5.13.6.8.1.2: "The device SHOULD NOT present multiple
-            // RESV_MEM properties that overlap each other for the same
-            // endpoint": the VMM's regions win over host holes.
-            for h in &self.cfg.host_resv {
-                if !out.iter().any(|r| r.overlaps(h.start, h.end)) {
-                    out.push(*h);
-                }
+            .is_some_and(|p| p.is_passthrough(endpoint));
+        if !passthrough || self.cfg.host_resv.is_empty() {
+            return Cow::Borrowed(&self.cfg.resv);
+        }
+        // 5.13.6.8.1.2: "The device SHOULD NOT present multiple RESV_MEM
+        // properties that overlap each other for the same endpoint": the
+        // VMM's regions win over host holes.
+        let mut out = self.cfg.resv.clone();
+        for h in &self.cfg.host_resv {
+            if !out.iter().any(|r| r.overlaps(h.start, h.end)) {
+                out.push(*h);
             }
         }
-        out
+        Cow::Owned(out)
     }
 
     fn probe(&mut self, b: &ProbeBody, props: &mut [u8]) -> Result<(), Status> {
@@ -433,7 +436,7 @@ impl State {
         // beginning of the first one"; the rest stays zero ("SHOULD fill
         // the remaining bytes of properties with zeroes").
         let mut at = 0usize;
-        for r in self.endpoint_resv(endpoint) {
+        for r in self.endpoint_resv(endpoint).iter() {
             let bytes = r.property();
             let Some(slot) = props.get_mut(at..at + crate::protocol::ProbeResvMem::SIZE) else {
                 return Err(Status::DevErr);
