@@ -29,6 +29,13 @@ fuzz_target!(|data: &[u8]| {
         let sid = Bdf(a as u16);
         let pasid = ((a >> 16) & 1 == 1).then(|| Pasid::new((a >> 20) as u32 & 0xfffff)).flatten();
         let access = Access::from_bits_truncate((a >> 40) as u8) | Access::READ;
+        // The shadowing view of the same requester: bounded by its budget.
+        if let vtd::shadow::TableView::Mappings { list, .. } =
+            unit.table_view(&mem, sid, pasid.map(|p| p.raw()), iova & 0xffff_ffff, u64::MAX, 512)
+        {
+            assert!(list.len() <= 512);
+            assert!(list.windows(2).all(|w| w[0].iova < w[1].iova));
+        }
         match unit.translate(&mem, sid, pasid, Iova(iova), access) {
             TranslateResult::Mapped(t) => {
                 assert!(t.iova.raw() <= iova && iova - t.iova.raw() < t.size.bytes());

@@ -52,6 +52,7 @@ pub mod nesting;
 pub mod prq;
 pub mod queue;
 pub mod regs;
+pub mod shadow;
 pub mod snapshot;
 pub mod tables;
 pub mod translate;

@@ -20,8 +20,9 @@ use crate::regs::{
     ICS_IWC, IQ_OFFSET, RegisterFile, WriteEffect, ccmd, ectl, fsts, gcmd, iotlb_reg, iqa, iqer,
     iva, off, rtaddr,
 };
+use crate::shadow::{self, Format, TableView};
 use crate::tables::read_qwords;
-use crate::translate::{self, Caps, Located, Outcome, Request, RootPointer};
+use crate::translate::{self, Caps, Located, Outcome, Request, RootPointer, Tables};
 
 /// Which event an interrupt signals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -704,6 +705,31 @@ impl Vtd {
             };
         }
         translate::resolve(mem, &self.caps, self.root, req)
+    }
+
+    /// The mappings `sid` (with `pasid`, or RID_PASID) sees in
+    /// `[first, last]`, enumerated from its tables with at most `budget`
+    /// entry reads: what a shadowing layer mirrors after an invalidation
+    /// ([`crate::shadow`]).
+    pub fn table_view<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        sid: Bdf,
+        pasid: Option<u32>,
+        first: u64,
+        last: u64,
+        budget: usize,
+    ) -> TableView {
+        if !self.translation_enabled() {
+            return TableView::Identity;
+        }
+        match translate::tables_for(mem, &self.caps, self.root, sid.0, pasid) {
+            Err(r) => TableView::Blocked(r),
+            Ok(Tables::Identity) => TableView::Identity,
+            Ok(Tables::Nested(..)) => TableView::Nested,
+            Ok(Tables::Second(p)) => shadow::enumerate(mem, Format::Second(p), first, last, budget),
+            Ok(Tables::First(p)) => shadow::enumerate(mem, Format::First(p), first, last, budget),
+        }
     }
 
     /// Same as [`Vtd::walk`]; the name the nesting seam documents.

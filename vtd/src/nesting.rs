@@ -9,8 +9,9 @@
 //! after each MMIO write and:
 //!
 //! - **shadows** (caching mode, VT-d 6.1): on each IOTLB / PASID-based
-//!   IOTLB event it re-walks the affected range with
-//!   [`crate::Vtd::walk_for_shadow`] and mirrors the result (in caching
+//!   IOTLB event it re-reads the affected range with
+//!   [`crate::Vtd::table_view`] (a whole domain after domain-selective
+//!   ones) and mirrors the result (in caching
 //!   mode the guest invalidates after making entries valid, so the
 //!   invalidation is how shadowing learns of maps);
 //! - **nests**: on context / PASID-cache events it re-reads the PASID

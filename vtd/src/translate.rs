@@ -156,34 +156,46 @@ fn bus_devfn(sid: u16) -> (u8, u8) {
 }
 
 /// 3.4.2 legacy mode: root entry by bus, context entry by devfn.
+/// 3.4.2 legacy mode: the context entry of `sid` (root entry by bus,
+/// context entry by devfn), checked for presence and reserved bits.
+pub fn legacy_context<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+) -> Result<ContextEntry, FaultReason> {
+    let (bus, devfn) = bus_devfn(sid);
+    let root = RootEntry::read(mem, rta, bus).map_err(|_| FaultReason::RootTableAccess)?;
+    // 9.1: P clear blocks every request of the bus.
+    if !P.is_set(root.lo) {
+        return Err(FaultReason::RootNotPresent);
+    }
+    // 9.1: bits 11:1, 127:64 and context-table pointer bits above HAW are
+    // reserved.
+    if root.lo & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 || root.hi != 0 {
+        return Err(FaultReason::RootReserved);
+    }
+    let ctx = ContextEntry::read(mem, root.lo & PTR.mask(), devfn)
+        .map_err(|_| FaultReason::ContextTableAccess)?;
+    if !P.is_set(ctx.lo) {
+        return Err(FaultReason::ContextNotPresent);
+    }
+    if ctx.reserved(caps.haw) {
+        return Err(FaultReason::ContextReserved);
+    }
+    Ok(ctx)
+}
+
 fn resolve_legacy<M: GuestMemory + ?Sized>(
     mem: &M,
     caps: &Caps,
     rta: u64,
     req: &Request,
 ) -> Outcome {
-    let (bus, devfn) = bus_devfn(req.sid);
-    let Ok(root) = RootEntry::read(mem, rta, bus) else {
-        return fault(FaultReason::RootTableAccess, false);
+    let ctx = match legacy_context(mem, caps, rta, req.sid) {
+        Ok(c) => c,
+        Err(r) => return fault(r, false),
     };
-    // 9.1: P clear blocks every request of the bus.
-    if !P.is_set(root.lo) {
-        return fault(FaultReason::RootNotPresent, false);
-    }
-    // 9.1: bits 11:1, 127:64 and context-table pointer bits above HAW are
-    // reserved.
-    if root.lo & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 || root.hi != 0 {
-        return fault(FaultReason::RootReserved, false);
-    }
-    let Ok(ctx) = ContextEntry::read(mem, root.lo & PTR.mask(), devfn) else {
-        return fault(FaultReason::ContextTableAccess, false);
-    };
-    if !P.is_set(ctx.lo) {
-        return fault(FaultReason::ContextNotPresent, false);
-    }
-    if ctx.reserved(caps.haw) {
-        return fault(FaultReason::ContextReserved, false);
-    }
     let fpd = FPD.is_set(ctx.lo);
     let origin = Origin {
         did: ctx.did(),
@@ -557,5 +569,81 @@ fn nested_output<M: GuestMemory + ?Sized>(
             }
         }
         SsWalk::Fault(f) => fault(ss_fault(f, req.access), fpd),
+    }
+}
+
+/// The tables a requester's DMA goes through, for a shadowing layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tables {
+    /// Pass-through: the output is the input.
+    Identity,
+    /// Second-stage tables (legacy, or scalable PGTT=010).
+    Second(SsParams),
+    /// First-stage tables (PGTT=001).
+    First(FsParams),
+    /// Nested (PGTT=011): first-stage tables addressed through the
+    /// second stage.
+    Nested(FsParams, SsParams),
+}
+
+/// The tables `sid` (with `pasid`, or RID_PASID) uses under the root
+/// table `root`, or the fault a request would take before any walk.
+pub fn tables_for<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    root: RootPointer,
+    sid: u16,
+    pasid: Option<u32>,
+) -> Result<Tables, FaultReason> {
+    match (root.ttm, caps.mode) {
+        (0, _) if pasid.is_some() => Err(FaultReason::SmTtmLegacyWithPasid),
+        (0, _) => {
+            let ctx = legacy_context(mem, caps, root.addr, sid)?;
+            match ctx.tt() {
+                TranslationType::PassThrough => Ok(Tables::Identity),
+                TranslationType::Untranslated | TranslationType::DeviceTlb => {
+                    let levels = aw_levels(ContextEntry::AW.get(ctx.hi), caps.sagaw)
+                        .ok_or(FaultReason::ContextInvalid)?;
+                    Ok(Tables::Second(SsParams {
+                        root: ctx.lo & PTR.mask(),
+                        levels,
+                        haw: caps.haw,
+                        sps: caps.sps,
+                    }))
+                }
+                TranslationType::Unknown(_) => Err(FaultReason::ContextInvalid),
+            }
+        }
+        (1, VtdMode::Scalable) => {
+            let l = locate_pasid_entry(mem, caps, root.addr, sid, pasid).map_err(|(r, _)| r)?;
+            scalable_tables(caps, &l.entry)
+        }
+        _ => Err(FaultReason::SmInvalidRootTable),
+    }
+}
+
+fn scalable_tables(caps: &Caps, pe: &PasidEntry) -> Result<Tables, FaultReason> {
+    let fs = || -> Result<FsParams, FaultReason> {
+        let levels = match PasidEntry::FSPM.get(pe.q[2]) {
+            0 => 4,
+            1 if caps.fs5lp => 5,
+            _ => return Err(FaultReason::PasidEntryInvalid),
+        };
+        Ok(FsParams {
+            root: pe.fsptptr(),
+            levels,
+            haw: caps.haw,
+            fs1gp: caps.fs1gp,
+            wpe: PasidEntry::WPE.is_set(pe.q[2]),
+            eafe: PasidEntry::EAFE.is_set(pe.q[2]),
+        })
+    };
+    let ss = || ss_params(caps, pe).ok_or(FaultReason::PasidEntryInvalid);
+    match pe.pgtt() {
+        Pgtt::PassThrough => Ok(Tables::Identity),
+        Pgtt::SecondStage if caps.slts => Ok(Tables::Second(ss()?)),
+        Pgtt::FirstStage if caps.flts => Ok(Tables::First(fs()?)),
+        Pgtt::Nested if caps.nest => Ok(Tables::Nested(fs()?, ss()?)),
+        _ => Err(FaultReason::PasidEntryInvalid),
     }
 }
