@@ -35,7 +35,10 @@
 //! - Faults: [`fault`] (chapter 7): primary fault logging, FPD, PFO, PPF,
 //!   FRI, fault events.
 //! - Passthrough: [`nesting`] is the seam a shadow or nested engine
-//!   consumes.
+//!   consumes (events, stage-1 HWPT data, stage-1 invalidations), and
+//!   [`shadow`] enumerates what a shadow must mirror.
+//! - Page requests: [`prq`] (7.5), when ECAP.PRS is advertised.
+//! - Snapshot and restore: [`snapshot`].
 //!
 //! The unit's host address width (output addresses and table pointers)
 //! equals the configured address width `aw`: the VMM's ACPI DMAR table

@@ -732,11 +732,6 @@ impl Vtd {
         }
     }
 
-    /// Same as [`Vtd::walk`]; the name the nesting seam documents.
-    pub fn walk_for_shadow<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
-        self.walk(mem, req)
-    }
-
     /// The PASID table entry a request of `sid` with `pasid` (or, with
     /// `None`, RID_PASID) uses, for a nesting layer building a stage-1
     /// HWPT from it. `None` in legacy mode or when the tables fault.

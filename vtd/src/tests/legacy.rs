@@ -344,3 +344,24 @@ fn fault_reason_codes_round_trip() {
         Some(0x86)
     );
 }
+
+#[test]
+fn host_reported_fault_is_recorded_like_a_walk_fault() {
+    let mut l = legacy(&[], 4);
+    l.h.write32(off::FECTL, 0);
+    let rec = FaultRecord {
+        source_id: 0x0230,
+        pasid: Some(9),
+        address: 0x7777_7000,
+        write: true,
+        exec: false,
+        privileged: false,
+        reason: FaultReason::SmWrite,
+    };
+    assert!(l.h.vtd.report_fault(&rec));
+    assert_eq!(
+        FaultRecord::decode([l.h.read64(0x220), l.h.read64(0x228)]),
+        rec
+    );
+    assert_eq!(l.h.irq_count(), 1);
+}
