@@ -452,3 +452,43 @@ fn page_requests_enabled_without_prs_is_invalid_context_0x43() {
     vm_memory::Bytes::write_obj(&s.h.mem, q0 | (1 << 4), vm_memory::GuestAddress(ce)).unwrap();
     assert_eq!(s.h.gpa(SID, None, 0, Access::READ), Err(0x43));
 }
+
+#[test]
+fn eafe_sets_extended_accessed_flag() {
+    let mut s = scalable(&[]);
+    let fs = s.fs(4);
+    fs.map(&s.h.mem, &mut s.h.alloc, 0x1000, 0x5000, 12, USER_RW);
+    let mut pe = PasidSetup::first_stage(DID, fs.root, 4, false, false);
+    pe.q[2] |= 1 << 7; // EAFE
+    s.set_pasid(0, &pe);
+    assert_eq!(s.h.gpa(SID, None, 0x1000, Access::READ), Ok(0x5000));
+    assert!(
+        fs.entries(&s.h.mem, 0x1000)
+            .iter()
+            .all(|e| e & (1 << 10) != 0)
+    );
+}
+
+#[test]
+fn nested_accessed_update_needs_second_stage_write_0x77() {
+    let mut s = scalable(&["flts=1", "slts=1", "nest=1"]);
+    let sl = SlTables::new(&s.h.mem, &mut s.h.alloc, 4);
+    let fs = s.fs(4);
+    fs.map(&s.h.mem, &mut s.h.alloc, 0x5000, 0x40_0000, 12, USER_RW);
+    // First-stage tables readable but not writable through the second
+    // stage: the accessed-flag update cannot be made.
+    for page in (16 << 20..17 << 20).step_by(4096) {
+        sl.map(&s.h.mem, &mut s.h.alloc, page, page, 12, true, false);
+    }
+    sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x40_0000,
+        0x9_9000,
+        12,
+        true,
+        true,
+    );
+    s.set_pasid(0, &PasidSetup::nested(DID, fs.root, 4, sl.root, 2));
+    assert_eq!(s.h.gpa(SID, None, 0x5000, Access::READ), Err(0x77));
+}
