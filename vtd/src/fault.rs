@@ -1,7 +1,7 @@
 //! Faults (VT-d chapter 7): the fault reasons of legacy and scalable mode
 //! (7.1.3, the "Fault Reason" encodings Linux's `dmar.c` decodes), primary
 //! fault logging into the circular fault recording registers (7.2.1), and
-//! the record format (11.4.14).
+//! the record format (11.4 FRCD_REG).
 
 use crate::regs::{RegisterFile, frcd, fsts, off};
 
@@ -207,7 +207,7 @@ impl FaultReason {
     }
 }
 
-/// The request a fault is recorded for (11.4.14 record fields).
+/// The request a fault is recorded for (11.4 FRCD_REG record fields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultRecord {
     /// Requester (source-id).
@@ -326,7 +326,7 @@ impl FaultLog {
         LogOutcome::Recorded { index }
     }
 
-    /// Recomputes PPF after software cleared F bits (11.4.9.1: PPF is Set
+    /// Recomputes PPF after software cleared F bits (11.4 FSTS_REG: PPF is Set
     /// while any fault recording register has F Set), and moves FRI to the
     /// first pending record at or after the old FRI.
     pub fn refresh_ppf(regs: &mut RegisterFile, fro: u64, nfr: u16) {

@@ -90,7 +90,7 @@ impl std::fmt::Debug for Vtd {
 }
 
 /// Most 128-bit descriptors one queue can hold: IQA.QS is 3 bits, 2^7
-/// pages of 256 descriptors (11.4.10.3). One tail write processes at most
+/// pages of 256 descriptors (11.4.9.3). One tail write processes at most
 /// this many, so the drain is bounded even if the guest rewrites the tail.
 const MAX_QUEUE_DESCRIPTORS: u64 = 256 << 7;
 
@@ -351,7 +351,7 @@ impl Vtd {
         sts = gcmd::QIE.set(sts, u64::from(qie));
         self.regs.set(off::GSTS, sts);
         if was && !qie {
-            // 11.4.10.1: IQH is reset when queued invalidation is disabled.
+            // 11.4.9.1: IQH is reset when queued invalidation is disabled.
             self.regs.set(off::IQH, 0);
         } else if qie && !was {
             self.process_queue(mem);
@@ -447,11 +447,11 @@ impl Vtd {
         let size = 4096u64 << iqa::QS.get(a);
         let base = iqa::IQA.mask() & a;
         let tail = IQ_OFFSET.mask() & self.regs.get(off::IQT);
-        // 11.4.10.3 DW: 256-bit descriptors exist only with scalable mode.
+        // 11.4.9.3 DW: 256-bit descriptors exist only with scalable mode.
         if wide && !self.caps_scalable() {
             return self.queue_error(iqei::WIDTH);
         }
-        // 11.4.10.2: the tail must lie in the queue, on a descriptor.
+        // 11.4.9.2: the tail must lie in the queue, on a descriptor.
         if tail >= size || !tail.is_multiple_of(desc) {
             return self.queue_error(iqei::TAIL);
         }

@@ -1,4 +1,4 @@
-//! The page request queue (VT-d 7.5, registers 11.4.11), present when
+//! The page request queue (VT-d 7.5, registers 11.4, page request registers), present when
 //! ECAP.PRS is set: a PRI-capable device's page requests (forwarded by a
 //! VMM or by a nesting layer from the host's fault queue) are written as
 //! 256-bit page request descriptors at PQT; PRS.PPR and the page request
@@ -15,7 +15,7 @@ use vm_memory::GuestMemory;
 /// Size of a page request descriptor.
 pub const DESCRIPTOR_SIZE: u64 = 32;
 
-/// PRS_REG bits (11.4.11.4).
+/// PRS_REG bits (11.4 PRS_REG).
 pub mod prs {
     use nesting_core::bits::Field;
     /// Pending page request.

@@ -2,7 +2,7 @@
 //!
 //! Decoding is total: every 128- or 256-bit pattern decodes to a
 //! [`Descriptor`] or to [`Decoded::Invalid`] with the IQER.IQEI code the
-//! unit reports for it (11.4.10.9: 3 = invalid descriptor type, 4 =
+//! unit reports for it (11.4.9.9: 3 = invalid descriptor type, 4 =
 //! reserved field violation for a valid type).
 
 use nesting_core::bits::Field;
@@ -10,7 +10,7 @@ use nesting_core::guest::{VtdConfig, VtdMode};
 
 use crate::regs::MAMV;
 
-/// IQER.IQEI values (11.4.10.9).
+/// IQER.IQEI values (11.4.9.9).
 pub mod iqei {
     /// Invalid tail pointer (beyond the queue, or not 256-bit aligned with
     /// 256-bit descriptors).

@@ -31,52 +31,52 @@ pub mod off {
     pub const RTADDR: u64 = 0x20;
     /// Context command (11.4.7).
     pub const CCMD: u64 = 0x28;
-    /// Fault status (11.4.9.1).
+    /// Fault status (11.4 FSTS_REG).
     pub const FSTS: u64 = 0x34;
-    /// Fault event control (11.4.9.2).
+    /// Fault event control (11.4 FECTL_REG).
     pub const FECTL: u64 = 0x38;
-    /// Fault event data (11.4.9.3).
+    /// Fault event data (11.4 FEDATA_REG).
     pub const FEDATA: u64 = 0x3c;
-    /// Fault event address (11.4.9.4).
+    /// Fault event address (11.4 FEADDR_REG).
     pub const FEADDR: u64 = 0x40;
-    /// Fault event upper address (11.4.9.5).
+    /// Fault event upper address (11.4 FEUADDR_REG).
     pub const FEUADDR: u64 = 0x44;
-    /// Advanced fault log (11.4.9.7); the model has no advanced fault
+    /// Advanced fault log (11.4 AFLOG_REG); the model has no advanced fault
     /// logging (CAP.AFL=0), so it reads as zero.
     pub const AFLOG: u64 = 0x58;
-    /// Invalidation queue head (11.4.10.1).
+    /// Invalidation queue head (11.4.9.1).
     pub const IQH: u64 = 0x80;
-    /// Invalidation queue tail (11.4.10.2).
+    /// Invalidation queue tail (11.4.9.2).
     pub const IQT: u64 = 0x88;
-    /// Invalidation queue address (11.4.10.3).
+    /// Invalidation queue address (11.4.9.3).
     pub const IQA: u64 = 0x90;
-    /// Invalidation completion status (11.4.10.4).
+    /// Invalidation completion status (11.4.9.4).
     pub const ICS: u64 = 0x9c;
-    /// Invalidation event control (11.4.10.5).
+    /// Invalidation event control (11.4.9.5).
     pub const IECTL: u64 = 0xa0;
-    /// Invalidation event data (11.4.10.6).
+    /// Invalidation event data (11.4.9.6).
     pub const IEDATA: u64 = 0xa4;
-    /// Invalidation event address (11.4.10.7).
+    /// Invalidation event address (11.4.9.7).
     pub const IEADDR: u64 = 0xa8;
-    /// Invalidation event upper address (11.4.10.8).
+    /// Invalidation event upper address (11.4.9.8).
     pub const IEUADDR: u64 = 0xac;
-    /// Invalidation queue error record (11.4.10.9).
+    /// Invalidation queue error record (11.4.9.9).
     pub const IQER: u64 = 0xb0;
-    /// Page request queue head (11.4.11.1).
+    /// Page request queue head (11.4 PQH_REG).
     pub const PQH: u64 = 0xc0;
-    /// Page request queue tail (11.4.11.2).
+    /// Page request queue tail (11.4 PQT_REG).
     pub const PQT: u64 = 0xc8;
-    /// Page request queue address (11.4.11.3).
+    /// Page request queue address (11.4 PQA_REG).
     pub const PQA: u64 = 0xd0;
-    /// Page request status (11.4.11.4).
+    /// Page request status (11.4 PRS_REG).
     pub const PRS: u64 = 0xdc;
-    /// Page request event control (11.4.11.5).
+    /// Page request event control (11.4 PECTL_REG).
     pub const PECTL: u64 = 0xe0;
-    /// Page request event data (11.4.11.6).
+    /// Page request event data (11.4 PEDATA_REG).
     pub const PEDATA: u64 = 0xe4;
-    /// Page request event address (11.4.11.7).
+    /// Page request event address (11.4 PEADDR_REG).
     pub const PEADDR: u64 = 0xe8;
-    /// Page request event upper address (11.4.11.8).
+    /// Page request event upper address (11.4 PEUADDR_REG).
     pub const PEUADDR: u64 = 0xec;
 }
 
@@ -150,7 +150,7 @@ pub mod iva {
     pub const AM: Field = Field::bits(5, 0);
 }
 
-/// FSTS_REG bits (11.4.9.1).
+/// FSTS_REG bits (11.4 FSTS_REG).
 pub mod fsts {
     use nesting_core::bits::Field;
     /// Primary fault overflow (RW1C).
@@ -170,7 +170,7 @@ pub mod fsts {
     pub const EVENT_MASK: u64 = PFO.mask() | PPF.mask() | IQE.mask() | ICE.mask() | ITE.mask();
 }
 
-/// FECTL/IECTL/PECTL bits (11.4.9.2, 11.4.10.5, 11.4.11.5).
+/// FECTL/IECTL/PECTL bits (11.4 FECTL_REG, 11.4.9.5, 11.4 PECTL_REG).
 pub mod ectl {
     use nesting_core::bits::Field;
     /// Interrupt mask.
@@ -179,7 +179,7 @@ pub mod ectl {
     pub const IP: Field = Field::bit(30);
 }
 
-/// IQA_REG fields (11.4.10.3).
+/// IQA_REG fields (11.4.9.3).
 pub mod iqa {
     use nesting_core::bits::Field;
     /// Queue base, 4 KiB aligned.
@@ -190,13 +190,13 @@ pub mod iqa {
     pub const QS: Field = Field::bits(2, 0);
 }
 
-/// IQH/IQT queue offset (11.4.10.1, 11.4.10.2): bits 18:4, in bytes.
+/// IQH/IQT queue offset (11.4.9.1, 11.4.9.2): bits 18:4, in bytes.
 pub const IQ_OFFSET: Field = Field::bits(18, 4);
 
-/// ICS_REG: invalidation wait descriptor complete (11.4.10.4, RW1C).
+/// ICS_REG: invalidation wait descriptor complete (11.4.9.4, RW1C).
 pub const ICS_IWC: Field = Field::bit(0);
 
-/// IQER_REG fields (11.4.10.9).
+/// IQER_REG fields (11.4.9.9).
 pub mod iqer {
     use nesting_core::bits::Field;
     /// Invalidation queue error info.
@@ -207,7 +207,7 @@ pub mod iqer {
     pub const ICESID: Field = Field::bits(63, 48);
 }
 
-/// Fault recording register fields (11.4.14), as one 128-bit record split
+/// Fault recording register fields (11.4 FRCD_REG), as one 128-bit record split
 /// in its low and high quadwords.
 pub mod frcd {
     use nesting_core::bits::Field;
@@ -455,7 +455,7 @@ pub fn layout(cfg: &VtdConfig) -> Vec<RegDesc> {
     v
 }
 
-/// PQH/PQT/PQA/PRS/PECTL/PEDATA/PEADDR/PEUADDR (11.4.11), present when
+/// PQH/PQT/PQA/PRS/PECTL/PEDATA/PEADDR/PEUADDR (11.4, page request registers), present when
 /// ECAP.PRS is set.
 fn page_request_regs(msi_addr: u64, ectl_reset: u64) -> [RegDesc; 8] {
     [
