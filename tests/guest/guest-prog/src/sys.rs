@@ -29,6 +29,27 @@ pub fn find_function(vendor: u16, device: u16) -> Option<PathBuf> {
         .find(|p| read_id(p, "vendor") == Some(vendor) && read_id(p, "device") == Some(device))
 }
 
+fn read_hex16(p: &Path) -> Option<u16> {
+    fs::read_to_string(p)
+        .ok()
+        .and_then(|s| u16::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+}
+
+/// Device ID of a function.
+pub fn device_id(dev: &Path) -> Option<u16> {
+    read_hex16(&dev.join("device"))
+}
+
+/// Every PCI function of `vendor`, in sysfs order.
+pub fn functions(vendor: u16) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir("/sys/bus/pci/devices")
+        .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    v.retain(|p| read_hex16(&p.join("vendor")) == Some(vendor));
+    v.sort();
+    v
+}
+
 /// Start address of BAR `n` from the sysfs `resource` file.
 pub fn bar_address(dev: &Path, n: usize) -> Option<u64> {
     let text = fs::read_to_string(dev.join("resource")).ok()?;

@@ -79,9 +79,49 @@ pub fn viot_body(iommu_bdf: u16, ranges: &[PciRange]) -> Result<Vec<u8>, AcpiErr
     Ok(b)
 }
 
+/// DMAR (Intel VT-d 8.1): the body after the header is Host Address
+/// Width (width - 1), Flags, 10 reserved bytes, then remapping structures.
+/// One DRHD (8.3: type 0) at `base` (size 0: one 4 KiB page, VT-d 4.0+),
+/// segment 0, without INCLUDE_PCI_ALL: only the `endpoints` named by its
+/// device scopes are behind it. (QEMU's own devices, such as q35's AHCI,
+/// do not translate their DMA through our model and must stay outside.)
+/// Each device scope (8.3.1) is a PCI endpoint (type 1) on bus 0 with a
+/// one-element path (device, function). Flags 0: no interrupt remapping
+/// claimed (the model has none).
+pub fn dmar_body(address_width: u8, base: u64, endpoints: &[(u8, u8)]) -> Vec<u8> {
+    /// Device scope: type, length, 2 reserved, enumeration ID, start bus,
+    /// then the path.
+    const SCOPE_LEN: u8 = 8;
+    let drhd_len = 16 + usize::from(SCOPE_LEN) * endpoints.len();
+    let mut b = vec![address_width.saturating_sub(1), 0];
+    b.extend_from_slice(&[0; 10]);
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&u16::try_from(drhd_len).unwrap_or(u16::MAX).to_le_bytes());
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(&0u16.to_le_bytes());
+    b.extend_from_slice(&base.to_le_bytes());
+    for &(dev, func) in endpoints {
+        b.extend_from_slice(&[1, SCOPE_LEN, 0, 0, 0, 0, dev, func]);
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dmar_one_drhd_golden_bytes() {
+        #[rustfmt::skip]
+        let want = [
+            47, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            // DRHD, 24 bytes, flags 0, size 0, segment 0, base
+            0, 0, 24, 0, 0, 0, 0, 0, 0x00, 0x10, 0xbe, 0xfe, 0, 0, 0, 0,
+            // PCI endpoint scope, 8 bytes, bus 0, path 05.0
+            1, 8, 0, 0, 0, 0, 5, 0,
+        ];
+        assert_eq!(dmar_body(48, 0xfebe_1000, &[(5, 0)]), want);
+    }
 
     #[test]
     fn viot_one_endpoint_golden_bytes() {

@@ -25,3 +25,4 @@ pub mod ram;
 pub mod regfile;
 pub mod virtio_backend;
 pub mod virtio_pci;
+pub mod vtd_fn;

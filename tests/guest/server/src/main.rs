@@ -5,7 +5,9 @@
 //! ```text
 //! viommu-guest-server --socket PATH [--bdf BB:DD.F]
 //!         [--virtio-iommu PATH [--iommu-bdf BB:DD.F]]
+//!         [--vtd PATH]
 //! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--iommu-bdf BB:DD.F]
+//! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F]
 //! ```
 //! `--socket` serves the DMA test endpoint; `--bdf` is where the guest sees
 //! it (default 00:05.0). Alone, its DMA is untranslated (IOVA = GPA). With
@@ -13,6 +15,11 @@
 //! the second socket and translates the endpoint's DMA, the endpoint ID
 //! being the endpoint's requester ID. `--write-viot` writes the VIOT body
 //! (for QEMU's `-acpitable sig=VIOT,data=FILE`) describing that topology.
+//! With `--vtd`, the VT-d model's register page is BAR0 of a function on
+//! that socket and the unit translates the endpoint's DMA (source ID =
+//! requester ID); `--write-dmar` writes the DMAR body whose one DRHD has
+//! its base at ADDR (the BAR's address, hex) and the endpoint (on bus 0)
+//! as its only device.
 //! Log level from `VIOMMU_GUEST_LOG` (error, warn, info, debug, trace;
 //! default info), on stderr.
 #![forbid(unsafe_code)]
@@ -22,16 +29,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{LevelFilter, Log, Metadata, Record, error, info};
-use nesting_core::guest::VirtioIommuConfig;
+use nesting_core::guest::{VirtioIommuConfig, VtdConfig};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
-use viommu_guest_server::acpi::{PciRange, viot_body};
+use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::virtio_backend::{self, VirtioBackend};
 use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
+use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend};
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vm_memory::GuestMemoryMmap;
+use vtd::Vtd;
+
+/// Address width of the harness's VT-d unit (the model's default).
+const VTD_ADDRESS_WIDTH: u8 = 48;
 
 /// A stderr logger: one line per record, with the level and module.
 struct StderrLog;
@@ -56,6 +68,9 @@ struct Args {
     virtio_iommu: Option<PathBuf>,
     iommu_bdf: Bdf,
     write_viot: Option<PathBuf>,
+    vtd: Option<PathBuf>,
+    write_dmar: Option<PathBuf>,
+    vtd_base: u64,
 }
 
 fn parse_bdf(s: &str) -> Option<Bdf> {
@@ -74,6 +89,9 @@ fn parse_args() -> Result<Args, String> {
         virtio_iommu: None,
         iommu_bdf: Bdf::new(0, 4, 0),
         write_viot: None,
+        vtd: None,
+        write_dmar: None,
+        vtd_base: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +100,13 @@ fn parse_args() -> Result<Args, String> {
             "--socket" => a.socket = Some(PathBuf::from(value()?)),
             "--virtio-iommu" => a.virtio_iommu = Some(PathBuf::from(value()?)),
             "--write-viot" => a.write_viot = Some(PathBuf::from(value()?)),
+            "--vtd" => a.vtd = Some(PathBuf::from(value()?)),
+            "--write-dmar" => a.write_dmar = Some(PathBuf::from(value()?)),
+            "--vtd-base" => {
+                let v = value()?;
+                a.vtd_base = u64::from_str_radix(v.trim_start_matches("0x"), 16)
+                    .map_err(|_| format!("bad --vtd-base {v}"))?;
+            }
             "--bdf" => {
                 let v = value()?;
                 a.bdf = parse_bdf(&v).ok_or(format!("bad --bdf {v}"))?;
@@ -93,8 +118,11 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown argument {arg}")),
         }
     }
-    if a.socket.is_none() && a.write_viot.is_none() {
-        return Err("--socket PATH or --write-viot FILE is required".into());
+    if a.socket.is_none() && a.write_viot.is_none() && a.write_dmar.is_none() {
+        return Err("--socket PATH, --write-viot FILE or --write-dmar FILE is required".into());
+    }
+    if a.vtd.is_some() && a.virtio_iommu.is_some() {
+        return Err("--vtd and --virtio-iommu exclude each other".into());
     }
     Ok(a)
 }
@@ -168,13 +196,52 @@ fn write_viot(path: &PathBuf, a: &Args) -> Result<(), String> {
     std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Binds the VT-d register function's socket and serves it on a thread.
+fn spawn_vtd(
+    socket: &Path,
+    unit: &Arc<HarnessVtd>,
+) -> Result<std::thread::JoinHandle<bool>, String> {
+    let server = vfio_user::Server::new(socket, true, vtd_fn::irqs(), vtd_fn::regions())
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    info!("VT-d registers on {}", socket.display());
+    let mut backend = VtdBackend::new(Arc::clone(unit));
+    Ok(std::thread::spawn(move || match server.run(&mut backend) {
+        Ok(()) => {
+            info!("vtd: client disconnected");
+            true
+        }
+        Err(e) => {
+            error!("VT-d server stopped: {e}");
+            false
+        }
+    }))
+}
+
 fn run(a: &Args) -> Result<bool, String> {
     if let Some(path) = &a.write_viot {
         write_viot(path, a)?;
     }
+    if let Some(path) = &a.write_dmar {
+        let dev = (a.bdf.devfn() >> 3, a.bdf.devfn() & 7);
+        let body = dmar_body(VTD_ADDRESS_WIDTH, a.vtd_base, &[dev]);
+        std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     let Some(socket) = &a.socket else {
         return Ok(true);
     };
+    if let Some(vtd_socket) = &a.vtd {
+        // The model's defaults (scalable mode, caching mode, 48-bit) are
+        // what Linux meets behind QEMU's intel-iommu; its width must match
+        // the DMAR's Host Address Width.
+        let cfg = VtdConfig::default();
+        if cfg.aw.bits() != u32::from(VTD_ADDRESS_WIDTH) {
+            return Err(format!("VT-d width {} is not the DMAR's", cfg.aw.bits()));
+        }
+        let unit = Arc::new(HarnessVtd::new(Vtd::new(cfg)));
+        let vtd = spawn_vtd(vtd_socket, &unit)?;
+        let ok = serve_endpoint(socket, unit, RequesterId::Pci(a.bdf));
+        return Ok(vtd.join().unwrap_or(false) && ok);
+    }
     let Some(viommu_socket) = &a.virtio_iommu else {
         let model = Arc::new(Passthrough::default());
         return Ok(serve_endpoint(socket, model, RequesterId::Pci(a.bdf)));

@@ -1,0 +1,336 @@
+//! The VT-d model's register page as BAR0 of a vfio-user function. The
+//! ACPI DMAR table the harness passes to QEMU names that BAR's address as
+//! the DRHD unit's base, so the guest's intel-iommu driver programs our
+//! model through it.
+//!
+//! The function itself is a plain PCI function (1af4:10f1, from QEMU's
+//! experimental-use range; class 0x0806, IOMMU) with one 4 KiB memory BAR
+//! and no interrupts. Guest RAM reaches the model through the function's
+//! `dma_map`s, and the endpoint's DMA is translated by the same unit.
+//!
+//! Not delivered: the unit's own interrupts (fault events, invalidation
+//! completion events). VT-d signals them as MSIs to FEADDR/FEDATA, which a
+//! vfio-user server cannot raise (it can only signal the MSI-X vectors of
+//! its function); they are logged. Faults remain recorded in the fault
+//! recording registers, where the guest can read them.
+
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use log::{info, warn};
+use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
+use nesting_core::types::{Access, Iova, Pasid, RequesterId};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_IRQS,
+    VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_region_info,
+};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
+use vm_memory::GuestMemoryMmap;
+use vtd::{TranslateResult, Vtd};
+
+use crate::ram::GuestRam;
+use crate::regfile::{RegFile, RegSpec};
+
+/// Device ID of the VT-d register function (1af4:10f0..10ff is QEMU's
+/// experimental range; 10f0 is the DMA endpoint).
+pub const VTD_DEVICE_ID: u16 = 0x10f1;
+/// BAR0: the register page. The model's registers end below 0x1000 with
+/// the harness's configuration (fault records at CAP.FRO 0x220, IOTLB
+/// registers at ECAP.IRO 0x2a0), and the driver reserves the span it
+/// computes from them ("DMAR: Can't reserve memory" otherwise).
+pub const VTD_BAR_SIZE: u64 = 0x1000;
+
+static CONFIG: &[RegSpec] = &[
+    RegSpec::ro("VENDOR", 0x00, 2, 0x1af4),
+    RegSpec::ro("DEVICE", 0x02, 2, VTD_DEVICE_ID as u32),
+    RegSpec::rw("COMMAND", 0x04, 2, 0, 0x0406),
+    RegSpec::ro("STATUS", 0x06, 2, 0),
+    // Class 0x08 (base system peripheral), subclass 0x06 (IOMMU).
+    RegSpec::ro("CLASS_REV", 0x08, 4, 0x0806_0001),
+    RegSpec::rw("CACHE_LINE", 0x0c, 1, 0, 0xff),
+    RegSpec::rw("BAR0", 0x10, 4, 0, 0xffff_f000),
+    RegSpec::ro("SUBSYS_VENDOR", 0x2c, 2, 0x1af4),
+    RegSpec::ro("SUBSYS", 0x2e, 2, VTD_DEVICE_ID as u32),
+    RegSpec::rw("INT_LINE", 0x3c, 1, 0, 0xff),
+];
+
+/// A VT-d unit whose guest memory follows the client's `dma_map`s, shared
+/// by the register function and the endpoint it translates for.
+pub struct HarnessVtd {
+    unit: Mutex<Vtd>,
+    iotlb: Arc<Iotlb>,
+    mem: RwLock<Arc<GuestMemoryMmap>>,
+}
+
+impl std::fmt::Debug for HarnessVtd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HarnessVtd").finish_non_exhaustive()
+    }
+}
+
+impl HarnessVtd {
+    /// Shares `unit`; guest memory is empty until [`Self::set_memory`].
+    pub fn new(mut unit: Vtd) -> Self {
+        unit.set_interrupt_callback(|irq| {
+            warn!(
+                "VT-d {:?} interrupt to {:#x}/{:#x} cannot be raised through vfio-user",
+                irq.source, irq.addr, irq.data
+            );
+        });
+        HarnessVtd {
+            iotlb: Arc::clone(unit.iotlb()),
+            unit: Mutex::new(unit),
+            mem: RwLock::new(Arc::new(GuestMemoryMmap::default())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vtd> {
+        self.unit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn memory(&self) -> Arc<GuestMemoryMmap> {
+        Arc::clone(&self.mem.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the guest memory the unit reads tables from.
+    pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
+    }
+
+    /// Register read of `size` bytes (4 or 8).
+    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        self.lock().mmio_read(offset, size)
+    }
+
+    /// Register write, with its synchronous effects.
+    pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        let mem = self.memory();
+        self.lock().mmio_write(&*mem, offset, size, value);
+    }
+}
+
+impl Translate for HarnessVtd {
+    fn translate(
+        &self,
+        rid: RequesterId,
+        pasid: Option<Pasid>,
+        iova: Iova,
+        access: Access,
+    ) -> Result<Translation, TranslateFault> {
+        if let Some(t) = self.iotlb.lookup(rid, pasid, iova, access) {
+            return Ok(t);
+        }
+        let RequesterId::Pci(bdf) = rid else {
+            return Err(TranslateFault { rid, iova });
+        };
+        let mem = self.memory();
+        match self.lock().translate(&*mem, bdf, pasid, iova, access) {
+            TranslateResult::Mapped(t) => Ok(t),
+            TranslateResult::Fault { .. } => Err(TranslateFault { rid, iova }),
+        }
+    }
+
+    fn iotlb(&self) -> &Iotlb {
+        &self.iotlb
+    }
+}
+
+/// Regions: BAR0 and config space.
+pub fn regions() -> Vec<ServerRegion> {
+    (0..VFIO_PCI_NUM_REGIONS)
+        .map(|index| {
+            let size = match index {
+                VFIO_PCI_BAR0_REGION_INDEX => VTD_BAR_SIZE,
+                VFIO_PCI_CONFIG_REGION_INDEX => 256,
+                _ => 0,
+            };
+            let flags = match size {
+                0 => 0,
+                _ => VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
+            };
+            ServerRegion {
+                region_info: vfio_region_info {
+                    argsz: size_of::<vfio_region_info>() as u32,
+                    index,
+                    size,
+                    flags,
+                    ..Default::default()
+                },
+                sparse_areas: Vec::new(),
+                mmap_fd: None,
+            }
+        })
+        .collect()
+}
+
+/// No interrupts.
+pub fn irqs() -> Vec<IrqInfo> {
+    (0..VFIO_PCI_NUM_IRQS)
+        .map(|index| IrqInfo {
+            index,
+            count: 0,
+            flags: 0,
+        })
+        .collect()
+}
+
+/// The register function's backend.
+pub struct VtdBackend {
+    unit: Arc<HarnessVtd>,
+    config: RegFile,
+    ram: GuestRam,
+}
+
+impl VtdBackend {
+    /// The function serving `unit`'s registers.
+    pub fn new(unit: Arc<HarnessVtd>) -> Self {
+        VtdBackend {
+            unit,
+            config: RegFile::new(CONFIG, 256),
+            ram: GuestRam::default(),
+        }
+    }
+}
+
+fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
+}
+
+/// VT-d 10.2: "Software is expected to access 32-bit registers as aligned
+/// doublewords and 64-bit registers as either aligned doublewords or
+/// aligned quadwords"; other accesses reach the model as they are and get
+/// its answer for unsupported sizes.
+fn access_size(offset: u64, len: usize) -> io::Result<u32> {
+    match len {
+        4 | 8 if offset.saturating_add(len as u64) <= VTD_BAR_SIZE => Ok(len as u32),
+        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    }
+}
+
+impl ServerBackend for VtdBackend {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data).map_err(invalid),
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                let size = access_size(offset, data.len())?;
+                let v = self.unit.mmio_read(offset, size).to_le_bytes();
+                data.copy_from_slice(&v[..data.len()]);
+                Ok(())
+            }
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                self.config.write(offset, data).map_err(invalid)?;
+                Ok(())
+            }
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                let size = access_size(offset, data.len())?;
+                let mut b = [0u8; 8];
+                b[..data.len()].copy_from_slice(data);
+                self.unit.mmio_write(offset, size, u64::from_le_bytes(b));
+                Ok(())
+            }
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> io::Result<()> {
+        let writable = flags.contains(DmaMapFlags::WRITE);
+        let outcome = self
+            .ram
+            .map(address, size, offset, fd, writable)
+            .map_err(invalid)?;
+        info!("vtd: dma_map {address:#x}+{size:#x}: {outcome:?}");
+        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
+        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
+        let n = self.ram.unmap(address, size, all).map_err(invalid)?;
+        info!("vtd: dma_unmap {address:#x}+{size:#x}: {n} region(s)");
+        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> io::Result<()> {
+        // A reset of the register function is not a reset of the DMAR unit
+        // (which has none of its own: it follows the platform's).
+        info!("vtd: function reset");
+        self.config.reset();
+        Ok(())
+    }
+
+    fn set_irqs(&mut self, index: u32, _: u32, _: u32, _: u32, _: Vec<File>) -> io::Result<()> {
+        warn!("vtd: set_irqs on index {index}: the function has no interrupts");
+        Err(io::Error::from(io::ErrorKind::InvalidInput))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nesting_core::guest::VtdConfig;
+    use nesting_core::types::Bdf;
+
+    fn backend() -> (VtdBackend, Arc<HarnessVtd>) {
+        let unit = Arc::new(HarnessVtd::new(Vtd::new(VtdConfig::default())));
+        (VtdBackend::new(Arc::clone(&unit)), unit)
+    }
+
+    #[test]
+    fn bar0_reads_version_and_capability() {
+        let (mut b, _) = backend();
+        let mut d = [0u8; 4];
+        b.region_read(0, 0, &mut d).unwrap();
+        assert!(u32::from_le_bytes(d) & 0xff >= 0x10, "VER_REG 1.0 or later");
+        let mut q = [0u8; 8];
+        b.region_read(0, 0x08, &mut q).unwrap();
+        assert_ne!(u64::from_le_bytes(q), 0, "CAP_REG");
+    }
+
+    #[test]
+    fn bar0_odd_sizes_are_refused() {
+        let (mut b, _) = backend();
+        let mut d = [0u8; 2];
+        assert!(b.region_read(0, 0, &mut d).is_err());
+        assert!(b.region_write(0, 0xffc, &[0; 8]).is_err());
+    }
+
+    #[test]
+    fn translation_before_enable_is_identity() {
+        let (_, unit) = backend();
+        let t = unit
+            .translate(
+                RequesterId::Pci(Bdf::new(0, 5, 0)),
+                None,
+                Iova(0x5000),
+                Access::READ,
+            )
+            .unwrap();
+        assert_eq!(t.gpa.raw(), 0x5000);
+    }
+
+    #[test]
+    fn config_space_identifies_function() {
+        let (mut b, _) = backend();
+        let mut d = [0u8; 4];
+        b.region_read(7, 0, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d), 0x10f1_1af4);
+        b.region_read(7, 8, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d) >> 16, 0x0806);
+    }
+}
