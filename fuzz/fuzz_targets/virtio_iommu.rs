@@ -56,7 +56,11 @@ impl Cursor<'_> {
 fn device(c: &mut Cursor<'_>) -> Option<VirtioIommu<GuestMemoryMmap>> {
     let flags = c.u8()?;
     let probe = ["probe_size=0", "probe_size=0x40", "probe_size=0x200"][usize::from(flags % 3)];
-    let bypass = if flags & 4 != 0 { "bypass=1" } else { "bypass=0" };
+    let bypass = if flags & 4 != 0 {
+        "bypass=1"
+    } else {
+        "bypass=0"
+    };
     let mut opts = vec![probe, bypass, "domain_range=0-15"];
     if flags & 8 != 0 {
         opts.push("endpoints=0-7");
@@ -159,7 +163,8 @@ fuzz_target!(|data: &[u8]| {
     let (r1, _) = SplitRing::at(next, 16);
     let mut rings = [r0, r1];
     for (q, r) in rings.iter().enumerate() {
-        dev.setup_queue(q as u16, r.size, r.desc, r.avail, r.used).unwrap();
+        dev.setup_queue(q as u16, r.size, r.desc, r.avail, r.used)
+            .unwrap();
     }
     for _ in 0..MAX_STEPS {
         if step(&mut c, &dev, &mem, &mut rings).is_none() {
