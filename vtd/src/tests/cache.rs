@@ -175,3 +175,49 @@ fn shared_unit_serves_vm_memory_view() {
         "fault recorded"
     );
 }
+
+#[test]
+fn emulated_device_dma_through_vm_memory_view_follows_invalidations() {
+    use nesting_core::iotlb::IommuView;
+    use vm_memory::IommuMemory;
+    let (mut h, sl, mut q, _) = legacy();
+    sl.map(&h.mem, &mut h.alloc, 0x10_0000, 0x3000, 12, true, true);
+    sl.map(&h.mem, &mut h.alloc, 0x10_1000, 0x4000, 12, true, false);
+    let mem = h.mem.clone();
+    let unit = std::mem::replace(&mut h.vtd, crate::Vtd::new(super::config(&[])));
+    let shared = Arc::new(SharedVtd::new(unit, mem.clone()));
+    let rid = RequesterId::Pci(Bdf(SID));
+    let dma = IommuMemory::new(
+        mem.clone(),
+        IommuView::new(shared.clone(), rid, None, false),
+        true,
+        (),
+    );
+    dma.write_obj(0xdead_beefu32, GuestAddress(0x10_0010))
+        .unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x3010)).unwrap(),
+        0xdead_beef
+    );
+    assert!(
+        dma.write_obj(1u32, GuestAddress(0x10_1000)).is_err(),
+        "read-only page"
+    );
+    assert!(
+        dma.read_obj::<u32>(GuestAddress(0x10_2000)).is_err(),
+        "unmapped: fault"
+    );
+    // The guest moves the page and invalidates it; the device follows.
+    sl.map(&mem, &mut h.alloc, 0x10_0000, 0x5000, 12, true, true);
+    assert!(q.submit(
+        &mut shared.lock(),
+        &mem,
+        &[desc::iotlb_page(DID, 0x10_0000, 0, false)]
+    ));
+    dma.write_obj(0x1234_5678u32, GuestAddress(0x10_0010))
+        .unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x5010)).unwrap(),
+        0x1234_5678
+    );
+}
