@@ -11,6 +11,10 @@ use nesting_core::bits::Field;
 use nesting_core::mem::{GuestMemoryExt, MemError};
 use nesting_core::types::Gpa;
 use vm_memory::GuestMemory;
+use zerocopy::IntoBytes;
+use zerocopy::little_endian::U64 as Le64;
+
+use crate::tables::Qwords;
 
 /// Size of a page request descriptor.
 pub const DESCRIPTOR_SIZE: u64 = 32;
@@ -93,14 +97,16 @@ pub enum PageRequestOutcome {
     },
 }
 
+/// Wire form of a page request descriptor.
+pub type PageRequestWire = Qwords<4>;
+const _: () = assert!(size_of::<PageRequestWire>() == DESCRIPTOR_SIZE as usize);
+
 /// Writes `req` as a descriptor at `at`.
 pub fn write_descriptor<M: GuestMemory + ?Sized>(
     mem: &M,
     at: u64,
     req: &PageRequest,
 ) -> Result<(), MemError> {
-    for (i, q) in req.encode().iter().enumerate() {
-        mem.write_u64_le(Gpa(at + 8 * i as u64), *q)?;
-    }
-    Ok(())
+    let wire: PageRequestWire = Qwords(req.encode().map(Le64::new));
+    mem.write_bytes_at(Gpa(at), wire.as_bytes())
 }

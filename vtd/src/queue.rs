@@ -25,6 +25,11 @@ pub mod iqei {
     pub const WIDTH: u8 = 5;
 }
 
+/// Wire form of a 128-bit descriptor (a 256-bit descriptor's low half;
+/// its high half is reserved for every type the unit implements).
+pub type DescriptorWire = crate::tables::Qwords<2>;
+const _: () = assert!(size_of::<DescriptorWire>() == 16);
+
 /// Descriptor type: bits 3:0 plus type[6:4] in bits 11:9 (6.5.2).
 const TYPE_LO: Field = Field::bits(3, 0);
 const TYPE_HI: Field = Field::bits(11, 9);

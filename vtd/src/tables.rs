@@ -8,22 +8,51 @@ use nesting_core::bits::Field;
 use nesting_core::mem::{GuestMemoryExt, MemError};
 use nesting_core::types::Gpa;
 use vm_memory::GuestMemory;
+use zerocopy::little_endian::U64 as Le64;
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
-/// Reads `N` little-endian quadwords at `gpa` (N <= 8).
+/// `N` little-endian quadwords as they lie in guest memory: the wire form
+/// of every structure this module decodes (and of invalidation and page
+/// request descriptors). Each structure's size is asserted below.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct Qwords<const N: usize>(pub [Le64; N]);
+
+impl<const N: usize> Qwords<N> {
+    /// The quadwords as native integers.
+    pub fn get(&self) -> [u64; N] {
+        self.0.map(|q| q.get())
+    }
+}
+
+/// Wire form of a root entry (9.1, 9.2).
+pub type RootEntryWire = Qwords<2>;
+/// Wire form of a legacy context entry (9.3).
+pub type ContextEntryWire = Qwords<2>;
+/// Wire form of a scalable-mode context entry (9.4).
+pub type SmContextEntryWire = Qwords<4>;
+/// Wire form of a PASID directory entry (9.5).
+pub type PasidDirEntryWire = Qwords<1>;
+/// Wire form of a PASID table entry (9.6).
+pub type PasidEntryWire = Qwords<8>;
+/// Wire form of a paging entry (9.7, 9.8).
+pub type PagingEntryWire = Qwords<1>;
+
+const _: () = assert!(size_of::<RootEntryWire>() == ROOT_ENTRY_SIZE as usize);
+const _: () = assert!(size_of::<ContextEntryWire>() == CONTEXT_ENTRY_SIZE as usize);
+const _: () = assert!(size_of::<SmContextEntryWire>() == SM_CONTEXT_ENTRY_SIZE as usize);
+const _: () = assert!(size_of::<PasidDirEntryWire>() == PASID_DIR_ENTRY_SIZE as usize);
+const _: () = assert!(size_of::<PasidEntryWire>() == PASID_ENTRY_SIZE as usize);
+const _: () = assert!(size_of::<PagingEntryWire>() == 8);
+
+/// Reads `N` little-endian quadwords at `gpa`.
 pub fn read_qwords<M: GuestMemory + ?Sized, const N: usize>(
     mem: &M,
     gpa: u64,
 ) -> Result<[u64; N], MemError> {
-    let mut buf = [0u8; 64];
-    let bytes = buf.get_mut(..N * 8).unwrap_or_default();
-    mem.read_bytes_at(Gpa(gpa), bytes)?;
-    let mut out = [0u64; N];
-    for (q, chunk) in out.iter_mut().zip(buf.chunks_exact(8)) {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(chunk);
-        *q = u64::from_le_bytes(b);
-    }
-    Ok(out)
+    let mut wire = Qwords::<N>::new_zeroed();
+    mem.read_bytes_at(Gpa(gpa), wire.as_mut_bytes())?;
+    Ok(wire.get())
 }
 
 /// Bits `[51:haw]` of a table address: reserved when above the host
