@@ -6,23 +6,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::objects::BoundDevice;
 use nesting_core::host::profile::HostProfile;
 use nesting_core::host::{HostOp, SimIommufd, VtdS1Flags, VtdS1Invalidation};
 use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine};
-use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
-use nesting_core::types::Gpa;
 
 fn setup() -> (Arc<SimIommufd>, NestedEngine) {
-    let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNest.spec()));
-    let host: SharedHost = sim.clone();
-    let ram = GuestRam::new(vec![RamRegion {
-        gpa: Gpa(0),
-        len: 1 << 30,
-        backing: RamBacking::UserVa(0x7000_0000_0000),
-    }])
-    .unwrap();
-    let ram = Arc::new(RamIoas::new(&host, ram).unwrap());
+    let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNest);
     let mut e = NestedEngine::new(&host, &ram, NestedConfig::default()).unwrap();
     let dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
     e.add_device(0x10, dev, NestedContext::Bypass)

@@ -10,10 +10,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::objects::BoundDevice;
 use nesting_core::host::profile::HostProfile;
 use nesting_core::host::{HostOp, SimIommufd};
-use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
 use nesting_core::shadow::ShadowDomain;
 use nesting_core::types::{Access, Gpa, Iova};
 
@@ -26,15 +25,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
-    let host: SharedHost = sim.clone();
-    let ram = GuestRam::new(vec![RamRegion {
-        gpa: Gpa(0),
-        len: 1 << 30,
-        backing: RamBacking::UserVa(0x7000_0000_0000),
-    }])
-    .unwrap();
-    let ram = Arc::new(RamIoas::new(&host, ram).unwrap());
+    let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
     let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
     let mut domain = ShadowDomain::new(&host, &ram).unwrap();
     domain.attach(&mut dev, None).unwrap();

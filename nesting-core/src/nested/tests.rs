@@ -40,6 +40,17 @@ impl Fixture {
     fn device(&self, unit: u32) -> BoundDevice {
         BoundDevice::bind(&self.host, self.sim.add_device(unit)).unwrap()
     }
+
+    /// Adds a device of unit 0 as `vsid` in context `initial`; returns its
+    /// host ID.
+    fn add(&self, e: &mut NestedEngine, vsid: u64, initial: NestedContext) -> DevId {
+        let dev = self.device(0);
+        let id = dev.id();
+        e.add_device(vsid, dev, initial)
+            .map_err(|(e, _)| e)
+            .unwrap();
+        id
+    }
 }
 
 fn vtd_s1(pgtbl: u64) -> NestedContext {
@@ -62,9 +73,7 @@ fn inv(addr: u64) -> VtdS1Invalidation {
 fn vtd_device_starts_in_bypass_on_the_nest_parent() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     let h = f.sim.attached_hwpt(id, None).unwrap();
     let desc = f.sim.hwpt(h).unwrap();
     assert!(desc.flags.contains(HwptFlags::NEST_PARENT));
@@ -76,9 +85,7 @@ fn vtd_device_starts_in_bypass_on_the_nest_parent() {
 fn vtd_context_change_replaces_then_destroys_the_old_hwpt() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     let first = f.sim.attached_hwpt(id, None).unwrap();
     assert!(matches!(
@@ -111,9 +118,7 @@ fn vtd_context_change_replaces_then_destroys_the_old_hwpt() {
 fn failed_install_keeps_the_old_context_attached() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     let before = f.sim.attached_hwpt(id, None);
     // Address width 39 is not a first-stage width: the kernel refuses it.
@@ -133,9 +138,7 @@ fn failed_install_keeps_the_old_context_attached() {
 fn vtd_pasids_pass_through_each_with_its_own_hwpt() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     for p in [1u32, 7, 0xf_ffff] {
         e.install(0x10, Pasid::new(p), vtd_s1(0x10_0000 * u64::from(p)))
@@ -156,9 +159,7 @@ fn vtd_pasids_pass_through_each_with_its_own_hwpt() {
 fn vtd_abort_blocks_the_device() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, NestedContext::Abort).unwrap();
     assert_eq!(f.sim.attachment(id, None), None);
 }
@@ -167,8 +168,7 @@ fn vtd_abort_blocks_the_device() {
 fn sixty_four_invalidations_between_syncs_are_one_call() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x10, f.device(0), NestedContext::Bypass)
-        .unwrap();
+    f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     f.sim.reset_counters();
     for i in 0..64 {
@@ -185,8 +185,7 @@ fn sixty_four_invalidations_between_syncs_are_one_call() {
 fn bad_entry_in_the_middle_names_its_tag_and_the_unsent_ones() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x10, f.device(0), NestedContext::Bypass)
-        .unwrap();
+    f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     e.queue_vtd(0x10, None, inv(0x1000), 100);
     e.queue_vtd(0x10, None, inv(0x1234), 101); // misaligned: EINVAL
@@ -204,8 +203,7 @@ fn bad_entry_in_the_middle_names_its_tag_and_the_unsent_ones() {
 fn invalidation_for_a_context_without_nested_hwpt_is_not_queued() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x10, f.device(0), NestedContext::Bypass)
-        .unwrap();
+    f.add(&mut e, 0x10, NestedContext::Bypass);
     assert!(!e.queue_vtd(0x10, None, inv(0), 1));
     assert!(!e.queue_vtd(0x99, None, inv(0), 1));
     assert_eq!(e.flush().calls, 0);
@@ -220,9 +218,7 @@ fn ste_s1(cd: u64) -> [u64; 2] {
 fn smmuv3_device_gets_viommu_vdevice_and_masked_ste() {
     let f = fixture(HostProfile::Smmuv3Nest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x800, dev, NestedContext::Abort).unwrap();
+    let id = f.add(&mut e, 0x800, NestedContext::Abort);
     assert_eq!(e.viommus().len(), 1);
     let abort = f.sim.attached_hwpt(id, None).unwrap();
     assert_eq!(
@@ -253,8 +249,7 @@ fn smmuv3_device_gets_viommu_vdevice_and_masked_ste() {
 fn smmuv3_per_pasid_attach_is_refused_cleanly() {
     let f = fixture(HostProfile::Smmuv3Nest);
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x800, f.device(0), NestedContext::Abort)
-        .unwrap();
+    f.add(&mut e, 0x800, NestedContext::Abort);
     let r = e.install(
         0x800,
         Pasid::new(1),
@@ -269,8 +264,7 @@ fn smmuv3_per_pasid_attach_is_refused_cleanly() {
 fn smmuv3_vsid_used_twice_is_refused_and_the_device_handed_back() {
     let f = fixture(HostProfile::Smmuv3Nest);
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x800, f.device(0), NestedContext::Abort)
-        .unwrap();
+    f.add(&mut e, 0x800, NestedContext::Abort);
     let (err, dev) = e
         .add_device(0x800, f.device(0), NestedContext::Abort)
         .unwrap_err();
@@ -283,10 +277,8 @@ fn devices_behind_another_physical_smmu_get_their_own_parent() {
     let f = fixture(HostProfile::Smmuv3Nest);
     let unit1 = f.sim.add_iommu(HostProfile::Smmuv3Nest.spec());
     let mut e = f.engine(NestedConfig::default());
-    e.add_device(0x800, f.device(0), NestedContext::Abort)
-        .unwrap();
-    e.add_device(0x801, f.device(0), NestedContext::Abort)
-        .unwrap();
+    f.add(&mut e, 0x800, NestedContext::Abort);
+    f.add(&mut e, 0x801, NestedContext::Abort);
     assert_eq!(e.parents(), 1);
     e.add_device(0x900, f.device(unit1), NestedContext::Bypass)
         .unwrap();
@@ -302,9 +294,7 @@ fn devices_behind_another_physical_smmu_get_their_own_parent() {
 fn remove_device_detaches_everything_and_hands_it_back() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig::default());
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, None, vtd_s1(0x1000)).unwrap();
     e.install(0x10, Pasid::new(3), vtd_s1(0x2000)).unwrap();
     let dev = e.remove_device(0x10).unwrap();
@@ -323,8 +313,7 @@ fn dropping_the_engine_destroys_every_object_quietly() {
             iopf: true,
             ..Default::default()
         });
-        e.add_device(0x800, f.device(0), NestedContext::Abort)
-            .unwrap();
+        f.add(&mut e, 0x800, NestedContext::Abort);
         e.install(
             0x800,
             None,
@@ -349,8 +338,7 @@ fn vevents_are_read_and_gaps_reported_as_lost() {
         veventq_depth: 2,
         ..Default::default()
     });
-    e.add_device(0x800, f.device(0), NestedContext::Abort)
-        .unwrap();
+    f.add(&mut e, 0x800, NestedContext::Abort);
     let v = e.viommus()[0];
     let rec = |n: u8| vec![n; 32];
     f.sim.inject_vevent(v, rec(1)).unwrap();
@@ -376,9 +364,7 @@ fn page_requests_are_answered_exactly_once_or_timed_out() {
         fault_timeout: Duration::from_secs(5),
         ..Default::default()
     });
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.install(0x10, Pasid::new(2), vtd_s1(0x1000)).unwrap();
     f.sim
         .inject_page_fault(id, Pasid::new(2), Iova(0x4000), Access::WRITE, 2)
@@ -417,9 +403,7 @@ fn dirty_tracking_reports_pages_written_through_stage_2() {
         dirty_tracking: true,
         ..Default::default()
     });
-    let dev = f.device(0);
-    let id = dev.id();
-    e.add_device(0x10, dev, NestedContext::Bypass).unwrap();
+    let id = f.add(&mut e, 0x10, NestedContext::Bypass);
     e.set_dirty_tracking(true).unwrap();
     let parent = f.sim.attached_hwpt(id, None).unwrap();
     assert!(f.sim.mark_dirty(parent, Iova(0x5000)));
