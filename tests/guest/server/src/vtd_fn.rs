@@ -4,31 +4,40 @@
 //! model through it.
 //!
 //! The function itself is a plain PCI function (1af4:10f1, from QEMU's
-//! experimental-use range; class 0x0806, IOMMU) with one 4 KiB memory BAR
-//! and no interrupts. Guest RAM reaches the model through the function's
-//! `dma_map`s, and the endpoint's DMA is translated by the same unit.
+//! experimental-use range; class 0x0806, IOMMU) with the register page in
+//! BAR0 and an MSI-X table in BAR2. Guest RAM reaches the model through
+//! the function's `dma_map`s, and the endpoint's DMA is translated by the
+//! same unit.
 //!
-//! Not delivered: the unit's own interrupts (fault events, invalidation
-//! completion events). VT-d signals them as MSIs to FEADDR/FEDATA, which a
-//! vfio-user server cannot raise (it can only signal the MSI-X vectors of
-//! its function); they are logged. Faults remain recorded in the fault
-//! recording registers, where the guest can read them.
+//! Interrupts: the unit signals its events as MSIs to the address and data
+//! the driver programmed (FEADDR/FEDATA for faults, IEADDR/IEDATA,
+//! PEADDR/PEDATA). A vfio-user server cannot write an arbitrary MSI; it
+//! can only signal its function's MSI-X vectors, whose messages QEMU takes
+//! from the function's MSI-X table. So each event source has a vector
+//! ([`vector_of`]) and the guest side of the harness copies the unit's
+//! message registers into that vector's table entry and enables MSI-X:
+//! the same message then reaches the same CPU vector. An event whose
+//! vector the guest has not set up is logged and dropped (the fault stays
+//! in the fault recording registers).
 
 use std::fs::File;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_NUM_IRQS,
-    VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
-    vfio_region_info,
+    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
+    VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 use vm_memory::GuestMemoryMmap;
-use vtd::{TranslateResult, Vtd};
+use vtd::{InterruptSource, TranslateResult, Vtd};
+
+use crate::irq::MsixVectors;
 
 use crate::ram::GuestRam;
 use crate::regfile::{RegFile, RegSpec};
@@ -42,18 +51,41 @@ pub const VTD_DEVICE_ID: u16 = 0x10f1;
 /// computes from them ("DMAR: Can't reserve memory" otherwise).
 pub const VTD_BAR_SIZE: u64 = 0x1000;
 
+/// BAR2: the MSI-X table (QEMU emulates it) and PBA.
+pub const VTD_MSIX_BAR_SIZE: u64 = 0x1000;
+/// One MSI-X vector per VT-d event source.
+pub const VTD_MSIX_VECTORS: u32 = 3;
+
+/// The MSI-X vector standing for `source`'s MSI.
+pub fn vector_of(source: InterruptSource) -> u32 {
+    match source {
+        InterruptSource::Fault => 0,
+        InterruptSource::InvalidationCompletion => 1,
+        InterruptSource::PageRequest => 2,
+    }
+}
+
 static CONFIG: &[RegSpec] = &[
     RegSpec::ro("VENDOR", 0x00, 2, 0x1af4),
     RegSpec::ro("DEVICE", 0x02, 2, VTD_DEVICE_ID as u32),
     RegSpec::rw("COMMAND", 0x04, 2, 0, 0x0406),
-    RegSpec::ro("STATUS", 0x06, 2, 0),
+    // Capabilities List.
+    RegSpec::ro("STATUS", 0x06, 2, 1 << 4),
     // Class 0x08 (base system peripheral), subclass 0x06 (IOMMU).
     RegSpec::ro("CLASS_REV", 0x08, 4, 0x0806_0001),
     RegSpec::rw("CACHE_LINE", 0x0c, 1, 0, 0xff),
     RegSpec::rw("BAR0", 0x10, 4, 0, 0xffff_f000),
+    RegSpec::rw("BAR2", 0x18, 4, 0, 0xffff_f000),
     RegSpec::ro("SUBSYS_VENDOR", 0x2c, 2, 0x1af4),
     RegSpec::ro("SUBSYS", 0x2e, 2, VTD_DEVICE_ID as u32),
+    RegSpec::ro("CAP_PTR", 0x34, 1, 0x40),
     RegSpec::rw("INT_LINE", 0x3c, 1, 0, 0xff),
+    // MSI-X (PCI Local Bus 3.0, 6.8.2): table size N - 1, table at BAR2
+    // offset 0, PBA at BAR2 offset 0x800.
+    RegSpec::ro("MSIX_HEAD", 0x40, 2, 0x11),
+    RegSpec::rw("MSIX_CTRL", 0x42, 2, VTD_MSIX_VECTORS - 1, 0xc000),
+    RegSpec::ro("MSIX_TABLE", 0x44, 4, 2),
+    RegSpec::ro("MSIX_PBA", 0x48, 4, 0x800 | 2),
 ];
 
 /// A VT-d unit whose guest memory follows the client's `dma_map`s, shared
@@ -62,6 +94,7 @@ pub struct HarnessVtd {
     unit: Mutex<Vtd>,
     iotlb: Arc<Iotlb>,
     mem: RwLock<Arc<GuestMemoryMmap>>,
+    msix: Arc<Mutex<MsixVectors>>,
 }
 
 impl std::fmt::Debug for HarnessVtd {
@@ -73,16 +106,28 @@ impl std::fmt::Debug for HarnessVtd {
 impl HarnessVtd {
     /// Shares `unit`; guest memory is empty until [`Self::set_memory`].
     pub fn new(mut unit: Vtd) -> Self {
-        unit.set_interrupt_callback(|irq| {
-            warn!(
-                "VT-d {:?} interrupt to {:#x}/{:#x} cannot be raised through vfio-user",
-                irq.source, irq.addr, irq.data
-            );
+        let msix = Arc::new(Mutex::new(MsixVectors::new(VTD_MSIX_VECTORS)));
+        let m = Arc::clone(&msix);
+        unit.set_interrupt_callback(move |irq| {
+            let vector = vector_of(irq.source);
+            let sent = m
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .signal(vector);
+            if sent {
+                debug!("VT-d {:?} event on MSI-X vector {vector}", irq.source);
+            } else {
+                warn!(
+                    "VT-d {:?} event to {:#x}/{:#x}: MSI-X vector {vector} not set up, dropped",
+                    irq.source, irq.addr, irq.data
+                );
+            }
         });
         HarnessVtd {
             iotlb: Arc::clone(unit.iotlb()),
             unit: Mutex::new(unit),
             mem: RwLock::new(Arc::new(GuestMemoryMmap::default())),
+            msix,
         }
     }
 
@@ -143,6 +188,7 @@ pub fn regions() -> Vec<ServerRegion> {
         .map(|index| {
             let size = match index {
                 VFIO_PCI_BAR0_REGION_INDEX => VTD_BAR_SIZE,
+                VFIO_PCI_BAR2_REGION_INDEX => VTD_MSIX_BAR_SIZE,
                 VFIO_PCI_CONFIG_REGION_INDEX => 256,
                 _ => 0,
             };
@@ -165,13 +211,20 @@ pub fn regions() -> Vec<ServerRegion> {
         .collect()
 }
 
-/// No interrupts.
+/// MSI-X only, one vector per event source.
 pub fn irqs() -> Vec<IrqInfo> {
     (0..VFIO_PCI_NUM_IRQS)
-        .map(|index| IrqInfo {
-            index,
-            count: 0,
-            flags: 0,
+        .map(|index| match index {
+            VFIO_PCI_MSIX_IRQ_INDEX => IrqInfo {
+                index,
+                count: VTD_MSIX_VECTORS,
+                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
+            },
+            _ => IrqInfo {
+                index,
+                count: 0,
+                flags: 0,
+            },
         })
         .collect()
 }
@@ -219,6 +272,10 @@ impl ServerBackend for VtdBackend {
                 data.copy_from_slice(&v[..data.len()]);
                 Ok(())
             }
+            VFIO_PCI_BAR2_REGION_INDEX => {
+                data.fill(0);
+                Ok(())
+            }
             _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
         }
     }
@@ -236,6 +293,7 @@ impl ServerBackend for VtdBackend {
                 self.unit.mmio_write(offset, size, u64::from_le_bytes(b));
                 Ok(())
             }
+            VFIO_PCI_BAR2_REGION_INDEX => Ok(()),
             _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
         }
     }
@@ -274,9 +332,21 @@ impl ServerBackend for VtdBackend {
         Ok(())
     }
 
-    fn set_irqs(&mut self, index: u32, _: u32, _: u32, _: u32, _: Vec<File>) -> io::Result<()> {
-        warn!("vtd: set_irqs on index {index}: the function has no interrupts");
-        Err(io::Error::from(io::ErrorKind::InvalidInput))
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> io::Result<()> {
+        self.unit
+            .msix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irqs(index, flags, start, count, fds)
+            .inspect_err(|e| warn!("vtd: set_irqs: {e}"))
+            .map_err(invalid)
     }
 }
 
@@ -322,6 +392,34 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t.gpa.raw(), 0x5000);
+    }
+
+    #[test]
+    fn each_event_source_has_its_own_vector() {
+        let v = [
+            InterruptSource::Fault,
+            InterruptSource::InvalidationCompletion,
+            InterruptSource::PageRequest,
+        ]
+        .map(vector_of);
+        assert_eq!(v, [0, 1, 2]);
+        assert!(v.iter().all(|&x| x < VTD_MSIX_VECTORS));
+        assert_eq!(
+            irqs()[VFIO_PCI_MSIX_IRQ_INDEX as usize].count,
+            VTD_MSIX_VECTORS
+        );
+    }
+
+    #[test]
+    fn msix_capability_names_bar2() {
+        let (mut b, _) = backend();
+        let mut d = [0u8; 4];
+        b.region_read(7, 0x34, &mut d).unwrap();
+        assert_eq!(d[0], 0x40);
+        b.region_read(7, 0x40, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d), 0x0002_0011, "MSI-X, 3 vectors");
+        b.region_read(7, 0x44, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d), 2, "table in BAR2 at 0");
     }
 
     #[test]
