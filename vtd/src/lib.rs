@@ -52,6 +52,7 @@
 
 pub mod fault;
 pub mod nesting;
+pub mod passthrough;
 pub mod prq;
 pub mod queue;
 pub mod regs;
@@ -71,5 +72,6 @@ pub mod mock;
 mod tests;
 
 pub use model::{Interrupt, InterruptSource, TranslateResult, Vtd};
+pub use passthrough::PassthroughBackend;
 pub use nesting_core::iotlb::Translation;
 pub use shared::SharedVtd;

@@ -797,7 +797,7 @@ fn cache_invalidations(ev: &VtdEvent) -> Vec<IotlbInvalidation> {
 /// The source-ids a device-selective context invalidation covers
 /// (11.4.7 FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
 /// bits 2:0.
-fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
+pub(crate) fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
     let mask: u16 = match fm {
         1 => 0b100,
         2 => 0b110,

@@ -11,6 +11,7 @@ use crate::{Interrupt, TranslateResult, Vtd};
 
 mod cache;
 mod legacy;
+mod passthrough;
 mod proptests;
 mod prq;
 mod queue;

@@ -1,0 +1,1051 @@
+//! Passthrough devices of a VT-d unit backed by the host's iommufd through
+//! `nesting-core`'s engines: the layer a VMM owns next to the [`Vtd`]
+//! model.
+//!
+//! ```text
+//!   guest MMIO -> Vtd::mmio_write -> VtdEvent queue
+//!                                        |
+//!                    PassthroughBackend::process (after every write)
+//!                      nested: PASID entries -> NestedEngine contexts,
+//!                              IOTLB events  -> stage-1 invalidations
+//!                      shadow: IOTLB events  -> table_view -> ShadowDomain
+//! ```
+//!
+//! - [`PassthroughBackend::add_device`] decides with the ladder (the first
+//!   device with [`ladder::decide`], every later one with
+//!   [`ladder::decide_hotplug`] against the unit's decision, so all the
+//!   unit's devices are backed one way) and keeps the device; the host
+//!   attach happens at the next [`PassthroughBackend::process`], which a
+//!   VMM calls once before the guest runs and after every register write.
+//! - **Nested** (host VT-d with nesting, guest first-stage tables in
+//!   scalable mode): each PASID entry the guest makes present, the
+//!   RID_PASID entry for requests without PASID and every other PASID of
+//!   the device's PASID table, becomes a nested HWPT with the entry's
+//!   FSPTPTR, address width and SRE/WPE/EAFE
+//!   ([`crate::nesting::stage1_hwpt`]). Context and PASID-cache
+//!   invalidations are when the guest tells the unit an entry changed
+//!   (6.5.2.1, 6.5.2.2; caching mode makes Linux send them for entries
+//!   it makes present, 6.1), so those events re-read the entries they
+//!   cover. IOTLB and PASID-based IOTLB invalidations become stage-1
+//!   invalidation entries, sent once per [`PassthroughBackend::process`]
+//!   (one `IOMMU_HWPT_INVALIDATE` per HWPT).
+//! - **Shadow** (caching mode, 6.1): the guest invalidates after making
+//!   entries present, so each IOTLB invalidation re-reads the range it
+//!   names ([`Vtd::table_view`]) and stages the result into the
+//!   [`ShadowDomain`] of the domain-id; domain-selective and global
+//!   invalidations re-read whole domains. Devices of one domain-id share
+//!   one shadow domain; pass-through entries and translation disabled
+//!   attach devices to the RAM IOAS (IOVA = GPA).
+//! - **Host failures** become the architected errors: an entry the host
+//!   refuses to nest, or a device it refuses to attach, leaves the device
+//!   (PASID) blocked and records a fault for it; an invalidation the host
+//!   fails sets FSTS.ICE with the source-id, and the context is rebuilt so
+//!   no stale host translation survives.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use nesting_core::guest::GuestModel;
+use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::{HostError, PtId};
+use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
+use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine, NestedError};
+use nesting_core::ram::RamIoas;
+use nesting_core::shadow::{ShadowDomain, ShadowError};
+use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
+use thiserror::Error;
+use vm_memory::GuestMemory;
+
+use crate::Vtd;
+use crate::fault::{FaultReason, FaultRecord};
+use crate::model::function_siblings;
+use crate::nesting::{
+    ContextScope, IotlbScope, PasidScope, VtdEvent, stage1_hwpt, stage1_invalidation,
+};
+use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, MIN_BUDGET, TableView};
+use crate::tables::{
+    P, PASIDS_PER_TABLE, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
+};
+use crate::translate::{Caps, legacy_context};
+
+/// Most PASIDs one nested device may have nested HWPTs for: each costs a
+/// host HWPT (kernel memory and a host PASID table entry), and a guest
+/// filling a 2^20-entry PASID table must not make the VMM allocate a
+/// million of them. PASIDs beyond it stay blocked (logged).
+pub const MAX_NESTED_PASIDS_PER_DEVICE: usize = 1024;
+
+/// Most enumeration rounds (each at most
+/// [`MAX_ENTRIES_PER_ENUMERATION`] table entries) one invalidation range
+/// may take: 2^26 entries, more than a fully populated 256 GiB of 4 KiB
+/// pages. Tables aliasing themselves can make a range look larger; what
+/// is left over stays unmapped on the host (DMA there is blocked, never
+/// let through) and is logged.
+pub const MAX_ROUNDS_PER_RANGE: usize = 64;
+
+/// Failure of [`PassthroughBackend::add_device`].
+#[derive(Debug, Error)]
+pub enum PassthroughError {
+    /// The source-id already has a passthrough device.
+    #[error("source-id {sid:#06x} is already a passthrough device")]
+    Duplicate {
+        /// Source-id.
+        sid: u16,
+    },
+    /// The ladder refused the device; the decision says why.
+    #[error("refused: {}", decision.reason)]
+    Refused {
+        /// The ladder's decision.
+        decision: Box<Decision>,
+    },
+    /// The host refused an attach or detach.
+    #[error("host")]
+    Host(#[from] HostError),
+    /// The shadow engine failed.
+    #[error("shadow engine")]
+    Shadow(#[from] ShadowError),
+}
+
+/// Shadow domains with staged changes in one [`PassthroughBackend::process`]
+/// call, with the lowest address staged (for fault records).
+type Dirty = BTreeMap<u16, u64>;
+
+/// Whether a nesting-core failure is worth a warning (host refusals are
+/// also reported to the guest).
+fn warn_host(what: &str, sid: u16, e: &dyn std::error::Error) {
+    log::warn!("vtd passthrough {sid:#06x}: {what}: {e}");
+}
+
+/// A context installed for one PASID (or the RID) of a nested device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Installed {
+    ctx: NestedContext,
+    /// The guest PASID the entry is for (RID_PASID for the RID).
+    pasid: u32,
+    /// Domain-id of the PASID entry (what IOTLB invalidations name).
+    did: u16,
+}
+
+/// Where a shadowed device is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum At {
+    /// Nowhere yet (just bound, or the host refused an attach).
+    Blocked,
+    /// The RAM IOAS: IOVA = GPA.
+    Ram,
+    /// The shadow domain of a domain-id.
+    Domain(u16),
+}
+
+#[derive(Debug)]
+struct ShadowDev {
+    dev: BoundDevice,
+    at: At,
+}
+
+/// Totals since creation, for a VMM's statistics and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    /// Faults recorded for host refusals (install, attach, sync).
+    pub faults_reported: u64,
+    /// Invalidation failures reported as FSTS.ICE.
+    pub invalidation_errors: u64,
+    /// Invalidation ranges left incomplete ([`MAX_ROUNDS_PER_RANGE`]).
+    pub truncated_ranges: u64,
+}
+
+/// The passthrough devices of one VT-d unit and the host objects backing
+/// them.
+#[derive(Debug)]
+pub struct PassthroughBackend {
+    host: SharedHost,
+    ram: Arc<RamIoas>,
+    /// The unit's decision once a device was accepted.
+    kind: Option<DecisionKind>,
+    /// Host views of the accepted devices (hot-plug decisions).
+    views: Vec<HostView>,
+    /// Devices accepted and not yet attached.
+    pending: BTreeMap<u16, BoundDevice>,
+    nested: Option<NestedEngine>,
+    /// Nested devices: their installed contexts.
+    nest_devs: BTreeMap<u16, BTreeMap<Option<Pasid>, Installed>>,
+    shadow_devs: BTreeMap<u16, ShadowDev>,
+    domains: BTreeMap<u16, ShadowDomain>,
+    stats: BackendStats,
+}
+
+impl PassthroughBackend {
+    /// A backend over the VM's iommufd and RAM IOAS.
+    pub fn new(host: SharedHost, ram: Arc<RamIoas>) -> PassthroughBackend {
+        PassthroughBackend {
+            host,
+            ram,
+            kind: None,
+            views: Vec::new(),
+            pending: BTreeMap::new(),
+            nested: None,
+            nest_devs: BTreeMap::new(),
+            shadow_devs: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            stats: BackendStats::default(),
+        }
+    }
+
+    /// The unit's decision (nested or shadow), once a device was accepted.
+    pub fn kind(&self) -> Option<DecisionKind> {
+        self.kind
+    }
+
+    /// Totals since creation.
+    pub fn stats(&self) -> BackendStats {
+        self.stats
+    }
+
+    /// The nested engine, when the unit nests.
+    pub fn nested(&self) -> Option<&NestedEngine> {
+        self.nested.as_ref()
+    }
+
+    /// The shadow domain of a domain-id, when the unit shadows.
+    pub fn shadow_domain(&self, did: u16) -> Option<&ShadowDomain> {
+        self.domains.get(&did)
+    }
+
+    /// Takes the passthrough device `sid`: decides with the ladder for the
+    /// unit of `vtd` and keeps the device; it is attached at the next
+    /// [`PassthroughBackend::process`]. A refused device is handed back
+    /// with [`PassthroughError::Refused`].
+    pub fn add_device(
+        &mut self,
+        vtd: &Vtd,
+        sid: u16,
+        device: BoundDevice,
+        view: HostView,
+    ) -> Result<Decision, (PassthroughError, BoundDevice)> {
+        if self.pending.contains_key(&sid)
+            || self.nest_devs.contains_key(&sid)
+            || self.shadow_devs.contains_key(&sid)
+        {
+            return Err((PassthroughError::Duplicate { sid }, device));
+        }
+        let guest = GuestModel::Vtd(vtd.config().clone());
+        let decision = match self.kind {
+            None => ladder::decide(&guest, &view),
+            Some(kind) => ladder::decide_hotplug(&guest, &self.views, kind, &view),
+        };
+        if decision.kind == DecisionKind::Refuse {
+            let decision = Box::new(decision);
+            return Err((PassthroughError::Refused { decision }, device));
+        }
+        self.kind = Some(decision.kind);
+        self.views.push(view);
+        self.pending.insert(sid, device);
+        Ok(decision)
+    }
+
+    /// Brings the host in line with the guest: attaches devices added
+    /// since the last call, then consumes the unit's events
+    /// ([`Vtd::take_events`]). Call it after every register write (and
+    /// once before the guest runs).
+    pub fn process<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M) {
+        let events = vtd.take_events();
+        match self.kind {
+            Some(DecisionKind::Nested) => {
+                self.back_pending_nested(vtd, mem);
+                self.process_nested(vtd, mem, &events);
+            }
+            Some(DecisionKind::Shadow) => {
+                let mut dirty = Dirty::new();
+                self.back_pending_shadow(vtd, mem, &mut dirty);
+                self.process_shadow(vtd, mem, &events, &mut dirty);
+            }
+            _ => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading the guest's tables.
+
+/// The scalable-mode context entry of `sid`, if present (9.2, 9.4).
+fn sm_context<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Option<SmContextEntry> {
+    let (rta, ttm) = vtd.root_pointer();
+    if ttm != 1 {
+        return None;
+    }
+    let (bus, devfn) = ((sid >> 8) as u8, sid as u8);
+    let root = RootEntry::read(mem, rta, bus).ok()?;
+    // 9.2: the low half serves devfn 0..127, the high half 128..255.
+    let half = if devfn < 128 { root.lo } else { root.hi };
+    if !P.is_set(half) {
+        return None;
+    }
+    let ctx = SmContextEntry::read(mem, half & PTR.mask(), devfn).ok()?;
+    P.is_set(ctx.q[0]).then_some(ctx)
+}
+
+/// The PASIDs (other than RID_PASID) whose PASID entries are present in
+/// the device's PASID table (9.4 PASIDE and PDTS, 9.5, 9.6), at most
+/// [`MAX_NESTED_PASIDS_PER_DEVICE`]. The directory has at most 2^14
+/// entries (PDTS <= 7); each present one costs one 64-entry table.
+fn pasids_in_use<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Vec<u32> {
+    let Some(ctx) = sm_context(mem, vtd, sid) else {
+        return Vec::new();
+    };
+    if !SmContextEntry::PASIDE.is_set(ctx.q[0]) {
+        return Vec::new();
+    }
+    let rid_pasid = SmContextEntry::RID_PASID.get(ctx.q[1]) as u32;
+    let dir = ctx.q[0] & PTR.mask();
+    let tables = (ctx.max_pasids() / u64::from(PASIDS_PER_TABLE)) as u32;
+    let mut out = Vec::new();
+    for t in 0..tables {
+        let base = t * PASIDS_PER_TABLE;
+        let Ok(d) = PasidDirEntry::read(mem, dir, base) else {
+            continue;
+        };
+        if !P.is_set(d.0) {
+            continue;
+        }
+        for pasid in base..base + PASIDS_PER_TABLE {
+            let present =
+                PasidEntry::read(mem, d.0 & PTR.mask(), pasid).is_ok_and(|e| P.is_set(e.q[0]));
+            if !present || pasid == rid_pasid {
+                continue;
+            }
+            if out.len() == MAX_NESTED_PASIDS_PER_DEVICE {
+                log::warn!(
+                    "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; the rest stay blocked"
+                );
+                return out;
+            }
+            out.push(pasid);
+        }
+    }
+    out
+}
+
+/// The context a present, valid PASID entry nests as: first-stage entries
+/// as a stage-1 HWPT, pass-through as stage 2 only (IOVA = GPA). Second-
+/// stage and nested guest entries cannot be expressed on a host that
+/// supplies the second stage itself: `None`.
+fn nested_context(entry: &PasidEntry) -> Option<NestedContext> {
+    match entry.pgtt() {
+        Pgtt::PassThrough => Some(NestedContext::Bypass),
+        Pgtt::FirstStage => match stage1_hwpt(entry)? {
+            nesting_core::host::HwptData::VtdS1 {
+                flags,
+                pgtbl_addr,
+                addr_width,
+            } => Some(NestedContext::VtdS1 {
+                flags,
+                pgtbl_addr,
+                addr_width,
+            }),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The domain-id the RID's translation of `sid` is tagged with: the
+/// context entry's (legacy, 9.3) or the RID_PASID entry's (scalable,
+/// 9.6).
+fn rid_did<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Option<u16> {
+    let (rta, ttm) = vtd.root_pointer();
+    if ttm == 0 {
+        let caps = Caps::new(vtd.config());
+        return legacy_context(mem, &caps, rta, sid).ok().map(|c| c.did());
+    }
+    vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.entry.did())
+}
+
+/// Records a fault for a request of `sid` the host will refuse because it
+/// refused what the guest programmed (7.2.1 primary fault logging). The
+/// reason names the guest structure the host could not back: the
+/// context entry in legacy mode (0x3), the PASID entry in scalable mode
+/// (0x5B: programmed with a value the unit does not support), or the
+/// paging entry at `address` for a mapping the host could not mirror.
+fn refusal_fault(sid: u16, pasid: Option<u32>, address: u64, reason: FaultReason) -> FaultRecord {
+    FaultRecord {
+        source_id: sid,
+        pasid,
+        address,
+        write: false,
+        exec: false,
+        privileged: false,
+        reason,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nested.
+
+/// Whether an IOTLB invalidation of `scope` covers what a context tagged
+/// (`did`, `pasid`) caches (6.5.2.3, 6.5.2.4): global covers everything;
+/// domain- and page-selective IOTLB invalidations every PASID of the
+/// domain; PASID-based ones one PASID of the domain.
+fn covers(scope: &IotlbScope, inst: &Installed) -> bool {
+    match *scope {
+        IotlbScope::Global => true,
+        IotlbScope::Domain { did } | IotlbScope::Pages { did, .. } => inst.did == did,
+        IotlbScope::Pasid { did, pasid } | IotlbScope::PasidPages { did, pasid, .. } => {
+            inst.did == did && inst.pasid == pasid
+        }
+    }
+}
+
+impl PassthroughBackend {
+    fn back_pending_nested<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if self.nested.is_none() {
+            match NestedEngine::new(&self.host, &self.ram, NestedConfig::default()) {
+                Ok(e) => self.nested = Some(e),
+                Err(e) => {
+                    log::error!("vtd passthrough: nested engine: {e}");
+                    return;
+                }
+            }
+        }
+        let Some(engine) = self.nested.as_mut() else {
+            return;
+        };
+        for (sid, dev) in std::mem::take(&mut self.pending) {
+            // Until the first rescan below the device sees what the unit
+            // does before the guest's tables apply.
+            let initial = if vtd.translation_enabled() {
+                NestedContext::Abort
+            } else {
+                NestedContext::Bypass
+            };
+            match engine.add_device(u64::from(sid), dev, initial) {
+                Ok(()) => {
+                    let ctxs = BTreeMap::from([(
+                        None,
+                        Installed {
+                            ctx: initial,
+                            pasid: 0,
+                            did: 0,
+                        },
+                    )]);
+                    self.nest_devs.insert(sid, ctxs);
+                }
+                Err((e, dev)) => {
+                    // The device stays bound and blocked.
+                    warn_host("adding to the nested engine", sid, &e);
+                    drop(dev);
+                }
+            }
+        }
+        let sids: Vec<u16> = self.nest_devs.keys().copied().collect();
+        for sid in sids {
+            self.rescan(vtd, mem, sid);
+        }
+    }
+
+    fn process_nested<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        events: &[VtdEvent],
+    ) {
+        // Tag of a queued invalidation = index into `tags`.
+        let mut tags: Vec<(u16, Option<Pasid>)> = Vec::new();
+        for ev in events {
+            match *ev {
+                VtdEvent::TranslationEnabled(_)
+                | VtdEvent::RootTable { .. }
+                | VtdEvent::Resync
+                | VtdEvent::Context(ContextScope::Global | ContextScope::Domain { .. })
+                | VtdEvent::PasidCache(PasidScope::Global | PasidScope::Domain { .. }) => {
+                    // A context change must not race invalidations queued
+                    // for HWPTs it replaces.
+                    self.flush_nested(vtd, &mut tags);
+                    let sids: Vec<u16> = self.nest_devs.keys().copied().collect();
+                    for sid in sids {
+                        self.rescan(vtd, mem, sid);
+                    }
+                }
+                VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => {
+                    self.flush_nested(vtd, &mut tags);
+                    for s in function_siblings(sid, fm) {
+                        if self.nest_devs.contains_key(&s) {
+                            self.rescan(vtd, mem, s);
+                        }
+                    }
+                }
+                VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
+                    self.flush_nested(vtd, &mut tags);
+                    let sids: Vec<u16> = self.nest_devs.keys().copied().collect();
+                    for sid in sids {
+                        self.reread_pasid(vtd, mem, sid, pasid);
+                    }
+                }
+                VtdEvent::Iotlb(scope) => self.queue_iotlb(&scope, &mut tags),
+                // The host kernel invalidates a nested device's device-TLB
+                // together with the nested HWPT's IOTLB (Linux:
+                // intel_nested_cache_invalidate_user flushes the domain's
+                // cache tags, ATS ones included), so the stage-1
+                // invalidations above already cover the device-TLB.
+                VtdEvent::DeviceTlb { .. } => {}
+                // Page requests of nested devices are not forwarded (the
+                // engine runs without IOPF), so no response is owed.
+                VtdEvent::PageGroupResponse { .. } => {}
+            }
+        }
+        self.flush_nested(vtd, &mut tags);
+    }
+
+    /// Re-reads every PASID entry of a nested device and installs,
+    /// replaces or removes its contexts to match.
+    fn rescan<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M, sid: u16) {
+        let mut want: BTreeMap<Option<Pasid>, Option<Installed>> = BTreeMap::new();
+        want.insert(None, Some(self.rid_context(vtd, mem, sid)));
+        if vtd.translation_enabled() {
+            for p in pasids_in_use(mem, vtd, sid) {
+                let key = Pasid::new(p);
+                want.insert(key, self.pasid_context(vtd, mem, sid, p));
+            }
+        }
+        let stale: Vec<Option<Pasid>> = self
+            .nest_devs
+            .get(&sid)
+            .map(|c| {
+                c.keys()
+                    .filter(|k| !want.contains_key(*k))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in stale {
+            want.insert(key, None);
+        }
+        for (key, ctx) in want {
+            self.apply_context(vtd, sid, key, ctx);
+        }
+    }
+
+    /// Re-reads one guest PASID of a nested device (a PASID-selective
+    /// PASID-cache invalidation, 6.5.2.2).
+    fn reread_pasid<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        sid: u16,
+        pasid: u32,
+    ) {
+        let rid_pasid =
+            sm_context(mem, vtd, sid).map(|c| SmContextEntry::RID_PASID.get(c.q[1]) as u32);
+        if rid_pasid == Some(pasid) {
+            let ctx = self.rid_context(vtd, mem, sid);
+            self.apply_context(vtd, sid, None, Some(ctx));
+        } else if let Some(key) = Pasid::new(pasid) {
+            let ctx = if vtd.translation_enabled() {
+                self.pasid_context(vtd, mem, sid, pasid)
+            } else {
+                None
+            };
+            let known = self
+                .nest_devs
+                .get(&sid)
+                .is_some_and(|c| c.contains_key(&Some(key)));
+            let room =
+                self.nest_devs.get(&sid).map_or(0, BTreeMap::len) <= MAX_NESTED_PASIDS_PER_DEVICE;
+            if known || room {
+                self.apply_context(vtd, sid, Some(key), ctx);
+            }
+        }
+    }
+
+    /// What requests without PASID of `sid` nest as: the RID_PASID entry
+    /// in scalable mode (9.4); untranslated with translation disabled
+    /// (GSTS.TES clear); otherwise (legacy tables, absent or invalid
+    /// entries) blocked.
+    fn rid_context<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, sid: u16) -> Installed {
+        let blocked = Installed {
+            ctx: NestedContext::Abort,
+            pasid: 0,
+            did: 0,
+        };
+        if !vtd.translation_enabled() {
+            return Installed {
+                ctx: NestedContext::Bypass,
+                ..blocked
+            };
+        }
+        if let Some(l) = vtd.pasid_entry(mem, Bdf(sid), None) {
+            return Installed {
+                ctx: nested_context(&l.entry).unwrap_or(NestedContext::Abort),
+                pasid: l.pasid,
+                did: l.entry.did(),
+            };
+        }
+        // Legacy pass-through contexts (TT=10) are untranslated too.
+        match vtd.table_view(mem, Bdf(sid), None, 0, 0, MIN_BUDGET) {
+            TableView::Identity => Installed {
+                ctx: NestedContext::Bypass,
+                ..blocked
+            },
+            _ => blocked,
+        }
+    }
+
+    /// What requests with `pasid` of `sid` nest as; `None`: blocked.
+    fn pasid_context<M: GuestMemory + ?Sized>(
+        &self,
+        vtd: &Vtd,
+        mem: &M,
+        sid: u16,
+        pasid: u32,
+    ) -> Option<Installed> {
+        let l = vtd.pasid_entry(mem, Bdf(sid), Some(pasid))?;
+        let ctx = nested_context(&l.entry);
+        if ctx.is_none() {
+            log::warn!(
+                "vtd passthrough {sid:#06x} pasid {pasid}: PGTT {:?} cannot nest; blocked",
+                l.entry.pgtt()
+            );
+        }
+        Some(Installed {
+            ctx: ctx?,
+            pasid,
+            did: l.entry.did(),
+        })
+    }
+
+    /// Makes the host context of (`sid`, `key`) `want` (`None`: blocked
+    /// and forgotten). A refusal of the host blocks the device (PASID)
+    /// and records a fault for it.
+    fn apply_context(
+        &mut self,
+        vtd: &mut Vtd,
+        sid: u16,
+        key: Option<Pasid>,
+        want: Option<Installed>,
+    ) {
+        let (Some(engine), Some(ctxs)) = (self.nested.as_mut(), self.nest_devs.get_mut(&sid))
+        else {
+            return;
+        };
+        let vsid = u64::from(sid);
+        let res = match (key, want) {
+            (Some(p), None) => {
+                if ctxs.remove(&key).is_none() {
+                    return;
+                }
+                engine.remove_pasid(vsid, p)
+            }
+            (None, None) => return,
+            (_, Some(w)) => {
+                if ctxs.get(&key) == Some(&w) {
+                    return;
+                }
+                match engine.install(vsid, key, w.ctx) {
+                    Ok(()) => {
+                        ctxs.insert(key, w);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // The engine leaves the old context in place; the
+                        // guest changed it, so block rather than keep
+                        // translating through stale tables.
+                        let blocked = match key {
+                            Some(p) => engine.remove_pasid(vsid, p),
+                            None => engine.install(vsid, None, NestedContext::Abort),
+                        };
+                        if let Err(b) = blocked {
+                            warn_host("blocking after a refusal", sid, &b);
+                        }
+                        ctxs.remove(&key);
+                        Err(e)
+                    }
+                }
+            }
+        };
+        if let Err(e) = res {
+            warn_host("installing a nested context", sid, &e);
+            self.report_refusal(vtd, sid, key, &e);
+        }
+    }
+
+    fn report_refusal(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>, e: &NestedError) {
+        log::debug!("vtd passthrough {sid:#06x}: reporting {e} to the guest");
+        let reason = if vtd.root_pointer().1 == 1 {
+            FaultReason::PasidEntryInvalid
+        } else {
+            FaultReason::ContextInvalid
+        };
+        let rec = refusal_fault(sid, key.map(Pasid::raw), 0, reason);
+        vtd.report_fault(&rec);
+        self.stats.faults_reported += 1;
+    }
+
+    fn queue_iotlb(&mut self, scope: &IotlbScope, tags: &mut Vec<(u16, Option<Pasid>)>) {
+        let Some(engine) = self.nested.as_mut() else {
+            return;
+        };
+        let inv = stage1_invalidation(scope);
+        for (&sid, ctxs) in &self.nest_devs {
+            for (&key, inst) in ctxs {
+                if !matches!(inst.ctx, NestedContext::VtdS1 { .. }) || !covers(scope, inst) {
+                    continue;
+                }
+                let tag = tags.len() as u64;
+                if engine.queue_vtd(u64::from(sid), key, inv, tag) {
+                    tags.push((sid, key));
+                }
+            }
+        }
+    }
+
+    /// Sends the queued stage-1 invalidations. An entry the host fails
+    /// (and those after it, never sent) leaves the host's IOTLB possibly
+    /// stale, which the guest must learn of: VT-d has no error for a
+    /// failed IOTLB invalidation, and the one that names a source-id and
+    /// stops nothing else is the invalidation completion error (6.5.2.10
+    /// FSTS.ICE with IQER.ICESID; Linux's dmar_fault logs it and clears
+    /// it). ITE would make Linux's qi_check_fault abort and resubmit
+    /// unrelated later requests, IQE would blame a descriptor the unit
+    /// accepted. The context is then rebuilt (a fresh HWPT has no cached
+    /// translations), or blocked if the host refuses that too.
+    fn flush_nested(&mut self, vtd: &mut Vtd, tags: &mut Vec<(u16, Option<Pasid>)>) {
+        let Some(engine) = self.nested.as_mut() else {
+            return;
+        };
+        if engine.queued() == 0 {
+            tags.clear();
+            return;
+        }
+        let report = engine.flush();
+        for f in report.failures {
+            let Some(&(sid, key)) = usize::try_from(f.tag).ok().and_then(|t| tags.get(t)) else {
+                continue;
+            };
+            log::warn!(
+                "vtd passthrough {sid:#06x} {key:?}: invalidation failed ({}), {} entries unsent",
+                f.error,
+                f.unsent.len()
+            );
+            vtd.report_invalidation_completion_error(sid);
+            self.stats.invalidation_errors += 1;
+            self.rebuild_context(vtd, sid, key);
+        }
+        tags.clear();
+    }
+
+    fn rebuild_context(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>) {
+        let Some(inst) = self.nest_devs.get(&sid).and_then(|c| c.get(&key)).copied() else {
+            return;
+        };
+        let Some(engine) = self.nested.as_mut() else {
+            return;
+        };
+        let vsid = u64::from(sid);
+        // Through Abort, so the engine allocates a new HWPT.
+        let res = engine
+            .install(vsid, key, NestedContext::Abort)
+            .and_then(|()| engine.install(vsid, key, inst.ctx));
+        if let Err(e) = res {
+            warn_host("rebuilding after a failed invalidation", sid, &e);
+            if let Some(c) = self.nest_devs.get_mut(&sid) {
+                c.remove(&key);
+            }
+            if let Some(p) = key
+                && let Some(engine) = self.nested.as_mut()
+            {
+                let _ = engine.remove_pasid(vsid, p);
+            }
+            self.report_refusal(vtd, sid, key, &e);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shadow.
+
+impl PassthroughBackend {
+    fn back_pending_shadow<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        dirty: &mut Dirty,
+    ) {
+        for (sid, dev) in std::mem::take(&mut self.pending) {
+            let d = ShadowDev {
+                dev,
+                at: At::Blocked,
+            };
+            self.shadow_devs.insert(sid, d);
+            self.reconcile(vtd, mem, sid, dirty);
+        }
+    }
+
+    fn process_shadow<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        events: &[VtdEvent],
+        dirty: &mut Dirty,
+    ) {
+        for ev in events {
+            match *ev {
+                VtdEvent::TranslationEnabled(on) => {
+                    // GCMD.TE (11.4.4): devices of the shadow domains see
+                    // guest RAM untranslated while it is clear; their
+                    // mappings stay for when it is set again.
+                    for (did, d) in &mut self.domains {
+                        if let Err(e) = d.set_identity(!on) {
+                            log::warn!("vtd passthrough: domain {did}: identity {}: {e}", !on);
+                        }
+                    }
+                    self.reconcile_all(vtd, mem, dirty);
+                    if on {
+                        self.resync_all(vtd, mem, dirty);
+                    }
+                }
+                VtdEvent::RootTable { .. } | VtdEvent::Context(_) | VtdEvent::PasidCache(_) => {
+                    self.reconcile_all(vtd, mem, dirty)
+                }
+                VtdEvent::Resync | VtdEvent::Iotlb(IotlbScope::Global) => {
+                    self.reconcile_all(vtd, mem, dirty);
+                    self.resync_all(vtd, mem, dirty);
+                }
+                VtdEvent::Iotlb(IotlbScope::Domain { did } | IotlbScope::Pasid { did, .. }) => {
+                    self.resync(vtd, mem, did, None, dirty)
+                }
+                VtdEvent::Iotlb(
+                    scope @ (IotlbScope::Pages { did, .. } | IotlbScope::PasidPages { did, .. }),
+                ) => self.resync(vtd, mem, did, scope.range(), dirty),
+                // Shadowed devices do not use ATS through the guest's
+                // tables (the host IOMMU's own device-TLB follows the
+                // shadow IOAS), and their page requests are not forwarded.
+                VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => {}
+            }
+        }
+        for (did, first) in std::mem::take(dirty) {
+            self.sync_domain(vtd, mem, did, first);
+        }
+    }
+
+    fn reconcile_all<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        dirty: &mut Dirty,
+    ) {
+        let sids: Vec<u16> = self.shadow_devs.keys().copied().collect();
+        for sid in sids {
+            self.reconcile(vtd, mem, sid, dirty);
+        }
+        // A domain whose devices all left costs a host IOAS for nothing;
+        // a device joining it again gets a fresh one, read in full.
+        self.domains.retain(|_, d| !d.devices().is_empty());
+    }
+
+    /// Where the RID of `sid` must be attached, per the guest's tables.
+    fn target<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, sid: u16) -> At {
+        if !vtd.translation_enabled() {
+            // A device in a domain sees RAM through the domain's identity
+            // switch; others are attached to the RAM IOAS.
+            return match self.shadow_devs.get(&sid).map(|d| d.at) {
+                Some(At::Domain(did)) if self.domains.contains_key(&did) => At::Domain(did),
+                _ => At::Ram,
+            };
+        }
+        match vtd.table_view(mem, Bdf(sid), None, 0, 0, MIN_BUDGET) {
+            TableView::Identity => At::Ram,
+            TableView::Mappings { .. } => rid_did(mem, vtd, sid).map_or(At::Blocked, At::Domain),
+            TableView::Blocked(_) | TableView::Nested => At::Blocked,
+        }
+    }
+
+    /// Attaches the RID of `sid` where its tables say; a domain it joins
+    /// afresh is read in full.
+    fn reconcile<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        sid: u16,
+        dirty: &mut Dirty,
+    ) {
+        let want = self.target(vtd, mem, sid);
+        let Some(d) = self.shadow_devs.get_mut(&sid) else {
+            return;
+        };
+        if d.at == want {
+            return;
+        }
+        if let At::Domain(old) = d.at
+            && let Some(dom) = self.domains.get_mut(&old)
+        {
+            dom.forget(d.dev.id(), None);
+        }
+        let res = match want {
+            At::Blocked => d.dev.detach(None).map_err(PassthroughError::from),
+            At::Ram => d
+                .dev
+                .attach(None, PtId::Ioas(self.ram.ioas().id()))
+                .map_err(PassthroughError::from),
+            At::Domain(did) => {
+                let fresh = !self.domains.contains_key(&did);
+                let dom = match self.domains.entry(did) {
+                    std::collections::btree_map::Entry::Occupied(o) => Ok(o.into_mut()),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        ShadowDomain::new(&self.host, &self.ram).map(|n| v.insert(n))
+                    }
+                };
+                let res = dom
+                    .and_then(|dom| dom.attach(&mut d.dev, None))
+                    .map_err(PassthroughError::from);
+                if res.is_ok() && fresh {
+                    d.at = want;
+                    self.resync(vtd, mem, did, None, dirty);
+                    return;
+                }
+                res
+            }
+        };
+        match res {
+            Ok(()) => d.at = want,
+            Err(e) => {
+                warn_host("attaching a shadowed device", sid, &e);
+                if let Err(b) = d.dev.detach(None) {
+                    warn_host("blocking after a refusal", sid, &b);
+                }
+                d.at = At::Blocked;
+                let reason = if vtd.root_pointer().1 == 1 {
+                    FaultReason::PasidEntryInvalid
+                } else {
+                    FaultReason::ContextInvalid
+                };
+                vtd.report_fault(&refusal_fault(sid, None, 0, reason));
+                self.stats.faults_reported += 1;
+            }
+        }
+    }
+
+    fn resync_all<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M, dirty: &mut Dirty) {
+        let dids: Vec<u16> = self.domains.keys().copied().collect();
+        for did in dids {
+            self.resync(vtd, mem, did, None, dirty);
+        }
+    }
+
+    /// A device of domain `did`, whose tables stand for the domain's (a
+    /// domain-id names one set of tables, 9.3 / 9.6 DID).
+    fn member(&self, did: u16) -> Option<u16> {
+        self.shadow_devs
+            .iter()
+            .find(|(_, d)| d.at == At::Domain(did))
+            .map(|(s, _)| *s)
+    }
+
+    /// Stages the guest's mappings of `range` (`None`: everything) into
+    /// the shadow domain of `did`, replacing what it held there.
+    fn resync<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &Vtd,
+        mem: &M,
+        did: u16,
+        range: Option<(u64, u64)>,
+        dirty: &mut Dirty,
+    ) {
+        let Some(sid) = self.member(did) else {
+            return;
+        };
+        let Some(dom) = self.domains.get_mut(&did) else {
+            return;
+        };
+        let (mut first, last) = match range {
+            Some((addr, len)) => {
+                if let Err(e) = dom.unmap(Iova(addr), len) {
+                    log::warn!("vtd passthrough: domain {did}: unmap {addr:#x}+{len:#x}: {e}");
+                    return;
+                }
+                (addr, addr.saturating_add(len - 1))
+            }
+            None => {
+                dom.unmap_all();
+                (0, u64::MAX)
+            }
+        };
+        dirty
+            .entry(did)
+            .and_modify(|a| *a = (*a).min(first))
+            .or_insert(first);
+        for _ in 0..MAX_ROUNDS_PER_RANGE {
+            let view = vtd.table_view(
+                mem,
+                Bdf(sid),
+                None,
+                first,
+                last,
+                MAX_ENTRIES_PER_ENUMERATION,
+            );
+            let TableView::Mappings {
+                list,
+                complete,
+                resume,
+            } = view
+            else {
+                // Identity or blocked: the device moves at the next
+                // context event; nothing to mirror.
+                return;
+            };
+            for m in list {
+                let len = 1u64 << m.shift;
+                let access = m.perms & Access::RW;
+                if let Err(e) = dom.map(Iova(m.iova), Gpa(m.gpa), len, access) {
+                    log::warn!("vtd passthrough: domain {did}: map {:#x}: {e}", m.iova);
+                }
+            }
+            if complete {
+                return;
+            }
+            first = resume;
+        }
+        log::warn!(
+            "vtd passthrough: domain {did}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
+        );
+        self.stats.truncated_ranges += 1;
+    }
+
+    /// Applies what is staged for `did`. The engine rolls back a failed
+    /// sync, so the mappings the guest just made are missing on the host
+    /// and its devices' DMA there will fail without the guest knowing:
+    /// each device of the domain gets a fault record for the first
+    /// address of the failed change, with the reason a unit gives when it
+    /// cannot use a paging entry (0x70 first stage, 0x78 second stage,
+    /// 0x7 legacy).
+    fn sync_domain<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        did: u16,
+        address: u64,
+    ) {
+        let Some(dom) = self.domains.get_mut(&did) else {
+            return;
+        };
+        let Err(e) = dom.sync() else {
+            return;
+        };
+        log::warn!("vtd passthrough: domain {did}: sync failed: {e}");
+        let members: Vec<u16> = self
+            .shadow_devs
+            .iter()
+            .filter(|(_, d)| d.at == At::Domain(did))
+            .map(|(s, _)| *s)
+            .collect();
+        for sid in members {
+            let reason = match vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.entry.pgtt()) {
+                Some(Pgtt::FirstStage) => FaultReason::FsEntryAccess,
+                Some(_) => FaultReason::SsEntryAccess,
+                None => FaultReason::PagingEntryAccess,
+            };
+            vtd.report_fault(&refusal_fault(sid, None, address, reason));
+            self.stats.faults_reported += 1;
+        }
+    }
+}

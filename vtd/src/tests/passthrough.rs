@@ -1,0 +1,427 @@
+//! Passthrough devices backed by `nesting-core`'s engines on the simulated
+//! host: nested stage-1 HWPTs per PASID, batched stage-1 invalidations,
+//! shadowed second-stage tables, and host failures turned into the
+//! architected guest-visible errors.
+
+use std::sync::Arc;
+
+use nesting_core::host::HostBackend;
+use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::profile::HostProfile;
+use nesting_core::host::sim::{SimBacking, SimIommufd};
+use nesting_core::host::{Errno, HostOp, HwptData, PtId, VtdS1Flags};
+use nesting_core::ladder::{DecisionKind, HostView};
+use nesting_core::ram::{GuestRam, RamIoas};
+use nesting_core::types::{Iova, Pasid};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+
+use super::Harness;
+use crate::mock::{
+    FsTables, LegacyTables, PasidSetup, Queue, ScalableTables, SlTables, desc, probe_like_linux,
+};
+use crate::passthrough::{PassthroughBackend, PassthroughError};
+use crate::regs::{fsts, off};
+
+const SID: u16 = 0x0010;
+const DID: u16 = 3;
+
+struct Host {
+    sim: Arc<SimIommufd>,
+    backend: PassthroughBackend,
+    dev: nesting_core::host::DevId,
+}
+
+fn host(
+    h: &Harness,
+    profile: HostProfile,
+) -> (Arc<SimIommufd>, PassthroughBackend, BoundDevice, HostView) {
+    let sim = Arc::new(SimIommufd::with_host(profile.spec()));
+    let shared: SharedHost = sim.clone();
+    let ram = GuestRam::from_guest_memory(&h.mem).unwrap();
+    let ram = Arc::new(RamIoas::new(&shared, ram).unwrap());
+    let dev = BoundDevice::bind(&shared, sim.add_device(0)).unwrap();
+    let mut view = HostView::from(&profile.spec());
+    view.info = sim.hw_info(dev.id()).unwrap();
+    (sim.clone(), PassthroughBackend::new(shared, ram), dev, view)
+}
+
+/// A backend with `SID` accepted as `want`.
+fn accepted(h: &Harness, profile: HostProfile, want: DecisionKind) -> Host {
+    let (sim, mut backend, dev, view) = host(h, profile);
+    let id = dev.id();
+    let d = backend
+        .add_device(&h.vtd, SID, dev, view)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(d.kind, want, "{}", d.reason);
+    Host {
+        sim,
+        backend,
+        dev: id,
+    }
+}
+
+impl Host {
+    fn process(&mut self, h: &mut Harness) {
+        self.backend.process(&mut h.vtd, &h.mem);
+    }
+
+    fn s1(&self, pasid: Option<u32>) -> Option<HwptData> {
+        let pasid = pasid.map(|p| Pasid::new(p).unwrap());
+        let id = self.sim.attached_hwpt(self.dev, pasid)?;
+        Some(self.sim.hwpt(id)?.data)
+    }
+}
+
+fn s1_data(pgtbl: u64, flags: VtdS1Flags) -> Option<HwptData> {
+    Some(HwptData::VtdS1 {
+        flags,
+        pgtbl_addr: pgtbl,
+        addr_width: 48,
+    })
+}
+
+/// The FSTS bit `f` is set.
+fn fsts_set(h: &Harness, f: nesting_core::bits::Field) -> bool {
+    f.is_set(h.read32(off::FSTS))
+}
+
+/// The first fault record (FRCD at CAP.FRO), as its two quadwords.
+fn first_fault(h: &Harness) -> (u64, u64) {
+    let fro = h.vtd.config().fro;
+    (h.read64(fro), h.read64(fro + 8))
+}
+
+struct Nested {
+    h: Harness,
+    host: Host,
+    q: Queue,
+    tables: ScalableTables,
+    dir: u64,
+    fs: [FsTables; 3],
+}
+
+/// Scalable mode as Linux sets it up for a device with PASIDs: RID_PASID
+/// 0 and PASID 5 before translation is enabled, first-stage tables each.
+fn nested() -> Nested {
+    let mut h = Harness::new(&[]);
+    let mut host = accepted(&h, HostProfile::VtdNest, DecisionKind::Nested);
+    let tables = ScalableTables::new(&h.mem, &mut h.alloc);
+    let dir = tables.set_context(&h.mem, &mut h.alloc, SID, 0, 0);
+    let fs = [0, 1, 2].map(|_| FsTables::new(&h.mem, &mut h.alloc, 4));
+    let pe0 = PasidSetup::first_stage(DID, fs[0].root, 4, false, false);
+    tables.set_pasid(&h.mem, &mut h.alloc, dir, 0, &pe0);
+    let pe5 = PasidSetup::first_stage(DID, fs[1].root, 4, true, true);
+    tables.set_pasid(&h.mem, &mut h.alloc, dir, 5, &pe5);
+    let p = probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, tables.root);
+    host.process(&mut h);
+    Nested {
+        h,
+        host,
+        q: p.queue,
+        tables,
+        dir,
+        fs,
+    }
+}
+
+#[test]
+fn nested_rid_pasid_and_two_pasids_get_their_stage1_hwpts() {
+    let mut n = nested();
+    // A third PASID set up later, as intel_pasid_setup_first_level does
+    // in caching mode: entry, then PASID-selective PASID-cache flush.
+    let pe9 = PasidSetup::first_stage(DID + 1, n.fs[2].root, 4, true, false);
+    n.tables.set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 9, &pe9);
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID + 1, 9)]));
+    n.host.process(&mut n.h);
+
+    assert_eq!(n.host.s1(None), s1_data(n.fs[0].root, VtdS1Flags::empty()));
+    assert_eq!(
+        n.host.s1(Some(5)),
+        s1_data(n.fs[1].root, VtdS1Flags::SRE | VtdS1Flags::WPE)
+    );
+    assert_eq!(n.host.s1(Some(9)), s1_data(n.fs[2].root, VtdS1Flags::SRE));
+    assert_eq!(n.host.s1(Some(1)), None);
+}
+
+#[test]
+fn nested_cleared_pasid_entry_is_detached() {
+    let mut n = nested();
+    n.tables
+        .set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 5, &PasidSetup::default());
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID, 5)]));
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.s1(Some(5)), None);
+    assert!(n.host.s1(None).is_some());
+}
+
+#[test]
+fn nested_64_pasid_iotlb_invalidations_in_one_batch_are_one_host_call() {
+    let mut n = nested();
+    n.host.sim.reset_counters();
+    let batch: Vec<[u64; 2]> = (0..64u64)
+        .map(|i| desc::pasid_iotlb(DID, 5, Some((i << 12, 0, true))))
+        .collect();
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &batch));
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.sim.calls(HostOp::HwptInvalidate), 1);
+    assert_eq!(n.host.sim.invalidation_entries(), 64);
+    assert!(!fsts_set(&n.h, fsts::ICE));
+}
+
+#[test]
+fn nested_domain_iotlb_invalidation_reaches_every_pasid_of_the_domain() {
+    let mut n = nested();
+    n.host.sim.reset_counters();
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::iotlb_domain(DID)]));
+    n.host.process(&mut n.h);
+    // RID_PASID and PASID 5: one HWPT each.
+    assert_eq!(n.host.sim.calls(HostOp::HwptInvalidate), 2);
+    assert_eq!(n.host.sim.invalidation_entries(), 2);
+}
+
+#[test]
+fn nested_host_refusing_the_stage1_hwpt_records_a_fault_for_the_pasid() {
+    let mut n = nested();
+    n.host.sim.fail_nth(HostOp::HwptAlloc, 1, Errno::EINVAL);
+    let pe7 = PasidSetup::first_stage(DID, n.fs[2].root, 4, false, false);
+    n.tables.set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 7, &pe7);
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID, 7)]));
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.s1(Some(7)), None);
+    assert!(fsts_set(&n.h, fsts::PPF));
+    let (_, hi) = first_fault(&n.h);
+    // F, FR 0x5B (PASID entry invalid), PP with PV 7, SID.
+    assert_eq!(hi >> 63, 1);
+    assert_eq!((hi >> 32) & 0xff, 0x5b);
+    assert_eq!((hi >> 31) & 1, 1);
+    assert_eq!((hi >> 40) & 0xf_ffff, 7);
+    assert_eq!(hi & 0xffff, u64::from(SID));
+    assert_eq!(n.host.backend.stats().faults_reported, 1);
+}
+
+#[test]
+fn nested_failed_invalidation_sets_ice_and_rebuilds_the_hwpt() {
+    let mut n = nested();
+    n.host.sim.reset_counters();
+    n.host.sim.fail_nth(HostOp::HwptInvalidate, 1, Errno::EIO);
+    let d = desc::pasid_iotlb(DID, 5, Some((0x1000, 0, false)));
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[d]));
+    n.host.process(&mut n.h);
+    assert!(fsts_set(&n.h, fsts::ICE));
+    assert_eq!(n.h.read64(off::IQER) >> 48, u64::from(SID));
+    // A fresh HWPT drops what the host cached.
+    assert_eq!(n.host.sim.calls(HostOp::HwptAlloc), 1);
+    assert_eq!(
+        n.host.s1(Some(5)),
+        s1_data(n.fs[1].root, VtdS1Flags::SRE | VtdS1Flags::WPE)
+    );
+}
+
+#[test]
+fn nested_translation_disabled_is_bypass_on_the_parent() {
+    let mut h = Harness::new(&[]);
+    let mut host = accepted(&h, HostProfile::VtdNest, DecisionKind::Nested);
+    host.process(&mut h);
+    let id = host.sim.attached_hwpt(host.dev, None).unwrap();
+    assert!(matches!(host.sim.hwpt(id).unwrap().data, HwptData::None));
+}
+
+struct Shadow {
+    h: Harness,
+    host: Host,
+    q: Queue,
+    sl: SlTables,
+}
+
+/// Legacy mode with caching mode on a host without nesting: shadowed.
+fn shadow() -> Shadow {
+    let mut h = Harness::new(&["mode=legacy", "cm=1"]);
+    let mut host = accepted(&h, HostProfile::VtdNonest, DecisionKind::Shadow);
+    let t = LegacyTables::new(&h.mem, &mut h.alloc);
+    let sl = SlTables::new(&h.mem, &mut h.alloc, 4);
+    t.set_context(&h.mem, &mut h.alloc, SID, DID, 0, 2, sl.root, false);
+    let p = probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+    host.process(&mut h);
+    Shadow {
+        h,
+        host,
+        q: p.queue,
+        sl,
+    }
+}
+
+impl Shadow {
+    fn ioas(&self) -> nesting_core::host::IoasId {
+        match self.host.sim.attachment(self.host.dev, None) {
+            Some(PtId::Ioas(i)) => i,
+            other => panic!("not attached to an IOAS: {other:?}"),
+        }
+    }
+
+    fn host_va(&self, gpa: u64) -> u64 {
+        self.h.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
+    }
+
+    fn backing(&self, iova: u64) -> Option<u64> {
+        match self.host.sim.translate(self.ioas(), Iova(iova))? {
+            (SimBacking::UserVa(v), _) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+#[test]
+fn shadow_map_and_invalidation_maps_iova_to_the_gpa_host_memory() {
+    let mut s = shadow();
+    s.sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x10_0000,
+        0x20_0000,
+        12,
+        true,
+        true,
+    );
+    assert!(s.q.submit(
+        &mut s.h.vtd,
+        &s.h.mem,
+        &[desc::iotlb_page(DID, 0x10_0000, 0, false)]
+    ));
+    s.host.process(&mut s.h);
+    assert_eq!(s.backing(0x10_0000), Some(s.host_va(0x20_0000)));
+    // Not the RAM IOAS: only what the guest mapped is there.
+    assert_eq!(s.backing(0x20_0000), None);
+}
+
+#[test]
+fn shadow_unmap_and_invalidation_removes_the_mapping() {
+    let mut s = shadow();
+    s.sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x10_0000,
+        0x20_0000,
+        12,
+        true,
+        true,
+    );
+    let inv = desc::iotlb_page(DID, 0x10_0000, 0, false);
+    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
+    s.host.process(&mut s.h);
+    s.sl.unmap(&s.h.mem, 0x10_0000, 12);
+    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
+    s.host.process(&mut s.h);
+    assert_eq!(s.backing(0x10_0000), None);
+    assert!(s.host.sim.mappings(s.ioas()).is_empty());
+}
+
+#[test]
+fn shadow_2mib_mapped_in_4k_pages_then_one_invalidation_is_one_host_call() {
+    let mut s = shadow();
+    for i in 0..512u64 {
+        let (iova, gpa) = (0x40_0000 + (i << 12), 0x60_0000 + (i << 12));
+        s.sl.map(&s.h.mem, &mut s.h.alloc, iova, gpa, 12, true, true);
+    }
+    s.host.sim.reset_counters();
+    let inv = desc::iotlb_page(DID, 0x40_0000, 9, false);
+    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
+    s.host.process(&mut s.h);
+    let maps = s.host.sim.calls(HostOp::IoasMap)
+        + s.host.sim.calls(HostOp::IoasMapFile)
+        + s.host.sim.calls(HostOp::IoasCopy);
+    assert_eq!(maps, 1);
+    assert_eq!(s.backing(0x40_0000), Some(s.host_va(0x60_0000)));
+    assert_eq!(s.backing(0x5f_f000), Some(s.host_va(0x7f_f000)));
+}
+
+#[test]
+fn shadow_domain_invalidation_reads_the_whole_domain() {
+    let mut s = shadow();
+    s.sl.map(&s.h.mem, &mut s.h.alloc, 0x1000, 0x8000, 12, true, false);
+    s.sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x4000_0000,
+        0x20_0000,
+        21,
+        true,
+        true,
+    );
+    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[desc::iotlb_domain(DID)]));
+    s.host.process(&mut s.h);
+    assert_eq!(s.backing(0x1000), Some(s.host_va(0x8000)));
+    assert_eq!(s.backing(0x4010_0000), Some(s.host_va(0x30_0000)));
+}
+
+#[test]
+fn shadow_translation_disabled_attaches_to_ram_identity() {
+    let mut h = Harness::new(&["mode=legacy", "cm=1"]);
+    let mut host = accepted(&h, HostProfile::VtdNonest, DecisionKind::Shadow);
+    host.process(&mut h);
+    let Some(PtId::Ioas(ioas)) = host.sim.attachment(host.dev, None) else {
+        panic!("not attached to an IOAS");
+    };
+    let want = h.mem.get_host_address(GuestAddress(0x12_3000)).unwrap() as u64;
+    assert!(matches!(
+        host.sim.translate(ioas, Iova(0x12_3000)),
+        Some((SimBacking::UserVa(v), _)) if v == want
+    ));
+}
+
+#[test]
+fn shadow_failed_sync_records_a_fault_for_the_domain_devices() {
+    let mut s = shadow();
+    s.sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x10_0000,
+        0x20_0000,
+        12,
+        true,
+        true,
+    );
+    s.host.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
+    s.host.sim.fail_nth(HostOp::IoasMap, 1, Errno::ENOMEM);
+    assert!(s.q.submit(
+        &mut s.h.vtd,
+        &s.h.mem,
+        &[desc::iotlb_page(DID, 0x10_0000, 0, false)]
+    ));
+    s.host.process(&mut s.h);
+    assert_eq!(s.backing(0x10_0000), None);
+    assert!(fsts_set(&s.h, fsts::PPF));
+    let (lo, hi) = first_fault(&s.h);
+    assert_eq!(lo, 0x10_0000);
+    assert_eq!((hi >> 32) & 0xff, 0x7, "legacy paging entry access");
+    assert_eq!(hi & 0xffff, u64::from(SID));
+}
+
+#[test]
+fn no_caching_mode_and_no_host_nesting_is_refused_by_the_ladder() {
+    let h = Harness::new(&["cm=0"]);
+    let (_sim, mut backend, dev, view) = host(&h, HostProfile::VtdNonest);
+    let Err((PassthroughError::Refused { decision }, _dev)) =
+        backend.add_device(&h.vtd, SID, dev, view)
+    else {
+        panic!("accepted");
+    };
+    assert_eq!(decision.kind, DecisionKind::Refuse);
+    assert!(backend.kind().is_none());
+}
+
+#[test]
+fn same_source_id_twice_is_refused_as_duplicate() {
+    let h = Harness::new(&[]);
+    let (sim, mut backend, dev, view) = host(&h, HostProfile::VtdNest);
+    backend
+        .add_device(&h.vtd, SID, dev, view.clone())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let shared: SharedHost = sim.clone();
+    let dev2 = BoundDevice::bind(&shared, sim.add_device(0)).unwrap();
+    assert!(matches!(
+        backend.add_device(&h.vtd, SID, dev2, view),
+        Err((PassthroughError::Duplicate { sid: SID }, _))
+    ));
+}
