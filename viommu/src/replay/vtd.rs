@@ -5,20 +5,28 @@
 //!
 //! A register write returns after everything it starts: the global
 //! command, register-based invalidations and the invalidation queue up to
-//! the new tail run synchronously in the model. Passthrough devices stay
-//! runner-only until the runner hands models their bound devices; the
-//! model's side of that seam is [`vtd::nesting`].
+//! the new tail run synchronously in the model.
+//!
+//! Passthrough devices are backed by [`PassthroughBackend`] (nested
+//! stage-1 HWPTs or shadow domains on the runner's simulated iommufd),
+//! which decides them with the ladder and consumes the unit's events
+//! after every register write, as a VMM does.
 
 use nesting_core::guest::VtdConfig;
+use nesting_core::host::objects::BoundDevice;
+use nesting_core::ladder::Decision;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
-use vtd::{TranslateResult, Vtd};
+use vtd::passthrough::PassthroughError;
+use vtd::{PassthroughBackend, TranslateResult, Vtd};
 
 use super::parse::Width;
-use super::{Env, ModelError, ReplayModel};
+use super::{Env, ModelError, Passthrough, ReplayModel};
 
 /// The VT-d unit a script drives.
 pub struct VtdReplay {
     unit: Vtd,
+    /// The unit's passthrough devices, made at the first one.
+    backend: Option<PassthroughBackend>,
 }
 
 impl VtdReplay {
@@ -26,6 +34,7 @@ impl VtdReplay {
     pub fn new(cfg: &VtdConfig) -> Self {
         VtdReplay {
             unit: Vtd::new(cfg.clone()),
+            backend: None,
         }
     }
 }
@@ -41,6 +50,29 @@ fn mmio_size(width: Width) -> Result<u32, ModelError> {
 }
 
 impl ReplayModel for VtdReplay {
+    fn passthrough(
+        &mut self,
+        _env: &Env<'_>,
+        p: Passthrough<'_>,
+    ) -> Result<Decision, (ModelError, BoundDevice)> {
+        let Ok(sid) = u16::try_from(p.sid) else {
+            let e = format!("VT-d source-id {:#x} is wider than 16 bits", p.sid);
+            return Err((ModelError::Script(e), p.device));
+        };
+        let backend = self
+            .backend
+            .get_or_insert_with(|| PassthroughBackend::new(p.host.clone(), p.ram.clone()));
+        // Deciding attaches nothing: the backend attaches the device at
+        // the next register write's `process`, with the unit's state then.
+        match backend.add_device(&self.unit, sid, p.device, p.view) {
+            Ok(d) => Ok(d),
+            // Refused: the device is dropped (unbound), as the runner
+            // expects of a refused device.
+            Err((PassthroughError::Refused { decision }, _device)) => Ok(*decision),
+            Err((e, device)) => Err((ModelError::Script(e.to_string()), device)),
+        }
+    }
+
     fn mmio_read(&mut self, _env: &Env<'_>, width: Width, offset: u64) -> Result<u64, ModelError> {
         Ok(self.unit.mmio_read(offset, mmio_size(width)?))
     }
@@ -54,9 +86,12 @@ impl ReplayModel for VtdReplay {
     ) -> Result<(), ModelError> {
         self.unit
             .mmio_write(env.mem, offset, mmio_size(width)?, value);
-        // The nesting layer is not wired in replay yet: drop its events so
-        // they do not accumulate up to the collapse limit.
-        self.unit.take_events();
+        match &mut self.backend {
+            Some(b) => b.process(&mut self.unit, env.mem),
+            // No passthrough device: nothing consumes the events; drop
+            // them so they do not accumulate up to the collapse limit.
+            None => drop(self.unit.take_events()),
+        }
         Ok(())
     }
 
@@ -102,6 +137,29 @@ mod tests {
     fn vtd_sid_wider_than_16_bits_is_script_error() {
         let e = err("model vtd\nram 0 0x10000\ntranslate 0x10000 0x1000 r => fault\n");
         assert!(e.to_string().contains("16 bits"), "{e}");
+    }
+
+    #[test]
+    fn vtd_passthrough_sid_wider_than_16_bits_is_script_error() {
+        let e = err("model vtd\nram 0 0x10000\npassthrough 0x10000\n");
+        assert_eq!(e.line, 3);
+        assert!(e.to_string().contains("16 bits"), "{e}");
+    }
+
+    #[test]
+    fn vtd_passthrough_refused_by_the_ladder_prints_refuse() {
+        let mut out = Vec::new();
+        let s = run_script(
+            "model vtd cm=0\nram 0 0x10000\nhost vtd-nonest\npassthrough 8 => refuse\n",
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.passed, s.failed),
+            (1, 0),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
     }
 
     #[test]
