@@ -12,9 +12,10 @@
 //! ```
 //!
 //! - [`PassthroughBackend::add_device`] decides with the ladder (the first
-//!   device with [`ladder::decide`], every later one with
-//!   [`ladder::decide_hotplug`] against the unit's decision, so all the
-//!   unit's devices are backed one way) and keeps the device; the host
+//!   device with [`ladder::decide`]; later ones must be backed the same
+//!   way: a nested unit's devices each nest on their own, behind any host
+//!   IOMMU, while a shadowing unit's must be able to share an IOAS,
+//!   [`ladder::decide_hotplug`]) and keeps the device; the host
 //!   attach happens at the next [`PassthroughBackend::process`], which a
 //!   VMM calls once before the guest runs and after every register write.
 //! - **Nested** (host VT-d with nesting, guest first-stage tables in
@@ -109,8 +110,8 @@ pub enum PassthroughError {
 /// call, with the lowest address staged (for fault records).
 type Dirty = BTreeMap<u16, u64>;
 
-/// Whether a nesting-core failure is worth a warning (host refusals are
-/// also reported to the guest).
+/// Logs a host failure with its source-id (the guest learns of it
+/// through the architected error its caller reports).
 fn warn_host(what: &str, sid: u16, e: &dyn std::error::Error) {
     log::warn!("vtd passthrough {sid:#06x}: {what}: {e}");
 }
@@ -162,7 +163,7 @@ pub struct PassthroughBackend {
     /// The unit's decision once a device was accepted.
     kind: Option<DecisionKind>,
     /// Host views of the accepted devices (hot-plug decisions).
-    views: Vec<HostView>,
+    views: BTreeMap<u16, HostView>,
     /// Devices accepted and not yet attached.
     pending: BTreeMap<u16, BoundDevice>,
     nested: Option<NestedEngine>,
@@ -180,7 +181,7 @@ impl PassthroughBackend {
             host,
             ram,
             kind: None,
-            views: Vec::new(),
+            views: BTreeMap::new(),
             pending: BTreeMap::new(),
             nested: None,
             nest_devs: BTreeMap::new(),
@@ -230,16 +231,78 @@ impl PassthroughBackend {
         let guest = GuestModel::Vtd(vtd.config().clone());
         let decision = match self.kind {
             None => ladder::decide(&guest, &view),
-            Some(kind) => ladder::decide_hotplug(&guest, &self.views, kind, &view),
+            // Nested devices each get their own nested HWPTs (one stage-2
+            // parent per host IOMMU): a device nests on its own merits,
+            // behind whichever host IOMMU; one that cannot nest is refused
+            // with the hot-plug rule's evidence, as the unit cannot mix.
+            Some(DecisionKind::Nested) => {
+                let own = ladder::decide(&guest, &view);
+                if own.kind == DecisionKind::Nested {
+                    own
+                } else {
+                    let existing: Vec<HostView> = self.views.values().cloned().collect();
+                    ladder::decide_hotplug(&guest, &existing, DecisionKind::Nested, &view)
+                }
+            }
+            // Any two devices may end up in one guest domain, whose
+            // shadow IOAS they then share: the hot-plug rule checks that.
+            Some(kind) => {
+                let existing: Vec<HostView> = self.views.values().cloned().collect();
+                ladder::decide_hotplug(&guest, &existing, kind, &view)
+            }
         };
         if decision.kind == DecisionKind::Refuse {
             let decision = Box::new(decision);
             return Err((PassthroughError::Refused { decision }, device));
         }
         self.kind = Some(decision.kind);
-        self.views.push(view);
+        self.views.insert(sid, view);
         self.pending.insert(sid, device);
         Ok(decision)
+    }
+
+    /// Removes the passthrough device `sid` (hot-unplug): every PASID and
+    /// the RID detached, its host objects destroyed, and the bound device
+    /// handed back, blocked. `None` if `sid` is not a passthrough device
+    /// or the host failed to let go of it (logged).
+    pub fn remove_device(&mut self, sid: u16) -> Option<BoundDevice> {
+        let dev = self.take_device(sid);
+        self.views.remove(&sid);
+        if self.views.is_empty() {
+            // Nothing left to join: the next device is decided afresh.
+            self.kind = None;
+        }
+        dev
+    }
+
+    fn take_device(&mut self, sid: u16) -> Option<BoundDevice> {
+        if let Some(dev) = self.pending.remove(&sid) {
+            return Some(dev);
+        }
+        if self.nest_devs.remove(&sid).is_some() {
+            let engine = self.nested.as_mut()?;
+            return match engine.remove_device(u64::from(sid)) {
+                Ok(dev) => Some(dev),
+                Err(e) => {
+                    warn_host("removing from the nested engine", sid, &e);
+                    None
+                }
+            };
+        }
+        let mut d = self.shadow_devs.remove(&sid)?;
+        let res = match d.at {
+            At::Domain(did) => match self.domains.get_mut(&did) {
+                Some(dom) => dom.detach(&mut d.dev, None).map_err(PassthroughError::from),
+                None => d.dev.detach(None).map_err(PassthroughError::from),
+            },
+            At::Ram => d.dev.detach(None).map_err(PassthroughError::from),
+            At::Blocked => Ok(()),
+        };
+        if let Err(e) = res {
+            warn_host("detaching a shadowed device", sid, &e);
+        }
+        self.domains.retain(|_, dom| !dom.devices().is_empty());
+        Some(d.dev)
     }
 
     /// Brings the host in line with the guest: attaches devices added
@@ -359,12 +422,9 @@ fn rid_did<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Option<u16>
     vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.entry.did())
 }
 
-/// Records a fault for a request of `sid` the host will refuse because it
-/// refused what the guest programmed (7.2.1 primary fault logging). The
-/// reason names the guest structure the host could not back: the
-/// context entry in legacy mode (0x3), the PASID entry in scalable mode
-/// (0x5B: programmed with a value the unit does not support), or the
-/// paging entry at `address` for a mapping the host could not mirror.
+/// The fault record (7.2.1 primary fault logging) for requests of `sid`
+/// that the host will refuse because it refused what the guest
+/// programmed: `reason` names the guest structure it could not back.
 fn refusal_fault(sid: u16, pasid: Option<u32>, address: u64, reason: FaultReason) -> FaultRecord {
     FaultRecord {
         source_id: sid,
@@ -374,6 +434,18 @@ fn refusal_fault(sid: u16, pasid: Option<u32>, address: u64, reason: FaultReason
         exec: false,
         privileged: false,
         reason,
+    }
+}
+
+/// The reason of a fault recorded because the host refused to back the
+/// entry the guest programmed: the context entry in legacy mode (0x3,
+/// 9.3), the PASID entry in scalable mode (0x5B, 9.6: "programmed with a
+/// value the unit does not support").
+fn entry_refused(vtd: &Vtd) -> FaultReason {
+    if vtd.root_pointer().1 == 1 {
+        FaultReason::PasidEntryInvalid
+    } else {
+        FaultReason::ContextInvalid
     }
 }
 
@@ -403,7 +475,15 @@ impl PassthroughBackend {
             match NestedEngine::new(&self.host, &self.ram, NestedConfig::default()) {
                 Ok(e) => self.nested = Some(e),
                 Err(e) => {
-                    log::error!("vtd passthrough: nested engine: {e}");
+                    // Without an engine the devices cannot be backed:
+                    // they stay bound and blocked (their DMA faults on
+                    // the host), and the error is not repeated at every
+                    // register write.
+                    log::error!(
+                        "vtd passthrough: nested engine: {e}; {} devices stay blocked",
+                        self.pending.len()
+                    );
+                    self.pending.clear();
                     return;
                 }
             }
@@ -671,12 +751,7 @@ impl PassthroughBackend {
 
     fn report_refusal(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>, e: &NestedError) {
         log::debug!("vtd passthrough {sid:#06x}: reporting {e} to the guest");
-        let reason = if vtd.root_pointer().1 == 1 {
-            FaultReason::PasidEntryInvalid
-        } else {
-            FaultReason::ContextInvalid
-        };
-        let rec = refusal_fault(sid, key.map(Pasid::raw), 0, reason);
+        let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
         vtd.report_fault(&rec);
         self.stats.faults_reported += 1;
     }
@@ -861,7 +936,8 @@ impl PassthroughBackend {
     }
 
     /// Attaches the RID of `sid` where its tables say; a domain it joins
-    /// afresh is read in full.
+    /// afresh is read in full. A host refusal leaves the device blocked
+    /// and records a fault for it.
     fn reconcile<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
@@ -870,59 +946,55 @@ impl PassthroughBackend {
         dirty: &mut Dirty,
     ) {
         let want = self.target(vtd, mem, sid);
+        match self.move_to(sid, want) {
+            Ok(Some(fresh)) => self.resync(vtd, mem, fresh, None, dirty),
+            Ok(None) => {}
+            Err(e) => {
+                warn_host("attaching a shadowed device", sid, &e);
+                if let Some(d) = self.shadow_devs.get_mut(&sid) {
+                    if let Err(b) = d.dev.detach(None) {
+                        warn_host("blocking after a refusal", sid, &b);
+                    }
+                    d.at = At::Blocked;
+                }
+                let rec = refusal_fault(sid, None, 0, entry_refused(vtd));
+                vtd.report_fault(&rec);
+                self.stats.faults_reported += 1;
+            }
+        }
+    }
+
+    /// Attaches `sid` to `want`; returns the domain-id of a shadow domain
+    /// made for it (empty: to be read in full).
+    fn move_to(&mut self, sid: u16, want: At) -> Result<Option<u16>, PassthroughError> {
         let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return;
+            return Ok(None);
         };
         if d.at == want {
-            return;
+            return Ok(None);
         }
         if let At::Domain(old) = d.at
             && let Some(dom) = self.domains.get_mut(&old)
         {
             dom.forget(d.dev.id(), None);
         }
-        let res = match want {
-            At::Blocked => d.dev.detach(None).map_err(PassthroughError::from),
-            At::Ram => d
-                .dev
-                .attach(None, PtId::Ioas(self.ram.ioas().id()))
-                .map_err(PassthroughError::from),
+        let mut fresh = None;
+        match want {
+            At::Blocked => d.dev.detach(None)?,
+            At::Ram => d.dev.attach(None, PtId::Ioas(self.ram.ioas().id()))?,
             At::Domain(did) => {
-                let fresh = !self.domains.contains_key(&did);
                 let dom = match self.domains.entry(did) {
-                    std::collections::btree_map::Entry::Occupied(o) => Ok(o.into_mut()),
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
-                        ShadowDomain::new(&self.host, &self.ram).map(|n| v.insert(n))
+                        fresh = Some(did);
+                        v.insert(ShadowDomain::new(&self.host, &self.ram)?)
                     }
                 };
-                let res = dom
-                    .and_then(|dom| dom.attach(&mut d.dev, None))
-                    .map_err(PassthroughError::from);
-                if res.is_ok() && fresh {
-                    d.at = want;
-                    self.resync(vtd, mem, did, None, dirty);
-                    return;
-                }
-                res
-            }
-        };
-        match res {
-            Ok(()) => d.at = want,
-            Err(e) => {
-                warn_host("attaching a shadowed device", sid, &e);
-                if let Err(b) = d.dev.detach(None) {
-                    warn_host("blocking after a refusal", sid, &b);
-                }
-                d.at = At::Blocked;
-                let reason = if vtd.root_pointer().1 == 1 {
-                    FaultReason::PasidEntryInvalid
-                } else {
-                    FaultReason::ContextInvalid
-                };
-                vtd.report_fault(&refusal_fault(sid, None, 0, reason));
-                self.stats.faults_reported += 1;
+                dom.attach(&mut d.dev, None)?;
             }
         }
+        d.at = want;
+        Ok(fresh)
     }
 
     fn resync_all<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M, dirty: &mut Dirty) {
@@ -957,7 +1029,7 @@ impl PassthroughBackend {
         let Some(dom) = self.domains.get_mut(&did) else {
             return;
         };
-        let (mut first, last) = match range {
+        let (first, last) = match range {
             Some((addr, len)) => {
                 if let Err(e) = dom.unmap(Iova(addr), len) {
                     log::warn!("vtd passthrough: domain {did}: unmap {addr:#x}+{len:#x}: {e}");
@@ -974,41 +1046,12 @@ impl PassthroughBackend {
             .entry(did)
             .and_modify(|a| *a = (*a).min(first))
             .or_insert(first);
-        for _ in 0..MAX_ROUNDS_PER_RANGE {
-            let view = vtd.table_view(
-                mem,
-                Bdf(sid),
-                None,
-                first,
-                last,
-                MAX_ENTRIES_PER_ENUMERATION,
+        if !stage_mappings(dom, vtd, mem, sid, first, last) {
+            log::warn!(
+                "vtd passthrough: domain {did}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
             );
-            let TableView::Mappings {
-                list,
-                complete,
-                resume,
-            } = view
-            else {
-                // Identity or blocked: the device moves at the next
-                // context event; nothing to mirror.
-                return;
-            };
-            for m in list {
-                let len = 1u64 << m.shift;
-                let access = m.perms & Access::RW;
-                if let Err(e) = dom.map(Iova(m.iova), Gpa(m.gpa), len, access) {
-                    log::warn!("vtd passthrough: domain {did}: map {:#x}: {e}", m.iova);
-                }
-            }
-            if complete {
-                return;
-            }
-            first = resume;
+            self.stats.truncated_ranges += 1;
         }
-        log::warn!(
-            "vtd passthrough: domain {did}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
-        );
-        self.stats.truncated_ranges += 1;
     }
 
     /// Applies what is staged for `did`. The engine rolls back a failed
@@ -1048,4 +1091,42 @@ impl PassthroughBackend {
             self.stats.faults_reported += 1;
         }
     }
+}
+
+/// Stages into `dom` the mappings `sid`'s tables hold in `[first, last]`,
+/// in rounds of at most [`MAX_ENTRIES_PER_ENUMERATION`] entries; false if
+/// [`MAX_ROUNDS_PER_RANGE`] rounds did not finish.
+fn stage_mappings<M: GuestMemory + ?Sized>(
+    dom: &mut ShadowDomain,
+    vtd: &Vtd,
+    mem: &M,
+    sid: u16,
+    mut first: u64,
+    last: u64,
+) -> bool {
+    for _ in 0..MAX_ROUNDS_PER_RANGE {
+        let budget = MAX_ENTRIES_PER_ENUMERATION;
+        let view = vtd.table_view(mem, Bdf(sid), None, first, last, budget);
+        let TableView::Mappings {
+            list,
+            complete,
+            resume,
+        } = view
+        else {
+            // Identity or blocked: the device moves at the next context
+            // event; nothing to mirror.
+            return true;
+        };
+        for m in list {
+            let len = 1u64 << m.shift;
+            if let Err(e) = dom.map(Iova(m.iova), Gpa(m.gpa), len, m.perms & Access::RW) {
+                log::warn!("vtd passthrough {sid:#06x}: map {:#x}: {e}", m.iova);
+            }
+        }
+        if complete {
+            return true;
+        }
+        first = resume;
+    }
+    false
 }

@@ -40,9 +40,16 @@ fn host(
     let ram = GuestRam::from_guest_memory(&h.mem).unwrap();
     let ram = Arc::new(RamIoas::new(&shared, ram).unwrap());
     let dev = BoundDevice::bind(&shared, sim.add_device(0)).unwrap();
+    let view = view_of(&sim, profile, &dev);
+    (sim.clone(), PassthroughBackend::new(shared, ram), dev, view)
+}
+
+/// What the runner (or a VMM) learns of the host for `dev`.
+fn view_of(sim: &SimIommufd, profile: HostProfile, dev: &BoundDevice) -> HostView {
     let mut view = HostView::from(&profile.spec());
     view.info = sim.hw_info(dev.id()).unwrap();
-    (sim.clone(), PassthroughBackend::new(shared, ram), dev, view)
+    view.unit = sim.iommu_of(dev.id());
+    view
 }
 
 /// A backend with `SID` accepted as `want`.
@@ -424,4 +431,78 @@ fn same_source_id_twice_is_refused_as_duplicate() {
         backend.add_device(&h.vtd, SID, dev2, view),
         Err((PassthroughError::Duplicate { sid: SID }, _))
     ));
+}
+
+#[test]
+fn removed_nested_device_is_handed_back_detached() {
+    let mut n = nested();
+    let dev = n.host.backend.remove_device(SID).expect("handed back");
+    assert_eq!(dev.id(), n.host.dev);
+    assert_eq!(n.host.sim.attachment(n.host.dev, None), None);
+    assert_eq!(n.host.sim.attachment(n.host.dev, Pasid::new(5)), None);
+    assert!(n.host.backend.kind().is_none());
+    // The unit's later events reach no device.
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::iotlb_domain(DID)]));
+    n.host.sim.reset_counters();
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.sim.calls(HostOp::HwptInvalidate), 0);
+}
+
+#[test]
+fn removed_shadowed_device_is_detached_and_its_domain_dropped() {
+    let mut s = shadow();
+    s.sl.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x10_0000,
+        0x20_0000,
+        12,
+        true,
+        true,
+    );
+    let inv = desc::iotlb_page(DID, 0x10_0000, 0, false);
+    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
+    s.host.process(&mut s.h);
+    assert!(s.host.backend.shadow_domain(DID).is_some());
+    assert!(s.host.backend.remove_device(SID).is_some());
+    assert_eq!(s.host.sim.attachment(s.host.dev, None), None);
+    assert!(s.host.backend.shadow_domain(DID).is_none());
+    assert!(s.host.backend.remove_device(SID).is_none());
+}
+
+#[test]
+fn second_nested_device_behind_another_host_iommu_nests_too() {
+    let mut n = nested();
+    let unit = n.host.sim.add_iommu(HostProfile::VtdNest.spec());
+    let shared: SharedHost = n.host.sim.clone();
+    let dev2 = BoundDevice::bind(&shared, n.host.sim.add_device(unit)).unwrap();
+    let id2 = dev2.id();
+    let view = view_of(&n.host.sim, HostProfile::VtdNest, &dev2);
+    let d = n
+        .host
+        .backend
+        .add_device(&n.h.vtd, SID + 1, dev2, view)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(d.kind, DecisionKind::Nested);
+    // Its context entry is absent: once attached, it is blocked.
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.sim.attachment(id2, None), None);
+    let e = n.host.backend.nested().unwrap();
+    assert_eq!(e.device(u64::from(SID + 1)), Some(id2));
+}
+
+#[test]
+fn device_that_cannot_nest_is_refused_by_a_nested_unit() {
+    let n = nested();
+    let unit = n.host.sim.add_iommu(HostProfile::VtdNonest.spec());
+    let shared: SharedHost = n.host.sim.clone();
+    let dev2 = BoundDevice::bind(&shared, n.host.sim.add_device(unit)).unwrap();
+    let view = view_of(&n.host.sim, HostProfile::VtdNonest, &dev2);
+    let mut backend = n.host.backend;
+    let r = backend.add_device(&n.h.vtd, SID + 1, dev2, view);
+    let Err((PassthroughError::Refused { decision }, _)) = r else {
+        panic!("accepted");
+    };
+    assert!(decision.has_failed("host-nest"), "{}", decision.reason);
 }
