@@ -137,6 +137,8 @@ pub mod translate;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod regression_tests;
+#[cfg(test)]
 mod shadow_tests;
 #[cfg(test)]
 mod tests;

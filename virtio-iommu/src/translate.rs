@@ -24,7 +24,13 @@ pub enum Translation {
     Mapped {
         /// Guest-physical address.
         gpa: u64,
-        /// Bytes from `iova` that translate contiguously.
+        /// Bytes from `iova` that translate contiguously; at least 1.
+        /// Saturates at `u64::MAX`: a span from IOVA 0 to the top of the
+        /// space (a MAP of `[0, u64::MAX]`, as Linux's identity domain
+        /// sends without BYPASS_CONFIG) holds 2^64 bytes, one more than
+        /// fits. A consumer walking a buffer advances with
+        /// `iova.checked_add(len)` and stops at `None` (the top of the
+        /// space), never with a wrapping add.
         len: u64,
     },
     /// Refused; the fault was reported on the event queue (or queued for
@@ -170,7 +176,8 @@ fn msi_hit(r: &ResvMem, iova: u64, domain: u32, access: Access) -> Hit {
     Hit {
         t: Translation::Mapped {
             gpa: iova,
-            len: r.end - iova + 1,
+            // The region may end at u64::MAX: saturate (see `len`).
+            len: (r.end - iova).saturating_add(1),
         },
         page: page_of(iova, r.start, r.end, |v| v)
             .map(|(base, size)| entry(domain, base, base, size, granted)),
@@ -191,7 +198,9 @@ fn mapping_hit(m: &Mapping, resv: &[ResvMem], iova: u64, domain: u32, access: Ac
     Hit {
         t: Translation::Mapped {
             gpa: gpa_of(iova),
-            len: m.iova_last - iova + 1,
+            // A mapping of [0, u64::MAX] hit at 0 spans 2^64 bytes:
+            // saturate (see `len`).
+            len: (m.iova_last - iova).saturating_add(1),
         },
         page,
     }
