@@ -36,7 +36,11 @@
 //!   [`ShadowDomain`] of the domain-id; domain-selective and global
 //!   invalidations re-read whole domains. Devices of one domain-id share
 //!   one shadow domain; pass-through entries and translation disabled
-//!   attach devices to the RAM IOAS (IOVA = GPA).
+//!   attach devices to the RAM IOAS (IOVA = GPA). Only requests without
+//!   PASID are shadowed (first- or second-stage tables of RID_PASID in
+//!   scalable mode, the context's in legacy mode): iommufd attaches
+//!   PASIDs only to PASID-capable HWPTs, which the shadow engine does not
+//!   allocate, so a shadowed device's requests with PASID stay blocked.
 //! - **Host failures** become the architected errors: an entry the host
 //!   refuses to nest, or a device it refuses to attach, leaves the device
 //!   (PASID) blocked and records a fault for it; an invalidation the host
@@ -126,10 +130,10 @@ struct Installed {
     did: u16,
 }
 
-/// Where a shadowed device is attached.
+/// Where a shadowed requester is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum At {
-    /// Nowhere yet (just bound, or the host refused an attach).
+    /// Nowhere (just bound, no valid entry, or the host refused).
     Blocked,
     /// The RAM IOAS: IOVA = GPA.
     Ram,
@@ -140,7 +144,8 @@ enum At {
 #[derive(Debug)]
 struct ShadowDev {
     dev: BoundDevice,
-    at: At,
+    /// Where its RID (`None`) and PASIDs are attached; absent: blocked.
+    at: BTreeMap<Option<Pasid>, At>,
 }
 
 /// Totals since creation, for a VMM's statistics and for tests.
@@ -290,16 +295,18 @@ impl PassthroughBackend {
             };
         }
         let mut d = self.shadow_devs.remove(&sid)?;
-        let res = match d.at {
-            At::Domain(did) => match self.domains.get_mut(&did) {
-                Some(dom) => dom.detach(&mut d.dev, None).map_err(PassthroughError::from),
-                None => d.dev.detach(None).map_err(PassthroughError::from),
-            },
-            At::Ram => d.dev.detach(None).map_err(PassthroughError::from),
-            At::Blocked => Ok(()),
-        };
-        if let Err(e) = res {
-            warn_host("detaching a shadowed device", sid, &e);
+        for (key, at) in std::mem::take(&mut d.at) {
+            let res = match at {
+                At::Domain(did) => match self.domains.get_mut(&did) {
+                    Some(dom) => dom.detach(&mut d.dev, key).map_err(PassthroughError::from),
+                    None => d.dev.detach(key).map_err(PassthroughError::from),
+                },
+                At::Ram => d.dev.detach(key).map_err(PassthroughError::from),
+                At::Blocked => Ok(()),
+            };
+            if let Err(e) = res {
+                warn_host("detaching a shadowed device", sid, &e);
+            }
         }
         self.domains.retain(|_, dom| !dom.devices().is_empty());
         Some(d.dev)
@@ -839,6 +846,9 @@ impl PassthroughBackend {
 // ---------------------------------------------------------------------------
 // Shadow.
 
+/// A shadowed requester: a device's RID (`None`) or one of its PASIDs.
+type Requester = (u16, Option<Pasid>);
+
 impl PassthroughBackend {
     fn back_pending_shadow<M: GuestMemory + ?Sized>(
         &mut self,
@@ -849,7 +859,7 @@ impl PassthroughBackend {
         for (sid, dev) in std::mem::take(&mut self.pending) {
             let d = ShadowDev {
                 dev,
-                at: At::Blocked,
+                at: BTreeMap::new(),
             };
             self.shadow_devs.insert(sid, d);
             self.reconcile(vtd, mem, sid, dirty);
@@ -918,26 +928,43 @@ impl PassthroughBackend {
         self.domains.retain(|_, d| !d.devices().is_empty());
     }
 
-    /// Where the RID of `sid` must be attached, per the guest's tables.
-    fn target<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, sid: u16) -> At {
+    /// Where requests of (`sid`, `key`) must go, per the guest's tables.
+    fn target<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, (sid, key): Requester) -> At {
+        let at = self
+            .shadow_devs
+            .get(&sid)
+            .and_then(|d| d.at.get(&key).copied());
         if !vtd.translation_enabled() {
-            // A device in a domain sees RAM through the domain's identity
-            // switch; others are attached to the RAM IOAS.
-            return match self.shadow_devs.get(&sid).map(|d| d.at) {
-                Some(At::Domain(did)) if self.domains.contains_key(&did) => At::Domain(did),
-                _ => At::Ram,
+            // A requester in a domain sees RAM through the domain's
+            // identity switch; other RIDs are attached to the RAM IOAS.
+            // Requests with PASID are blocked: the unit only translates
+            // PASIDs through a scalable-mode root table it uses with TE.
+            return match at {
+                Some(At::Domain(did)) if key.is_none() && self.domains.contains_key(&did) => {
+                    At::Domain(did)
+                }
+                _ if key.is_none() => At::Ram,
+                _ => At::Blocked,
             };
         }
-        match vtd.table_view(mem, Bdf(sid), None, 0, 0, MIN_BUDGET) {
+        let pasid = key.map(Pasid::raw);
+        match vtd.table_view(mem, Bdf(sid), pasid, 0, 0, MIN_BUDGET) {
             TableView::Identity => At::Ram,
-            TableView::Mappings { .. } => rid_did(mem, vtd, sid).map_or(At::Blocked, At::Domain),
+            TableView::Mappings { .. } => {
+                let did = match pasid {
+                    None => rid_did(mem, vtd, sid),
+                    Some(p) => vtd
+                        .pasid_entry(mem, Bdf(sid), Some(p))
+                        .map(|l| l.entry.did()),
+                };
+                did.map_or(At::Blocked, At::Domain)
+            }
             TableView::Blocked(_) | TableView::Nested => At::Blocked,
         }
     }
 
-    /// Attaches the RID of `sid` where its tables say; a domain it joins
-    /// afresh is read in full. A host refusal leaves the device blocked
-    /// and records a fault for it.
+    /// Attaches the requesters of `sid` where the tables say (the RID:
+    /// see below for PASIDs); a domain joined afresh is read in full.
     fn reconcile<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
@@ -945,43 +972,83 @@ impl PassthroughBackend {
         sid: u16,
         dirty: &mut Dirty,
     ) {
-        let want = self.target(vtd, mem, sid);
-        match self.move_to(sid, want) {
+        let Some(d) = self.shadow_devs.get(&sid) else {
+            return;
+        };
+        let mut keys: Vec<Option<Pasid>> = d.at.keys().copied().collect();
+        keys.push(None);
+        // PASIDs are not shadowed: iommufd attaches a PASID only to a
+        // HWPT allocated with IOMMU_HWPT_ALLOC_PASID (and then requires
+        // the RID's to be one too), while a ShadowDomain attaches through
+        // its IOAS's automatic domain, which is not. Requests with PASID
+        // of a shadowed device stay blocked on the host until nesting-core
+        // offers PASID-capable shadow domains; `pasids_in_use` then
+        // extends `keys` here.
+        keys.sort();
+        keys.dedup();
+        for key in keys {
+            self.reconcile_one(vtd, mem, (sid, key), dirty);
+        }
+    }
+
+    /// One requester; a host refusal leaves it blocked and records a
+    /// fault for it.
+    fn reconcile_one<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        req: Requester,
+        dirty: &mut Dirty,
+    ) {
+        let want = self.target(vtd, mem, req);
+        let (sid, key) = req;
+        match self.move_to(req, want) {
             Ok(Some(fresh)) => self.resync(vtd, mem, fresh, None, dirty),
             Ok(None) => {}
             Err(e) => {
                 warn_host("attaching a shadowed device", sid, &e);
                 if let Some(d) = self.shadow_devs.get_mut(&sid) {
-                    if let Err(b) = d.dev.detach(None) {
+                    if let Err(b) = d.dev.detach(key) {
                         warn_host("blocking after a refusal", sid, &b);
                     }
-                    d.at = At::Blocked;
+                    d.at.remove(&key);
                 }
-                let rec = refusal_fault(sid, None, 0, entry_refused(vtd));
+                let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
                 vtd.report_fault(&rec);
                 self.stats.faults_reported += 1;
             }
         }
     }
 
-    /// Attaches `sid` to `want`; returns the domain-id of a shadow domain
-    /// made for it (empty: to be read in full).
-    fn move_to(&mut self, sid: u16, want: At) -> Result<Option<u16>, PassthroughError> {
+    /// Attaches a requester to `want`; returns the domain-id of a shadow
+    /// domain made for it (empty: to be read in full).
+    fn move_to(
+        &mut self,
+        (sid, key): Requester,
+        want: At,
+    ) -> Result<Option<u16>, PassthroughError> {
         let Some(d) = self.shadow_devs.get_mut(&sid) else {
             return Ok(None);
         };
-        if d.at == want {
+        let at = d.at.get(&key).copied().unwrap_or(At::Blocked);
+        if at == want {
             return Ok(None);
         }
-        if let At::Domain(old) = d.at
+        if let At::Domain(old) = at
             && let Some(dom) = self.domains.get_mut(&old)
         {
-            dom.forget(d.dev.id(), None);
+            dom.forget(d.dev.id(), key);
         }
+        d.at.remove(&key);
         let mut fresh = None;
         match want {
-            At::Blocked => d.dev.detach(None)?,
-            At::Ram => d.dev.attach(None, PtId::Ioas(self.ram.ioas().id()))?,
+            At::Blocked => {
+                if d.dev.is_attached(key) {
+                    d.dev.detach(key)?;
+                }
+                return Ok(None);
+            }
+            At::Ram => d.dev.attach(key, PtId::Ioas(self.ram.ioas().id()))?,
             At::Domain(did) => {
                 let dom = match self.domains.entry(did) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
@@ -990,10 +1057,10 @@ impl PassthroughBackend {
                         v.insert(ShadowDomain::new(&self.host, &self.ram)?)
                     }
                 };
-                dom.attach(&mut d.dev, None)?;
+                dom.attach(&mut d.dev, key)?;
             }
         }
-        d.at = want;
+        d.at.insert(key, want);
         Ok(fresh)
     }
 
@@ -1004,17 +1071,24 @@ impl PassthroughBackend {
         }
     }
 
-    /// A device of domain `did`, whose tables stand for the domain's (a
-    /// domain-id names one set of tables, 9.3 / 9.6 DID).
-    fn member(&self, did: u16) -> Option<u16> {
-        self.shadow_devs
-            .iter()
-            .find(|(_, d)| d.at == At::Domain(did))
-            .map(|(s, _)| *s)
+    /// The requesters attached to the shadow domain of `did`.
+    fn members(&self, did: u16) -> Vec<Requester> {
+        let mut out = Vec::new();
+        for (&sid, d) in &self.shadow_devs {
+            for (&key, &at) in &d.at {
+                if at == At::Domain(did) {
+                    out.push((sid, key));
+                }
+            }
+        }
+        out
     }
 
     /// Stages the guest's mappings of `range` (`None`: everything) into
-    /// the shadow domain of `did`, replacing what it held there.
+    /// the shadow domain of `did`, replacing what it held there. The
+    /// tables of any one member stand for the domain's: a domain-id names
+    /// one address space (9.3, 9.6 DID; software must not give two
+    /// different tables one domain-id).
     fn resync<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &Vtd,
@@ -1023,7 +1097,7 @@ impl PassthroughBackend {
         range: Option<(u64, u64)>,
         dirty: &mut Dirty,
     ) {
-        let Some(sid) = self.member(did) else {
+        let Some(&req) = self.members(did).first() else {
             return;
         };
         let Some(dom) = self.domains.get_mut(&did) else {
@@ -1046,7 +1120,7 @@ impl PassthroughBackend {
             .entry(did)
             .and_modify(|a| *a = (*a).min(first))
             .or_insert(first);
-        if !stage_mappings(dom, vtd, mem, sid, first, last) {
+        if !stage_mappings(dom, vtd, mem, req, first, last) {
             log::warn!(
                 "vtd passthrough: domain {did}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
             );
@@ -1057,7 +1131,7 @@ impl PassthroughBackend {
     /// Applies what is staged for `did`. The engine rolls back a failed
     /// sync, so the mappings the guest just made are missing on the host
     /// and its devices' DMA there will fail without the guest knowing:
-    /// each device of the domain gets a fault record for the first
+    /// each requester of the domain gets a fault record for the first
     /// address of the failed change, with the reason a unit gives when it
     /// cannot use a paging entry (0x70 first stage, 0x78 second stage,
     /// 0x7 legacy).
@@ -1075,46 +1149,45 @@ impl PassthroughBackend {
             return;
         };
         log::warn!("vtd passthrough: domain {did}: sync failed: {e}");
-        let members: Vec<u16> = self
-            .shadow_devs
-            .iter()
-            .filter(|(_, d)| d.at == At::Domain(did))
-            .map(|(s, _)| *s)
-            .collect();
-        for sid in members {
-            let reason = match vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.entry.pgtt()) {
+        for (sid, key) in self.members(did) {
+            let pasid = key.map(Pasid::raw);
+            let reason = match vtd
+                .pasid_entry(mem, Bdf(sid), pasid)
+                .map(|l| l.entry.pgtt())
+            {
                 Some(Pgtt::FirstStage) => FaultReason::FsEntryAccess,
                 Some(_) => FaultReason::SsEntryAccess,
                 None => FaultReason::PagingEntryAccess,
             };
-            vtd.report_fault(&refusal_fault(sid, None, address, reason));
+            vtd.report_fault(&refusal_fault(sid, pasid, address, reason));
             self.stats.faults_reported += 1;
         }
     }
 }
 
-/// Stages into `dom` the mappings `sid`'s tables hold in `[first, last]`,
-/// in rounds of at most [`MAX_ENTRIES_PER_ENUMERATION`] entries; false if
-/// [`MAX_ROUNDS_PER_RANGE`] rounds did not finish.
+/// Stages into `dom` the mappings the tables of `req` hold in `[first,
+/// last]`, in rounds of at most [`MAX_ENTRIES_PER_ENUMERATION`] entries;
+/// false if [`MAX_ROUNDS_PER_RANGE`] rounds did not finish.
 fn stage_mappings<M: GuestMemory + ?Sized>(
     dom: &mut ShadowDomain,
     vtd: &Vtd,
     mem: &M,
-    sid: u16,
+    (sid, key): Requester,
     mut first: u64,
     last: u64,
 ) -> bool {
+    let pasid = key.map(Pasid::raw);
     for _ in 0..MAX_ROUNDS_PER_RANGE {
         let budget = MAX_ENTRIES_PER_ENUMERATION;
-        let view = vtd.table_view(mem, Bdf(sid), None, first, last, budget);
+        let view = vtd.table_view(mem, Bdf(sid), pasid, first, last, budget);
         let TableView::Mappings {
             list,
             complete,
             resume,
         } = view
         else {
-            // Identity or blocked: the device moves at the next context
-            // event; nothing to mirror.
+            // Identity or blocked: the requester moves at the next
+            // context event; nothing to mirror.
             return true;
         };
         for m in list {

@@ -9,7 +9,7 @@ use nesting_core::host::HostBackend;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::profile::HostProfile;
 use nesting_core::host::sim::{SimBacking, SimIommufd};
-use nesting_core::host::{Errno, HostOp, HwptData, PtId, VtdS1Flags};
+use nesting_core::host::{DevId, Errno, HostOp, HwptData, PtId, VtdS1Flags};
 use nesting_core::ladder::{DecisionKind, HostView};
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Iova, Pasid};
@@ -17,7 +17,8 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::Harness;
 use crate::mock::{
-    FsTables, LegacyTables, PasidSetup, Queue, ScalableTables, SlTables, desc, probe_like_linux,
+    FsTables, LegacyTables, PasidSetup, Queue, ScalableTables, SlTables, desc, flpte,
+    probe_like_linux,
 };
 use crate::passthrough::{PassthroughBackend, PassthroughError};
 use crate::regs::{fsts, off};
@@ -505,4 +506,58 @@ fn device_that_cannot_nest_is_refused_by_a_nested_unit() {
         panic!("accepted");
     };
     assert!(decision.has_failed("host-nest"), "{}", decision.reason);
+}
+
+/// The host backing of `iova` in the IOAS `dev` (PASID `pasid`) is
+/// attached to.
+fn backing_of(sim: &SimIommufd, dev: DevId, pasid: Option<u32>, iova: u64) -> Option<u64> {
+    let Some(PtId::Ioas(ioas)) = sim.attachment(dev, pasid.and_then(Pasid::new)) else {
+        return None;
+    };
+    match sim.translate(ioas, Iova(iova))? {
+        (SimBacking::UserVa(v), _) => Some(v),
+        _ => None,
+    }
+}
+
+#[test]
+fn shadow_first_stage_rid_pasid_is_mirrored_and_pasids_stay_blocked() {
+    let mut h = Harness::new(&["cm=1"]);
+    let mut host = accepted(&h, HostProfile::VtdNonest, DecisionKind::Shadow);
+    let tables = ScalableTables::new(&h.mem, &mut h.alloc);
+    let dir = tables.set_context(&h.mem, &mut h.alloc, SID, 0, 0);
+    let fs = [0, 1].map(|_| FsTables::new(&h.mem, &mut h.alloc, 4));
+    let user_rw = flpte::US | flpte::RW;
+    fs[0].map(&h.mem, &mut h.alloc, 0x1000, 0x9_0000, 12, user_rw);
+    // Supervisor-only: user-mode DMA (all a device does without PASID
+    // privilege) must not reach it.
+    fs[0].map(&h.mem, &mut h.alloc, 0x3000, 0x9_3000, 12, flpte::RW);
+    fs[1].map(&h.mem, &mut h.alloc, 0x1000, 0x9_1000, 12, user_rw);
+    let pe0 = PasidSetup::first_stage(1, fs[0].root, 4, false, false);
+    tables.set_pasid(&h.mem, &mut h.alloc, dir, 0, &pe0);
+    let pe5 = PasidSetup::first_stage(2, fs[1].root, 4, false, false);
+    tables.set_pasid(&h.mem, &mut h.alloc, dir, 5, &pe5);
+    let mut q = probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, tables.root).queue;
+    host.process(&mut h);
+    let base = h.mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+    // The harness's RAM is one region: host addresses follow GPAs.
+    let va = |gpa: u64| base + gpa;
+    assert_eq!(
+        backing_of(&host.sim, host.dev, None, 0x1000),
+        Some(va(0x9_0000))
+    );
+    assert_eq!(backing_of(&host.sim, host.dev, None, 0x3000), None);
+    assert_eq!(host.sim.attachment(host.dev, Pasid::new(5)), None);
+
+    // A page mapped for RID_PASID, then its PASID-based IOTLB
+    // invalidation (what Linux sends for first-stage domains).
+    fs[0].map(&h.mem, &mut h.alloc, 0x2000, 0x9_2000, 12, user_rw);
+    let inv = desc::pasid_iotlb(1, 0, Some((0x2000, 0, false)));
+    assert!(q.submit(&mut h.vtd, &h.mem, &[inv]));
+    host.process(&mut h);
+    assert_eq!(
+        backing_of(&host.sim, host.dev, None, 0x2000),
+        Some(va(0x9_2000))
+    );
+    assert_eq!(host.backend.stats().faults_reported, 0);
 }
