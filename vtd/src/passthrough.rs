@@ -54,7 +54,7 @@ use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::{HostError, PtId};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
-use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine, NestedError};
+use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine};
 use nesting_core::ram::RamIoas;
 use nesting_core::shadow::{ShadowDomain, ShadowError};
 use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
@@ -69,7 +69,7 @@ use crate::nesting::{
 };
 use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, MIN_BUDGET, TableView};
 use crate::tables::{
-    P, PASIDS_PER_TABLE, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
+    FPD, P, PASIDS_PER_TABLE, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
 };
 use crate::translate::{Caps, legacy_context};
 
@@ -87,7 +87,9 @@ pub const MAX_NESTED_PASIDS_PER_DEVICE: usize = 1024;
 /// let through) and is logged.
 pub const MAX_ROUNDS_PER_RANGE: usize = 64;
 
-/// Failure of [`PassthroughBackend::add_device`].
+/// Failure of the passthrough backend ([`PassthroughBackend::add_device`]
+/// returns it; host failures while processing become guest-visible
+/// errors instead).
 #[derive(Debug, Error)]
 pub enum PassthroughError {
     /// The source-id already has a passthrough device.
@@ -117,7 +119,13 @@ type Dirty = BTreeMap<u16, u64>;
 /// Logs a host failure with its source-id (the guest learns of it
 /// through the architected error its caller reports).
 fn warn_host(what: &str, sid: u16, e: &dyn std::error::Error) {
-    log::warn!("vtd passthrough {sid:#06x}: {what}: {e}");
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg += &format!(": {c}");
+        cause = c.source();
+    }
+    log::warn!("vtd passthrough {sid:#06x}: {what}: {msg}");
 }
 
 /// A context installed for one PASID (or the RID) of a nested device.
@@ -128,6 +136,8 @@ struct Installed {
     pasid: u32,
     /// Domain-id of the PASID entry (what IOTLB invalidations name).
     did: u16,
+    /// Fault processing disabled for it (9.4, 9.5, 9.6 FPD).
+    fpd: bool,
 }
 
 /// Where a shadowed requester is attached.
@@ -429,6 +439,18 @@ fn rid_did<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Option<u16>
     vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.entry.did())
 }
 
+/// Whether the guest disabled fault recording for requests of `sid`
+/// (with `pasid`): FPD of the context entry (9.3, legacy mode), or of the
+/// context, PASID directory or PASID entry (9.4, 9.5, 9.6).
+fn fpd_of<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16, pasid: Option<u32>) -> bool {
+    let (rta, ttm) = vtd.root_pointer();
+    if ttm == 0 {
+        let caps = Caps::new(vtd.config());
+        return legacy_context(mem, &caps, rta, sid).is_ok_and(|c| FPD.is_set(c.lo));
+    }
+    vtd.pasid_entry(mem, Bdf(sid), pasid).is_some_and(|l| l.fpd)
+}
+
 /// The fault record (7.2.1 primary fault logging) for requests of `sid`
 /// that the host will refuse because it refused what the guest
 /// programmed: `reason` names the guest structure it could not back.
@@ -514,6 +536,7 @@ impl PassthroughBackend {
                             ctx: initial,
                             pasid: 0,
                             did: 0,
+                            fpd: false,
                         },
                     )]);
                     self.nest_devs.insert(sid, ctxs);
@@ -654,6 +677,7 @@ impl PassthroughBackend {
             ctx: NestedContext::Abort,
             pasid: 0,
             did: 0,
+            fpd: false,
         };
         if !vtd.translation_enabled() {
             return Installed {
@@ -666,6 +690,7 @@ impl PassthroughBackend {
                 ctx: nested_context(&l.entry).unwrap_or(NestedContext::Abort),
                 pasid: l.pasid,
                 did: l.entry.did(),
+                fpd: l.fpd,
             };
         }
         // Legacy pass-through contexts (TT=10) are untranslated too.
@@ -698,6 +723,7 @@ impl PassthroughBackend {
             ctx: ctx?,
             pasid,
             did: l.entry.did(),
+            fpd: l.fpd,
         })
     }
 
@@ -752,14 +778,25 @@ impl PassthroughBackend {
         };
         if let Err(e) = res {
             warn_host("installing a nested context", sid, &e);
-            self.report_refusal(vtd, sid, key, &e);
+            let fpd = want.is_some_and(|w| w.fpd);
+            self.report_refusal(vtd, sid, key, fpd);
         }
     }
 
-    fn report_refusal(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>, e: &NestedError) {
-        log::debug!("vtd passthrough {sid:#06x}: reporting {e} to the guest");
+    fn report_refusal(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>, fpd: bool) {
         let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
-        vtd.report_fault(&rec);
+        self.record(vtd, &rec, fpd);
+    }
+
+    /// Records a fault for the guest unless it disabled fault processing
+    /// for the request's entries (9.3, 9.4, 9.5, 9.6 FPD: the unit then
+    /// records no non-recoverable fault for them).
+    fn record(&mut self, vtd: &mut Vtd, rec: &FaultRecord, fpd: bool) {
+        if fpd {
+            log::debug!("vtd passthrough: FPD set, not recording {rec:?}");
+            return;
+        }
+        vtd.report_fault(rec);
         self.stats.faults_reported += 1;
     }
 
@@ -838,7 +875,7 @@ impl PassthroughBackend {
             {
                 let _ = engine.remove_pasid(vsid, p);
             }
-            self.report_refusal(vtd, sid, key, &e);
+            self.report_refusal(vtd, sid, key, inst.fpd);
         }
     }
 }
@@ -1013,9 +1050,10 @@ impl PassthroughBackend {
                     }
                     d.at.remove(&key);
                 }
-                let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
-                vtd.report_fault(&rec);
-                self.stats.faults_reported += 1;
+                let pasid = key.map(Pasid::raw);
+                let rec = refusal_fault(sid, pasid, 0, entry_refused(vtd));
+                let fpd = fpd_of(mem, vtd, sid, pasid);
+                self.record(vtd, &rec, fpd);
             }
         }
     }
@@ -1159,8 +1197,8 @@ impl PassthroughBackend {
                 Some(_) => FaultReason::SsEntryAccess,
                 None => FaultReason::PagingEntryAccess,
             };
-            vtd.report_fault(&refusal_fault(sid, pasid, address, reason));
-            self.stats.faults_reported += 1;
+            let fpd = fpd_of(mem, vtd, sid, pasid);
+            self.record(vtd, &refusal_fault(sid, pasid, address, reason), fpd);
         }
     }
 }

@@ -209,6 +209,20 @@ fn nested_host_refusing_the_stage1_hwpt_records_a_fault_for_the_pasid() {
 }
 
 #[test]
+fn nested_host_refusal_under_fpd_records_no_fault() {
+    let mut n = nested();
+    n.host.sim.fail_nth(HostOp::HwptAlloc, 1, Errno::EINVAL);
+    let mut pe7 = PasidSetup::first_stage(DID, n.fs[2].root, 4, false, false);
+    pe7.q[0] |= 1 << 1; // FPD (9.6)
+    n.tables.set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 7, &pe7);
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID, 7)]));
+    n.host.process(&mut n.h);
+    assert_eq!(n.host.s1(Some(7)), None);
+    assert!(!fsts_set(&n.h, fsts::PPF));
+    assert_eq!(n.host.backend.stats().faults_reported, 0);
+}
+
+#[test]
 fn nested_failed_invalidation_sets_ice_and_rebuilds_the_hwpt() {
     let mut n = nested();
     n.host.sim.reset_counters();
