@@ -181,6 +181,9 @@ pub struct PassthroughBackend {
     views: BTreeMap<u16, HostView>,
     /// Devices accepted and not yet attached.
     pending: BTreeMap<u16, BoundDevice>,
+    /// Devices the host would not let the engine take: bound, attached
+    /// to nothing (blocked), until removed.
+    parked: BTreeMap<u16, BoundDevice>,
     nested: Option<NestedEngine>,
     /// Nested devices: their installed contexts.
     nest_devs: BTreeMap<u16, BTreeMap<Option<Pasid>, Installed>>,
@@ -198,6 +201,7 @@ impl PassthroughBackend {
             kind: None,
             views: BTreeMap::new(),
             pending: BTreeMap::new(),
+            parked: BTreeMap::new(),
             nested: None,
             nest_devs: BTreeMap::new(),
             shadow_devs: BTreeMap::new(),
@@ -238,6 +242,7 @@ impl PassthroughBackend {
         view: HostView,
     ) -> Result<Decision, (PassthroughError, BoundDevice)> {
         if self.pending.contains_key(&sid)
+            || self.parked.contains_key(&sid)
             || self.nest_devs.contains_key(&sid)
             || self.shadow_devs.contains_key(&sid)
         {
@@ -292,6 +297,9 @@ impl PassthroughBackend {
 
     fn take_device(&mut self, sid: u16) -> Option<BoundDevice> {
         if let Some(dev) = self.pending.remove(&sid) {
+            return Some(dev);
+        }
+        if let Some(dev) = self.parked.remove(&sid) {
             return Some(dev);
         }
         if self.nest_devs.remove(&sid).is_some() {
@@ -512,7 +520,7 @@ impl PassthroughBackend {
                         "vtd passthrough: nested engine: {e}; {} devices stay blocked",
                         self.pending.len()
                     );
-                    self.pending.clear();
+                    self.parked.append(&mut self.pending);
                     return;
                 }
             }
@@ -520,9 +528,10 @@ impl PassthroughBackend {
         let Some(engine) = self.nested.as_mut() else {
             return;
         };
+        let mut added = Vec::new();
         for (sid, dev) in std::mem::take(&mut self.pending) {
-            // Until the first rescan below the device sees what the unit
-            // does before the guest's tables apply.
+            // Until the rescan below the device sees what the unit does
+            // before the guest's tables apply.
             let initial = if vtd.translation_enabled() {
                 NestedContext::Abort
             } else {
@@ -540,16 +549,15 @@ impl PassthroughBackend {
                         },
                     )]);
                     self.nest_devs.insert(sid, ctxs);
+                    added.push(sid);
                 }
                 Err((e, dev)) => {
-                    // The device stays bound and blocked.
-                    warn_host("adding to the nested engine", sid, &e);
-                    drop(dev);
+                    warn_host("adding to the nested engine; it stays blocked", sid, &e);
+                    self.parked.insert(sid, dev);
                 }
             }
         }
-        let sids: Vec<u16> = self.nest_devs.keys().copied().collect();
-        for sid in sids {
+        for sid in added {
             self.rescan(vtd, mem, sid);
         }
     }

@@ -575,3 +575,18 @@ fn shadow_first_stage_rid_pasid_is_mirrored_and_pasids_stay_blocked() {
     );
     assert_eq!(host.backend.stats().faults_reported, 0);
 }
+
+#[test]
+fn nested_device_the_host_will_not_take_stays_blocked_until_removed() {
+    let mut h = Harness::new(&[]);
+    let mut host = accepted(&h, HostProfile::VtdNest, DecisionKind::Nested);
+    // The stage-2 parent cannot be allocated.
+    host.sim.fail_nth(HostOp::HwptAlloc, 1, Errno::ENOMEM);
+    host.process(&mut h);
+    assert_eq!(host.sim.attachment(host.dev, None), None);
+    host.sim.reset_counters();
+    host.process(&mut h);
+    assert_eq!(host.sim.calls(HostOp::HwptAlloc), 0, "not retried");
+    let dev = host.backend.remove_device(SID).expect("handed back");
+    assert_eq!(dev.id(), host.dev);
+}
