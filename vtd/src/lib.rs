@@ -36,7 +36,10 @@
 //!   FRI, fault events.
 //! - Passthrough: [`nesting`] is the seam a shadow or nested engine
 //!   consumes (events, stage-1 HWPT data, stage-1 invalidations), and
-//!   [`shadow`] enumerates what a shadow must mirror.
+//!   [`shadow`] enumerates what a shadow must mirror. [`passthrough`]
+//!   wires both to `nesting-core`'s engines: a VMM gives
+//!   [`PassthroughBackend::add_device`] each passthrough device and calls
+//!   [`PassthroughBackend::process`] after every register write.
 //! - Page requests: [`prq`] (7.5), when ECAP.PRS is advertised.
 //! - Snapshot and restore: [`snapshot`].
 //!
