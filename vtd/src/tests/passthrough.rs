@@ -590,3 +590,84 @@ fn nested_device_the_host_will_not_take_stays_blocked_until_removed() {
     let dev = host.backend.remove_device(SID).expect("handed back");
     assert_eq!(dev.id(), host.dev);
 }
+
+mod props {
+    //! proptest: random maps and unmaps, each batch followed by the
+    //! invalidations Linux sends -> the shadow IOAS holds exactly what the
+    //! model translates, page by page.
+
+    use nesting_core::types::Access;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::TranslateResult;
+
+    const SLOTS: u64 = 16;
+    const IOVA: u64 = 0x40_0000;
+    const GPA: u64 = 0x80_0000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Map { slot: u64, out: u64, write: bool },
+        Unmap { slot: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..SLOTS, 0..SLOTS, any::<bool>()).prop_map(|(slot, out, write)| Op::Map {
+                slot,
+                out,
+                write
+            }),
+            (0..SLOTS).prop_map(|slot| Op::Unmap { slot }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn shadow_ioas_equals_model_translation(
+            batches in proptest::collection::vec((proptest::collection::vec(op(), 1..6), any::<bool>()), 1..5)
+        ) {
+            let mut s = shadow();
+            for (ops, domain_wide) in batches {
+                let mut touched = Vec::new();
+                for op in &ops {
+                    match *op {
+                        Op::Map { slot, out, write } => {
+                            let (iova, gpa) = (IOVA + (slot << 12), GPA + (out << 12));
+                            s.sl.map(&s.h.mem, &mut s.h.alloc, iova, gpa, 12, true, write);
+                            touched.push(slot);
+                        }
+                        Op::Unmap { slot } => {
+                            s.sl.unmap(&s.h.mem, IOVA + (slot << 12), 12);
+                            touched.push(slot);
+                        }
+                    }
+                }
+                let descs: Vec<[u64; 2]> = if domain_wide {
+                    vec![desc::iotlb_domain(DID)]
+                } else {
+                    touched.iter().map(|t| desc::iotlb_page(DID, IOVA + (t << 12), 0, false)).collect()
+                };
+                prop_assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &descs));
+                s.host.process(&mut s.h);
+                for slot in 0..SLOTS {
+                    let iova = IOVA + (slot << 12);
+                    let want = match s.h.translate(SID, None, iova, Access::READ) {
+                        TranslateResult::Mapped(t) => Some(s.host_va(t.gpa_of(Iova(iova)).0)),
+                        TranslateResult::Fault { .. } => None,
+                    };
+                    prop_assert_eq!(s.backing(iova), want, "slot {}", slot);
+                    let writable = matches!(
+                        s.h.translate(SID, None, iova, Access::WRITE),
+                        TranslateResult::Mapped(_)
+                    );
+                    let host_w = s.host.sim.translate(s.ioas(), Iova(iova))
+                        .is_some_and(|(_, a)| a.contains(Access::WRITE));
+                    prop_assert_eq!(host_w, writable, "slot {} write", slot);
+                }
+            }
+        }
+    }
+}
