@@ -299,12 +299,21 @@ impl<M: GuestMemory> VirtioIommu<M> {
         if let Some(why) = why {
             return Err(DeviceError::Features { driver, why });
         }
-        let before: Vec<(u32, Option<crate::nesting::SpaceId>)> = g.state.passthrough_spaces();
-        g.state.features = f;
-        g.state.features_ok = true;
-        g.state.resettle_unattached(&before);
+        // F_BYPASS changes where unattached passthrough endpoints are: a
+        // host that cannot move them refuses FEATURES_OK, nothing changed.
+        let (was, was_ok) = (g.state.features, g.state.features_ok);
+        let moved = g.state.change_rule(
+            |st| {
+                st.features = f;
+                st.features_ok = true;
+            },
+            |st| {
+                st.features = was;
+                st.features_ok = was_ok;
+            },
+        );
         self.invalidate_all(&mut g.state);
-        Ok(())
+        moved.map_err(|(endpoint, source)| DeviceError::Passthrough { endpoint, source })
     }
 
     /// Reads device configuration space (`data.len()` bytes at `offset`).
@@ -334,9 +343,24 @@ impl<M: GuestMemory> VirtioIommu<M> {
             log::warn!("virtio-iommu: bypass write of {v:#x} ignored");
             return;
         }
-        let before = g.state.passthrough_spaces();
-        g.state.bypass = v == 1;
-        g.state.resettle_unattached(&before);
+        // Unattached passthrough endpoints follow the rule on the host. If
+        // the host cannot move one (e.g. block fails on 1 -> 0), the write
+        // does not take effect and `bypass` keeps the value the host
+        // matches: the driver reads back what is enforced, and no endpoint
+        // keeps identity access to all guest RAM while the guest believes
+        // it blocked (5.13.6.2). (DEVICE_NEEDS_RESET, 2.1.2, is the
+        // transport's status bit, which this API cannot set from a config
+        // write, and Linux does not read bypass back; the error log is the
+        // VMM's signal.)
+        let old = g.state.bypass;
+        if let Err((ep, e)) = g
+            .state
+            .change_rule(|st| st.bypass = v == 1, |st| st.bypass = old)
+        {
+            log::error!(
+                "virtio-iommu: bypass write of {v} not applied: passthrough endpoint {ep:#x}: {e}"
+            );
+        }
         self.invalidate_all(&mut g.state);
     }
 
@@ -435,9 +459,8 @@ impl<M: GuestMemory> VirtioIommu<M> {
     pub fn system_reset(&self) {
         let mut g = self.lock();
         g.queues = new_queues();
-        let before = g.state.passthrough_spaces();
+        // The reset moves passthrough endpoints by the restored rule.
         g.state.bypass = g.state.cfg.bypass_at_reset;
-        g.state.resettle_unattached(&before);
         g.state.reset();
         self.invalidate_all(&mut g.state);
     }
@@ -518,80 +541,62 @@ impl State {
         }
     }
 
-    /// Every passthrough endpoint with its host space now.
-    pub(crate) fn passthrough_spaces(&self) -> Vec<(u32, Option<crate::nesting::SpaceId>)> {
-        let Some(pt) = &self.passthrough else {
-            return Vec::new();
+    /// Moves every passthrough endpoint to the host space the guest's
+    /// view now gives it (after a change of the bypass rule, of the
+    /// features, or a restore). Stops at the first host failure, which it
+    /// returns with the endpoint; the endpoints moved before stay moved
+    /// (the caller restores the rule and calls this again to move them
+    /// back).
+    pub(crate) fn resettle(&mut self) -> Result<(), (u32, HostFailure)> {
+        let Some(pt) = self.passthrough.as_ref() else {
+            return Ok(());
         };
-        pt.endpoints()
-            .iter()
-            .map(|e| (*e, self.host_space(*e)))
-            .collect()
-    }
-
-    /// After a change of the bypass rule, moves passthrough endpoints from
-    /// the space they were in (`before`) to the one the rule now gives.
-    pub(crate) fn resettle_unattached(
-        &mut self,
-        before: &[(u32, Option<crate::nesting::SpaceId>)],
-    ) {
-        let tables = self.tables.clone();
-        for (ep, from) in before {
-            let to = self.host_space(*ep);
-            if *from == to {
-                continue;
-            }
-            let Some(pt) = self.passthrough.as_mut() else {
-                return;
-            };
-            let moved = match to {
-                Some(s) => pt.enter(*ep, s, &tables),
-                None => pt.block(*ep),
-            };
-            match moved {
-                Ok(()) => {
-                    if let Some(f) = from {
-                        pt.leave(*f);
-                    }
-                }
-                // The host kept the endpoint where it was; DMA stays as
-                // before, which is the safe direction only when that was
-                // blocked. Report it: the VMM should reset the device.
-                Err(e) => log::error!("virtio-iommu: moving passthrough endpoint {ep:#x}: {e}"),
-            }
+        let wanted: Vec<(u32, Option<crate::nesting::SpaceId>)> =
+            pt.endpoints().map(|e| (e, self.host_space(e))).collect();
+        let Some(pt) = self.passthrough.as_mut() else {
+            return Ok(());
+        };
+        for (ep, to) in wanted {
+            pt.move_to(ep, to, &self.tables).map_err(|e| (ep, e))?;
         }
+        Ok(())
     }
 
-    fn reset(&mut self) {
-        let before = self.passthrough_spaces();
+    /// Applies `change` to the state and moves the passthrough endpoints
+    /// accordingly; when the host refuses a move, `undo` puts the state
+    /// back and the endpoints moved already return. Returns the failure.
+    pub(crate) fn change_rule(
+        &mut self,
+        change: impl FnOnce(&mut State),
+        undo: impl FnOnce(&mut State),
+    ) -> Result<(), (u32, HostFailure)> {
+        change(self);
+        let Err(failed) = self.resettle() else {
+            return Ok(());
+        };
+        undo(self);
+        if let Err((ep, e)) = self.resettle() {
+            log::error!(
+                "virtio-iommu: passthrough endpoint {ep:#x} cannot return to its host space: {e}"
+            );
+        }
+        Err(failed)
+    }
+
+    /// Device reset of the guest-visible state; passthrough endpoints
+    /// go back to blocked or identity and every domain space is dropped
+    /// (emptied first where an endpoint could not leave it).
+    pub(crate) fn reset(&mut self) {
+        let old = std::mem::take(&mut self.tables);
         self.features = Features::empty();
         self.features_ok = false;
-        self.tables = Tables::default();
         self.events = EventLog::default();
-        // Every passthrough endpoint leaves its domain space.
-        let tables = Tables::default();
-        for (ep, from) in before {
-            let to = self
-                .unattached_bypass()
-                .then_some(crate::nesting::SpaceId::Identity);
-            let Some(pt) = self.passthrough.as_mut() else {
-                break;
-            };
-            if from == to {
-                continue;
-            }
-            let moved = match to {
-                Some(s) => pt.enter(ep, s, &tables),
-                None => pt.block(ep),
-            };
-            match moved {
-                Ok(()) => {
-                    if let Some(f) = from {
-                        pt.leave(f);
-                    }
-                }
-                Err(e) => log::error!("virtio-iommu: resetting passthrough endpoint {ep:#x}: {e}"),
-            }
+        let to = self
+            .unattached_bypass()
+            .then_some(crate::nesting::SpaceId::Identity);
+        if let Some(pt) = self.passthrough.as_mut() {
+            // Failures are logged; a reset cannot be refused.
+            let _ = pt.reset(to, &old);
         }
     }
 }

@@ -12,7 +12,7 @@
 //! completes only after the host agrees. A failed call leaves the host as
 //! it was, and the device then leaves its own state as it was too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -79,7 +79,11 @@ pub trait PassthroughHost: Send + fmt::Debug {
     /// Creates an empty address space (the identity one maps all guest
     /// RAM at IOVA = GPA).
     fn create(&mut self, space: SpaceId) -> Result<(), HostFailure>;
-    /// Destroys a space no endpoint is attached to any more.
+    /// Destroys a space. No endpoint is attached to it any more, except
+    /// after a reset whose block of an endpoint failed: the device then
+    /// emptied the space first ([`PassthroughHost::clear`]), and the host
+    /// keeps it, empty, until that endpoint is attached or blocked, while
+    /// the same ID may be created again for a new domain.
     fn destroy(&mut self, space: SpaceId);
     /// Maps `[iova, iova + len)` to guest RAM at `gpa`.
     fn map(
@@ -97,6 +101,15 @@ pub trait PassthroughHost: Send + fmt::Debug {
     fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure>;
     /// Blocks all DMA of a passthrough endpoint.
     fn block(&mut self, endpoint: u32) -> Result<(), HostFailure>;
+    /// Removes every mapping of `space` (`mapped` lists what the device
+    /// mapped there), so that an endpoint still attached reaches nothing.
+    /// The default unmaps each of `mapped`.
+    fn clear(&mut self, space: SpaceId, mapped: &[Mapping]) -> Result<(), HostFailure> {
+        for m in mapped {
+            self.unmap(space, Iova(m.iova_first), m.len())?;
+        }
+        Ok(())
+    }
 }
 
 /// The host access a mapping grants: the READ/WRITE flags (MMIO is a memory
@@ -112,11 +125,35 @@ pub fn access_of(flags: MapFlags) -> Access {
     a
 }
 
-/// The passthrough endpoints and the spaces that exist for them.
+/// Where a passthrough endpoint's device is on the host now (which may
+/// differ from where the guest's view puts it after a host failure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// Blocked: no DMA.
+    Blocked,
+    /// Attached to this space.
+    In(SpaceId),
+    /// Still attached to a domain space the device gave up at reset (its
+    /// block failed): the space was emptied and is tied to no guest domain
+    /// any more, so the device reaches nothing until it is moved.
+    Stranded,
+}
+
+impl Placement {
+    fn of(space: Option<SpaceId>) -> Self {
+        match space {
+            Some(s) => Placement::In(s),
+            None => Placement::Blocked,
+        }
+    }
+}
+
+/// The passthrough endpoints, where each one's device actually is on the
+/// host, and the spaces that exist for them (with their user counts).
 #[derive(Debug)]
 pub struct Passthrough {
     host: Box<dyn PassthroughHost>,
-    endpoints: BTreeSet<u32>,
+    endpoints: BTreeMap<u32, Placement>,
     spaces: BTreeMap<SpaceId, usize>,
 }
 
@@ -125,7 +162,7 @@ impl Passthrough {
     pub fn new(host: Box<dyn PassthroughHost>) -> Self {
         Passthrough {
             host,
-            endpoints: BTreeSet::new(),
+            endpoints: BTreeMap::new(),
             spaces: BTreeMap::new(),
         }
     }
@@ -142,18 +179,24 @@ impl Passthrough {
             Some(s) => self.enter(endpoint, s, tables)?,
             None => self.host.block(endpoint)?,
         }
-        self.endpoints.insert(endpoint);
+        self.endpoints.insert(endpoint, Placement::of(space));
         Ok(())
     }
 
     /// Whether `endpoint` is a passthrough endpoint.
     pub fn is_passthrough(&self, endpoint: u32) -> bool {
-        self.endpoints.contains(&endpoint)
+        self.endpoints.contains_key(&endpoint)
     }
 
     /// The passthrough endpoints.
-    pub fn endpoints(&self) -> &BTreeSet<u32> {
-        &self.endpoints
+    pub fn endpoints(&self) -> impl Iterator<Item = u32> + '_ {
+        self.endpoints.keys().copied()
+    }
+
+    /// Where `endpoint`'s device is on the host, if it is a passthrough
+    /// endpoint.
+    pub fn placement(&self, endpoint: u32) -> Option<Placement> {
+        self.endpoints.get(&endpoint).copied()
     }
 
     /// Whether `domain` has a host space.
@@ -161,14 +204,82 @@ impl Passthrough {
         self.spaces.contains_key(&SpaceId::Domain(domain))
     }
 
-    /// Moves `endpoint` into `space`, creating it (and, for a domain,
-    /// replaying the domain's mappings from `tables`) when it is the first.
-    pub fn enter(
+    /// Moves passthrough endpoint `endpoint` from where it is on the host
+    /// to `to` (`None`: blocked). Host first: on failure the endpoint and
+    /// the spaces are as they were.
+    pub fn move_to(
         &mut self,
         endpoint: u32,
-        space: SpaceId,
+        to: Option<SpaceId>,
         tables: &Tables,
     ) -> Result<(), HostFailure> {
+        let Some(from) = self.placement(endpoint) else {
+            return Ok(());
+        };
+        if from == Placement::of(to) {
+            return Ok(());
+        }
+        match to {
+            Some(space) => self.enter(endpoint, space, tables)?,
+            None => self.host.block(endpoint)?,
+        }
+        if let Placement::In(f) = from {
+            self.leave(f);
+        }
+        self.endpoints.insert(endpoint, Placement::of(to));
+        Ok(())
+    }
+
+    /// Device reset: moves every endpoint to `to` (blocked or identity)
+    /// and drops every domain space, `old` being the guest's tables before
+    /// the reset. A domain space an endpoint could not leave (its move
+    /// failed) is emptied and given up all the same: that endpoint is
+    /// [`Placement::Stranded`], its device reaching nothing, never the
+    /// stale mappings, and a later ATTACH to the same domain ID builds a
+    /// fresh space. Returns the first failure (already logged).
+    pub fn reset(&mut self, to: Option<SpaceId>, old: &Tables) -> Result<(), HostFailure> {
+        let empty = Tables::default();
+        let mut first = Ok(());
+        let eps: Vec<u32> = self.endpoints().collect();
+        for ep in eps {
+            if let Err(e) = self.move_to(ep, to, &empty) {
+                log::error!("virtio-iommu: reset: moving passthrough endpoint {ep:#x}: {e}");
+                first = first.and(Err(e));
+            }
+        }
+        let left: Vec<SpaceId> = self
+            .spaces
+            .keys()
+            .copied()
+            .filter(|s| matches!(s, SpaceId::Domain(_)))
+            .collect();
+        for space in left {
+            let mapped: Vec<Mapping> = match space {
+                SpaceId::Domain(d) => old
+                    .domain(d)
+                    .map(|d| d.mappings.values().copied().collect())
+                    .unwrap_or_default(),
+                SpaceId::Identity => Vec::new(),
+            };
+            if let Err(e) = self.host.clear(space, &mapped) {
+                log::error!("virtio-iommu: reset: cannot empty {space} of a stuck endpoint: {e}");
+                first = first.and(Err(e));
+            }
+            self.spaces.remove(&space);
+            self.host.destroy(space);
+            for p in self.endpoints.values_mut() {
+                if *p == Placement::In(space) {
+                    *p = Placement::Stranded;
+                }
+            }
+        }
+        first
+    }
+
+    /// Puts `endpoint` into `space`, creating it (and, for a domain,
+    /// replaying the domain's mappings from `tables`) when it is the
+    /// first; counts the new user.
+    fn enter(&mut self, endpoint: u32, space: SpaceId, tables: &Tables) -> Result<(), HostFailure> {
         let created = !self.spaces.contains_key(&space);
         if created {
             self.host.create(space)?;
@@ -189,9 +300,8 @@ impl Passthrough {
         Ok(())
     }
 
-    /// Takes `endpoint` out of `space` (it is then attached elsewhere or
-    /// blocked); destroys the space when it was the last user.
-    pub fn leave(&mut self, space: SpaceId) {
+    /// One user fewer of `space`; destroys it when it was the last.
+    fn leave(&mut self, space: SpaceId) {
         if let Some(n) = self.spaces.get_mut(&space) {
             *n -= 1;
             if *n == 0 {
@@ -199,11 +309,6 @@ impl Passthrough {
                 self.host.destroy(space);
             }
         }
-    }
-
-    /// Blocks `endpoint` (detached, no bypass).
-    pub fn block(&mut self, endpoint: u32) -> Result<(), HostFailure> {
-        self.host.block(endpoint)
     }
 
     fn replay(&mut self, domain: u32, tables: &Tables) -> Result<(), HostFailure> {
@@ -277,6 +382,10 @@ struct ShadowInner {
     spaces: BTreeMap<SpaceId, ShadowDomain>,
     /// The space each endpoint's device is attached to now.
     attached: BTreeMap<u32, SpaceId>,
+    /// Spaces the device destroyed while an endpoint whose block failed
+    /// was still attached (emptied by `clear` first): kept until their
+    /// last device is attached elsewhere or blocked.
+    orphans: Vec<ShadowDomain>,
 }
 
 fn failure(e: &ShadowError) -> HostFailure {
@@ -297,6 +406,7 @@ impl ShadowHost {
                 devices: BTreeMap::new(),
                 spaces: BTreeMap::new(),
                 attached: BTreeMap::new(),
+                orphans: Vec::new(),
             })),
         }
     }
@@ -344,6 +454,15 @@ impl ShadowInner {
         self.spaces.get_mut(&space).ok_or(HostFailure::Device)
     }
 
+    /// `dev` left whatever orphan space held it; orphans left without
+    /// devices are dropped (destroying their IOAS).
+    fn forget_orphan(&mut self, dev: nesting_core::host::DevId) {
+        self.orphans.retain_mut(|o| {
+            o.forget(dev, None);
+            !o.devices().is_empty()
+        });
+    }
+
     fn sync(&mut self, space: SpaceId) -> Result<(), HostFailure> {
         self.space(space)?
             .sync()
@@ -364,9 +483,24 @@ impl PassthroughHost for ShadowHost {
     }
 
     fn destroy(&mut self, space: SpaceId) {
-        // No device is attached any more (the device moved every endpoint
-        // out first); dropping destroys the IOAS.
-        self.lock().spaces.remove(&space);
+        // Normally no device is attached any more (the device moved every
+        // endpoint out first) and dropping destroys the IOAS. A device
+        // whose block failed at reset is still attached: keep its (emptied)
+        // IOAS as an orphan, tied to no ID, until it moves.
+        let mut g = self.lock();
+        let Some(d) = g.spaces.remove(&space) else {
+            return;
+        };
+        if !d.devices().is_empty() {
+            g.attached.retain(|_, s| *s != space);
+            g.orphans.push(d);
+        }
+    }
+
+    fn clear(&mut self, space: SpaceId, _mapped: &[Mapping]) -> Result<(), HostFailure> {
+        let mut g = self.lock();
+        g.space(space)?.unmap_all();
+        g.sync(space)
     }
 
     fn map(
@@ -410,6 +544,7 @@ impl PassthroughHost for ShadowHost {
         {
             o.forget(id, None);
         }
+        g.forget_orphan(id);
         Ok(())
     }
 
@@ -423,11 +558,13 @@ impl PassthroughHost for ShadowHost {
                 HostFailure::Device
             })?;
         }
+        let id = dev.id();
         if let Some(old) = g.attached.remove(&endpoint)
             && let Some(o) = g.spaces.get_mut(&old)
         {
-            o.forget(dev.id(), None);
+            o.forget(id, None);
         }
+        g.forget_orphan(id);
         Ok(())
     }
 }

@@ -2,10 +2,18 @@
 //! what it checks. Passthrough ones use a recording fake host that can be
 //! told to fail, or the shadow engine on the simulated host.
 
+use std::sync::Arc;
+
+use nesting_core::host::profile::HostProfile;
+use nesting_core::ladder::HostView;
 use nesting_core::types::Access;
 
-use crate::mock::MockDriver;
+use crate::config::DeviceOptions;
+use crate::device::{DeviceError, VirtioIommu};
+use crate::mock::{MockDriver, config};
+use crate::nesting::{HostFailure, SpaceId};
 use crate::protocol::Status;
+use crate::tests::FakeHost;
 use crate::translate::Translation;
 
 const RW: u32 = 3;
@@ -66,4 +74,123 @@ fn translate_walk_with_checked_add_ends_at_top_of_space() {
         steps += 1;
         assert!(steps <= 2, "walk does not terminate");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Passthrough endpoints moved while the host fails.
+
+fn passthrough(opts: &[&str]) -> (MockDriver, FakeHost) {
+    let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default()).unwrap());
+    let host = FakeHost::default();
+    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
+    let view = HostView::from(&HostProfile::VtdNonest.spec());
+    dev.add_passthrough(8, &view).unwrap();
+    (MockDriver::with_device(dev, true), host)
+}
+
+fn fail_next(host: &FakeHost) {
+    host.0.lock().unwrap().fail_next = Some(HostFailure::Device);
+}
+
+fn read_bypass(d: &MockDriver) -> u8 {
+    let mut b = [0u8; 1];
+    d.dev.read_config(BYPASS_OFFSET, &mut b);
+    b[0]
+}
+
+/// Offset of `bypass` in struct virtio_iommu_config (5.13.4).
+const BYPASS_OFFSET: u64 = 36;
+
+#[test]
+fn reset_with_failing_block_empties_domain_space_and_reattach_rebuilds_it() {
+    let (mut d, host) = passthrough(&[]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert_eq!(d.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
+    fail_next(&host);
+    d.dev.reset();
+    {
+        let l = host.0.lock().unwrap();
+        assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)), "block failed");
+        assert!(
+            !l.spaces.contains_key(&SpaceId::Domain(1)),
+            "the device gave the space up"
+        );
+    }
+    // The driver comes back and reuses domain 1 without mapping anything.
+    let mut d2 = MockDriver::with_device(d.dev.clone(), true);
+    assert_eq!(d2.attach(1, 8), Status::Ok);
+    let l = host.0.lock().unwrap();
+    assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)));
+    assert_eq!(l.spaces[&SpaceId::Domain(1)], vec![], "no stale mapping");
+}
+
+#[test]
+fn bypass_write_with_failing_block_keeps_bypass_and_identity_space() {
+    let (mut d, host) = passthrough(&["bypass=1"]);
+    assert_eq!(read_bypass(&d), 1);
+    fail_next(&host);
+    d.dev.write_config(BYPASS_OFFSET, &[0]);
+    assert_eq!(read_bypass(&d), 1, "the write did not take effect");
+    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
+    // ATTACH and DETACH move it through the identity space it is in; no
+    // leak of the identity space when it leaves it.
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert!(
+        !host
+            .0
+            .lock()
+            .unwrap()
+            .spaces
+            .contains_key(&SpaceId::Identity)
+    );
+    assert_eq!(d.detach(1, 8), Status::Ok);
+    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
+    // A later write that the host accepts takes effect.
+    d.dev.write_config(BYPASS_OFFSET, &[0]);
+    assert_eq!(read_bypass(&d), 0);
+    let l = host.0.lock().unwrap();
+    assert_eq!(l.attached[&8], None, "blocked");
+    assert!(!l.spaces.contains_key(&SpaceId::Identity), "space released");
+}
+
+#[test]
+fn ack_features_refused_when_host_cannot_move_endpoint_to_bypass() {
+    // Legacy F_BYPASS: negotiating it puts unattached endpoints in bypass.
+    let legacy = DeviceOptions {
+        legacy_bypass: true,
+        ..DeviceOptions::default()
+    };
+    let dev: Arc<VirtioIommu<vm_memory::GuestMemoryMmap>> =
+        Arc::new(VirtioIommu::new(&config(&[]), legacy).unwrap());
+    let host = FakeHost::default();
+    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
+    let view = HostView::from(&HostProfile::VtdNonest.spec());
+    dev.add_passthrough(8, &view).unwrap();
+    fail_next(&host);
+    assert!(dev.ack_features(dev.device_features()).is_err());
+    assert_eq!(host.0.lock().unwrap().attached[&8], None, "still blocked");
+    dev.ack_features(dev.device_features()).unwrap();
+    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
+}
+
+#[test]
+fn restore_with_failing_host_returns_err() {
+    let (mut d, _) = passthrough(&[]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert_eq!(d.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
+    let snap = d.dev.snapshot();
+    let (d2, host2) = passthrough(&[]);
+    fail_next(&host2);
+    assert!(matches!(
+        d2.dev.restore(&snap),
+        Err(DeviceError::Passthrough { endpoint: 8, .. })
+    ));
+    // Without the failure it rebuilds the domain's host space.
+    d2.dev.restore(&snap).unwrap();
+    let l = host2.0.lock().unwrap();
+    assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)));
+    assert_eq!(
+        l.spaces[&SpaceId::Domain(1)],
+        vec![(0x10000, 0x1000, 0x20000)]
+    );
 }

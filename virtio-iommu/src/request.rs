@@ -155,27 +155,17 @@ impl State {
     }
 
     /// Moves a passthrough endpoint's host attachment to `to` (`None`:
-    /// blocked). Host first: on failure nothing changed.
+    /// blocked), from wherever it actually is on the host. Host first: on
+    /// failure nothing changed.
     pub(crate) fn move_host(
         &mut self,
         endpoint: u32,
         to: Option<SpaceId>,
     ) -> Result<(), HostFailure> {
-        let from = self.host_space(endpoint);
-        let Some(pt) = self.passthrough.as_mut() else {
-            return Ok(());
-        };
-        if from == to || !pt.is_passthrough(endpoint) {
-            return Ok(());
+        match self.passthrough.as_mut() {
+            Some(pt) => pt.move_to(endpoint, to, &self.tables),
+            None => Ok(()),
         }
-        match to {
-            Some(space) => pt.enter(endpoint, space, &self.tables)?,
-            None => pt.block(endpoint)?,
-        }
-        if let Some(f) = from {
-            pt.leave(f);
-        }
-        Ok(())
     }
 
     fn attach(&mut self, b: &AttachBody) -> Result<(), Status> {

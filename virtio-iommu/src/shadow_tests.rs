@@ -206,3 +206,31 @@ fn shadow_snapshot_restored_on_new_host_rebuilds_host_mappings() {
         Some(0x90_0000)
     );
 }
+
+#[test]
+fn shadow_reset_with_failing_detach_leaves_device_in_emptied_space() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    r.sim.fail_nth(HostOp::Detach, 1, Errno::EIO);
+    r.drv.dev.reset();
+    let stuck = r.ioas().expect("the detach failed: still attached");
+    assert_eq!(r.host_at(0x10_0000), None, "no stale mapping");
+    assert!(r.sim.mappings(stuck).is_empty());
+    // The driver comes back: FEATURES_OK moves the stranded endpoint to
+    // blocked (releasing the orphaned space), and domain 1 is rebuilt
+    // fresh when the endpoint is attached again.
+    let mem = r.drv.mem.clone();
+    r.drv = MockDriver::with_memory(r.drv.dev.clone(), mem, true);
+    assert_eq!(r.ioas(), None, "blocked");
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.host_at(0x10_0000), None);
+    assert_eq!(
+        r.drv.map(1, 0x20_0000, 0x20_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    assert!(r.host_at(0x20_0000).is_some());
+}

@@ -112,7 +112,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             passthrough: st
                 .passthrough
                 .as_ref()
-                .map(|p| p.endpoints().iter().copied().collect())
+                .map(|p| p.endpoints().collect())
                 .unwrap_or_default(),
         }
     }
@@ -134,7 +134,10 @@ impl<M: GuestMemory> VirtioIommu<M> {
     /// Loads `snap` into this device, whose passthrough endpoints (if
     /// any) the VMM added already, the same set as on the source. Every
     /// part is checked before anything changes; passthrough endpoints are
-    /// then moved into the host spaces the restored domains give them.
+    /// then moved into the host spaces the restored domains give them. An
+    /// `Err` after the checks ([`DeviceError::Passthrough`]: the host could
+    /// not rebuild a passthrough endpoint's space) leaves a device that
+    /// must not run: fail the migration, or reset the device.
     pub fn restore(&self, snap: &Snapshot) -> Result<(), DeviceError> {
         if snap.version != SNAPSHOT_VERSION {
             return Err(DeviceError::Snapshot("unknown snapshot version"));
@@ -166,14 +169,17 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .state
             .passthrough
             .as_ref()
-            .map(|p| p.endpoints().iter().copied().collect())
+            .map(|p| p.endpoints().collect())
             .unwrap_or_default();
         if mine != snap.passthrough {
             return Err(DeviceError::Snapshot(
                 "passthrough endpoints differ from the source's",
             ));
         }
-        let before = g.state.passthrough_spaces();
+        // Passthrough endpoints leave the domain spaces of this device's
+        // previous state first (emptied if one cannot), so that no space of
+        // the same domain ID is reused with mappings the snapshot lacks.
+        g.state.reset();
         g.state.cfg = snap.config.clone();
         g.state.features = features;
         g.state.features_ok = snap.features_ok;
@@ -181,8 +187,8 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.tables = tables;
         g.state.events = events;
         g.queues = queues;
-        g.state.resettle_unattached(&before);
+        let moved = g.state.resettle();
         self.invalidate_all(&mut g.state);
-        Ok(())
+        moved.map_err(|(endpoint, source)| DeviceError::Passthrough { endpoint, source })
     }
 }
