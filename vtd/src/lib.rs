@@ -75,6 +75,6 @@ pub mod mock;
 mod tests;
 
 pub use model::{Interrupt, InterruptSource, TranslateResult, Vtd};
-pub use passthrough::PassthroughBackend;
 pub use nesting_core::iotlb::Translation;
+pub use passthrough::PassthroughBackend;
 pub use shared::SharedVtd;
