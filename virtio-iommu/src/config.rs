@@ -208,7 +208,9 @@ impl DeviceConfig {
         if self.probe_size > MAX_PROBE_SIZE {
             return Err(ConfigError::ProbeSizeTooLarge(self.probe_size));
         }
-        let regions = self.resv.len() + self.host_resv.len();
+        // What PROBE of a passthrough endpoint writes: the VMM's regions
+        // and the host holes' pieces outside them.
+        let regions = self.resv.len() + self.host_pieces().len();
         if regions * ProbeResvMem::SIZE > self.probe_size as usize && regions > 0 {
             return Err(ConfigError::ProbeTooSmall {
                 regions,
@@ -323,6 +325,50 @@ impl DeviceConfig {
         next.validate(host_page)?;
         *self = next;
         Ok(())
+    }
+
+    /// The host's IOVA holes as PROBE presents them (5.13.6.8.1.2: "The
+    /// device SHOULD NOT present multiple RESV_MEM properties that overlap
+    /// each other for the same endpoint"): merged where they overlap or
+    /// touch, minus the VMM's own regions (which win, being the platform's
+    /// word on that range), as RESERVED pieces in address order. Together
+    /// with `resv` they cover every host hole, so every MAP refused for a
+    /// host hole hits an announced region. Bounded: holes come from the
+    /// host's IOVA ranges, regions from the VMM's configuration.
+    pub fn host_pieces(&self) -> Vec<ResvMem> {
+        let mut holes: Vec<(u64, u64)> = self.host_resv.iter().map(|h| (h.start, h.end)).collect();
+        holes.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(holes.len());
+        for (a, b) in holes {
+            match merged.last_mut() {
+                Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let mut vmm: Vec<(u64, u64)> = self.resv.iter().map(|r| (r.start, r.end)).collect();
+        vmm.sort_unstable();
+        let mut out = Vec::new();
+        let piece = |start, end| ResvMem {
+            start,
+            end,
+            subtype: RESV_MEM_T_RESERVED,
+        };
+        for (a, b) in merged {
+            // `cur`: the first address of the hole not yet emitted nor
+            // covered; None once the top of the space is passed.
+            let mut cur = Some(a);
+            for &(ra, rb) in vmm.iter().filter(|r| r.0 <= b && a <= r.1) {
+                let Some(c) = cur else { break };
+                if ra > c {
+                    out.push(piece(c, ra - 1));
+                }
+                cur = rb.checked_add(1).map(|n| c.max(n));
+            }
+            if let Some(c) = cur.filter(|c| *c <= b) {
+                out.push(piece(c, b));
+            }
+        }
+        out
     }
 
     /// Feature bits the device offers.

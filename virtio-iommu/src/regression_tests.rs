@@ -8,11 +8,11 @@ use nesting_core::host::profile::HostProfile;
 use nesting_core::ladder::HostView;
 use nesting_core::types::Access;
 
-use crate::config::DeviceOptions;
+use crate::config::{ConfigError, DeviceConfig, DeviceOptions, ResvMem};
 use crate::device::{DeviceError, VirtioIommu};
 use crate::mock::{MockDriver, config};
 use crate::nesting::{HostFailure, SpaceId};
-use crate::protocol::Status;
+use crate::protocol::{RESV_MEM_T_RESERVED, Status};
 use crate::tests::FakeHost;
 use crate::translate::Translation;
 
@@ -193,4 +193,95 @@ fn restore_with_failing_host_returns_err() {
         l.spaces[&SpaceId::Domain(1)],
         vec![(0x10000, 0x1000, 0x20000)]
     );
+}
+
+// ---------------------------------------------------------------------------
+// Host IOVA holes in PROBE.
+
+/// The RESV_MEM properties of a PROBE answer, as `(start, end, subtype)`.
+fn resv_props(props: &[u8]) -> Vec<(u64, u64, u8)> {
+    props
+        .chunks_exact(24)
+        .take_while(|c| c[0] == 1)
+        .map(|c| {
+            let q = |at: usize| u64::from_le_bytes(c[at..at + 8].try_into().unwrap());
+            (q(8), q(16), c[4])
+        })
+        .collect()
+}
+
+#[test]
+fn probe_host_hole_partly_under_vmm_region_announces_the_rest() {
+    // The VtdNonest host's hole is the MSI window 0xfee00000-0xfeefffff.
+    let (mut d, _) = passthrough(&["resv=0xfed00000-0xfee0ffff:reserved"]);
+    let (_, st, props) = d.probe(8, 0x200);
+    assert_eq!(st, Status::Ok);
+    assert_eq!(
+        resv_props(&props),
+        vec![
+            (0xfed0_0000, 0xfee0_ffff, RESV_MEM_T_RESERVED),
+            (0xfee1_0000, 0xfeef_ffff, RESV_MEM_T_RESERVED),
+        ]
+    );
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert_eq!(
+        d.map(1, 0xfee1_0000, 0xfee1_0fff, 0x20000, RW),
+        Status::Range
+    );
+}
+
+fn with_holes(opts: &[&str], holes: &[(u64, u64)]) -> DeviceConfig {
+    let mut c = DeviceConfig::new(&config(opts), DeviceOptions::default()).unwrap();
+    c.host_resv = holes
+        .iter()
+        .map(|&(start, end)| ResvMem {
+            start,
+            end,
+            subtype: RESV_MEM_T_RESERVED,
+        })
+        .collect();
+    c
+}
+
+#[test]
+fn host_pieces_merge_holes_and_subtract_vmm_regions() {
+    let c = with_holes(
+        &["resv=0x3000-0x3fff:msi", "resv=0x6000-0x6fff:reserved"],
+        &[
+            (0x5000, 0x8fff),
+            (0x1000, 0x2fff),
+            (0x2000, 0x4fff), // overlaps the first, touches the next
+            (0xffff_ffff_ffff_f000, u64::MAX),
+        ],
+    );
+    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (0x1000, 0x2fff),
+            (0x4000, 0x5fff),
+            (0x7000, 0x8fff),
+            (0xffff_ffff_ffff_f000, u64::MAX),
+        ]
+    );
+    // A VMM region at the top of the space swallows the hole's end.
+    let c = with_holes(
+        &["resv=0xffff_ffff_ffff_0000-0xffffffffffffffff:reserved"],
+        &[(0xffff_ffff_fffe_0000, u64::MAX)],
+    );
+    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    assert_eq!(got, vec![(0xffff_ffff_fffe_0000, 0xffff_ffff_fffe_ffff)]);
+}
+
+#[test]
+fn validate_counts_host_pieces_against_probe_size() {
+    // Two properties fit; a VMM region inside one hole makes three.
+    let c = with_holes(
+        &["probe_size=48", "resv=0x3000-0x3fff:reserved"],
+        &[(0x1000, 0x8fff)],
+    );
+    assert!(matches!(
+        c.validate(0),
+        Err(ConfigError::ProbeTooSmall { regions: 3, .. })
+    ));
 }

@@ -401,15 +401,10 @@ impl State {
         if !passthrough || self.cfg.host_resv.is_empty() {
             return Cow::Borrowed(&self.cfg.resv);
         }
-        // 5.13.6.8.1.2: "The device SHOULD NOT present multiple RESV_MEM
-        // properties that overlap each other for the same endpoint": the
-        // VMM's regions win over host holes.
+        // 5.13.6.8.1.2: the VMM's regions, then the host holes' pieces
+        // outside them (see `DeviceConfig::host_pieces`).
         let mut out = self.cfg.resv.clone();
-        for h in &self.cfg.host_resv {
-            if !out.iter().any(|r| r.overlaps(h.start, h.end)) {
-                out.push(*h);
-            }
-        }
+        out.extend(self.cfg.host_pieces());
         Cow::Owned(out)
     }
 
