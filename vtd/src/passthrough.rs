@@ -54,7 +54,7 @@ use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::{HostError, PtId};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
-use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine};
+use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine, NestedError};
 use nesting_core::ram::RamIoas;
 use nesting_core::shadow::{ShadowDomain, ShadowError};
 use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
@@ -138,6 +138,8 @@ struct Installed {
     did: u16,
     /// Fault processing disabled for it (9.4, 9.5, 9.6 FPD).
     fpd: bool,
+    /// A present entry that cannot nest (`ctx` is then Abort).
+    cannot_nest: bool,
 }
 
 /// Where a shadowed requester is attached.
@@ -435,6 +437,27 @@ fn nested_context(entry: &PasidEntry) -> Option<NestedContext> {
     }
 }
 
+/// The context a located PASID entry nests as; an entry that cannot nest
+/// (second-stage or nested PGTT: the host supplies the second stage
+/// itself) is blocked and flagged, so the guest gets a fault for it.
+fn located_context(sid: u16, l: &crate::translate::Located) -> Installed {
+    let ctx = nested_context(&l.entry);
+    if ctx.is_none() {
+        log::debug!(
+            "vtd passthrough {sid:#06x} pasid {}: PGTT {:?} cannot nest; blocked",
+            l.pasid,
+            l.entry.pgtt()
+        );
+    }
+    Installed {
+        ctx: ctx.unwrap_or(NestedContext::Abort),
+        pasid: l.pasid,
+        did: l.entry.did(),
+        fpd: l.fpd,
+        cannot_nest: ctx.is_none(),
+    }
+}
+
 /// The domain-id the RID's translation of `sid` is tagged with: the
 /// context entry's (legacy, 9.3) or the RID_PASID entry's (scalable,
 /// 9.6).
@@ -546,6 +569,7 @@ impl PassthroughBackend {
                             pasid: 0,
                             did: 0,
                             fpd: false,
+                            cannot_nest: false,
                         },
                     )]);
                     self.nest_devs.insert(sid, ctxs);
@@ -686,6 +710,7 @@ impl PassthroughBackend {
             pasid: 0,
             did: 0,
             fpd: false,
+            cannot_nest: false,
         };
         if !vtd.translation_enabled() {
             return Installed {
@@ -694,12 +719,7 @@ impl PassthroughBackend {
             };
         }
         if let Some(l) = vtd.pasid_entry(mem, Bdf(sid), None) {
-            return Installed {
-                ctx: nested_context(&l.entry).unwrap_or(NestedContext::Abort),
-                pasid: l.pasid,
-                did: l.entry.did(),
-                fpd: l.fpd,
-            };
+            return located_context(sid, &l);
         }
         // Legacy pass-through contexts (TT=10) are untranslated too.
         match vtd.table_view(mem, Bdf(sid), None, 0, 0, MIN_BUDGET) {
@@ -711,7 +731,8 @@ impl PassthroughBackend {
         }
     }
 
-    /// What requests with `pasid` of `sid` nest as; `None`: blocked.
+    /// What requests with `pasid` of `sid` nest as; `None`: no valid
+    /// entry (blocked).
     fn pasid_context<M: GuestMemory + ?Sized>(
         &self,
         vtd: &Vtd,
@@ -720,24 +741,12 @@ impl PassthroughBackend {
         pasid: u32,
     ) -> Option<Installed> {
         let l = vtd.pasid_entry(mem, Bdf(sid), Some(pasid))?;
-        let ctx = nested_context(&l.entry);
-        if ctx.is_none() {
-            log::warn!(
-                "vtd passthrough {sid:#06x} pasid {pasid}: PGTT {:?} cannot nest; blocked",
-                l.entry.pgtt()
-            );
-        }
-        Some(Installed {
-            ctx: ctx?,
-            pasid,
-            did: l.entry.did(),
-            fpd: l.fpd,
-        })
+        Some(located_context(sid, &l))
     }
 
     /// Makes the host context of (`sid`, `key`) `want` (`None`: blocked
     /// and forgotten). A refusal of the host blocks the device (PASID)
-    /// and records a fault for it.
+    /// and records a fault for it, as does an entry that cannot nest.
     fn apply_context(
         &mut self,
         vtd: &mut Vtd,
@@ -745,50 +754,77 @@ impl PassthroughBackend {
         key: Option<Pasid>,
         want: Option<Installed>,
     ) {
+        let res = match want {
+            None => self.drop_context(sid, key).map(|()| false),
+            Some(w) => self.set_context(sid, key, w),
+        };
+        let fpd = want.is_some_and(|w| w.fpd);
+        match res {
+            Ok(false) => {}
+            Ok(true) => self.report_refusal(vtd, sid, key, fpd),
+            Err(e) => {
+                warn_host("installing a nested context", sid, &e);
+                self.report_refusal(vtd, sid, key, fpd);
+            }
+        }
+    }
+
+    /// Forgets a PASID's context, detaching it if it was attached.
+    fn drop_context(&mut self, sid: u16, key: Option<Pasid>) -> Result<(), NestedError> {
         let (Some(engine), Some(ctxs)) = (self.nested.as_mut(), self.nest_devs.get_mut(&sid))
         else {
-            return;
+            return Ok(());
         };
+        let Some(p) = key else {
+            return Ok(());
+        };
+        match ctxs.remove(&key) {
+            Some(old) if old.ctx != NestedContext::Abort => engine.remove_pasid(u64::from(sid), p),
+            _ => Ok(()),
+        }
+    }
+
+    /// Installs `w`; `Ok(true)` when it newly blocks an entry that
+    /// cannot nest (the guest is owed a fault).
+    fn set_context(
+        &mut self,
+        sid: u16,
+        key: Option<Pasid>,
+        w: Installed,
+    ) -> Result<bool, NestedError> {
+        let (Some(engine), Some(ctxs)) = (self.nested.as_mut(), self.nest_devs.get_mut(&sid))
+        else {
+            return Ok(false);
+        };
+        let old = ctxs.get(&key).copied();
+        if old == Some(w) {
+            return Ok(false);
+        }
         let vsid = u64::from(sid);
-        let res = match (key, want) {
-            (Some(p), None) => {
-                if ctxs.remove(&key).is_none() {
-                    return;
-                }
-                engine.remove_pasid(vsid, p)
-            }
-            (None, None) => return,
-            (_, Some(w)) => {
-                if ctxs.get(&key) == Some(&w) {
-                    return;
-                }
-                match engine.install(vsid, key, w.ctx) {
-                    Ok(()) => {
-                        ctxs.insert(key, w);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        // The engine leaves the old context in place; the
-                        // guest changed it, so block rather than keep
-                        // translating through stale tables.
-                        let blocked = match key {
-                            Some(p) => engine.remove_pasid(vsid, p),
-                            None => engine.install(vsid, None, NestedContext::Abort),
-                        };
-                        if let Err(b) = blocked {
-                            warn_host("blocking after a refusal", sid, &b);
-                        }
-                        ctxs.remove(&key);
-                        Err(e)
-                    }
-                }
-            }
+        let attached = old.is_some_and(|o| o.ctx != NestedContext::Abort);
+        let res = match (key, w.ctx) {
+            // A PASID is blocked by detaching it, if it was attached.
+            (Some(p), NestedContext::Abort) if attached => engine.remove_pasid(vsid, p),
+            (Some(_), NestedContext::Abort) => Ok(()),
+            _ => engine.install(vsid, key, w.ctx),
         };
         if let Err(e) = res {
-            warn_host("installing a nested context", sid, &e);
-            let fpd = want.is_some_and(|w| w.fpd);
-            self.report_refusal(vtd, sid, key, fpd);
+            // The engine leaves the old context in place; the guest
+            // changed it, so block rather than keep translating through
+            // stale tables.
+            let blocked = match key {
+                Some(p) if attached => engine.remove_pasid(vsid, p),
+                Some(_) => Ok(()),
+                None => engine.install(vsid, None, NestedContext::Abort),
+            };
+            if let Err(b) = blocked {
+                warn_host("blocking after a refusal", sid, &b);
+            }
+            ctxs.remove(&key);
+            return Err(e);
         }
+        ctxs.insert(key, w);
+        Ok(w.cannot_nest && old.is_none_or(|o| !o.cannot_nest || o.pasid != w.pasid))
     }
 
     fn report_refusal(&mut self, vtd: &mut Vtd, sid: u16, key: Option<Pasid>, fpd: bool) {

@@ -209,6 +209,32 @@ fn nested_host_refusing_the_stage1_hwpt_records_a_fault_for_the_pasid() {
 }
 
 #[test]
+fn nested_second_stage_pasid_entry_is_blocked_with_one_fault() {
+    let mut n = nested();
+    let sl = SlTables::new(&n.h.mem, &mut n.h.alloc, 4);
+    let pe6 = PasidSetup::second_stage(DID, sl.root, 2);
+    n.tables.set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 6, &pe6);
+    for _ in 0..2 {
+        assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID, 6)]));
+        n.host.process(&mut n.h);
+    }
+    assert_eq!(n.host.sim.attachment(n.host.dev, Pasid::new(6)), None);
+    assert_eq!(n.host.backend.stats().faults_reported, 1, "reported once");
+    let (_, hi) = first_fault(&n.h);
+    assert_eq!((hi >> 32) & 0xff, 0x5b);
+    assert_eq!((hi >> 40) & 0xf_ffff, 6);
+    // Made first-stage: nested after all.
+    let pe6 = PasidSetup::first_stage(DID, n.fs[2].root, 4, false, false);
+    n.tables.set_pasid(&n.h.mem, &mut n.h.alloc, n.dir, 6, &pe6);
+    assert!(n.q.submit(&mut n.h.vtd, &n.h.mem, &[desc::pasid_cache(1, DID, 6)]));
+    n.host.process(&mut n.h);
+    assert_eq!(
+        n.host.s1(Some(6)),
+        s1_data(n.fs[2].root, VtdS1Flags::empty())
+    );
+}
+
+#[test]
 fn nested_host_refusal_under_fpd_records_no_fault() {
     let mut n = nested();
     n.host.sim.fail_nth(HostOp::HwptAlloc, 1, Errno::EINVAL);
