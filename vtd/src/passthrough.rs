@@ -42,10 +42,17 @@
 //!   PASIDs only to PASID-capable HWPTs, which the shadow engine does not
 //!   allocate, so a shadowed device's requests with PASID stay blocked.
 //! - **Host failures** become the architected errors: an entry the host
-//!   refuses to nest, or a device it refuses to attach, leaves the device
-//!   (PASID) blocked and records a fault for it; an invalidation the host
+//!   refuses to nest (or that cannot nest: second-stage or nested PGTT),
+//!   or a device it refuses to attach, leaves the device (PASID) blocked
+//!   and records a fault for it (unless FPD); an invalidation the host
 //!   fails sets FSTS.ICE with the source-id, and the context is rebuilt so
-//!   no stale host translation survives.
+//!   no stale host translation survives; a shadow sync the host fails
+//!   records a fault for the domain's devices at the first address of
+//!   the failed change.
+//! - Not forwarded: faults the host IOMMU takes on a nested device's DMA
+//!   (iommufd reports VT-d nested faults only as page requests, and the
+//!   nested engine runs without IOPF), and device-TLB invalidations
+//!   (the host kernel issues them with the IOTLB ones).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
