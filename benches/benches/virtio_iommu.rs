@@ -43,7 +43,7 @@ fn driver(passthrough: bool) -> (MockDriver, Option<Arc<SimIommufd>>) {
         unit: None,
     };
     let shadow = ShadowHost::new(host.clone(), ram);
-    shadow.add_device(8, bound);
+    shadow.add_device(8, bound).unwrap();
     let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
     dev.set_passthrough_host(Box::new(shadow)).unwrap();
     dev.add_passthrough(8, &view).unwrap();

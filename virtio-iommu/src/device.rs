@@ -95,6 +95,9 @@ pub enum DeviceError {
     /// passthrough endpoint; the decision lists the failed checks.
     #[error("passthrough endpoint refused: {}", .0.reason)]
     Refused(Box<Decision>),
+    /// The endpoint is not a passthrough endpoint.
+    #[error("endpoint {0:#x} is not a passthrough endpoint")]
+    NotPassthrough(u32),
     /// The endpoint is a passthrough endpoint already.
     #[error("endpoint {0:#x} is a passthrough endpoint already")]
     AlreadyPassthrough(u32),
@@ -271,6 +274,31 @@ impl<M: GuestMemory> VirtioIommu<M> {
             decision.reason
         );
         Ok(decision)
+    }
+
+    /// Removes passthrough endpoint `endpoint` (hot-unplug): its device
+    /// is blocked on the host, leaves its host space (destroyed when it was
+    /// the last endpoint there) and the endpoint is no longer a passthrough
+    /// endpoint. The device does not hold the VFIO device: take it back
+    /// from the host afterwards ([`crate::nesting::ShadowHost::remove_device`])
+    /// and drop it to unbind it. The same ID can then be added again
+    /// ([`VirtioIommu::add_passthrough`]).
+    ///
+    /// The guest's view is unchanged (the driver detaches the endpoint or
+    /// not; the configuration it read, host holes included, stays as it
+    /// was). [`DeviceError::Passthrough`]: the host refused to block the
+    /// device; the endpoint is removed all the same, and the VMM must
+    /// unbind the device (as above) before reusing it.
+    pub fn remove_passthrough(&self, endpoint: u32) -> Result<(), DeviceError> {
+        let mut g = self.lock();
+        let pt = g.state.passthrough.as_mut().ok_or(DeviceError::NoHost)?;
+        if !pt.is_passthrough(endpoint) {
+            return Err(DeviceError::NotPassthrough(endpoint));
+        }
+        let blocked = pt.remove(endpoint);
+        self.invalidate_all(&mut g.state);
+        log::info!("virtio-iommu: passthrough endpoint {endpoint:#x} removed");
+        blocked.map_err(|source| DeviceError::Passthrough { endpoint, source })
     }
 
     /// Feature bits offered (64 bits; bit 32 is VIRTIO_F_VERSION_1).

@@ -112,7 +112,7 @@
 //!
 //! let dev = VirtioIommu::<GuestMemoryMmap>::new(&VirtioIommuConfig::default(), DeviceOptions::default()).unwrap();
 //! let shadow = ShadowHost::new(host.clone(), ram);
-//! shadow.add_device(8, vfio);
+//! shadow.add_device(8, vfio).unwrap(); // Err: endpoint 8 has a device
 //! dev.set_passthrough_host(Box::new(shadow.clone())).unwrap();
 //! dev.add_passthrough(8, &view).unwrap(); // Err: refused, fail the hot-plug
 //! dev.set_memory(mem);

@@ -53,6 +53,19 @@ impl HostFailure {
     }
 }
 
+/// A refusal of [`ShadowHost`].
+#[derive(Debug, Error)]
+pub enum ShadowHostError {
+    /// The endpoint has a device already; the refused one is handed back.
+    #[error("endpoint {endpoint:#x} has a passthrough device already")]
+    EndpointTaken {
+        /// The endpoint.
+        endpoint: u32,
+        /// The device that was not added.
+        device: Box<BoundDevice>,
+    },
+}
+
 /// A host address space the device shadows into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SpaceId {
@@ -276,6 +289,24 @@ impl Passthrough {
         first
     }
 
+    /// Removes passthrough endpoint `endpoint` (hot-unplug): blocks it on
+    /// the host and leaves its space (destroyed if it was the last user).
+    /// The endpoint is removed even when the block fails; that failure is
+    /// returned.
+    pub fn remove(&mut self, endpoint: u32) -> Result<(), HostFailure> {
+        let Some(place) = self.endpoints.remove(&endpoint) else {
+            return Ok(());
+        };
+        let blocked = match place {
+            Placement::Blocked => Ok(()),
+            Placement::In(_) | Placement::Stranded => self.host.block(endpoint),
+        };
+        if let Placement::In(space) = place {
+            self.leave(space);
+        }
+        blocked
+    }
+
     /// Puts `endpoint` into `space`, creating it (and, for a domain,
     /// replaying the domain's mappings from `tables`) when it is the
     /// first; counts the new user.
@@ -417,24 +448,45 @@ impl ShadowHost {
 
     /// Hands over the bound VFIO device of passthrough endpoint
     /// `endpoint` (before [`crate::VirtioIommu::add_passthrough`]).
-    pub fn add_device(&self, endpoint: u32, dev: BoundDevice) {
-        self.lock().devices.insert(endpoint, dev);
+    /// Refused, with the device handed back, when the endpoint has a
+    /// device already: replacing it would unbind a device the guest may
+    /// have attached. Remove the old one first
+    /// ([`crate::VirtioIommu::remove_passthrough`], then
+    /// [`ShadowHost::remove_device`]).
+    pub fn add_device(&self, endpoint: u32, dev: BoundDevice) -> Result<(), ShadowHostError> {
+        let mut g = self.lock();
+        if g.devices.contains_key(&endpoint) {
+            return Err(ShadowHostError::EndpointTaken {
+                endpoint,
+                device: Box::new(dev),
+            });
+        }
+        g.devices.insert(endpoint, dev);
+        Ok(())
     }
 
-    /// Takes back the device of an endpoint the device refused (or one
-    /// being unplugged after the guest detached it); dropping it unbinds
-    /// it.
+    /// Takes back the device of an endpoint the device refused, or of one
+    /// removed with [`crate::VirtioIommu::remove_passthrough`] (hot-unplug):
+    /// it is detached from whatever it is still attached to; dropping it
+    /// unbinds it.
     pub fn remove_device(&self, endpoint: u32) -> Option<BoundDevice> {
         let mut g = self.lock();
-        if let Some(space) = g.attached.remove(&endpoint) {
-            let g = &mut *g;
-            if let (Some(d), Some(dev)) = (g.spaces.get_mut(&space), g.devices.get_mut(&endpoint))
-                && let Err(e) = d.detach(dev, None)
-            {
-                log::warn!("virtio-iommu: detaching endpoint {endpoint:#x}: {e}");
-            }
+        let g = &mut *g;
+        let space = g.attached.remove(&endpoint);
+        let mut dev = g.devices.remove(&endpoint)?;
+        if let Some(d) = space.and_then(|s| g.spaces.get_mut(&s))
+            && let Err(e) = d.detach(&mut dev, None)
+        {
+            log::warn!("virtio-iommu: detaching endpoint {endpoint:#x}: {e}");
         }
-        g.devices.remove(&endpoint)
+        // Still attached: to an orphaned space (its block failed at reset).
+        if dev.is_attached(None)
+            && let Err(e) = dev.detach(None)
+        {
+            log::warn!("virtio-iommu: detaching endpoint {endpoint:#x}: {e}");
+        }
+        g.forget_orphan(dev.id());
+        Some(dev)
     }
 
     /// The guest mappings a space mirrors, as `(first, last, gpa)`.

@@ -17,7 +17,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 use crate::config::DeviceOptions;
 use crate::device::VirtioIommu;
 use crate::mock::{MockDriver, config, mock_memory};
-use crate::nesting::ShadowHost;
+use crate::nesting::{ShadowHost, ShadowHostError, SpaceId};
 use crate::protocol::Status;
 
 const RW: u32 = 3;
@@ -27,6 +27,8 @@ struct Rig {
     drv: MockDriver,
     dev_id: DevId,
     ram_ioas: nesting_core::host::IoasId,
+    shadow: ShadowHost,
+    view: HostView,
 }
 
 /// A virtio-iommu with passthrough endpoint 8 on a simulated host of
@@ -48,9 +50,9 @@ fn rig_with(spec: SimHostSpec, opts: &[&str]) -> Result<Rig, crate::DeviceError>
         unit: None,
     };
     let shadow = ShadowHost::new(host.clone(), ram.clone());
-    shadow.add_device(8, bound);
+    shadow.add_device(8, bound).unwrap();
     let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default())?);
-    dev.set_passthrough_host(Box::new(shadow)).unwrap();
+    dev.set_passthrough_host(Box::new(shadow.clone())).unwrap();
     dev.add_passthrough(8, &view)?;
     drop(probe);
     let drv = MockDriver::with_memory(dev, mem, true);
@@ -59,6 +61,8 @@ fn rig_with(spec: SimHostSpec, opts: &[&str]) -> Result<Rig, crate::DeviceError>
         drv,
         dev_id,
         ram_ioas: ram.ioas().id(),
+        shadow,
+        view,
     })
 }
 
@@ -233,4 +237,71 @@ fn shadow_reset_with_failing_detach_leaves_device_in_emptied_space() {
         Status::Ok
     );
     assert!(r.host_at(0x20_0000).is_some());
+}
+
+#[test]
+fn remove_passthrough_blocks_device_and_releases_domain_space() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    r.drv.dev.remove_passthrough(8).unwrap();
+    assert_eq!(r.sim.attachment(r.dev_id, None), None, "blocked");
+    assert_eq!(
+        r.shadow.space_mappings(SpaceId::Domain(1)),
+        None,
+        "space gone"
+    );
+    assert!(matches!(
+        r.drv.dev.remove_passthrough(8),
+        Err(crate::DeviceError::NotPassthrough(8))
+    ));
+    let dev = r.shadow.remove_device(8).expect("handed back");
+    assert_eq!(dev.id(), r.dev_id);
+    assert!(r.shadow.remove_device(8).is_none());
+}
+
+#[test]
+fn add_device_refuses_endpoint_already_present() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    let host: SharedHost = r.sim.clone();
+    let other = BoundDevice::bind(&host, r.sim.add_device(0)).unwrap();
+    let other_id = other.id();
+    let Err(ShadowHostError::EndpointTaken { endpoint, device }) = r.shadow.add_device(8, other)
+    else {
+        panic!("a second device for endpoint 8 was accepted");
+    };
+    assert_eq!((endpoint, device.id()), (8, other_id));
+    assert!(r.sim.attachment(r.dev_id, None).is_some(), "still attached");
+}
+
+#[test]
+fn replug_same_endpoint_after_removal_works() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    r.drv.dev.remove_passthrough(8).unwrap();
+    drop(r.shadow.remove_device(8));
+    // A new VFIO device behind the same endpoint ID. The guest never
+    // detached endpoint 8: it lands in domain 1's space, rebuilt.
+    let host: SharedHost = r.sim.clone();
+    let fresh = BoundDevice::bind(&host, r.sim.add_device(0)).unwrap();
+    r.dev_id = fresh.id();
+    r.shadow.add_device(8, fresh).unwrap();
+    r.drv.dev.add_passthrough(8, &r.view).unwrap();
+    let want = r.hva(0x40_0000);
+    assert_eq!(r.host_at(0x10_0000), Some((want, Access::RW)));
+    assert_eq!(r.drv.attach(2, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(2, 0x20_0000, 0x20_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    assert_eq!(r.host_at(0x20_0000), Some((want, Access::RW)));
+    assert_eq!(r.host_at(0x10_0000), None, "domain 1 left");
 }

@@ -16,7 +16,7 @@ use nesting_core::host::objects::BoundDevice;
 use nesting_core::ladder::{Adjustments, Check, Decision, DecisionKind};
 use nesting_core::types::Access;
 use virtio_iommu::driver::SplitRing;
-use virtio_iommu::nesting::ShadowHost;
+use virtio_iommu::nesting::{ShadowHost, ShadowHostError};
 use virtio_iommu::protocol::NUM_QUEUES;
 use virtio_iommu::{DeviceError, DeviceOptions, VirtioIommu};
 use vm_memory::GuestMemoryMmap;
@@ -103,7 +103,12 @@ impl ReplayModel for VirtioReplay {
                 s
             }
         };
-        shadow.add_device(p.sid, p.device);
+        if let Err(ShadowHostError::EndpointTaken { device, .. }) =
+            shadow.add_device(p.sid, p.device)
+        {
+            let e = DeviceError::AlreadyPassthrough(p.sid);
+            return Err((script(chain(&e)), *device));
+        }
         match dev.add_passthrough(p.sid, &p.view) {
             Ok(decision) => Ok(decision),
             // Refused: the device is dropped (unbound), as the runner
