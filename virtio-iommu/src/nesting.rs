@@ -114,6 +114,42 @@ pub trait PassthroughHost: Send + fmt::Debug {
     fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure>;
     /// Blocks all DMA of a passthrough endpoint.
     fn block(&mut self, endpoint: u32) -> Result<(), HostFailure>;
+    /// Maps every one of `maps` into `space`, all or none: on failure the
+    /// host is as it was. The default maps one by one and unmaps what it
+    /// mapped when one fails; a host that can apply a batch at once (the
+    /// shadow engine: one sync) overrides it.
+    fn map_batch(&mut self, space: SpaceId, maps: &[Mapping]) -> Result<(), HostFailure> {
+        for (i, m) in maps.iter().enumerate() {
+            let access = access_of(m.map_flags());
+            if let Err(e) = self.map(space, Iova(m.iova_first), Gpa(m.gpa), m.len(), access) {
+                for done in maps.iter().take(i) {
+                    if let Err(again) = self.unmap(space, Iova(done.iova_first), done.len()) {
+                        log::error!("undoing {space} at {:#x}: {again}", done.iova_first);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+    /// Unmaps every one of `maps` (mappings `map` created) from `space`,
+    /// all or none. The default unmaps one by one and maps back what it
+    /// unmapped when one fails; the shadow engine overrides it.
+    fn unmap_batch(&mut self, space: SpaceId, maps: &[Mapping]) -> Result<(), HostFailure> {
+        for (i, m) in maps.iter().enumerate() {
+            if let Err(e) = self.unmap(space, Iova(m.iova_first), m.len()) {
+                for done in maps.iter().take(i) {
+                    let access = access_of(done.map_flags());
+                    let (iova, gpa) = (Iova(done.iova_first), Gpa(done.gpa));
+                    if let Err(again) = self.map(space, iova, gpa, done.len(), access) {
+                        log::error!("restoring {space} at {:#x}: {again}", done.iova_first);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
     /// Removes every mapping of `space` (`mapped` lists what the device
     /// mapped there), so that an endpoint still attached reaches nothing.
     /// The default unmaps each of `mapped`.
@@ -342,14 +378,17 @@ impl Passthrough {
         }
     }
 
+    /// Mirrors the mappings `tables` holds for `domain` into its new
+    /// space, in one batch (one shadow sync).
     fn replay(&mut self, domain: u32, tables: &Tables) -> Result<(), HostFailure> {
         let Some(d) = tables.domain(domain) else {
             return Ok(());
         };
-        for m in d.mappings.values() {
-            self.host_map(SpaceId::Domain(domain), m)?;
+        let maps: Vec<Mapping> = d.mappings.values().copied().collect();
+        if maps.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.host.map_batch(SpaceId::Domain(domain), &maps)
     }
 
     /// Mirrors a new mapping of `domain`, when the domain has a host space.
@@ -371,25 +410,15 @@ impl Passthrough {
         )
     }
 
-    /// Removes mappings of `domain` from its host space. On failure the
-    /// mappings removed before the failing one are mapped back, so the host
-    /// matches the unchanged guest view.
+    /// Removes mappings of `domain` from its host space, in one batch
+    /// (one shadow sync for an UNMAP however many mappings it covers). On
+    /// failure the host is unchanged, matching the unchanged guest view.
     pub fn unmap(&mut self, domain: u32, removed: &[Mapping]) -> Result<(), HostFailure> {
         let space = SpaceId::Domain(domain);
-        if !self.spaces.contains_key(&space) {
+        if !self.spaces.contains_key(&space) || removed.is_empty() {
             return Ok(());
         }
-        for (i, m) in removed.iter().enumerate() {
-            if let Err(e) = self.host.unmap(space, Iova(m.iova_first), m.len()) {
-                for back in &removed[..i] {
-                    if let Err(again) = self.host_map(space, back) {
-                        log::error!("restoring {space} at {:#x}: {again}", back.iova_first);
-                    }
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
+        self.host.unmap_batch(space, removed)
     }
 }
 
@@ -417,6 +446,18 @@ struct ShadowInner {
     /// was still attached (emptied by `clear` first): kept until their
     /// last device is attached elsewhere or blocked.
     orphans: Vec<ShadowDomain>,
+}
+
+/// Whether the shadow engine accepts `m` for staging (its range checks:
+/// not empty, aligned to the host's page, not wrapping), so that a batch
+/// can be refused before anything of it is staged.
+fn stageable(m: &Mapping, align: u64) -> bool {
+    let len = m.len();
+    let a = align.saturating_sub(1);
+    len != 0
+        && (m.iova_first | m.gpa | len) & a == 0
+        && m.gpa.checked_add(len - 1).is_some()
+        && m.iova_first.checked_add(len - 1).is_some()
 }
 
 fn failure(e: &ShadowError) -> HostFailure {
@@ -547,6 +588,46 @@ impl PassthroughHost for ShadowHost {
             g.attached.retain(|_, s| *s != space);
             g.orphans.push(d);
         }
+    }
+
+    fn map_batch(&mut self, space: SpaceId, maps: &[Mapping]) -> Result<(), HostFailure> {
+        let mut g = self.lock();
+        let d = g.space(space)?;
+        // Staging fails only on the engine's range checks: make them all
+        // first, so that a refusal leaves nothing staged.
+        let align = d.alignment();
+        if let Some(m) = maps.iter().find(|m| !stageable(m, align)) {
+            log::warn!(
+                "virtio-iommu: {space}: mapping at {:#x} not stageable",
+                m.iova_first
+            );
+            return Err(HostFailure::Device);
+        }
+        for m in maps {
+            let access = access_of(m.map_flags());
+            d.map(Iova(m.iova_first), Gpa(m.gpa), m.len(), access)
+                .map_err(|e| failure(&e))?;
+        }
+        // One sync for the batch; a failure rolls all of it back.
+        g.sync(space)
+    }
+
+    fn unmap_batch(&mut self, space: SpaceId, maps: &[Mapping]) -> Result<(), HostFailure> {
+        let mut g = self.lock();
+        let d = g.space(space)?;
+        let align = d.alignment();
+        if let Some(m) = maps.iter().find(|m| !stageable(m, align)) {
+            log::warn!(
+                "virtio-iommu: {space}: mapping at {:#x} not stageable",
+                m.iova_first
+            );
+            return Err(HostFailure::Device);
+        }
+        for m in maps {
+            d.unmap(Iova(m.iova_first), m.len())
+                .map_err(|e| failure(&e))?;
+        }
+        g.sync(space)
     }
 
     fn clear(&mut self, space: SpaceId, _mapped: &[Mapping]) -> Result<(), HostFailure> {

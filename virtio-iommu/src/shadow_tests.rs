@@ -305,3 +305,57 @@ fn replug_same_endpoint_after_removal_works() {
     assert_eq!(r.host_at(0x20_0000), Some((want, Access::RW)));
     assert_eq!(r.host_at(0x10_0000), None, "domain 1 left");
 }
+
+/// Maps 64 pages of domain 1 from IOVA 0x10_0000, each to its own GPA in
+/// reverse order (no two join into one host run).
+fn map_64_pages(r: &mut Rig) {
+    for i in 0..64u64 {
+        let iova = 0x10_0000 + i * 0x1000;
+        let gpa = 0x40_0000 + (63 - i) * 0x1000;
+        assert_eq!(r.drv.map(1, iova, iova + 0xfff, gpa, RW), Status::Ok);
+    }
+}
+
+#[test]
+fn unmap_covering_64_mappings_costs_one_host_unmap() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    map_64_pages(&mut r);
+    r.sim.reset_counters();
+    assert_eq!(r.drv.unmap(1, 0x10_0000, 0x13_ffff), Status::Ok);
+    assert_eq!(r.sim.calls(HostOp::IoasUnmap), 1);
+    assert!((0..64).all(|i| r.host_at(0x10_0000 + i * 0x1000).is_none()));
+}
+
+#[test]
+fn unmap_batch_host_failure_keeps_every_mapping() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    map_64_pages(&mut r);
+    r.sim.fail_nth(HostOp::IoasUnmap, 1, Errno::EIO);
+    assert_eq!(r.drv.unmap(1, 0x10_0000, 0x13_ffff), Status::DevErr);
+    for i in 0..64u64 {
+        let iova = 0x10_0000 + i * 0x1000;
+        let want = r.hva(0x40_0000 + (63 - i) * 0x1000);
+        assert_eq!(
+            r.host_at(iova),
+            Some((want, Access::RW)),
+            "host at {iova:#x}"
+        );
+        assert!(r.drv.dev.translate(8, iova, Access::READ).gpa().is_some());
+    }
+}
+
+#[test]
+fn attach_replays_domain_mappings_into_new_space() {
+    // Mappings made before the passthrough endpoint joins the domain are
+    // replayed in one batch when its host space is created.
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 9), Status::Ok);
+    map_64_pages(&mut r);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    for i in 0..64u64 {
+        let want = r.hva(0x40_0000 + (63 - i) * 0x1000);
+        assert_eq!(r.host_at(0x10_0000 + i * 0x1000), Some((want, Access::RW)));
+    }
+}
