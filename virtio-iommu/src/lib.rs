@@ -150,6 +150,6 @@ pub use device::{
 pub use domain::{MAX_DOMAINS, MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL};
 pub use event::MAX_QUEUED_EVENTS;
 pub use protocol::{Features, Status};
-pub use queue::QueueError;
+pub use queue::{MAX_CHAIN_SEGMENTS, QueueError};
 pub use snapshot::Snapshot;
 pub use translate::Translation;

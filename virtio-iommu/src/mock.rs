@@ -164,6 +164,20 @@ impl MockDriver {
         (len, back)
     }
 
+    /// Publishes one request chain of the given buffers (`out`
+    /// device-readable, `inp` device-writable; addresses and lengths as
+    /// the caller lays them out), notifies, and returns the used length.
+    pub fn send_chain(&mut self, out: &[(u64, u32)], inp: &[(u64, u32)]) -> u32 {
+        self.req.publish(&*self.mem, out, inp).expect("publish");
+        self.dev.notify(REQUEST_QUEUE).expect("notify");
+        let (_, len) = self
+            .req
+            .pop_used(&*self.mem)
+            .expect("used")
+            .expect("request used");
+        len
+    }
+
     /// Sends a request as Linux does; returns the tail's status.
     pub fn send(&mut self, req: &Request) -> Status {
         let (len, back) = self.send_raw(&encode(req), ReqTail::SIZE as u32);

@@ -5,7 +5,8 @@
 //! head and body, the device-writable part the tail (and, for PROBE, the
 //! properties before it). The device reads at most [`MAX_READABLE`] bytes
 //! and writes only the tail (and properties), so a chain's size never
-//! drives an allocation. Every drain is bounded by the ring size.
+//! drives an allocation; a chain of more than [`MAX_CHAIN_SEGMENTS`]
+//! buffers is returned unused. Every drain is bounded by the ring size.
 
 use nesting_core::iotlb::Iotlb;
 use nesting_core::mem::GuestMemoryExt;
@@ -93,15 +94,32 @@ fn write_at<M: GuestMemory>(mem: &M, segs: &[Seg], offset: u64, data: &[u8]) -> 
     data.is_empty().then_some(())
 }
 
-/// Collects a chain's buffers. virtio-queue bounds the walk (the chain's
-/// TTL is the ring size, indirect tables included).
-fn collect<M>(chain: virtio_queue::DescriptorChain<M>) -> Chain
+/// Most buffers the device takes in one chain. Linux sends a request as
+/// two (the readable request, the writable tail or PROBE properties plus
+/// tail) and posts one-buffer event buffers; a driver splitting every
+/// buffer at 4 KiB pages needs at most 2 readable (MAX_READABLE bytes) and
+/// 18 writable (MAX_PROBE_SIZE plus the tail) ones. Past this the chain
+/// is returned unused (used length 0): VIRTIO_F_INDIRECT_DESC is not
+/// offered but virtio-queue follows indirect tables, whose length the
+/// guest picks, so without the cap a chain's walk and the segment vectors
+/// would grow with guest input.
+pub const MAX_CHAIN_SEGMENTS: usize = 32;
+
+/// Collects a chain's buffers; `None` past [`MAX_CHAIN_SEGMENTS`].
+/// virtio-queue also bounds the walk (the chain's TTL is the ring size).
+fn collect<M>(chain: virtio_queue::DescriptorChain<M>) -> Option<Chain>
 where
     M: std::ops::Deref,
     M::Target: GuestMemory,
 {
     let mut c = Chain::default();
-    for d in chain {
+    for (i, d) in chain.enumerate() {
+        if i == MAX_CHAIN_SEGMENTS {
+            log::warn!(
+                "virtio-iommu: descriptor chain over {MAX_CHAIN_SEGMENTS} buffers returned unused"
+            );
+            return None;
+        }
         let seg = Seg {
             addr: d.addr().0,
             len: d.len(),
@@ -113,7 +131,7 @@ where
             c.readable.push(seg);
         }
     }
-    c
+    Some(c)
 }
 
 /// Handles one request chain; returns the used length.
@@ -228,8 +246,10 @@ pub(crate) fn drain_requests<M: GuestMemory>(
         };
         let Some(chain) = chain else { break };
         let head = chain.head_index();
-        let c = collect(chain);
-        let len = handle(state, mem, &c);
+        let len = match collect(chain) {
+            Some(c) => handle(state, mem, &c),
+            None => 0,
+        };
         // Cached translations the request removed are gone before the
         // driver can see it complete.
         for inv in state.inv.drain(..) {
@@ -264,7 +284,13 @@ pub(crate) fn deliver_events<M: GuestMemory>(
         let chain = q.iter(mem).map_err(err)?.next();
         let Some(chain) = chain else { break };
         let head = chain.head_index();
-        let c = collect(chain);
+        // An over-long chain goes back unused; the fault waits for the
+        // next buffer.
+        let Some(c) = collect(chain) else {
+            q.add_used(mem, head, 0).map_err(err)?;
+            used += 1;
+            continue;
+        };
         // 5.13.6.9.2: "If a buffer is too small to contain the fault
         // report, the device SHOULD NOT use multiple buffers to describe
         // it." There is no older format to fall back to: the buffer goes

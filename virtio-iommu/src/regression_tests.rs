@@ -6,13 +6,16 @@ use std::sync::Arc;
 
 use nesting_core::host::profile::HostProfile;
 use nesting_core::ladder::HostView;
-use nesting_core::types::Access;
+use nesting_core::mem::GuestMemoryExt;
+use nesting_core::types::{Access, Gpa};
 
+use crate::MAX_CHAIN_SEGMENTS;
 use crate::config::{ConfigError, DeviceConfig, DeviceOptions, ResvMem};
 use crate::device::{DeviceError, VirtioIommu};
 use crate::mock::{MockDriver, config};
 use crate::nesting::{HostFailure, SpaceId};
-use crate::protocol::{RESV_MEM_T_RESERVED, Status};
+use crate::protocol::{AttachBody, RESV_MEM_T_RESERVED, Status};
+use crate::request::{Request, encode};
 use crate::tests::FakeHost;
 use crate::translate::Translation;
 
@@ -284,4 +287,39 @@ fn validate_counts_host_pieces_against_probe_size() {
         c.validate(0),
         Err(ConfigError::ProbeTooSmall { regions: 3, .. })
     ));
+}
+
+// ---------------------------------------------------------------------------
+// Descriptor chains.
+
+/// An ATTACH of endpoint 8 to domain 1 split into one-byte readable
+/// buffers and `writable` one-byte writable ones; returns the used length.
+fn attach_in_segments(d: &mut MockDriver, writable: usize) -> u32 {
+    const REQ: u64 = 0xc_0000;
+    const TAIL: u64 = 0xd_0000;
+    let req = encode(&Request::Attach(AttachBody {
+        domain: 1.into(),
+        endpoint: 8.into(),
+        reserved: [0; 4],
+        flags: 0.into(),
+    }));
+    d.mem.write_bytes_at(Gpa(REQ), &req).unwrap();
+    let out: Vec<(u64, u32)> = (0..req.len() as u64).map(|i| (REQ + i, 1)).collect();
+    let inp: Vec<(u64, u32)> = (0..writable as u64).map(|i| (TAIL + i, 1)).collect();
+    d.send_chain(&out, &inp)
+}
+
+#[test]
+fn chain_at_segment_cap_is_answered() {
+    let mut d = MockDriver::new(&[]);
+    // 20 readable + 12 writable buffers.
+    assert_eq!(attach_in_segments(&mut d, MAX_CHAIN_SEGMENTS - 20), 4);
+    assert_eq!(d.detach(1, 8), Status::Ok, "the ATTACH was executed");
+}
+
+#[test]
+fn chain_over_segment_cap_is_returned_with_used_length_zero() {
+    let mut d = MockDriver::new(&[]);
+    assert_eq!(attach_in_segments(&mut d, MAX_CHAIN_SEGMENTS - 19), 0);
+    assert_eq!(d.detach(1, 8), Status::Inval, "the ATTACH was not executed");
 }
