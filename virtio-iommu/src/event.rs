@@ -34,13 +34,22 @@ pub struct Fault {
     pub address: u64,
 }
 
+/// The fault flags virtio 1.3 5.13.6.9 defines; the others go out zero.
+const DEFINED_FLAGS: FaultFlags = FaultFlags::READ
+    .union(FaultFlags::WRITE)
+    .union(FaultFlags::ADDRESS);
+
 impl Fault {
     /// A fault of `endpoint` accessing `address` with `access`.
     pub fn new(reason: FaultReason, endpoint: u32, address: u64, access: Access) -> Fault {
+        // 5.13.6.9: only READ, WRITE and ADDRESS are defined; a fetch is
+        // a read (see FaultFlags::EXEC for Linux's extra bit).
         let mut flags = FaultFlags::ADDRESS;
-        flags.set(FaultFlags::READ, access.contains(Access::READ));
+        flags.set(
+            FaultFlags::READ,
+            access.intersects(Access::READ | Access::EXEC),
+        );
         flags.set(FaultFlags::WRITE, access.contains(Access::WRITE));
-        flags.set(FaultFlags::EXEC, access.contains(Access::EXEC));
         Fault {
             reason: reason.into(),
             flags: flags.bits(),
@@ -54,7 +63,7 @@ impl Fault {
     pub fn record(&self) -> FaultRecord {
         FaultRecord {
             reason: self.reason,
-            flags: (self.flags & FaultFlags::all().bits()).into(),
+            flags: (self.flags & DEFINED_FLAGS.bits()).into(),
             endpoint: self.endpoint.into(),
             address: self.address.into(),
             ..FaultRecord::default()

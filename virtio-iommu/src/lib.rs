@@ -58,6 +58,16 @@
 //! assert!(matches!(dev.translate(8, 0x1000, Access::READ), Translation::Fault(_)));
 //! ```
 //!
+//! # Configuring for Linux guests
+//!
+//! Keep `domain_range` starting at 0. With BYPASS_CONFIG, Linux
+//! (`drivers/iommu/virtio-iommu.c`) takes `domain_range.start` as the ID
+//! of its identity domain and ATTACHes bypassed endpoints to it, but
+//! `viommu_detach_dev` sends DETACH with the ID of its static identity
+//! domain structure, which is always 0. With a start above 0 that DETACH
+//! names a domain the endpoint is not attached to: the device answers
+//! S_INVAL (5.13.6.4.2) and Linux WARNs when such a device is released.
+//!
 //! # The translate callback of emulated devices
 //!
 //! [`VirtioIommu::translate`] answers one access; translations are cached

@@ -323,3 +323,44 @@ fn chain_over_segment_cap_is_returned_with_used_length_zero() {
     assert_eq!(attach_in_segments(&mut d, MAX_CHAIN_SEGMENTS - 19), 0);
     assert_eq!(d.detach(1, 8), Status::Inval, "the ATTACH was not executed");
 }
+
+// ---------------------------------------------------------------------------
+// Spec details (virtio 1.3 5.13.6.3.2, 5.13.6.9).
+
+#[test]
+fn reserved_region_access_is_reported_as_r_mapping() {
+    use crate::protocol::FaultReason;
+    let mut d = MockDriver::new(&[
+        "resv=0x1_0000-0x1_ffff:reserved",
+        "resv=0xfee00000-0xfeefffff:msi",
+    ]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    for (iova, access) in [(0x1_0000, Access::WRITE), (0xfee0_0000, Access::READ)] {
+        assert_eq!(
+            d.dev.translate(8, iova, access),
+            Translation::Fault(FaultReason::Mapping)
+        );
+    }
+    let reasons: Vec<u8> = d.events().iter().map(|e| e.reason).collect();
+    assert_eq!(reasons, vec![2, 2], "VIRTIO_IOMMU_FAULT_R_MAPPING");
+}
+
+#[test]
+fn attach_unknown_endpoint_is_noent_even_with_domain_out_of_range() {
+    let mut d = MockDriver::new(&["domain_range=0-15", "endpoints=8,16"]);
+    assert_eq!(d.attach(16, 0x7777), Status::NoEnt);
+    assert_eq!(d.attach(16, 8), Status::Range);
+}
+
+#[test]
+fn fault_for_instruction_fetch_sets_read_not_linux_exec_flag() {
+    use crate::protocol::FaultFlags;
+    let mut d = MockDriver::new(&[]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    let _ = d.dev.translate(8, 0x5000, Access::EXEC);
+    let ev = d.events();
+    assert_eq!(
+        ev[0].flags.get(),
+        (FaultFlags::READ | FaultFlags::ADDRESS).bits()
+    );
+}

@@ -187,13 +187,15 @@ impl State {
         if !known.contains(flags) {
             return Err(Status::Inval);
         }
-        self.check_domain_range(domain)?;
         // 5.13.6.3.2: "If the endpoint identified by endpoint doesn't
         // exist, the device MUST reject the request and set status to
-        // VIRTIO_IOMMU_S_NOENT."
+        // VIRTIO_IOMMU_S_NOENT." Before the domain's range: the MUST wins
+        // over the range check (an unknown endpoint is S_NOENT whatever
+        // the domain).
         if !self.cfg.manages(endpoint) {
             return Err(Status::NoEnt);
         }
+        self.check_domain_range(domain)?;
         let bypass = flags.contains(AttachFlags::BYPASS);
         match self.tables.domain(domain) {
             // 5.13.6.3.2: "If the domain already exists and the

@@ -129,9 +129,14 @@ impl State {
         let resv = self.endpoint_resv(endpoint);
         // 5.13.6.8.1: an MSI region is a doorbell the platform translates
         // (writes pass untranslated); a RESERVED region is never mapped.
+        // 5.13.6.9: R_MAPPING is "The endpoint attempted to access
+        // address, which wasn't mapped in the domain or didn't have the
+        // correct protection flags": a reserved address is not mapped (and
+        // an MSI doorbell is not mapped for reads); R_UNKNOWN is for
+        // internal errors. QEMU reports R_MAPPING here too.
         if let Some(r) = resv.iter().find(|r| r.overlaps(iova, iova)) {
             if r.subtype != RESV_MEM_T_MSI || access.intersects(Access::READ | Access::EXEC) {
-                return fault(FaultReason::Unspecified);
+                return fault(FaultReason::Mapping);
             }
             return Ok(msi_hit(r, iova, domain_id, access));
         }
