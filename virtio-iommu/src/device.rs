@@ -127,6 +127,26 @@ pub(crate) struct State {
     /// IOTLB invalidations the last changes call for, applied before the
     /// change completes (request used, config write returns).
     pub inv: Vec<IotlbInvalidation>,
+    /// Requests refused by a limit (MAX_DOMAINS, MAX_MAPPINGS_*), over the
+    /// device's life.
+    pub limit_refusals: u64,
+}
+
+impl State {
+    /// Counts a request a limit refused and warns about it, rate-limited
+    /// by the count (the 1st, 2nd, 4th, 8th, ... refusal is logged). Loud
+    /// on purpose: Linux does not read the status of MAP (its
+    /// viommu_add_mapping only queues it), so a refused MAP surfaces in
+    /// the guest as a DMA fault later, with nothing in the guest's log.
+    pub(crate) fn limit_refused(&mut self, limit: &'static str, domain: u32) {
+        self.limit_refusals = self.limit_refusals.saturating_add(1);
+        let n = self.limit_refusals;
+        if n.is_power_of_two() {
+            log::warn!(
+                "virtio-iommu: request for domain {domain} refused with S_NOMEM by {limit} ({n} refusal(s) so far); the guest's DMA through it will fault"
+            );
+        }
+    }
 }
 
 pub(crate) struct Inner<M> {
@@ -204,6 +224,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     events: EventLog::default(),
                     passthrough: None,
                     inv: Vec::new(),
+                    limit_refusals: 0,
                 },
                 queues: new_queues(),
                 mem: None,
@@ -456,6 +477,14 @@ impl<M: GuestMemory> VirtioIommu<M> {
     pub fn used_count(&self, index: u16) -> Option<u16> {
         let g = self.lock();
         g.queues.get(usize::from(index)).map(|q| q.next_used())
+    }
+
+    /// Requests refused (S_NOMEM) because a limit was reached
+    /// ([`crate::MAX_DOMAINS`], [`crate::MAX_MAPPINGS_PER_DOMAIN`],
+    /// [`crate::MAX_MAPPINGS_TOTAL`]); each refusal is also logged,
+    /// rate-limited.
+    pub fn limit_refusals(&self) -> u64 {
+        self.lock().state.limit_refusals
     }
 
     /// Faults dropped because no event buffer was available and the

@@ -205,7 +205,10 @@ impl State {
             Some(d) if d.bypass != bypass => return Err(Status::Inval),
             Some(_) => {}
             // Limit: MAX_DOMAINS.
-            None if !self.tables.can_create_domain() => return Err(Status::NoMem),
+            None if !self.tables.can_create_domain() => {
+                self.limit_refused("MAX_DOMAINS", domain);
+                return Err(Status::NoMem);
+            }
             None => {}
         }
         if self.tables.domain_of(endpoint) == Some(domain) {
@@ -339,7 +342,8 @@ impl State {
         {
             return Err(Status::Inval);
         }
-        // Limits: MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL.
+        // Limits: MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL (the only
+        // S_NOMEM of this check; `map` counts and logs it).
         if !self.tables.has_room(domain) {
             return Err(Status::NoMem);
         }
@@ -354,7 +358,12 @@ impl State {
             b.phys_start.get(),
         );
         let flags = MapFlags::from_bits_retain(b.flags.get());
-        self.check_map(domain, first, last, phys, flags)?;
+        if let Err(s) = self.check_map(domain, first, last, phys, flags) {
+            if s == Status::NoMem {
+                self.limit_refused("MAX_MAPPINGS_PER_DOMAIN/MAX_MAPPINGS_TOTAL", domain);
+            }
+            return Err(s);
+        }
         let m = Mapping {
             iova_first: first,
             iova_last: last,

@@ -436,6 +436,7 @@ fn attach_over_domain_limit_is_nomem() {
         }
     }
     assert_eq!(d.attach(0x100_0000, 8), Status::NoMem);
+    assert_eq!(d.dev.limit_refusals(), 1, "counted (and logged)");
     assert_eq!(
         d.attach(3, 8),
         Status::Ok,
@@ -631,6 +632,7 @@ fn map_over_mapping_limit_is_nomem() {
     }
     let top = (crate::domain::MAX_MAPPINGS_PER_DOMAIN as u64) << 12;
     assert_eq!(d.map(1, top, top | 0xfff, 0, R), Status::NoMem);
+    assert_eq!(d.dev.limit_refusals(), 1, "counted (and logged)");
     assert_eq!(d.unmap(1, 0, 0xfff), Status::Ok);
     assert_eq!(d.map(1, top, top | 0xfff, 0, R), Status::Ok);
 }
