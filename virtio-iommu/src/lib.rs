@@ -127,7 +127,20 @@
 //! dev.add_passthrough(8, &view).unwrap(); // Err: refused, fail the hot-plug
 //! dev.set_memory(mem);
 //! // Until the driver attaches it, endpoint 8 is blocked on the host.
+//!
+//! // Hot-unplug: block it and release its host space, then take the VFIO
+//! // device back (dropping it unbinds it). The ID can be plugged again.
+//! dev.remove_passthrough(8).unwrap();
+//! let vfio = shadow.remove_device(8).unwrap();
+//! shadow.add_device(8, vfio).unwrap();
+//! dev.add_passthrough(8, &view).unwrap();
 //! ```
+//!
+//! When the host fails while the device moves a passthrough endpoint, the
+//! device keeps track of where the endpoint really is: a reset empties
+//! every domain space even if an endpoint cannot leave it (it then
+//! reaches nothing, never stale mappings), a `bypass` write the host cannot
+//! follow is not applied, FEATURES_OK and `restore` return the error.
 #![forbid(unsafe_code)]
 
 pub mod config;
