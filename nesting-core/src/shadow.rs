@@ -37,8 +37,12 @@ use thiserror::Error;
 
 pub use spans::{Span, SpanMap};
 
-use crate::host::objects::{BoundDevice, Ioas, SharedHost};
-use crate::host::{DevId, Errno, HostError, IoasId, IovaPlacement, MapSource, PtId};
+use std::collections::BTreeMap;
+
+use crate::host::objects::{BoundDevice, Hwpt, Ioas, SharedHost};
+use crate::host::{
+    DevId, Errno, HostError, HwptAlloc, HwptData, HwptFlags, IoasId, IovaPlacement, MapSource, PtId,
+};
 use crate::ram::{RamBacking, RamIoas};
 use crate::types::{Access, Gpa, Iova, Pasid};
 
@@ -164,6 +168,13 @@ enum Done {
 pub struct ShadowDomain {
     host: SharedHost,
     ram: Arc<RamIoas>,
+    /// Paging HWPTs allocated with `IOMMU_HWPT_ALLOC_PASID`, per IOAS (this
+    /// domain's or, in identity mode, the RAM IOAS) and device: iommufd
+    /// attaches a PASID only to such a HWPT, and once a device has PASIDs
+    /// its RID must be on one too (`iommufd_hwpt_pasid_compat`,
+    /// drivers/iommu/iommufd/device.c); the automatic domain of an IOAS
+    /// attach is not. Declared before `ioas` so they are destroyed first.
+    pasid_hwpts: BTreeMap<(IoasId, DevId), Hwpt>,
     ioas: Ioas,
     align: u64,
     /// The guest's mappings as of the last successful sync.
@@ -188,6 +199,7 @@ impl ShadowDomain {
         Ok(ShadowDomain {
             host: host.clone(),
             ram: ram.clone(),
+            pasid_hwpts: BTreeMap::new(),
             ioas,
             align,
             guest: SpanMap::new(),
@@ -636,8 +648,9 @@ impl ShadowDomain {
             self.runs.insert(s);
         }
         if self.quarantined {
-            let pt = self.target();
-            for &(dev, pasid) in &self.devices {
+            let identity = self.identity;
+            for (dev, pasid) in self.devices.clone() {
+                let pt = self.target_for(dev, pasid, identity)?;
                 self.host
                     .attach(dev, pasid, pt)
                     .map_err(ShadowError::from_host)?;
@@ -648,18 +661,52 @@ impl ShadowDomain {
         Ok(())
     }
 
-    fn target(&self) -> PtId {
-        if self.identity {
-            PtId::Ioas(self.ram.ioas().id())
+    fn target_ioas(&self, identity: bool) -> IoasId {
+        if identity {
+            self.ram.ioas().id()
         } else {
-            PtId::Ioas(self.ioas.id())
+            self.ioas.id()
         }
+    }
+
+    /// What `(dev, pasid)` attaches to: the IOAS (its automatic domain)
+    /// while the device uses no PASID in this domain, else the device's
+    /// PASID-capable HWPT over that IOAS, allocated on first use.
+    fn target_for(
+        &mut self,
+        dev: DevId,
+        pasid: Option<Pasid>,
+        identity: bool,
+    ) -> Result<PtId, ShadowError> {
+        let ioas = self.target_ioas(identity);
+        let has_pasids =
+            pasid.is_some() || self.devices.iter().any(|(d, p)| *d == dev && p.is_some());
+        if !has_pasids {
+            return Ok(PtId::Ioas(ioas));
+        }
+        if let Some(h) = self.pasid_hwpts.get(&(ioas, dev)) {
+            return Ok(PtId::Hwpt(h.id()));
+        }
+        let req = HwptAlloc {
+            dev,
+            parent: PtId::Ioas(ioas),
+            flags: HwptFlags::PASID,
+            fault: None,
+            data: HwptData::None,
+        };
+        let h = Hwpt::alloc(&self.host, &req).map_err(ShadowError::from_host)?;
+        let id = h.id();
+        self.pasid_hwpts.insert((ioas, dev), h);
+        Ok(PtId::Hwpt(id))
     }
 
     /// Attaches a device (or one of its PASIDs) to this domain, replacing
     /// whatever it was attached to: it sees the domain's mappings at once.
     /// If the host refuses (the device cannot share this IOAS, e.g. its
-    /// reserved regions collide with existing mappings), nothing changes.
+    /// reserved regions collide with existing mappings), nothing the guest
+    /// sees changes. The first PASID of a device also moves its RID (if in
+    /// this domain) to the device's PASID-capable HWPT over the same IOAS,
+    /// as iommufd requires.
     pub fn attach(
         &mut self,
         dev: &mut BoundDevice,
@@ -669,10 +716,25 @@ impl ShadowDomain {
             // The IOAS is not trustworthy until rebuilt.
             self.sync()?;
         }
-        dev.attach(pasid, self.target())
-            .map_err(ShadowError::from_host)?;
-        if !self.devices.contains(&(dev.id(), pasid)) {
-            self.devices.push((dev.id(), pasid));
+        let id = dev.id();
+        let identity = self.identity;
+        let pt = self.target_for(id, pasid, identity)?;
+        let rid_here = self.devices.contains(&(id, None));
+        if pasid.is_some() && rid_here && matches!(pt, PtId::Hwpt(_)) {
+            // Same IOAS, so the same mappings: the device sees no change.
+            self.host
+                .attach(id, None, pt)
+                .map_err(ShadowError::from_host)?;
+        }
+        dev.attach(pasid, pt).map_err(ShadowError::from_host)?;
+        if !self.devices.contains(&(id, pasid)) {
+            self.devices.push((id, pasid));
+        }
+        // A device behind an IOMMU with larger pages raises the alignment
+        // (the kernel refused the attach if existing mappings break it).
+        match Self::host_alignment(&self.host, self.ioas.id()) {
+            Ok(a) => self.align = a,
+            Err(e) => log::warn!("cannot read the IOAS alignment after attach: {e}"),
         }
         Ok(())
     }
@@ -694,6 +756,9 @@ impl ShadowDomain {
     /// already replaced this one's on the host).
     pub fn forget(&mut self, dev: DevId, pasid: Option<Pasid>) {
         self.devices.retain(|d| *d != (dev, pasid));
+        if !self.devices.iter().any(|(d, _)| *d == dev) {
+            self.pasid_hwpts.retain(|(_, d), _| *d != dev);
+        }
     }
 
     /// Switches the devices between the RAM IOAS (identity: IOVA = GPA)
@@ -704,22 +769,28 @@ impl ShadowDomain {
         if on == self.identity {
             return Ok(());
         }
-        let (from, to) = (self.target(), {
-            self.identity = on;
-            self.target()
-        });
+        self.identity = on;
         if self.quarantined {
             return Ok(());
         }
-        for (i, &(dev, pasid)) in self.devices.iter().enumerate() {
-            if let Err(e) = self.host.attach(dev, pasid, to) {
-                for &(d, p) in &self.devices[..i] {
-                    if let Err(e) = self.host.attach(d, p, from) {
+        let devices = self.devices.clone();
+        for (i, &(dev, pasid)) in devices.iter().enumerate() {
+            let res = self.target_for(dev, pasid, on).and_then(|pt| {
+                self.host
+                    .attach(dev, pasid, pt)
+                    .map_err(ShadowError::from_host)
+            });
+            if let Err(e) = res {
+                for &(d, p) in &devices[..i] {
+                    let back = self
+                        .target_for(d, p, !on)
+                        .and_then(|pt| self.host.attach(d, p, pt).map_err(ShadowError::from_host));
+                    if let Err(e) = back {
                         log::error!("cannot switch {d} back: {e}");
                     }
                 }
                 self.identity = !on;
-                return Err(ShadowError::from_host(e));
+                return Err(e);
             }
         }
         Ok(())

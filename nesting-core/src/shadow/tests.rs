@@ -6,7 +6,7 @@ use super::*;
 use crate::host::objects::BoundDevice;
 use crate::host::profile::HostProfile;
 use crate::host::sim::{SimBacking, SimIommufd};
-use crate::host::{HostOp, IoasId};
+use crate::host::{DevId, HostOp, HwptFlags, IoasId};
 use crate::ram::{GuestRam, RamBacking, RamRegion};
 use crate::types::IovaRange;
 
@@ -495,4 +495,78 @@ proptest! {
             prop_assert_eq!(f.sim.pinned_pages(), gpas.len() as u64);
         }
     }
+}
+
+/// The IOAS behind what `(dev, pasid)` is attached to.
+fn attached_ioas(sim: &SimIommufd, dev: DevId, pasid: Option<Pasid>) -> Option<IoasId> {
+    match sim.attachment(dev, pasid)? {
+        PtId::Ioas(i) => Some(i),
+        PtId::Hwpt(h) => sim.hwpt(h).map(|h| h.ioas),
+        PtId::Viommu(_) => None,
+    }
+}
+
+#[test]
+fn pasids_join_the_domain_on_a_pasid_capable_hwpt_with_their_rid() {
+    let mut f = fixture();
+    let mut d = f.domain();
+    d.map(Iova(0x5000), Gpa(0x9000), PAGE, Access::RW).unwrap();
+    d.sync().unwrap();
+    let id = f.dev.id();
+    assert_eq!(f.sim.attachment(id, None), Some(PtId::Ioas(d.ioas().id())));
+    for p in [5, 9] {
+        d.attach(&mut f.dev, Pasid::new(p)).unwrap();
+    }
+    // RID and both PASIDs on one HWPT, allocated with ALLOC_PASID over the
+    // domain's IOAS: they see its mappings.
+    let h = f.sim.attached_hwpt(id, None).unwrap();
+    assert!(f.sim.hwpt(h).unwrap().flags.contains(HwptFlags::PASID));
+    for p in [5, 9] {
+        assert_eq!(f.sim.attached_hwpt(id, Pasid::new(p)), Some(h));
+    }
+    assert_eq!(
+        attached_ioas(&f.sim, id, Pasid::new(5)),
+        Some(d.ioas().id())
+    );
+    // Identity and back: every PASID follows, each time onto a PASID HWPT
+    // over the right IOAS.
+    d.set_identity(true).unwrap();
+    for p in [None, Pasid::new(5), Pasid::new(9)] {
+        assert_eq!(
+            attached_ioas(&f.sim, id, p),
+            Some(f.ram.ioas().id()),
+            "{p:?}"
+        );
+    }
+    d.set_identity(false).unwrap();
+    for p in [None, Pasid::new(5), Pasid::new(9)] {
+        assert_eq!(attached_ioas(&f.sim, id, p), Some(d.ioas().id()), "{p:?}");
+    }
+    // Leaving: the PASID is blocked, the RID stays.
+    d.detach(&mut f.dev, Pasid::new(9)).unwrap();
+    assert_eq!(f.sim.attachment(id, Pasid::new(9)), None);
+    assert_eq!(attached_ioas(&f.sim, id, None), Some(d.ioas().id()));
+}
+
+#[test]
+fn pasid_on_a_host_without_pasid_domains_is_refused_and_nothing_changes() {
+    let sim = Arc::new(SimIommufd::with_host(HostProfile::Smmuv3S2only.spec()));
+    let host: SharedHost = sim.clone();
+    let ram = GuestRam::new(vec![RamRegion {
+        gpa: Gpa(0x4000_0000),
+        len: 1 << 20,
+        backing: RamBacking::UserVa(VA0),
+    }])
+    .unwrap();
+    let ram = Arc::new(RamIoas::new(&host, ram).unwrap());
+    let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+    let mut d = ShadowDomain::new(&host, &ram).unwrap();
+    d.attach(&mut dev, None).unwrap();
+    assert!(d.attach(&mut dev, Pasid::new(1)).is_err());
+    assert_eq!(
+        sim.attachment(dev.id(), None),
+        Some(PtId::Ioas(d.ioas().id()))
+    );
+    assert_eq!(sim.attachment(dev.id(), Pasid::new(1)), None);
+    assert_eq!(d.devices(), &[(dev.id(), None)]);
 }
