@@ -25,14 +25,16 @@ use crate::dma::DmaEndpoint;
 use crate::irq::MsixVectors;
 use crate::ram::GuestRam;
 
-/// The regions the server announces, indexed by VFIO region index.
-pub fn regions() -> Vec<ServerRegion> {
+/// The regions a function announces, indexed by VFIO region index: BAR0,
+/// BAR2 and config space of the given sizes (read-write), nothing else.
+/// Every function this server hosts has that shape.
+pub fn pci_regions(bar0: u64, bar2: u64, config: u64) -> Vec<ServerRegion> {
     (0..VFIO_PCI_NUM_REGIONS)
         .map(|index| {
             let size = match index {
-                VFIO_PCI_BAR0_REGION_INDEX => BAR0_SIZE,
-                VFIO_PCI_BAR2_REGION_INDEX => BAR2_SIZE,
-                VFIO_PCI_CONFIG_REGION_INDEX => u64::from(CONFIG_SIZE),
+                VFIO_PCI_BAR0_REGION_INDEX => bar0,
+                VFIO_PCI_BAR2_REGION_INDEX => bar2,
+                VFIO_PCI_CONFIG_REGION_INDEX => config,
                 _ => 0,
             };
             let flags = if size == 0 {
@@ -55,13 +57,13 @@ pub fn regions() -> Vec<ServerRegion> {
         .collect()
 }
 
-/// The IRQ indices the server announces: MSI-X vectors signalled by
-/// eventfd, enabled as a set (`NORESIZE`), nothing else.
-pub fn irqs() -> Vec<IrqInfo> {
+/// The IRQ indices a function announces: `vectors` MSI-X vectors signalled
+/// by eventfd, enabled as a set (`NORESIZE`), nothing else.
+pub fn msix_irqs(vectors: u32) -> Vec<IrqInfo> {
     (0..VFIO_PCI_NUM_IRQS)
         .map(|index| {
             let (count, flags) = if index == VFIO_PCI_MSIX_IRQ_INDEX {
-                (MSIX_VECTORS, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
+                (vectors, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
             } else {
                 (0, 0)
             };
@@ -72,6 +74,16 @@ pub fn irqs() -> Vec<IrqInfo> {
             }
         })
         .collect()
+}
+
+/// The regions of the DMA endpoint.
+pub fn regions() -> Vec<ServerRegion> {
+    pci_regions(BAR0_SIZE, BAR2_SIZE, u64::from(CONFIG_SIZE))
+}
+
+/// The IRQ indices of the DMA endpoint.
+pub fn irqs() -> Vec<IrqInfo> {
+    msix_irqs(MSIX_VECTORS)
 }
 
 fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {

@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use log::{info, warn};
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 use vm_memory::GuestMemoryMmap;
@@ -28,49 +25,12 @@ pub const VIRTIO_MSIX_VECTORS: u16 = 3;
 
 /// The regions a virtio-pci function announces.
 pub fn regions() -> Vec<ServerRegion> {
-    (0..VFIO_PCI_NUM_REGIONS)
-        .map(|index| {
-            let size = match index {
-                VFIO_PCI_BAR0_REGION_INDEX => BAR0_SIZE,
-                VFIO_PCI_BAR2_REGION_INDEX => BAR2_SIZE,
-                VFIO_PCI_CONFIG_REGION_INDEX => 256,
-                _ => 0,
-            };
-            let flags = match size {
-                0 => 0,
-                _ => VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
-            };
-            ServerRegion {
-                region_info: vfio_region_info {
-                    argsz: size_of::<vfio_region_info>() as u32,
-                    index,
-                    size,
-                    flags,
-                    ..Default::default()
-                },
-                sparse_areas: Vec::new(),
-                mmap_fd: None,
-            }
-        })
-        .collect()
+    crate::backend::pci_regions(BAR0_SIZE, BAR2_SIZE, 256)
 }
 
 /// The IRQ indices: MSI-X only.
 pub fn irqs() -> Vec<IrqInfo> {
-    (0..VFIO_PCI_NUM_IRQS)
-        .map(|index| match index {
-            VFIO_PCI_MSIX_IRQ_INDEX => IrqInfo {
-                index,
-                count: u32::from(VIRTIO_MSIX_VECTORS),
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-            },
-            _ => IrqInfo {
-                index,
-                count: 0,
-                flags: 0,
-            },
-        })
-        .collect()
+    crate::backend::msix_irqs(u32::from(VIRTIO_MSIX_VECTORS))
 }
 
 /// Hands the guest RAM to the device (e.g. `VirtioIommu::set_memory`).

@@ -28,10 +28,7 @@ use log::{debug, info, warn};
 use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
 use vfio_bindings::bindings::vfio::{
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_BAR0_REGION_INDEX,
-    VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
-    VFIO_PCI_NUM_IRQS, VFIO_PCI_NUM_REGIONS, VFIO_REGION_INFO_FLAG_READ,
-    VFIO_REGION_INFO_FLAG_WRITE, vfio_region_info,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 use vm_memory::GuestMemoryMmap;
@@ -182,51 +179,14 @@ impl Translate for HarnessVtd {
     }
 }
 
-/// Regions: BAR0 and config space.
+/// Regions: BAR0 (registers), BAR2 (MSI-X) and config space.
 pub fn regions() -> Vec<ServerRegion> {
-    (0..VFIO_PCI_NUM_REGIONS)
-        .map(|index| {
-            let size = match index {
-                VFIO_PCI_BAR0_REGION_INDEX => VTD_BAR_SIZE,
-                VFIO_PCI_BAR2_REGION_INDEX => VTD_MSIX_BAR_SIZE,
-                VFIO_PCI_CONFIG_REGION_INDEX => 256,
-                _ => 0,
-            };
-            let flags = match size {
-                0 => 0,
-                _ => VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE,
-            };
-            ServerRegion {
-                region_info: vfio_region_info {
-                    argsz: size_of::<vfio_region_info>() as u32,
-                    index,
-                    size,
-                    flags,
-                    ..Default::default()
-                },
-                sparse_areas: Vec::new(),
-                mmap_fd: None,
-            }
-        })
-        .collect()
+    crate::backend::pci_regions(VTD_BAR_SIZE, VTD_MSIX_BAR_SIZE, 256)
 }
 
 /// MSI-X only, one vector per event source.
 pub fn irqs() -> Vec<IrqInfo> {
-    (0..VFIO_PCI_NUM_IRQS)
-        .map(|index| match index {
-            VFIO_PCI_MSIX_IRQ_INDEX => IrqInfo {
-                index,
-                count: VTD_MSIX_VECTORS,
-                flags: VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE,
-            },
-            _ => IrqInfo {
-                index,
-                count: 0,
-                flags: 0,
-            },
-        })
-        .collect()
+    crate::backend::msix_irqs(VTD_MSIX_VECTORS)
 }
 
 /// The register function's backend.
@@ -355,6 +315,7 @@ mod tests {
     use super::*;
     use nesting_core::guest::VtdConfig;
     use nesting_core::types::Bdf;
+    use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
 
     fn backend() -> (VtdBackend, Arc<HarnessVtd>) {
         let unit = Arc::new(HarnessVtd::new(Vtd::new(VtdConfig::default())));
