@@ -529,7 +529,7 @@ impl ShadowDomain {
                             && self
                                 .ram
                                 .ram()
-                                .region_of(Gpa(prev.gpa), prev.len() + piece.len())
+                                .region_of(Gpa(prev.gpa), prev.len().saturating_add(piece.len()))
                                 .is_some() =>
                     {
                         prev.last = piece.last;
