@@ -23,7 +23,10 @@
 //!   (above guest RAM, so only translation can reach them) through the
 //!   type1 container, completion on MSI-X vector 0 as an eventfd, a write
 //!   to a read-only mapping and DMA after unmap refused and reported.
+//! - `bench` (not a test scenario; `tests/guest/bench`): timed VFIO
+//!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
+mod bench;
 mod sys;
 mod translated;
 mod vfio;
@@ -490,6 +493,7 @@ fn main() -> ExitCode {
             "virtio-iommu-vfio" => translated::virtio_iommu_vfio(&mut r),
             "vtd-vfio" => translated::vtd_vfio(&mut r),
             "probe-bars" => probe_bars(&mut r),
+            "bench" => bench::bench(&mut r),
             other => {
                 r.check(&format!("scenario/{other}"), false, "unknown scenario");
             }

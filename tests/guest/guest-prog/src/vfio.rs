@@ -296,6 +296,11 @@ impl Buf {
         })
     }
 
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The user virtual address.
     pub fn va(&self) -> u64 {
         self.addr as u64
@@ -306,6 +311,14 @@ impl Buf {
         assert!(i < self.len);
         // SAFETY: `i` is inside the live mapping.
         unsafe { self.addr.add(i).write_volatile(v) }
+    }
+
+    /// Byte `i` as memory holds it now (volatile: the device writes it).
+    pub fn get(&self, i: usize) -> u8 {
+        assert!(i < self.len);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: `i` is inside the live mapping.
+        unsafe { self.addr.add(i).read_volatile() }
     }
 
     /// The bytes as memory holds them now.
