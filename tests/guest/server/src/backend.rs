@@ -23,7 +23,7 @@ use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion
 use crate::config::{BAR0_SIZE, BAR2_SIZE, CONFIG_SIZE, ConfigSpace, MSIX_VECTORS};
 use crate::dma::DmaEndpoint;
 use crate::irq::MsixVectors;
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, invalid};
 
 /// The regions a function announces, indexed by VFIO region index: BAR0,
 /// BAR2 and config space of the given sizes (read-write), nothing else.
@@ -84,10 +84,6 @@ pub fn regions() -> Vec<ServerRegion> {
 /// The IRQ indices of the DMA endpoint.
 pub fn irqs() -> Vec<IrqInfo> {
     msix_irqs(MSIX_VECTORS)
-}
-
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
 /// The whole device as the server sees it.
@@ -159,20 +155,14 @@ impl<T: Translate> ServerBackend for EndpointBackend<T> {
         size: u64,
         fd: Option<File>,
     ) -> io::Result<()> {
-        let writable = flags.contains(DmaMapFlags::WRITE);
-        let outcome = self
-            .ram
-            .map(address, size, offset, fd, writable)
-            .map_err(invalid)?;
-        info!("dma_map {address:#x}+{size:#x} {flags:?}: {outcome:?}");
+        self.ram
+            .map_message("endpoint", flags, offset, address, size, fd)?;
         self.endpoint.set_ram(self.ram.memory());
         Ok(())
     }
 
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
-        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        let n = self.ram.unmap(address, size, all).map_err(invalid)?;
-        info!("dma_unmap {address:#x}+{size:#x} {flags:?}: {n} region(s)");
+        self.ram.unmap_message("endpoint", flags, address, size)?;
         self.endpoint.set_ram(self.ram.memory());
         Ok(())
     }

@@ -14,10 +14,12 @@
 //! the client did not allow it to.
 
 use std::fs::File;
+use std::io;
 use std::sync::Arc;
 
 use log::{info, warn};
 use thiserror::Error;
+use vfio_user::{DmaMapFlags, DmaUnmapFlags};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap, MmapRegion,
@@ -87,6 +89,40 @@ impl GuestRam {
     /// Number of mapped (DMA-reachable) regions.
     pub fn mapped_regions(&self) -> usize {
         self.mem.num_regions()
+    }
+
+    /// Applies a `VFIO_USER_DMA_MAP` message as every function's
+    /// `ServerBackend::dma_map` receives it; `who` names the function in
+    /// the log.
+    pub fn map_message(
+        &mut self,
+        who: &str,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> io::Result<()> {
+        let writable = flags.contains(DmaMapFlags::WRITE);
+        let outcome = self
+            .map(address, size, offset, fd, writable)
+            .map_err(invalid)?;
+        info!("{who}: dma_map {address:#x}+{size:#x} {flags:?}: {outcome:?}");
+        Ok(())
+    }
+
+    /// Applies a `VFIO_USER_DMA_UNMAP` message (see [`GuestRam::map_message`]).
+    pub fn unmap_message(
+        &mut self,
+        who: &str,
+        flags: DmaUnmapFlags,
+        address: u64,
+        size: u64,
+    ) -> io::Result<()> {
+        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
+        let n = self.unmap(address, size, all).map_err(invalid)?;
+        info!("{who}: dma_unmap {address:#x}+{size:#x} {flags:?}: {n} region(s)");
+        Ok(())
     }
 
     /// Handles a `VFIO_USER_DMA_MAP` of `[address, address + size)` backed
@@ -170,6 +206,11 @@ impl GuestRam {
         };
         Ok(removed)
     }
+}
+
+/// A refused client request, as the vfio-user server answers it.
+pub fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, e)
 }
 
 #[cfg(test)]

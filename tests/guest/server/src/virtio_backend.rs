@@ -15,7 +15,7 @@ use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion
 use vm_memory::GuestMemoryMmap;
 
 use crate::irq::MsixVectors;
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, invalid};
 use crate::virtio_pci::caps::{BAR0_SIZE, BAR2_SIZE};
 use crate::virtio_pci::{VectorSink, VirtioDevice, VirtioPci};
 
@@ -73,10 +73,6 @@ impl<D: VirtioDevice> VirtioBackend<D> {
     }
 }
 
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
-}
-
 impl<D: VirtioDevice> ServerBackend for VirtioBackend<D> {
     fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
         match region {
@@ -107,20 +103,14 @@ impl<D: VirtioDevice> ServerBackend for VirtioBackend<D> {
         size: u64,
         fd: Option<File>,
     ) -> io::Result<()> {
-        let writable = flags.contains(DmaMapFlags::WRITE);
-        let outcome = self
-            .ram
-            .map(address, size, offset, fd, writable)
-            .map_err(invalid)?;
-        info!("virtio: dma_map {address:#x}+{size:#x}: {outcome:?}");
+        self.ram
+            .map_message("virtio", flags, offset, address, size, fd)?;
         self.publish_ram();
         Ok(())
     }
 
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
-        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        let n = self.ram.unmap(address, size, all).map_err(invalid)?;
-        info!("virtio: dma_unmap {address:#x}+{size:#x}: {n} region(s)");
+        self.ram.unmap_message("virtio", flags, address, size)?;
         self.publish_ram();
         Ok(())
     }

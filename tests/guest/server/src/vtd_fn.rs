@@ -36,7 +36,7 @@ use vtd::{InterruptSource, TranslateResult, Vtd};
 
 use crate::irq::MsixVectors;
 
-use crate::ram::GuestRam;
+use crate::ram::{GuestRam, invalid};
 use crate::regfile::{RegFile, RegSpec};
 
 /// Device ID of the VT-d register function (1af4:10f0..10ff is QEMU's
@@ -207,10 +207,6 @@ impl VtdBackend {
     }
 }
 
-fn invalid(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, e)
-}
-
 /// VT-d 10.2: "Software is expected to access 32-bit registers as aligned
 /// doublewords and 64-bit registers as either aligned doublewords or
 /// aligned quadwords"; other accesses reach the model as they are and get
@@ -266,20 +262,14 @@ impl ServerBackend for VtdBackend {
         size: u64,
         fd: Option<File>,
     ) -> io::Result<()> {
-        let writable = flags.contains(DmaMapFlags::WRITE);
-        let outcome = self
-            .ram
-            .map(address, size, offset, fd, writable)
-            .map_err(invalid)?;
-        info!("vtd: dma_map {address:#x}+{size:#x}: {outcome:?}");
+        self.ram
+            .map_message("vtd", flags, offset, address, size, fd)?;
         self.unit.set_memory(Arc::new(self.ram.memory().clone()));
         Ok(())
     }
 
     fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
-        let all = flags.contains(DmaUnmapFlags::UNMAP_ALL);
-        let n = self.ram.unmap(address, size, all).map_err(invalid)?;
-        info!("vtd: dma_unmap {address:#x}+{size:#x}: {n} region(s)");
+        self.ram.unmap_message("vtd", flags, address, size)?;
         self.unit.set_memory(Arc::new(self.ram.memory().clone()));
         Ok(())
     }
