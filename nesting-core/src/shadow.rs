@@ -175,6 +175,10 @@ pub struct ShadowDomain {
     /// drivers/iommu/iommufd/device.c); the automatic domain of an IOAS
     /// attach is not. Declared before `ioas` so they are destroyed first.
     pasid_hwpts: BTreeMap<(IoasId, DevId), Hwpt>,
+    /// Devices whose RID goes on their PASID-capable HWPT here even with
+    /// no PASID in this domain: their PASIDs are attached elsewhere
+    /// ([`ShadowDomain::attach_pasid_capable`]).
+    pasid_devs: Vec<DevId>,
     ioas: Ioas,
     align: u64,
     /// The guest's mappings as of the last successful sync.
@@ -200,6 +204,7 @@ impl ShadowDomain {
             host: host.clone(),
             ram: ram.clone(),
             pasid_hwpts: BTreeMap::new(),
+            pasid_devs: Vec::new(),
             ioas,
             align,
             guest: SpanMap::new(),
@@ -679,8 +684,9 @@ impl ShadowDomain {
         identity: bool,
     ) -> Result<PtId, ShadowError> {
         let ioas = self.target_ioas(identity);
-        let has_pasids =
-            pasid.is_some() || self.devices.iter().any(|(d, p)| *d == dev && p.is_some());
+        let has_pasids = pasid.is_some()
+            || self.pasid_devs.contains(&dev)
+            || self.devices.iter().any(|(d, p)| *d == dev && p.is_some());
         if !has_pasids {
             return Ok(PtId::Ioas(ioas));
         }
@@ -739,6 +745,32 @@ impl ShadowDomain {
         Ok(())
     }
 
+    /// [`ShadowDomain::attach`] for a device that has (or will have)
+    /// PASIDs attached in other domains: its RID, too, goes on its
+    /// PASID-capable HWPT over this domain's IOAS, which iommufd requires
+    /// of a device's RID domain while any of its PASIDs is attached
+    /// (`iommufd_hwpt_pasid_compat`, drivers/iommu/iommufd/device.c).
+    /// Called for a RID already here, it moves it onto that HWPT (same
+    /// IOAS, so the device sees no change). The device keeps the HWPT
+    /// here until it leaves the domain.
+    pub fn attach_pasid_capable(
+        &mut self,
+        dev: &mut BoundDevice,
+        pasid: Option<Pasid>,
+    ) -> Result<(), ShadowError> {
+        let id = dev.id();
+        let marked = self.pasid_devs.contains(&id);
+        if !marked {
+            self.pasid_devs.push(id);
+        }
+        let res = self.attach(dev, pasid);
+        if res.is_err() && !marked && !self.devices.iter().any(|(d, _)| *d == id) {
+            self.pasid_devs.retain(|d| *d != id);
+            self.pasid_hwpts.retain(|(_, d), _| *d != id);
+        }
+        res
+    }
+
     /// Detaches a device from this domain, leaving it blocked.
     pub fn detach(
         &mut self,
@@ -758,6 +790,7 @@ impl ShadowDomain {
         self.devices.retain(|d| *d != (dev, pasid));
         if !self.devices.iter().any(|(d, _)| *d == dev) {
             self.pasid_hwpts.retain(|(_, d), _| *d != dev);
+            self.pasid_devs.retain(|d| *d != dev);
         }
     }
 

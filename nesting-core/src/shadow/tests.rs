@@ -570,3 +570,43 @@ fn pasid_on_a_host_without_pasid_domains_is_refused_and_nothing_changes() {
     assert_eq!(sim.attachment(dev.id(), Pasid::new(1)), None);
     assert_eq!(d.devices(), &[(dev.id(), None)]);
 }
+
+#[test]
+fn rid_in_one_domain_and_pasid_in_another_attach_when_the_rid_is_pasid_capable() {
+    let mut f = fixture();
+    let id = f.dev.id();
+    let mut a = ShadowDomain::new(&f.host, &f.ram).unwrap();
+    let mut b = ShadowDomain::new(&f.host, &f.ram).unwrap();
+    a.map(Iova(0x5000), Gpa(0x9000), PAGE, Access::RW).unwrap();
+    a.sync().unwrap();
+    b.map(Iova(0x5000), Gpa(0xa000), PAGE, Access::READ)
+        .unwrap();
+    b.sync().unwrap();
+    // The RID on A's automatic domain: iommufd refuses a PASID elsewhere.
+    a.attach(&mut f.dev, None).unwrap();
+    assert!(b.attach(&mut f.dev, Pasid::new(5)).is_err());
+    assert_eq!(f.sim.attachment(id, Pasid::new(5)), None);
+    assert!(b.devices().is_empty());
+    // Moved onto its PASID-capable HWPT over A's IOAS: the PASID joins B.
+    a.attach_pasid_capable(&mut f.dev, None).unwrap();
+    let h = f.sim.attached_hwpt(id, None).unwrap();
+    assert!(f.sim.hwpt(h).unwrap().flags.contains(HwptFlags::PASID));
+    assert_eq!(attached_ioas(&f.sim, id, None), Some(a.ioas().id()));
+    b.attach(&mut f.dev, Pasid::new(5)).unwrap();
+    assert_eq!(
+        attached_ioas(&f.sim, id, Pasid::new(5)),
+        Some(b.ioas().id())
+    );
+    // Identity keeps the RID PASID-capable (its PASID is still attached).
+    a.set_identity(true).unwrap();
+    let h = f.sim.attached_hwpt(id, None).unwrap();
+    assert!(f.sim.hwpt(h).unwrap().flags.contains(HwptFlags::PASID));
+    assert_eq!(attached_ioas(&f.sim, id, None), Some(f.ram.ioas().id()));
+    // Leaving A drops the mark and A's HWPT; the PASID stays in B.
+    a.detach(&mut f.dev, None).unwrap();
+    assert_eq!(f.sim.attachment(id, None), None);
+    assert_eq!(
+        attached_ioas(&f.sim, id, Pasid::new(5)),
+        Some(b.ioas().id())
+    );
+}
