@@ -245,6 +245,19 @@ mod tests {
     }
 
     #[test]
+    fn function_reset_keeps_scratch_clears_command() {
+        let mut b = backend();
+        b.region_write(0, 0x3c, &7u32.to_le_bytes()).unwrap();
+        b.region_write(7, 4, &[0x06, 0]).unwrap();
+        b.reset().unwrap();
+        let mut d = [0u8; 4];
+        b.region_read(0, 0x3c, &mut d).unwrap();
+        assert_eq!(u32::from_le_bytes(d), 7);
+        b.region_read(7, 4, &mut d).unwrap();
+        assert_eq!(d[0] & 0x06, 0, "bus master and memory off after reset");
+    }
+
+    #[test]
     fn out_of_range_region_access_is_error() {
         let mut b = backend();
         let mut d = [0u8; 4];

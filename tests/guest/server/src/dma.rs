@@ -24,6 +24,13 @@
 //! | 0x2c | SEQ       | RO     | commands completed (wraps)               |
 //! | 0x30 | FAULT_LO  | RO     | first IOVA refused, 0x34 high half       |
 //! | 0x38 | MAX_LEN   | RO     | [`MAX_LEN`]                              |
+//! | 0x3c | SCRATCH   | RW     | 32 bits kept across function resets and   |
+//! |      |           |        | guest reboots; 0 only when the server starts |
+//!
+//! `SCRATCH` is harness plumbing, not device behaviour: the guest program
+//! writes a boot counter there so that after a reboot it knows which boot
+//! it is in. A function reset (QEMU sends `VFIO_USER_DEVICE_RESET` on
+//! every system reset) resets every other register.
 
 use std::sync::Arc;
 
@@ -62,6 +69,7 @@ static SPECS: &[RegSpec] = &[
     RegSpec::ro("FAULT_LO", 0x30, 4, 0),
     RegSpec::ro("FAULT_HI", 0x34, 4, 0),
     RegSpec::ro("MAX_LEN", 0x38, 4, MAX_LEN),
+    RegSpec::rw("SCRATCH", 0x3c, 4, 0, 0xffff_ffff),
 ];
 
 /// A command opcode; decoding is total.
@@ -127,9 +135,12 @@ impl<T: Translate> DmaEndpoint<T> {
         self.mem = self.mem.with_replaced_backend(ram.clone());
     }
 
-    /// Device reset: registers back to their reset values.
+    /// Device reset: registers back to their reset values, except
+    /// `SCRATCH`, which only a new server clears.
     pub fn reset(&mut self) {
+        let scratch = self.regs.get("SCRATCH");
         self.regs.reset();
+        self.regs.set("SCRATCH", scratch);
     }
 
     /// A BAR0 read.

@@ -245,3 +245,15 @@ fn refused_transfer_faults_once_and_copies_nothing() {
     assert_eq!(model.faults.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(mem.read_obj::<u8>(GuestAddress(0x10000)).unwrap(), 0);
 }
+
+#[test]
+fn scratch_survives_reset_and_starts_zero() {
+    let (mut ep, _, mut irqs) = endpoint(Passthrough::default());
+    assert_eq!(r32(&ep, 0x3c), 0);
+    w32(&mut ep, &mut irqs, 0x3c, 0xb007_0002);
+    assert_eq!(r32(&ep, 0x3c), 0xb007_0002);
+    w32(&mut ep, &mut irqs, 0x28, 1);
+    ep.reset();
+    assert_eq!(r32(&ep, 0x3c), 0xb007_0002, "kept across a function reset");
+    assert_eq!(r32(&ep, 0x28), NO_VECTOR, "the others are reset");
+}
