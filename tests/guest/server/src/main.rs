@@ -5,7 +5,7 @@
 //! ```text
 //! viommu-guest-server --socket PATH [--bdf BB:DD.F]
 //!         [--virtio-iommu PATH [--iommu-bdf BB:DD.F]]
-//!         [--vtd PATH]
+//!         [--vtd PATH [--vtd-mode legacy|scalable-fs|scalable-ss]]
 //! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--iommu-bdf BB:DD.F]
 //! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F]
 //! ```
@@ -20,6 +20,26 @@
 //! requester ID); `--write-dmar` writes the DMAR body whose one DRHD has
 //! its base at ADDR (the BAR's address, hex) and the endpoint (on bus 0)
 //! as its only device.
+//!
+//! `--vtd-mode` picks the VT-d unit's configuration (Linux 7.2 uses
+//! first-stage tables whenever the unit is in scalable mode and offers
+//! ECAP.FSTS, second-stage otherwise):
+//! - `legacy`: legacy-mode root/context tables (ECAP.SMTS clear), no
+//!   caching mode (`model vtd mode=legacy cm=0`); second-stage tables.
+//! - `scalable-fs`: scalable mode offering first-stage tables only,
+//!   caching mode off (`mode=scalable flts=1 slts=0 cm=0`): Linux's DMA
+//!   domains are first-stage.
+//! - `scalable-ss`: scalable mode offering second-stage tables only,
+//!   caching mode on (`mode=scalable flts=0 slts=1 cm=1`): Linux's domains
+//!   are second-stage and it invalidates on every map.
+//!
+//! Without `--vtd-mode` the unit has the model's defaults (scalable mode,
+//! first-stage tables, caching mode on).
+//!
+//! A reset of the VT-d function (QEMU resets every function on a system
+//! reset, a guest reboot included) is a power-on reset of the whole unit;
+//! a reset of the virtio-iommu function resets the virtio device. The
+//! server keeps serving across reboots and exits when QEMU disconnects.
 //! Log level from `VIOMMU_GUEST_LOG` (error, warn, info, debug, trace;
 //! default info), on stderr.
 #![forbid(unsafe_code)]
@@ -37,7 +57,7 @@ use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::virtio_backend::{self, VirtioBackend};
 use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
-use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend};
+use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend, VtdMode};
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vm_memory::GuestMemoryMmap;
 use vtd::Vtd;
@@ -71,6 +91,7 @@ struct Args {
     vtd: Option<PathBuf>,
     write_dmar: Option<PathBuf>,
     vtd_base: u64,
+    vtd_mode: Option<VtdMode>,
 }
 
 fn parse_bdf(s: &str) -> Option<Bdf> {
@@ -92,6 +113,7 @@ fn parse_args() -> Result<Args, String> {
         vtd: None,
         write_dmar: None,
         vtd_base: 0,
+        vtd_mode: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -106,6 +128,12 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 a.vtd_base = u64::from_str_radix(v.trim_start_matches("0x"), 16)
                     .map_err(|_| format!("bad --vtd-base {v}"))?;
+            }
+            "--vtd-mode" => {
+                let v = value()?;
+                a.vtd_mode = Some(VtdMode::parse(&v).ok_or(format!(
+                    "bad --vtd-mode {v} (legacy, scalable-fs or scalable-ss)"
+                ))?);
             }
             "--bdf" => {
                 let v = value()?;
@@ -230,10 +258,13 @@ fn run(a: &Args) -> Result<bool, String> {
         return Ok(true);
     };
     if let Some(vtd_socket) = &a.vtd {
-        // The model's defaults (scalable mode, caching mode, 48-bit) are
-        // what Linux meets behind QEMU's intel-iommu; its width must match
-        // the DMAR's Host Address Width.
-        let cfg = VtdConfig::default();
+        // Without a mode, the model's defaults (scalable mode, first
+        // stage, caching mode, 48-bit); the width must match the DMAR's
+        // Host Address Width.
+        let cfg = match a.vtd_mode {
+            Some(m) => m.config().map_err(|e| format!("VT-d mode {m:?}: {e}"))?,
+            None => VtdConfig::default(),
+        };
         if cfg.aw.bits() != u32::from(VTD_ADDRESS_WIDTH) {
             return Err(format!("VT-d width {} is not the DMAR's", cfg.aw.bits()));
         }

@@ -25,7 +25,10 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use log::{debug, info, warn};
-use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
+use nesting_core::guest::{GuestConfigError, GuestModel, VtdConfig};
+use nesting_core::iotlb::{
+    Generation, Iotlb, IotlbInvalidation, Translate, TranslateFault, Translation,
+};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
@@ -85,11 +88,77 @@ static CONFIG: &[RegSpec] = &[
     RegSpec::ro("MSIX_PBA", 0x48, 4, 0x800 | 2),
 ];
 
+/// The VT-d configurations the harness runs Linux against
+/// (`viommu-guest-server --vtd-mode`). Linux 7.2 (drivers/iommu/intel/
+/// iommu.c, `intel_iommu_domain_alloc_paging_flags`) prefers a
+/// first-stage domain whenever the unit is in scalable mode and offers
+/// ECAP.FSTS, and falls back to second stage otherwise; legacy mode
+/// (ECAP.SMTS clear) has second-stage tables only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VtdMode {
+    /// Legacy root/context tables, no caching mode (CAP.CM=0): Linux does
+    /// not invalidate when it maps.
+    Legacy,
+    /// Scalable mode with first-stage tables only (FSTS=1, SSTS=0),
+    /// caching mode off: Linux's DMA domains are first-stage.
+    ScalableFs,
+    /// Scalable mode with second-stage tables only (FSTS=0, SSTS=1) and
+    /// caching mode on (CM=1): Linux's domains are second-stage, and it
+    /// invalidates on every map.
+    ScalableSs,
+}
+
+impl VtdMode {
+    /// The `--vtd-mode` value: `legacy`, `scalable-fs` or `scalable-ss`.
+    pub fn parse(s: &str) -> Option<VtdMode> {
+        match s {
+            "legacy" => Some(VtdMode::Legacy),
+            "scalable-fs" => Some(VtdMode::ScalableFs),
+            "scalable-ss" => Some(VtdMode::ScalableSs),
+            _ => None,
+        }
+    }
+
+    /// The model's options for this mode, as `.viommu` scripts write
+    /// them (REPLAY.md "Model options"); every other option keeps the
+    /// model's default.
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            VtdMode::Legacy => &["mode=legacy", "cm=0"],
+            VtdMode::ScalableFs => &["mode=scalable", "flts=1", "slts=0", "cm=0"],
+            VtdMode::ScalableSs => &["mode=scalable", "flts=0", "slts=1", "cm=1"],
+        }
+    }
+
+    /// The model configuration of this mode.
+    pub fn config(self) -> Result<VtdConfig, GuestConfigError> {
+        match GuestModel::from_options("vtd", self.options())? {
+            GuestModel::Vtd(c) => Ok(c),
+            // from_options("vtd", ..) makes a VT-d configuration.
+            _ => Ok(VtdConfig::default()),
+        }
+    }
+}
+
+/// The unit and the cache generation last passed on to the views.
+struct Unit {
+    vtd: Vtd,
+    seen: Generation,
+}
+
 /// A VT-d unit whose guest memory follows the client's `dma_map`s, shared
-/// by the register function and the endpoint it translates for.
+/// by the register function and the endpoints it translates for.
+///
+/// A reset of the register function is a power-on reset of the unit
+/// ([`HarnessVtd::reset`]): the unit is made anew from its configuration.
+/// Endpoints' [`IommuView`](nesting_core::iotlb::IommuView)s follow the
+/// generation of [`Translate::iotlb`], which must outlive any one unit, so
+/// that cache is the harness's own: it holds no entries and moves to a new
+/// generation whenever the unit's cache does (an invalidation) or the unit
+/// is reset.
 pub struct HarnessVtd {
-    unit: Mutex<Vtd>,
-    iotlb: Arc<Iotlb>,
+    unit: Mutex<Unit>,
+    views: Iotlb,
     mem: RwLock<Arc<GuestMemoryMmap>>,
     msix: Arc<Mutex<MsixVectors>>,
 }
@@ -100,36 +169,52 @@ impl std::fmt::Debug for HarnessVtd {
     }
 }
 
+/// Routes `unit`'s MSIs to the register function's MSI-X vectors.
+fn with_interrupts(mut unit: Vtd, msix: &Arc<Mutex<MsixVectors>>) -> Vtd {
+    let m = Arc::clone(msix);
+    unit.set_interrupt_callback(move |irq| {
+        let vector = vector_of(irq.source);
+        let sent = m
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .signal(vector);
+        if sent {
+            debug!("VT-d {:?} event on MSI-X vector {vector}", irq.source);
+        } else {
+            warn!(
+                "VT-d {:?} event to {:#x}/{:#x}: MSI-X vector {vector} not set up, dropped",
+                irq.source, irq.addr, irq.data
+            );
+        }
+    });
+    unit
+}
+
 impl HarnessVtd {
     /// Shares `unit`; guest memory is empty until [`Self::set_memory`].
-    pub fn new(mut unit: Vtd) -> Self {
+    pub fn new(unit: Vtd) -> Self {
         let msix = Arc::new(Mutex::new(MsixVectors::new(VTD_MSIX_VECTORS)));
-        let m = Arc::clone(&msix);
-        unit.set_interrupt_callback(move |irq| {
-            let vector = vector_of(irq.source);
-            let sent = m
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .signal(vector);
-            if sent {
-                debug!("VT-d {:?} event on MSI-X vector {vector}", irq.source);
-            } else {
-                warn!(
-                    "VT-d {:?} event to {:#x}/{:#x}: MSI-X vector {vector} not set up, dropped",
-                    irq.source, irq.addr, irq.data
-                );
-            }
-        });
+        let vtd = with_interrupts(unit, &msix);
+        let seen = vtd.iotlb().generation();
         HarnessVtd {
-            iotlb: Arc::clone(unit.iotlb()),
-            unit: Mutex::new(unit),
+            unit: Mutex::new(Unit { vtd, seen }),
+            views: Iotlb::new(1),
             mem: RwLock::new(Arc::new(GuestMemoryMmap::default())),
             msix,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vtd> {
+    fn lock(&self) -> MutexGuard<'_, Unit> {
         self.unit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves the views' generation if the unit's cache moved since.
+    fn follow(&self, u: &mut Unit) {
+        let now = u.vtd.iotlb().generation();
+        if now != u.seen {
+            u.seen = now;
+            self.views.invalidate(IotlbInvalidation::All);
+        }
     }
 
     fn memory(&self) -> Arc<GuestMemoryMmap> {
@@ -141,15 +226,36 @@ impl HarnessVtd {
         *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
     }
 
+    /// The unit's configuration.
+    pub fn config(&self) -> VtdConfig {
+        self.lock().vtd.config().clone()
+    }
+
     /// Register read of `size` bytes (4 or 8).
     pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        self.lock().mmio_read(offset, size)
+        self.lock().vtd.mmio_read(offset, size)
     }
 
     /// Register write, with its synchronous effects.
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         let mem = self.memory();
-        self.lock().mmio_write(&*mem, offset, size, value);
+        let mut u = self.lock();
+        u.vtd.mmio_write(&*mem, offset, size, value);
+        self.follow(&mut u);
+    }
+
+    /// Power-on reset of the unit (registers, latched root pointer, fault
+    /// log, caches): VT-d has no reset of its own, a unit follows its
+    /// platform's. In the harness the register function is the unit's only
+    /// presence on the platform, and QEMU resets it
+    /// (`VFIO_USER_DEVICE_RESET`) on every system reset, so its reset
+    /// stands for the platform's.
+    pub fn reset(&self) {
+        let mut u = self.lock();
+        let cfg = u.vtd.config().clone();
+        u.vtd = with_interrupts(Vtd::new(cfg), &self.msix);
+        u.seen = u.vtd.iotlb().generation();
+        self.views.invalidate(IotlbInvalidation::All);
     }
 }
 
@@ -161,21 +267,19 @@ impl Translate for HarnessVtd {
         iova: Iova,
         access: Access,
     ) -> Result<Translation, TranslateFault> {
-        if let Some(t) = self.iotlb.lookup(rid, pasid, iova, access) {
-            return Ok(t);
-        }
         let RequesterId::Pci(bdf) = rid else {
             return Err(TranslateFault { rid, iova });
         };
         let mem = self.memory();
-        match self.lock().translate(&*mem, bdf, pasid, iova, access) {
+        // The unit looks its own cache up first.
+        match self.lock().vtd.translate(&*mem, bdf, pasid, iova, access) {
             TranslateResult::Mapped(t) => Ok(t),
             TranslateResult::Fault { .. } => Err(TranslateFault { rid, iova }),
         }
     }
 
     fn iotlb(&self) -> &Iotlb {
-        &self.iotlb
+        &self.views
     }
 }
 
@@ -275,10 +379,12 @@ impl ServerBackend for VtdBackend {
     }
 
     fn reset(&mut self) -> io::Result<()> {
-        // A reset of the register function is not a reset of the DMAR unit
-        // (which has none of its own: it follows the platform's).
-        info!("vtd: function reset");
+        // The function is the unit's only presence on the platform: its
+        // reset (QEMU sends one on every system reset, guest reboots
+        // included) is the platform reset the unit follows.
+        info!("vtd: function reset: DMAR unit back to its power-on state");
         self.config.reset();
+        self.unit.reset();
         Ok(())
     }
 
@@ -343,6 +449,76 @@ mod tests {
             )
             .unwrap();
         assert_eq!(t.gpa.raw(), 0x5000);
+    }
+
+    /// Legacy unit with an empty root table at 0x1000, translation on.
+    fn enabled_legacy_unit() -> Arc<HarnessVtd> {
+        let unit = Arc::new(HarnessVtd::new(Vtd::new(VtdMode::Legacy.config().unwrap())));
+        let ram = GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 0x10000)]).unwrap();
+        unit.set_memory(Arc::new(ram));
+        unit.mmio_write(0x20, 8, 0x1000);
+        unit.mmio_write(0x18, 4, 1 << 30);
+        unit.mmio_write(0x18, 4, 1 << 31);
+        unit
+    }
+
+    #[test]
+    fn modes_parse_and_configure_as_documented() {
+        let legacy = VtdMode::parse("legacy").unwrap().config().unwrap();
+        assert_eq!(legacy.mode, nesting_core::guest::VtdMode::Legacy);
+        assert!(!legacy.cm);
+        let fs = VtdMode::parse("scalable-fs").unwrap().config().unwrap();
+        assert_eq!(fs.mode, nesting_core::guest::VtdMode::Scalable);
+        assert!(fs.flts && !fs.slts && !fs.cm);
+        let ss = VtdMode::parse("scalable-ss").unwrap().config().unwrap();
+        assert!(!ss.flts && ss.slts && ss.cm);
+        assert_eq!(VtdMode::parse("scalable"), None);
+        for m in [VtdMode::Legacy, VtdMode::ScalableFs, VtdMode::ScalableSs] {
+            assert_eq!(m.config().unwrap().aw.bits(), 48, "the DMAR's width");
+        }
+    }
+
+    #[test]
+    fn mode_sets_ecap_bits_linux_reads() {
+        // ECAP.SMTS is bit 43, FSTS bit 47, SSTS bit 46; CAP.CM bit 7.
+        let unit = HarnessVtd::new(Vtd::new(VtdMode::ScalableSs.config().unwrap()));
+        let ecap = unit.mmio_read(0x10, 8);
+        assert_eq!((ecap >> 43 & 1, ecap >> 47 & 1, ecap >> 46 & 1), (1, 0, 1));
+        assert_eq!(unit.mmio_read(0x08, 8) >> 7 & 1, 1);
+        let unit = HarnessVtd::new(Vtd::new(VtdMode::Legacy.config().unwrap()));
+        assert_eq!(unit.mmio_read(0x10, 8) >> 43 & 1, 0);
+        assert_eq!(unit.mmio_read(0x08, 8) >> 7 & 1, 0);
+    }
+
+    #[test]
+    fn function_reset_returns_unit_to_power_on() {
+        let unit = enabled_legacy_unit();
+        let rid = RequesterId::Pci(Bdf::new(0, 5, 0));
+        assert_eq!(unit.mmio_read(0x1c, 4) >> 30, 0b11, "GSTS.TES|RTPS");
+        assert!(
+            unit.translate(rid, None, Iova(0x5000), Access::READ)
+                .is_err()
+        );
+        let before = unit.iotlb().generation();
+        let mut b = VtdBackend::new(Arc::clone(&unit));
+        b.reset().unwrap();
+        assert_eq!(unit.mmio_read(0x1c, 4), 0, "GSTS at reset");
+        assert_eq!(unit.mmio_read(0x20, 8), 0, "RTADDR at reset");
+        assert_ne!(unit.iotlb().generation(), before, "views drop their caches");
+        let t = unit
+            .translate(rid, None, Iova(0x5000), Access::READ)
+            .unwrap();
+        assert_eq!(t.gpa.raw(), 0x5000, "translation off again");
+    }
+
+    #[test]
+    fn unit_invalidation_moves_view_generation() {
+        let unit = enabled_legacy_unit();
+        let before = unit.iotlb().generation();
+        // IOTLB_REG (ECAP.IRO + 8): IVT with global granularity.
+        let iotlb_reg = unit.config().iro + 8;
+        unit.mmio_write(iotlb_reg, 8, 1 << 63 | 1 << 60);
+        assert_ne!(unit.iotlb().generation(), before);
     }
 
     #[test]
