@@ -4,13 +4,19 @@
 //!
 //! ```text
 //! viommu-guest-server --socket PATH [--bdf BB:DD.F]
+//!         [--socket2 PATH [--bdf2 BB:DD.F]]
 //!         [--virtio-iommu PATH [--iommu-bdf BB:DD.F]]
 //!         [--vtd PATH [--vtd-mode legacy|scalable-fs|scalable-ss]]
-//! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--iommu-bdf BB:DD.F]
-//! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F]
+//! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--bdf2 BB:DD.F] [--iommu-bdf BB:DD.F]
+//! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F] [--bdf2 BB:DD.F]
 //! ```
 //! `--socket` serves the DMA test endpoint; `--bdf` is where the guest sees
-//! it (default 00:05.0). Alone, its DMA is untranslated (IOVA = GPA). With
+//! it (default 00:05.0). `--socket2` serves a second DMA test endpoint
+//! (same BAR interface) at `--bdf2` (default 00:06.0), translated by the
+//! same IOMMU as the first: VT-d source ID and virtio-iommu endpoint ID
+//! are its requester ID. `--write-viot` and `--write-dmar` name both
+//! endpoints when `--bdf2` is given. Alone, an endpoint's DMA is
+//! untranslated (IOVA = GPA). With
 //! `--virtio-iommu`, a virtio-iommu function (default 00:04.0) is served on
 //! the second socket and translates the endpoint's DMA, the endpoint ID
 //! being the endpoint's requester ID. `--write-viot` writes the VIOT body
@@ -85,6 +91,8 @@ static LOGGER: StderrLog = StderrLog;
 struct Args {
     socket: Option<PathBuf>,
     bdf: Bdf,
+    socket2: Option<PathBuf>,
+    bdf2: Option<Bdf>,
     virtio_iommu: Option<PathBuf>,
     iommu_bdf: Bdf,
     write_viot: Option<PathBuf>,
@@ -103,10 +111,12 @@ fn parse_bdf(s: &str) -> Option<Bdf> {
     Some(Bdf::new(bus, dev, func))
 }
 
-fn parse_args() -> Result<Args, String> {
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     let mut a = Args {
         socket: None,
         bdf: Bdf::new(0, 5, 0),
+        socket2: None,
+        bdf2: None,
         virtio_iommu: None,
         iommu_bdf: Bdf::new(0, 4, 0),
         write_viot: None,
@@ -115,11 +125,16 @@ fn parse_args() -> Result<Args, String> {
         vtd_base: 0,
         vtd_mode: None,
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = args.into_iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--socket" => a.socket = Some(PathBuf::from(value()?)),
+            "--socket2" => a.socket2 = Some(PathBuf::from(value()?)),
+            "--bdf2" => {
+                let v = value()?;
+                a.bdf2 = Some(parse_bdf(&v).ok_or(format!("bad --bdf2 {v}"))?);
+            }
             "--virtio-iommu" => a.virtio_iommu = Some(PathBuf::from(value()?)),
             "--write-viot" => a.write_viot = Some(PathBuf::from(value()?)),
             "--vtd" => a.vtd = Some(PathBuf::from(value()?)),
@@ -149,6 +164,15 @@ fn parse_args() -> Result<Args, String> {
     if a.socket.is_none() && a.write_viot.is_none() && a.write_dmar.is_none() {
         return Err("--socket PATH, --write-viot FILE or --write-dmar FILE is required".into());
     }
+    if a.socket2.is_some() && a.socket.is_none() {
+        return Err("--socket2 needs --socket".into());
+    }
+    if a.socket2.is_some() && a.bdf2.is_none() {
+        a.bdf2 = Some(Bdf::new(0, 6, 0));
+    }
+    if a.bdf2 == Some(a.bdf) {
+        return Err("--bdf2 must differ from --bdf".into());
+    }
     if a.vtd.is_some() && a.virtio_iommu.is_some() {
         return Err("--vtd and --virtio-iommu exclude each other".into());
     }
@@ -176,6 +200,37 @@ fn serve_endpoint<T: Translate>(socket: &Path, model: Arc<T>, rid: RequesterId) 
             false
         }
     }
+}
+
+/// Serves a second endpoint on a thread (see [`serve_endpoint`]).
+fn spawn_endpoint<T: Translate + Send + Sync + 'static>(
+    socket: &Path,
+    model: &Arc<T>,
+    rid: RequesterId,
+) -> std::thread::JoinHandle<bool> {
+    let (socket, model) = (socket.to_path_buf(), Arc::clone(model));
+    std::thread::spawn(move || serve_endpoint(&socket, model, rid))
+}
+
+/// The endpoints' BDFs: the first, and the second when given.
+fn endpoint_bdfs(a: &Args) -> Vec<Bdf> {
+    std::iter::once(a.bdf).chain(a.bdf2).collect()
+}
+
+/// Serves every endpoint, the first on this thread, all translated by
+/// `model` with the requester ID `rid` makes of each BDF.
+fn serve_endpoints<T: Translate + Send + Sync + 'static>(
+    a: &Args,
+    socket: &Path,
+    model: &Arc<T>,
+    rid: impl Fn(Bdf) -> RequesterId,
+) -> bool {
+    let second = match (&a.socket2, a.bdf2) {
+        (Some(s), Some(b)) => Some(spawn_endpoint(s, model, rid(b))),
+        _ => None,
+    };
+    let ok = serve_endpoint(socket, Arc::clone(model), rid(a.bdf));
+    second.is_none_or(|t| t.join().unwrap_or(false)) && ok
 }
 
 /// The virtio-iommu model the guest drives, with defaults for a test
@@ -214,14 +269,26 @@ fn spawn_virtio_iommu(
     }))
 }
 
-fn write_viot(path: &PathBuf, a: &Args) -> Result<(), String> {
-    let range = PciRange {
-        endpoint_start: u32::from(a.bdf.0),
-        bdf_start: a.bdf.0,
-        bdf_end: a.bdf.0,
-    };
-    let body = viot_body(a.iommu_bdf.0, &[range]).map_err(|e| e.to_string())?;
-    std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))
+/// The VIOT body: one PCI range per endpoint, endpoint ID = BDF.
+fn viot_for(a: &Args) -> Result<Vec<u8>, String> {
+    let ranges: Vec<PciRange> = endpoint_bdfs(a)
+        .into_iter()
+        .map(|b| PciRange {
+            endpoint_start: u32::from(b.0),
+            bdf_start: b.0,
+            bdf_end: b.0,
+        })
+        .collect();
+    viot_body(a.iommu_bdf.0, &ranges).map_err(|e| e.to_string())
+}
+
+/// The DMAR body: one DRHD at `--vtd-base` naming every endpoint.
+fn dmar_for(a: &Args) -> Vec<u8> {
+    let devs: Vec<(u8, u8)> = endpoint_bdfs(a)
+        .into_iter()
+        .map(|b| (b.devfn() >> 3, b.devfn() & 7))
+        .collect();
+    dmar_body(VTD_ADDRESS_WIDTH, a.vtd_base, &devs)
 }
 
 /// Binds the VT-d register function's socket and serves it on a thread.
@@ -246,13 +313,14 @@ fn spawn_vtd(
 }
 
 fn run(a: &Args) -> Result<bool, String> {
+    let write = |path: &PathBuf, body: Vec<u8>| {
+        std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))
+    };
     if let Some(path) = &a.write_viot {
-        write_viot(path, a)?;
+        write(path, viot_for(a)?)?;
     }
     if let Some(path) = &a.write_dmar {
-        let dev = (a.bdf.devfn() >> 3, a.bdf.devfn() & 7);
-        let body = dmar_body(VTD_ADDRESS_WIDTH, a.vtd_base, &[dev]);
-        std::fs::write(path, body).map_err(|e| format!("{}: {e}", path.display()))?;
+        write(path, dmar_for(a))?;
     }
     let Some(socket) = &a.socket else {
         return Ok(true);
@@ -270,17 +338,17 @@ fn run(a: &Args) -> Result<bool, String> {
         }
         let unit = Arc::new(HarnessVtd::new(Vtd::new(cfg)));
         let vtd = spawn_vtd(vtd_socket, &unit)?;
-        let ok = serve_endpoint(socket, unit, RequesterId::Pci(a.bdf));
+        let ok = serve_endpoints(a, socket, &unit, RequesterId::Pci);
         return Ok(vtd.join().unwrap_or(false) && ok);
     }
     let Some(viommu_socket) = &a.virtio_iommu else {
         let model = Arc::new(Passthrough::default());
-        return Ok(serve_endpoint(socket, model, RequesterId::Pci(a.bdf)));
+        return Ok(serve_endpoints(a, socket, &model, RequesterId::Pci));
     };
     let dev = virtio_iommu()?;
     let virtio = spawn_virtio_iommu(viommu_socket, &dev)?;
-    let rid = RequesterId::Endpoint(EndpointId(u32::from(a.bdf.0)));
-    let ok = serve_endpoint(socket, dev, rid);
+    let rid = |b: Bdf| RequesterId::Endpoint(EndpointId(u32::from(b.0)));
+    let ok = serve_endpoints(a, socket, &dev, rid);
     Ok(virtio.join().unwrap_or(false) && ok)
 }
 
@@ -295,7 +363,7 @@ fn main() -> ExitCode {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
-    let args = match parse_args() {
+    let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("viommu-guest-server: {e} (see the crate docs for usage)");
@@ -309,5 +377,59 @@ fn main() -> ExitCode {
             error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Args, String> {
+        parse_args(s.split_whitespace().map(String::from))
+    }
+
+    #[test]
+    fn socket2_defaults_bdf2_to_06() {
+        let a = args("--socket a --socket2 b").unwrap();
+        assert_eq!(a.bdf2, Some(Bdf::new(0, 6, 0)));
+        assert_eq!(
+            endpoint_bdfs(&a),
+            vec![Bdf::new(0, 5, 0), Bdf::new(0, 6, 0)]
+        );
+        assert!(args("--socket2 b").is_err(), "a second needs a first");
+        assert!(args("--socket a --socket2 b --bdf2 00:05.0").is_err());
+    }
+
+    #[test]
+    fn vtd_mode_value_is_checked() {
+        let a = args("--socket a --vtd v --vtd-mode scalable-ss").unwrap();
+        assert_eq!(a.vtd_mode, Some(VtdMode::ScalableSs));
+        assert!(args("--socket a --vtd v --vtd-mode nested").is_err());
+    }
+
+    #[test]
+    fn viot_names_both_endpoints_with_bdf2() {
+        let one = viot_for(&args("--write-viot f --bdf 00:05.0").unwrap()).unwrap();
+        let two = viot_for(&args("--write-viot f --bdf 00:05.0 --bdf2 00:06.0").unwrap()).unwrap();
+        assert_eq!(one[0], 2, "IOMMU node and one range");
+        assert_eq!(two[0], 3, "IOMMU node and two ranges");
+        // The second range node: endpoint 0x30 (00:06.0), bdf 0x30..0x30.
+        let node = &two[12 + 16 + 24..];
+        assert_eq!(node[0], 1);
+        assert_eq!(u32::from_le_bytes(node[4..8].try_into().unwrap()), 0x30);
+        assert_eq!(&node[12..16], &[0x30, 0, 0x30, 0]);
+    }
+
+    #[test]
+    fn dmar_names_both_endpoints_with_bdf2() {
+        let a = args("--write-dmar f --vtd-base febe1000 --bdf2 00:06.0").unwrap();
+        let body = dmar_for(&a);
+        assert_eq!(
+            u16::from_le_bytes([body[14], body[15]]),
+            32,
+            "DRHD with two scopes"
+        );
+        assert_eq!(&body[28..36], &[1, 8, 0, 0, 0, 0, 5, 0]);
+        assert_eq!(&body[36..44], &[1, 8, 0, 0, 0, 0, 6, 0]);
     }
 }
