@@ -33,14 +33,17 @@
 //! - **Shadow** (caching mode, 6.1): the guest invalidates after making
 //!   entries present, so each IOTLB invalidation re-reads the range it
 //!   names ([`Vtd::table_view`]) and stages the result into the
-//!   [`ShadowDomain`] of the domain-id; domain-selective and global
-//!   invalidations re-read whole domains. Devices of one domain-id share
-//!   one shadow domain; pass-through entries and translation disabled
-//!   attach devices to the RAM IOAS (IOVA = GPA). Only requests without
-//!   PASID are shadowed (first- or second-stage tables of RID_PASID in
-//!   scalable mode, the context's in legacy mode): iommufd attaches
-//!   PASIDs only to PASID-capable HWPTs, which the shadow engine does not
-//!   allocate, so a shadowed device's requests with PASID stay blocked.
+//!   [`ShadowDomain`] of the address space it covers; domain-selective and
+//!   global invalidations re-read whole spaces. Every requester is
+//!   shadowed: the RID (first- or second-stage tables of RID_PASID in
+//!   scalable mode, the context's in legacy mode) and each PASID with a
+//!   present entry (PGTT first-stage, second-stage or pass-through), each
+//!   attached for itself to the shadow domain of its domain-id and tables
+//!   ([`Space`]: requesters with the same ones share it); pass-through
+//!   entries and translation disabled attach to the RAM IOAS (IOVA =
+//!   GPA). Once a device has a PASID attached, its RID is on a
+//!   PASID-capable HWPT too, as iommufd requires; PASIDs the host cannot
+//!   attach stay blocked with a fault. Details in the `shadowed` module.
 //! - **Host failures** become the architected errors: an entry the host
 //!   refuses to nest (or that cannot nest: second-stage or nested PGTT),
 //!   or a device it refuses to attach, leaves the device (PASID) blocked
@@ -58,15 +61,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nesting_core::guest::GuestModel;
+use nesting_core::host::HostError;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::{HostError, PtId};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
 use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine, NestedError};
 use nesting_core::ram::RamIoas;
 use nesting_core::shadow::{ShadowDomain, ShadowError};
-use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
+use nesting_core::types::{Bdf, Pasid};
 use thiserror::Error;
 use vm_memory::GuestMemory;
+
+mod shadowed;
+
+use shadowed::{At, ShadowDev};
+pub use shadowed::{MAX_SHADOW_DOMAINS, Space, Stage};
 
 use crate::Vtd;
 use crate::fault::{FaultReason, FaultRecord};
@@ -74,21 +82,21 @@ use crate::model::function_siblings;
 use crate::nesting::{
     ContextScope, IotlbScope, PasidScope, VtdEvent, stage1_hwpt, stage1_invalidation,
 };
-use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, MIN_BUDGET, TableView};
+use crate::shadow::{MIN_BUDGET, TableView};
 use crate::tables::{
     FPD, P, PASIDS_PER_TABLE, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
 };
 use crate::translate::{Caps, legacy_context};
 
-/// Most PASIDs one nested device may have nested HWPTs for: each costs a
-/// host HWPT (kernel memory and a host PASID table entry), and a guest
-/// filling a 2^20-entry PASID table must not make the VMM allocate a
-/// million of them. PASIDs beyond it stay blocked (logged).
+/// Most PASIDs one device may have backed, nested or shadowed: each costs a
+/// host HWPT or attachment (kernel memory and a host PASID table entry),
+/// and a guest filling a 2^20-entry PASID table must not make the VMM
+/// allocate a million of them. PASIDs beyond it stay blocked (logged).
 pub const MAX_NESTED_PASIDS_PER_DEVICE: usize = 1024;
 
 /// Most enumeration rounds (each at most
-/// [`MAX_ENTRIES_PER_ENUMERATION`] table entries) one invalidation range
-/// may take: 2^26 entries, more than a fully populated 256 GiB of 4 KiB
+/// [`crate::shadow::MAX_ENTRIES_PER_ENUMERATION`] table entries) one
+/// invalidation range may take: 2^26 entries, more than a fully populated 256 GiB of 4 KiB
 /// pages. Tables aliasing themselves can make a range look larger; what
 /// is left over stays unmapped on the host (DMA there is blocked, never
 /// let through) and is logged.
@@ -117,11 +125,14 @@ pub enum PassthroughError {
     /// The shadow engine failed.
     #[error("shadow engine")]
     Shadow(#[from] ShadowError),
+    /// The unit already has [`MAX_SHADOW_DOMAINS`] shadow domains.
+    #[error("more than {MAX_SHADOW_DOMAINS} shadow domains")]
+    TooManyDomains,
 }
 
 /// Shadow domains with staged changes in one [`PassthroughBackend::process`]
 /// call, with the lowest address staged (for fault records).
-type Dirty = BTreeMap<u16, u64>;
+type Dirty = BTreeMap<Space, u64>;
 
 /// Logs a host failure with its source-id (the guest learns of it
 /// through the architected error its caller reports).
@@ -147,24 +158,6 @@ struct Installed {
     fpd: bool,
     /// A present entry that cannot nest (`ctx` is then Abort).
     cannot_nest: bool,
-}
-
-/// Where a shadowed requester is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum At {
-    /// Nowhere (just bound, no valid entry, or the host refused).
-    Blocked,
-    /// The RAM IOAS: IOVA = GPA.
-    Ram,
-    /// The shadow domain of a domain-id.
-    Domain(u16),
-}
-
-#[derive(Debug)]
-struct ShadowDev {
-    dev: BoundDevice,
-    /// Where its RID (`None`) and PASIDs are attached; absent: blocked.
-    at: BTreeMap<Option<Pasid>, At>,
 }
 
 /// Totals since creation, for a VMM's statistics and for tests.
@@ -197,7 +190,8 @@ pub struct PassthroughBackend {
     /// Nested devices: their installed contexts.
     nest_devs: BTreeMap<u16, BTreeMap<Option<Pasid>, Installed>>,
     shadow_devs: BTreeMap<u16, ShadowDev>,
-    domains: BTreeMap<u16, ShadowDomain>,
+    /// Shadow domains by the guest address space they mirror.
+    domains: BTreeMap<Space, ShadowDomain>,
     stats: BackendStats,
 }
 
@@ -234,9 +228,32 @@ impl PassthroughBackend {
         self.nested.as_ref()
     }
 
-    /// The shadow domain of a domain-id, when the unit shadows.
+    /// A shadow domain of a domain-id, when the unit shadows: the one
+    /// with the lowest table root when PASIDs of the domain-id use
+    /// several first-stage tables ([`Space`]).
     pub fn shadow_domain(&self, did: u16) -> Option<&ShadowDomain> {
-        self.domains.get(&did)
+        self.domains
+            .iter()
+            .find(|(s, _)| s.did == did)
+            .map(|(_, d)| d)
+    }
+
+    /// The shadow domain requests of `sid` with `pasid` (`None`: without
+    /// PASID) go through, when they are shadowed into one.
+    pub fn shadow_domain_of(&self, sid: u16, pasid: Option<u32>) -> Option<&ShadowDomain> {
+        let key = match pasid {
+            Some(p) => Some(Pasid::new(p)?),
+            None => None,
+        };
+        match self.shadow_devs.get(&sid)?.at.get(&key)? {
+            At::Domain(s) => self.domains.get(s),
+            At::Ram | At::Blocked => None,
+        }
+    }
+
+    /// The guest address spaces mirrored, with their shadow domains.
+    pub fn shadow_domains(&self) -> impl Iterator<Item = (&Space, &ShadowDomain)> {
+        self.domains.iter()
     }
 
     /// Takes the passthrough device `sid`: decides with the ladder for the
@@ -284,6 +301,17 @@ impl PassthroughBackend {
             let decision = Box::new(decision);
             return Err((PassthroughError::Refused { decision }, device));
         }
+        let mut decision = decision;
+        if decision.kind == DecisionKind::Shadow {
+            // What the host cannot attach of the guest's PASIDs (11.4.3
+            // ECAP.PSS) stays blocked, with a fault per entry: stated
+            // with the decision, as the device is still backed.
+            let c = shadowed::pasid_check(vtd.config().pasid_bits, &view);
+            if !c.passed {
+                decision.reason += &format!("; {}", c.detail);
+            }
+            decision.checks.push(c);
+        }
         self.kind = Some(decision.kind);
         self.views.insert(sid, view);
         self.pending.insert(sid, device);
@@ -321,22 +349,7 @@ impl PassthroughBackend {
                 }
             };
         }
-        let mut d = self.shadow_devs.remove(&sid)?;
-        for (key, at) in std::mem::take(&mut d.at) {
-            let res = match at {
-                At::Domain(did) => match self.domains.get_mut(&did) {
-                    Some(dom) => dom.detach(&mut d.dev, key).map_err(PassthroughError::from),
-                    None => d.dev.detach(key).map_err(PassthroughError::from),
-                },
-                At::Ram => d.dev.detach(key).map_err(PassthroughError::from),
-                At::Blocked => Ok(()),
-            };
-            if let Err(e) = res {
-                warn_host("detaching a shadowed device", sid, &e);
-            }
-        }
-        self.domains.retain(|_, dom| !dom.devices().is_empty());
-        Some(d.dev)
+        self.take_shadowed(sid)
     }
 
     /// Brings the host in line with the guest: attaches devices added
@@ -929,366 +942,4 @@ impl PassthroughBackend {
             self.report_refusal(vtd, sid, key, inst.fpd);
         }
     }
-}
-
-// ---------------------------------------------------------------------------
-// Shadow.
-
-/// A shadowed requester: a device's RID (`None`) or one of its PASIDs.
-type Requester = (u16, Option<Pasid>);
-
-impl PassthroughBackend {
-    fn back_pending_shadow<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        dirty: &mut Dirty,
-    ) {
-        for (sid, dev) in std::mem::take(&mut self.pending) {
-            let d = ShadowDev {
-                dev,
-                at: BTreeMap::new(),
-            };
-            self.shadow_devs.insert(sid, d);
-            self.reconcile(vtd, mem, sid, dirty);
-        }
-    }
-
-    fn process_shadow<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        events: &[VtdEvent],
-        dirty: &mut Dirty,
-    ) {
-        for ev in events {
-            match *ev {
-                VtdEvent::TranslationEnabled(on) => {
-                    // GCMD.TE (11.4.4): devices of the shadow domains see
-                    // guest RAM untranslated while it is clear; their
-                    // mappings stay for when it is set again.
-                    for (did, d) in &mut self.domains {
-                        if let Err(e) = d.set_identity(!on) {
-                            log::warn!("vtd passthrough: domain {did}: identity {}: {e}", !on);
-                        }
-                    }
-                    self.reconcile_all(vtd, mem, dirty);
-                    if on {
-                        self.resync_all(vtd, mem, dirty);
-                    }
-                }
-                VtdEvent::RootTable { .. } | VtdEvent::Context(_) | VtdEvent::PasidCache(_) => {
-                    self.reconcile_all(vtd, mem, dirty)
-                }
-                VtdEvent::Resync | VtdEvent::Iotlb(IotlbScope::Global) => {
-                    self.reconcile_all(vtd, mem, dirty);
-                    self.resync_all(vtd, mem, dirty);
-                }
-                VtdEvent::Iotlb(IotlbScope::Domain { did } | IotlbScope::Pasid { did, .. }) => {
-                    self.resync(vtd, mem, did, None, dirty)
-                }
-                VtdEvent::Iotlb(
-                    scope @ (IotlbScope::Pages { did, .. } | IotlbScope::PasidPages { did, .. }),
-                ) => self.resync(vtd, mem, did, scope.range(), dirty),
-                // Shadowed devices do not use ATS through the guest's
-                // tables (the host IOMMU's own device-TLB follows the
-                // shadow IOAS), and their page requests are not forwarded.
-                VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => {}
-            }
-        }
-        for (did, first) in std::mem::take(dirty) {
-            self.sync_domain(vtd, mem, did, first);
-        }
-    }
-
-    fn reconcile_all<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        dirty: &mut Dirty,
-    ) {
-        let sids: Vec<u16> = self.shadow_devs.keys().copied().collect();
-        for sid in sids {
-            self.reconcile(vtd, mem, sid, dirty);
-        }
-        // A domain whose devices all left costs a host IOAS for nothing;
-        // a device joining it again gets a fresh one, read in full.
-        self.domains.retain(|_, d| !d.devices().is_empty());
-    }
-
-    /// Where requests of (`sid`, `key`) must go, per the guest's tables.
-    fn target<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, (sid, key): Requester) -> At {
-        let at = self
-            .shadow_devs
-            .get(&sid)
-            .and_then(|d| d.at.get(&key).copied());
-        if !vtd.translation_enabled() {
-            // A requester in a domain sees RAM through the domain's
-            // identity switch; other RIDs are attached to the RAM IOAS.
-            // Requests with PASID are blocked: the unit only translates
-            // PASIDs through a scalable-mode root table it uses with TE.
-            return match at {
-                Some(At::Domain(did)) if key.is_none() && self.domains.contains_key(&did) => {
-                    At::Domain(did)
-                }
-                _ if key.is_none() => At::Ram,
-                _ => At::Blocked,
-            };
-        }
-        let pasid = key.map(Pasid::raw);
-        match vtd.table_view(mem, Bdf(sid), pasid, 0, 0, MIN_BUDGET) {
-            TableView::Identity => At::Ram,
-            TableView::Mappings { .. } => {
-                let did = match pasid {
-                    None => rid_did(mem, vtd, sid),
-                    Some(p) => vtd
-                        .pasid_entry(mem, Bdf(sid), Some(p))
-                        .map(|l| l.entry.did()),
-                };
-                did.map_or(At::Blocked, At::Domain)
-            }
-            TableView::Blocked(_) | TableView::Nested => At::Blocked,
-        }
-    }
-
-    /// Attaches the requesters of `sid` where the tables say (the RID:
-    /// see below for PASIDs); a domain joined afresh is read in full.
-    fn reconcile<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        sid: u16,
-        dirty: &mut Dirty,
-    ) {
-        let Some(d) = self.shadow_devs.get(&sid) else {
-            return;
-        };
-        let mut keys: Vec<Option<Pasid>> = d.at.keys().copied().collect();
-        keys.push(None);
-        // PASIDs are not shadowed: iommufd attaches a PASID only to a
-        // HWPT allocated with IOMMU_HWPT_ALLOC_PASID (and then requires
-        // the RID's to be one too), while a ShadowDomain attaches through
-        // its IOAS's automatic domain, which is not. Requests with PASID
-        // of a shadowed device stay blocked on the host until nesting-core
-        // offers PASID-capable shadow domains; `pasids_in_use` then
-        // extends `keys` here.
-        keys.sort();
-        keys.dedup();
-        for key in keys {
-            self.reconcile_one(vtd, mem, (sid, key), dirty);
-        }
-    }
-
-    /// One requester; a host refusal leaves it blocked and records a
-    /// fault for it.
-    fn reconcile_one<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        req: Requester,
-        dirty: &mut Dirty,
-    ) {
-        let want = self.target(vtd, mem, req);
-        let (sid, key) = req;
-        match self.move_to(req, want) {
-            Ok(Some(fresh)) => self.resync(vtd, mem, fresh, None, dirty),
-            Ok(None) => {}
-            Err(e) => {
-                warn_host("attaching a shadowed device", sid, &e);
-                if let Some(d) = self.shadow_devs.get_mut(&sid) {
-                    if let Err(b) = d.dev.detach(key) {
-                        warn_host("blocking after a refusal", sid, &b);
-                    }
-                    d.at.remove(&key);
-                }
-                let pasid = key.map(Pasid::raw);
-                let rec = refusal_fault(sid, pasid, 0, entry_refused(vtd));
-                let fpd = fpd_of(mem, vtd, sid, pasid);
-                self.record(vtd, &rec, fpd);
-            }
-        }
-    }
-
-    /// Attaches a requester to `want`; returns the domain-id of a shadow
-    /// domain made for it (empty: to be read in full).
-    fn move_to(
-        &mut self,
-        (sid, key): Requester,
-        want: At,
-    ) -> Result<Option<u16>, PassthroughError> {
-        let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return Ok(None);
-        };
-        let at = d.at.get(&key).copied().unwrap_or(At::Blocked);
-        if at == want {
-            return Ok(None);
-        }
-        if let At::Domain(old) = at
-            && let Some(dom) = self.domains.get_mut(&old)
-        {
-            dom.forget(d.dev.id(), key);
-        }
-        d.at.remove(&key);
-        let mut fresh = None;
-        match want {
-            At::Blocked => {
-                if d.dev.is_attached(key) {
-                    d.dev.detach(key)?;
-                }
-                return Ok(None);
-            }
-            At::Ram => d.dev.attach(key, PtId::Ioas(self.ram.ioas().id()))?,
-            At::Domain(did) => {
-                let dom = match self.domains.entry(did) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        fresh = Some(did);
-                        v.insert(ShadowDomain::new(&self.host, &self.ram)?)
-                    }
-                };
-                dom.attach(&mut d.dev, key)?;
-            }
-        }
-        d.at.insert(key, want);
-        Ok(fresh)
-    }
-
-    fn resync_all<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M, dirty: &mut Dirty) {
-        let dids: Vec<u16> = self.domains.keys().copied().collect();
-        for did in dids {
-            self.resync(vtd, mem, did, None, dirty);
-        }
-    }
-
-    /// The requesters attached to the shadow domain of `did`.
-    fn members(&self, did: u16) -> Vec<Requester> {
-        let mut out = Vec::new();
-        for (&sid, d) in &self.shadow_devs {
-            for (&key, &at) in &d.at {
-                if at == At::Domain(did) {
-                    out.push((sid, key));
-                }
-            }
-        }
-        out
-    }
-
-    /// Stages the guest's mappings of `range` (`None`: everything) into
-    /// the shadow domain of `did`, replacing what it held there. The
-    /// tables of any one member stand for the domain's: a domain-id names
-    /// one address space (9.3, 9.6 DID; software must not give two
-    /// different tables one domain-id).
-    fn resync<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &Vtd,
-        mem: &M,
-        did: u16,
-        range: Option<(u64, u64)>,
-        dirty: &mut Dirty,
-    ) {
-        let Some(&req) = self.members(did).first() else {
-            return;
-        };
-        let Some(dom) = self.domains.get_mut(&did) else {
-            return;
-        };
-        let (first, last) = match range {
-            Some((addr, len)) => {
-                if let Err(e) = dom.unmap(Iova(addr), len) {
-                    log::warn!("vtd passthrough: domain {did}: unmap {addr:#x}+{len:#x}: {e}");
-                    return;
-                }
-                (addr, addr.saturating_add(len - 1))
-            }
-            None => {
-                dom.unmap_all();
-                (0, u64::MAX)
-            }
-        };
-        dirty
-            .entry(did)
-            .and_modify(|a| *a = (*a).min(first))
-            .or_insert(first);
-        if !stage_mappings(dom, vtd, mem, req, first, last) {
-            log::warn!(
-                "vtd passthrough: domain {did}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
-            );
-            self.stats.truncated_ranges += 1;
-        }
-    }
-
-    /// Applies what is staged for `did`. The engine rolls back a failed
-    /// sync, so the mappings the guest just made are missing on the host
-    /// and its devices' DMA there will fail without the guest knowing:
-    /// each requester of the domain gets a fault record for the first
-    /// address of the failed change, with the reason a unit gives when it
-    /// cannot use a paging entry (0x70 first stage, 0x78 second stage,
-    /// 0x7 legacy).
-    fn sync_domain<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        did: u16,
-        address: u64,
-    ) {
-        let Some(dom) = self.domains.get_mut(&did) else {
-            return;
-        };
-        let Err(e) = dom.sync() else {
-            return;
-        };
-        log::warn!("vtd passthrough: domain {did}: sync failed: {e}");
-        for (sid, key) in self.members(did) {
-            let pasid = key.map(Pasid::raw);
-            let reason = match vtd
-                .pasid_entry(mem, Bdf(sid), pasid)
-                .map(|l| l.entry.pgtt())
-            {
-                Some(Pgtt::FirstStage) => FaultReason::FsEntryAccess,
-                Some(_) => FaultReason::SsEntryAccess,
-                None => FaultReason::PagingEntryAccess,
-            };
-            let fpd = fpd_of(mem, vtd, sid, pasid);
-            self.record(vtd, &refusal_fault(sid, pasid, address, reason), fpd);
-        }
-    }
-}
-
-/// Stages into `dom` the mappings the tables of `req` hold in `[first,
-/// last]`, in rounds of at most [`MAX_ENTRIES_PER_ENUMERATION`] entries;
-/// false if [`MAX_ROUNDS_PER_RANGE`] rounds did not finish.
-fn stage_mappings<M: GuestMemory + ?Sized>(
-    dom: &mut ShadowDomain,
-    vtd: &Vtd,
-    mem: &M,
-    (sid, key): Requester,
-    mut first: u64,
-    last: u64,
-) -> bool {
-    let pasid = key.map(Pasid::raw);
-    for _ in 0..MAX_ROUNDS_PER_RANGE {
-        let budget = MAX_ENTRIES_PER_ENUMERATION;
-        let view = vtd.table_view(mem, Bdf(sid), pasid, first, last, budget);
-        let TableView::Mappings {
-            list,
-            complete,
-            resume,
-        } = view
-        else {
-            // Identity or blocked: the requester moves at the next
-            // context event; nothing to mirror.
-            return true;
-        };
-        for m in list {
-            let len = 1u64 << m.shift;
-            if let Err(e) = dom.map(Iova(m.iova), Gpa(m.gpa), len, m.perms & Access::RW) {
-                log::warn!("vtd passthrough {sid:#06x}: map {:#x}: {e}", m.iova);
-            }
-        }
-        if complete {
-            return true;
-        }
-        first = resume;
-    }
-    false
 }

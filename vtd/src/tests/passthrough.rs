@@ -8,8 +8,9 @@ use std::sync::Arc;
 use nesting_core::host::HostBackend;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::profile::HostProfile;
+use nesting_core::host::profile::SimHostSpec;
 use nesting_core::host::sim::{SimBacking, SimIommufd};
-use nesting_core::host::{DevId, Errno, HostOp, HwptData, PtId, VtdS1Flags};
+use nesting_core::host::{Errno, HostOp, HwptData, PtId, VtdS1Flags};
 use nesting_core::ladder::{DecisionKind, HostView};
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Iova, Pasid};
@@ -17,8 +18,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use super::Harness;
 use crate::mock::{
-    FsTables, LegacyTables, PasidSetup, Queue, ScalableTables, SlTables, desc, flpte,
-    probe_like_linux,
+    FsTables, LegacyTables, PasidSetup, Queue, ScalableTables, SlTables, desc, probe_like_linux,
 };
 use crate::passthrough::{PassthroughBackend, PassthroughError};
 use crate::regs::{fsts, off};
@@ -36,18 +36,26 @@ fn host(
     h: &Harness,
     profile: HostProfile,
 ) -> (Arc<SimIommufd>, PassthroughBackend, BoundDevice, HostView) {
-    let sim = Arc::new(SimIommufd::with_host(profile.spec()));
+    host_spec(h, &profile.spec())
+}
+
+/// A simulated host of `spec` over the harness's RAM, one device bound.
+fn host_spec(
+    h: &Harness,
+    spec: &SimHostSpec,
+) -> (Arc<SimIommufd>, PassthroughBackend, BoundDevice, HostView) {
+    let sim = Arc::new(SimIommufd::with_host(spec.clone()));
     let shared: SharedHost = sim.clone();
     let ram = GuestRam::from_guest_memory(&h.mem).unwrap();
     let ram = Arc::new(RamIoas::new(&shared, ram).unwrap());
     let dev = BoundDevice::bind(&shared, sim.add_device(0)).unwrap();
-    let view = view_of(&sim, profile, &dev);
+    let view = view_of(&sim, spec, &dev);
     (sim.clone(), PassthroughBackend::new(shared, ram), dev, view)
 }
 
 /// What the runner (or a VMM) learns of the host for `dev`.
-fn view_of(sim: &SimIommufd, profile: HostProfile, dev: &BoundDevice) -> HostView {
-    let mut view = HostView::from(&profile.spec());
+fn view_of(sim: &SimIommufd, spec: &SimHostSpec, dev: &BoundDevice) -> HostView {
+    let mut view = HostView::from(spec);
     view.info = sim.hw_info(dev.id()).unwrap();
     view.unit = sim.iommu_of(dev.id());
     view
@@ -55,18 +63,30 @@ fn view_of(sim: &SimIommufd, profile: HostProfile, dev: &BoundDevice) -> HostVie
 
 /// A backend with `SID` accepted as `want`.
 fn accepted(h: &Harness, profile: HostProfile, want: DecisionKind) -> Host {
-    let (sim, mut backend, dev, view) = host(h, profile);
+    accepted_as(h, &profile.spec(), SID, want).0
+}
+
+/// A backend on a `spec` host with `sid` accepted as `want`, and the
+/// decision.
+fn accepted_as(
+    h: &Harness,
+    spec: &SimHostSpec,
+    sid: u16,
+    want: DecisionKind,
+) -> (Host, nesting_core::ladder::Decision) {
+    let (sim, mut backend, dev, view) = host_spec(h, spec);
     let id = dev.id();
     let d = backend
-        .add_device(&h.vtd, SID, dev, view)
+        .add_device(&h.vtd, sid, dev, view)
         .map_err(|(e, _)| e)
         .unwrap();
     assert_eq!(d.kind, want, "{}", d.reason);
-    Host {
+    let host = Host {
         sim,
         backend,
         dev: id,
-    }
+    };
+    (host, d)
 }
 
 impl Host {
@@ -311,6 +331,20 @@ impl Shadow {
         self.h.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
     }
 
+    /// Maps one 4 KiB page RW and sends its page-selective invalidation,
+    /// as Linux's map path does in caching mode.
+    fn map_page(&mut self, iova: u64, gpa: u64) {
+        self.sl
+            .map(&self.h.mem, &mut self.h.alloc, iova, gpa, 12, true, true);
+        self.invalidate_page(iova);
+    }
+
+    fn invalidate_page(&mut self, iova: u64) {
+        let inv = desc::iotlb_page(DID, iova, 0, false);
+        assert!(self.q.submit(&mut self.h.vtd, &self.h.mem, &[inv]));
+        self.host.process(&mut self.h);
+    }
+
     fn backing(&self, iova: u64) -> Option<u64> {
         match self.host.sim.translate(self.ioas(), Iova(iova))? {
             (SimBacking::UserVa(v), _) => Some(v),
@@ -322,21 +356,7 @@ impl Shadow {
 #[test]
 fn shadow_map_and_invalidation_maps_iova_to_the_gpa_host_memory() {
     let mut s = shadow();
-    s.sl.map(
-        &s.h.mem,
-        &mut s.h.alloc,
-        0x10_0000,
-        0x20_0000,
-        12,
-        true,
-        true,
-    );
-    assert!(s.q.submit(
-        &mut s.h.vtd,
-        &s.h.mem,
-        &[desc::iotlb_page(DID, 0x10_0000, 0, false)]
-    ));
-    s.host.process(&mut s.h);
+    s.map_page(0x10_0000, 0x20_0000);
     assert_eq!(s.backing(0x10_0000), Some(s.host_va(0x20_0000)));
     // Not the RAM IOAS: only what the guest mapped is there.
     assert_eq!(s.backing(0x20_0000), None);
@@ -345,21 +365,9 @@ fn shadow_map_and_invalidation_maps_iova_to_the_gpa_host_memory() {
 #[test]
 fn shadow_unmap_and_invalidation_removes_the_mapping() {
     let mut s = shadow();
-    s.sl.map(
-        &s.h.mem,
-        &mut s.h.alloc,
-        0x10_0000,
-        0x20_0000,
-        12,
-        true,
-        true,
-    );
-    let inv = desc::iotlb_page(DID, 0x10_0000, 0, false);
-    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
-    s.host.process(&mut s.h);
+    s.map_page(0x10_0000, 0x20_0000);
     s.sl.unmap(&s.h.mem, 0x10_0000, 12);
-    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
-    s.host.process(&mut s.h);
+    s.invalidate_page(0x10_0000);
     assert_eq!(s.backing(0x10_0000), None);
     assert!(s.host.sim.mappings(s.ioas()).is_empty());
 }
@@ -420,23 +428,9 @@ fn shadow_translation_disabled_attaches_to_ram_identity() {
 #[test]
 fn shadow_failed_sync_records_a_fault_for_the_domain_devices() {
     let mut s = shadow();
-    s.sl.map(
-        &s.h.mem,
-        &mut s.h.alloc,
-        0x10_0000,
-        0x20_0000,
-        12,
-        true,
-        true,
-    );
     s.host.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
     s.host.sim.fail_nth(HostOp::IoasMap, 1, Errno::ENOMEM);
-    assert!(s.q.submit(
-        &mut s.h.vtd,
-        &s.h.mem,
-        &[desc::iotlb_page(DID, 0x10_0000, 0, false)]
-    ));
-    s.host.process(&mut s.h);
+    s.map_page(0x10_0000, 0x20_0000);
     assert_eq!(s.backing(0x10_0000), None);
     assert!(fsts_set(&s.h, fsts::PPF));
     let (lo, hi) = first_fault(&s.h);
@@ -492,18 +486,7 @@ fn removed_nested_device_is_handed_back_detached() {
 #[test]
 fn removed_shadowed_device_is_detached_and_its_domain_dropped() {
     let mut s = shadow();
-    s.sl.map(
-        &s.h.mem,
-        &mut s.h.alloc,
-        0x10_0000,
-        0x20_0000,
-        12,
-        true,
-        true,
-    );
-    let inv = desc::iotlb_page(DID, 0x10_0000, 0, false);
-    assert!(s.q.submit(&mut s.h.vtd, &s.h.mem, &[inv]));
-    s.host.process(&mut s.h);
+    s.map_page(0x10_0000, 0x20_0000);
     assert!(s.host.backend.shadow_domain(DID).is_some());
     assert!(s.host.backend.remove_device(SID).is_some());
     assert_eq!(s.host.sim.attachment(s.host.dev, None), None);
@@ -518,7 +501,7 @@ fn second_nested_device_behind_another_host_iommu_nests_too() {
     let shared: SharedHost = n.host.sim.clone();
     let dev2 = BoundDevice::bind(&shared, n.host.sim.add_device(unit)).unwrap();
     let id2 = dev2.id();
-    let view = view_of(&n.host.sim, HostProfile::VtdNest, &dev2);
+    let view = view_of(&n.host.sim, &HostProfile::VtdNest.spec(), &dev2);
     let d = n
         .host
         .backend
@@ -539,67 +522,13 @@ fn device_that_cannot_nest_is_refused_by_a_nested_unit() {
     let unit = n.host.sim.add_iommu(HostProfile::VtdNonest.spec());
     let shared: SharedHost = n.host.sim.clone();
     let dev2 = BoundDevice::bind(&shared, n.host.sim.add_device(unit)).unwrap();
-    let view = view_of(&n.host.sim, HostProfile::VtdNonest, &dev2);
+    let view = view_of(&n.host.sim, &HostProfile::VtdNonest.spec(), &dev2);
     let mut backend = n.host.backend;
     let r = backend.add_device(&n.h.vtd, SID + 1, dev2, view);
     let Err((PassthroughError::Refused { decision }, _)) = r else {
         panic!("accepted");
     };
     assert!(decision.has_failed("host-nest"), "{}", decision.reason);
-}
-
-/// The host backing of `iova` in the IOAS `dev` (PASID `pasid`) is
-/// attached to.
-fn backing_of(sim: &SimIommufd, dev: DevId, pasid: Option<u32>, iova: u64) -> Option<u64> {
-    let Some(PtId::Ioas(ioas)) = sim.attachment(dev, pasid.and_then(Pasid::new)) else {
-        return None;
-    };
-    match sim.translate(ioas, Iova(iova))? {
-        (SimBacking::UserVa(v), _) => Some(v),
-        _ => None,
-    }
-}
-
-#[test]
-fn shadow_first_stage_rid_pasid_is_mirrored_and_pasids_stay_blocked() {
-    let mut h = Harness::new(&["cm=1"]);
-    let mut host = accepted(&h, HostProfile::VtdNonest, DecisionKind::Shadow);
-    let tables = ScalableTables::new(&h.mem, &mut h.alloc);
-    let dir = tables.set_context(&h.mem, &mut h.alloc, SID, 0, 0);
-    let fs = [0, 1].map(|_| FsTables::new(&h.mem, &mut h.alloc, 4));
-    let user_rw = flpte::US | flpte::RW;
-    fs[0].map(&h.mem, &mut h.alloc, 0x1000, 0x9_0000, 12, user_rw);
-    // Supervisor-only: user-mode DMA (all a device does without PASID
-    // privilege) must not reach it.
-    fs[0].map(&h.mem, &mut h.alloc, 0x3000, 0x9_3000, 12, flpte::RW);
-    fs[1].map(&h.mem, &mut h.alloc, 0x1000, 0x9_1000, 12, user_rw);
-    let pe0 = PasidSetup::first_stage(1, fs[0].root, 4, false, false);
-    tables.set_pasid(&h.mem, &mut h.alloc, dir, 0, &pe0);
-    let pe5 = PasidSetup::first_stage(2, fs[1].root, 4, false, false);
-    tables.set_pasid(&h.mem, &mut h.alloc, dir, 5, &pe5);
-    let mut q = probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, tables.root).queue;
-    host.process(&mut h);
-    let base = h.mem.get_host_address(GuestAddress(0)).unwrap() as u64;
-    // The harness's RAM is one region: host addresses follow GPAs.
-    let va = |gpa: u64| base + gpa;
-    assert_eq!(
-        backing_of(&host.sim, host.dev, None, 0x1000),
-        Some(va(0x9_0000))
-    );
-    assert_eq!(backing_of(&host.sim, host.dev, None, 0x3000), None);
-    assert_eq!(host.sim.attachment(host.dev, Pasid::new(5)), None);
-
-    // A page mapped for RID_PASID, then its PASID-based IOTLB
-    // invalidation (what Linux sends for first-stage domains).
-    fs[0].map(&h.mem, &mut h.alloc, 0x2000, 0x9_2000, 12, user_rw);
-    let inv = desc::pasid_iotlb(1, 0, Some((0x2000, 0, false)));
-    assert!(q.submit(&mut h.vtd, &h.mem, &[inv]));
-    host.process(&mut h);
-    assert_eq!(
-        backing_of(&host.sim, host.dev, None, 0x2000),
-        Some(va(0x9_2000))
-    );
-    assert_eq!(host.backend.stats().faults_reported, 0);
 }
 
 #[test]
@@ -616,6 +545,8 @@ fn nested_device_the_host_will_not_take_stays_blocked_until_removed() {
     let dev = host.backend.remove_device(SID).expect("handed back");
     assert_eq!(dev.id(), host.dev);
 }
+
+mod pasid;
 
 mod props {
     //! proptest: random maps and unmaps, each batch followed by the

@@ -9,18 +9,22 @@ use crate::mock::{FsTables, PasidSetup, ScalableTables, SlTables, flpte, probe_l
 use crate::regs::off;
 use crate::{TranslateResult, fault::FaultReason};
 
-const SID: u16 = 0x0210;
+pub(super) const SID: u16 = 0x0210;
 const HI_SID: u16 = 0x02f8; // devfn 0xf8: upper context table
 const DID: u16 = 9;
 
-struct Sm {
-    h: Harness,
-    t: ScalableTables,
-    dir: u64,
-    q: crate::mock::Queue,
+/// A scalable-mode guest as Linux sets one up for device `SID` (also the
+/// fixture of the passthrough PASID tests).
+pub(super) struct Sm {
+    pub h: Harness,
+    pub t: ScalableTables,
+    pub dir: u64,
+    pub q: crate::mock::Queue,
 }
 
-fn scalable(opts: &[&str]) -> Sm {
+/// Tables with `SID`'s context entry (PASID directory for 2^14 PASIDs),
+/// probed like Linux (queue, root table, TE); its events consumed.
+pub(super) fn scalable(opts: &[&str]) -> Sm {
     let mut h = Harness::new(opts);
     let t = ScalableTables::new(&h.mem, &mut h.alloc);
     // Linux: PDTS for the full 20-bit PASID space is 7 (2^14 entries); a
@@ -34,7 +38,7 @@ fn scalable(opts: &[&str]) -> Sm {
 impl Sm {
     /// Writes a PASID entry and flushes as Linux's `pasid.c` does after a
     /// change: PASID-cache (PASID-selective), then PASID-based IOTLB.
-    fn set_pasid(&mut self, pasid: u32, e: &PasidSetup) {
+    pub fn set_pasid(&mut self, pasid: u32, e: &PasidSetup) {
         self.t
             .set_pasid(&self.h.mem, &mut self.h.alloc, self.dir, pasid, e);
         let did = (e.q[1] & 0xffff) as u16;
@@ -45,7 +49,7 @@ impl Sm {
         assert!(self.q.submit(&mut self.h.vtd, &self.h.mem, &flush));
     }
 
-    fn fs(&mut self, levels: u32) -> FsTables {
+    pub fn fs(&mut self, levels: u32) -> FsTables {
         FsTables::new(&self.h.mem, &mut self.h.alloc, levels)
     }
 }
@@ -296,17 +300,16 @@ fn pass_through_pgtt_is_identity() {
     assert_eq!(s.h.gpa(SID, None, 0x1234_5678, Access::RW), Ok(0x1234_5678));
 }
 
-#[test]
-fn nested_translates_tables_and_output_through_second_stage() {
-    let mut s = scalable(&["flts=1", "slts=1", "nest=1"]);
-    // Guest-physical layout of the L2 guest: FS tables live at "L2 GPA"
-    // 0x100_0000.. which the second stage maps to the pool.
+/// RID_PASID nested: first stage maps 0x5000 -> 0x40_0000, the second
+/// stage identity-maps the pool (where the first-stage tables are;
+/// writable if `tables_w`) and maps 0x40_0000 -> 0x9_9000 (writable if
+/// `out_w`).
+fn nested_setup(s: &mut Sm, tables_w: bool, out_w: bool) {
     let sl = SlTables::new(&s.h.mem, &mut s.h.alloc, 4);
     let fs = s.fs(4);
     fs.map(&s.h.mem, &mut s.h.alloc, 0x5000, 0x40_0000, 12, USER_RW);
-    // Identity-map the pool pages the FS tables use, then the output.
     for page in (16 << 20..17 << 20).step_by(4096) {
-        sl.map(&s.h.mem, &mut s.h.alloc, page, page, 12, true, true);
+        sl.map(&s.h.mem, &mut s.h.alloc, page, page, 12, true, tables_w);
     }
     sl.map(
         &s.h.mem,
@@ -315,9 +318,15 @@ fn nested_translates_tables_and_output_through_second_stage() {
         0x9_9000,
         12,
         true,
-        false,
+        out_w,
     );
     s.set_pasid(0, &PasidSetup::nested(DID, fs.root, 4, sl.root, 2));
+}
+
+#[test]
+fn nested_translates_tables_and_output_through_second_stage() {
+    let mut s = scalable(&["flts=1", "slts=1", "nest=1"]);
+    nested_setup(&mut s, true, false);
     assert_eq!(s.h.gpa(SID, None, 0x5123, Access::READ), Ok(0x9_9123));
     assert_eq!(
         s.h.gpa(SID, None, 0x5123, Access::WRITE),
@@ -472,23 +481,8 @@ fn eafe_sets_extended_accessed_flag() {
 #[test]
 fn nested_accessed_update_needs_second_stage_write_0x77() {
     let mut s = scalable(&["flts=1", "slts=1", "nest=1"]);
-    let sl = SlTables::new(&s.h.mem, &mut s.h.alloc, 4);
-    let fs = s.fs(4);
-    fs.map(&s.h.mem, &mut s.h.alloc, 0x5000, 0x40_0000, 12, USER_RW);
     // First-stage tables readable but not writable through the second
     // stage: the accessed-flag update cannot be made.
-    for page in (16 << 20..17 << 20).step_by(4096) {
-        sl.map(&s.h.mem, &mut s.h.alloc, page, page, 12, true, false);
-    }
-    sl.map(
-        &s.h.mem,
-        &mut s.h.alloc,
-        0x40_0000,
-        0x9_9000,
-        12,
-        true,
-        true,
-    );
-    s.set_pasid(0, &PasidSetup::nested(DID, fs.root, 4, sl.root, 2));
+    nested_setup(&mut s, false, true);
     assert_eq!(s.h.gpa(SID, None, 0x5000, Access::READ), Err(0x77));
 }
