@@ -377,8 +377,9 @@ fn scalable_fault_record_carries_pasid() {
     assert_eq!((hi >> 32) & 0xff, 0x51);
 }
 
-#[test]
-fn pasid_entry_lookup_for_nesting_layer() {
+/// RID_PASID first-stage (SRE, WPE) and its entry as a nesting layer
+/// finds it.
+fn rid_pasid_first_stage() -> (Sm, FsTables, crate::translate::Located) {
     let mut s = scalable(&[]);
     let fs = s.fs(4);
     s.set_pasid(0, &PasidSetup::first_stage(DID, fs.root, 4, true, true));
@@ -386,6 +387,12 @@ fn pasid_entry_lookup_for_nesting_layer() {
         s.h.vtd
             .pasid_entry(&s.h.mem, nesting_core::types::Bdf(SID), None)
             .unwrap();
+    (s, fs, l)
+}
+
+#[test]
+fn pasid_entry_lookup_for_nesting_layer() {
+    let (s, fs, l) = rid_pasid_first_stage();
     assert_eq!(l.entry.fsptptr(), fs.root);
     assert_eq!(l.entry.did(), DID);
     assert!(
@@ -398,13 +405,7 @@ fn pasid_entry_lookup_for_nesting_layer() {
 #[test]
 fn first_stage_pasid_entry_becomes_vtd_s1_hwpt_data() {
     use nesting_core::host::{HwptData, VtdS1Flags};
-    let mut s = scalable(&[]);
-    let fs = s.fs(4);
-    s.set_pasid(0, &PasidSetup::first_stage(DID, fs.root, 4, true, true));
-    let l =
-        s.h.vtd
-            .pasid_entry(&s.h.mem, nesting_core::types::Bdf(SID), None)
-            .unwrap();
+    let (_s, fs, l) = rid_pasid_first_stage();
     assert_eq!(
         crate::nesting::stage1_hwpt(&l.entry),
         Some(HwptData::VtdS1 {
