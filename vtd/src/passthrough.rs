@@ -47,7 +47,8 @@
 //! - **Host failures** become the architected errors: an entry the host
 //!   refuses to nest (or that cannot nest: second-stage or nested PGTT),
 //!   or a device it refuses to attach, leaves the device (PASID) blocked
-//!   and records a fault for it (unless FPD); an invalidation the host
+//!   and records a fault for it (unless FPD; a shadowed requester once
+//!   per refusal, until it is attached or its entry goes); an invalidation the host
 //!   fails sets FSTS.ICE with the source-id, and the context is rebuilt so
 //!   no stale host translation survives; a shadow sync the host fails
 //!   records a fault for the domain's devices at the first address of

@@ -266,6 +266,24 @@ fn shadow_rid_pass_through_and_a_pasid_in_a_domain_coexist() {
 }
 
 #[test]
+fn shadow_rid_entry_made_after_a_pasid_goes_on_a_pasid_capable_hwpt() {
+    let mut p = shadowed(&[]);
+    let fs = p.tables();
+    p.set(5, &fs_entry(2, &fs));
+    assert_eq!(p.ioas(None), None, "no RID_PASID entry yet");
+    let rid = p.tables();
+    p.map(&rid, 0x2000, 0x9_2000, USER_RW);
+    p.set(0, &fs_entry(1, &rid));
+    // A plain IOAS attach of the RID would make iommufd refuse (or, on
+    // a replace, drop) the PASID: the RID is on its PASID-capable HWPT.
+    assert!(p.pasid_capable(None));
+    assert_eq!(p.backing(None, 0x2000), Some((p.va(0x9_2000), true)));
+    assert!(p.sees_page(Some(5)));
+    assert_ne!(p.ioas(None), p.ioas(Some(5)));
+    assert_eq!(p.faults(), 0);
+}
+
+#[test]
 fn shadow_cleared_pasid_entry_detaches_it_and_drops_its_domain() {
     let mut p = shadowed(&[]);
     let fs = p.tables();
