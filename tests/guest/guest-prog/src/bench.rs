@@ -54,7 +54,7 @@ pub fn bench(r: &mut Report) {
     if !r.check("vfio/bind", bound.is_ok(), format!("{bound:?}")) {
         return;
     }
-    let v = match vfio::Vfio::open(&dev) {
+    let vfio::Vfio { dev: v, container } = match vfio::Vfio::open(&dev) {
         Ok(v) => v,
         Err(e) => {
             r.check("vfio/container", false, e.to_string());
@@ -78,10 +78,11 @@ pub fn bench(r: &mut Report) {
     };
     let n = iterations();
     let quarter = (n / 4).max(1);
-    run(r, &ep, "map-unmap-4k", &small, n, false);
-    run(r, &ep, "map-dma-unmap-4k", &small, n, true);
-    run(r, &ep, "map-unmap-2m", &huge, quarter, false);
-    run(r, &ep, "map-dma-unmap-2m", &huge, quarter, true);
+    let c = &container;
+    run(r, &ep, c, "map-unmap-4k", &small, n, false);
+    run(r, &ep, c, "map-dma-unmap-4k", &small, n, true);
+    run(r, &ep, c, "map-unmap-2m", &huge, quarter, false);
+    run(r, &ep, c, "map-dma-unmap-2m", &huge, quarter, true);
 }
 
 /// `iters` times: MAP `buf` at IOVA, optionally FILL its last page by DMA
@@ -89,7 +90,8 @@ pub fn bench(r: &mut Report) {
 /// one check that every step of every iteration succeeded.
 fn run(
     r: &mut Report,
-    ep: &Endpoint<vfio::Vfio>,
+    ep: &Endpoint<vfio::Device>,
+    container: &vfio::Container,
     name: &str,
     buf: &vfio::Buf,
     iters: u32,
@@ -100,7 +102,7 @@ fn run(
     let mut errors = Vec::new();
     let start = Instant::now();
     for i in 0..iters {
-        if let Err(e) = ep.bar.map(buf.va(), IOVA, len as u64, true) {
+        if let Err(e) = container.map(buf.va(), IOVA, len as u64, true) {
             errors.push(format!("iteration {i}: map: {e}"));
             break;
         }
@@ -112,7 +114,7 @@ fn run(
                 errors.push(format!("iteration {i}: DMA {o:?}, byte {byte:#04x}"));
             }
         }
-        match ep.bar.unmap(IOVA, len as u64) {
+        match container.unmap(IOVA, len as u64) {
             Ok(n) if n == len as u64 => {}
             other => errors.push(format!("iteration {i}: unmap: {other:?}")),
         }

@@ -27,6 +27,7 @@
 //!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
 mod bench;
+mod matrix;
 mod sys;
 mod translated;
 mod vfio;
@@ -56,6 +57,9 @@ mod reg {
     pub const FAULT_LO: usize = 0x30;
     pub const FAULT_HI: usize = 0x34;
     pub const MAX_LEN: usize = 0x38;
+    /// Kept across function resets and guest reboots (cleared only when
+    /// the server starts): the matrix scenarios count boots in it.
+    pub const SCRATCH: usize = 0x3c;
 }
 
 const ID_VDMA: u32 = u32::from_le_bytes(*b"VDMA");
@@ -77,17 +81,19 @@ const NOWHERE: u64 = 0x10_0000_0000;
 struct Report {
     passed: u32,
     failed: u32,
+    /// Put before every check's name (`boot2/` after a guest reboot).
+    prefix: String,
 }
 
 impl Report {
     fn check(&mut self, name: &str, ok: bool, detail: impl AsRef<str>) -> bool {
-        let detail = detail.as_ref();
+        let (detail, p) = (detail.as_ref(), &self.prefix);
         if ok {
             self.passed += 1;
-            println!("ok {name}: {detail}");
+            println!("ok {p}{name}: {detail}");
         } else {
             self.failed += 1;
-            println!("FAIL {name}: {detail}");
+            println!("FAIL {p}{name}: {detail}");
         }
         ok
     }
@@ -111,7 +117,7 @@ struct Outcome {
 }
 
 /// 32-bit register access to BAR0, by sysfs mmap or through VFIO.
-trait Bar {
+pub(crate) trait Bar {
     fn read(&self, off: usize) -> u32;
     fn write(&self, off: usize, v: u32);
 }
@@ -125,7 +131,7 @@ impl Bar for Mmio {
     }
 }
 
-impl Bar for vfio::Vfio {
+impl Bar for vfio::Device {
     /// A failed access reads as all-ones, as a PCI master abort does.
     fn read(&self, off: usize) -> u32 {
         self.read32(off as u64).unwrap_or(u32::MAX)
@@ -490,8 +496,14 @@ fn main() -> ExitCode {
         match a.as_str() {
             "dma-passthrough" => dma_passthrough(&mut r),
             "virtio-iommu-fault" => virtio_iommu_fault(&mut r),
-            "virtio-iommu-vfio" => translated::virtio_iommu_vfio(&mut r),
-            "vtd-vfio" => translated::vtd_vfio(&mut r),
+            "virtio-iommu" => matrix::run(&mut r, matrix::Iommu::Virtio),
+            "vtd-legacy" => matrix::run(&mut r, matrix::Iommu::Vtd(matrix::VtdMode::Legacy)),
+            "vtd-scalable-fs" => {
+                matrix::run(&mut r, matrix::Iommu::Vtd(matrix::VtdMode::ScalableFs))
+            }
+            "vtd-scalable-ss" => {
+                matrix::run(&mut r, matrix::Iommu::Vtd(matrix::VtdMode::ScalableSs))
+            }
             "probe-bars" => probe_bars(&mut r),
             "bench" => bench::bench(&mut r),
             other => {

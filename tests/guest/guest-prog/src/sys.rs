@@ -300,3 +300,40 @@ pub fn iommus() -> Vec<String> {
     v.sort();
     v
 }
+
+/// Every message of the kernel log still in its buffer, from the first
+/// (`/dev/kmsg` read from its start until it has no more records).
+pub fn kernel_log() -> Vec<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    // Bounded: the buffer holds a finite number of records; the bound
+    // only guards against a writer racing us forever.
+    for _ in 0..100_000 {
+        match f.read(&mut buf) {
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
+                out.push(msg.to_string());
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// A 64-bit value from a sysfs file holding hex digits.
+pub fn read_hex64(p: &Path) -> Option<u64> {
+    fs::read_to_string(p)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim().trim_start_matches("0x"), 16).ok())
+}

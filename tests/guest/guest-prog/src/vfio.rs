@@ -57,16 +57,18 @@ fn ioctl_val(fd: &impl AsRawFd, req: u64, v: libc::c_ulong) -> io::Result<libc::
     check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, v) })
 }
 
-/// Binds `dev` to vfio-pci (driver_override, then a probe).
+/// Binds `dev` to vfio-pci (driver_override, then a probe); nothing to do
+/// when it already is.
 pub fn bind_vfio_pci(dev: &Path) -> io::Result<()> {
     let name = dev
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    fs::write(dev.join("driver_override"), "vfio-pci")?;
-    if dev.join("driver").exists() {
-        fs::write(dev.join("driver/unbind"), &name)?;
+    if driver(dev).as_deref() == Some("vfio-pci") {
+        return Ok(());
     }
+    fs::write(dev.join("driver_override"), "vfio-pci")?;
+    unbind(dev)?;
     fs::write("/sys/bus/pci/drivers_probe", &name)?;
     let driver = fs::read_link(dev.join("driver"))?;
     if driver.file_name().is_some_and(|n| n == "vfio-pci") {
@@ -76,28 +78,55 @@ pub fn bind_vfio_pci(dev: &Path) -> io::Result<()> {
     }
 }
 
-/// A type1 container holding the device's group, and the device.
-pub struct Vfio {
-    container: File,
-    _group: File,
-    device: File,
-    bar0: u64,
-    config: u64,
+/// Unbinds `dev` from its driver, if it has one.
+pub fn unbind(dev: &Path) -> io::Result<()> {
+    let name = dev
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if dev.join("driver").exists() {
+        fs::write(dev.join("driver/unbind"), &name)?;
+    }
+    Ok(())
 }
 
-impl Vfio {
-    /// Opens the group of `dev` (bound to vfio-pci), puts it in a new
-    /// type1v2 container and gets the device.
-    pub fn open(dev: &Path) -> io::Result<Self> {
-        let rw = |p: &str| OpenOptions::new().read(true).write(true).open(p);
-        let container = rw("/dev/vfio/vfio")?;
-        if ioctl_val(&container, GET_API_VERSION, 0)? != 0 {
+/// The name of the driver `dev` is bound to, if any.
+pub fn driver(dev: &Path) -> Option<String> {
+    let link = fs::read_link(dev.join("driver")).ok()?;
+    link.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// A type1v2 container: one IOMMU address space (one domain when the
+/// groups' IOMMU allows it) shared by every group added to it.
+pub struct Container {
+    file: File,
+    iommu_set: std::cell::Cell<bool>,
+}
+
+impl Container {
+    /// Opens a new container and checks the API and type1v2.
+    pub fn new() -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/vfio/vfio")?;
+        if ioctl_val(&file, GET_API_VERSION, 0)? != 0 {
             return Err(io::Error::other("VFIO API version is not 0"));
         }
         let type1 = libc::c_ulong::from(VFIO_TYPE1v2_IOMMU);
-        if ioctl_val(&container, CHECK_EXTENSION, type1)? != 1 {
+        if ioctl_val(&file, CHECK_EXTENSION, type1)? != 1 {
             return Err(io::Error::other("no VFIO_TYPE1v2_IOMMU"));
         }
+        Ok(Container {
+            file,
+            iommu_set: std::cell::Cell::new(false),
+        })
+    }
+
+    /// Adds the group of `dev` (bound to vfio-pci) to the container (the
+    /// first group also selects type1v2) and opens the device.
+    pub fn attach(&self, dev: &Path) -> io::Result<Device> {
+        let rw = |p: &str| OpenOptions::new().read(true).write(true).open(p);
         let link = fs::read_link(dev.join("iommu_group"))?;
         let n = link.file_name().map(|n| n.to_string_lossy().into_owned());
         let group = rw(&format!("/dev/vfio/{}", n.unwrap_or_default()))?;
@@ -112,12 +141,16 @@ impl Vfio {
         if st.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             return Err(io::Error::other("group not viable"));
         }
-        let mut cfd = container.as_raw_fd();
+        let mut cfd = self.file.as_raw_fd();
         ctx(
             "VFIO_GROUP_SET_CONTAINER",
             ioctl_ptr(&group, GROUP_SET_CONTAINER, &mut cfd),
         )?;
-        ctx("VFIO_SET_IOMMU", ioctl_val(&container, SET_IOMMU, type1))?;
+        if !self.iommu_set.get() {
+            let type1 = libc::c_ulong::from(VFIO_TYPE1v2_IOMMU);
+            ctx("VFIO_SET_IOMMU", ioctl_val(&self.file, SET_IOMMU, type1))?;
+            self.iommu_set.set(true);
+        }
         let name = dev
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -141,10 +174,9 @@ impl Vfio {
         let device = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         let bar0 = region_offset(&device, VFIO_PCI_BAR0_REGION_INDEX)?;
         let config = region_offset(&device, VFIO_PCI_CONFIG_REGION_INDEX)?;
-        Ok(Vfio {
-            container,
-            _group: group,
+        Ok(Device {
             device,
+            _group: group,
             bar0,
             config,
         })
@@ -164,7 +196,7 @@ impl Vfio {
             iova,
             size: len,
         };
-        ioctl_ptr(&self.container, IOMMU_MAP_DMA, &mut m).map(|_| ())
+        ioctl_ptr(&self.file, IOMMU_MAP_DMA, &mut m).map(|_| ())
     }
 
     /// Unmaps `[iova, iova + len)`; returns the bytes unmapped.
@@ -175,10 +207,42 @@ impl Vfio {
             size: len,
             ..Default::default()
         };
-        ioctl_ptr(&self.container, IOMMU_UNMAP_DMA, &mut u)?;
+        ioctl_ptr(&self.file, IOMMU_UNMAP_DMA, &mut u)?;
         Ok(u.size)
     }
+}
 
+/// A device opened through its group (which keeps the group's place in
+/// its container while it lives).
+pub struct Device {
+    device: File,
+    _group: File,
+    bar0: u64,
+    config: u64,
+}
+
+/// A type1 container holding one device's group, and the device.
+pub struct Vfio {
+    pub dev: Device,
+    pub container: Container,
+}
+
+impl Vfio {
+    /// Opens the group of `dev` (bound to vfio-pci), puts it in a new
+    /// type1v2 container and gets the device.
+    pub fn open(dev: &Path) -> io::Result<Self> {
+        let container = Container::new()?;
+        let dev = container.attach(dev)?;
+        Ok(Vfio { dev, container })
+    }
+
+    /// [`Container::map`].
+    pub fn map(&self, vaddr: u64, iova: u64, len: u64, write: bool) -> io::Result<()> {
+        self.container.map(vaddr, iova, len, write)
+    }
+}
+
+impl Device {
     /// Reads the BAR0 register at `off`.
     pub fn read32(&self, off: u64) -> io::Result<u32> {
         let mut b = [0u8; 4];
