@@ -53,14 +53,15 @@ use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
 use vm_memory::GuestMemory;
 
 use super::{
-    Dirty, MAX_ROUNDS_PER_RANGE, PassthroughBackend, PassthroughError, entry_refused, fpd_of,
-    pasids_in_use, refusal_fault, rid_did, warn_host,
+    Dirty, MAX_NESTED_PASIDS_PER_DEVICE, MAX_ROUNDS_PER_RANGE, PassthroughBackend,
+    PassthroughError, entry_refused, fpd_of, pasids_in_use, refusal_fault, rid_did, sm_context,
+    warn_host,
 };
 use crate::Vtd;
 use crate::fault::FaultReason;
-use crate::nesting::{IotlbScope, VtdEvent};
+use crate::nesting::{IotlbScope, PasidScope, VtdEvent};
 use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, TableView};
-use crate::tables::Pgtt;
+use crate::tables::{Pgtt, SmContextEntry};
 use crate::translate::{Caps, RootPointer, Tables, tables_for};
 
 /// Most shadow domains one unit keeps: each is a host IOAS (and a HWPT per
@@ -214,6 +215,13 @@ impl PassthroughBackend {
                         self.resync_all(vtd, mem, dirty);
                     }
                 }
+                VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
+                    let sids: Vec<u16> = self.shadow_devs.keys().copied().collect();
+                    for sid in sids {
+                        self.reconcile_pasid(vtd, mem, sid, pasid, dirty);
+                    }
+                    self.domains.retain(|_, d| !d.devices().is_empty());
+                }
                 VtdEvent::RootTable { .. } | VtdEvent::Context(_) | VtdEvent::PasidCache(_) => {
                     self.reconcile_all(vtd, mem, dirty)
                 }
@@ -355,6 +363,40 @@ impl PassthroughBackend {
         }
         for key in keys {
             self.reconcile_one(vtd, mem, (sid, key), dirty);
+        }
+    }
+
+    /// Re-reads one PASID of `sid` after a PASID-selective PASID-cache
+    /// invalidation (6.5.2.2: software sends one after changing that
+    /// entry; Linux's `pasid.c` does for every entry it sets up or tears
+    /// down), instead of the whole PASID table: the RID if it is the
+    /// context's RID_PASID (9.4), else that PASID, unless the device
+    /// already has [`super::MAX_NESTED_PASIDS_PER_DEVICE`] others.
+    fn reconcile_pasid<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        sid: u16,
+        pasid: u32,
+        dirty: &mut Dirty,
+    ) {
+        let rid_pasid =
+            sm_context(mem, vtd, sid).map(|c| SmContextEntry::RID_PASID.get(c.q[1]) as u32);
+        if rid_pasid == Some(pasid) {
+            return self.reconcile_one(vtd, mem, (sid, None), dirty);
+        }
+        let (Some(key), Some(d)) = (Pasid::new(pasid), self.shadow_devs.get(&sid)) else {
+            return;
+        };
+        let key = Some(key);
+        let known = d.at.contains_key(&key) || d.faulted.contains(&key);
+        let others = d.at.keys().filter(|k| k.is_some()).count();
+        if known || others < MAX_NESTED_PASIDS_PER_DEVICE {
+            self.reconcile_one(vtd, mem, (sid, key), dirty);
+        } else {
+            log::warn!(
+                "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; pasid {pasid:#x} stays blocked"
+            );
         }
     }
 

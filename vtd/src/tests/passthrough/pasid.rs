@@ -284,6 +284,28 @@ fn shadow_rid_entry_made_after_a_pasid_goes_on_a_pasid_capable_hwpt() {
 }
 
 #[test]
+fn shadow_pasid_selective_pasid_cache_invalidation_rereads_that_pasid_only() {
+    let mut p = shadowed(&[]);
+    let fs = p.tables();
+    // Entries made present without their invalidation (6.1: with CM=1
+    // the unit may have cached them not-present).
+    let (mem, alloc, dir) = (&p.s.h.mem, &mut p.s.h.alloc, p.s.dir);
+    p.s.t.set_pasid(mem, alloc, dir, 6, &fs_entry(2, &fs));
+    p.s.t.set_pasid(mem, alloc, dir, 7, &fs_entry(2, &fs));
+    p.set(5, &fs_entry(2, &fs));
+    assert!(p.sees_page(Some(5)));
+    assert_eq!(p.ioas(Some(6)), None);
+    // 6.5.2.2 PASID-selective: that PASID.
+    p.flush(&[desc::pasid_cache(1, 2, 6)]);
+    assert!(p.sees_page(Some(6)));
+    assert_eq!(p.ioas(Some(7)), None);
+    // Global: the whole PASID table.
+    p.flush(&[desc::pasid_cache(3, 0, 0)]);
+    assert!(p.sees_page(Some(7)));
+    assert_eq!(p.host.backend.shadow_domains().count(), 1);
+}
+
+#[test]
 fn shadow_cleared_pasid_entry_detaches_it_and_drops_its_domain() {
     let mut p = shadowed(&[]);
     let fs = p.tables();
