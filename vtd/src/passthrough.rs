@@ -61,7 +61,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nesting_core::guest::GuestModel;
+use nesting_core::guest::{GuestModel, VtdMode};
 use nesting_core::host::HostError;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
@@ -307,7 +307,14 @@ impl PassthroughBackend {
             // What the host cannot attach of the guest's PASIDs (11.4.3
             // ECAP.PSS) stays blocked, with a fault per entry: stated
             // with the decision, as the device is still backed.
-            let c = shadowed::pasid_check(vtd.config().pasid_bits, &view);
+            // ECAP.PASID without SMTS gives no PASIDs: requests with
+            // PASID need a scalable-mode root table (3.4.3, 9.2).
+            let cfg = vtd.config();
+            let guest_bits = match cfg.mode {
+                VtdMode::Scalable => cfg.pasid_bits,
+                VtdMode::Legacy => 0,
+            };
+            let c = shadowed::pasid_check(guest_bits, &view);
             if !c.passed {
                 decision.reason += &format!("; {}", c.detail);
             }

@@ -434,6 +434,14 @@ fn shadow_pasid_beyond_the_host_pasid_width_faults_and_narrower_ones_attach() {
 }
 
 #[test]
+fn shadow_legacy_guest_needs_no_host_pasids() {
+    let h = crate::tests::Harness::new(&["mode=legacy", "cm=1"]);
+    let spec = nonest_with_ecap(|e| e & !ecap::PASID.mask());
+    let (_, d) = accepted_as(&h, &spec, SID, DecisionKind::Shadow);
+    assert!(!d.has_failed("shadow-pasids"), "{d}");
+}
+
+#[test]
 fn shadow_host_with_every_pasid_states_it_in_the_decision() {
     let (_, decision) = shadowed_on(&[], &HostProfile::VtdNonest.spec());
     let c = decision
