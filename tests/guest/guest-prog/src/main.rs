@@ -27,6 +27,7 @@
 //!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
 mod bench;
+mod iommufd;
 mod matrix;
 mod sys;
 mod translated;

@@ -5,8 +5,9 @@
 //! - boot 1: the IOMMU as the driver set it up (for VT-d, which mode it
 //!   chose), both endpoints' default DMA domains and DMA by physical
 //!   address from the unbound endpoints refused and reported; map / DMA /
-//!   unmap / fault through VFIO; two endpoints in one domain; unbind and
-//!   rebind; then SCRATCH := 1 and init reboots the guest;
+//!   unmap / fault through VFIO; two endpoints in one domain (one type1
+//!   container, then one iommufd IOAS where both report the same HWPT);
+//!   unbind and rebind; then SCRATCH := 1 and init reboots the guest;
 //! - boot 2 (SCRATCH was 1; check names start with `boot2/`): the IOMMU,
 //!   the default domains and map / DMA / unmap / fault again, SCRATCH := 2,
 //!   and init powers off.
@@ -113,6 +114,7 @@ pub fn run(r: &mut Report, iommu: Iommu) {
     translated::single(r, log, &eps[0]);
     if boot == 0 {
         translated::two_in_one_domain(r, log, &eps);
+        translated::two_iommufd(r, log, &eps);
         translated::unbind_rebind(r, log, &eps[0]);
     }
     if let Some(regs) = regs {

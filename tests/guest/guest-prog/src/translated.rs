@@ -545,6 +545,108 @@ pub fn two_in_one_domain(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) 
     );
 }
 
+/// Two endpoints in one domain through iommufd: both VFIO cdevs bound to
+/// one iommufd and attached to one IOAS, where the kernel reuses a
+/// compatible hardware page table, so both must report the same HWPT ID
+/// (one iommu_domain of the guest driver); a buffer mapped once in the
+/// IOAS is filled by both, and after one unmap DMA from each is refused
+/// and reported with its own source ID.
+pub fn two_iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
+    let bound: Vec<_> = eps.iter().map(|e| vfio::bind_vfio_pci(&e.path)).collect();
+    if !r.check(
+        "iommufd/bind",
+        bound.iter().all(Result::is_ok),
+        format!("{bound:?}"),
+    ) {
+        return;
+    }
+    let fd = match crate::iommufd::Iommufd::new() {
+        Ok(f) => f,
+        Err(e) => {
+            r.check("iommufd/ioas", false, format!("/dev/iommu: {e}"));
+            return;
+        }
+    };
+    let (a0, a1) = (fd.attach(&eps[0].path), fd.attach(&eps[1].path));
+    let ((d0, h0), (d1, h1)) = match (a0, a1) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            let e = format!("{:?} / {:?}", a.err(), b.err());
+            r.check("iommufd/one-hwpt", false, e);
+            return;
+        }
+    };
+    r.check(
+        "iommufd/one-hwpt",
+        h0 == h1 && h0 != fd.ioas,
+        format!(
+            "IOAS {}: ep1 attached to HWPT {h0}, ep2 to HWPT {h1}",
+            fd.ioas
+        ),
+    );
+    let Ok(buf) = vfio::Buf::new(VFIO_LEN) else {
+        r.check("iommufd/buffer", false, "mmap failed");
+        return;
+    };
+    let mapped = fd.map(&buf, IOVA_DST);
+    if !r.check(
+        "iommufd/map-once",
+        mapped.is_ok(),
+        format!("{VFIO_LEN:#x} bytes at IOVA {IOVA_DST:#x}: {mapped:?}"),
+    ) {
+        return;
+    }
+    let d = [
+        Endpoint {
+            bar: d0,
+            vector: u32::MAX,
+        },
+        Endpoint {
+            bar: d1,
+            vector: u32::MAX,
+        },
+    ];
+    for e in &d {
+        let cmd = e.bar.config_read16(4).unwrap_or(0);
+        let _ = e.bar.config_write16(4, cmd | CMD_MEM_BME);
+    }
+    let half = PAGE as u32;
+    let pats = [0x5151_6262u32, 0x7373_8484];
+    let outs: Vec<_> = (0..2)
+        .map(|i| {
+            d[i].run(&fill_cmd(
+                IOVA_DST + u64::from(half) * i as u64,
+                half,
+                pats[i],
+            ))
+        })
+        .collect();
+    let got = buf.snapshot();
+    let want: Vec<u8> = (0..VFIO_LEN)
+        .map(|i| pattern_byte(pats[i / PAGE], i % PAGE))
+        .collect();
+    r.check(
+        "iommufd/fill-both",
+        outs.iter().all(|o| o.status == ST_OK) && got == want,
+        format!(
+            "ep1 page 0, ep2 page 1 of IOVA {IOVA_DST:#x}: {outs:?}; {}",
+            diff(&got, &want)
+        ),
+    );
+    let unmapped = fd.unmap(IOVA_DST, VFIO_LEN as u64);
+    r.check(
+        "iommufd/unmap-once",
+        matches!(unmapped, Ok(n) if n == VFIO_LEN as u64),
+        format!("{unmapped:?}"),
+    );
+    for (i, (e, dev)) in eps.iter().zip(&d).enumerate() {
+        let at = IOVA_DST + PAGE as u64 * i as u64;
+        let cmd = fill_cmd(at, 64, 0xfeed_f00d);
+        let name = format!("iommufd/ep{}-after-unmap-refused", i + 1);
+        expect_fault(r, log, &name, e, dev, &cmd, ST_WRITE_FAULT, at);
+    }
+}
+
 /// Unbind and rebind: the endpoint's container is closed with a mapping
 /// still in place (VFIO hands the group back to its default domain: the
 /// driver rewrites and invalidates the context / PASID entry, or sends a

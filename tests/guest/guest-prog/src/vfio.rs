@@ -17,7 +17,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 /// `_IO(VFIO_TYPE, VFIO_BASE + n)` with VFIO_TYPE ';' and VFIO_BASE 100.
-const fn vfio_io(n: u64) -> u64 {
+pub const fn vfio_io(n: u64) -> u64 {
     ((b';' as u64) << 8) | (100 + n)
 }
 const GET_API_VERSION: u64 = vfio_io(0);
@@ -45,7 +45,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// `ioctl(fd, req, arg)` with a pointer argument.
-fn ioctl_ptr<T>(fd: &impl AsRawFd, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
+pub fn ioctl_ptr<T>(fd: &impl AsRawFd, req: u64, arg: &mut T) -> io::Result<libc::c_int> {
     // SAFETY: `arg` is a live, exclusively borrowed struct of the layout
     // the request expects (vfio-bindings' definitions of the uapi).
     check(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, std::ptr::from_mut(arg)) })
@@ -176,7 +176,7 @@ impl Container {
         let config = region_offset(&device, VFIO_PCI_CONFIG_REGION_INDEX)?;
         Ok(Device {
             device,
-            _group: group,
+            _group: Some(group),
             bar0,
             config,
         })
@@ -216,7 +216,8 @@ impl Container {
 /// its container while it lives).
 pub struct Device {
     device: File,
-    _group: File,
+    /// The group it was opened through (none for a cdev bound to iommufd).
+    _group: Option<File>,
     bar0: u64,
     config: u64,
 }
@@ -243,6 +244,24 @@ impl Vfio {
 }
 
 impl Device {
+    /// A device opened as its VFIO cdev (`/dev/vfio/devices/vfioN`), to be
+    /// bound to an iommufd before use of its regions.
+    pub fn from_cdev(device: File) -> Self {
+        Device {
+            device,
+            _group: None,
+            bar0: 0,
+            config: 0,
+        }
+    }
+
+    /// Looks up the BAR0 and config region offsets (after the bind).
+    pub fn find_regions(&mut self) -> io::Result<()> {
+        self.bar0 = region_offset(&self.device, VFIO_PCI_BAR0_REGION_INDEX)?;
+        self.config = region_offset(&self.device, VFIO_PCI_CONFIG_REGION_INDEX)?;
+        Ok(())
+    }
+
     /// Reads the BAR0 register at `off`.
     pub fn read32(&self, off: u64) -> io::Result<u32> {
         let mut b = [0u8; 4];
