@@ -46,6 +46,11 @@
 //! reset, a guest reboot included) is a power-on reset of the whole unit;
 //! a reset of the virtio-iommu function resets the virtio device. The
 //! server keeps serving across reboots and exits when QEMU disconnects.
+//! With `VIOMMU_RECORD=PATH`, the guest's traffic with the IOMMU model
+//! (VT-d or virtio-iommu) is recorded as a `.viommu` script at PATH, and
+//! after each reset of the unit at PATH with `-bootN` before `.viommu`
+//! (see the library's `record` module).
+//!
 //! Log level from `VIOMMU_GUEST_LOG` (error, warn, info, debug, trace;
 //! default info), on stderr.
 #![forbid(unsafe_code)]
@@ -55,17 +60,18 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{LevelFilter, Log, Metadata, Record, error, info};
-use nesting_core::guest::{VirtioIommuConfig, VtdConfig};
+use nesting_core::guest::{GuestModel, VirtioIommuConfig, VtdConfig};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
 use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
+use viommu_guest_server::record::Recorder;
 use viommu_guest_server::virtio_backend::{self, VirtioBackend};
 use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
+use viommu_guest_server::virtio_record::RecordedVirtio;
 use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend, VtdMode};
 use virtio_iommu::{DeviceOptions, VirtioIommu};
-use vm_memory::GuestMemoryMmap;
 use vtd::Vtd;
 
 /// Address width of the harness's VT-d unit (the model's default).
@@ -234,17 +240,20 @@ fn serve_endpoints<T: Translate + Send + Sync + 'static>(
 }
 
 /// The virtio-iommu model the guest drives, with defaults for a test
-/// device (no bypass: DMA is refused until the driver attaches).
-fn virtio_iommu() -> Result<Arc<VirtioIommu<GuestMemoryMmap>>, String> {
-    VirtioIommu::new(&VirtioIommuConfig::default(), DeviceOptions::default())
-        .map(Arc::new)
-        .map_err(|e| format!("virtio-iommu model: {e}"))
+/// device (no bypass: DMA is refused until the driver attaches), recorded
+/// when `VIOMMU_RECORD` asks for it.
+fn virtio_iommu() -> Result<Arc<RecordedVirtio>, String> {
+    let cfg = VirtioIommuConfig::default();
+    let dev = VirtioIommu::new(&cfg, DeviceOptions::default())
+        .map_err(|e| format!("virtio-iommu model: {e}"))?;
+    let recorder = Recorder::from_env(&GuestModel::VirtioIommu(cfg));
+    Ok(Arc::new(RecordedVirtio::new(dev, recorder)))
 }
 
 /// Binds the virtio-iommu function's socket and serves it on a thread.
 fn spawn_virtio_iommu(
     socket: &Path,
-    dev: &Arc<VirtioIommu<GuestMemoryMmap>>,
+    dev: &Arc<RecordedVirtio>,
 ) -> Result<std::thread::JoinHandle<bool>, String> {
     let server = vfio_user::Server::new(
         socket,
@@ -256,7 +265,7 @@ fn spawn_virtio_iommu(
     info!("virtio-iommu on {}", socket.display());
     let d = Arc::clone(dev);
     let mut backend = VirtioBackend::new(Arc::clone(dev), Box::new(move |m| d.set_memory(m)));
-    connect_interrupts(dev, backend.transport().irq_router());
+    connect_interrupts(dev.device(), backend.transport().irq_router());
     Ok(std::thread::spawn(move || match server.run(&mut backend) {
         Ok(()) => {
             info!("virtio-iommu: client disconnected");
@@ -336,7 +345,12 @@ fn run(a: &Args) -> Result<bool, String> {
         if cfg.aw.bits() != u32::from(VTD_ADDRESS_WIDTH) {
             return Err(format!("VT-d width {} is not the DMAR's", cfg.aw.bits()));
         }
-        let unit = Arc::new(HarnessVtd::new(Vtd::new(cfg)));
+        let recorder = Recorder::from_env(&GuestModel::Vtd(cfg.clone()));
+        let mut unit = HarnessVtd::new(Vtd::new(cfg));
+        if let Some(r) = recorder {
+            unit = unit.with_recorder(r);
+        }
+        let unit = Arc::new(unit);
         let vtd = spawn_vtd(vtd_socket, &unit)?;
         let ok = serve_endpoints(a, socket, &unit, RequesterId::Pci);
         return Ok(vtd.join().unwrap_or(false) && ok);

@@ -116,9 +116,13 @@ impl<D: VirtioDevice> ServerBackend for VirtioBackend<D> {
     }
 
     fn reset(&mut self) -> io::Result<()> {
+        // The function's reset stands for the platform's (QEMU resets every
+        // function on a system reset, a guest reboot included): the device
+        // gets a system reset (virtio 1.3 5.13.4.2: `bypass` back to its
+        // initial value).
         info!("virtio: function reset");
-        // A function-level reset resets the device (status 0).
-        self.pci.bar0_write(0x14, &[0]).map_err(invalid)
+        self.pci.system_reset();
+        Ok(())
     }
 
     fn set_irqs(

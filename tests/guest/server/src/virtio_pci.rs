@@ -62,6 +62,11 @@ pub trait VirtioDevice: Send + Sync {
     fn notify(&self, index: u16);
     /// Device reset (status written 0).
     fn reset(&self);
+    /// Reset of the whole platform (a function reset stands for it in the
+    /// harness); by default a device reset.
+    fn system_reset(&self) {
+        self.reset();
+    }
 }
 
 /// Delivers MSI-X vector `vector` (returns whether it was delivered).
@@ -211,6 +216,15 @@ impl<D: VirtioDevice> VirtioPci<D> {
     /// The common configuration state (for tests and logs).
     pub fn common(&self) -> &CommonConfig {
         &self.common
+    }
+
+    /// Function reset (`VFIO_USER_DEVICE_RESET`, sent by QEMU on every
+    /// system reset): the transport back to its reset state and the device
+    /// to its state after a system reset.
+    pub fn system_reset(&mut self) {
+        self.device.system_reset();
+        self.irq.reset();
+        self.common.reset();
     }
 
     /// A configuration space read.

@@ -38,6 +38,7 @@ use vm_memory::GuestMemoryMmap;
 use vtd::{InterruptSource, TranslateResult, Vtd};
 
 use crate::irq::MsixVectors;
+use crate::record::{self, Dma, RecMem, SharedRecorder};
 
 use crate::ram::{GuestRam, invalid};
 use crate::regfile::{RegFile, RegSpec};
@@ -156,11 +157,17 @@ struct Unit {
 /// that cache is the harness's own: it holds no entries and moves to a new
 /// generation whenever the unit's cache does (an invalidation) or the unit
 /// is reset.
+///
+/// With a [`Recorder`](crate::record::Recorder), every register access,
+/// translation and reset is recorded ([`crate::record`]); the recorder's
+/// lock is taken before the unit's and held around the whole operation,
+/// so the script has them in the order the unit saw them.
 pub struct HarnessVtd {
     unit: Mutex<Unit>,
     views: Iotlb,
     mem: RwLock<Arc<GuestMemoryMmap>>,
     msix: Arc<Mutex<MsixVectors>>,
+    recorder: Option<SharedRecorder>,
 }
 
 impl std::fmt::Debug for HarnessVtd {
@@ -201,7 +208,14 @@ impl HarnessVtd {
             views: Iotlb::new(1),
             mem: RwLock::new(Arc::new(GuestMemoryMmap::default())),
             msix,
+            recorder: None,
         }
+    }
+
+    /// Records the unit's traffic with `recorder`.
+    pub fn with_recorder(mut self, recorder: SharedRecorder) -> Self {
+        self.recorder = Some(recorder);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Unit> {
@@ -223,6 +237,9 @@ impl HarnessVtd {
 
     /// Replaces the guest memory the unit reads tables from.
     pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        if let Some(rec) = &self.recorder {
+            record::lock(rec).set_memory(Arc::clone(&mem));
+        }
         *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
     }
 
@@ -233,15 +250,41 @@ impl HarnessVtd {
 
     /// Register read of `size` bytes (4 or 8).
     pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        self.lock().vtd.mmio_read(offset, size)
+        let Some(rec) = &self.recorder else {
+            return self.lock().vtd.mmio_read(offset, size);
+        };
+        let mut rec = record::lock(rec);
+        let v = self.lock().vtd.mmio_read(offset, size);
+        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
+        v
     }
 
     /// Register write, with its synchronous effects.
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         let mem = self.memory();
+        let Some(rec) = &self.recorder else {
+            let mut u = self.lock();
+            u.vtd.mmio_write(&*mem, offset, size, value);
+            self.after_write(&mut u);
+            return;
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
         let mut u = self.lock();
-        u.vtd.mmio_write(&*mem, offset, size, value);
-        self.follow(&mut u);
+        rec.op(
+            &mem,
+            || u.vtd.mmio_write(&view, offset, size, value),
+            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
+        );
+        self.after_write(&mut u);
+    }
+
+    /// After a register write: the views follow the unit's cache, and the
+    /// events for a nesting layer (there is none here) are dropped, as
+    /// replay does, so they do not pile up to the collapse limit.
+    fn after_write(&self, u: &mut Unit) {
+        self.follow(u);
+        drop(u.vtd.take_events());
     }
 
     /// Power-on reset of the unit (registers, latched root pointer, fault
@@ -251,7 +294,11 @@ impl HarnessVtd {
     /// (`VFIO_USER_DEVICE_RESET`) on every system reset, so its reset
     /// stands for the platform's.
     pub fn reset(&self) {
+        let rec = self.recorder.as_ref().map(record::lock);
         let mut u = self.lock();
+        if let Some(mut rec) = rec {
+            rec.reset();
+        }
         let cfg = u.vtd.config().clone();
         u.vtd = with_interrupts(Vtd::new(cfg), &self.msix);
         u.seen = u.vtd.iotlb().generation();
@@ -271,11 +318,37 @@ impl Translate for HarnessVtd {
             return Err(TranslateFault { rid, iova });
         };
         let mem = self.memory();
-        // The unit looks its own cache up first.
-        match self.lock().vtd.translate(&*mem, bdf, pasid, iova, access) {
-            TranslateResult::Mapped(t) => Ok(t),
-            TranslateResult::Fault { .. } => Err(TranslateFault { rid, iova }),
-        }
+        let fault = TranslateFault { rid, iova };
+        let Some(rec) = &self.recorder else {
+            // The unit looks its own cache up first.
+            return match self.lock().vtd.translate(&*mem, bdf, pasid, iova, access) {
+                TranslateResult::Mapped(t) => Ok(t),
+                TranslateResult::Fault { .. } => Err(fault),
+            };
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
+        let mut u = self.lock();
+        let dma = Dma {
+            sid: u32::from(bdf.0),
+            pasid: pasid.map(|p| p.raw()),
+            iova: iova.raw(),
+            access,
+        };
+        let mut out = Err(fault);
+        rec.translate(
+            &mem,
+            dma,
+            || {
+                out = match u.vtd.translate(&view, bdf, pasid, iova, access) {
+                    TranslateResult::Mapped(t) => Ok(t),
+                    TranslateResult::Fault { .. } => Err(fault),
+                };
+                out.as_ref().ok().map(|t| t.gpa_of(iova).raw())
+            },
+            |_, _| (Vec::new(), Vec::new()),
+        );
+        out
     }
 
     fn iotlb(&self) -> &Iotlb {

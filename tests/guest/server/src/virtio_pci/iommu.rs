@@ -57,6 +57,10 @@ impl<M: GuestMemory + Send + Sync> VirtioDevice for VirtioIommu<M> {
     fn reset(&self) {
         VirtioIommu::reset(self);
     }
+
+    fn system_reset(&self) {
+        VirtioIommu::system_reset(self);
+    }
 }
 
 /// Routes the model's interrupts through `router`.

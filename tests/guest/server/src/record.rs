@@ -1,0 +1,788 @@
+//! Recording a guest's traffic with a model as a `.viommu` script
+//! (docs/REPLAY.md), so that what a real Linux driver did replays without
+//! QEMU (`viommu replay`, and `cargo test` over `tests/replay/recorded/`).
+//!
+//! With `VIOMMU_RECORD=PATH` in its environment the server records every
+//! operation the guest makes the model do, in the order the model did
+//! them (one lock, [`SharedRecorder`], is held around each):
+//!
+//! - the header: `model ...` with the options of the model the harness
+//!   runs, and `ram GPA SIZE` for each region the client `dma_map`ped
+//!   (declared before the first operation that follows its mapping);
+//! - before each operation, `write-bytes` of the guest memory the model
+//!   READ during it (tables, invalidation descriptors, requests), only for
+//!   bytes that differ from what the replay's memory holds by then: the
+//!   recorder keeps an image of that memory ([`Image`]: what earlier
+//!   `write-bytes` set plus what the model itself wrote). Bytes the model
+//!   wrote earlier in the same operation are its own, not the guest's;
+//! - the operation itself (`mmio-write64`, `translate ... => GPA|fault`,
+//!   `submit`, ...), with its result as a check where it has one;
+//! - after it, `read8/16/32/64 ... ==` checks of every byte the model
+//!   WROTE (invalidation-wait status, accessed/dirty flags, virtio status
+//!   bytes and properties, fault events).
+//!
+//! The model's memory accesses are seen through [`RecMem`], a
+//! [`GuestMemory`] over the real guest RAM that logs each access (the
+//! models take any `M: GuestMemory`). Ring memory of virtqueues is left
+//! out ([`Recorder::exclude`]): the replay tool writes its own descriptors
+//! there.
+//!
+//! A reset of the unit (VT-d function reset, virtio status 0 after the
+//! driver ran) starts a new, self-contained script: boot 2 goes to PATH
+//! with `-boot2` before `.viommu`, and so on.
+//!
+//! Writing the script is best effort: an I/O error is logged once and the
+//! recording stops; the guest never notices.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use log::{error, info, warn};
+use nesting_core::guest::GuestModel;
+use nesting_core::types::Access;
+use vm_memory::bitmap::BS;
+use vm_memory::guest_memory::GuestMemorySliceIterator;
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestMemoryResult, Permissions,
+};
+
+/// The environment variable naming the script to record.
+pub const RECORD_ENV: &str = "VIOMMU_RECORD";
+
+/// Longest `write-bytes` line, in bytes: a page table becomes a handful of
+/// lines a reader can still follow.
+const WRITE_BYTES_CHUNK: usize = 64;
+/// Runs of changed bytes closer than this are written as one line (the
+/// bytes between are the image's, so rewriting them changes nothing).
+const WRITE_BYTES_GAP: u64 = 8;
+/// Most bytes one access may log. A model reads tables and requests (at
+/// most a page or a few at a time); a larger access is logged up to this
+/// and counted as truncated rather than copied whole.
+const MAX_LOGGED_ACCESS: usize = 1 << 16;
+
+/// One guest-memory access a model made during an operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemAccess {
+    /// A read of `bytes` at `gpa` (the bytes as they were then).
+    Read {
+        /// Guest physical address.
+        gpa: u64,
+        /// What the model read.
+        bytes: Vec<u8>,
+    },
+    /// A write of `len` bytes at `gpa` (the values are read back after
+    /// the operation).
+    Write {
+        /// Guest physical address.
+        gpa: u64,
+        /// Length.
+        len: usize,
+    },
+}
+
+/// The accesses of the operation running now. Logging is on only inside
+/// [`Recorder::op`].
+#[derive(Debug, Default)]
+pub struct AccessLog {
+    on: AtomicBool,
+    entries: Mutex<Vec<MemAccess>>,
+}
+
+impl AccessLog {
+    fn entries(&self) -> MutexGuard<'_, Vec<MemAccess>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn start(&self) {
+        self.entries().clear();
+        self.on.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<MemAccess> {
+        self.on.store(false, Ordering::Release);
+        std::mem::take(&mut *self.entries())
+    }
+
+    fn note(&self, mem: &GuestMemoryMmap, addr: GuestAddress, count: usize, access: Permissions) {
+        if !self.on.load(Ordering::Acquire) || count == 0 {
+            return;
+        }
+        let count = count.min(MAX_LOGGED_ACCESS);
+        let mut entries = self.entries();
+        if access.allow(Permissions::Read) {
+            let mut bytes = vec![0u8; count];
+            // An access the memory cannot serve fails in the model too;
+            // it leaves nothing to replay.
+            if mem.read_slice(&mut bytes, addr).is_ok() {
+                entries.push(MemAccess::Read { gpa: addr.0, bytes });
+            }
+        }
+        if access.allow(Permissions::Write) {
+            entries.push(MemAccess::Write {
+                gpa: addr.0,
+                len: count,
+            });
+        }
+    }
+}
+
+/// Guest RAM as a model sees it while recording: every access goes to the
+/// real memory and is noted in the [`AccessLog`] when logging is on.
+#[derive(Clone, Debug)]
+pub struct RecMem {
+    mem: Arc<GuestMemoryMmap>,
+    log: Arc<AccessLog>,
+}
+
+impl RecMem {
+    /// `mem`, logging into `log`.
+    pub fn new(mem: Arc<GuestMemoryMmap>, log: Arc<AccessLog>) -> Self {
+        RecMem { mem, log }
+    }
+
+    /// The real memory.
+    pub fn inner(&self) -> &Arc<GuestMemoryMmap> {
+        &self.mem
+    }
+}
+
+impl GuestMemory for RecMem {
+    type PhysicalMemory = GuestMemoryMmap;
+    type Bitmap = <GuestMemoryMmap as GuestMemory>::Bitmap;
+
+    fn check_range(&self, addr: GuestAddress, count: usize, access: Permissions) -> bool {
+        GuestMemory::check_range(&*self.mem, addr, count, access)
+    }
+
+    fn get_slices<'a>(
+        &'a self,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
+        self.log.note(&self.mem, addr, count, access);
+        GuestMemory::get_slices(&*self.mem, addr, count, access)
+    }
+}
+
+/// The replay's guest memory as the script has built it so far: zero
+/// where nothing was written. Sparse, by 4 KiB page.
+#[derive(Debug, Default)]
+pub struct Image {
+    pages: HashMap<u64, Box<[u8; 4096]>>,
+}
+
+impl Image {
+    /// The byte at `gpa`.
+    pub fn get(&self, gpa: u64) -> u8 {
+        self.pages
+            .get(&(gpa >> 12))
+            .map_or(0, |p| p[(gpa & 0xfff) as usize])
+    }
+
+    /// Sets the byte at `gpa`.
+    pub fn set(&mut self, gpa: u64, v: u8) {
+        if v == 0 && !self.pages.contains_key(&(gpa >> 12)) {
+            return;
+        }
+        let page = self
+            .pages
+            .entry(gpa >> 12)
+            .or_insert_with(|| Box::new([0; 4096]));
+        page[(gpa & 0xfff) as usize] = v;
+    }
+}
+
+/// A DMA access of an endpoint, as a `translate` line names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dma {
+    /// Requester: PCI requester ID (VT-d) or endpoint ID (virtio-iommu).
+    pub sid: u32,
+    /// PASID, for requests with one.
+    pub pasid: Option<u32>,
+    /// The address the device asked for.
+    pub iova: u64,
+    /// Read, write or both.
+    pub access: Access,
+}
+
+impl Dma {
+    /// `translate SID [pasid=N] IOVA r|w|rw => GPA|fault`.
+    pub fn line(&self, result: Option<u64>) -> String {
+        let acc = match (
+            self.access.contains(Access::READ),
+            self.access.contains(Access::WRITE),
+        ) {
+            (true, true) => "rw",
+            (false, true) => "w",
+            _ => "r",
+        };
+        let pasid = self
+            .pasid
+            .map(|p| format!(" pasid={p:#x}"))
+            .unwrap_or_default();
+        let to = result.map_or("fault".to_string(), |g| format!("{g:#x}"));
+        format!(
+            "translate {:#x}{pasid} {:#x} {acc} => {to}",
+            self.sid, self.iova
+        )
+    }
+
+    fn key(&self) -> (u32, Option<u32>, u64, Access) {
+        (self.sid, self.pasid, self.iova >> 12, self.access)
+    }
+}
+
+/// Address ranges `[start, end)`.
+type Ranges = Vec<(u64, u64)>;
+
+/// The bytes of `[gpa, gpa + len)` as the model first read them during
+/// the operation, or as the memory holds them now where it did not.
+pub fn bytes_seen(
+    accesses: &[MemAccess],
+    mem: &GuestMemoryMmap,
+    gpa: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; len];
+    mem.read_slice(&mut out, GuestAddress(gpa)).ok()?;
+    let end = gpa.saturating_add(len as u64);
+    let mut done = vec![false; len];
+    for a in accesses {
+        let MemAccess::Read { gpa: at, bytes } = a else {
+            continue;
+        };
+        for (addr, b) in (*at..).zip(bytes) {
+            if addr >= gpa && addr < end {
+                let i = (addr - gpa) as usize;
+                if !done[i] {
+                    out[i] = *b;
+                    done[i] = true;
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Counts of what a script holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Directive lines written (comments and header excluded).
+    pub lines: u64,
+    /// Of which checks (`==` lines and `translate`).
+    pub checks: u64,
+    /// Operations recorded.
+    pub ops: u64,
+}
+
+/// The recorder of one server: the script of the current boot.
+#[derive(Debug)]
+pub struct Recorder {
+    base: PathBuf,
+    model: String,
+    boot: u32,
+    out: Option<Box<dyn WriteDebug>>,
+    failed: bool,
+    stats: Stats,
+    image: Image,
+    declared: Vec<(u64, u64)>,
+    excluded: Vec<(u64, u64)>,
+    last_dma: Option<(u32, Option<u32>, u64, Access)>,
+    log: Arc<AccessLog>,
+    sink: Option<Arc<Mutex<Vec<u8>>>>,
+    ram: Arc<GuestMemoryMmap>,
+    undeclared: Ranges,
+}
+
+/// A script destination that can be debug-printed.
+trait WriteDebug: Write + Send + std::fmt::Debug {}
+impl<T: Write + Send + std::fmt::Debug> WriteDebug for T {}
+
+/// A recorder shared by the functions of one server.
+pub type SharedRecorder = Arc<Mutex<Recorder>>;
+
+/// Locks a shared recorder.
+pub fn lock(r: &SharedRecorder) -> MutexGuard<'_, Recorder> {
+    r.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A `#[derive(Debug)]` handle on an in-memory script, for tests.
+#[derive(Debug)]
+struct MemSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for MemSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Recorder {
+    /// Records `model`'s traffic into `path` (boot 1) and the next boots'
+    /// paths ([`boot_path`]).
+    pub fn new(path: PathBuf, model: &GuestModel) -> Self {
+        Recorder {
+            base: path,
+            model: format!("model {model}"),
+            boot: 1,
+            out: None,
+            failed: false,
+            stats: Stats::default(),
+            image: Image::default(),
+            declared: Vec::new(),
+            excluded: Vec::new(),
+            last_dma: None,
+            log: Arc::new(AccessLog::default()),
+            sink: None,
+            ram: Arc::new(GuestMemoryMmap::default()),
+            undeclared: Vec::new(),
+        }
+    }
+
+    /// The guest RAM the model sees now (the client's `dma_map`s): the
+    /// script's `ram` lines, written with its header.
+    pub fn set_memory(&mut self, mem: Arc<GuestMemoryMmap>) {
+        self.ram = mem;
+    }
+
+    /// A recorder writing every boot's script into one buffer (tests):
+    /// boots are separated by their header comment.
+    pub fn in_memory(model: &GuestModel) -> (Self, Arc<Mutex<Vec<u8>>>) {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let mut r = Recorder::new(PathBuf::from("memory.viommu"), model);
+        r.sink = Some(Arc::clone(&buf));
+        (r, buf)
+    }
+
+    /// The recorder `VIOMMU_RECORD` asks for, shared, if any.
+    pub fn from_env(model: &GuestModel) -> Option<SharedRecorder> {
+        let path = std::env::var_os(RECORD_ENV).filter(|p| !p.is_empty())?;
+        info!(
+            "recording the guest's traffic with the model into {}",
+            Path::new(&path).display()
+        );
+        Some(Arc::new(Mutex::new(Recorder::new(
+            PathBuf::from(path),
+            model,
+        ))))
+    }
+
+    /// The log the model's [`RecMem`] writes into.
+    pub fn log(&self) -> Arc<AccessLog> {
+        Arc::clone(&self.log)
+    }
+
+    /// What the current script holds.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The path of the current boot's script.
+    pub fn path(&self) -> PathBuf {
+        boot_path(&self.base, self.boot)
+    }
+
+    /// The unit was reset: if the current script holds anything, the next
+    /// operation starts a new script (the next boot's), from empty memory.
+    pub fn reset(&mut self) {
+        if self.stats.lines == 0 {
+            return;
+        }
+        self.close();
+        self.boot += 1;
+        self.stats = Stats::default();
+        self.image = Image::default();
+        self.declared.clear();
+        self.undeclared.clear();
+        self.excluded.clear();
+        self.last_dma = None;
+    }
+
+    fn close(&mut self) {
+        if let Some(mut out) = self.out.take() {
+            let _ = out.flush();
+            let s = self.stats;
+            info!(
+                "recorded {}: {} lines, {} checks, {} operations",
+                self.path().display(),
+                s.lines,
+                s.checks,
+                s.ops
+            );
+        }
+    }
+
+    /// Memory the replay tool owns (virtqueue rings): neither its reads
+    /// nor its writes are recorded.
+    pub fn exclude(&mut self, gpa: u64, len: u64) {
+        self.excluded.push((gpa, gpa.saturating_add(len)));
+    }
+
+    fn excluded(&self, gpa: u64) -> bool {
+        self.excluded.iter().any(|&(s, e)| gpa >= s && gpa < e)
+    }
+
+    fn open(&mut self) -> Option<&mut Box<dyn WriteDebug>> {
+        if self.failed {
+            return None;
+        }
+        if self.out.is_none() {
+            let out: Box<dyn WriteDebug> = match &self.sink {
+                Some(buf) => Box::new(MemSink(Arc::clone(buf))),
+                None => match File::create(self.path()) {
+                    Ok(f) => Box::new(BufWriter::new(f)),
+                    Err(e) => {
+                        error!("recording: cannot create {}: {e}", self.path().display());
+                        self.failed = true;
+                        return None;
+                    }
+                },
+            };
+            self.out = Some(out);
+            let head = format!(
+                "# Recorded by viommu-guest-server (tests/guest/server) from a real guest \
+                 driving the model, boot {} of the run, {}.\n\
+                 # Replay: viommu replay FILE (every check must pass).\n{}\n",
+                self.boot,
+                utc_date(),
+                self.model
+            );
+            self.write_raw(&head);
+            // The runner takes `ram` only before the first model directive
+            // (REPLAY.md: `ram` must precede use), so the regions mapped
+            // now are the script's RAM. QEMU maps guest RAM before the
+            // guest runs; firmware's later remapping of the legacy areas
+            // is over before a driver touches the unit.
+            let ram = Arc::clone(&self.ram);
+            for r in ram.iter() {
+                let (start, len) = (r.start_addr().0, r.len());
+                self.declared.push((start, start.saturating_add(len)));
+                self.write_raw(&format!("ram {start:#x} {len:#x}\n"));
+            }
+        }
+        self.out.as_mut()
+    }
+
+    fn write_raw(&mut self, s: &str) {
+        let Some(out) = self.out.as_mut() else {
+            return;
+        };
+        if let Err(e) = out.write_all(s.as_bytes()) {
+            error!(
+                "recording: writing {}: {e}; recording stops",
+                self.path().display()
+            );
+            self.failed = true;
+            self.out = None;
+        }
+    }
+
+    /// Writes one directive line.
+    pub fn line(&mut self, line: &str) {
+        if self.open().is_none() {
+            return;
+        }
+        self.stats.lines += 1;
+        if line.contains("==") || line.starts_with("translate ") {
+            self.stats.checks += 1;
+        }
+        self.last_dma = None;
+        self.write_raw(line);
+        self.write_raw("\n");
+    }
+
+    /// Writes a comment line.
+    pub fn comment(&mut self, text: &str) {
+        if self.open().is_some() {
+            self.write_raw(&format!("# {text}\n"));
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(out) = self.out.as_mut()
+            && let Err(e) = out.flush()
+        {
+            error!(
+                "recording: flushing {}: {e}; recording stops",
+                self.path().display()
+            );
+            self.failed = true;
+            self.out = None;
+        }
+    }
+
+    /// Opens the script (declaring the RAM) and notes regions of `mem`
+    /// mapped after the header: the replay cannot have them, so the script
+    /// says so once per range (an access there may diverge).
+    fn declare_ram(&mut self, mem: &GuestMemoryMmap) {
+        if self.open().is_none() {
+            return;
+        }
+        for r in mem.iter() {
+            let (start, end) = (r.start_addr().0, r.start_addr().0.saturating_add(r.len()));
+            for (s, e) in uncovered(&self.declared, start, end) {
+                if self.undeclared.contains(&(s, e)) {
+                    continue;
+                }
+                self.undeclared.push((s, e));
+                warn!("recording: RAM {s:#x}..{e:#x} mapped after the script's header");
+                self.comment(&format!(
+                    "RAM {s:#x}..{e:#x} mapped after the header: not declared"
+                ));
+            }
+        }
+    }
+
+    /// Runs one operation of the model over `mem` (the real memory its
+    /// [`RecMem`] wraps) and records it: `write-bytes` for what it read,
+    /// the lines `describe` gives (from its result and the accesses it
+    /// made), then checks of what it wrote.
+    pub fn op<R>(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        run: impl FnOnce() -> R,
+        describe: impl FnOnce(&R, &[MemAccess]) -> Vec<String>,
+    ) -> R {
+        self.declare_ram(mem);
+        self.log.start();
+        let r = run();
+        let accesses = self.log.take();
+        let lines = describe(&r, &accesses);
+        self.emit(mem, &accesses, &lines, None);
+        r
+    }
+
+    /// A DMA access of an endpoint: like [`Recorder::op`], with the
+    /// `translate` line between the lines `around` gives (from the result
+    /// and the accesses: e.g. the event buffers a fault used before, and
+    /// the event queue's used count after). A translation repeating the
+    /// previous line (same requester, page and access, translated, nothing
+    /// else to say) is not written again.
+    pub fn translate(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        dma: Dma,
+        run: impl FnOnce() -> Option<u64>,
+        around: impl FnOnce(Option<u64>, &[MemAccess]) -> (Vec<String>, Vec<String>),
+    ) -> Option<u64> {
+        self.declare_ram(mem);
+        self.log.start();
+        let r = run();
+        let accesses = self.log.take();
+        let (mut lines, after) = around(r, &accesses);
+        lines.push(dma.line(r));
+        lines.extend(after);
+        let key = r.filter(|_| lines.len() == 1).map(|_| dma.key());
+        self.emit(mem, &accesses, &lines, key);
+        r
+    }
+
+    fn emit(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        accesses: &[MemAccess],
+        lines: &[String],
+        dma: Option<(u32, Option<u32>, u64, Access)>,
+    ) {
+        let (changed, written) = self.diff(accesses);
+        if dma.is_some() && dma == self.last_dma && changed.is_empty() && written.is_empty() {
+            return;
+        }
+        for l in self.write_bytes_lines(&changed) {
+            self.line(&l);
+        }
+        for l in lines {
+            self.line(l);
+        }
+        for (gpa, end) in written {
+            self.check_written(mem, gpa, end);
+        }
+        self.stats.ops += 1;
+        self.last_dma = dma;
+        self.flush();
+    }
+
+    /// The bytes the model read that the replay's memory lacks (updating
+    /// the image), and the merged ranges it wrote.
+    fn diff(&mut self, accesses: &[MemAccess]) -> (Vec<(u64, u8)>, Ranges) {
+        let mut changed: Vec<(u64, u8)> = Vec::new();
+        let mut written: Vec<(u64, u64)> = Vec::new();
+        let own = |w: &[(u64, u64)], a: u64| w.iter().any(|&(s, e)| a >= s && a < e);
+        for a in accesses {
+            match a {
+                MemAccess::Read { gpa, bytes } => {
+                    for (a, &b) in (*gpa..).zip(bytes) {
+                        if self.excluded(a) || own(&written, a) || self.image.get(a) == b {
+                            continue;
+                        }
+                        self.image.set(a, b);
+                        changed.push((a, b));
+                    }
+                }
+                MemAccess::Write { gpa, len } => {
+                    written.push((*gpa, gpa.saturating_add(*len as u64)));
+                }
+            }
+        }
+        changed.sort_unstable_by_key(|c| c.0);
+        changed.dedup_by_key(|c| c.0);
+        (changed, merge(written))
+    }
+
+    /// `write-bytes` lines for `changed` (sorted by address).
+    fn write_bytes_lines(&self, changed: &[(u64, u8)]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < changed.len() {
+            let start = changed[i].0;
+            let mut end = start + 1;
+            let mut j = i + 1;
+            while j < changed.len()
+                && changed[j].0 - end <= WRITE_BYTES_GAP
+                && changed[j].0 + 1 - start <= WRITE_BYTES_CHUNK as u64
+            {
+                end = changed[j].0 + 1;
+                j += 1;
+            }
+            let mut hex = String::with_capacity(2 * (end - start) as usize);
+            for a in start..end {
+                let _ = write!(hex, "{:02x}", self.image.get(a));
+            }
+            out.push(format!("write-bytes {start:#x} {hex}"));
+            i = j;
+        }
+        out
+    }
+
+    /// Checks of `[gpa, end)` as the model left it, in the widest aligned
+    /// units; the image takes the values. Excluded memory is skipped.
+    fn check_written(&mut self, mem: &GuestMemoryMmap, gpa: u64, end: u64) {
+        let mut at = gpa;
+        while at < end {
+            if self.excluded(at) {
+                at += 1;
+                continue;
+            }
+            let width = [8u64, 4, 2, 1]
+                .into_iter()
+                .find(|w| {
+                    at.is_multiple_of(*w)
+                        && at + w <= end
+                        && !(at..at + w).any(|a| self.excluded(a))
+                })
+                .unwrap_or(1);
+            let mut b = [0u8; 8];
+            let Some(buf) = b.get_mut(..width as usize) else {
+                break;
+            };
+            if mem.read_slice(buf, GuestAddress(at)).is_err() {
+                at += width;
+                continue;
+            }
+            // A unit left zero where the replay's memory already holds zero
+            // is not checked (a zeroed buffer would be a check per 8
+            // bytes), except the last unit of the range.
+            let unchanged = (at..at + width).all(|a| self.image.get(a) == 0);
+            for (a, x) in (at..).zip(buf.iter()) {
+                self.image.set(a, *x);
+            }
+            let v = u64::from_le_bytes(b);
+            if v != 0 || !unchanged || at + width >= end {
+                self.line(&format!("read{} {at:#x} == {v:#x}", width * 8));
+            }
+            at += width;
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The script of boot `boot`: `base` itself for boot 1, else `base` with
+/// `-bootN` before its `.viommu` extension (or at its end).
+pub fn boot_path(base: &Path, boot: u32) -> PathBuf {
+    if boot <= 1 {
+        return base.to_path_buf();
+    }
+    let s = base.to_string_lossy();
+    match s.strip_suffix(".viommu") {
+        Some(stem) => PathBuf::from(format!("{stem}-boot{boot}.viommu")),
+        None => PathBuf::from(format!("{s}-boot{boot}")),
+    }
+}
+
+/// Sorted, overlapping or touching ranges merged.
+fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The parts of `[start, end)` no range of `declared` covers.
+fn uncovered(declared: &[(u64, u64)], start: u64, end: u64) -> Vec<(u64, u64)> {
+    let mut parts = vec![(start, end)];
+    for &(ds, de) in declared {
+        parts = parts
+            .into_iter()
+            .flat_map(|(s, e)| {
+                let mut keep = Vec::new();
+                if e <= ds || s >= de {
+                    keep.push((s, e));
+                } else {
+                    if s < ds {
+                        keep.push((s, ds));
+                    }
+                    if e > de {
+                        keep.push((de, e));
+                    }
+                }
+                keep
+            })
+            .collect();
+    }
+    parts
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, for the script header.
+fn utc_date() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests;
