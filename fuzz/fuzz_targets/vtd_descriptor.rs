@@ -7,8 +7,8 @@
 mod vtd_common;
 
 use libfuzzer_sys::fuzz_target;
-use vtd::Vtd;
 use vtd::queue::{Decoded, decode};
+use vtd::{DeviceTlbInvalidation, Vtd};
 use vtd::regs::off;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,14 +16,24 @@ fuzz_target!(|data: &[u8]| {
     let cfg = vtd_common::config(sel);
     for chunk in rest.chunks(16).take(64) {
         let q = [vtd_common::u64_at(chunk, 0), vtd_common::u64_at(chunk, 8)];
-        if let Decoded::Invalid(code) = decode(q, &cfg) {
-            assert!((1..=5).contains(&code));
+        match decode(q, &cfg) {
+            Decoded::Invalid(code) => assert!((1..=5).contains(&code)),
+            // Device-TLB invalidations decode to an aligned, non-empty
+            // range that contains the address they name.
+            Decoded::Ok(d) => {
+                if let Some(i) = DeviceTlbInvalidation::from_descriptor(&d) {
+                    assert!(i.len >= 4096);
+                    assert!(i.len == u64::MAX || i.first % i.len == 0);
+                    assert!(i.covers(i.pasid, i.addr & !0xfff));
+                }
+            }
         }
     }
     // The queue: IQA from the first bytes (pointing anywhere), tail from
     // the next; the rest of the input is RAM.
     let mem = vtd_common::ram(rest);
     let mut unit = Vtd::new(cfg);
+    unit.set_device_tlb_callback(|i| assert!(i.len >= 4096));
     unit.mmio_write(&mem, off::IQA, 8, vtd_common::u64_at(rest, 0) & !0x7f8);
     unit.mmio_write(&mem, off::GCMD, 4, 1 << 26);
     unit.mmio_write(&mem, off::IQT, 8, vtd_common::u64_at(rest, 8));

@@ -10,7 +10,7 @@ mod vtd_common;
 use libfuzzer_sys::fuzz_target;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
 use vtd::regs::off;
-use vtd::{TranslateResult, Vtd};
+use vtd::{AtsCompletion, AtsResponse, TranslateResult, TranslationRequest, Vtd};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
@@ -43,6 +43,32 @@ fuzz_target!(|data: &[u8]| {
                 assert!(t.access.permits(access));
             }
             TranslateResult::Fault { .. } => {}
+        }
+        // The same requester's translation request (ATS) and translated
+        // request: an architected completion, bounded like the walk.
+        let req = TranslationRequest {
+            sid,
+            pasid,
+            addr: iova,
+            no_write: (a >> 48) & 1 == 1,
+            exec: (a >> 49) & 1 == 1,
+            privileged: (a >> 50) & 1 == 1,
+        };
+        let AtsResponse { completion, fault, recorded } = unit.translation_request(&mem, &req);
+        match completion {
+            AtsCompletion::Success(t) => {
+                assert!(fault.is_none() && !recorded);
+                assert!(t.size >= 4096 && t.size.is_power_of_two());
+                assert_eq!(t.translated % t.size, 0);
+                assert!(!t.write || !req.no_write);
+                assert_eq!(vtd::AtsTranslation::decode(t.encode()), t);
+            }
+            AtsCompletion::UnsupportedRequest | AtsCompletion::CompleterAbort => {
+                assert!(fault.is_some())
+            }
+        }
+        if let TranslateResult::Mapped(t) = unit.translate_translated(&mem, sid, iova, access) {
+            assert_eq!(t.gpa.raw(), iova & !0xfff);
         }
     }
 });

@@ -33,7 +33,9 @@ pub enum FaultReason {
     ContextReserved,
     /// 0xC: non-zero reserved field in a second-stage entry (legacy).
     PagingEntryReserved,
-    /// 0xD: translation type of the context entry blocks the request.
+    /// 0xD: the context entry's translation type blocks the request: a
+    /// translation request or translated request with TT other than 01b
+    /// (device-TLB enabled).
     TranslationTypeBlocked,
     /// 0x30: invalid root table address / table mode (RTADDR.TTM).
     SmInvalidRootTable,
@@ -53,6 +55,9 @@ pub enum FaultReason {
     SmContextReserved,
     /// 0x43: invalid scalable-mode context entry.
     SmContextInvalid,
+    /// 0x44: translation request or translated request while the
+    /// scalable-mode context entry's DTE (device-TLB enable) is clear.
+    SmDteClear,
     /// 0x45: request with PASID but the context's PASIDE is clear.
     SmPasidDisabled,
     /// 0x46: PASID beyond the context's PASID directory size.
@@ -126,7 +131,7 @@ pub enum FaultReason {
     Unknown(u8),
 }
 
-const TABLE: [(FaultReason, u8); 54] = {
+const TABLE: [(FaultReason, u8); 55] = {
     use FaultReason::*;
     [
         (RootNotPresent, 0x1),
@@ -151,6 +156,7 @@ const TABLE: [(FaultReason, u8); 54] = {
         (SmContextNotPresent, 0x41),
         (SmContextReserved, 0x42),
         (SmContextInvalid, 0x43),
+        (SmDteClear, 0x44),
         (SmPasidDisabled, 0x45),
         (SmPasidTooLarge, 0x46),
         (SmRidPasidError, 0x48),
@@ -226,15 +232,63 @@ pub struct FaultRecord {
     pub reason: FaultReason,
 }
 
+/// The address type of a faulting request (FRCD_REG AT field, the PCIe
+/// AT field of the request).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AddressType {
+    /// 00b: untranslated request.
+    Untranslated,
+    /// 01b: translation request (ATS).
+    TranslationRequest,
+    /// 10b: translated request.
+    Translated,
+    /// 11b: reserved.
+    Unknown(u8),
+}
+
+impl AddressType {
+    /// The two-bit encoding.
+    pub fn code(self) -> u8 {
+        match self {
+            AddressType::Untranslated => 0,
+            AddressType::TranslationRequest => 1,
+            AddressType::Translated => 2,
+            AddressType::Unknown(c) => c & 3,
+        }
+    }
+
+    /// Decodes the two-bit field; never fails.
+    pub fn from_code(code: u8) -> AddressType {
+        match code & 3 {
+            0 => AddressType::Untranslated,
+            1 => AddressType::TranslationRequest,
+            2 => AddressType::Translated,
+            c => AddressType::Unknown(c),
+        }
+    }
+
+    /// The address type of a raw fault record.
+    pub fn of_record(raw: [u64; 2]) -> AddressType {
+        AddressType::from_code(frcd::AT.get(raw[1]) as u8)
+    }
+}
+
 impl FaultRecord {
-    /// The record as the two quadwords of a fault recording register.
+    /// The record of an untranslated request as the two quadwords of a
+    /// fault recording register.
     pub fn encode(&self) -> [u64; 2] {
+        self.encode_at(AddressType::Untranslated)
+    }
+
+    /// The record of a request of address type `at`.
+    pub fn encode_at(&self, at: AddressType) -> [u64; 2] {
         let lo = frcd::FI.set(0, self.address >> 12);
         let mut hi = frcd::SID.set(0, u64::from(self.source_id));
         hi = frcd::FR.set(hi, u64::from(self.reason.code()));
         hi = frcd::T1.set(hi, u64::from(!self.write));
         hi = frcd::EXE.set(hi, u64::from(self.exec));
         hi = frcd::PRIV.set(hi, u64::from(self.privileged));
+        hi = frcd::AT.set(hi, u64::from(at.code()));
         if let Some(p) = self.pasid {
             hi = frcd::PP.set(hi, 1);
             hi = frcd::PV.set(hi, u64::from(p));
@@ -299,6 +353,7 @@ impl FaultLog {
         fro: u64,
         nfr: u16,
         rec: &FaultRecord,
+        at: AddressType,
     ) -> LogOutcome {
         let status = regs.get(off::FSTS);
         // 7.2.1: "If the Primary Fault Overflow (PFO) field is Set,
@@ -314,7 +369,7 @@ impl FaultLog {
             regs.set(off::FSTS, fsts::PFO.set(status, 1));
             return LogOutcome::Overflow;
         }
-        let [lo, hi] = rec.encode();
+        let [lo, hi] = rec.encode_at(at);
         regs.set(base, lo);
         regs.set(base + 8, hi);
         let mut status = status;

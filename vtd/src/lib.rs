@@ -41,6 +41,11 @@
 //!   [`PassthroughBackend::add_device`] each passthrough device and calls
 //!   [`PassthroughBackend::process`] after every register write.
 //! - Page requests: [`prq`] (7.5), when ECAP.PRS is advertised.
+//! - Device-TLBs (ATS): [`ats`]: translation requests
+//!   ([`Vtd::translation_request`]) and translated requests
+//!   ([`Vtd::translate_translated`]) of emulated ATS devices, and the
+//!   guest's device-TLB invalidations delivered to the VMM
+//!   ([`Vtd::set_device_tlb_callback`]).
 //! - Snapshot and restore: [`snapshot`].
 //!
 //! The unit's host address width (output addresses and table pointers)
@@ -53,6 +58,7 @@
 //! [`Vtd::set_interrupt_callback`]. Interrupt remapping is not modelled.
 #![forbid(unsafe_code)]
 
+pub mod ats;
 pub mod fault;
 pub mod nesting;
 pub mod passthrough;
@@ -74,6 +80,9 @@ pub mod mock;
 #[cfg(test)]
 mod tests;
 
+pub use ats::{
+    AtsCompletion, AtsResponse, AtsTranslation, DeviceTlbInvalidation, TranslationRequest,
+};
 pub use model::{Interrupt, InterruptSource, TranslateResult, Vtd};
 pub use nesting_core::iotlb::Translation;
 pub use passthrough::PassthroughBackend;

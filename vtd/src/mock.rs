@@ -344,6 +344,17 @@ impl ScalableTables {
         dir
     }
 
+    /// Sets or clears the DTE (device-TLB enable, bit 2) of the present
+    /// context entry of `sid`, as `context_entry_set_pasid_table` does for
+    /// a device with `ats_supported`.
+    pub fn set_dte<M: GuestMemory + ?Sized>(&self, mem: &M, sid: u16, on: bool) {
+        let devfn = sid & 0xff;
+        let slot = self.root + 16 * u64::from(sid >> 8) + if devfn < 128 { 0 } else { 8 };
+        let ce = (rd(mem, slot) & !0xfff) + 32 * u64::from(devfn & 0x7f);
+        let v = rd(mem, ce);
+        wr(mem, ce, if on { v | 1 << 2 } else { v & !(1 << 2) });
+    }
+
     /// Writes the PASID entry of `pasid` under directory `dir`, allocating
     /// its PASID table.
     pub fn set_pasid<M: GuestMemory + ?Sized>(
@@ -427,6 +438,46 @@ pub mod desc {
         [
             0x8 | (u64::from(sid) << 16) | (u64::from(pasid) << 32),
             addr | u64::from(global),
+        ]
+    }
+    /// Device-TLB invalidate as `qi_desc_dev_iotlb` builds it: PFSID in
+    /// bits 15:12 and 63:52, QDEP (MIP) in 20:16, and for `mask` > 0 the
+    /// address with ones below bit `12 + mask - 1` and S set.
+    pub fn dev_tlb_linux(sid: u16, pfsid: u16, qdep: u8, addr: u64, mask: u32) -> [u64; 2] {
+        let qw1 = if mask > 0 {
+            ((addr | ((1u64 << (12 + mask - 1)) - 1)) & !0xfff) | 1
+        } else {
+            addr & !0xfff
+        };
+        let pf = (u64::from(pfsid & 0xf) << 12) | (u64::from(pfsid & 0xfff0) << 48);
+        let qdep = if qdep >= 32 { 0 } else { u64::from(qdep) };
+        [0x3 | (qdep << 16) | (u64::from(sid) << 32) | pf, qw1]
+    }
+    /// PASID-based device-TLB invalidate as `qi_desc_dev_iotlb_pasid`
+    /// builds it: SID in 31:16, QDEP in 8:4, PASID in 51:32, and for
+    /// `size_order` > 0 ones below the size bit, the size bit clear, S
+    /// (bit 11) set.
+    pub fn pasid_dev_tlb_linux(
+        sid: u16,
+        pfsid: u16,
+        pasid: u32,
+        qdep: u8,
+        addr: u64,
+        size_order: u32,
+    ) -> [u64; 2] {
+        let pf = (u64::from(pfsid & 0xf) << 12) | (u64::from(pfsid & 0xfff0) << 48);
+        let mut qw1 = addr & !0xfff;
+        if size_order > 0 {
+            qw1 |= ((1u64 << (size_order + 12)) - 1) & !0xfff;
+            qw1 &= !(1u64 << (12 + size_order - 1));
+            qw1 |= 1 << 11;
+        }
+        [
+            0x8 | (u64::from(qdep & 0x1f) << 4)
+                | (u64::from(sid) << 16)
+                | (u64::from(pasid & 0xfffff) << 32)
+                | pf,
+            qw1,
         ]
     }
     /// Interrupt entry cache invalidate, global.

@@ -10,7 +10,8 @@ use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
-use crate::fault::{FaultLog, FaultReason, FaultRecord, LogOutcome};
+use crate::ats::DeviceTlbInvalidation;
+use crate::fault::{AddressType, FaultLog, FaultReason, FaultRecord, LogOutcome};
 use crate::nesting::{ContextScope, EventQueue, IotlbScope, PasidScope, VtdEvent};
 use crate::prq::{self, PageRequest, PageRequestOutcome};
 use crate::queue::{
@@ -47,6 +48,7 @@ pub struct Interrupt {
 }
 
 type Callback = Arc<dyn Fn(Interrupt) + Send + Sync>;
+type DevTlbCallback = Arc<dyn Fn(&DeviceTlbInvalidation) + Send + Sync>;
 
 /// The result of [`Vtd::translate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +76,7 @@ pub struct Vtd {
     faults: FaultLog,
     events: EventQueue,
     irq: Option<Callback>,
+    dev_tlb: Option<DevTlbCallback>,
     iotlb: Arc<Iotlb>,
     descriptors_processed: u64,
 }
@@ -104,6 +107,7 @@ impl Vtd {
             faults: FaultLog::default(),
             events: EventQueue::default(),
             irq: None,
+            dev_tlb: None,
             iotlb: Arc::new(Iotlb::default()),
             descriptors_processed: 0,
             cfg,
@@ -118,6 +122,24 @@ impl Vtd {
     /// Sets the function that delivers the unit's MSIs.
     pub fn set_interrupt_callback(&mut self, f: impl Fn(Interrupt) + Send + Sync + 'static) {
         self.irq = Some(Arc::new(f));
+    }
+
+    /// Sets the function that receives every device-TLB and PASID-based
+    /// device-TLB invalidation the guest queues ([`crate::ats`]): a VMM
+    /// with emulated ATS devices drops the cached translations it covers
+    /// before returning. It runs while the queue is processed, so every
+    /// later invalidation wait descriptor completes after it. The same
+    /// invalidations are also queued as [`VtdEvent::DeviceTlb`] for a
+    /// nesting layer.
+    pub fn set_device_tlb_callback(
+        &mut self,
+        f: impl Fn(&DeviceTlbInvalidation) + Send + Sync + 'static,
+    ) {
+        self.dev_tlb = Some(Arc::new(f));
+    }
+
+    pub(crate) fn caps_root(&self) -> (Caps, RootPointer) {
+        (self.caps, self.root)
     }
 
     /// The register file (read-only view, for tests and snapshots).
@@ -493,6 +515,11 @@ impl Vtd {
             // Interrupt remapping is not modelled: nothing is cached.
             Descriptor::InterruptEntryCache => {}
             d => {
+                if let (Some(inv), Some(cb)) =
+                    (DeviceTlbInvalidation::from_descriptor(&d), &self.dev_tlb)
+                {
+                    cb(&inv);
+                }
                 if let Some(ev) = cache_event(d).or_else(|| device_event(d)) {
                     self.emit(ev);
                 }
@@ -557,10 +584,14 @@ impl Vtd {
     }
 
     fn log_fault(&mut self, rec: &FaultRecord) -> bool {
+        self.log_fault_at(rec, AddressType::Untranslated)
+    }
+
+    pub(crate) fn log_fault_at(&mut self, rec: &FaultRecord, at: AddressType) -> bool {
         let before = self.regs.get(off::FSTS);
         match self
             .faults
-            .log(&mut self.regs, self.cfg.fro, self.cfg.nfr, rec)
+            .log(&mut self.regs, self.cfg.fro, self.cfg.nfr, rec, at)
         {
             LogOutcome::Recorded { .. } => {
                 self.fault_status_set(before);
@@ -859,7 +890,7 @@ fn cache_event(d: Descriptor) -> Option<VtdEvent> {
 /// The event of a device-side descriptor (6.5.2.5, 6.5.2.6, 7.7).
 fn device_event(d: Descriptor) -> Option<VtdEvent> {
     Some(match d {
-        Descriptor::DeviceTlb { sid, addr, s } => {
+        Descriptor::DeviceTlb { sid, addr, s, .. } => {
             let (addr, len) = queue::dev_tlb_range(addr, s);
             VtdEvent::DeviceTlb {
                 sid,
@@ -874,6 +905,7 @@ fn device_event(d: Descriptor) -> Option<VtdEvent> {
             global,
             addr,
             s,
+            ..
         } => {
             let (addr, len) = if global {
                 (0, u64::MAX)

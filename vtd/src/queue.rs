@@ -110,6 +110,11 @@ pub enum Descriptor {
     DeviceTlb {
         /// Source-id of the device.
         sid: u16,
+        /// Physical function source-id (of the PF, for a VF; else the
+        /// device's own).
+        pfsid: u16,
+        /// Max invalidations pending (Linux's QDEP).
+        mip: u8,
         /// Address (with the size encoding of `s`).
         addr: u64,
         /// Size bit: the range is encoded in the low address bits.
@@ -162,6 +167,10 @@ pub enum Descriptor {
     PasidDeviceTlb {
         /// Source-id of the device.
         sid: u16,
+        /// Physical function source-id.
+        pfsid: u16,
+        /// Max invalidations pending.
+        mip: u8,
         /// PASID.
         pasid: u32,
         /// Every address (G).
@@ -275,12 +284,20 @@ fn decode_iotlb(q0: u64, q1: u64) -> Decoded {
     )
 }
 
+/// PFSID of the device-TLB descriptors: bits 15:12 hold PFSID[3:0],
+/// bits 63:52 PFSID[15:4].
+fn pfsid(q0: u64) -> u16 {
+    (Field::bits(15, 12).get(q0) | (Field::bits(63, 52).get(q0) << 4)) as u16
+}
+
 fn decode_dtlb(q0: u64, q1: u64) -> Decoded {
     let rsvd0 = Field::bits(8, 4).mask() | Field::bits(31, 21).mask() | Field::bits(51, 48).mask();
     check(
         q0 & rsvd0 != 0 || q1 & Field::bits(11, 1).mask() != 0,
         Descriptor::DeviceTlb {
             sid: Field::bits(47, 32).get(q0) as u16,
+            pfsid: pfsid(q0),
+            mip: Field::bits(20, 16).get(q0) as u8,
             addr: ADDR.mask() & q1,
             s: Field::bit(0).is_set(q1),
         },
@@ -348,6 +365,8 @@ fn decode_pdtlb(q0: u64, q1: u64) -> Decoded {
         q1 & Field::bits(10, 1).mask() != 0,
         Descriptor::PasidDeviceTlb {
             sid: DID.get(q0) as u16,
+            pfsid: pfsid(q0),
+            mip: Field::bits(8, 4).get(q0) as u8,
             pasid: PASID.get(q0) as u32,
             global: Field::bit(0).is_set(q1),
             addr: ADDR.mask() & q1,

@@ -9,6 +9,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use crate::mock::PageAlloc;
 use crate::{Interrupt, TranslateResult, Vtd};
 
+mod ats;
 mod cache;
 mod legacy;
 mod passthrough;

@@ -206,6 +206,8 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
         TranslationType::PassThrough => {
             passthrough(req, caps, origin, fpd, FaultReason::AddressBeyondAgaw)
         }
+        // VT-d "Context Entry" TT: 01b is reserved without ECAP.DT.
+        TranslationType::DeviceTlb if !caps.dt => fault(FaultReason::ContextInvalid, fpd),
         TranslationType::Untranslated | TranslationType::DeviceTlb => {
             legacy_second_stage(mem, caps, &ctx, req, origin, fpd)
         }
@@ -297,18 +299,19 @@ pub struct Located {
     pub fpd: bool,
 }
 
-/// 3.4.3 scalable mode: scalable root entry, scalable context entry,
-/// PASID directory, PASID table entry. `Err` carries the fault and FPD.
-pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
+/// Scalable mode: the scalable-mode root entry and context entry of
+/// `sid`, checked for presence, reserved bits and what the unit supports.
+/// `Err` carries the fault and the context's FPD.
+pub fn sm_context<M: GuestMemory + ?Sized>(
     mem: &M,
     caps: &Caps,
     rta: u64,
     sid: u16,
-    req_pasid: Option<u32>,
-) -> Result<Located, (FaultReason, bool)> {
+) -> Result<SmContextEntry, (FaultReason, bool)> {
     let (bus, devfn) = bus_devfn(sid);
     let root = RootEntry::read(mem, rta, bus).map_err(|_| (FaultReason::SmRootAccess, false))?;
-    // 9.2: the low half serves devfn 0..127, the high half 128..255.
+    // VT-d "Scalable-Mode Root Entry": the lower half serves devfn 0..127,
+    // the upper half 128..255.
     let half = if devfn < 128 { root.lo } else { root.hi };
     if !P.is_set(half) {
         return Err((FaultReason::SmRootNotPresent, false));
@@ -325,13 +328,70 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
         return Err((FaultReason::SmContextReserved, false));
     }
     let fpd = FPD.is_set(ctx.q[0]);
-    // 9.4 DTE/PRE: enabling what the unit does not report makes the entry
-    // invalid.
+    // VT-d "Scalable-Mode Context Entry" DTE/PRE: enabling what the unit
+    // does not report (ECAP.DT, ECAP.PRS) makes the entry invalid.
     let dte = SmContextEntry::DTE.is_set(ctx.q[0]);
     let pre = SmContextEntry::PRE.is_set(ctx.q[0]);
     if (dte && !caps.dt) || (pre && !caps.prs) {
         return Err((FaultReason::SmContextInvalid, fpd));
     }
+    Ok(ctx)
+}
+
+/// Whether the context of `sid` lets its device use a device-TLB: what
+/// translation requests and translated requests need (VT-d "Handling of
+/// Translation Requests" and "Handling of Translated Requests"). Legacy
+/// mode needs context-entry TT = 01b; scalable mode the scalable-mode
+/// context entry's DTE. `Err` carries the fault (0xD resp. 0x44 when the
+/// context blocks the request) and the FPD of the entries accepted.
+pub fn device_tlb_allowed<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    root: RootPointer,
+    sid: u16,
+) -> Result<(), (FaultReason, bool)> {
+    match (root.ttm, caps.mode) {
+        (0, _) => {
+            let ctx = legacy_context(mem, caps, root.addr, sid).map_err(|r| (r, false))?;
+            let fpd = FPD.is_set(ctx.lo);
+            match ctx.tt() {
+                // VT-d "Context Entry" TT: 01b supports untranslated,
+                // translation and translated requests (reserved without
+                // ECAP.DT).
+                TranslationType::DeviceTlb if caps.dt => Ok(()),
+                TranslationType::DeviceTlb | TranslationType::Unknown(_) => {
+                    Err((FaultReason::ContextInvalid, fpd))
+                }
+                // TT 00b and 10b: translation and translated requests
+                // are blocked (fault 0xD).
+                TranslationType::Untranslated | TranslationType::PassThrough => {
+                    Err((FaultReason::TranslationTypeBlocked, fpd))
+                }
+            }
+        }
+        (1, VtdMode::Scalable) => {
+            let ctx = sm_context(mem, caps, root.addr, sid)?;
+            if SmContextEntry::DTE.is_set(ctx.q[0]) {
+                Ok(())
+            } else {
+                Err((FaultReason::SmDteClear, FPD.is_set(ctx.q[0])))
+            }
+        }
+        _ => Err((FaultReason::SmInvalidRootTable, false)),
+    }
+}
+
+/// 3.4.3 scalable mode: scalable root entry, scalable context entry,
+/// PASID directory, PASID table entry. `Err` carries the fault and FPD.
+pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+    req_pasid: Option<u32>,
+) -> Result<Located, (FaultReason, bool)> {
+    let ctx = sm_context(mem, caps, rta, sid)?;
+    let fpd = FPD.is_set(ctx.q[0]);
     // 9.4 PASIDE: requests with PASID need it; requests without use
     // RID_PASID.
     let pasid = match req_pasid {
