@@ -67,8 +67,9 @@ pub struct Pacer {
 
 const RATELIMIT_INTERVAL: Duration = Duration::from_secs(5);
 const RATELIMIT_BURST: u32 = 10;
-/// Slack for the kernel starting its window a little after we note it.
-const RATELIMIT_SLACK: Duration = Duration::from_millis(500);
+/// Slack for the kernel starting its window a little after we note it
+/// (its window begins when its fault handler runs, after the DMA).
+const RATELIMIT_SLACK: Duration = Duration::from_secs(1);
 
 impl Pacer {
     pub fn new(per_fault: u32) -> Self {
