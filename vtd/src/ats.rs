@@ -19,9 +19,10 @@
 //!   not canonical) are not faults: the completion is successful with
 //!   R=W=0 and nothing is recorded.
 //! - Root, context, PASID-directory and PASID-entry present bits clear,
-//!   PASID checks (PASIDE, size, RID_PASID), SRE/ERE clear, and requests
-//!   with PASID to the interrupt range: Unsupported Request, fault
-//!   recorded.
+//!   PASID checks (PASIDE, size, RID_PASID), SRE/ERE clear, requests
+//!   with PASID to the interrupt range, and translations whose output lies
+//!   in the interrupt range (0xE legacy, 0x87 scalable): Unsupported
+//!   Request, fault recorded.
 //! - Errors of the structures themselves (access errors, reserved bits,
 //!   invalid entries, output beyond the host address width): Completer
 //!   Abort, fault recorded.
@@ -38,7 +39,8 @@
 //!
 //! [`crate::Vtd::translate_translated`] passes a translated request
 //! through untranslated when the context allows device-TLBs, and blocks
-//! it with the same faults as above otherwise.
+//! it with the same faults as above otherwise; translated requests to the
+//! interrupt range are Unsupported Requests without a fault record.
 //!
 //! # Device-TLB invalidations
 //!
@@ -225,6 +227,7 @@ pub fn classify(reason: FaultReason) -> RequestFaultClass {
         | PasidEntryNotPresent
         | PasidEreClear
         | PasidSreClear
+        | InterruptAddress
         | SmInterruptAddress => RequestFaultClass::Unsupported,
         // Errors of the structures: access errors, reserved fields,
         // invalid programming.
@@ -521,6 +524,19 @@ impl Vtd {
             return pass;
         }
         let (caps, root) = self.caps_root();
+        // VT-d "Handling Requests to Interrupt Address Range": translated
+        // requests to the range are treated as Unsupported Request; no
+        // fault is recorded.
+        if addr >> 20 == 0xfee {
+            let reason = match root.ttm {
+                0 => FaultReason::InterruptAddress,
+                _ => FaultReason::SmInterruptAddress,
+            };
+            return TranslateResult::Fault {
+                reason,
+                recorded: false,
+            };
+        }
         match translate::device_tlb_allowed(mem, &caps, root, sid.0) {
             Ok(()) => pass,
             Err((reason, fpd)) => {

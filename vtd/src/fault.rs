@@ -37,6 +37,9 @@ pub enum FaultReason {
     /// translation request or translated request with TT other than 01b
     /// (device-TLB enabled).
     TranslationTypeBlocked,
+    /// 0xE: the translation's output lies in the interrupt address range
+    /// 0xFEEx_xxxx (legacy, condition LGN.4).
+    InterruptAddress,
     /// 0x30: invalid root table address / table mode (RTADDR.TTM).
     SmInvalidRootTable,
     /// 0x31: request with PASID while the root table is in legacy mode.
@@ -124,14 +127,15 @@ pub enum FaultReason {
     SmWrite,
     /// 0x86: read request without read permission (scalable mode).
     SmRead,
-    /// 0x87: request with PASID to the interrupt address range
-    /// 0xFEEx_xxxx.
+    /// 0x87: interrupt address range 0xFEEx_xxxx (scalable mode,
+    /// condition SGN.8): a translation's output in the range, or (model
+    /// choice) a request with PASID to it.
     SmInterruptAddress,
     /// Any other code.
     Unknown(u8),
 }
 
-const TABLE: [(FaultReason, u8); 55] = {
+const TABLE: [(FaultReason, u8); 56] = {
     use FaultReason::*;
     [
         (RootNotPresent, 0x1),
@@ -147,6 +151,7 @@ const TABLE: [(FaultReason, u8); 55] = {
         (ContextReserved, 0xb),
         (PagingEntryReserved, 0xc),
         (TranslationTypeBlocked, 0xd),
+        (InterruptAddress, 0xe),
         (SmInvalidRootTable, 0x30),
         (SmTtmLegacyWithPasid, 0x31),
         (SmRootAccess, 0x38),

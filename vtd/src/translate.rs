@@ -140,8 +140,11 @@ pub fn resolve<M: GuestMemory + ?Sized>(
         // translated by legacy tables (fault 0x31).
         (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
         (0, _) => resolve_legacy(mem, caps, root.addr, req),
-        // 3.15 (interrupt address range): requests with PASID to
-        // 0xFEEx_xxxx are not interrupt requests and fault (0x87).
+        // VT-d "Handling Requests to Interrupt Address Range": requests
+        // with PASID to 0xFEEx_xxxx are not interrupt requests; the model
+        // faults them (0x87) before any lookup (see
+        // docs/vtd-spec-citations.md: the spec may translate them and
+        // block only an output in the range, which is checked below).
         (1, VtdMode::Scalable) if req.pasid.is_some() && req.iova >> 20 == 0xfee => {
             fault(FaultReason::SmInterruptAddress, false)
         }
@@ -201,7 +204,7 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
         did: ctx.did(),
         pasid: None,
     };
-    match ctx.tt() {
+    let out = match ctx.tt() {
         // 9.3 TT=10: pass-through; the output is the input, within HAW.
         TranslationType::PassThrough => {
             passthrough(req, caps, origin, fpd, FaultReason::AddressBeyondAgaw)
@@ -212,6 +215,30 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
             legacy_second_stage(mem, caps, &ctx, req, origin, fpd)
         }
         TranslationType::Unknown(_) => fault(FaultReason::ContextInvalid, fpd),
+    };
+    block_interrupt_output(out, FaultReason::InterruptAddress, fpd)
+}
+
+/// First byte of the interrupt address range 0xFEEx_xxxx.
+pub const INTERRUPT_RANGE_FIRST: u64 = 0xfee0_0000;
+/// Last byte of the interrupt address range.
+pub const INTERRUPT_RANGE_LAST: u64 = 0xfeef_ffff;
+
+/// VT-d "Handling Requests to Interrupt Address Range" (3.14 in rev 3.3,
+/// 3.15 in rev 4.1): "Untranslated requests and translation requests
+/// that result in an address in the interrupt range will be blocked with
+/// condition code LGN.4 or SGN.8" (fault 0xE legacy, 0x87 scalable). The
+/// whole page is checked, since the translation cache serves all of it.
+fn block_interrupt_output(out: Outcome, reason: FaultReason, fpd: bool) -> Outcome {
+    match out {
+        Outcome::Mapped { leaf, .. } => {
+            let last = leaf.base | ((1u64 << leaf.shift.min(63)) - 1);
+            if leaf.base <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST {
+                return fault(reason, fpd);
+            }
+            out
+        }
+        f => f,
     }
 }
 
@@ -456,7 +483,11 @@ fn resolve_scalable<M: GuestMemory + ?Sized>(
     req: &Request,
 ) -> Outcome {
     match locate_pasid_entry(mem, caps, rta, req.sid, req.pasid) {
-        Ok(l) => scalable_walk(mem, caps, &l.entry, l.pasid, req, l.fpd),
+        Ok(l) => block_interrupt_output(
+            scalable_walk(mem, caps, &l.entry, l.pasid, req, l.fpd),
+            FaultReason::SmInterruptAddress,
+            l.fpd,
+        ),
         Err((reason, fpd)) => fault(reason, fpd),
     }
 }

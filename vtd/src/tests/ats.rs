@@ -542,3 +542,68 @@ fn completion_entry_decode_is_total_and_round_trips() {
         }
     }
 }
+
+#[test]
+fn legacy_output_in_interrupt_range_faults_0xe_for_untranslated_and_translation_requests() {
+    let mut l = legacy(1, false);
+    l.sl.map(
+        &l.h.mem,
+        &mut l.h.alloc,
+        0x3000,
+        0xfee0_0000,
+        12,
+        true,
+        true,
+    );
+    assert_eq!(l.h.gpa(SID, None, 0x3000, Access::WRITE), Err(0xe));
+    let r = l.h.vtd.translation_request(&l.h.mem, &tr(0x3000));
+    assert_eq!(r.completion, AtsCompletion::UnsupportedRequest);
+    assert_eq!(r.fault, Some(FaultReason::InterruptAddress));
+    // Record 0: the untranslated write (AT=00, T1=0); record 1: AT=01.
+    let hi0 = (1u64 << 63) | (0xe << 32) | u64::from(SID);
+    assert_eq!(record(&l.h, 0), [0x3000, hi0]);
+    let hi1 = (1u64 << 63) | (1 << 60) | (0xe << 32) | u64::from(SID);
+    assert_eq!(record(&l.h, 1), [0x3000, hi1]);
+    // A 2 MiB page that covers part of the range is blocked as a whole.
+    l.sl.map(
+        &l.h.mem,
+        &mut l.h.alloc,
+        0x4000_0000,
+        0xfee0_0000 & !0x1f_ffff,
+        21,
+        true,
+        true,
+    );
+    assert_eq!(l.h.gpa(SID, None, 0x4000_0000, Access::READ), Err(0xe));
+}
+
+#[test]
+fn scalable_output_in_interrupt_range_faults_0x87() {
+    let mut s = scalable(true);
+    let fs = s.first_stage(1, false);
+    fs.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x8000,
+        0xfee0_1000,
+        12,
+        flpte::RW | flpte::US,
+    );
+    assert_eq!(s.h.gpa(SID, Some(1), 0x8000, Access::READ), Err(0x87));
+}
+
+#[test]
+fn translated_request_to_interrupt_range_is_unsupported_without_record() {
+    let mut l = legacy(1, false);
+    let r =
+        l.h.vtd
+            .translate_translated(&l.h.mem, Bdf(SID), 0xfee0_0000, Access::WRITE);
+    assert_eq!(
+        r,
+        TranslateResult::Fault {
+            reason: FaultReason::InterruptAddress,
+            recorded: false
+        }
+    );
+    assert_eq!(l.h.read32(off::FSTS), 0);
+}
