@@ -19,7 +19,9 @@
 //!   `submit`, ...), with its result as a check where it has one;
 //! - after it, `read8/16/32/64 ... ==` checks of every byte the model
 //!   WROTE (invalidation-wait status, accessed/dirty flags, virtio status
-//!   bytes and properties, fault events).
+//!   bytes and properties, fault events), with the values it wrote, taken
+//!   the moment it wrote them: the guest runs on while the server works
+//!   (QEMU posts vfio-user region writes) and may change them at once.
 //!
 //! The model's memory accesses are seen through [`RecMem`], a
 //! [`GuestMemory`] over the real guest RAM that logs each access (the
@@ -34,10 +36,11 @@
 //! Writing the script is best effort: an I/O error is logged once and the
 //! recording stops; the guest never notices.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::iter::FusedIterator;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -45,11 +48,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use log::{error, info, warn};
 use nesting_core::guest::GuestModel;
 use nesting_core::types::Access;
-use vm_memory::bitmap::BS;
+use vm_memory::bitmap::{BS, BitmapSlice};
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    GuestMemoryResult, Permissions,
+    GuestMemoryResult, Permissions, VolatileSlice,
 };
 
 /// The environment variable naming the script to record.
@@ -76,13 +79,13 @@ pub enum MemAccess {
         /// What the model read.
         bytes: Vec<u8>,
     },
-    /// A write of `len` bytes at `gpa` (the values are read back after
-    /// the operation).
+    /// A write of `bytes` at `gpa`: the values as the model left them,
+    /// taken as soon as it wrote them (see [`LoggedSlices`]).
     Write {
         /// Guest physical address.
         gpa: u64,
-        /// Length.
-        len: usize,
+        /// What the model wrote.
+        bytes: Vec<u8>,
     },
 }
 
@@ -109,26 +112,91 @@ impl AccessLog {
         std::mem::take(&mut *self.entries())
     }
 
-    fn note(&self, mem: &GuestMemoryMmap, addr: GuestAddress, count: usize, access: Permissions) {
-        if !self.on.load(Ordering::Acquire) || count == 0 {
+    fn on(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    /// A read about to happen: the bytes as they are now.
+    fn read(&self, mem: &GuestMemoryMmap, addr: GuestAddress, count: usize) {
+        if !self.on() || count == 0 {
             return;
         }
-        let count = count.min(MAX_LOGGED_ACCESS);
-        let mut entries = self.entries();
-        if access.allow(Permissions::Read) {
-            let mut bytes = vec![0u8; count];
-            // An access the memory cannot serve fails in the model too;
-            // it leaves nothing to replay.
-            if mem.read_slice(&mut bytes, addr).is_ok() {
-                entries.push(MemAccess::Read { gpa: addr.0, bytes });
+        let mut bytes = vec![0u8; count.min(MAX_LOGGED_ACCESS)];
+        // An access the memory cannot serve fails in the model too; it
+        // leaves nothing to replay.
+        if mem.read_slice(&mut bytes, addr).is_ok() {
+            self.entries().push(MemAccess::Read { gpa: addr.0, bytes });
+        }
+    }
+
+    /// A write that just happened: the bytes as the model left them.
+    fn written(&self, mem: &GuestMemoryMmap, gpa: u64, len: usize) {
+        if !self.on() || len == 0 {
+            return;
+        }
+        let mut bytes = vec![0u8; len.min(MAX_LOGGED_ACCESS)];
+        if mem.read_slice(&mut bytes, GuestAddress(gpa)).is_ok() {
+            self.entries().push(MemAccess::Write { gpa, bytes });
+        }
+    }
+}
+
+/// The slices of a write handed to the model, noting each slice's bytes
+/// once the model is done with it: when it asks for the next slice, or
+/// drops the iterator. vm-memory's `Bytes` writes a slice before asking
+/// for the next one, so the values are taken right after the model wrote
+/// them, before a vCPU running on (vfio-user region writes are posted)
+/// can change them, as Linux does when it sees an invalidation wait's
+/// status and frees the slot.
+pub struct LoggedSlices<'a, I> {
+    inner: I,
+    mem: &'a GuestMemoryMmap,
+    log: &'a AccessLog,
+    write: bool,
+    at: u64,
+    pending: Option<(u64, usize)>,
+}
+
+impl<I> LoggedSlices<'_, I> {
+    fn settle(&mut self) {
+        if let Some((gpa, len)) = self.pending.take() {
+            self.log.written(self.mem, gpa, len);
+        }
+    }
+}
+
+impl<'a, B: BitmapSlice, I> Iterator for LoggedSlices<'a, I>
+where
+    I: Iterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>,
+{
+    type Item = GuestMemoryResult<VolatileSlice<'a, B>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.settle();
+        let item = self.inner.next();
+        if let Some(Ok(slice)) = &item {
+            if self.write && self.log.on() {
+                self.pending = Some((self.at, slice.len()));
             }
+            self.at = self.at.saturating_add(slice.len() as u64);
         }
-        if access.allow(Permissions::Write) {
-            entries.push(MemAccess::Write {
-                gpa: addr.0,
-                len: count,
-            });
-        }
+        item
+    }
+}
+
+impl<'a, B: BitmapSlice, I> FusedIterator for LoggedSlices<'a, I> where
+    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>
+{
+}
+
+impl<'a, B: BitmapSlice, I> GuestMemorySliceIterator<'a, B> for LoggedSlices<'a, I> where
+    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>
+{
+}
+
+impl<I> Drop for LoggedSlices<'_, I> {
+    fn drop(&mut self) {
+        self.settle();
     }
 }
 
@@ -166,8 +234,18 @@ impl GuestMemory for RecMem {
         count: usize,
         access: Permissions,
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, BS<'a, Self::Bitmap>>> {
-        self.log.note(&self.mem, addr, count, access);
-        GuestMemory::get_slices(&*self.mem, addr, count, access)
+        if access.allow(Permissions::Read) {
+            self.log.read(&self.mem, addr, count);
+        }
+        let inner = GuestMemory::get_slices(&*self.mem, addr, count, access)?;
+        Ok(LoggedSlices {
+            inner,
+            mem: &self.mem,
+            log: &self.log,
+            write: access.allow(Permissions::Write),
+            at: addr.0,
+            pending: None,
+        })
     }
 }
 
@@ -503,6 +581,9 @@ impl Recorder {
         self.last_dma = None;
         self.write_raw(line);
         self.write_raw("\n");
+        // Each line reaches the file at once: the harness may stop the
+        // server (SIGTERM) right after QEMU exits.
+        self.flush();
     }
 
     /// Writes a comment line.
@@ -562,7 +643,7 @@ impl Recorder {
         let r = run();
         let accesses = self.log.take();
         let lines = describe(&r, &accesses);
-        self.emit(mem, &accesses, &lines, None);
+        self.emit(&accesses, &lines, None);
         r
     }
 
@@ -587,13 +668,12 @@ impl Recorder {
         lines.push(dma.line(r));
         lines.extend(after);
         let key = r.filter(|_| lines.len() == 1).map(|_| dma.key());
-        self.emit(mem, &accesses, &lines, key);
+        self.emit(&accesses, &lines, key);
         r
     }
 
     fn emit(
         &mut self,
-        mem: &GuestMemoryMmap,
         accesses: &[MemAccess],
         lines: &[String],
         dma: Option<(u32, Option<u32>, u64, Access)>,
@@ -608,39 +688,42 @@ impl Recorder {
         for l in lines {
             self.line(l);
         }
-        for (gpa, end) in written {
-            self.check_written(mem, gpa, end);
+        for l in self.written_checks(&written) {
+            self.line(&l);
         }
         self.stats.ops += 1;
         self.last_dma = dma;
         self.flush();
     }
 
-    /// The bytes the model read that the replay's memory lacks (updating
-    /// the image), and the merged ranges it wrote.
-    fn diff(&mut self, accesses: &[MemAccess]) -> (Vec<(u64, u8)>, Ranges) {
+    /// The bytes the model read that the replay lacks (the image takes
+    /// them), and the last value the model wrote at each address.
+    fn diff(&mut self, accesses: &[MemAccess]) -> (Vec<(u64, u8)>, BTreeMap<u64, u8>) {
         let mut changed: Vec<(u64, u8)> = Vec::new();
-        let mut written: Vec<(u64, u64)> = Vec::new();
-        let own = |w: &[(u64, u64)], a: u64| w.iter().any(|&(s, e)| a >= s && a < e);
+        let mut written: BTreeMap<u64, u8> = BTreeMap::new();
         for a in accesses {
             match a {
                 MemAccess::Read { gpa, bytes } => {
                     for (a, &b) in (*gpa..).zip(bytes) {
-                        if self.excluded(a) || own(&written, a) || self.image.get(a) == b {
+                        if self.excluded(a) || written.contains_key(&a) || self.image.get(a) == b {
                             continue;
                         }
                         self.image.set(a, b);
                         changed.push((a, b));
                     }
                 }
-                MemAccess::Write { gpa, len } => {
-                    written.push((*gpa, gpa.saturating_add(*len as u64)));
+                MemAccess::Write { gpa, bytes } => {
+                    for (a, &b) in (*gpa..).zip(bytes) {
+                        if !self.excluded(a) {
+                            written.insert(a, b);
+                        }
+                    }
                 }
             }
         }
         changed.sort_unstable_by_key(|c| c.0);
         changed.dedup_by_key(|c| c.0);
-        (changed, merge(written))
+        (changed, written)
     }
 
     /// `write-bytes` lines for `changed` (sorted by address).
@@ -668,44 +751,46 @@ impl Recorder {
         out
     }
 
-    /// Checks of `[gpa, end)` as the model left it, in the widest aligned
-    /// units; the image takes the values. Excluded memory is skipped.
-    fn check_written(&mut self, mem: &GuestMemoryMmap, gpa: u64, end: u64) {
-        let mut at = gpa;
-        while at < end {
-            if self.excluded(at) {
-                at += 1;
-                continue;
+    /// Checks of what the model wrote, in the widest aligned units of each
+    /// run of written bytes; the image takes the values. A unit left zero
+    /// where the replay's memory already held zero is not checked (a
+    /// zeroed buffer would be a check per 8 bytes), except the last unit
+    /// of a run.
+    fn written_checks(&mut self, written: &BTreeMap<u64, u8>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut it = written.iter().map(|(a, b)| (*a, *b)).peekable();
+        while let Some(&(start, _)) = it.peek() {
+            let mut run = Vec::new();
+            while let Some(&(a, b)) = it.peek() {
+                if a != start + run.len() as u64 {
+                    break;
+                }
+                run.push(b);
+                it.next();
             }
-            let width = [8u64, 4, 2, 1]
-                .into_iter()
-                .find(|w| {
-                    at.is_multiple_of(*w)
-                        && at + w <= end
-                        && !(at..at + w).any(|a| self.excluded(a))
-                })
-                .unwrap_or(1);
-            let mut b = [0u8; 8];
-            let Some(buf) = b.get_mut(..width as usize) else {
-                break;
-            };
-            if mem.read_slice(buf, GuestAddress(at)).is_err() {
+            let end = start + run.len() as u64;
+            let mut at = start;
+            while at < end {
+                let width = [8u64, 4, 2, 1]
+                    .into_iter()
+                    .find(|w| at.is_multiple_of(*w) && at + w <= end)
+                    .unwrap_or(1);
+                let i = (at - start) as usize;
+                let bytes = run.get(i..i + width as usize).unwrap_or(&[]);
+                let unchanged = (at..at + width).all(|a| self.image.get(a) == 0);
+                let mut b = [0u8; 8];
+                b[..bytes.len()].copy_from_slice(bytes);
+                let v = u64::from_le_bytes(b);
+                for (a, x) in (at..).zip(bytes) {
+                    self.image.set(a, *x);
+                }
+                if v != 0 || !unchanged || at + width >= end {
+                    out.push(format!("read{} {at:#x} == {v:#x}", width * 8));
+                }
                 at += width;
-                continue;
             }
-            // A unit left zero where the replay's memory already holds zero
-            // is not checked (a zeroed buffer would be a check per 8
-            // bytes), except the last unit of the range.
-            let unchanged = (at..at + width).all(|a| self.image.get(a) == 0);
-            for (a, x) in (at..).zip(buf.iter()) {
-                self.image.set(a, *x);
-            }
-            let v = u64::from_le_bytes(b);
-            if v != 0 || !unchanged || at + width >= end {
-                self.line(&format!("read{} {at:#x} == {v:#x}", width * 8));
-            }
-            at += width;
         }
+        out
     }
 }
 
@@ -726,19 +811,6 @@ pub fn boot_path(base: &Path, boot: u32) -> PathBuf {
         Some(stem) => PathBuf::from(format!("{stem}-boot{boot}.viommu")),
         None => PathBuf::from(format!("{s}-boot{boot}")),
     }
-}
-
-/// Sorted, overlapping or touching ranges merged.
-fn merge(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    r.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in r {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
 }
 
 /// The parts of `[start, end)` no range of `declared` covers.
