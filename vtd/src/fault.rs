@@ -1,12 +1,14 @@
-//! Faults (VT-d chapter 7): the fault reasons of legacy and scalable mode
-//! (7.1.3, the "Fault Reason" encodings Linux's `dmar.c` decodes), primary
-//! fault logging into the circular fault recording registers (7.2.1), and
-//! the record format (11.4 FRCD_REG).
+//! Faults (VT-d chapter 7): the fault reasons of legacy and scalable mode (VT-d
+//! 7.2.3 "Fault Conditions and Remapping Hardware Behavior for Various
+//! Requests", the "Fault Reason" encodings Linux's `dmar.c` decodes), primary
+//! fault logging into the circular fault recording registers (VT-d "Primary
+//! Fault Logging"), and the record format (11.4 FRCD_REG).
 
 use crate::regs::{RegisterFile, frcd, fsts, off};
 
-/// A fault reason (7.1.3). Decoding is total: codes the model never
-/// produces decode to `Unknown`.
+/// A fault reason (VT-d 7.2.3 "Fault Conditions and Remapping Hardware Behavior
+/// for Various Requests"). Decoding is total: codes the model never produces
+/// decode to `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultReason {
     /// 0x1: root-entry present bit clear (legacy).
@@ -330,7 +332,7 @@ pub enum LogOutcome {
     Dropped,
 }
 
-/// Primary fault logging state (7.2.1): the hardware's next-record index
+/// Primary fault logging state (VT-d "Primary Fault Logging"): the hardware's next-record index
 /// into the circular fault recording registers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FaultLog {
@@ -348,7 +350,7 @@ impl FaultLog {
         self.next = next % nfr.max(1);
     }
 
-    /// Logs a fault into the registers (7.2.1): if PFO is set the fault is
+    /// Logs a fault into the registers (VT-d "Primary Fault Logging"): if PFO is set the fault is
     /// dropped; if the record at the next index still holds a fault (F=1)
     /// PFO is set and the fault dropped; otherwise the record is written
     /// with F=1, PPF is set and, if PPF was clear, FRI points at it.
@@ -361,14 +363,14 @@ impl FaultLog {
         at: AddressType,
     ) -> LogOutcome {
         let status = regs.get(off::FSTS);
-        // 7.2.1: "If the Primary Fault Overflow (PFO) field is Set,
+        // VT-d "Primary Fault Logging": "If the Primary Fault Overflow (PFO) field is Set,
         // hardware does not record the fault."
         if fsts::PFO.is_set(status) {
             return LogOutcome::Dropped;
         }
         let index = self.next % nfr.max(1);
         let base = fro + 16 * u64::from(index);
-        // 7.2.1: a record whose F field is still Set is not overwritten;
+        // VT-d "Primary Fault Logging": a record whose F field is still Set is not overwritten;
         // hardware sets PFO instead.
         if frcd::F.is_set(regs.get(base + 8)) {
             regs.set(off::FSTS, fsts::PFO.set(status, 1));

@@ -40,7 +40,7 @@
 //!   wires both to `nesting-core`'s engines: a VMM gives
 //!   [`PassthroughBackend::add_device`] each passthrough device and calls
 //!   [`PassthroughBackend::process`] after every register write.
-//! - Page requests: [`prq`] (7.5), when ECAP.PRS is advertised.
+//! - Page requests: [`prq`] (VT-d "Recoverable Fault Reporting"), when ECAP.PRS is advertised.
 //! - Device-TLBs (ATS): [`ats`]: translation requests
 //!   ([`Vtd::translation_request`]) and translated requests
 //!   ([`Vtd::translate_translated`]) of emulated ATS devices, and the

@@ -57,9 +57,9 @@ fn index(iova: u64, level: u32) -> u64 {
     (iova >> (12 + 9 * (level - 1))) & 0x1ff
 }
 
-/// Second-stage tables (9.8) as Linux's `pfn_to_dma_pte` builds them:
-/// non-leaf entries R|W, leaves with the requested R/W and PS for
-/// superpages.
+/// Second-stage tables (VT-d "Second-Stage Paging Entries") as Linux's
+/// `pfn_to_dma_pte` builds them: non-leaf entries R|W, leaves with the
+/// requested R/W and PS for superpages.
 #[derive(Clone, Copy, Debug)]
 pub struct SlTables {
     /// Root table.

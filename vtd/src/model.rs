@@ -1,6 +1,8 @@
-//! The unit: register writes and what they start (11.4.4 global command,
-//! 6.5.1 register-based invalidation, 6.5.2 queued invalidation), event
-//! interrupts (7.3, 6.5.2.9), and translation with fault recording.
+//! The unit: register writes and what they start (11.4 GCMD_REG global
+//! command; VT-d "Register-based Invalidation Interface"; 6.5.2 queued
+//! invalidation), event interrupts (VT-d "Non-Recoverable Fault Event",
+//! "Hardware Generation of Invalidation Completion Events"), and
+//! translation with fault recording.
 
 use std::sync::Arc;
 
@@ -28,11 +30,12 @@ use crate::translate::{self, Caps, Located, Outcome, Request, RootPointer, Table
 /// Which event an interrupt signals.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterruptSource {
-    /// Fault event (FECTL/FEDATA/FEADDR, 7.3).
+    /// Fault event (FECTL/FEDATA/FEADDR, VT-d "Non-Recoverable Fault Event").
     Fault,
-    /// Invalidation completion event (IECTL/IEDATA/IEADDR, 6.5.2.9).
+    /// Invalidation completion event (IECTL/IEDATA/IEADDR, VT-d "Hardware
+    /// Generation of Invalidation Completion Events").
     InvalidationCompletion,
-    /// Page request event (PECTL/PEDATA/PEADDR, 7.5).
+    /// Page request event (PECTL/PEDATA/PEADDR, VT-d "Recoverable Fault Reporting").
     PageRequest,
 }
 
@@ -93,7 +96,7 @@ impl std::fmt::Debug for Vtd {
 }
 
 /// Most 128-bit descriptors one queue can hold: IQA.QS is 3 bits, 2^7
-/// pages of 256 descriptors (11.4.9.3). One tail write processes at most
+/// pages of 256 descriptors (11.4 IQA_REG). One tail write processes at most
 /// this many, so the drain is bounded even if the guest rewrites the tail.
 const MAX_QUEUE_DESCRIPTORS: u64 = 256 << 7;
 
@@ -253,7 +256,7 @@ impl Vtd {
                 self.settle_fault_ip();
             }
             off::FECTL => self.unmask(off::FECTL, e, InterruptSource::Fault),
-            // 6.5.2.9: IP clears with IWC.
+            // VT-d "Hardware Generation of Invalidation Completion Events": IP clears with IWC.
             off::ICS if self.cfg.qi && !ICS_IWC.is_set(e.new) => {
                 self.regs.set_field(off::IECTL, ectl::IP, 0);
             }
@@ -261,7 +264,7 @@ impl Vtd {
                 self.unmask(off::IECTL, e, InterruptSource::InvalidationCompletion)
             }
             off::PECTL if self.cfg.prs => self.unmask(off::PECTL, e, InterruptSource::PageRequest),
-            // 7.5: the page request event's IP clears with PPR.
+            // VT-d "Recoverable Fault Reporting": the page request event's IP clears with PPR.
             off::PRS if self.cfg.prs && !prq::prs::PPR.is_set(e.new) => {
                 self.regs.set_field(off::PECTL, ectl::IP, 0);
             }
@@ -282,7 +285,7 @@ impl Vtd {
         self.events.push(ev);
     }
 
-    // -- interrupts (7.3, 6.5.2.9) ----------------------------------------
+    // -- interrupts (fault, invalidation completion, page request events) --
 
     fn raise(&self, source: InterruptSource) {
         let (addr, uaddr, data) = match source {
@@ -301,8 +304,9 @@ impl Vtd {
         }
     }
 
-    /// An interrupt condition on the event whose control register is
-    /// `ctl`: with IM set, IP is set instead (7.3, 6.5.2.9).
+    /// An interrupt condition on the event whose control register is `ctl`:
+    /// with IM set, IP is set instead (VT-d "Non-Recoverable Fault Event", VT-d
+    /// "Hardware Generation of Invalidation Completion Events").
     fn signal(&mut self, ctl: u64, source: InterruptSource) {
         if ectl::IM.is_set(self.regs.get(ctl)) {
             self.regs.set_field(ctl, ectl::IP, 1);
@@ -312,7 +316,7 @@ impl Vtd {
         }
     }
 
-    /// 7.3: software clearing IM with IP set delivers the pending
+    /// VT-d "Non-Recoverable Fault Event": software clearing IM with IP set delivers the pending
     /// interrupt and clears IP.
     fn unmask(&mut self, ctl: u64, e: &WriteEffect, source: InterruptSource) {
         let v = self.regs.get(ctl);
@@ -322,23 +326,24 @@ impl Vtd {
         }
     }
 
-    /// 7.3: IP clears once software has serviced every status condition.
+    /// VT-d "Non-Recoverable Fault Event": IP clears once software has serviced
+    /// every status condition.
     fn settle_fault_ip(&mut self) {
         if self.regs.get(off::FSTS) & fsts::EVENT_MASK == 0 {
             self.regs.set_field(off::FECTL, ectl::IP, 0);
         }
     }
 
-    /// A fault status field was set; `before` is FSTS before. 7.3: an
-    /// interrupt condition arises only if no status field was already
-    /// pending service.
+    /// A fault status field was set; `before` is FSTS before. VT-d
+    /// "Non-Recoverable Fault Event": an interrupt condition arises only if no
+    /// status field was already pending service.
     fn fault_status_set(&mut self, before: u64) {
         if before & fsts::EVENT_MASK == 0 {
             self.signal(off::FECTL, InterruptSource::Fault);
         }
     }
 
-    // -- global command (11.4.4) ------------------------------------------
+    // -- global command (11.4 GCMD_REG) ----------------------------------
 
     fn global_command<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
         let cmd = e.written;
@@ -373,14 +378,14 @@ impl Vtd {
         sts = gcmd::QIE.set(sts, u64::from(qie));
         self.regs.set(off::GSTS, sts);
         if was && !qie {
-            // 11.4.9.1: IQH is reset when queued invalidation is disabled.
+            // 11.4 IQH_REG: IQH is reset when queued invalidation is disabled.
             self.regs.set(off::IQH, 0);
         } else if qie && !was {
             self.process_queue(mem);
         }
     }
 
-    // -- register-based invalidation (6.5.1) ------------------------------
+    // -- register-based invalidation (CCMD_REG, IOTLB_REG) -----------------
 
     fn qi_enabled(&self) -> bool {
         gcmd::QIE.is_set(self.regs.get(off::GSTS))
@@ -388,9 +393,10 @@ impl Vtd {
 
     fn context_command(&mut self) {
         let v = self.regs.get(off::CCMD);
-        // 6.5.1: with queued invalidation enabled, register-based
-        // invalidation must not be used; the unit ignores it (the command
-        // completes with CAIG=0, "not performed").
+        // VT-d "Register-based Invalidation Interface": with queued
+        // invalidation enabled, register-based invalidation must not be used;
+        // the unit ignores it (the command completes with CAIG=0, "not
+        // performed").
         let caig = if self.qi_enabled() {
             log::warn!("vtd: CCMD write while queued invalidation is enabled");
             0
@@ -428,7 +434,7 @@ impl Vtd {
             let scope = match iotlb_reg::IIRG.get(v) {
                 1 => Some(IotlbScope::Global),
                 2 => Some(IotlbScope::Domain { did }),
-                // 6.5.1.2: AM above CAP.MAMV is not performed.
+                // VT-d "IOTLB Registers": AM above CAP.MAMV is not performed.
                 3 if iva::AM.get(iva_v) <= crate::regs::MAMV => Some(IotlbScope::Pages {
                     did,
                     addr: iva::ADDR.mask() & iva_v,
@@ -469,11 +475,11 @@ impl Vtd {
         let size = 4096u64 << iqa::QS.get(a);
         let base = iqa::IQA.mask() & a;
         let tail = IQ_OFFSET.mask() & self.regs.get(off::IQT);
-        // 11.4.9.3 DW: 256-bit descriptors exist only with scalable mode.
+        // 11.4 IQA_REG DW: 256-bit descriptors exist only with scalable mode.
         if wide && !self.caps_scalable() {
             return self.queue_error(iqei::WIDTH);
         }
-        // 11.4.9.2: the tail must lie in the queue, on a descriptor.
+        // 11.4 IQT_REG: the tail must lie in the queue, on a descriptor.
         if tail >= size || !tail.is_multiple_of(desc) {
             return self.queue_error(iqei::TAIL);
         }
@@ -543,7 +549,8 @@ impl Vtd {
             log::warn!("vtd: invalidation wait status write to {addr:#x} failed");
         }
         if interrupt {
-            // 6.5.2.9: no new event while IWC is still set.
+            // VT-d "Hardware Generation of Invalidation Completion Events": no
+            // new event while IWC is still set.
             if ICS_IWC.is_set(self.regs.get(off::ICS)) {
                 return;
             }
@@ -605,9 +612,9 @@ impl Vtd {
         }
     }
 
-    // -- page requests (7.5) ----------------------------------------------
+    // -- page requests ----------------------------------------------------
 
-    /// A page request of a PRI-capable device (7.5.1). Without ECAP.PRS,
+    /// A page request of a PRI-capable device (VT-d "Handling of Page Requests"). Without ECAP.PRS,
     /// or when the device's context entry has PRE clear, the unit answers
     /// the last request of a group itself with "invalid request"; when the
     /// queue is full it sets PRS.PRO and answers "success" (the device
@@ -633,7 +640,8 @@ impl Vtd {
         let tail = prq::PQ_OFFSET.mask() & self.regs.get(off::PQT);
         let head = prq::PQ_OFFSET.mask() & self.regs.get(off::PQH);
         let next = (tail + prq::DESCRIPTOR_SIZE) % size;
-        // 7.5.1: with PRO set, or no free slot, the request is not queued.
+        // VT-d "Handling of Page Requests": with PRO set, or no free slot, the
+        // request is not queued.
         if prq::prs::PRO.is_set(status) || next == head || tail >= size {
             self.regs.set(off::PRS, prq::prs::PRO.set(status, 1));
             return respond(prq::response::SUCCESS);
@@ -655,12 +663,13 @@ impl Vtd {
 
     /// Translates one DMA request of `sid` (with `pasid`, for requests
     /// with PASID) at `iova`, through the translation cache. Faults are
-    /// recorded (7.2) unless fault processing is disabled, and raise the
+    /// recorded (VT-d "Primary Fault Logging") unless fault processing is disabled, and raise the
     /// fault event.
     ///
     /// First-stage translations made for a read are cached without write
-    /// permission, so the first write walks again and sets the dirty flag
-    /// (3.6.3); everything else is cached with what the walk granted.
+    /// permission, so the first write walks again and sets the dirty flag (VT-d
+    /// 3.6 "First-Stage Translation", accessed/dirty flags); everything else is
+    /// cached with what the walk granted.
     pub fn translate<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -722,7 +731,8 @@ impl Vtd {
     /// layer uses to mirror the guest's tables after an invalidation.
     pub fn walk<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
         if !self.translation_enabled() {
-            // 3.1: with translation disabled, requests are not remapped.
+            // 11.4 GCMD_REG TE: with translation disabled, requests are not
+            // remapped.
             return Outcome::Mapped {
                 leaf: crate::walk::Leaf {
                     base: req.iova & !0xfff,
@@ -826,7 +836,7 @@ fn cache_invalidations(ev: &VtdEvent) -> Vec<IotlbInvalidation> {
 }
 
 /// The source-ids a device-selective context invalidation covers
-/// (11.4.7 FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
+/// (11.4 CCMD_REG FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
 /// bits 2:0.
 pub(crate) fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
     let mask: u16 = match fm {
@@ -841,8 +851,9 @@ pub(crate) fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
         .map(move |f| base | f)
 }
 
-/// The event of a translation-cache invalidation descriptor (6.5.2.1 to
-/// 6.5.2.4).
+/// The event of a translation-cache invalidation descriptor (context-cache,
+/// PASID-cache, IOTLB and PASID-based-IOTLB invalidate descriptors, VT-d
+/// 6.5.2.1 and the three "... Invalidate Descriptor" sections after it).
 fn cache_event(d: Descriptor) -> Option<VtdEvent> {
     Some(match d {
         Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
@@ -887,7 +898,8 @@ fn cache_event(d: Descriptor) -> Option<VtdEvent> {
     })
 }
 
-/// The event of a device-side descriptor (6.5.2.5, 6.5.2.6, 7.7).
+/// The event of a device-side descriptor (VT-d "Device-TLB Invalidate
+/// Descriptor", 6.5.2.6, VT-d "Page Group Response Descriptor").
 fn device_event(d: Descriptor) -> Option<VtdEvent> {
     Some(match d {
         Descriptor::DeviceTlb { sid, addr, s, .. } => {

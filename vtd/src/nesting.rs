@@ -37,7 +37,7 @@ use std::collections::VecDeque;
 /// invalidation queue's worth: 2^15 descriptors).
 pub const MAX_PENDING_EVENTS: usize = 1 << 15;
 
-/// Scope of a context-cache invalidation (6.5.1.1, 6.5.2.1).
+/// Scope of a context-cache invalidation (VT-d "Context Command Register", 6.5.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContextScope {
     /// Every context entry.
@@ -58,7 +58,8 @@ pub enum ContextScope {
     },
 }
 
-/// Scope of an IOTLB invalidation (6.5.1.2, 6.5.2.3, 6.5.2.4).
+/// Scope of an IOTLB invalidation (VT-d "IOTLB Registers", VT-d "IOTLB
+/// Invalidate Descriptor", VT-d "PASID-based-IOTLB Invalidate Descriptor").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IotlbScope {
     /// Everything.
@@ -114,7 +115,7 @@ impl IotlbScope {
     }
 }
 
-/// Scope of a PASID-cache invalidation (6.5.2.2).
+/// Scope of a PASID-cache invalidation (VT-d "PASID-cache Invalidate Descriptor").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PasidScope {
     /// Every PASID entry.
@@ -136,9 +137,9 @@ pub enum PasidScope {
 /// Something a nesting layer must react to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum VtdEvent {
-    /// GCMD.TE changed (11.4.4): with translation off, DMA is untranslated.
+    /// GCMD.TE changed (11.4 GCMD_REG): with translation off, DMA is untranslated.
     TranslationEnabled(bool),
-    /// GCMD.SRTP latched a new root table (11.4.4).
+    /// GCMD.SRTP latched a new root table (11.4 GCMD_REG).
     RootTable {
         /// Root table address.
         addr: u64,
@@ -151,7 +152,7 @@ pub enum VtdEvent {
     PasidCache(PasidScope),
     /// IOTLB or PASID-based IOTLB invalidation.
     Iotlb(IotlbScope),
-    /// Device-TLB or PASID-based device-TLB invalidation (6.5.2.5,
+    /// Device-TLB or PASID-based device-TLB invalidation (VT-d "Device-TLB Invalidate Descriptor",
     /// 6.5.2.6): forward to a passthrough device's ATS cache.
     DeviceTlb {
         /// Source-id of the device.
@@ -163,7 +164,8 @@ pub enum VtdEvent {
         /// Length in bytes (`u64::MAX`: everything).
         len: u64,
     },
-    /// Page group response (7.7) for a page request the model forwarded.
+    /// Page group response (VT-d "Page Group Response Descriptor") for a page
+    /// request the model forwarded.
     PageGroupResponse {
         /// Requester.
         rid: u16,

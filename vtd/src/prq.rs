@@ -1,8 +1,8 @@
-//! The page request queue (VT-d 7.5, registers 11.4, page request registers), present when
-//! ECAP.PRS is set: a PRI-capable device's page requests (forwarded by a
-//! VMM or by a nesting layer from the host's fault queue) are written as
-//! 256-bit page request descriptors at PQT; PRS.PPR and the page request
-//! event tell software; a full queue sets PRS.PRO.
+//! The page request queue (VT-d "Recoverable Fault Reporting", registers 11.4,
+//! page request registers), present when ECAP.PRS is set: a PRI-capable
+//! device's page requests (forwarded by a VMM or by a nesting layer from the
+//! host's fault queue) are written as 256-bit page request descriptors at PQT;
+//! PRS.PPR and the page request event tell software; a full queue sets PRS.PRO.
 //!
 //! The descriptor layout is the one Linux's `prq.c` reads (`struct
 //! page_req_dsc`).
@@ -31,7 +31,7 @@ pub mod prs {
 /// PQH/PQT offset field: bits 18:5 (32-byte descriptors).
 pub const PQ_OFFSET: Field = Field::bits(18, 5);
 
-/// Page group response codes (7.7).
+/// Page group response codes (VT-d "Page Group Response Descriptor").
 pub mod response {
     /// Success.
     pub const SUCCESS: u8 = 0x0;
@@ -39,7 +39,8 @@ pub mod response {
     pub const INVALID: u8 = 0x1;
 }
 
-/// One page request (PCIe Page Request Message, as 7.5 describes it).
+/// One page request (PCIe Page Request Message, as VT-d "Recoverable Fault
+/// Reporting" describes it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRequest {
     /// Requester.

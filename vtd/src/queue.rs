@@ -57,7 +57,7 @@ pub enum CcGranularity {
     Device,
 }
 
-/// IOTLB invalidation granularity (6.5.2.3).
+/// IOTLB invalidation granularity (VT-d "IOTLB Invalidate Descriptor").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IotlbGranularity {
     /// 01: global.
@@ -68,7 +68,7 @@ pub enum IotlbGranularity {
     Page,
 }
 
-/// PASID-cache invalidation granularity (6.5.2.2).
+/// PASID-cache invalidation granularity (VT-d "PASID-cache Invalidate Descriptor").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PcGranularity {
     /// 00: every PASID of a domain.
@@ -79,7 +79,8 @@ pub enum PcGranularity {
     Global,
 }
 
-/// One invalidation descriptor (6.5.2.1 to 6.5.2.9, 7.7).
+/// One invalidation descriptor (VT-d 6.5.2.1 to 6.5.2.8, the descriptors of
+/// "Queued Invalidation Interface"; VT-d "Page Group Response Descriptor").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Descriptor {
     /// Type 1: context-cache invalidate.
@@ -270,7 +271,7 @@ fn decode_iotlb(q0: u64, q1: u64) -> Decoded {
     };
     let am = AM.get(q1);
     let rsvd0 = Field::bit(8).mask() | Field::bits(15, 12).mask() | Field::bits(63, 32).mask();
-    // 6.5.2.3: AM above CAP.MAMV is a programming error.
+    // VT-d "IOTLB Invalidate Descriptor": AM above CAP.MAMV is a programming error.
     let bad_am = g == IotlbGranularity::Page && am > MAMV;
     check(
         q0 & rsvd0 != 0 || q1 & Field::bits(11, 7).mask() != 0 || bad_am,
@@ -320,8 +321,8 @@ fn decode_wait(q0: u64, q1: u64) -> Decoded {
 }
 
 fn decode_piotlb(q0: u64, q1: u64) -> Decoded {
-    // 6.5.2.4: G=10 all pages of the PASID, G=11 page-selective; 00 and
-    // 01 are reserved.
+    // VT-d "PASID-based-IOTLB Invalidate Descriptor": G=10 all pages of the
+    // PASID, G=11 page-selective; 00 and 01 are reserved.
     let page = match G.get(q0) {
         2 => false,
         3 => true,
@@ -388,9 +389,9 @@ fn decode_pgrp(q0: u64, q1: u64) -> Decoded {
     )
 }
 
-/// The byte range a device-TLB invalidation covers (6.5.2.5: with S=1
-/// the lowest clear bit of the address above bit 11 gives the size; all
-/// ones above bit 11 means every address).
+/// The byte range a device-TLB invalidation covers (VT-d "Device-TLB Invalidate
+/// Descriptor": with S=1 the lowest clear bit of the address above bit 11 gives
+/// the size; all ones above bit 11 means every address).
 pub fn dev_tlb_range(addr: u64, s: bool) -> (u64, u64) {
     if !s {
         return (addr & !0xfff, 4096);

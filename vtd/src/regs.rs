@@ -17,19 +17,19 @@ use nesting_core::host::info::{cap, ecap};
 
 /// Register offsets of the architected block (VT-d 11.4, register map).
 pub mod off {
-    /// Version (11.4.1).
+    /// Version (11.4 VER_REG).
     pub const VER: u64 = 0x00;
-    /// Capability (11.4.2).
+    /// Capability (11.4 CAP_REG).
     pub const CAP: u64 = 0x08;
-    /// Extended capability (11.4.3).
+    /// Extended capability (11.4 ECAP_REG).
     pub const ECAP: u64 = 0x10;
-    /// Global command (11.4.4).
+    /// Global command (11.4 GCMD_REG).
     pub const GCMD: u64 = 0x18;
-    /// Global status (11.4.5).
+    /// Global status (11.4 GSTS_REG).
     pub const GSTS: u64 = 0x1c;
-    /// Root table address (11.4.6).
+    /// Root table address (11.4 RTADDR_REG).
     pub const RTADDR: u64 = 0x20;
-    /// Context command (11.4.7).
+    /// Context command (11.4 CCMD_REG).
     pub const CCMD: u64 = 0x28;
     /// Fault status (11.4 FSTS_REG).
     pub const FSTS: u64 = 0x34;
@@ -44,21 +44,21 @@ pub mod off {
     /// Advanced fault log (11.4 AFLOG_REG); the model has no advanced fault
     /// logging (CAP.AFL=0), so it reads as zero.
     pub const AFLOG: u64 = 0x58;
-    /// Invalidation queue head (11.4.9.1).
+    /// Invalidation queue head (11.4 IQH_REG).
     pub const IQH: u64 = 0x80;
-    /// Invalidation queue tail (11.4.9.2).
+    /// Invalidation queue tail (11.4 IQT_REG).
     pub const IQT: u64 = 0x88;
-    /// Invalidation queue address (11.4.9.3).
+    /// Invalidation queue address (11.4 IQA_REG).
     pub const IQA: u64 = 0x90;
-    /// Invalidation completion status (11.4.9.4).
+    /// Invalidation completion status (11.4 ICS_REG).
     pub const ICS: u64 = 0x9c;
-    /// Invalidation event control (11.4.9.5).
+    /// Invalidation event control (11.4 IECTL_REG).
     pub const IECTL: u64 = 0xa0;
-    /// Invalidation event data (11.4.9.6).
+    /// Invalidation event data (11.4 IEDATA_REG).
     pub const IEDATA: u64 = 0xa4;
-    /// Invalidation event address (11.4.9.7).
+    /// Invalidation event address (11.4 IEADDR_REG).
     pub const IEADDR: u64 = 0xa8;
-    /// Invalidation event upper address (11.4.9.8).
+    /// Invalidation event upper address (11.4 IEUADDR_REG).
     pub const IEUADDR: u64 = 0xac;
     /// Invalidation queue error record (11.4.9.9).
     pub const IQER: u64 = 0xb0;
@@ -80,7 +80,7 @@ pub mod off {
     pub const PEUADDR: u64 = 0xec;
 }
 
-/// GCMD_REG / GSTS_REG bits (11.4.4, 11.4.5). The command and status bit of
+/// GCMD_REG / GSTS_REG bits (11.4 GCMD_REG, 11.4 GSTS_REG). The command and status bit of
 /// each function share a position.
 pub mod gcmd {
     use nesting_core::bits::Field;
@@ -96,7 +96,7 @@ pub mod gcmd {
     pub const CFI: Field = Field::bit(23);
 }
 
-/// RTADDR_REG fields (11.4.6).
+/// RTADDR_REG fields (11.4 RTADDR_REG).
 pub mod rtaddr {
     use nesting_core::bits::Field;
     /// Root table address, 4 KiB aligned.
@@ -105,7 +105,7 @@ pub mod rtaddr {
     pub const TTM: Field = Field::bits(11, 10);
 }
 
-/// CCMD_REG fields (11.4.7).
+/// CCMD_REG fields (11.4 CCMD_REG).
 pub mod ccmd {
     use nesting_core::bits::Field;
     /// Invalidate context-cache (set by software, cleared on completion).
@@ -122,7 +122,7 @@ pub mod ccmd {
     pub const DID: Field = Field::bits(15, 0);
 }
 
-/// IOTLB_REG fields (11.4.8.1), at ECAP.IRO + 8.
+/// IOTLB_REG fields (11.4 IOTLB_REG), at ECAP.IRO + 8.
 pub mod iotlb_reg {
     use nesting_core::bits::Field;
     /// Invalidate IOTLB (set by software, cleared on completion).
@@ -139,7 +139,7 @@ pub mod iotlb_reg {
     pub const DID: Field = Field::bits(47, 32);
 }
 
-/// IVA_REG fields (11.4.8.2), at ECAP.IRO.
+/// IVA_REG fields (11.4 IVA_REG), at ECAP.IRO.
 pub mod iva {
     use nesting_core::bits::Field;
     /// Page address.
@@ -166,11 +166,11 @@ pub mod fsts {
     /// Fault record index (RO).
     pub const FRI: Field = Field::bits(15, 8);
     /// The status fields whose setting is a fault event condition
-    /// (VT-d 7.3: PFO, PPF, IQE, ICE, ITE; PRO lives in PRS_REG).
+    /// (VT-d "Non-Recoverable Fault Event": PFO, PPF, IQE, ICE, ITE; PRO lives in PRS_REG).
     pub const EVENT_MASK: u64 = PFO.mask() | PPF.mask() | IQE.mask() | ICE.mask() | ITE.mask();
 }
 
-/// FECTL/IECTL/PECTL bits (11.4 FECTL_REG, 11.4.9.5, 11.4 PECTL_REG).
+/// FECTL/IECTL/PECTL bits (11.4 FECTL_REG, 11.4 IECTL_REG, 11.4 PECTL_REG).
 pub mod ectl {
     use nesting_core::bits::Field;
     /// Interrupt mask.
@@ -179,7 +179,7 @@ pub mod ectl {
     pub const IP: Field = Field::bit(30);
 }
 
-/// IQA_REG fields (11.4.9.3).
+/// IQA_REG fields (11.4 IQA_REG).
 pub mod iqa {
     use nesting_core::bits::Field;
     /// Queue base, 4 KiB aligned.
@@ -190,10 +190,10 @@ pub mod iqa {
     pub const QS: Field = Field::bits(2, 0);
 }
 
-/// IQH/IQT queue offset (11.4.9.1, 11.4.9.2): bits 18:4, in bytes.
+/// IQH/IQT queue offset (11.4 IQH_REG, 11.4 IQT_REG): bits 18:4, in bytes.
 pub const IQ_OFFSET: Field = Field::bits(18, 4);
 
-/// ICS_REG: invalidation wait descriptor complete (11.4.9.4, RW1C).
+/// ICS_REG: invalidation wait descriptor complete (11.4 ICS_REG, RW1C).
 pub const ICS_IWC: Field = Field::bit(0);
 
 /// IQER_REG fields (11.4.9.9).
@@ -304,14 +304,14 @@ pub fn version(cfg: &VtdConfig) -> u64 {
 }
 
 /// Number of domains field: 2^(4 + 2*6) = 65536, the full 16-bit DID
-/// space (11.4.2 ND).
+/// space (11.4 CAP_REG ND).
 const ND_64K: u64 = 6;
 
 /// Largest address mask a page-selective invalidation may carry: 2^18
-/// 4 KiB pages = 1 GiB, the largest page (11.4.2 MAMV).
+/// 4 KiB pages = 1 GiB, the largest page (11.4 CAP_REG MAMV).
 pub const MAMV: u64 = 18;
 
-/// CAP_REG computed from the configuration (VT-d 11.4.2).
+/// CAP_REG computed from the configuration (VT-d 11.4 CAP_REG).
 pub fn capability(cfg: &VtdConfig) -> u64 {
     // SAGAW bit 1 = 39-bit (3-level), bit 2 = 48-bit (4-level), bit 3 =
     // 57-bit (5-level); a unit supporting a depth supports the shallower
@@ -342,14 +342,14 @@ pub fn capability(cfg: &VtdConfig) -> u64 {
     fields.iter().fold(0, |acc, (f, v)| f.set(acc, *v))
 }
 
-/// ECAP_REG computed from the configuration (VT-d 11.4.3).
+/// ECAP_REG computed from the configuration (VT-d 11.4 ECAP_REG).
 pub fn extended_capability(cfg: &VtdConfig) -> u64 {
     let scalable = cfg.mode == VtdMode::Scalable;
     let fields = [
         // Page walks snoop: the model reads guest memory coherently.
         (ecap::C, 1),
         (ecap::QI, u64::from(cfg.qi)),
-        // Device-TLBs need queued invalidation (11.4.3 DT).
+        // Device-TLBs need queued invalidation (11.4 ECAP_REG DT).
         (ecap::DT, u64::from(cfg.qi)),
         (ecap::PT, 1),
         (ecap::IRO, cfg.iro / 16),

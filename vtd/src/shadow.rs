@@ -67,9 +67,9 @@ const fn level_shift(level: u32) -> u32 {
 /// The table format being enumerated.
 #[derive(Clone, Copy, Debug)]
 pub enum Format {
-    /// Second-stage (9.8).
+    /// Second-stage (VT-d "Second-Stage Paging Entries").
     Second(SsParams),
-    /// First-stage (9.7), as seen by user-mode requests.
+    /// First-stage (VT-d "First-Stage Paging Entries"), as seen by user-mode requests.
     First(FsParams),
 }
 

@@ -35,7 +35,8 @@ pub type SmContextEntryWire = Qwords<4>;
 pub type PasidDirEntryWire = Qwords<1>;
 /// Wire form of a PASID table entry (9.6).
 pub type PasidEntryWire = Qwords<8>;
-/// Wire form of a paging entry (9.7, 9.8).
+/// Wire form of a paging entry (VT-d "First-Stage Paging Entries", VT-d
+/// "Second-Stage Paging Entries").
 pub type PagingEntryWire = Qwords<1>;
 
 const _: () = assert!(size_of::<RootEntryWire>() == ROOT_ENTRY_SIZE as usize);
@@ -56,7 +57,7 @@ pub fn read_qwords<M: GuestMemory + ?Sized, const N: usize>(
 }
 
 /// Bits `[51:haw]` of a table address: reserved when above the host
-/// address width (9.1-9.8 "bits above HAW are reserved").
+/// address width (VT-d chapter 9, every table entry format: "bits above HAW are reserved").
 pub const fn above_haw(haw: u32) -> u64 {
     if haw >= 52 {
         0

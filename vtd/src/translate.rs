@@ -1,9 +1,10 @@
 //! DMA remapping of one request (VT-d chapter 3): the root table, the
-//! context entry (3.4 legacy, 3.4.3/3.4.4 scalable), the PASID directory
-//! and PASID table (3.4.4), then the walk the translation type selects.
+//! context entry (VT-d "Legacy Mode Address Translation", "Scalable Mode
+//! Address Translation"), the PASID directory and PASID table (scalable
+//! mode), then the walk the translation type selects.
 //!
 //! The resolution reports, with each fault, whether fault processing was
-//! disabled (FPD) by an entry it had already accepted (7.2.1: "faults
+//! disabled (FPD) by an entry it had already accepted (VT-d "Primary Fault Logging": "faults
 //! detected ... after ... an entry with FPD=1 are not recorded").
 
 use nesting_core::guest::{VtdConfig, VtdMode};
@@ -21,7 +22,7 @@ use crate::walk::{
     walk_second_stage,
 };
 
-/// The latched root table pointer (GCMD.SRTP copies RTADDR, 11.4.4).
+/// The latched root table pointer (GCMD.SRTP copies RTADDR, 11.4 GCMD_REG).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RootPointer {
     /// Root table address.
@@ -136,7 +137,7 @@ pub fn resolve<M: GuestMemory + ?Sized>(
     req: &Request,
 ) -> Outcome {
     match (root.ttm, caps.mode) {
-        // 11.4.6 TTM: 00 legacy mode; requests with PASID cannot be
+        // 11.4 RTADDR_REG TTM: 00 legacy mode; requests with PASID cannot be
         // translated by legacy tables (fault 0x31).
         (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
         (0, _) => resolve_legacy(mem, caps, root.addr, req),
@@ -149,7 +150,7 @@ pub fn resolve<M: GuestMemory + ?Sized>(
             fault(FaultReason::SmInterruptAddress, false)
         }
         (1, VtdMode::Scalable) => resolve_scalable(mem, caps, root.addr, req),
-        // 11.4.6 TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
+        // 11.4 RTADDR_REG TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
         _ => fault(FaultReason::SmInvalidRootTable, false),
     }
 }
@@ -158,8 +159,7 @@ fn bus_devfn(sid: u16) -> (u8, u8) {
     ((sid >> 8) as u8, sid as u8)
 }
 
-/// 3.4.2 legacy mode: root entry by bus, context entry by devfn.
-/// 3.4.2 legacy mode: the context entry of `sid` (root entry by bus,
+/// VT-d "Legacy Mode Address Translation": the context entry of `sid` (root entry by bus,
 /// context entry by devfn), checked for presence and reserved bits.
 pub fn legacy_context<M: GuestMemory + ?Sized>(
     mem: &M,
@@ -266,8 +266,9 @@ fn legacy_second_stage<M: GuestMemory + ?Sized>(
     };
     match walk_second_stage(mem, &p, req.iova, req.access) {
         SsWalk::Mapped(leaf) => Outcome::Mapped { leaf, origin },
-        // 7.1.3: legacy mode reports entries with R=W=0 and insufficient
-        // permissions alike, as read (0x6) or write (0x5) faults.
+        // VT-d 7.2.3 "Fault Conditions and Remapping Hardware Behavior for
+        // Various Requests": legacy mode reports entries with R=W=0 and
+        // insufficient permissions alike, as read (0x6) or write (0x5) faults.
         SsWalk::Fault(SsFault::NotPresent | SsFault::Permission) => fault(
             rw_reason(req.access, FaultReason::Write, FaultReason::Read),
             fpd,
@@ -408,7 +409,7 @@ pub fn device_tlb_allowed<M: GuestMemory + ?Sized>(
     }
 }
 
-/// 3.4.3 scalable mode: scalable root entry, scalable context entry,
+/// VT-d "Scalable Mode Address Translation": scalable root entry, scalable context entry,
 /// PASID directory, PASID table entry. `Err` carries the fault and FPD.
 pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     mem: &M,
@@ -561,7 +562,7 @@ fn ss_fault(f: SsFault, access: Access) -> FaultReason {
 }
 
 /// First-stage table addresses translated through the second stage
-/// (3.8 nested translation).
+/// (VT-d "Nested Translation").
 struct Nested<'m, M: ?Sized> {
     mem: &'m M,
     ss: SsParams,
@@ -628,7 +629,7 @@ fn first_stage<M: GuestMemory + ?Sized>(
     nested_output(mem, &ss, leaf, req, origin, fpd)
 }
 
-/// 3.8: the first-stage output goes through the second stage; the page is
+/// VT-d "Nested Translation": the first-stage output goes through the second stage; the page is
 /// the smaller of the two and the permissions their intersection.
 fn nested_output<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -1,5 +1,6 @@
 //! Page-table walks (VT-d 3.6 first-stage translation, 3.7 second-stage
-//! translation, 3.8 nested translation; entry formats 9.7 and 9.8).
+//! translation, VT-d "Nested Translation"; entry formats
+//! VT-d "First-Stage Paging Entries" and VT-d "Second-Stage Paging Entries").
 //!
 //! A walk returns an enum, never `Result`: guest tables are guest input,
 //! and every outcome is architected. Walks are bounded by the level count
@@ -48,7 +49,7 @@ impl Leaf {
     }
 }
 
-/// Second-stage entry bits (9.8).
+/// Second-stage entry bits (VT-d "Second-Stage Paging Entries").
 pub mod sl {
     use nesting_core::bits::Field;
     /// Read.
@@ -162,7 +163,7 @@ pub fn walk_second_stage<M: GuestMemory + ?Sized>(
     SsWalk::Fault(SsFault::NotPresent)
 }
 
-/// First-stage entry bits (9.7, the x86 paging format).
+/// First-stage entry bits (VT-d "First-Stage Paging Entries", the x86 paging format).
 pub mod fl {
     use nesting_core::bits::Field;
     /// Present.
@@ -202,7 +203,7 @@ pub struct FsParams {
 }
 
 /// How first-stage table addresses reach guest memory: directly
-/// (first-stage only) or through the second stage (nested, 3.8).
+/// (first-stage only) or through the second stage (nested, VT-d "Nested Translation").
 pub trait TableAccess {
     /// The guest physical address of a first-stage table location, for a
     /// read (`write` false) or an accessed/dirty update; `root` says the
@@ -258,11 +259,12 @@ struct Visited {
     n: usize,
 }
 
-/// Walks first-stage tables for `iova` (3.6) and checks the access
-/// (3.6.2 access rights): user requests need U/S=1 at every level, writes
-/// need R/W=1 at every level unless a supervisor request with WPE=0,
-/// execute needs XD=0 at every level. On success the accessed flags (and
-/// the dirty flag of the leaf for writes) are set (3.6.3).
+/// Walks first-stage tables for `iova` (3.6) and checks the access (VT-d 3.6
+/// "First-Stage Translation", access rights): user requests need U/S=1 at every
+/// level, writes need R/W=1 at every level unless a supervisor request with
+/// WPE=0, execute needs XD=0 at every level. On success the accessed flags (and
+/// the dirty flag of the leaf for writes) are set (VT-d 3.6 "First-Stage
+/// Translation", accessed/dirty flags).
 pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     mem: &M,
     tables: &mut T,
@@ -330,17 +332,19 @@ fn finish_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     access: Access,
 ) -> FsWalk {
     let user = !access.contains(Access::PRIV);
-    // 3.6.2: user-mode requests need U/S=1 in every paging entry.
+    // VT-d 3.6 "First-Stage Translation", access rights: user-mode requests
+    // need U/S=1 in every paging entry.
     if user && !us {
         return FsWalk::Fault(FaultReason::FsUserSupervisor);
     }
-    // 3.6.2: writes need R/W=1 in every entry; supervisor writes ignore
-    // R/W unless WPE=1.
+    // VT-d 3.6 "First-Stage Translation", access rights: writes need R/W=1 in
+    // every entry; supervisor writes ignore R/W unless WPE=1.
     let writable = rw || (!user && !p.wpe);
     if access.contains(Access::WRITE) && !writable {
         return FsWalk::Fault(FaultReason::SmWrite);
     }
-    // 3.6.2: execute requests fault if XD=1 in any entry.
+    // VT-d 3.6 "First-Stage Translation", access rights: execute requests fault
+    // if XD=1 in any entry.
     if access.contains(Access::EXEC) && xd {
         return FsWalk::Fault(FaultReason::FsExecute);
     }
@@ -357,11 +361,12 @@ fn finish_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     FsWalk::Mapped(Leaf { base, shift, perms })
 }
 
-/// 3.6.3: the accessed flag of every entry used, the extended accessed
-/// flag with EAFE, and the dirty flag of the leaf on writes. Only bits 5,
-/// 6 and 10 change, so the update writes the entry's two low bytes: a
-/// guest CPU editing the address or high flags concurrently is not
-/// overwritten (hardware uses a locked operation; vm-memory offers none).
+/// VT-d 3.6 "First-Stage Translation", accessed/dirty flags: the accessed flag
+/// of every entry used, the extended accessed flag with EAFE, and the dirty
+/// flag of the leaf on writes. Only bits 5, 6 and 10 change, so the update
+/// writes the entry's two low bytes: a guest CPU editing the address or high
+/// flags concurrently is not overwritten (hardware uses a locked operation;
+/// vm-memory offers none).
 fn update_accessed_dirty<M: GuestMemory + ?Sized, T: TableAccess>(
     mem: &M,
     tables: &mut T,

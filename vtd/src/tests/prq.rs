@@ -1,4 +1,4 @@
-//! Page request queue (7.5, 11.4, page request registers).
+//! Page request queue (VT-d "Recoverable Fault Reporting", 11.4, page request registers).
 
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::Gpa;

@@ -1,5 +1,5 @@
-//! Invalidation: register-based (6.5.1) and queued (6.5.2), every
-//! descriptor type and error.
+//! Invalidation: register-based (VT-d "Register-based Invalidation Interface")
+//! and queued (6.5.2), every descriptor type and error.
 
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::Gpa;

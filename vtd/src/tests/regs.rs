@@ -14,7 +14,7 @@ fn reset_values_scalable_defaults_match_spec_layout() {
     assert_eq!(h.read32(off::GSTS), 0);
     assert_eq!(h.read64(off::RTADDR), 0);
     assert_eq!(h.read32(off::FSTS), 0);
-    // 11.4 FECTL_REG / 11.4.9.5: IM is set at reset.
+    // 11.4 FECTL_REG / 11.4 IECTL_REG: IM is set at reset.
     assert_eq!(h.read32(off::FECTL), 0x8000_0000);
     assert_eq!(h.read32(off::IECTL), 0x8000_0000);
     assert_eq!(h.read64(off::IQH), 0);
