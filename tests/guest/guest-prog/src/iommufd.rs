@@ -104,10 +104,11 @@ impl Iommufd {
         })
     }
 
-    /// Opens the VFIO cdev of `dev` (bound to vfio-pci), binds it to this
-    /// iommufd and attaches it to the IOAS; returns the device and the ID
-    /// of the hardware page table the kernel attached it to.
-    pub fn attach(&self, dev: &Path) -> io::Result<(Device, u32)> {
+    /// Opens the VFIO cdev of `dev` (bound to vfio-pci) and binds it to
+    /// this iommufd. Bound, the device is the kernel's to isolate: its
+    /// group is claimed for user space and attached to a blocking domain
+    /// until [`Iommufd::attach`].
+    pub fn bind(&self, dev: &Path) -> io::Result<Device> {
         let cdev = fs::read_dir(dev.join("vfio-dev"))?
             .filter_map(|e| e.ok())
             .find_map(|e| {
@@ -126,16 +127,22 @@ impl Iommufd {
         };
         ioctl_ptr(&file, DEVICE_BIND_IOMMUFD, &mut b)
             .map_err(|e| io::Error::new(e.kind(), format!("VFIO_DEVICE_BIND_IOMMUFD: {e}")))?;
+        let mut d = Device::from_cdev(file);
+        d.find_regions()?;
+        Ok(d)
+    }
+
+    /// Attaches a bound device to the IOAS; returns the ID of the hardware
+    /// page table the kernel attached it to.
+    pub fn attach(&self, d: &Device) -> io::Result<u32> {
         let mut a = AttachPt {
             argsz: size_of::<AttachPt>() as u32,
             pt_id: self.ioas,
             ..Default::default()
         };
-        ioctl_ptr(&file, DEVICE_ATTACH_IOMMUFD_PT, &mut a)
+        ioctl_ptr(d.file(), DEVICE_ATTACH_IOMMUFD_PT, &mut a)
             .map_err(|e| io::Error::new(e.kind(), format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT: {e}")))?;
-        let mut d = Device::from_cdev(file);
-        d.find_regions()?;
-        Ok((d, a.pt_id))
+        Ok(a.pt_id)
     }
 
     /// Maps `buf` at `iova`, readable and writable.

@@ -120,6 +120,11 @@ pub trait FaultLog {
     fn arm(&mut self);
     /// The report of a refused access by `ep` at `iova`, if there is one.
     fn find(&mut self, ep: &Ep, iova: u64, write: bool) -> Result<String, String>;
+    /// The report of a refused write by `ep`, attached to a blocking
+    /// domain, at `iova`.
+    fn find_blocked(&mut self, ep: &Ep, iova: u64) -> Result<String, String> {
+        self.find(ep, iova, true)
+    }
 }
 
 /// virtio-iommu: the driver logs each fault record of the event queue
@@ -195,13 +200,9 @@ fn reason_fits(stage: Stage, reason: u8) -> bool {
     }
 }
 
-impl FaultLog for VtdLog {
-    fn arm(&mut self) {
-        self.pacer.before_fault();
-        self.kmsg = sys::Kmsg::open_at_end().ok();
-    }
-    fn find(&mut self, ep: &Ep, iova: u64, write: bool) -> Result<String, String> {
-        let kind = if write { "DMA Write" } else { "DMA Read" };
+impl VtdLog {
+    /// The fault line for `ep` at `iova` and its reason.
+    fn line(&mut self, ep: &Ep, iova: u64) -> Result<(String, Option<u8>), String> {
         // The record holds the page of the address (FI, bits 63:12).
         let page = iova & !(PAGE as u64 - 1);
         let want = format!("Request device [{}] fault addr {page:#x}", ep.name);
@@ -214,6 +215,35 @@ impl FaultLog for VtdLog {
         let reason = line
             .split_once("fault reason 0x")
             .and_then(|(_, r)| u8::from_str_radix(r.get(..2)?, 16).ok());
+        Ok((line, reason))
+    }
+}
+
+/// Fault reasons about the root, context, PASID-directory or PASID-table
+/// entry rather than a page table: legacy 1-3 and 8-0xB (VT-d 7.1.2),
+/// scalable 0x30-0x5F (7.1.3).
+fn entry_reason(reason: u8) -> bool {
+    matches!(reason, 0x1..=0x3 | 0x8..=0xb | 0x30..=0x5f)
+}
+
+impl FaultLog for VtdLog {
+    fn arm(&mut self) {
+        self.pacer.before_fault();
+        self.kmsg = sys::Kmsg::open_at_end().ok();
+    }
+    fn find_blocked(&mut self, ep: &Ep, iova: u64) -> Result<String, String> {
+        let (line, reason) = self.line(ep, iova)?;
+        if reason.is_some_and(entry_reason) && line.contains("DMA Write") {
+            Ok(line)
+        } else {
+            Err(format!(
+                "{line:?}: not a write fault about a cleared context / PASID entry"
+            ))
+        }
+    }
+    fn find(&mut self, ep: &Ep, iova: u64, write: bool) -> Result<String, String> {
+        let kind = if write { "DMA Write" } else { "DMA Read" };
+        let (line, reason) = self.line(ep, iova)?;
         if !line.contains(kind) {
             Err(format!("{line:?} is not a {kind}"))
         } else if !reason.is_some_and(|r| reason_fits(self.stage, r)) {
@@ -568,8 +598,32 @@ pub fn two_iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
             return;
         }
     };
-    let (a0, a1) = (fd.attach(&eps[0].path), fd.attach(&eps[1].path));
-    let ((d0, h0), (d1, h1)) = match (a0, a1) {
+    let (b0, b1) = (fd.bind(&eps[0].path), fd.bind(&eps[1].path));
+    let (d0, d1) = match (b0, b1) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            let e = format!("{:?} / {:?}", a.err(), b.err());
+            r.check("iommufd/bind-cdev", false, e);
+            return;
+        }
+    };
+    let d = [
+        Endpoint {
+            bar: d0,
+            vector: u32::MAX,
+        },
+        Endpoint {
+            bar: d1,
+            vector: u32::MAX,
+        },
+    ];
+    for e in &d {
+        let cmd = e.bar.config_read16(4).unwrap_or(0);
+        let _ = e.bar.config_write16(4, cmd | CMD_MEM_BME);
+    }
+    blocked(r, log, &eps[0], &d[0]);
+    let (a0, a1) = (fd.attach(&d[0].bar), fd.attach(&d[1].bar));
+    let (h0, h1) = match (a0, a1) {
         (Ok(a), Ok(b)) => (a, b),
         (a, b) => {
             let e = format!("{:?} / {:?}", a.err(), b.err());
@@ -596,20 +650,6 @@ pub fn two_iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
         format!("{VFIO_LEN:#x} bytes at IOVA {IOVA_DST:#x}: {mapped:?}"),
     ) {
         return;
-    }
-    let d = [
-        Endpoint {
-            bar: d0,
-            vector: u32::MAX,
-        },
-        Endpoint {
-            bar: d1,
-            vector: u32::MAX,
-        },
-    ];
-    for e in &d {
-        let cmd = e.bar.config_read16(4).unwrap_or(0);
-        let _ = e.bar.config_write16(4, cmd | CMD_MEM_BME);
     }
     let half = PAGE as u32;
     let pats = [0x5151_6262u32, 0x7373_8484];
@@ -646,6 +686,31 @@ pub fn two_iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
         let name = format!("iommufd/ep{}-after-unmap-refused", i + 1);
         expect_fault(r, log, &name, e, dev, &cmd, ST_WRITE_FAULT, at);
     }
+}
+
+/// A device bound to an iommufd but not attached is blocked: Linux
+/// attached its group to a blocking domain, which for VT-d clears the
+/// context entry (legacy) or the RID_PASID entry (scalable) and
+/// invalidates it. DMA must be refused, for VT-d with a fault about that
+/// entry rather than about a page table (a model still using a cached
+/// entry of the default domain would walk the default domain's tables).
+/// virtio-iommu in Linux 7.2 has no blocking domain: the kernel attaches
+/// an empty paging domain instead, so there the fault is a mapping fault.
+fn blocked(r: &mut Report, log: &mut dyn FaultLog, ep: &Ep, d: &Endpoint<vfio::Device>) {
+    let cmd = fill_cmd(IOVA_DST, 64, 0x0b10_c4ed);
+    log.arm();
+    let o = d.run(&cmd);
+    r.check(
+        "iommufd/blocked-before-attach",
+        o.status == ST_WRITE_FAULT && o.fault == IOVA_DST,
+        format!("bound, not attached: {o:?}"),
+    );
+    let found = log.find_blocked(ep, IOVA_DST);
+    r.check(
+        "iommufd/blocked-before-attach/reported",
+        found.is_ok(),
+        found.unwrap_or_else(|e| e),
+    );
 }
 
 /// Unbind and rebind: the endpoint's container is closed with a mapping
@@ -765,6 +830,16 @@ mod tests {
         assert!(reason_fits(Stage::Second, 0x85));
         assert!(!reason_fits(Stage::Second, 0x71));
         assert!(!reason_fits(Stage::Second, 0x05));
+    }
+
+    #[test]
+    fn entry_reason_root_context_pasid_not_page_tables() {
+        assert!(entry_reason(0x02));
+        assert!(entry_reason(0x59));
+        assert!(entry_reason(0x41));
+        assert!(!entry_reason(0x05));
+        assert!(!entry_reason(0x71));
+        assert!(!entry_reason(0x85));
     }
 
     #[test]

@@ -262,6 +262,11 @@ impl Device {
         Ok(())
     }
 
+    /// The device file.
+    pub fn file(&self) -> &File {
+        &self.device
+    }
+
     /// Reads the BAR0 register at `off`.
     pub fn read32(&self, off: u64) -> io::Result<u32> {
         let mut b = [0u8; 4];
