@@ -561,7 +561,7 @@ impl RegisterFile {
     }
 
     /// A software read of `size` (4 or 8) bytes at `offset`. Unimplemented
-    /// offsets read as zero (VT-d 11.2: reserved registers read 0). An
+    /// offsets read as zero (VT-d "Register Descriptions": reserved registers read 0). An
     /// 8-byte read of two adjacent 32-bit registers returns both; a 4-byte
     /// read of a 64-bit register returns the addressed half.
     pub fn read(&self, offset: u64, size: u64) -> u64 {

@@ -101,8 +101,8 @@ pub struct Origin {
     /// Domain identifier of the context or PASID entry.
     pub did: u16,
     /// The PASID the translation is granular to (first-stage or nested
-    /// translations, 6.2.1 "PASID-granular"); `None` for domain-granular
-    /// second-stage and pass-through translations.
+    /// translations, VT-d "Tagging of Cached Translations": "PASID-granular");
+    /// `None` for domain-granular second-stage and pass-through translations.
     pub pasid: Option<u32>,
 }
 
