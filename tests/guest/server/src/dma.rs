@@ -1,11 +1,12 @@
 //! The DMA test endpoint's command interface (BAR0) and its DMA engine.
 //!
 //! The guest programs source, destination, length and pattern, then
-//! writes an opcode to `CMD`. The device runs the command at once (QEMU's
-//! vfio-user region writes are non-posted: the guest's write returns after
-//! the server replied, so the command has completed by then), updates
-//! `STATUS`, `FAULT` and `SEQ`, and signals the MSI-X vector named in
-//! `VECTOR`. Every byte it moves goes through the requester's view of
+//! writes an opcode to `CMD`. The device runs the command at once,
+//! updates `STATUS`, `FAULT` and `SEQ`, and signals the MSI-X vector named
+//! in `VECTOR`. QEMU posts BAR writes (the vCPU runs on once the message
+//! is sent; `x-no-posted-writes=on` turns that off), but reads are never
+//! posted and the server handles a function's messages in order, so a
+//! read of `STATUS` after the `CMD` write sees the finished command. Every byte it moves goes through the requester's view of
 //! memory, an [`IommuMemory`] over nesting-core's [`IommuView`]: the
 //! [`Translate`] model decides what each IOVA is, and the endpoint only
 //! learns whether the access was allowed.
