@@ -3,7 +3,7 @@
 //! `viommu-guest-server` serves through QEMU's vfio-user-pci.
 //!
 //! ```text
-//! guest-dma-test [SCENARIO...]      (default: every scenario)
+//! guest-dma-test [SCENARIO...]      (default: dma-passthrough)
 //! ```
 //! Prints `ok NAME: detail` or `FAIL NAME: detail` per check, then
 //! `N passed, N failed`; exits 1 on any failure.
@@ -18,11 +18,14 @@
 //!   endpoint a translated default domain with nothing mapped, so DMA to a
 //!   buffer's physical address is refused by the model, and the fault the
 //!   model writes on its event queue is what the driver logs.
-//! - `virtio-iommu-vfio`: the same topology; the endpoint is bound to
-//!   vfio-pci and driven from user space: buffers mapped at chosen IOVAs
-//!   (above guest RAM, so only translation can reach them) through the
-//!   type1 container, completion on MSI-X vector 0 as an eventfd, a write
-//!   to a read-only mapping and DMA after unmap refused and reported.
+//! - `virtio-iommu`, `vtd-legacy`, `vtd-scalable-fs`, `vtd-scalable-ss`:
+//!   the scenario matrix (`matrix.rs`): two endpoints behind our
+//!   virtio-iommu or our VT-d unit in one of its modes; the mode the
+//!   driver chose, default domains, VFIO map / DMA / unmap / fault, two
+//!   endpoints in one domain (type1 and iommufd), blocking and unbind /
+//!   rebind, and a guest reboot counted in the endpoint's SCRATCH register.
+//! - `probe-bars` (the run script's VT-d probe boot): prints BAR0 of every
+//!   function of the harness's vendor.
 //! - `bench` (not a test scenario; `tests/guest/bench`): timed VFIO
 //!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
