@@ -214,5 +214,12 @@ mod tests {
         );
         assert_eq!(*r.signalled.lock().unwrap(), vec![1]);
         assert_eq!(r.r(0x1000, 1), 1, "ISR queue bit");
+
+        // A function reset (QEMU's system reset) resets the device: status
+        // 0, the request queue gone with what it had used.
+        assert_eq!(r.dev.used_count(0), Some(1));
+        r.pci.system_reset();
+        assert_eq!(r.r(0x14, 1), 0, "device status");
+        assert_eq!(r.dev.used_count(0), Some(0));
     }
 }

@@ -17,6 +17,7 @@ enum Call {
     Setup(u16, u16, u64, u64, u64),
     Notify(u16),
     Reset,
+    SystemReset,
 }
 
 const FEATURES: u64 = 1 << 32 | 1 << 2 | 1 << 4;
@@ -70,6 +71,9 @@ impl VirtioDevice for Recorder {
     }
     fn reset(&self) {
         self.push(Call::Reset);
+    }
+    fn system_reset(&self) {
+        self.push(Call::SystemReset);
     }
 }
 
@@ -338,6 +342,21 @@ fn status_zero_resets_device_and_transport() {
         r.signalled.lock().unwrap().is_empty(),
         "vector routing reset"
     );
+}
+
+/// A function reset (QEMU's on every system reset) is a system reset of
+/// the device and resets the transport like status 0.
+#[test]
+fn function_reset_system_resets_device_and_transport() {
+    let mut r = rig();
+    r.negotiate(FEATURES);
+    r.setup_queue(0, 64, 1, 0x10000);
+    r.pci.system_reset();
+    assert_eq!(r.dev.calls().last(), Some(&Call::SystemReset));
+    assert_eq!(r.status(), 0);
+    r.w(0x16, 0, 2);
+    assert_eq!(r.r(0x1c, 2), 0, "queue disabled");
+    assert_eq!(r.r(0x18, 2), 256, "queue size back to the maximum");
 }
 
 #[test]
