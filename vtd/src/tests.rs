@@ -11,6 +11,7 @@ use crate::{Interrupt, TranslateResult, Vtd};
 
 mod ats;
 mod cache;
+mod faults;
 mod legacy;
 mod passthrough;
 mod proptests;
