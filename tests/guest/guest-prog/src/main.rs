@@ -34,6 +34,7 @@ mod iommufd;
 mod matrix;
 mod sys;
 mod translated;
+mod two;
 mod vfio;
 
 use std::process::ExitCode;
@@ -412,17 +413,7 @@ fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint<Mmio>, 
 }
 
 fn virtio_iommu_fault(r: &mut Report) {
-    // The virtio-iommu function (modern virtio ID 23) is registered as an
-    // IOMMU under its PCI name.
-    let iommus = sys::iommus();
-    let viommu = sys::find_function(VENDOR, 0x1040 + 23)
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let registered = viommu.as_ref().is_some_and(|n| iommus.contains(n));
-    r.check(
-        "iommu/registered",
-        registered,
-        format!("virtio-iommu function {viommu:?}, /sys/class/iommu: {iommus:?}"),
-    );
+    matrix::virtio_registered(r);
     let Some((dev, ep, cfg)) = open_endpoint(r) else {
         return;
     };

@@ -45,76 +45,18 @@ const REBOOT_FLAG: &str = "/tmp/guest-test-reboot";
 const VTD_DEVICE: u16 = 0x10f1;
 
 pub fn run(r: &mut Report, iommu: Iommu) {
-    let eps: Vec<Ep> = sys::functions(VENDOR)
-        .into_iter()
-        .filter(|p| sys::device_id(p) == Some(DEVICE))
-        .map(Ep::new)
-        .collect();
-    let names: Vec<String> = eps.iter().map(|e| e.name.clone()).collect();
-    let Ok(eps) = <[Ep; 2]>::try_from(eps.into_iter().take(2).collect::<Vec<_>>()) else {
-        r.check(
-            "endpoint/found",
-            false,
-            format!("want 2 endpoints: {names:?}"),
-        );
+    let Some((eps, boot)) = endpoints_and_boot(r) else {
         return;
     };
-    let boot = match read_scratch(&eps[0]) {
-        Ok(n) => n,
-        Err(e) => {
-            r.check("reboot/scratch", false, e);
-            return;
-        }
-    };
-    if boot == 1 {
-        r.prefix = "boot2/".into();
-    }
-    r.check(
-        "endpoint/found",
-        true,
-        format!(
-            "{names:?}, requester IDs {:#x} {:#x}",
-            eps[0].rid, eps[1].rid
-        ),
-    );
-    if !r.check(
-        "reboot/scratch",
-        boot <= 1,
-        format!("SCRATCH {boot}: boot {}", boot + 1),
-    ) {
+    let Some((mut log, want_type, regs)) = iommu_up(r, iommu) else {
         return;
-    }
-    let (mut log, want_type, regs): (Box<dyn FaultLog>, _, _) = match iommu {
-        Iommu::Virtio => {
-            virtio_registered(r);
-            (Box::new(VirtioLog::new()), "DMA-FQ", None)
-        }
-        Iommu::Vtd(mode) => {
-            let Some(regs) = vtd_unit(r, mode) else {
-                return;
-            };
-            let stage = match mode {
-                VtdMode::Legacy => Stage::Legacy,
-                VtdMode::ScalableFs => Stage::First,
-                VtdMode::ScalableSs => Stage::Second,
-            };
-            // Caching mode with second-stage tables makes Linux strict
-            // ("IOMMU batching disallowed due to virtualization"): a DMA
-            // domain, not DMA-FQ.
-            let t = if mode == VtdMode::ScalableSs {
-                "DMA"
-            } else {
-                "DMA-FQ"
-            };
-            (Box::new(VtdLog::new(stage)), t, Some(regs))
-        }
     };
     let log = log.as_mut();
     default_domain(r, log, &eps, want_type);
     translated::single(r, log, &eps[0]);
     if boot == 0 {
-        translated::two_in_one_domain(r, log, &eps);
-        translated::two_iommufd(r, log, &eps);
+        crate::two::type1(r, log, &eps);
+        crate::two::iommufd(r, log, &eps);
         translated::unbind_rebind(r, log, &eps[0]);
     }
     if let Some(regs) = regs {
@@ -127,8 +69,77 @@ pub fn run(r: &mut Report, iommu: Iommu) {
             format!("pending records: {left:?}"),
         );
     }
+    end_of_boot(r, &eps[0], boot);
+}
+
+/// The two endpoints, and which boot this is from endpoint 1's SCRATCH
+/// (0: the first; 1: the second, whose checks get the `boot2/` prefix).
+fn endpoints_and_boot(r: &mut Report) -> Option<([Ep; 2], u32)> {
+    let eps: Vec<Ep> = sys::functions(VENDOR)
+        .into_iter()
+        .filter(|p| sys::device_id(p) == Some(DEVICE))
+        .map(Ep::new)
+        .collect();
+    let names: Vec<String> = eps.iter().map(|e| e.name.clone()).collect();
+    let Ok(eps) = <[Ep; 2]>::try_from(eps.into_iter().take(2).collect::<Vec<_>>()) else {
+        let e = format!("want 2 endpoints: {names:?}");
+        r.check("endpoint/found", false, e);
+        return None;
+    };
+    let boot = match read_scratch(&eps[0]) {
+        Ok(n) => n,
+        Err(e) => {
+            r.check("reboot/scratch", false, e);
+            return None;
+        }
+    };
+    if boot == 1 {
+        r.prefix = "boot2/".into();
+    }
+    let rids = format!("requester IDs {:#x} {:#x}", eps[0].rid, eps[1].rid);
+    r.check("endpoint/found", true, format!("{names:?}, {rids}"));
+    let known = r.check(
+        "reboot/scratch",
+        boot <= 1,
+        format!("SCRATCH {boot}: boot {}", boot + 1),
+    );
+    known.then_some((eps, boot))
+}
+
+/// What the IOMMU checks need: where its faults are reported, the default
+/// domain type its mode implies, and (VT-d) the unit's registers.
+type IommuUp = (Box<dyn FaultLog>, &'static str, Option<Mmio>);
+
+/// The IOMMU as the driver set it up.
+fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
+    let mode = match iommu {
+        Iommu::Virtio => {
+            virtio_registered(r);
+            return Some((Box::new(VirtioLog::new()), "DMA-FQ", None));
+        }
+        Iommu::Vtd(mode) => mode,
+    };
+    let regs = vtd_unit(r, mode)?;
+    let stage = match mode {
+        VtdMode::Legacy => Stage::Legacy,
+        VtdMode::ScalableFs => Stage::First,
+        VtdMode::ScalableSs => Stage::Second,
+    };
+    // Caching mode with second-stage tables makes Linux strict ("IOMMU
+    // batching disallowed due to virtualization"): a DMA domain, not
+    // DMA-FQ.
+    let t = if mode == VtdMode::ScalableSs {
+        "DMA"
+    } else {
+        "DMA-FQ"
+    };
+    Some((Box::new(VtdLog::new(stage)), t, Some(regs)))
+}
+
+/// SCRATCH := boot + 1; after the first boot, asks init to reboot.
+fn end_of_boot(r: &mut Report, ep: &Ep, boot: u32) {
     let next = boot + 1;
-    let wrote = write_scratch(&eps[0], next);
+    let wrote = write_scratch(ep, next);
     r.check(
         "reboot/scratch-written",
         wrote.as_ref().is_ok_and(|v| *v == next),
@@ -175,7 +186,7 @@ fn write_scratch(ep: &Ep, v: u32) -> Result<u32, String> {
 
 /// The virtio-iommu function (modern virtio ID 23) is registered as an
 /// IOMMU under its PCI name.
-fn virtio_registered(r: &mut Report) {
+pub fn virtio_registered(r: &mut Report) {
     let iommus = sys::iommus();
     let viommu = sys::find_function(VENDOR, 0x1040 + 23)
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
