@@ -1,6 +1,6 @@
 //! VT-d model: translate hit and miss for 4-level second-stage (legacy)
-//! and first-stage (scalable) tables, and queued invalidation descriptors
-//! processed per second.
+//! and first-stage (scalable) tables, queued invalidation descriptors
+//! processed per second, and ATS translation requests (device-TLB fills).
 
 use std::hint::black_box;
 
@@ -13,7 +13,7 @@ use vtd::mock::{
     probe_like_linux,
 };
 use vtd::translate::{Outcome, Request};
-use vtd::{TranslateResult, Vtd};
+use vtd::{AtsCompletion, TranslateResult, TranslationRequest, Vtd};
 
 const SID: u16 = 0x10;
 
@@ -35,8 +35,9 @@ fn mem() -> (GuestMemoryMmap, PageAlloc) {
     (mem, PageAlloc::new(8 << 20, 8 << 20))
 }
 
-/// Legacy unit, 4-level second-stage tables mapping 256 pages at 1 GiB.
-fn legacy() -> Setup {
+/// Legacy unit, 4-level second-stage tables mapping 256 pages at 1 GiB;
+/// context translation type `tt` (0 untranslated only, 1 device-TLBs).
+fn legacy_tt(tt: u64) -> Setup {
     let (mem, mut a) = mem();
     let mut vtd = Vtd::new(config(&["mode=legacy"]));
     let t = LegacyTables::new(&mem, &mut a);
@@ -44,17 +45,23 @@ fn legacy() -> Setup {
     for p in 0..256u64 {
         sl.map(&mem, &mut a, (1 << 30) + (p << 12), p << 12, 12, true, true);
     }
-    t.set_context(&mem, &mut a, SID, 1, 0, 2, sl.root, false);
+    t.set_context(&mem, &mut a, SID, 1, tt, 2, sl.root, false);
     let queue = probe_like_linux(&mut vtd, &mem, &mut a, t.root).queue;
     Setup { mem, vtd, queue }
 }
 
-/// Scalable unit, 4-level first-stage tables (RID_PASID) mapping the same.
-fn scalable() -> Setup {
+fn legacy() -> Setup {
+    legacy_tt(0)
+}
+
+/// Scalable unit, 4-level first-stage tables (RID_PASID) mapping the same;
+/// `dte`: device-TLBs enabled in the context entry.
+fn scalable_dte(dte: bool) -> Setup {
     let (mem, mut a) = mem();
     let mut vtd = Vtd::new(config(&[]));
     let t = ScalableTables::new(&mem, &mut a);
     let dir = t.set_context(&mem, &mut a, SID, 0, 0);
+    t.set_dte(&mem, SID, dte);
     let fs = FsTables::new(&mem, &mut a, 4);
     for p in 0..256u64 {
         // A and D preset, as Linux sets them on first-stage leaves.
@@ -70,6 +77,10 @@ fn scalable() -> Setup {
     );
     let queue = probe_like_linux(&mut vtd, &mem, &mut a, t.root).queue;
     Setup { mem, vtd, queue }
+}
+
+fn scalable() -> Setup {
+    scalable_dte(false)
 }
 
 fn translate(c: &mut Criterion) {
@@ -113,5 +124,30 @@ fn queue(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, translate, queue);
+fn ats(c: &mut Criterion) {
+    for (name, mut s) in [
+        ("second-stage", legacy_tt(1)),
+        ("first-stage", scalable_dte(true)),
+    ] {
+        let req = TranslationRequest {
+            sid: Bdf(SID),
+            pasid: None,
+            addr: (1 << 30) + 0x5000,
+            no_write: false,
+            exec: false,
+            privileged: false,
+        };
+        let r = s.vtd.translation_request(&s.mem, &req);
+        assert!(
+            matches!(r.completion, AtsCompletion::Success(t) if t.write),
+            "{name}: {r:?}"
+        );
+        c.bench_function(
+            &format!("vtd ATS translation request 4-level {name}"),
+            |b| b.iter(|| black_box(s.vtd.translation_request(&s.mem, black_box(&req)))),
+        );
+    }
+}
+
+criterion_group!(benches, translate, queue, ats);
 criterion_main!(benches);
