@@ -52,6 +52,24 @@ impl<M: GuestMemory + Send + Sync> SharedVtd<M> {
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         self.lock().mmio_write(&self.mem, offset, size, value);
     }
+
+    /// An ATS translation request of an emulated device
+    /// ([`Vtd::translation_request`]).
+    pub fn translation_request(&self, req: &crate::TranslationRequest) -> crate::AtsResponse {
+        self.lock().translation_request(&self.mem, req)
+    }
+
+    /// A translated request of an emulated device
+    /// ([`Vtd::translate_translated`]).
+    pub fn translate_translated(
+        &self,
+        sid: nesting_core::types::Bdf,
+        addr: u64,
+        access: Access,
+    ) -> TranslateResult {
+        self.lock()
+            .translate_translated(&self.mem, sid, addr, access)
+    }
 }
 
 impl<M: GuestMemory + Send + Sync> Translate for SharedVtd<M> {

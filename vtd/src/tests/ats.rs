@@ -607,3 +607,24 @@ fn translated_request_to_interrupt_range_is_unsupported_without_record() {
     );
     assert_eq!(l.h.read32(off::FSTS), 0);
 }
+
+#[test]
+fn shared_unit_answers_translation_and_translated_requests() {
+    let mut l = legacy(1, false);
+    l.sl.map(
+        &l.h.mem,
+        &mut l.h.alloc,
+        0x1_0000,
+        0x7_7000,
+        12,
+        true,
+        false,
+    );
+    let shared = crate::SharedVtd::new(l.h.vtd, l.h.mem.clone());
+    let t = success(shared.translation_request(&tr(0x1_0000)));
+    assert_eq!((t.translated, t.read, t.write), (0x7_7000, true, false));
+    assert!(matches!(
+        shared.translate_translated(Bdf(SID), 0x7_7000, Access::READ),
+        TranslateResult::Mapped(_)
+    ));
+}
