@@ -42,13 +42,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::iter::FusedIterator;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{error, info, warn};
 use nesting_core::guest::GuestModel;
 use nesting_core::types::Access;
-use vm_memory::bitmap::{BS, BitmapSlice};
+use vm_memory::bitmap::BS;
 use vm_memory::guest_memory::GuestMemorySliceIterator;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
@@ -89,21 +89,82 @@ pub enum MemAccess {
     },
 }
 
+/// Bytes of staging memory for one operation's writes (see
+/// [`LoggedSlices`]): a model writes a few descriptors' status words,
+/// table entries or virtio responses (a PROBE answer is 512 bytes) per
+/// operation. Writes beyond it go straight to guest memory.
+const STAGING: usize = 1 << 20;
+
 /// The accesses of the operation running now. Logging is on only inside
 /// [`Recorder::op`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AccessLog {
     on: AtomicBool,
     entries: Mutex<Vec<MemAccess>>,
+    staging: GuestMemoryMmap,
+    staged: AtomicUsize,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            on: AtomicBool::new(false),
+            entries: Mutex::new(Vec::new()),
+            // Without staging memory every write goes straight to the
+            // guest (and is read back at once).
+            staging: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), STAGING)])
+                .unwrap_or_default(),
+            staged: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl AccessLog {
+    /// A slice of staging memory for a write of `count` bytes at `gpa`,
+    /// holding the guest's bytes there now; `None` when the operation's
+    /// staging memory is used up.
+    fn stage(
+        &self,
+        mem: &GuestMemoryMmap,
+        gpa: GuestAddress,
+        count: usize,
+    ) -> Option<(usize, VolatileSlice<'_, ()>)> {
+        let off = self.staged.fetch_add(count, Ordering::AcqRel);
+        if off.checked_add(count)? > STAGING {
+            return None;
+        }
+        let slice = self
+            .staging
+            .get_slice(GuestAddress(off as u64), count)
+            .ok()?;
+        let mut now = vec![0u8; count];
+        mem.read_slice(&mut now, gpa).ok()?;
+        slice.copy_from(&now);
+        Some((off, slice))
+    }
+
+    /// A staged write is done: its bytes go to the guest and the log.
+    fn commit(&self, mem: &GuestMemoryMmap, gpa: u64, off: usize, len: usize) {
+        let mut bytes = vec![0u8; len];
+        if self
+            .staging
+            .read_slice(&mut bytes, GuestAddress(off as u64))
+            .is_err()
+        {
+            return;
+        }
+        if mem.write_slice(&bytes, GuestAddress(gpa)).is_ok() && self.on() {
+            self.entries().push(MemAccess::Write { gpa, bytes });
+        }
+    }
+
     fn entries(&self) -> MutexGuard<'_, Vec<MemAccess>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn start(&self) {
         self.entries().clear();
+        self.staged.store(0, Ordering::Release);
         self.on.store(true, Ordering::Release);
     }
 
@@ -141,42 +202,69 @@ impl AccessLog {
     }
 }
 
-/// The slices of a write handed to the model, noting each slice's bytes
-/// once the model is done with it: when it asks for the next slice, or
-/// drops the iterator. vm-memory's `Bytes` writes a slice before asking
-/// for the next one, so the values are taken right after the model wrote
-/// them, before a vCPU running on (vfio-user region writes are posted)
-/// can change them, as Linux does when it sees an invalidation wait's
-/// status and frees the slot.
+/// The slices of an access handed to the model. A write is staged: the
+/// model writes into staging memory, and when it is done with the slice
+/// (asks for the next one, or drops the iterator: vm-memory's `Bytes`
+/// writes a slice before asking for the next) the bytes go to guest
+/// memory and into the log. So the log has exactly what the model wrote,
+/// even if a vCPU changes it at once: QEMU posts vfio-user region writes,
+/// so the guest runs on while the server works, and Linux clears an
+/// invalidation wait's status word as soon as it sees it. A write the
+/// staging memory cannot take goes straight to guest memory and is read
+/// back when the model is done with it.
 pub struct LoggedSlices<'a, I> {
-    inner: I,
+    inner: Option<I>,
+    staged: Option<(VolatileSlice<'a, ()>, usize)>,
     mem: &'a GuestMemoryMmap,
     log: &'a AccessLog,
     write: bool,
     at: u64,
-    pending: Option<(u64, usize)>,
+    pending: Option<Pending>,
+}
+
+/// A slice handed out whose bytes are not logged yet.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    /// Written straight to guest memory at `gpa`.
+    Direct { gpa: u64, len: usize },
+    /// Staged at `off` for guest memory at `gpa`.
+    Staged { gpa: u64, off: usize, len: usize },
 }
 
 impl<I> LoggedSlices<'_, I> {
     fn settle(&mut self) {
-        if let Some((gpa, len)) = self.pending.take() {
-            self.log.written(self.mem, gpa, len);
+        match self.pending.take() {
+            Some(Pending::Direct { gpa, len }) => self.log.written(self.mem, gpa, len),
+            Some(Pending::Staged { gpa, off, len }) => self.log.commit(self.mem, gpa, off, len),
+            None => {}
         }
     }
 }
 
-impl<'a, B: BitmapSlice, I> Iterator for LoggedSlices<'a, I>
+impl<'a, I> Iterator for LoggedSlices<'a, I>
 where
-    I: Iterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>,
+    I: Iterator<Item = GuestMemoryResult<VolatileSlice<'a, ()>>>,
 {
-    type Item = GuestMemoryResult<VolatileSlice<'a, B>>;
+    type Item = GuestMemoryResult<VolatileSlice<'a, ()>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.settle();
-        let item = self.inner.next();
+        if let Some((slice, off)) = self.staged.take() {
+            self.pending = Some(Pending::Staged {
+                gpa: self.at,
+                off,
+                len: slice.len(),
+            });
+            self.at = self.at.saturating_add(slice.len() as u64);
+            return Some(Ok(slice));
+        }
+        let item = self.inner.as_mut()?.next();
         if let Some(Ok(slice)) = &item {
             if self.write && self.log.on() {
-                self.pending = Some((self.at, slice.len()));
+                self.pending = Some(Pending::Direct {
+                    gpa: self.at,
+                    len: slice.len(),
+                });
             }
             self.at = self.at.saturating_add(slice.len() as u64);
         }
@@ -184,13 +272,13 @@ where
     }
 }
 
-impl<'a, B: BitmapSlice, I> FusedIterator for LoggedSlices<'a, I> where
-    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>
+impl<'a, I> FusedIterator for LoggedSlices<'a, I> where
+    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, ()>>>
 {
 }
 
-impl<'a, B: BitmapSlice, I> GuestMemorySliceIterator<'a, B> for LoggedSlices<'a, I> where
-    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, B>>>
+impl<'a, I> GuestMemorySliceIterator<'a, ()> for LoggedSlices<'a, I> where
+    I: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, ()>>>
 {
 }
 
@@ -237,9 +325,27 @@ impl GuestMemory for RecMem {
         if access.allow(Permissions::Read) {
             self.log.read(&self.mem, addr, count);
         }
+        let staged = (access == Permissions::Write
+            && self.log.on()
+            && count > 0
+            && GuestMemory::check_range(&*self.mem, addr, count, access))
+        .then(|| self.log.stage(&self.mem, addr, count))
+        .flatten();
+        if let Some((off, slice)) = staged {
+            return Ok(LoggedSlices {
+                inner: None,
+                staged: Some((slice, off)),
+                mem: &self.mem,
+                log: &self.log,
+                write: true,
+                at: addr.0,
+                pending: None,
+            });
+        }
         let inner = GuestMemory::get_slices(&*self.mem, addr, count, access)?;
         Ok(LoggedSlices {
-            inner,
+            inner: Some(inner),
+            staged: None,
             mem: &self.mem,
             log: &self.log,
             write: access.allow(Permissions::Write),

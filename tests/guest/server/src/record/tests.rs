@@ -355,3 +355,33 @@ fn rec_mem_logs_reads_before_and_writes_as_written() {
         ]
     );
 }
+
+/// A write is staged: guest memory gets the bytes when the model is done
+/// with the slice, and the log has them as the model wrote them whatever
+/// the guest does afterwards.
+#[test]
+fn rec_mem_stages_writes_until_the_model_is_done() {
+    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x2000)]).unwrap());
+    mem.write_obj(0xaaaa_aaaau32, GuestAddress(0x300)).unwrap();
+    let log = Arc::new(AccessLog::default());
+    let m = RecMem::new(Arc::clone(&mem), Arc::clone(&log));
+    log.start();
+    let mut slices = m
+        .get_slices(GuestAddress(0x300), 4, Permissions::Write)
+        .unwrap();
+    let slice = slices.next().unwrap().unwrap();
+    slice.copy_from(&[2u8, 0][..]);
+    let now: u32 = mem.read_obj(GuestAddress(0x300)).unwrap();
+    assert_eq!(now, 0xaaaa_aaaa, "not in guest memory while staged");
+    drop(slices);
+    let now: u32 = mem.read_obj(GuestAddress(0x300)).unwrap();
+    assert_eq!(now, 0xaaaa_0002, "the model's bytes, the rest kept");
+    mem.write_obj(0u32, GuestAddress(0x300)).unwrap();
+    assert_eq!(
+        log.take(),
+        vec![MemAccess::Write {
+            gpa: 0x300,
+            bytes: vec![2, 0, 0xaa, 0xaa]
+        }]
+    );
+}
