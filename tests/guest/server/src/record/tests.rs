@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use nesting_core::guest::GuestModel;
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Access, Bdf, Iova, RequesterId};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vtd::Vtd;
 use vtd::mock::{FsTables, PageAlloc, PasidSetup, Queue, ScalableTables, SlTables, desc, flpte};
 
