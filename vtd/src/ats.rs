@@ -272,7 +272,8 @@ fn identity(addr: u64, read: bool, write: bool, untranslated_only: bool) -> AtsT
 ///   available when this was written; see docs/vtd-spec-citations.md.)
 /// - A request without PASID to the interrupt address range
 ///   0xFEEx_xxxx gets R=0, W=1, U=1: interrupts stay untranslated
-///   writes. With PASID it faults (0x87) like an untranslated request.
+///   writes. With PASID it is translated like any other address, and
+///   an output in the range faults (0x87) like an untranslated request.
 /// - For requests with PASID and PR=1 on a unit without supervisor
 ///   request support (ECAP.SRS=0) the completion has R=W=Exe=0 and
 ///   Priv=1.

@@ -141,14 +141,11 @@ pub fn resolve<M: GuestMemory + ?Sized>(
         // translated by legacy tables (fault 0x31).
         (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
         (0, _) => resolve_legacy(mem, caps, root.addr, req),
-        // VT-d "Handling Requests to Interrupt Address Range": requests
-        // with PASID to 0xFEEx_xxxx are not interrupt requests; the model
-        // faults them (0x87) before any lookup (see
-        // docs/vtd-spec-citations.md: the spec may translate them and
-        // block only an output in the range, which is checked below).
-        (1, VtdMode::Scalable) if req.pasid.is_some() && req.iova >> 20 == 0xfee => {
-            fault(FaultReason::SmInterruptAddress, false)
-        }
+        // VT-d "Handling Requests to Interrupt Address Range" (3.15 rev
+        // 4.1): requests with PASID to 0xFEEx_xxxx are not interrupt
+        // requests and are translated like any other; only a translation
+        // whose output lies in the range is blocked (0x87, checked on the
+        // result), which also catches pass-through PASIDs there.
         (1, VtdMode::Scalable) => resolve_scalable(mem, caps, root.addr, req),
         // 11.4 RTADDR_REG TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
         _ => fault(FaultReason::SmInvalidRootTable, false),

@@ -459,10 +459,16 @@ fn scalable_missing_pasid_entry_is_ur_with_0x59() {
     assert_eq!(r.completion, AtsCompletion::UnsupportedRequest);
     assert_eq!(r.fault, Some(FaultReason::PasidEntryNotPresent));
     assert!(r.recorded);
-    // With PASID to the interrupt range: 0x87.
+    // With PASID, an input in the interrupt range is translated like any
+    // other (here: PASID 9 has no entry); a pass-through output there is
+    // blocked with 0x87.
     let r =
         s.h.vtd
             .translation_request(&s.h.mem, &pasid_tr(9, 0xfee0_0000));
+    assert_eq!(r.fault, Some(FaultReason::PasidEntryNotPresent));
+    let r =
+        s.h.vtd
+            .translation_request(&s.h.mem, &pasid_tr(8, 0xfee0_0000));
     assert_eq!(r.fault, Some(FaultReason::SmInterruptAddress));
 }
 

@@ -436,12 +436,26 @@ fn pasid_iotlb_scopes_become_stage1_invalidations() {
     assert_eq!((all.addr, all.npages, all.leaf), (0, u64::MAX, false));
 }
 
+/// VT-d 3.15 (rev 4.1): a request with PASID whose input address is in
+/// 0xFEEx_xxxx is translated normally; an output there is blocked (0x87).
 #[test]
-fn request_with_pasid_to_interrupt_range_faults_0x87() {
-    let mut s = scalable(&[]);
-    assert_eq!(s.h.gpa(SID, Some(1), 0xfee0_0000, Access::WRITE), Err(0x87));
-    // Without PASID the address is looked up normally (here: no entry).
-    assert_eq!(s.h.gpa(SID, None, 0xfee0_0000, Access::WRITE), Err(0x51));
+fn request_with_pasid_to_interrupt_range_translates_output_there_faults_0x87() {
+    let mut s = scalable(&["pasid_bits=8"]);
+    let fs = s.fs(4);
+    fs.map(&s.h.mem, &mut s.h.alloc, 0xfee0_0000, 0x9000, 12, USER_RW);
+    s.set_pasid(1, &PasidSetup::first_stage(DID, fs.root, 4, false, false));
+    assert_eq!(
+        s.h.gpa(SID, Some(1), 0xfee0_0000, Access::WRITE),
+        Ok(0x9000)
+    );
+    // Not mapped: the ordinary first-stage fault, not an interrupt one.
+    assert_eq!(s.h.gpa(SID, Some(1), 0xfee0_1000, Access::WRITE), Err(0x71));
+    // Pass-through: the output would be the interrupt range.
+    s.set_pasid(2, &PasidSetup::pass_through(DID));
+    assert_eq!(s.h.gpa(SID, Some(2), 0xfee0_0000, Access::WRITE), Err(0x87));
+    // Without PASID the address is looked up normally (here: RID_PASID 0
+    // shares the PASID table page of 1 and 2, and has no entry).
+    assert_eq!(s.h.gpa(SID, None, 0xfee0_0000, Access::WRITE), Err(0x59));
 }
 
 #[test]
