@@ -46,6 +46,8 @@ pub enum FaultReason {
     SmInvalidRootTable,
     /// 0x31: request with PASID while the root table is in legacy mode.
     SmTtmLegacyWithPasid,
+    /// 0x32: page request while the root table is in legacy mode.
+    SmTtmLegacyPageRequest,
     /// 0x38: error accessing a scalable-mode root entry.
     SmRootAccess,
     /// 0x39: scalable-mode root entry present bit clear.
@@ -67,6 +69,9 @@ pub enum FaultReason {
     SmPasidDisabled,
     /// 0x46: PASID beyond the context's PASID directory size.
     SmPasidTooLarge,
+    /// 0x47: page request while the scalable-mode context entry's PRE
+    /// (page request enable) is clear.
+    SmPreClear,
     /// 0x48: the context entry's RID_PASID is beyond its PASID directory.
     SmRidPasidError,
     /// 0x50: error accessing a PASID directory entry.
@@ -137,7 +142,7 @@ pub enum FaultReason {
     Unknown(u8),
 }
 
-const TABLE: [(FaultReason, u8); 56] = {
+const TABLE: [(FaultReason, u8); 58] = {
     use FaultReason::*;
     [
         (RootNotPresent, 0x1),
@@ -156,6 +161,7 @@ const TABLE: [(FaultReason, u8); 56] = {
         (InterruptAddress, 0xe),
         (SmInvalidRootTable, 0x30),
         (SmTtmLegacyWithPasid, 0x31),
+        (SmTtmLegacyPageRequest, 0x32),
         (SmRootAccess, 0x38),
         (SmRootNotPresent, 0x39),
         (SmRootReserved, 0x3a),
@@ -166,6 +172,7 @@ const TABLE: [(FaultReason, u8); 56] = {
         (SmDteClear, 0x44),
         (SmPasidDisabled, 0x45),
         (SmPasidTooLarge, 0x46),
+        (SmPreClear, 0x47),
         (SmRidPasidError, 0x48),
         (PasidDirAccess, 0x50),
         (PasidDirNotPresent, 0x51),
@@ -231,6 +238,9 @@ pub struct FaultRecord {
     pub address: u64,
     /// Whether the request was a write (T1=0) or a read (T1=1).
     pub write: bool,
+    /// Whether the faulting request was a page request (T2=1, T1=0: the
+    /// type field T1:T2 is 00 write, 01 page request, 10 read, 11 atomic).
+    pub page_request: bool,
     /// Execute requested.
     pub exec: bool,
     /// Privileged (supervisor) request.
@@ -292,7 +302,11 @@ impl FaultRecord {
         let lo = frcd::FI.set(0, self.address >> 12);
         let mut hi = frcd::SID.set(0, u64::from(self.source_id));
         hi = frcd::FR.set(hi, u64::from(self.reason.code()));
-        hi = frcd::T1.set(hi, u64::from(!self.write));
+        if self.page_request {
+            hi = frcd::T2.set(hi, 1);
+        } else {
+            hi = frcd::T1.set(hi, u64::from(!self.write));
+        }
         hi = frcd::EXE.set(hi, u64::from(self.exec));
         hi = frcd::PRIV.set(hi, u64::from(self.privileged));
         hi = frcd::AT.set(hi, u64::from(at.code()));
@@ -311,6 +325,7 @@ impl FaultRecord {
             pasid: frcd::PP.is_set(hi).then(|| frcd::PV.get(hi) as u32),
             address: frcd::FI.get(lo) << 12,
             write: !frcd::T1.is_set(hi),
+            page_request: frcd::T2.is_set(hi) && !frcd::T1.is_set(hi),
             exec: frcd::EXE.is_set(hi),
             privileged: frcd::PRIV.is_set(hi),
             reason: FaultReason::from_code(frcd::FR.get(hi) as u8),

@@ -614,12 +614,17 @@ impl Vtd {
 
     // -- page requests ----------------------------------------------------
 
-    /// A page request of a PRI-capable device (VT-d "Handling of Page Requests"). Without ECAP.PRS,
-    /// or when the device's context entry has PRE clear, the unit answers
-    /// the last request of a group itself with "invalid request"; when the
-    /// queue is full it sets PRS.PRO and answers "success" (the device
-    /// then retries its translation); otherwise the request is queued at
-    /// PQT and the page request event raised if PPR was clear.
+    /// A page request of a PRI-capable device (VT-d "Handling of Page
+    /// Requests"). Without ECAP.PRS the unit answers the last request of a
+    /// group itself with "invalid request". When the root table is in
+    /// legacy mode (fault 0x32), the device's scalable-mode root or
+    /// context entry cannot be used, or its context entry has PRE clear
+    /// (0x47), the request is answered the same way and the fault is
+    /// recorded as a page request (FRCD T2=1) unless the context entry
+    /// has FPD set (with translation disabled: answered, not recorded). When the queue is full the unit sets PRS.PRO and
+    /// answers "success" (the device then retries its translation);
+    /// otherwise the request is queued at PQT and the page request event
+    /// raised if PPR was clear.
     pub fn page_request<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -628,10 +633,26 @@ impl Vtd {
         let respond = |code: u8| PageRequestOutcome::Responded {
             response: req.last.then_some(code),
         };
-        let enabled = self.cfg.prs
-            && self.root.ttm == 1
-            && translate::context_pre(mem, &self.caps, self.root.addr, req.sid);
-        if !enabled {
+        // With translation disabled nothing is remapped, so there is no
+        // page to fault in: answered, not recorded.
+        if !self.cfg.prs || !self.translation_enabled() {
+            return respond(prq::response::INVALID);
+        }
+        if let Err((reason, fpd)) =
+            translate::page_requests_allowed(mem, &self.caps, self.root, req.sid)
+        {
+            if !fpd {
+                self.log_fault(&FaultRecord {
+                    source_id: req.sid,
+                    pasid: req.pasid,
+                    address: req.addr & !0xfff,
+                    write: req.write,
+                    page_request: true,
+                    exec: req.exec,
+                    privileged: req.privileged,
+                    reason,
+                });
+            }
             return respond(prq::response::INVALID);
         }
         let status = self.regs.get(off::PRS);
@@ -718,6 +739,7 @@ impl Vtd {
                         pasid: req.pasid,
                         address: req.iova & !0xfff,
                         write: access.contains(Access::WRITE),
+                        page_request: false,
                         exec: access.contains(Access::EXEC),
                         privileged: access.contains(Access::PRIV),
                         reason,

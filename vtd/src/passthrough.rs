@@ -519,6 +519,7 @@ fn refusal_fault(sid: u16, pasid: Option<u32>, address: u64, reason: FaultReason
         pasid,
         address,
         write: false,
+        page_request: false,
         exec: false,
         privileged: false,
         reason,

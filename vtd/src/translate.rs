@@ -463,19 +463,29 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     Ok(Located { entry, pasid, fpd })
 }
 
-/// Whether the scalable-mode context entry of `sid` is present with
-/// page requests enabled (9.4 PRE).
-pub fn context_pre<M: GuestMemory + ?Sized>(mem: &M, caps: &Caps, rta: u64, sid: u16) -> bool {
-    let (bus, devfn) = bus_devfn(sid);
-    let Ok(root) = RootEntry::read(mem, rta, bus) else {
-        return false;
-    };
-    let half = if devfn < 128 { root.lo } else { root.hi };
-    if !P.is_set(half) || half & ptr_above_haw(caps.haw) != 0 {
-        return false;
+/// Whether `sid` may issue page requests (VT-d "Handling of Page
+/// Requests"): the root table must be in scalable mode (else 0x32) and the
+/// device's scalable-mode context entry usable with PRE set (9.4; else
+/// 0x47, or the fault the root or context entry itself gives). `Err`
+/// carries the fault and the context entry's FPD.
+pub fn page_requests_allowed<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    root: RootPointer,
+    sid: u16,
+) -> Result<(), (FaultReason, bool)> {
+    match (root.ttm, caps.mode) {
+        (0, _) => Err((FaultReason::SmTtmLegacyPageRequest, false)),
+        (1, VtdMode::Scalable) => {
+            let ctx = sm_context(mem, caps, root.addr, sid)?;
+            if SmContextEntry::PRE.is_set(ctx.q[0]) {
+                Ok(())
+            } else {
+                Err((FaultReason::SmPreClear, FPD.is_set(ctx.q[0])))
+            }
+        }
+        _ => Err((FaultReason::SmInvalidRootTable, false)),
     }
-    SmContextEntry::read(mem, half & PTR.mask(), devfn)
-        .is_ok_and(|c| P.is_set(c.q[0]) && SmContextEntry::PRE.is_set(c.q[0]))
 }
 
 fn resolve_scalable<M: GuestMemory + ?Sized>(

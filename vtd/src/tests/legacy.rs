@@ -354,6 +354,7 @@ fn host_reported_fault_is_recorded_like_a_walk_fault() {
         pasid: Some(9),
         address: 0x7777_7000,
         write: true,
+        page_request: false,
         exec: false,
         privileged: false,
         reason: FaultReason::SmWrite,

@@ -104,8 +104,18 @@ fn full_queue_sets_pro_and_autoresponds_to_last_in_group() {
     );
 }
 
+/// The one pending fault record: (low, high) quadwords.
+fn only_record(h: &Harness) -> (u64, u64) {
+    let fro = 0x220;
+    assert_ne!(h.read32(off::FSTS) & 2, 0, "PPF: a fault is pending");
+    (h.read64(fro), h.read64(fro + 8))
+}
+
+/// VT-d "Handling of Page Requests": PRE clear in the scalable-mode
+/// context entry answers "invalid request" and records fault 0x47 as a
+/// page request (FRCD T2=1, T1=0), with the PASID.
 #[test]
-fn page_request_without_pre_is_answered_invalid() {
+fn page_request_without_pre_is_answered_invalid_and_records_0x47() {
     let (mut h, _q) = unit(false);
     assert_eq!(
         h.vtd.page_request(&h.mem, &req(1, true)),
@@ -114,6 +124,17 @@ fn page_request_without_pre_is_answered_invalid() {
         }
     );
     assert_eq!(h.read64(off::PQT), 0);
+    let (lo, hi) = only_record(&h);
+    assert_eq!(lo, 0x7000, "FI: the page address");
+    assert_eq!(hi & 0xffff, u64::from(SID));
+    assert_eq!((hi >> 32) & 0xff, 0x47, "FR");
+    assert_eq!((hi >> 28) & 1, 1, "T2: page request");
+    assert_eq!((hi >> 62) & 1, 0, "T1");
+    assert_eq!(((hi >> 31) & 1, (hi >> 40) & 0xf_ffff), (1, 5), "PP, PV");
+    assert_eq!(hi >> 63, 1, "F");
+    let rec = crate::fault::FaultRecord::decode([lo, hi]);
+    assert!(rec.page_request);
+    assert_eq!(rec.reason, crate::fault::FaultReason::SmPreClear);
     let mut h = Harness::new(&[]);
     assert_eq!(
         h.vtd.page_request(&h.mem, &req(1, true)),
@@ -133,4 +154,46 @@ fn masked_page_request_event_pends_until_ppr_cleared_or_unmasked() {
     h.vtd.page_request(&h.mem, &req(2, true));
     h.write32(off::PECTL, 0);
     assert_eq!(h.irq_count(), 1);
+}
+
+/// A page request while the root table is in legacy mode records 0x32.
+#[test]
+fn page_request_with_legacy_root_table_records_0x32() {
+    // A scalable-capable unit (PRS needs one) whose driver chose legacy
+    // tables: RTADDR.TTM=00b latched by SRTP with translation on.
+    let (mut h, _q) = unit(true);
+    let t = crate::mock::LegacyTables::new(&h.mem, &mut h.alloc);
+    h.write64(off::RTADDR, t.root);
+    let (te, srtp, qie) = (1u64 << 31, 1u64 << 30, 1u64 << 26);
+    h.write32(off::GCMD, te | qie | srtp);
+    h.write32(off::GCMD, te | qie);
+    assert_eq!(
+        h.vtd.page_request(&h.mem, &req(1, true)),
+        PageRequestOutcome::Responded {
+            response: Some(response::INVALID)
+        }
+    );
+    let (_, hi) = only_record(&h);
+    assert_eq!((hi >> 32) & 0xff, 0x32);
+    assert_eq!((hi >> 28) & 1, 1, "T2: page request");
+}
+
+/// FPD in the context entry suppresses the 0x47 record, not the answer.
+#[test]
+fn page_request_without_pre_under_fpd_is_answered_not_recorded() {
+    let (mut h, _q) = unit(false);
+    let root = h
+        .mem
+        .read_u64_le(Gpa(h.read64(off::RTADDR) & !0xfff))
+        .unwrap();
+    let ce = (root & !0xfff) + 32 * 0x10;
+    let q0 = h.mem.read_u64_le(Gpa(ce)).unwrap();
+    h.mem.write_u64_le(Gpa(ce), q0 | 0b10).unwrap();
+    assert_eq!(
+        h.vtd.page_request(&h.mem, &req(1, true)),
+        PageRequestOutcome::Responded {
+            response: Some(response::INVALID)
+        }
+    );
+    assert_eq!(h.read32(off::FSTS) & 2, 0, "no fault pending");
 }
