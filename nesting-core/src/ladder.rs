@@ -101,9 +101,14 @@ pub struct Adjustments {
     /// write-protected from the device; the VMM should leave read-only
     /// regions out of the stage-2 IOAS.
     pub skip_readonly_s2: bool,
-    /// Nested VT-d with `slts=1`: PASIDs the guest programs second-stage
-    /// only are shadowed instead of nested.
-    pub shadow_second_stage_pasids: bool,
+    /// Nested VT-d with `flts=1 slts=1`: the guest may program PASID
+    /// entries with second-stage (or nested) translation, which a nested
+    /// HWPT cannot carry (the host supplies the second stage). The VT-d
+    /// passthrough backend leaves each such PASID blocked and records a
+    /// fault for it (0x5B, unless FPD); first-stage and pass-through
+    /// PASIDs of the same device nest as usual. Shadowing them beside
+    /// nested PASIDs is not implemented.
+    pub second_stage_pasids_blocked: bool,
 }
 
 /// The ladder's answer with its evidence.
@@ -330,7 +335,7 @@ fn nested(guest: &GuestModel, host: &HostView, checks: Vec<Check>) -> Decision {
     let mut adjust = Adjustments::default();
     if let (GuestModel::Vtd(c), HwInfo::IntelVtd { errata, .. }) = (guest, &host.info.hw) {
         adjust.skip_readonly_s2 = errata.contains(VtdErrata::ERRATA_772415_SPR17);
-        adjust.shadow_second_stage_pasids = c.flts && c.slts;
+        adjust.second_stage_pasids_blocked = c.flts && c.slts;
     }
     let reason = format!(
         "host {} supplies the guest {}'s stage-1 format and every capability it presents",

@@ -334,10 +334,10 @@ fn decide_vtd_aw57_host_with_fs5lp_passes_5level_check() {
 }
 
 #[test]
-fn decide_vtd_slts_with_cm_nests_and_shadows_second_stage_pasids() {
+fn decide_vtd_slts_with_cm_nests_and_flags_second_stage_pasids_blocked() {
     let d = decide(&guest("vtd", "slts=1"), &host("vtd-nest"));
     expect(&d, Nested, &[], "slts=1 cm=1");
-    assert!(d.adjust.shadow_second_stage_pasids);
+    assert!(d.adjust.second_stage_pasids_blocked);
     assert!(!d.adjust.skip_readonly_s2);
 }
 
