@@ -7,6 +7,7 @@
 //! disabled (FPD) by an entry it had already accepted (VT-d "Primary Fault Logging": "faults
 //! detected ... after ... an entry with FPD=1 are not recorded").
 
+use nesting_core::bits::Field;
 use nesting_core::guest::{VtdConfig, VtdMode};
 use nesting_core::types::Access;
 use vm_memory::GuestMemory;
@@ -394,15 +395,34 @@ pub fn device_tlb_allowed<M: GuestMemory + ?Sized>(
                 }
             }
         }
-        (1, VtdMode::Scalable) => {
-            let ctx = sm_context(mem, caps, root.addr, sid)?;
-            if SmContextEntry::DTE.is_set(ctx.q[0]) {
-                Ok(())
-            } else {
-                Err((FaultReason::SmDteClear, FPD.is_set(ctx.q[0])))
-            }
-        }
+        (1, VtdMode::Scalable) => sm_context_enables(
+            mem,
+            caps,
+            root.addr,
+            sid,
+            SmContextEntry::DTE,
+            FaultReason::SmDteClear,
+        ),
         _ => Err((FaultReason::SmInvalidRootTable, false)),
+    }
+}
+
+/// The scalable-mode context entry of `sid` is usable and has `enable`
+/// set (DTE, PRE); else `blocked`, with the entry's FPD, or the fault the
+/// root or context entry itself gives.
+fn sm_context_enables<M: GuestMemory + ?Sized>(
+    mem: &M,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+    enable: Field,
+    blocked: FaultReason,
+) -> Result<(), (FaultReason, bool)> {
+    let ctx = sm_context(mem, caps, rta, sid)?;
+    if enable.is_set(ctx.q[0]) {
+        Ok(())
+    } else {
+        Err((blocked, FPD.is_set(ctx.q[0])))
     }
 }
 
@@ -476,14 +496,14 @@ pub fn page_requests_allowed<M: GuestMemory + ?Sized>(
 ) -> Result<(), (FaultReason, bool)> {
     match (root.ttm, caps.mode) {
         (0, _) => Err((FaultReason::SmTtmLegacyPageRequest, false)),
-        (1, VtdMode::Scalable) => {
-            let ctx = sm_context(mem, caps, root.addr, sid)?;
-            if SmContextEntry::PRE.is_set(ctx.q[0]) {
-                Ok(())
-            } else {
-                Err((FaultReason::SmPreClear, FPD.is_set(ctx.q[0])))
-            }
-        }
+        (1, VtdMode::Scalable) => sm_context_enables(
+            mem,
+            caps,
+            root.addr,
+            sid,
+            SmContextEntry::PRE,
+            FaultReason::SmPreClear,
+        ),
         _ => Err((FaultReason::SmInvalidRootTable, false)),
     }
 }
