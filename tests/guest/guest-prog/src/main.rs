@@ -412,6 +412,20 @@ fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint<Mmio>, 
     }
 }
 
+/// A pinned page filled with `byte`, or a failed `buffers/pagemap` check.
+pub(crate) fn pinned_filled(r: &mut Report, byte: u8) -> Option<PinnedPage> {
+    match PinnedPage::new() {
+        Ok(mut p) => {
+            p.fill(byte);
+            Some(p)
+        }
+        Err(e) => {
+            r.check("buffers/pagemap", false, e.to_string());
+            None
+        }
+    }
+}
+
 fn virtio_iommu_fault(r: &mut Report) {
     matrix::virtio_registered(r);
     let Some((dev, ep, cfg)) = open_endpoint(r) else {
@@ -431,14 +445,9 @@ fn virtio_iommu_fault(r: &mut Report) {
         set.is_ok(),
         format!("command {cmd:#06x}"),
     );
-    let mut page = match PinnedPage::new() {
-        Ok(p) => p,
-        Err(e) => {
-            r.check("buffers/pagemap", false, e.to_string());
-            return;
-        }
+    let Some(page) = pinned_filled(r, 0x33) else {
+        return;
     };
-    page.fill(0x33);
     let mut kmsg = sys::Kmsg::open_at_end();
     // The buffer's physical address is not an IOVA the default domain
     // maps: the model refuses the write and reports a mapping fault.

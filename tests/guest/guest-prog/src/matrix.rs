@@ -12,9 +12,11 @@
 //!   the default domains and map / DMA / unmap / fault again, SCRATCH := 2,
 //!   and init powers off.
 
-use crate::sys::{self, Config, Mmio, PAGE, PinnedPage};
+use crate::sys::{self, Config, Mmio, PAGE};
 use crate::translated::{self, Ep, FaultLog, Stage, VirtioLog, VtdLog};
-use crate::{CMD_MEM_BME, DEVICE, Endpoint, Report, ST_WRITE_FAULT, VENDOR, fill_cmd, reg};
+use crate::{
+    CMD_MEM_BME, DEVICE, Endpoint, Report, ST_WRITE_FAULT, VENDOR, fill_cmd, pinned_filled, reg,
+};
 
 /// Which IOMMU the guest has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,14 +219,9 @@ fn default_domain(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2], want: &
             ),
         );
     }
-    let mut page = match PinnedPage::new() {
-        Ok(p) => p,
-        Err(e) => {
-            r.check("buffers/pagemap", false, e.to_string());
-            return;
-        }
+    let Some(page) = pinned_filled(r, 0x33) else {
+        return;
     };
-    page.fill(0x33);
     for (i, ep) in eps.iter().enumerate() {
         let (bar, cfg) = match sysfs_bar(ep) {
             Ok(b) => b,
