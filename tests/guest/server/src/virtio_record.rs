@@ -373,7 +373,7 @@ impl Translate for RecordedVirtio {
     ) -> Result<Translation, TranslateFault> {
         let (Some(mut rec), RequesterId::Endpoint(EndpointId(ep)), None) = (self.rec(), rid, pasid)
         else {
-            return self.dev.translate_page(rid, pasid, iova, access);
+            return Translate::translate(&self.dev, rid, pasid, iova, access);
         };
         let mem = self.memory();
         let dma = Dma {
@@ -388,7 +388,7 @@ impl Translate for RecordedVirtio {
             &mem,
             dma,
             || {
-                out = self.dev.translate_page(rid, pasid, iova, access);
+                out = Translate::translate(&self.dev, rid, pasid, iova, access);
                 out.as_ref().ok().map(|t| t.gpa_of(iova).raw())
             },
             |r, accesses| {
@@ -405,29 +405,6 @@ impl Translate for RecordedVirtio {
 
     fn iotlb(&self) -> &Iotlb {
         Translate::iotlb(&self.dev)
-    }
-}
-
-/// The model's [`Translate`] (its inherent `translate` has another shape).
-trait TranslatePage {
-    fn translate_page(
-        &self,
-        rid: RequesterId,
-        pasid: Option<Pasid>,
-        iova: Iova,
-        access: Access,
-    ) -> Result<Translation, TranslateFault>;
-}
-
-impl TranslatePage for VirtioIommu<RecMem> {
-    fn translate_page(
-        &self,
-        rid: RequesterId,
-        pasid: Option<Pasid>,
-        iova: Iova,
-        access: Access,
-    ) -> Result<Translation, TranslateFault> {
-        Translate::translate(self, rid, pasid, iova, access)
     }
 }
 
