@@ -5,9 +5,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nesting_core::guest::{GuestModel, VtdConfig};
+use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Bdf, Iova};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd::VtdConfig;
 use vtd::mock::{
     FsTables, LegacyTables, PageAlloc, PasidSetup, Queue, ScalableTables, SlTables, desc, flpte,
     probe_like_linux,
@@ -18,10 +19,7 @@ use vtd::{AtsCompletion, TranslateResult, TranslationRequest, Vtd};
 const SID: u16 = 0x10;
 
 fn config(opts: &[&str]) -> VtdConfig {
-    match GuestModel::from_options("vtd", opts) {
-        Ok(GuestModel::Vtd(c)) => c,
-        _ => unreachable!(),
-    }
+    VtdConfig::from_options(opts).unwrap()
 }
 
 struct Setup {

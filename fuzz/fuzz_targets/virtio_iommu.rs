@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use nesting_core::guest::GuestModel;
 use nesting_core::mem::GuestMemoryExt;
+use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Gpa};
 use virtio_iommu::driver::SplitRing;
-use virtio_iommu::{DeviceOptions, MAX_QUEUED_EVENTS, VirtioIommu};
+use virtio_iommu::{DeviceOptions, MAX_QUEUED_EVENTS, VirtioIommu, VirtioIommuConfig};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM: small, so that arbitrary addresses often land in it.
@@ -68,7 +68,7 @@ fn device(c: &mut Cursor<'_>) -> Option<VirtioIommu<GuestMemoryMmap>> {
     if flags & 16 != 0 && probe != "probe_size=0" {
         opts.push("resv=0x8000-0x8fff:msi");
     }
-    let Ok(GuestModel::VirtioIommu(cfg)) = GuestModel::from_options("virtio-iommu", &opts) else {
+    let Ok(cfg) = VirtioIommuConfig::from_options(&opts) else {
         return None;
     };
     let legacy = flags & 32 != 0;

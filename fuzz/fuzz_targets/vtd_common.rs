@@ -1,8 +1,8 @@
 //! Shared by the VT-d fuzz targets: a unit of one of a few configurations
 //! and guest RAM filled from the input.
 
-use nesting_core::guest::GuestModel;
-use nesting_core::guest::VtdConfig;
+use nesting_core::options::ModelOptions;
+use vtd::VtdConfig;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM size: 16 pages, enough for a root table, context tables,
@@ -18,10 +18,7 @@ pub fn config(sel: u8) -> VtdConfig {
         3 => &["flts=1", "slts=1", "nest=1", "aw=57", "prs=1"],
         _ => &["flts=0", "slts=1", "pasid_bits=4"],
     };
-    match GuestModel::from_options("vtd", opts) {
-        Ok(GuestModel::Vtd(c)) => c,
-        _ => unreachable!("fixed options parse"),
-    }
+    VtdConfig::from_options(opts).expect("fixed options parse")
 }
 
 /// RAM at 0 holding `bytes` (zero-padded).

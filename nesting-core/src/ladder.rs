@@ -10,22 +10,17 @@
 //!    than the guest's, and **shadow** the guest's mappings into it.
 //! 3. Otherwise **refuse**, listing every check that failed.
 //!
-//! Everything here is a pure function of the guest configuration and what
-//! the host reported; nothing touches the host.
+//! Everything here is a pure function of what the guest model states it
+//! needs ([`GuestIommu`]: its stage-1 format, its own checks of the host's
+//! hardware information, what shadowing it needs) and what the host
+//! reported; nothing touches the host, and no model is named.
 
 use std::fmt;
 
-use crate::bits::Field;
-use crate::guest::{
-    GuestModel, RESV_MEM_PROPERTY_SIZE, Smmuv3Config, Smmuv3Granules, Smmuv3Stages,
-    VirtioIommuConfig, VtdAddressWidth, VtdConfig, VtdMode,
-};
-use crate::host::info::{HostCaps, HostInfo, HwInfo, VtdErrata, cap, ecap, idr};
+use crate::guest::{GuestIommu, HwType, IovaSpace, MapNotice, Stage1};
+use crate::host::info::{HostInfo, HwInfo, VtdErrata};
 use crate::host::profile::SimHostSpec;
 use crate::types::{Iova, IovaRange};
-
-#[cfg(test)]
-mod tests;
 
 /// What the host offers for one passthrough device.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +78,22 @@ pub struct Check {
     pub detail: String,
 }
 
+impl Check {
+    /// A check called `name` that `passed`, comparing what `detail` says.
+    pub fn new(name: &'static str, passed: bool, detail: String) -> Check {
+        Check {
+            name,
+            passed,
+            detail,
+        }
+    }
+
+    /// A failed check.
+    pub fn fail(name: &'static str, detail: String) -> Check {
+        Check::new(name, false, detail)
+    }
+}
+
 /// What the model must adjust to the decision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Adjustments {
@@ -101,14 +112,6 @@ pub struct Adjustments {
     /// write-protected from the device; the VMM should leave read-only
     /// regions out of the stage-2 IOAS.
     pub skip_readonly_s2: bool,
-    /// Nested VT-d with `flts=1 slts=1`: the guest may program PASID
-    /// entries with second-stage (or nested) translation, which a nested
-    /// HWPT cannot carry (the host supplies the second stage). The VT-d
-    /// passthrough backend leaves each such PASID blocked and records a
-    /// fault for it (0x5B, unless FPD); first-stage and pass-through
-    /// PASIDs of the same device nest as usual. Shadowing them beside
-    /// nested PASIDs is not implemented.
-    pub second_stage_pasids_blocked: bool,
 }
 
 /// The ladder's answer with its evidence.
@@ -155,49 +158,20 @@ impl fmt::Display for Decision {
     }
 }
 
-/// VT-d 3.15 "Handling Requests to Interrupt Address Range": requests to
-/// 0xfee0_0000..=0xfeef_ffff are never translated on x86, so a VT-d guest
-/// never uses them for DMA and the host may keep them reserved.
-pub const VTD_INTERRUPT_RANGE: IovaRange = IovaRange {
-    first: Iova(0xfee0_0000),
-    last: Iova(0xfeef_ffff),
-};
-
-/// SMMU_IIDR fields (IHI 0070 6.3.13), used for the kernel's errata list.
-mod iidr {
-    use super::Field;
-    /// Revision.
-    pub const REVISION: Field = Field::bits(15, 12);
-    /// Variant.
-    pub const VARIANT: Field = Field::bits(19, 16);
-    /// ProductID.
-    pub const PRODUCT_ID: Field = Field::bits(31, 20);
-    /// Implementer (JEP106): Arm.
-    pub const IMPLEMENTER: Field = Field::bits(11, 0);
-    /// `IIDR_IMPLEMENTER_ARM` (arm-smmu-v3.c).
-    pub const ARM: u64 = 0x43b;
-    /// `IIDR_PRODUCTID_ARM_MMU_600`.
-    pub const MMU_600: u64 = 0x483;
-    /// `IIDR_PRODUCTID_ARM_MMU_700`.
-    pub const MMU_700: u64 = 0x487;
-}
-
-/// IDR0.TTF bit for the AArch64 format (IHI 0070 6.3.1; `IDR0_TTF_AARCH64`).
-const TTF_AARCH64: u64 = 0b10;
-/// IDR0.TTENDIAN value for big-endian only (IHI 0070 6.3.1).
-const TTENDIAN_BE_ONLY: u64 = 0b11;
-
 /// Decides how to back one passthrough device.
-pub fn decide(guest: &GuestModel, host: &HostView) -> Decision {
+pub fn decide(guest: &dyn GuestIommu, host: &HostView) -> Decision {
     decide_domain(guest, std::slice::from_ref(host))
 }
 
 /// Decides for several devices sharing one guest domain: they nest only
 /// if each nests and all sit behind the same physical IOMMU; they shadow
 /// into one IOAS that every one of them can map.
-pub fn decide_domain(guest: &GuestModel, hosts: &[HostView]) -> Decision {
+pub fn decide_domain(guest: &dyn GuestIommu, hosts: &[HostView]) -> Decision {
     let Some(first) = hosts.first() else {
-        let checks = vec![fail("devices", "the domain has no device".to_string())];
+        let checks = vec![Check::fail(
+            "devices",
+            "the domain has no device".to_string(),
+        )];
         return finish(
             DecisionKind::Refuse,
             checks,
@@ -233,7 +207,7 @@ pub fn decide_domain(guest: &GuestModel, hosts: &[HostView]) -> Decision {
 /// is refused, and nothing about the existing devices changes. With no
 /// existing device this is [`decide`].
 pub fn decide_hotplug(
-    guest: &GuestModel,
+    guest: &dyn GuestIommu,
     existing: &[HostView],
     current: DecisionKind,
     new: &HostView,
@@ -280,7 +254,7 @@ pub fn decide_hotplug(
             )
         }
         DecisionKind::Refuse => {
-            checks.push(fail(
+            checks.push(Check::fail(
                 "existing-kind",
                 "the domain's devices were refused; there is nothing to join".to_string(),
             ));
@@ -297,16 +271,11 @@ pub fn decide_hotplug(
 // ---------------------------------------------------------------------------
 // Assembling decisions.
 
-fn check(name: &'static str, passed: bool, detail: String) -> Check {
-    Check {
-        name,
-        passed,
-        detail,
-    }
-}
-
-fn fail(name: &'static str, detail: String) -> Check {
-    check(name, false, detail)
+/// iommufd's VT-d nesting parent on a host with erratum 772415 (SPR17) is
+/// made writable (intel/iommu.c, PT_FEAT_VTDSS_FORCE_WRITEABLE): stage 2
+/// cannot write-protect read-only guest memory.
+fn stage2_readonly_unprotected(info: &HostInfo) -> bool {
+    matches!(info.hw, HwInfo::IntelVtd { errata, .. } if errata.contains(VtdErrata::ERRATA_772415_SPR17))
 }
 
 fn finish(kind: DecisionKind, checks: Vec<Check>, adjust: Adjustments, reason: &str) -> Decision {
@@ -331,12 +300,11 @@ fn summary(checks: &[Check]) -> String {
     }
 }
 
-fn nested(guest: &GuestModel, host: &HostView, checks: Vec<Check>) -> Decision {
-    let mut adjust = Adjustments::default();
-    if let (GuestModel::Vtd(c), HwInfo::IntelVtd { errata, .. }) = (guest, &host.info.hw) {
-        adjust.skip_readonly_s2 = errata.contains(VtdErrata::ERRATA_772415_SPR17);
-        adjust.second_stage_pasids_blocked = c.flts && c.slts;
-    }
+fn nested(guest: &dyn GuestIommu, host: &HostView, checks: Vec<Check>) -> Decision {
+    let adjust = Adjustments {
+        skip_readonly_s2: stage2_readonly_unprotected(&host.info),
+        ..Adjustments::default()
+    };
     let reason = format!(
         "host {} supplies the guest {}'s stage-1 format and every capability it presents",
         host.info.hw.kind_name(),
@@ -404,317 +372,30 @@ fn same_iommu(a: &HostView, b: &HostView) -> Check {
             "physical IOMMU unit unknown: cannot show the devices share one".to_string(),
         ),
     };
-    check("same-iommu", passed, detail)
+    Check::new("same-iommu", passed, detail)
 }
 
 // ---------------------------------------------------------------------------
 // Nest checks.
 
-fn nest_checks(guest: &GuestModel, host: &HostView) -> Vec<Check> {
-    match guest {
-        GuestModel::Vtd(c) => vtd_nest_checks(c, &host.info),
-        GuestModel::Smmuv3(c) => smmuv3_nest_checks(c, &host.info),
-        // virtio 1.3 5.13: the driver sends MAP/UNMAP requests; there is
-        // no page-table format for a physical IOMMU to walk.
-        GuestModel::VirtioIommu(_) => vec![fail(
-            "stage1-format",
-            "virtio-iommu has no page-table format a physical IOMMU could walk".to_string(),
-        )],
-    }
-}
-
-fn host_type(guest: &'static str, want: &'static str, info: &HostInfo) -> Check {
-    let have = info.hw.kind_name();
-    check(
-        "host-type",
-        have == want,
-        format!("guest {guest} needs host type {want}, host is {have}"),
-    )
-}
-
-fn yes(b: bool) -> u8 {
-    u8::from(b)
-}
-
-fn vtd_nest_checks(c: &VtdConfig, info: &HostInfo) -> Vec<Check> {
-    let mut out = vec![host_type("vtd", "intel-vtd", info)];
-    // iommufd nests only a first-stage table (IOMMU_HWPT_DATA_VTD_S1,
-    // intel/nested.c) installed in a scalable-mode PASID entry with
-    // PGTT=nested (VT-d 9.6); legacy context entries have no such type.
-    out.push(check(
-        "guest-scalable",
-        c.mode == VtdMode::Scalable,
-        format!(
-            "guest mode={}",
-            match c.mode {
-                VtdMode::Legacy => "legacy",
-                VtdMode::Scalable => "scalable",
-            }
-        ),
-    ));
-    // VT-d 3.6: first-stage tables use the x86 paging format, the format
-    // the host's nested stage 1 walks; second-stage tables cannot be
-    // nested under another stage 2.
-    out.push(check(
-        "guest-first-stage",
-        c.flts,
-        format!("guest flts={}", yes(c.flts)),
-    ));
-    let Some((hcap, hecap)) = info.vtd() else {
-        return out;
-    };
-    let bit = |name, f: Field, what: &str| {
-        check(
-            name,
-            hecap.has(f),
-            format!("host ECAP.{what}={}", hecap.get(f)),
-        )
-    };
-    // iommu.h nested_supported(): sm_supported() (ECAP.SMTS) && ECAP.NEST;
-    // VT-d 11.4.3 NEST.
-    out.push(bit("host-smts", ecap::SMTS, "SMTS"));
-    out.push(bit("host-nest", ecap::NEST, "NEST"));
-    // VT-d 3.8 nested translation walks the guest's first-stage table:
-    // ECAP.FSTS (pasid.c checks ecap_flts for first-stage entries).
-    out.push(bit("host-fsts", ecap::FSTS, "FSTS"));
-    // iommu.c intel_iommu_domain_alloc_second_stage(): in scalable mode the
-    // nesting parent needs ECAP.SSTS ("!ecap_slts -> -EOPNOTSUPP").
-    out.push(bit("host-ssts", ecap::SSTS, "SSTS"));
-    // iommu.c: with ERRATA_772415_SPR17 the nesting parent is made
-    // writable (PT_FEAT_VTDSS_FORCE_WRITEABLE): nesting still works.
-    let errata = matches!(info.hw, HwInfo::IntelVtd { errata, .. } if errata.contains(VtdErrata::ERRATA_772415_SPR17));
-    let detail = match errata {
-        true => {
-            "erratum 772415: stage-2 read-only mappings become writable; skip read-only regions"
+fn nest_checks(guest: &dyn GuestIommu, host: &HostView) -> Vec<Check> {
+    let mut out = Vec::new();
+    match guest.stage1() {
+        Stage1::WalkedBy(want) => {
+            let have = HwType::of(&host.info.hw);
+            out.push(Check::new(
+                "host-type",
+                have == want,
+                format!(
+                    "guest {} needs host type {want}, host is {have}",
+                    guest.model_name()
+                ),
+            ));
         }
-        false => "no stage-2 read-only erratum",
-    };
-    out.push(check("s2-readonly", true, detail.to_string()));
-    // pasid.c intel_pasid_setup_nested(): stage-1 address width is 4-level
-    // (48) or 5-level (57), and "5-level paging not supported" without
-    // CAP.FS5LP. Guests with aw 39/48 use 4-level first-stage tables.
-    let needs5 = c.aw == VtdAddressWidth::Bits57;
-    out.push(check(
-        "fs-5level",
-        !needs5 || hcap.has(cap::FS5LP),
-        format!(
-            "guest aw={} uses {}-level first-stage tables; host CAP.FS5LP={}",
-            c.aw.bits(),
-            if needs5 { 5 } else { 4 },
-            hcap.get(cap::FS5LP)
-        ),
-    ));
-    // VT-d 3.8: the guest's first-stage output (GPA, up to CAP.MGAW+1 bits
-    // as the guest sees it) is the host stage 2's input, limited by the
-    // host's MGAW.
-    let host_mgaw = hcap.get(cap::MGAW) + 1;
-    out.push(check(
-        "s2-input-width",
-        u64::from(c.aw.bits()) <= host_mgaw,
-        format!(
-            "guest address width {} <= host MGAW {host_mgaw}",
-            c.aw.bits()
-        ),
-    ));
-    // VT-d 11.4.3 PSS: the guest may use any PASID below 2^pasid_bits;
-    // nested.c intel_nested_set_dev_pasid() needs pasid_supported() and
-    // the host's PASID table holds at most 2^max_pasid_log2 entries.
-    out.push(check(
-        "pasid-width",
-        c.pasid_bits <= info.max_pasid_log2,
-        format!(
-            "guest pasid_bits={} <= host max_pasid_log2={}",
-            c.pasid_bits, info.max_pasid_log2
-        ),
-    ));
-    // VT-d 11.4.2 FS1GP: a first-stage PS=1 PDPE is reserved (faults)
-    // without it; iommu.c checks cap_fl1gp_support for first-stage
-    // domains. The guest advertises it through sps with flts=1.
-    let g1 = c.first_stage_1g();
-    out.push(check(
-        "fs-1g-pages",
-        !g1 || hcap.has(cap::FS1GP),
-        format!(
-            "guest first-stage 1 GiB pages: {}; host CAP.FS1GP={}",
-            yes(g1),
-            hcap.get(cap::FS1GP)
-        ),
-    ));
-    // VT-d 6.1: with slts=1 the guest may program second-stage-only PASIDs,
-    // which cannot be nested (a stage 2 under a stage 2). They can be
-    // shadowed only if the guest invalidates on map, i.e. CAP.CM=1.
-    let mixed = c.flts && c.slts;
-    out.push(check(
-        "slts-with-flts",
-        !mixed || c.cm,
-        match mixed {
-            true => format!(
-                "guest slts=1: second-stage-only PASIDs are shadowed, needs cm=1 (cm={})",
-                yes(c.cm)
-            ),
-            false => format!("guest slts={}: no second-stage-only PASIDs", yes(c.slts)),
-        },
-    ));
-    // VT-d 7.4: page requests on nested PASIDs are reported by the host
-    // IOMMU (ECAP.PRS) and forwarded (nested.c iopf_for_domain_set).
-    out.push(check(
-        "prs",
-        !c.prs || hecap.has(ecap::PRS),
-        format!(
-            "guest prs={}; host ECAP.PRS={}",
-            yes(c.prs),
-            hecap.get(ecap::PRS)
-        ),
-    ));
+        Stage1::NoFormat(why) => out.push(Check::fail("stage1-format", why.to_string())),
+    }
+    out.extend(guest.nest_checks(&host.info));
     out
-}
-
-fn smmuv3_nest_checks(c: &Smmuv3Config, info: &HostInfo) -> Vec<Check> {
-    let mut out = vec![host_type("smmuv3", "arm-smmuv3", info)];
-    // IHI 0070 3.3.2: the host keeps stage 2 for the VM; a guest that uses
-    // stage 2 itself would need a third stage.
-    out.push(check(
-        "guest-stage1-only",
-        c.stages == Smmuv3Stages::S1,
-        format!("guest stages={}", c.stages.name()),
-    ));
-    let HwInfo::ArmSmmuv3 {
-        idr: r, iidr: iid, ..
-    } = &info.hw
-    else {
-        return out;
-    };
-    let (idr0, idr1, idr3, idr5) = (
-        u64::from(r[0]),
-        u64::from(r[1]),
-        u64::from(r[3]),
-        u64::from(r[5]),
-    );
-    // arm-smmu-v3.c: ARM_SMMU_FEAT_NESTING = FEAT_TRANS_S1 && FEAT_TRANS_S2
-    // (IHI 0070 6.3.1 IDR0.S1P, IDR0.S2P).
-    out.push(check(
-        "host-s1p",
-        idr::IDR0_S1P.is_set(idr0),
-        format!("host IDR0.S1P={}", idr::IDR0_S1P.get(idr0)),
-    ));
-    out.push(check(
-        "host-s2p",
-        idr::IDR0_S2P.is_set(idr0),
-        format!("host IDR0.S2P={}", idr::IDR0_S2P.get(idr0)),
-    ));
-    // arm-smmu-v3.c: "AArch64 table format not supported" (IDR0.TTF bit 1).
-    let ttf = idr::IDR0_TTF.get(idr0);
-    out.push(check(
-        "host-ttf-aarch64",
-        ttf & TTF_AARCH64 != 0,
-        format!("host IDR0.TTF={ttf:#b}"),
-    ));
-    // IHI 0070 6.3.1 TTENDIAN: the guest's tables are little-endian.
-    let endian = idr::IDR0_TTENDIAN.get(idr0);
-    out.push(check(
-        "host-endianness",
-        endian != TTENDIAN_BE_ONLY,
-        format!("host IDR0.TTENDIAN={endian:#b}"),
-    ));
-    // arm-smmu-v3-iommufd.c arm_smmu_get_viommu_size(): the VM must not be
-    // able to bypass the cache: the device is CANWBS or the SMMU has
-    // S2FWB. CANWBS comes from firmware and is not in hw_info, so only
-    // IDR3.FWB counts here.
-    out.push(check(
-        "host-coherency",
-        idr::IDR3_FWB.is_set(idr3),
-        format!(
-            "host IDR3.FWB={} (CANWBS is not reported by hw_info)",
-            idr::IDR3_FWB.get(idr3)
-        ),
-    ));
-    out.push(smmu_errata(u64::from(*iid)));
-    // IHI 0070 5.4 CD.TG0: the host walks the guest's tables, a granule it
-    // lacks is C_BAD_CD (IDR5.GRAN4K/16K/64K).
-    let mut host_gran = Smmuv3Granules::empty();
-    host_gran.set(Smmuv3Granules::G4K, idr::IDR5_GRAN4K.is_set(idr5));
-    host_gran.set(Smmuv3Granules::G16K, idr::IDR5_GRAN16K.is_set(idr5));
-    host_gran.set(Smmuv3Granules::G64K, idr::IDR5_GRAN64K.is_set(idr5));
-    out.push(check(
-        "granules",
-        host_gran.contains(c.gran),
-        format!(
-            "guest gran={} within host gran={}",
-            c.gran.to_list(),
-            host_gran.to_list()
-        ),
-    ));
-    // IHI 0070 6.3.6 IDR5.OAS: the guest's stage-1 output (IPA) is the host
-    // stage 2's input.
-    let host_oas = idr::OAS_BITS
-        .get(idr::IDR5_OAS.get(idr5) as usize)
-        .copied()
-        .unwrap_or(48);
-    out.push(check(
-        "oas",
-        u32::from(c.oas) <= host_oas,
-        format!("guest oas={} <= host OAS {host_oas}", c.oas),
-    ));
-    // IHI 0070 5.2 STE.S1CDMax <= IDR1.SSIDSIZE: the host walks the guest's
-    // CD table indexed by SubstreamID.
-    let host_ssid = idr::IDR1_SSIDSIZE.get(idr1);
-    out.push(check(
-        "ssid-width",
-        u64::from(c.ssidsize) <= host_ssid,
-        format!(
-            "guest ssidsize={} <= host IDR1.SSIDSIZE={host_ssid}",
-            c.ssidsize
-        ),
-    ));
-    // IHI 0070 4.4.1: range invalidations (TG/NUM/SCALE) need IDR3.RIL;
-    // the guest's commands go to the host queue (arm_vsmmu_cache_invalidate).
-    out.push(check(
-        "range-invalidation",
-        !c.ril || idr::IDR3_RIL.is_set(idr3),
-        format!(
-            "guest ril={}; host IDR3.RIL={}",
-            yes(c.ril),
-            idr::IDR3_RIL.get(idr3)
-        ),
-    ));
-    // IHI 0070 3.9: ATS needs IDR0.ATS; iommufd reports
-    // IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED when the device cannot use it.
-    let host_ats =
-        idr::IDR0_ATS.is_set(idr0) && !info.caps.contains(HostCaps::PCI_ATS_NOT_SUPPORTED);
-    out.push(check(
-        "ats",
-        !c.ats || host_ats,
-        format!(
-            "guest ats={}; host IDR0.ATS={} usable={}",
-            yes(c.ats),
-            idr::IDR0_ATS.get(idr0),
-            yes(host_ats)
-        ),
-    ));
-    out
-}
-
-/// arm-smmu-v3.c arm_smmu_device_iidr_probe(): MMU-600 before r2 (erratum
-/// 1209401) and MMU-700 before r1p1 (errata 2268618, 2812531) drop
-/// ARM_SMMU_FEAT_NESTING.
-fn smmu_errata(raw: u64) -> Check {
-    let arm = iidr::IMPLEMENTER.get(raw) == iidr::ARM;
-    let (product, variant, revision) = (
-        iidr::PRODUCT_ID.get(raw),
-        iidr::VARIANT.get(raw),
-        iidr::REVISION.get(raw),
-    );
-    let broken = arm
-        && ((product == iidr::MMU_600 && variant < 2)
-            || (product == iidr::MMU_700 && (variant < 1 || revision < 1)));
-    check(
-        "host-errata",
-        !broken,
-        format!(
-            "host IIDR={raw:#x}: product {product:#x} r{variant}p{revision}, nesting errata: {}",
-            yes(broken)
-        ),
-    )
 }
 
 // ---------------------------------------------------------------------------
@@ -722,26 +403,36 @@ fn smmu_errata(raw: u64) -> Check {
 
 /// Appends the shadow checks for `host` (possibly several hosts combined)
 /// and returns what the model must adjust.
-fn shadow_checks(guest: &GuestModel, host: &HostView, out: &mut Vec<Check>) -> Adjustments {
-    match guest {
-        GuestModel::Vtd(c) => vtd_shadow(c, host, out),
-        GuestModel::Smmuv3(_) => {
-            // IHI 0070 3.21 / Arm ARM D8.13 (break-before-make): the SMMU
-            // caches no invalid entry, so a guest SMMUv3 driver makes an
-            // entry valid without any invalidation; the VMM never learns of
-            // new mappings and cannot shadow them.
-            out.push(fail(
-                "map-invalidation",
-                "a guest SMMUv3 sends no invalidation when it maps, so its mappings cannot be shadowed".to_string(),
-            ));
-            Adjustments::default()
+fn shadow_checks(guest: &dyn GuestIommu, host: &HostView, out: &mut Vec<Check>) -> Adjustments {
+    let needs = guest.shadow_needs();
+    match needs.map_notice {
+        MapNotice::Requests => {}
+        MapNotice::Invalidation(c) => out.push(c),
+        // Nothing else matters when the VMM never sees a mapping.
+        MapNotice::Never(c) => {
+            out.push(c);
+            return Adjustments::default();
         }
-        GuestModel::VirtioIommu(c) => virtio_shadow(c, host, out),
+    }
+    out.push(page_size_check(needs.page_size, host));
+    match &needs.iova {
+        IovaSpace::Fixed(space) => {
+            out.push(coverage_check(space, host));
+            Adjustments {
+                ioas_page_size: Some(host.page_size),
+                ..Adjustments::default()
+            }
+        }
+        IovaSpace::Announced {
+            range,
+            max_holes,
+            room,
+        } => announced(*range, *max_holes, room, host, out),
     }
 }
 
 fn page_size_check(guest_page: u64, host: &HostView) -> Check {
-    check(
+    Check::new(
         "page-size",
         host.page_size != 0 && host.page_size <= guest_page,
         format!(
@@ -751,92 +442,60 @@ fn page_size_check(guest_page: u64, host: &HostView) -> Check {
     )
 }
 
-fn vtd_shadow(c: &VtdConfig, host: &HostView, out: &mut Vec<Check>) -> Adjustments {
-    // VT-d 6.1 "Caching mode": only with CAP.CM=1 must software invalidate
-    // after making a not-present entry present, so only then does the VMM
-    // see every map.
-    out.push(check(
-        "caching-mode",
-        c.cm,
-        format!("guest cm={}", yes(c.cm)),
-    ));
-    // VT-d 3.6/3.7: the guest's smallest page is 4 KiB.
-    out.push(page_size_check(4096, host));
-    // VT-d 3.15: the interrupt address range is never translated, so the
-    // guest needs [0, 2^aw - 1] except 0xfee00000-0xfeefffff.
-    let needed = vtd_needed(c.aw);
-    let missing = subtract(&needed, &host.iova_ranges);
-    out.push(check(
+/// A guest that cannot be told of host holes needs every address of its
+/// space mappable.
+fn coverage_check(space: &[IovaRange], host: &HostView) -> Check {
+    let missing = subtract(space, &host.iova_ranges);
+    let span = |r: &[IovaRange]| {
+        r.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Check::new(
         "iova-coverage",
         missing.is_empty(),
         match missing.first() {
-            None => format!(
-                "host IOAS covers [0, {:#x}] except the interrupt range",
-                c.aw.last_address()
-            ),
+            None => format!("host IOAS covers the guest's IOVA space {}", span(space)),
             Some(m) => format!(
-                "host IOAS cannot map {m} ({} gap(s)) of the guest's {}-bit space",
+                "host IOAS cannot map {m} ({} gap(s)) of the guest's IOVA space {}",
                 missing.len(),
-                c.aw.bits()
+                span(space)
             ),
         },
-    ));
-    Adjustments {
-        ioas_page_size: Some(host.page_size),
-        ..Adjustments::default()
-    }
+    )
 }
 
-fn vtd_needed(aw: VtdAddressWidth) -> Vec<IovaRange> {
-    let space = IovaRange {
-        first: Iova(0),
-        last: Iova(aw.last_address()),
-    };
-    subtract(&[space], &[VTD_INTERRUPT_RANGE])
-}
-
-fn virtio_shadow(c: &VirtioIommuConfig, host: &HostView, out: &mut Vec<Check>) -> Adjustments {
-    // virtio 1.3 5.13.4: the driver's granule is the lowest set bit of
-    // page_size_mask; every guest size must be a multiple of the host's.
-    let guest_page = 1u64 << c.page_size_mask.0.trailing_zeros().min(63);
-    out.push(page_size_check(guest_page, host));
-    // virtio 1.3 5.13.4: input_range bounds the addresses the driver maps;
-    // clip it to the span the host can map.
+/// A guest offered `range` sees it clipped to the span the host maps, with
+/// the host's holes inside announced (up to `max_holes`).
+fn announced(
+    range: IovaRange,
+    max_holes: usize,
+    room: &str,
+    host: &HostView,
+    out: &mut Vec<Check>,
+) -> Adjustments {
     let host_ranges = normalize(&host.iova_ranges);
     let clipped = match (host_ranges.first(), host_ranges.last()) {
-        (Some(lo), Some(hi)) => IovaRange::new(
-            c.input_range.first.max(lo.first),
-            c.input_range.last.min(hi.last),
-        ),
+        (Some(lo), Some(hi)) => IovaRange::new(range.first.max(lo.first), range.last.min(hi.last)),
         _ => None,
     };
-    out.push(check(
+    out.push(Check::new(
         "input-range",
         clipped.is_some(),
         match clipped {
-            Some(r) => format!("guest input range {} clipped to {r}", c.input_range),
-            None => format!(
-                "guest input range {} misses every host IOVA range",
-                c.input_range
-            ),
+            Some(r) => format!("guest input range {range} clipped to {r}"),
+            None => format!("guest input range {range} misses every host IOVA range"),
         },
     ));
     let Some(clipped) = clipped else {
         return Adjustments::default();
     };
-    // virtio 1.3 5.13.6.6.2: holes inside the range are announced as
-    // RESV_MEM (RESERVED) in the PROBE reply, which must fit probe_size
-    // next to the guest's own regions.
     let holes = subtract(&[clipped], &host_ranges);
-    let needed = (holes.len() + c.resv.len()) as u64 * u64::from(RESV_MEM_PROPERTY_SIZE);
-    out.push(check(
+    out.push(Check::new(
         "reserved-regions",
-        holes.is_empty() || needed <= u64::from(c.probe_size),
-        format!(
-            "{} host hole(s) to announce, {needed} bytes of RESV_MEM in probe_size {:#x}",
-            holes.len(),
-            c.probe_size
-        ),
+        holes.len() <= max_holes,
+        format!("{} host hole(s) to announce; {room}", holes.len()),
     ));
     Adjustments {
         input_range: Some(clipped),
@@ -850,7 +509,7 @@ fn virtio_shadow(c: &VirtioIommuConfig, host: &HostView, out: &mut Vec<Check>) -
 /// with a larger page size than the IOAS's areas are aligned to fails with
 /// EADDRINUSE.
 fn ioas_page_size(before: &HostView, new: &HostView) -> Check {
-    check(
+    Check::new(
         "ioas-page-size",
         new.page_size <= before.page_size,
         format!(
@@ -863,15 +522,11 @@ fn ioas_page_size(before: &HostView, new: &HostView) -> Check {
 /// iommufd io_pagetable.c iopt_table_enforce_dev_resv_regions(): a device
 /// whose reserved regions overlap existing mappings cannot attach, so it
 /// must map everything the guest was already given.
-fn ioas_ranges(guest: &GuestModel, before: &HostView, new: &HostView) -> Check {
-    let span = match guest {
-        GuestModel::Vtd(c) => vtd_needed(c.aw),
-        GuestModel::VirtioIommu(c) => vec![c.input_range],
-        GuestModel::Smmuv3(_) => vec![],
-    };
+fn ioas_ranges(guest: &dyn GuestIommu, before: &HostView, new: &HostView) -> Check {
+    let span = guest.shadow_needs().iova.ranges();
     let promised = intersect(&normalize(&span), &normalize(&before.iova_ranges));
     let missing = subtract(&promised, &new.iova_ranges);
-    check(
+    Check::new(
         "ioas-ranges",
         missing.is_empty(),
         match missing.first() {
@@ -883,6 +538,9 @@ fn ioas_ranges(guest: &GuestModel, before: &HostView, new: &HostView) -> Check {
         },
     )
 }
+
+#[cfg(test)]
+mod tests;
 
 // ---------------------------------------------------------------------------
 // Range arithmetic on inclusive ranges.

@@ -6,7 +6,9 @@
 //! - [`host`]: the host IOMMU as iommufd sees it: the [`host::HostBackend`]
 //!   trait, the real `/dev/iommu` backend ([`host::Iommufd`]), the simulated
 //!   one ([`host::SimIommufd`]) and RAII handles ([`host::objects`]).
-//! - [`guest`]: the configuration a guest IOMMU model presents.
+//! - [`guest`]: what a guest IOMMU model needs from a host ([`guest::GuestIommu`]),
+//!   in terms that name no model; [`options`]: the `key=value` option parsing
+//!   the models share.
 //! - [`ladder`]: the nest -> shadow -> refuse decision for a passthrough
 //!   device.
 //! - [`ram`]: guest RAM and the RAM IOAS (all guest RAM mapped once, IOVA =
@@ -23,38 +25,44 @@
 //! # Plugging it into a VMM
 //!
 //! One host backend serves the whole VM. For each passthrough device, bind
-//! it, describe its host IOMMU, and let the ladder decide. This runs on the
-//! simulated host; a VMM uses [`host::Iommufd::open`] (or
-//! [`host::Iommufd::from_fd`] with a descriptor from
-//! [`host::take_inherited_fd`]) and [`host::DeviceSource::Path`] or
-//! [`host::DeviceSource::Fd`] instead.
+//! it, describe its host IOMMU, and let the ladder decide against what the
+//! guest model says it needs (each model crate implements
+//! [`guest::GuestIommu`] for its configuration: `vtd::VtdConfig`,
+//! `smmuv3::Smmuv3Config`, `virtio_iommu::VirtioIommuConfig`). A VMM opens
+//! [`host::Iommufd::open`] (or [`host::Iommufd::from_fd`] with a descriptor
+//! from [`host::take_inherited_fd`]) and names the device by
+//! [`host::DeviceSource::Path`] or [`host::DeviceSource::Fd`]; the
+//! simulated host of the `iommufd-sim` crate stands in for both in tests.
 //!
 //! ```
-//! use std::sync::Arc;
-//! use nesting_core::guest::GuestModel;
+//! use std::path::Path;
+//!
+//! use nesting_core::guest::GuestIommu;
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-//! use nesting_core::host::profile::HostProfile;
-//! use nesting_core::host::{PtId, SimIommufd};
-//! use nesting_core::ladder::{self, DecisionKind, HostView};
+//! use nesting_core::host::{DeviceSource, HostError, PtId, sysfs_iommu_unit};
+//! use nesting_core::ladder::{self, Decision, HostView};
 //!
-//! let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
-//! let host: SharedHost = sim.clone();
-//! let guest = GuestModel::from_options("vtd", &["mode=scalable", "cm=1"]).unwrap();
-//!
-//! let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
-//! let ioas = Ioas::alloc(&host).unwrap();
-//! dev.attach(None, PtId::Ioas(ioas.id())).unwrap();
-//! let ranges = host.ioas_iova_ranges(ioas.id()).unwrap();
-//! let view = HostView {
-//!     info: host.hw_info(dev.id()).unwrap(),
-//!     iova_ranges: ranges.ranges,
-//!     page_size: ranges.alignment,
-//!     unit: None,
-//! };
-//! let decision = ladder::decide(&guest, &view);
-//! // No nesting on this host, but the guest invalidates on map (CAP.CM):
-//! assert_eq!(decision.kind, DecisionKind::Shadow);
-//! println!("{decision}");
+//! /// Binds the VFIO cdev `cdev` and decides how the guest model backs it.
+//! fn decide_device(
+//!     host: &SharedHost,
+//!     guest: &dyn GuestIommu,
+//!     cdev: &Path,
+//! ) -> Result<(BoundDevice, Decision), HostError> {
+//!     let mut dev = BoundDevice::bind(host, DeviceSource::Path(cdev.into()))?;
+//!     // Attached to a scratch IOAS, the device reports what an IOAS can
+//!     // map for it.
+//!     let ioas = Ioas::alloc(host)?;
+//!     dev.attach(None, PtId::Ioas(ioas.id()))?;
+//!     let ranges = host.ioas_iova_ranges(ioas.id())?;
+//!     dev.detach(None)?;
+//!     let view = HostView {
+//!         info: host.hw_info(dev.id())?,
+//!         iova_ranges: ranges.ranges,
+//!         page_size: ranges.alignment,
+//!         unit: sysfs_iommu_unit(cdev),
+//!     };
+//!     Ok((dev, ladder::decide(guest, &view)))
+//! }
 //! ```
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -66,6 +74,7 @@ pub mod iotlb;
 pub mod ladder;
 pub mod mem;
 pub mod nested;
+pub mod options;
 pub mod ram;
 pub mod shadow;
 pub mod types;

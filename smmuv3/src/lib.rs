@@ -1,8 +1,14 @@
 //! Arm SMMUv3 guest IOMMU model (Arm IHI 0070).
 //!
-//! Not implemented yet: this crate is the home of the SMMUv3 model (stream
-//! table, context descriptors, command and event queues, stage-1 walks,
-//! nesting through `nesting-core`'s vIOMMU/vDEVICE objects). A guest SMMUv3
-//! sends no invalidation when it maps, so passthrough devices behind it can
-//! only be nested, never shadowed; see `nesting_core::ladder`.
+//! The model's options ([`options`], the `model smmuv3` options of
+//! `REPLAY.md`) and what it needs from a host ([`ladder`]) are here; the
+//! device itself (stream table, context descriptors, command and event
+//! queues, stage-1 and stage-2 walks) is not implemented yet. A guest
+//! SMMUv3 sends no invalidation when it maps, so passthrough devices
+//! behind it can only be nested, never shadowed.
 #![forbid(unsafe_code)]
+
+pub mod ladder;
+pub mod options;
+
+pub use options::Smmuv3Config;

@@ -5,11 +5,11 @@
 
 use std::sync::Arc;
 
-use nesting_core::guest::GuestModel;
 use nesting_core::host::objects::SharedHost;
 use nesting_core::host::profile::{HostProfile, SimHostSpec};
 use nesting_core::host::{HostOp, SimIommufd};
 use nesting_core::ladder::{self, DecisionKind, HostView};
+use viommu::models::GuestModel;
 use viommu::probe::{self, HostArg, ProbeArgs};
 
 const MODELS: [(&str, &[&str]); 7] = [
@@ -38,7 +38,7 @@ fn probe_on_sim_agrees_with_ladder_on_profile_for_every_profile_and_model() {
         let spec = profile.spec();
         for (model, opts) in MODELS {
             let guest = GuestModel::from_options(model, opts).unwrap();
-            let direct = ladder::decide(&guest, &HostView::from(&spec));
+            let direct = ladder::decide(guest.guest(), &HostView::from(&spec));
             let probed = probe_sim(&spec, &guest);
             assert_eq!(
                 probed.kind,
@@ -138,13 +138,16 @@ fn devices_behind_two_units_share_a_domain_only_by_shadowing() {
         let (v, _) = probe::probe_device(&host, sim.add_device(unit), Some(unit), &guest).unwrap();
         views.push(v);
     }
-    assert_eq!(ladder::decide(&guest, &views[0]).kind, DecisionKind::Nested);
-    let d = ladder::decide_domain(&guest, &views);
+    assert_eq!(
+        ladder::decide(guest.guest(), &views[0]).kind,
+        DecisionKind::Nested
+    );
+    let d = ladder::decide_domain(guest.guest(), &views);
     assert_eq!(d.kind, DecisionKind::Shadow, "{d}");
     // Hot-plugging the second unit's device into the first's nested domain
     // is refused; joining as shadowed would need the domain to be shadowed.
-    let h = ladder::decide_hotplug(&guest, &views[..1], DecisionKind::Nested, &views[1]);
+    let h = ladder::decide_hotplug(guest.guest(), &views[..1], DecisionKind::Nested, &views[1]);
     assert_eq!(h.kind, DecisionKind::Refuse, "{h}");
-    let h = ladder::decide_hotplug(&guest, &views[..1], DecisionKind::Shadow, &views[1]);
+    let h = ladder::decide_hotplug(guest.guest(), &views[..1], DecisionKind::Shadow, &views[1]);
     assert_eq!(h.kind, DecisionKind::Shadow, "{h}");
 }

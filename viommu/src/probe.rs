@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nesting_core::guest::GuestModel;
+use crate::models::GuestModel;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 use nesting_core::host::profile::SimHostSpec;
 use nesting_core::host::{
@@ -103,7 +103,7 @@ pub enum ProbeUsageError {
     Profile(#[from] nesting_core::host::profile::ProfileError),
     /// A bad model option.
     #[error("--model: {0}")]
-    Model(#[from] nesting_core::guest::GuestConfigError),
+    Model(#[from] crate::models::ModelError),
 }
 
 /// The host failed while probing: exit status 1.
@@ -203,7 +203,7 @@ pub fn probe_device(
         page_size: ranges.alignment.max(4096),
         unit,
     };
-    let decision = ladder::decide(model, &view);
+    let decision = ladder::decide(model.guest(), &view);
     Ok((view, decision))
 }
 

@@ -3,13 +3,13 @@
 //! VMM's [`VirtioIommuConfig`] and, for passthrough endpoints, adjusted to
 //! the host the ladder looked at.
 
-use nesting_core::guest::{Endpoints, ResvKind, ResvRegion, VirtioIommuConfig};
 use nesting_core::ladder::{Decision, DecisionKind};
 use nesting_core::types::IovaRange;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zerocopy::IntoBytes;
 
+use crate::options::{Endpoints, ResvKind, ResvRegion, VirtioIommuConfig};
 use crate::protocol::{
     CONFIG_BYPASS_OFFSET, ConfigSpace, Features, PROBE_T_RESV_MEM, ProbeProperty, ProbeResvMem,
     RESV_MEM_T_MSI, RESV_MEM_T_RESERVED, Range32, Range64,

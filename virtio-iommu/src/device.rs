@@ -4,7 +4,6 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nesting_core::guest::{GuestModel, VirtioIommuConfig};
 use nesting_core::iotlb::{Iotlb, IotlbInvalidation};
 use nesting_core::ladder::{self, Adjustments, Check, Decision, DecisionKind, HostView};
 use nesting_core::mem::GuestMemoryExt;
@@ -17,6 +16,7 @@ use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions};
 use crate::domain::Tables;
 use crate::event::EventLog;
 use crate::nesting::{HostFailure, Passthrough, PassthroughHost};
+use crate::options::VirtioIommuConfig;
 use crate::protocol::{EVENT_QUEUE, Features, NUM_QUEUES, REQUEST_QUEUE};
 use crate::queue::{self, QueueError};
 
@@ -560,7 +560,7 @@ impl State {
                 e.to_string(),
             )));
         }
-        let decision = ladder::decide(&GuestModel::VirtioIommu(next.as_guest()), view);
+        let decision = ladder::decide(&next.as_guest(), view);
         if decision.kind != DecisionKind::Shadow {
             return Err(Box::new(decision));
         }

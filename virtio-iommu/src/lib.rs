@@ -22,17 +22,13 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use nesting_core::guest::GuestModel;
+//! use nesting_core::options::ModelOptions;
 //! use nesting_core::types::Access;
-//! use virtio_iommu::{DeviceOptions, Interrupt, Translation, VirtioIommu};
+//! use virtio_iommu::{DeviceOptions, Interrupt, Translation, VirtioIommu, VirtioIommuConfig};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //!
 //! // The model options of REPLAY.md, or a VirtioIommuConfig built in code.
-//! let GuestModel::VirtioIommu(cfg) =
-//!     GuestModel::from_options("virtio-iommu", &["endpoints=8,16"]).unwrap()
-//! else {
-//!     unreachable!()
-//! };
+//! let cfg = VirtioIommuConfig::from_options(&["endpoints=8,16"]).unwrap();
 //! let dev: Arc<VirtioIommu<GuestMemoryMmap>> =
 //!     Arc::new(VirtioIommu::new(&cfg, DeviceOptions::default()).unwrap());
 //! let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
@@ -92,14 +88,13 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use nesting_core::guest::VirtioIommuConfig;
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 //! use nesting_core::host::profile::HostProfile;
 //! use nesting_core::host::{PtId, SimIommufd};
 //! use nesting_core::ladder::HostView;
 //! use nesting_core::ram::{GuestRam, RamIoas};
 //! use virtio_iommu::nesting::ShadowHost;
-//! use virtio_iommu::{DeviceOptions, VirtioIommu};
+//! use virtio_iommu::{DeviceOptions, VirtioIommu, VirtioIommuConfig};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //!
 //! // One iommufd per VM (here the simulated one) and guest RAM mapped once.
@@ -148,9 +143,11 @@ pub mod device;
 pub mod domain;
 pub mod driver;
 pub mod event;
+pub mod ladder;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 pub mod nesting;
+pub mod options;
 pub mod protocol;
 mod queue;
 pub mod request;
@@ -172,6 +169,7 @@ pub use device::{
 };
 pub use domain::{MAX_DOMAINS, MAX_MAPPINGS_PER_DOMAIN, MAX_MAPPINGS_TOTAL};
 pub use event::MAX_QUEUED_EVENTS;
+pub use options::VirtioIommuConfig;
 pub use protocol::{Features, Status};
 pub use queue::{MAX_CHAIN_SEGMENTS, QueueError};
 pub use snapshot::Snapshot;

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use nesting_core::guest::{GuestModel, VirtioIommuConfig};
 use nesting_core::mem::GuestMemoryExt;
+use nesting_core::options::ModelOptions;
 use nesting_core::types::Gpa;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use zerocopy::FromBytes;
@@ -14,6 +14,7 @@ use zerocopy::FromBytes;
 use crate::config::DeviceOptions;
 use crate::device::VirtioIommu;
 use crate::driver::SplitRing;
+use crate::options::VirtioIommuConfig;
 use crate::protocol::{
     AttachBody, DetachBody, EVENT_QUEUE, FaultRecord, MapBody, ProbeBody, REQUEST_QUEUE, ReqTail,
     Status, UnmapBody,
@@ -34,10 +35,8 @@ const EVT_BUF: u64 = 0xa_0000;
 
 /// The device model of `opts` (REPLAY.md model options).
 pub fn config(opts: &[&str]) -> VirtioIommuConfig {
-    match GuestModel::from_options("virtio-iommu", opts) {
-        Ok(GuestModel::VirtioIommu(c)) => c,
-        other => panic!("bad mock options {opts:?}: {other:?}"),
-    }
+    VirtioIommuConfig::from_options(opts)
+        .unwrap_or_else(|e| panic!("bad mock options {opts:?}: {e}"))
 }
 
 /// [`MOCK_RAM`] bytes of guest RAM from GPA 0.

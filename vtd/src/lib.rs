@@ -3,12 +3,12 @@
 //!
 //! # For a VMM author
 //!
-//! Create a [`Vtd`] from a [`nesting_core::guest::VtdConfig`] (the `model vtd` options of
+//! Create a [`Vtd`] from a [`VtdConfig`] (the `model vtd` options of
 //! `REPLAY.md`), map its register page (4 KiB at the DMAR unit's base, as
 //! the ACPI DMAR table announces it) and forward MMIO:
 //!
 //! ```
-//! use nesting_core::guest::VtdConfig;
+//! use vtd::VtdConfig;
 //! use nesting_core::types::{Access, Bdf, Iova};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //! use vtd::{Vtd, TranslateResult};
@@ -60,7 +60,9 @@
 
 pub mod ats;
 pub mod fault;
+pub mod ladder;
 pub mod nesting;
+pub mod options;
 pub mod passthrough;
 pub mod prq;
 pub mod queue;
@@ -85,5 +87,6 @@ pub use ats::{
 };
 pub use model::{Interrupt, InterruptSource, TranslateResult, Vtd};
 pub use nesting_core::iotlb::Translation;
+pub use options::VtdConfig;
 pub use passthrough::PassthroughBackend;
 pub use shared::SharedVtd;

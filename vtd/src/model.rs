@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use nesting_core::guest::VtdConfig;
+use crate::options::VtdConfig;
 use nesting_core::iotlb::{Iotlb, IotlbInvalidation, IotlbTag, Translation};
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid, RequesterId};
@@ -506,7 +506,7 @@ impl Vtd {
     }
 
     fn caps_scalable(&self) -> bool {
-        self.cfg.mode == nesting_core::guest::VtdMode::Scalable
+        self.cfg.mode == crate::options::VtdMode::Scalable
     }
 
     fn execute<M: GuestMemory + ?Sized>(&mut self, mem: &M, d: Descriptor) {

@@ -61,7 +61,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nesting_core::guest::{GuestModel, VtdMode};
 use nesting_core::host::HostError;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
@@ -83,6 +82,7 @@ use crate::model::function_siblings;
 use crate::nesting::{
     ContextScope, IotlbScope, PasidScope, VtdEvent, stage1_hwpt, stage1_invalidation,
 };
+use crate::options::VtdMode;
 use crate::shadow::{MIN_BUDGET, TableView};
 use crate::tables::{
     FPD, P, PASIDS_PER_TABLE, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
@@ -275,27 +275,27 @@ impl PassthroughBackend {
         {
             return Err((PassthroughError::Duplicate { sid }, device));
         }
-        let guest = GuestModel::Vtd(vtd.config().clone());
+        let guest = vtd.config();
         let decision = match self.kind {
-            None => ladder::decide(&guest, &view),
+            None => ladder::decide(guest, &view),
             // Nested devices each get their own nested HWPTs (one stage-2
             // parent per host IOMMU): a device nests on its own merits,
             // behind whichever host IOMMU; one that cannot nest is refused
             // with the hot-plug rule's evidence, as the unit cannot mix.
             Some(DecisionKind::Nested) => {
-                let own = ladder::decide(&guest, &view);
+                let own = ladder::decide(guest, &view);
                 if own.kind == DecisionKind::Nested {
                     own
                 } else {
                     let existing: Vec<HostView> = self.views.values().cloned().collect();
-                    ladder::decide_hotplug(&guest, &existing, DecisionKind::Nested, &view)
+                    ladder::decide_hotplug(guest, &existing, DecisionKind::Nested, &view)
                 }
             }
             // Any two devices may end up in one guest domain, whose
             // shadow IOAS they then share: the hot-plug rule checks that.
             Some(kind) => {
                 let existing: Vec<HostView> = self.views.values().cloned().collect();
-                ladder::decide_hotplug(&guest, &existing, kind, &view)
+                ladder::decide_hotplug(guest, &existing, kind, &view)
             }
         };
         if decision.kind == DecisionKind::Refuse {

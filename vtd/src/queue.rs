@@ -5,8 +5,8 @@
 //! unit reports for it (11.4.9.9: 3 = invalid descriptor type, 4 =
 //! reserved field violation for a valid type).
 
+use crate::options::{VtdConfig, VtdMode};
 use nesting_core::bits::Field;
-use nesting_core::guest::{VtdConfig, VtdMode};
 
 use crate::regs::MAMV;
 

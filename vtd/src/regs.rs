@@ -11,8 +11,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::options::{VtdAddressWidth, VtdConfig, VtdMode};
 use nesting_core::bits::Field;
-use nesting_core::guest::{VtdAddressWidth, VtdConfig, VtdMode};
 use nesting_core::host::info::{cap, ecap};
 
 /// Register offsets of the architected block (VT-d 11.4, register map).

@@ -8,8 +8,8 @@
 //! records no faults (entries with reserved bits set are skipped, as a DMA
 //! through them would fault). Its work is bounded by an entry budget.
 
+use crate::options::{SPS_1G, SPS_2M};
 use nesting_core::bits::Field;
-use nesting_core::guest::{SPS_1G, SPS_2M};
 use nesting_core::types::Access;
 use vm_memory::GuestMemory;
 

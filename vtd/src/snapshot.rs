@@ -10,10 +10,11 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use nesting_core::guest::{GuestConfigError, GuestModel};
+use nesting_core::options::{ModelOptions, OptionError};
 
 use crate::Vtd;
 use crate::nesting::VtdEvent;
+use crate::options::VtdConfig;
 
 /// Format version of [`VtdSnapshot`]; bumped on incompatible changes.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -48,13 +49,7 @@ pub enum SnapshotError {
     },
     /// The saved options do not make a VT-d configuration.
     #[error("snapshot configuration")]
-    Config(#[source] GuestConfigError),
-    /// The saved options are another model's.
-    #[error("snapshot is of model {model}, not vtd")]
-    NotVtd {
-        /// The model found.
-        model: &'static str,
-    },
+    Config(#[source] OptionError),
     /// A saved register does not exist in the configuration's layout.
     #[error("snapshot register at {offset:#x} is not in the unit's layout")]
     UnknownRegister {
@@ -72,7 +67,8 @@ pub enum SnapshotError {
 impl Vtd {
     /// The unit's state.
     pub fn snapshot(&self) -> VtdSnapshot {
-        let options = GuestModel::Vtd(self.config().clone())
+        let options = self
+            .config()
             .options()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -102,14 +98,7 @@ impl Vtd {
             return Err(SnapshotError::Version { found: s.version });
         }
         let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
-        let cfg = match GuestModel::from_options("vtd", &opts).map_err(SnapshotError::Config)? {
-            GuestModel::Vtd(c) => c,
-            other => {
-                return Err(SnapshotError::NotVtd {
-                    model: other.model_name(),
-                });
-            }
-        };
+        let cfg = VtdConfig::from_options(&opts).map_err(SnapshotError::Config)?;
         let mut unit = Vtd::new(cfg);
         let layout: Vec<u64> = unit.registers().descs().iter().map(|d| d.offset).collect();
         for (offset, _) in &s.registers {

@@ -2,11 +2,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use nesting_core::guest::{GuestModel, VtdConfig};
+use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::mock::PageAlloc;
+use crate::options::VtdConfig;
 use crate::{Interrupt, TranslateResult, Vtd};
 
 mod ats;
@@ -34,10 +35,7 @@ pub(crate) struct Harness {
 }
 
 pub(crate) fn config(opts: &[&str]) -> VtdConfig {
-    match GuestModel::from_options("vtd", opts).unwrap() {
-        GuestModel::Vtd(c) => c,
-        _ => unreachable!(),
-    }
+    VtdConfig::from_options(opts).unwrap()
 }
 
 impl Harness {

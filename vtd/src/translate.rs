@@ -7,8 +7,8 @@
 //! disabled (FPD) by an entry it had already accepted (VT-d "Primary Fault Logging": "faults
 //! detected ... after ... an entry with FPD=1 are not recorded").
 
+use crate::options::{VtdConfig, VtdMode};
 use nesting_core::bits::Field;
-use nesting_core::guest::{VtdConfig, VtdMode};
 use nesting_core::types::Access;
 use vm_memory::GuestMemory;
 

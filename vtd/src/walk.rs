@@ -7,8 +7,8 @@
 //! (at most five reads, plus at most five nested second-stage walks of
 //! five reads each for a nested first-stage walk).
 
+use crate::options::{SPS_1G, SPS_2M};
 use nesting_core::bits::Field;
-use nesting_core::guest::{SPS_1G, SPS_2M};
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Gpa};
 use vm_memory::GuestMemory;

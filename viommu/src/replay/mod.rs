@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use nesting_core::guest::GuestModel;
+use crate::models::GuestModel;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::host::profile::{HostProfile, SimHostSpec};
 use nesting_core::host::sim::{SimBacking, SimIommufd};
@@ -576,7 +576,7 @@ impl Session<'_> {
             Ok(d) => d,
             Err((ModelError::Unsupported, device)) => {
                 self.held.insert(sid, device);
-                ladder::decide(cfg, &view)
+                ladder::decide(cfg.guest(), &view)
             }
             Err((ModelError::Script(reason), _)) => return Err(ScriptError::new(n, reason)),
         };

@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use nesting_core::guest::VirtioIommuConfig;
 use nesting_core::host::objects::BoundDevice;
 use nesting_core::ladder::{Adjustments, Check, Decision, DecisionKind};
 use nesting_core::types::Access;
+use virtio_iommu::VirtioIommuConfig;
 use virtio_iommu::driver::SplitRing;
 use virtio_iommu::nesting::{ShadowHost, ShadowHostError};
 use virtio_iommu::protocol::NUM_QUEUES;

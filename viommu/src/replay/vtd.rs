@@ -12,10 +12,10 @@
 //! which decides them with the ladder and consumes the unit's events
 //! after every register write, as a VMM does.
 
-use nesting_core::guest::VtdConfig;
 use nesting_core::host::objects::BoundDevice;
 use nesting_core::ladder::Decision;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
+use vtd::VtdConfig;
 use vtd::passthrough::PassthroughError;
 use vtd::{PassthroughBackend, TranslateResult, Vtd};
 

@@ -60,7 +60,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use log::{LevelFilter, Log, Metadata, Record, error, info};
-use nesting_core::guest::{GuestModel, VirtioIommuConfig, VtdConfig};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
 use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
@@ -71,8 +70,10 @@ use viommu_guest_server::virtio_backend::{self, VirtioBackend};
 use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
 use viommu_guest_server::virtio_record::RecordedVirtio;
 use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend, VtdMode};
+use virtio_iommu::VirtioIommuConfig;
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vtd::Vtd;
+use vtd::VtdConfig;
 
 /// Address width of the harness's VT-d unit (the model's default).
 const VTD_ADDRESS_WIDTH: u8 = 48;
@@ -246,7 +247,7 @@ fn virtio_iommu() -> Result<Arc<RecordedVirtio>, String> {
     let cfg = VirtioIommuConfig::default();
     let dev = VirtioIommu::new(&cfg, DeviceOptions::default())
         .map_err(|e| format!("virtio-iommu model: {e}"))?;
-    let recorder = Recorder::from_env(&GuestModel::VirtioIommu(cfg));
+    let recorder = Recorder::from_env(&cfg);
     Ok(Arc::new(RecordedVirtio::new(dev, recorder)))
 }
 
@@ -345,7 +346,7 @@ fn run(a: &Args) -> Result<bool, String> {
         if cfg.aw.bits() != u32::from(VTD_ADDRESS_WIDTH) {
             return Err(format!("VT-d width {} is not the DMAR's", cfg.aw.bits()));
         }
-        let recorder = Recorder::from_env(&GuestModel::Vtd(cfg.clone()));
+        let recorder = Recorder::from_env(&cfg);
         let mut unit = HarnessVtd::new(Vtd::new(cfg));
         if let Some(r) = recorder {
             unit = unit.with_recorder(r);

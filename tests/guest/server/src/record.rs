@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use log::{error, info, warn};
-use nesting_core::guest::GuestModel;
+use nesting_core::options::ModelOptions;
 use nesting_core::types::Access;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -195,10 +195,10 @@ impl Write for MemSink {
 impl Recorder {
     /// Records `model`'s traffic into `path` (boot 1) and the next boots'
     /// paths ([`boot_path`]).
-    pub fn new(path: PathBuf, model: &GuestModel) -> Self {
+    pub fn new(path: PathBuf, model: &impl ModelOptions) -> Self {
         Recorder {
             base: path,
-            model: format!("model {model}"),
+            model: format!("model {}", model.directive()),
             boot: 1,
             out: None,
             failed: false,
@@ -222,7 +222,7 @@ impl Recorder {
 
     /// A recorder writing every boot's script into one buffer (tests):
     /// boots are separated by their header comment.
-    pub fn in_memory(model: &GuestModel) -> (Self, Arc<Mutex<Vec<u8>>>) {
+    pub fn in_memory(model: &impl ModelOptions) -> (Self, Arc<Mutex<Vec<u8>>>) {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let mut r = Recorder::new(PathBuf::from("memory.viommu"), model);
         r.sink = Some(Arc::clone(&buf));
@@ -230,7 +230,7 @@ impl Recorder {
     }
 
     /// The recorder `VIOMMU_RECORD` asks for, shared, if any.
-    pub fn from_env(model: &GuestModel) -> Option<SharedRecorder> {
+    pub fn from_env(model: &impl ModelOptions) -> Option<SharedRecorder> {
         let path = std::env::var_os(RECORD_ENV).filter(|p| !p.is_empty())?;
         info!(
             "recording the guest's traffic with the model into {}",

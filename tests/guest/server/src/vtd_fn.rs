@@ -25,16 +25,17 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use log::{debug, info, warn};
-use nesting_core::guest::{GuestConfigError, GuestModel, VtdConfig};
 use nesting_core::iotlb::{
     Generation, Iotlb, IotlbInvalidation, Translate, TranslateFault, Translation,
 };
+use nesting_core::options::{ModelOptions, OptionError};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
 };
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 use vm_memory::GuestMemoryMmap;
+use vtd::VtdConfig;
 use vtd::{InterruptSource, TranslateResult, Vtd};
 
 use crate::irq::MsixVectors;
@@ -132,12 +133,8 @@ impl VtdMode {
     }
 
     /// The model configuration of this mode.
-    pub fn config(self) -> Result<VtdConfig, GuestConfigError> {
-        match GuestModel::from_options("vtd", self.options())? {
-            GuestModel::Vtd(c) => Ok(c),
-            // from_options("vtd", ..) makes a VT-d configuration.
-            _ => Ok(VtdConfig::default()),
-        }
+    pub fn config(self) -> Result<VtdConfig, OptionError> {
+        VtdConfig::from_options(self.options())
     }
 }
 
@@ -482,9 +479,9 @@ impl ServerBackend for VtdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nesting_core::guest::VtdConfig;
     use nesting_core::types::Bdf;
     use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
+    use vtd::VtdConfig;
 
     fn backend() -> (VtdBackend, Arc<HarnessVtd>) {
         let unit = Arc::new(HarnessVtd::new(Vtd::new(VtdConfig::default())));
@@ -538,10 +535,10 @@ mod tests {
     #[test]
     fn modes_parse_and_configure_as_documented() {
         let legacy = VtdMode::parse("legacy").unwrap().config().unwrap();
-        assert_eq!(legacy.mode, nesting_core::guest::VtdMode::Legacy);
+        assert_eq!(legacy.mode, vtd::options::VtdMode::Legacy);
         assert!(!legacy.cm);
         let fs = VtdMode::parse("scalable-fs").unwrap().config().unwrap();
-        assert_eq!(fs.mode, nesting_core::guest::VtdMode::Scalable);
+        assert_eq!(fs.mode, vtd::options::VtdMode::Scalable);
         assert!(fs.flts && !fs.slts && !fs.cm);
         let ss = VtdMode::parse("scalable-ss").unwrap().config().unwrap();
         assert!(!ss.flts && ss.slts && ss.cm);

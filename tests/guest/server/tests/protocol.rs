@@ -98,8 +98,8 @@ fn client_maps_ram_and_commands_fill_then_unmap_refuses() {
 
 #[test]
 fn client_sees_virtio_iommu_function_and_its_features() {
-    use nesting_core::guest::VirtioIommuConfig;
     use viommu_guest_server::virtio_backend::{self, VirtioBackend};
+    use virtio_iommu::VirtioIommuConfig;
     use virtio_iommu::{DeviceOptions, VirtioIommu};
 
     let path = socket_path("virtio");

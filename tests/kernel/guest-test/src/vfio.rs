@@ -11,13 +11,14 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use nesting_core::guest::GuestModel;
 use nesting_core::host::info::{cap, ecap};
 use nesting_core::host::{
     DeviceSource, HostBackend, HwInfo, IoasId, Iommufd, IovaPlacement, MapSource, PtId,
 };
 use nesting_core::ladder::{self, DecisionKind, HostView};
+use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Iova};
+use vtd::VtdConfig;
 
 use nesting_core::host::profile::SimHostSpec;
 
@@ -284,10 +285,7 @@ fn dma(c: &mut Checks, host: &Iommufd, ioas: IoasId, edu: &Edu) -> Option<()> {
 /// The ladder on the host description the kernel gave, for a VT-d guest
 /// with caching mode: QEMU's VT-d has no nesting, so it must shadow.
 fn decide(c: &mut Checks, info: &nesting_core::host::HostInfo, r: &nesting_core::host::IovaRanges) {
-    let Some(model) = c.res(
-        "guest model vtd cm=1",
-        GuestModel::from_options("vtd", &["cm=1"]),
-    ) else {
+    let Some(model) = c.res("guest model vtd cm=1", VtdConfig::from_options(&["cm=1"])) else {
         return;
     };
     let view = HostView {

@@ -5,7 +5,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use nesting_core::guest::GuestModel;
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Access, Bdf, Iova, RequesterId};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
@@ -43,7 +42,7 @@ struct Rig {
 
 fn rig(mode: VtdMode) -> Rig {
     let cfg = mode.config().unwrap();
-    let (rec, out) = Recorder::in_memory(&GuestModel::Vtd(cfg.clone()));
+    let (rec, out) = Recorder::in_memory(&cfg);
     let rec = Arc::new(Mutex::new(rec));
     let unit = HarnessVtd::new(Vtd::new(cfg)).with_recorder(Arc::clone(&rec));
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM)]).unwrap());
@@ -246,10 +245,7 @@ fn reset_after_use_starts_boot2_script() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("vtd-x.viommu");
     let cfg = VtdMode::Legacy.config().unwrap();
-    let rec = Arc::new(Mutex::new(Recorder::new(
-        path.clone(),
-        &GuestModel::Vtd(cfg.clone()),
-    )));
+    let rec = Arc::new(Mutex::new(Recorder::new(path.clone(), &cfg)));
     let unit = HarnessVtd::new(Vtd::new(cfg)).with_recorder(Arc::clone(&rec));
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
     unit.set_memory(mem);
@@ -308,7 +304,7 @@ fn uncovered_ranges_leave_declared_out() {
 #[test]
 fn write_bytes_merge_close_runs_and_split_long_ones() {
     let cfg = VtdMode::Legacy.config().unwrap();
-    let (mut r, _) = Recorder::in_memory(&GuestModel::Vtd(cfg));
+    let (mut r, _) = Recorder::in_memory(&cfg);
     let mut changed = Vec::new();
     for a in [0x100u64, 0x101, 0x105] {
         r.image.set(a, 0xaa);

@@ -85,9 +85,10 @@ mod tests {
     use super::*;
     use crate::virtio_pci::VirtioPci;
     use crate::virtio_pci::common::status::*;
-    use nesting_core::guest::GuestModel;
+    use nesting_core::options::ModelOptions;
     use std::sync::Mutex;
     use virtio_iommu::DeviceOptions;
+    use virtio_iommu::VirtioIommuConfig;
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     const DESC: u64 = 0x1_0000;
@@ -104,11 +105,7 @@ mod tests {
     }
 
     fn rig() -> Rig {
-        let GuestModel::VirtioIommu(cfg) =
-            GuestModel::from_options("virtio-iommu", &["endpoints=40"]).unwrap()
-        else {
-            unreachable!()
-        };
+        let cfg = VirtioIommuConfig::from_options(&["endpoints=40"]).unwrap();
         let dev = Arc::new(VirtioIommu::new(&cfg, DeviceOptions::default()).unwrap());
         let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
         dev.set_memory(Arc::clone(&mem));

@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use nesting_core::guest::{GuestModel, VirtioIommuConfig};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Access, EndpointId, Iova, RequesterId};
+use virtio_iommu::VirtioIommuConfig;
 use virtio_iommu::driver::SplitRing;
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -31,7 +31,7 @@ struct Rig {
 fn rig() -> Rig {
     let cfg = VirtioIommuConfig::default();
     let model = VirtioIommu::new(&cfg, DeviceOptions::default()).unwrap();
-    let (rec, out) = Recorder::in_memory(&GuestModel::VirtioIommu(cfg));
+    let (rec, out) = Recorder::in_memory(&cfg);
     let dev = RecordedVirtio::new(model, Some(Arc::new(Mutex::new(rec))));
     let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
     dev.set_memory(Arc::clone(&mem));

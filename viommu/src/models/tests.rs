@@ -1,6 +1,16 @@
+use nesting_core::options::{ModelOptions, OptionError};
+use nesting_core::types::{Iova, IovaRange, PageSizes};
+use smmuv3::options::{Httu, Smmuv3Granules, Smmuv3Stages, StreamTableLevel};
+use virtio_iommu::options::{Endpoints, IdRange, ResvKind, ResvRegion};
+use vtd::options::{SPS_2M, VTD_ARCH_REGS_END, VtdAddressWidth, VtdMode};
+
 use super::*;
 
-fn parse(model: &str, opts: &str) -> Result<GuestModel, GuestConfigError> {
+fn opt_err(e: OptionError) -> Result<GuestModel, ModelError> {
+    Err(ModelError::Options(e))
+}
+
+fn parse(model: &str, opts: &str) -> Result<GuestModel, ModelError> {
     let toks: Vec<&str> = opts.split_whitespace().collect();
     GuestModel::from_options(model, &toks)
 }
@@ -112,8 +122,9 @@ fn vtd_legacy_alone_turns_scalable_features_off() {
 
 #[test]
 fn smmuv3_every_key_parses() {
-    let c =
-        smmu("stages=nested sidsize=32 ssidsize=0 gran=64K,4k oas=52 ril=0 ats=1 stlevel=linear");
+    let c = smmu(
+        "stages=nested sidsize=32 ssidsize=0 gran=64K,4k oas=52 ril=0 ats=1 pri=1 httu=1 msi=0 stlevel=linear",
+    );
     assert_eq!(
         c,
         Smmuv3Config {
@@ -124,6 +135,9 @@ fn smmuv3_every_key_parses() {
             oas: 52,
             ril: false,
             ats: true,
+            pri: true,
+            httu: Httu::Access,
+            msi: false,
             stlevel: StreamTableLevel::Linear,
         }
     );
@@ -240,7 +254,7 @@ fn display_defaults_prints_model_directive() {
     let s = GuestModel::defaults("smmuv3").unwrap().to_string();
     assert_eq!(
         s,
-        "smmuv3 stages=s1 sidsize=16 ssidsize=20 gran=4k,16k,64k oas=48 ril=1 ats=0 stlevel=2lvl"
+        "smmuv3 stages=s1 sidsize=16 ssidsize=20 gran=4k,16k,64k oas=48 ril=1 ats=0 pri=0 httu=2 msi=1 stlevel=2lvl"
     );
 }
 
@@ -248,7 +262,7 @@ fn display_defaults_prints_model_directive() {
 fn parse_unknown_model_is_error() {
     assert_eq!(
         parse("amd-vi", ""),
-        Err(GuestConfigError::UnknownModel("amd-vi".into()))
+        Err(ModelError::UnknownModel("amd-vi".into()))
     );
 }
 
@@ -256,7 +270,7 @@ fn parse_unknown_model_is_error() {
 fn parse_token_without_equals_is_error() {
     assert_eq!(
         parse("vtd", "cm"),
-        Err(GuestConfigError::NotKeyValue { token: "cm".into() })
+        opt_err(OptionError::NotKeyValue { token: "cm".into() })
     );
 }
 
@@ -264,7 +278,7 @@ fn parse_token_without_equals_is_error() {
 fn parse_unknown_key_names_key() {
     assert_eq!(
         parse("smmuv3", "aw=48"),
-        Err(GuestConfigError::UnknownKey {
+        opt_err(OptionError::UnknownKey {
             model: "smmuv3",
             key: "aw".into()
         })
@@ -275,7 +289,7 @@ fn parse_unknown_key_names_key() {
 fn parse_repeated_key_is_error_except_resv() {
     assert_eq!(
         parse("vtd", "cm=1 cm=0"),
-        Err(GuestConfigError::Duplicate { key: "cm" })
+        opt_err(OptionError::Duplicate { key: "cm" })
     );
     assert!(parse("virtio-iommu", "resv=0-1:msi resv=2-3:msi").is_ok());
 }
@@ -293,6 +307,8 @@ fn parse_bad_values_name_key() {
         ("smmuv3", "gran=", "gran"),
         ("smmuv3", "oas=50", "oas"),
         ("smmuv3", "stlevel=3lvl", "stlevel"),
+        ("smmuv3", "httu=3", "httu"),
+        ("smmuv3", "msi=2", "msi"),
         ("virtio-iommu", "page_size_mask=0", "page_size_mask"),
         ("virtio-iommu", "input_range=0x2000-0x1000", "input_range"),
         ("virtio-iommu", "input_range=0x2000", "input_range"),
@@ -308,7 +324,9 @@ fn parse_bad_values_name_key() {
     ];
     for (model, opts, key) in cases {
         match parse(model, opts) {
-            Err(GuestConfigError::BadValue { key: k, .. }) => assert_eq!(k, key, "{opts}"),
+            Err(ModelError::Options(OptionError::BadValue { key: k, .. })) => {
+                assert_eq!(k, key, "{opts}")
+            }
             other => panic!("{model} {opts}: {other:?}"),
         }
     }
@@ -333,7 +351,7 @@ fn parse_out_of_range_names_key_and_limit() {
     for (model, opts, key, value, max) in cases {
         assert_eq!(
             parse(model, opts),
-            Err(GuestConfigError::OutOfRange { key, value, max }),
+            opt_err(OptionError::OutOfRange { key, value, max }),
             "{model} {opts}"
         );
     }
@@ -352,6 +370,8 @@ fn parse_contradictions_name_key() {
         ("vtd", "qi=0", "qi"),
         ("vtd", "mode=legacy qi=0 prs=0", ""),
         ("smmuv3", "stages=s2 ssidsize=8", "ssidsize"),
+        ("smmuv3", "pri=1", "pri"),
+        ("smmuv3", "pri=1 ats=1", ""),
         ("virtio-iommu", "probe_size=0 resv=0-1:msi", "probe_size"),
         (
             "virtio-iommu",
@@ -361,7 +381,9 @@ fn parse_contradictions_name_key() {
     ];
     for (model, opts, key) in cases {
         match parse(model, opts) {
-            Err(GuestConfigError::Contradiction { key: k, .. }) => assert_eq!(k, key, "{opts}"),
+            Err(ModelError::Options(OptionError::Contradiction { key: k, .. })) => {
+                assert_eq!(k, key, "{opts}")
+            }
             Ok(_) if key.is_empty() => {}
             other => panic!("{model} {opts}: {other:?}"),
         }
@@ -382,7 +404,9 @@ fn parse_register_layout_errors_name_key() {
     ];
     for (opts, key) in cases {
         match parse("vtd", opts) {
-            Err(GuestConfigError::RegisterLayout { key: k, .. }) => assert_eq!(k, key, "{opts}"),
+            Err(ModelError::Options(OptionError::Unpresentable { key: k, .. })) => {
+                assert_eq!(k, key, "{opts}")
+            }
             Ok(_) if key.is_empty() => {}
             other => panic!("vtd {opts}: {other:?}"),
         }
