@@ -155,6 +155,7 @@ pub mod protocol;
 mod queue;
 pub mod request;
 pub mod snapshot;
+mod state;
 pub mod translate;
 
 #[cfg(test)]
