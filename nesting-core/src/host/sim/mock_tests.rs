@@ -17,7 +17,7 @@ fn mock_sim() -> SimIommufd {
     SimIommufd::with_host(SimHostSpec {
         info: HostInfo {
             hw: HwInfo::Other {
-                kind: mock::HW_INFO_TYPE_SELFTEST,
+                kind: driver::HW_INFO_TYPE_SELFTEST,
                 data,
             },
             caps: HostCaps::DIRTY_TRACKING | HostCaps::PCI_ATS_NOT_SUPPORTED,

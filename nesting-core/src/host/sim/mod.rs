@@ -43,6 +43,7 @@ use super::{
 use crate::types::{Access, Iova, IovaRange, Pasid};
 
 mod attach;
+mod driver;
 mod eventq;
 mod ioas;
 mod mock;
