@@ -5,6 +5,8 @@
 use thiserror::Error;
 
 use super::info::{HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata, cap, ecap, idr};
+// guest.rs imports parse_u64 from here.
+pub(crate) use crate::types::parse_u64;
 use crate::types::{Iova, IovaRange};
 
 /// A profile could not be parsed.
@@ -234,17 +236,6 @@ impl SimHostSpec {
     }
 }
 
-/// Parses a number as scripts write it: decimal or `0x` hex, `_` allowed.
-pub fn parse_u64(s: &str) -> Option<u64> {
-    let s: String = s.chars().filter(|c| *c != '_').collect();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) if !h.is_empty() => u64::from_str_radix(h, 16).ok(),
-        Some(_) => None,
-        None if !s.is_empty() => s.parse().ok(),
-        None => None,
-    }
-}
-
 fn range(a: u64, b: u64) -> IovaRange {
     IovaRange {
         first: Iova(a),
@@ -431,14 +422,5 @@ mod tests {
             r,
             vec![range(0, 0xfedf_ffff), range(0xfef0_0000, (1 << 48) - 1)]
         );
-    }
-
-    #[test]
-    fn parse_u64_forms() {
-        assert_eq!(parse_u64("0x1_0000"), Some(0x10000));
-        assert_eq!(parse_u64("42"), Some(42));
-        assert_eq!(parse_u64("0x"), None);
-        assert_eq!(parse_u64(""), None);
-        assert_eq!(parse_u64("-1"), None);
     }
 }
