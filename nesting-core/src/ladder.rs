@@ -21,7 +21,6 @@ use crate::guest::{
     VirtioIommuConfig, VtdAddressWidth, VtdConfig, VtdMode,
 };
 use crate::host::info::{HostCaps, HostInfo, HwInfo, VtdErrata, cap, ecap, idr};
-use crate::host::profile::SimHostSpec;
 use crate::types::{Iova, IovaRange};
 
 #[cfg(test)]
@@ -38,17 +37,6 @@ pub struct HostView {
     pub page_size: u64,
     /// The physical IOMMU instance, if known.
     pub unit: Option<u32>,
-}
-
-impl From<&SimHostSpec> for HostView {
-    fn from(spec: &SimHostSpec) -> Self {
-        HostView {
-            info: spec.info.clone(),
-            iova_ranges: spec.usable_ranges(),
-            page_size: spec.page_size,
-            unit: None,
-        }
-    }
 }
 
 /// The outcome of the ladder.

@@ -92,10 +92,11 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use iommufd_sim::SimIommufd;
+//! use iommufd_sim::profile::HostProfile;
 //! use nesting_core::guest::VirtioIommuConfig;
+//! use nesting_core::host::PtId;
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-//! use nesting_core::host::profile::HostProfile;
-//! use nesting_core::host::{PtId, SimIommufd};
 //! use nesting_core::ladder::HostView;
 //! use nesting_core::ram::{GuestRam, RamIoas};
 //! use virtio_iommu::nesting::ShadowHost;

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::sim::SimIommufd;
 use nesting_core::host::{
     DevId, Errno, HostOp, HwptData, HwptFlags, PageResponseCode, VtdS1Flags, VtdS1Invalidation,
 };

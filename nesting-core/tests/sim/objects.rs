@@ -3,10 +3,11 @@
 
 use std::sync::Arc;
 
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::*;
-use nesting_core::host::profile::HostProfile;
 use nesting_core::host::{
-    Errno, HostOp, HwptAlloc, HwptData, HwptFlags, IoasId, ObjectId, PtId, SimIommufd, ViommuType,
+    Errno, HostOp, HwptAlloc, HwptData, HwptFlags, IoasId, ObjectId, PtId, ViommuType,
 };
 
 fn sim() -> (Arc<SimIommufd>, SharedHost) {

@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use iommufd_sim::profile::HostProfile;
+use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::objects::SharedHost;
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::sim::{SimBacking, SimIommufd};
 use nesting_core::host::{Errno, HostOp};
 use nesting_core::ram::{GuestRam, RamBacking, RamError, RamIoas, RamRegion};
 use nesting_core::types::{Access, Gpa, Iova};

@@ -3,15 +3,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use proptest::prelude::*;
-
+use iommufd_sim::profile::HostProfile;
+use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::sim::{SimBacking, SimIommufd};
 use nesting_core::host::{DevId, Errno, HostOp, HwptFlags, IoasId, PtId};
 use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
 use nesting_core::shadow::*;
 use nesting_core::types::{Access, Gpa, Iova, IovaRange, Pasid};
+use proptest::prelude::*;
 
 const PAGE: u64 = 0x1000;
 /// Host VA of guest RAM region 0 (GPA 0..64 MiB) and region 1 (GPA 4 GiB

@@ -19,7 +19,7 @@ use nesting_core::host::{
 use nesting_core::ladder::{self, DecisionKind, HostView};
 use nesting_core::types::{Access, Iova};
 
-use nesting_core::host::profile::SimHostSpec;
+use iommufd_sim::profile::SimHostSpec;
 
 use crate::mem::{Buf, Mem};
 use crate::rig::{SimRig, VfioRig, spec_from_kernel};

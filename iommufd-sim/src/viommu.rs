@@ -3,12 +3,12 @@
 //! tracking (`hw_pagetable.c` / `io_pagetable.c`).
 
 use bitvec::vec::BitVec;
+use nesting_core::host::{Errno, HwptFlags, InvalidationBatch, ViommuType};
+use nesting_core::types::IovaRange;
 
 use super::driver::{Handled, UnitKind};
 use super::state::{Obj, State, Vdevice, Viommu};
 use super::{mock, vendor};
-use crate::host::{Errno, HwptFlags, InvalidationBatch, ViommuType};
-use crate::types::IovaRange;
 
 /// hw_pagetable.c: "An arbitrary entry_num cap, far above any realistic
 /// invalidation batch".

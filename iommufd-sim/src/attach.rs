@@ -3,10 +3,11 @@
 //! `intel/nested.c`, `intel/pasid.c` and `arm/arm-smmu-v3/arm-smmu-v3.c`
 //! (see [`super::vendor`]).
 
+use nesting_core::host::{Errno, HostCaps, HwptAlloc, HwptData, HwptFlags, PtId};
+
 use super::driver::{HWPT_DATA_NONE, UnitKind};
 use super::state::{Attach, Nested, Obj, Paging, Stage, State};
 use super::{mock, vendor};
-use crate::host::{Errno, HostCaps, HwptAlloc, HwptData, HwptFlags, PtId};
 
 /// `IOMMU_HWPT_ALLOC_*` bits the core knows (hw_pagetable.c,
 /// `iommufd_hwpt_paging_alloc`, `valid_flags`).
@@ -203,8 +204,8 @@ impl State {
         };
         if let Some(a) = self.attach.get_mut(&(dev, pasid)) {
             a.requested = match self.objects.get(&raw) {
-                Some(Obj::Ioas(_)) => PtId::Ioas(crate::host::IoasId(raw)),
-                _ => PtId::Hwpt(crate::host::HwptId(hwpt)),
+                Some(Obj::Ioas(_)) => PtId::Ioas(nesting_core::host::IoasId(raw)),
+                _ => PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
             };
         }
         Ok(())
@@ -284,7 +285,7 @@ impl State {
             (dev, pasid),
             Attach {
                 hwpt,
-                requested: PtId::Hwpt(crate::host::HwptId(hwpt)),
+                requested: PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
                 handle,
             },
         );
@@ -329,7 +330,7 @@ impl State {
             (dev, pasid),
             Attach {
                 hwpt,
-                requested: PtId::Hwpt(crate::host::HwptId(hwpt)),
+                requested: PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
                 handle,
             },
         );

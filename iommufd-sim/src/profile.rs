@@ -2,12 +2,12 @@
 //! overrides, parsed from `PROFILE[,key=value...]` (the `host` directive of
 //! `REPLAY.md` and `viommu probe --host sim:...`).
 
+use nesting_core::host::info::{
+    HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata, cap, ecap, idr,
+};
+use nesting_core::ladder::HostView;
+use nesting_core::types::{Iova, IovaRange, parse_u64};
 use thiserror::Error;
-
-use super::info::{HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata, cap, ecap, idr};
-// guest.rs imports parse_u64 from here.
-pub(crate) use crate::types::parse_u64;
-use crate::types::{Iova, IovaRange};
 
 /// A profile could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -203,6 +203,18 @@ impl SimHostSpec {
             _ => return Err(ProfileError::UnknownKey(key.to_string())),
         }
         Ok(())
+    }
+
+    /// What the ladder is told about a device behind this unit: its
+    /// hardware information, the usable IOVA ranges and page size an IOAS
+    /// would report, no unit number.
+    pub fn host_view(&self) -> HostView {
+        HostView {
+            info: self.info.clone(),
+            iova_ranges: self.usable_ranges(),
+            page_size: self.page_size,
+            unit: None,
+        }
     }
 
     /// The usable IOVA ranges: the aperture minus the reserved regions.

@@ -7,8 +7,9 @@
 //! A unit whose `HwInfo` is `Other` of type `IOMMU_HW_INFO_TYPE_SELFTEST`
 //! is served by this driver (see [`super::driver::UnitKind`]).
 
+use nesting_core::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType};
+
 use super::driver::{HWPT_DATA_NONE, Handled};
-use crate::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType};
 
 /// `IOMMU_HWPT_DATA_SELFTEST`.
 pub(super) const HWPT_DATA_SELFTEST: u32 = 0xdead;

@@ -3,11 +3,12 @@
 //! (`drivers/iommu/intel/iommu.c`, `nested.c`, `pasid.c`) and Arm SMMUv3
 //! (`drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c`, `arm-smmu-v3-iommufd.c`).
 
+use nesting_core::host::info::{HostInfo, HwInfo, cap, ecap, idr};
+use nesting_core::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType, VtdS1Flags};
+
 use super::driver::{HWPT_DATA_NONE, Handled, UnitKind};
 use super::state::{Nested, Paging, Stage};
-use crate::host::info::{HostInfo, HwInfo, cap, ecap, idr};
-use crate::host::profile::SimHostSpec;
-use crate::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType, VtdS1Flags};
+use crate::profile::SimHostSpec;
 
 /// `IOMMU_HWPT_DATA_VTD_S1` (`enum iommu_hwpt_data_type`).
 pub(super) const HWPT_DATA_VTD_S1: u32 = 1;
@@ -35,7 +36,7 @@ const ADDR_WIDTH_5LEVEL: u32 = 57;
 
 /// STE and command fields (arm-smmu-v3.h).
 mod ste {
-    use crate::bits::Field;
+    use nesting_core::bits::Field;
     pub const V: Field = Field::bit(0);
     pub const CFG: Field = Field::bits(3, 1);
     pub const S1FMT: Field = Field::bits(5, 4);
@@ -79,7 +80,7 @@ mod op {
 /// SMMU_IIDR fields (IHI 0070, 6.3.13) and the products with nesting
 /// errata (arm-smmu-v3.c, `arm_smmu_device_iidr_probe`).
 mod iidr {
-    use crate::bits::Field;
+    use nesting_core::bits::Field;
     pub const IMPLEMENTER: Field = Field::bits(11, 0);
     pub const REVISION: Field = Field::bits(15, 12);
     pub const VARIANT: Field = Field::bits(19, 16);

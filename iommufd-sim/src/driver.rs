@@ -5,8 +5,8 @@
 //! mock IOMMU) depend on this module and not on each other; the core
 //! (`attach`, `viommu`) picks the driver by [`UnitKind`].
 
-use crate::host::Errno;
-use crate::host::info::{HostInfo, HwInfo};
+use nesting_core::host::Errno;
+use nesting_core::host::info::{HostInfo, HwInfo};
 
 /// `IOMMU_HW_INFO_TYPE_SELFTEST` (iommufd_test.h): a unit reporting it is
 /// the kernel's mock IOMMU.
