@@ -5,10 +5,11 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::{IovaPlacement, MapSource, PtId, SimIommufd};
-use nesting_core::ladder::{self, HostView};
+use nesting_core::host::{IovaPlacement, MapSource, PtId};
+use nesting_core::ladder;
 use nesting_core::types::{Access, Iova};
 use vtd::VtdConfig;
 
@@ -48,7 +49,7 @@ fn sim_map_unmap(c: &mut Criterion) {
 }
 
 fn ladder_decide(c: &mut Criterion) {
-    let view = HostView::from(&HostProfile::VtdNest.spec());
+    let view = HostProfile::VtdNest.spec().host_view();
     let guest = VtdConfig::default();
     c.bench_function("ladder_decide_vtd_on_vtd_nest", |b| {
         b.iter(|| black_box(ladder::decide(black_box(&guest), black_box(&view))))

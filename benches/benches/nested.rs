@@ -6,9 +6,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::BoundDevice;
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::{HostOp, SimIommufd, VtdS1Flags, VtdS1Invalidation};
+use nesting_core::host::{HostOp, VtdS1Flags, VtdS1Invalidation};
 use nesting_core::nested::{NestedConfig, NestedContext, NestedEngine};
 
 fn setup() -> (Arc<SimIommufd>, NestedEngine) {

@@ -10,9 +10,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
+use nesting_core::host::HostOp;
 use nesting_core::host::objects::BoundDevice;
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::{HostOp, SimIommufd};
 use nesting_core::shadow::ShadowDomain;
 use nesting_core::types::{Access, Gpa, Iova};
 

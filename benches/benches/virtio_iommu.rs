@@ -7,9 +7,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::{HostOp, PtId, SimIommufd};
+use nesting_core::host::{HostOp, PtId};
 use nesting_core::ladder::HostView;
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::Access;

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use nesting_core::host::SimIommufd;
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::host::objects::SharedHost;
-use nesting_core::host::profile::HostProfile;
 use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
 use nesting_core::types::Gpa;
 

@@ -2,8 +2,8 @@
 //! power-of-two page size and usable ranges inside its aperture.
 #![no_main]
 
+use iommufd_sim::profile::SimHostSpec;
 use libfuzzer_sys::fuzz_target;
-use nesting_core::host::profile::SimHostSpec;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

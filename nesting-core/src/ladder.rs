@@ -19,7 +19,6 @@ use std::fmt;
 
 use crate::guest::{GuestIommu, HwType, IovaSpace, MapNotice, Stage1};
 use crate::host::info::{HostInfo, HwInfo, VtdErrata};
-use crate::host::profile::SimHostSpec;
 use crate::types::{Iova, IovaRange};
 
 /// What the host offers for one passthrough device.
@@ -33,17 +32,6 @@ pub struct HostView {
     pub page_size: u64,
     /// The physical IOMMU instance, if known.
     pub unit: Option<u32>,
-}
-
-impl From<&SimHostSpec> for HostView {
-    fn from(spec: &SimHostSpec) -> Self {
-        HostView {
-            info: spec.info.clone(),
-            iova_ranges: spec.usable_ranges(),
-            page_size: spec.page_size,
-            unit: None,
-        }
-    }
 }
 
 /// The outcome of the ladder.

@@ -4,8 +4,10 @@
 //! - [`types`]: addresses, permissions, page sizes, requester IDs, PASIDs.
 //! - [`mem`]: checked little-endian guest memory access through vm-memory.
 //! - [`host`]: the host IOMMU as iommufd sees it: the [`host::HostBackend`]
-//!   trait, the real `/dev/iommu` backend ([`host::Iommufd`]), the simulated
-//!   one ([`host::SimIommufd`]) and RAII handles ([`host::objects`]).
+//!   trait, the real `/dev/iommu` backend ([`host::Iommufd`]) and RAII
+//!   handles ([`host::objects`]). The simulated host, for tests, replays
+//!   and probes, is the `iommufd-sim` crate, so that a VMM linking this
+//!   crate does not carry it.
 //! - [`guest`]: what a guest IOMMU model needs from a host ([`guest::GuestIommu`]),
 //!   in terms that name no model; [`options`]: the `key=value` option parsing
 //!   the models share.

@@ -925,6 +925,3 @@ impl NestedEngine {
         Ok(acc.unwrap_or_default())
     }
 }
-
-#[cfg(test)]
-mod tests;

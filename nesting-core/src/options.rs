@@ -5,6 +5,8 @@
 
 use thiserror::Error;
 
+use crate::types::parse_u64;
+
 /// A model configuration could not be built from its options.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum OptionError {
@@ -148,15 +150,6 @@ impl<'a> Pairs<'a> {
     }
 }
 
-/// A number as scripts write it: decimal or `0x` hex, `_` between digits.
-pub fn parse_u64(s: &str) -> Option<u64> {
-    let s = s.replace('_', "");
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
 /// [`OptionError::BadValue`].
 pub fn bad(key: &'static str, value: &str, expected: &'static str) -> OptionError {
     OptionError::BadValue {
@@ -278,10 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn numbers_decimal_hex_and_underscores() {
-        assert_eq!(parse_u64("0x1_0000"), Some(0x10000));
-        assert_eq!(parse_u64("1_000"), Some(1000));
-        assert_eq!(parse_u64("0xg"), None);
+    fn numbers_fit_the_field_type() {
         assert_eq!(parse_small::<u8>("k", "255", 255), Ok(255));
         assert!(matches!(
             parse_small::<u8>("k", "256", 255),

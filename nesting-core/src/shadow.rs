@@ -883,6 +883,3 @@ fn removal_groups(old: &[Span], new: &[Span]) -> Vec<Vec<Span>> {
     }
     groups
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,5 +1,6 @@
 //! Core value types shared by every model: addresses, permissions, page
-//! sizes and requester identities.
+//! sizes and requester identities, and the number syntax of options and
+//! scripts ([`parse_u64`]).
 //!
 //! Addresses are newtypes so that an IOVA can never be passed where a guest
 //! physical address is expected (the mistake every shadowing engine makes
@@ -349,6 +350,18 @@ impl fmt::Display for Pasid {
     }
 }
 
+/// Parses a number as model options, host profiles and replay scripts
+/// write it: decimal or `0x` hex, `_` allowed.
+pub fn parse_u64(s: &str) -> Option<u64> {
+    let s: String = s.chars().filter(|c| *c != '_').collect();
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) if !h.is_empty() => u64::from_str_radix(h, 16).ok(),
+        Some(_) => None,
+        None if !s.is_empty() => s.parse().ok(),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +433,14 @@ mod tests {
         assert!(Access::RW.permits(Access::READ | Access::PRIV));
         assert!(!Access::READ.permits(Access::WRITE));
         assert!(Access::READ.permits(Access::empty()));
+    }
+
+    #[test]
+    fn parse_u64_forms() {
+        assert_eq!(parse_u64("0x1_0000"), Some(0x10000));
+        assert_eq!(parse_u64("42"), Some(42));
+        assert_eq!(parse_u64("0x"), None);
+        assert_eq!(parse_u64(""), None);
+        assert_eq!(parse_u64("-1"), None);
     }
 }

@@ -3,8 +3,8 @@
 //! decides from what each model crate says it needs, so the models and
 //! the ladder are tested together here.
 
+use iommufd_sim::profile::{HostProfile, SimHostSpec};
 use nesting_core::host::info::{HostCaps, HostInfo, HwInfo, VtdErrata, cap, ecap, idr};
-use nesting_core::host::profile::{HostProfile, SimHostSpec};
 use nesting_core::ladder::{Adjustments, Decision, DecisionKind, HostView};
 use nesting_core::types::{Iova, IovaRange};
 use viommu::models::GuestModel;
@@ -29,7 +29,7 @@ fn decide_hotplug(g: &GuestModel, e: &[HostView], k: DecisionKind, h: &HostView)
 }
 
 fn host(text: &str) -> HostView {
-    HostView::from(&SimHostSpec::parse(text).unwrap())
+    SimHostSpec::parse(text).unwrap().host_view()
 }
 
 fn range(a: u64, b: u64) -> IovaRange {
@@ -282,7 +282,7 @@ fn decide_every_profile_every_model_expected_kind_and_failures() {
 fn decide_profile_specs_convert_to_views() {
     for p in HostProfile::ALL {
         let spec = p.spec();
-        let v = HostView::from(&spec);
+        let v = spec.host_view();
         assert_eq!(v.iova_ranges, spec.usable_ranges());
         assert_eq!((v.page_size, v.unit), (spec.page_size, None));
     }
@@ -294,14 +294,14 @@ fn decide_vtd_pasid_wider_than_host_falls_back_to_shadow() {
     let (_, e) = spec.info.vtd().unwrap();
     spec.apply("ecap", &format!("{:#x}", e.with(ecap::PSS, 9).0))
         .unwrap();
-    let d = decide(&guest("vtd", ""), &HostView::from(&spec));
+    let d = decide(&guest("vtd", ""), &spec.host_view());
     expect(
         &d,
         Shadow,
         &["pasid-width"],
         "pasid_bits=20 on a 10-bit host",
     );
-    let d = decide(&guest("vtd", "pasid_bits=10"), &HostView::from(&spec));
+    let d = decide(&guest("vtd", "pasid_bits=10"), &spec.host_view());
     expect(&d, Nested, &[], "pasid_bits=10 on a 10-bit host");
 }
 
@@ -311,7 +311,7 @@ fn decide_vtd_host_without_fs1gp_nests_only_without_1g_pages() {
     let (c, _) = spec.info.vtd().unwrap();
     spec.apply("cap", &format!("{:#x}", c.with(cap::FS1GP, 0).0))
         .unwrap();
-    let v = HostView::from(&spec);
+    let v = spec.host_view();
     expect(
         &decide(&guest("vtd", ""), &v),
         Shadow,
@@ -349,7 +349,7 @@ fn decide_vtd_aw57_host_with_fs5lp_passes_5level_check() {
         .with(cap::SAGAW, 0b01100);
     spec.apply("cap", &format!("{:#x}", c.0)).unwrap();
     spec.apply("aperture", "0-0x1ff_ffff_ffff_ffff").unwrap();
-    let d = decide(&guest("vtd", "aw=57"), &HostView::from(&spec));
+    let d = decide(&guest("vtd", "aw=57"), &spec.host_view());
     expect(&d, Nested, &[], "aw=57 on a 5-level host");
 }
 
@@ -387,7 +387,7 @@ fn decide_vtd_prs_needs_host_prs() {
     let (_, e) = spec.info.vtd().unwrap();
     spec.apply("ecap", &format!("{:#x}", e.with(ecap::PRS, 0).0))
         .unwrap();
-    let v = HostView::from(&spec);
+    let v = spec.host_view();
     expect(
         &decide(&guest("vtd", "prs=1"), &v),
         Shadow,

@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::{HostProfile, SimHostSpec};
+use nesting_core::host::HostOp;
 use nesting_core::host::objects::SharedHost;
-use nesting_core::host::profile::{HostProfile, SimHostSpec};
-use nesting_core::host::{HostOp, SimIommufd};
-use nesting_core::ladder::{self, DecisionKind, HostView};
+use nesting_core::ladder::{self, DecisionKind};
 use viommu::models::GuestModel;
 use viommu::probe::{self, HostArg, ProbeArgs};
 
@@ -38,7 +39,7 @@ fn probe_on_sim_agrees_with_ladder_on_profile_for_every_profile_and_model() {
         let spec = profile.spec();
         for (model, opts) in MODELS {
             let guest = GuestModel::from_options(model, opts).unwrap();
-            let direct = ladder::decide(guest.guest(), &HostView::from(&spec));
+            let direct = ladder::decide(guest.guest(), &spec.host_view());
             let probed = probe_sim(&spec, &guest);
             assert_eq!(
                 probed.kind,

@@ -13,10 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::models::GuestModel;
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::SimHostSpec;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::profile::SimHostSpec;
 use nesting_core::host::{
-    DeviceSource, HostError, Iommufd, PtId, SimIommufd, sysfs_iommu_unit, sysfs_iommu_unit_of_fd,
+    DeviceSource, HostError, Iommufd, PtId, sysfs_iommu_unit, sysfs_iommu_unit_of_fd,
     take_inherited_fd,
 };
 use nesting_core::ladder::{self, Decision, HostView};
@@ -100,7 +101,7 @@ pub enum ProbeUsageError {
     BadFd(String),
     /// A bad `sim:` profile.
     #[error("--host: {0}")]
-    Profile(#[from] nesting_core::host::profile::ProfileError),
+    Profile(#[from] iommufd_sim::profile::ProfileError),
     /// A bad model option.
     #[error("--model: {0}")]
     Model(#[from] crate::models::ModelError),

@@ -19,6 +19,7 @@ use crate::nesting::{HostFailure, Passthrough, PassthroughHost};
 use crate::options::VirtioIommuConfig;
 use crate::protocol::{EVENT_QUEUE, Features, NUM_QUEUES, REQUEST_QUEUE};
 use crate::queue::{self, QueueError};
+use crate::state::State;
 
 /// Largest virtqueue the device offers (`queue_num_max`): Linux sizes its
 /// event buffers and in-flight requests by it; QEMU offers 256.
@@ -110,43 +111,6 @@ pub enum DeviceError {
     /// A snapshot is inconsistent or does not fit this device.
     #[error("snapshot refused: {0}")]
     Snapshot(&'static str),
-}
-
-/// Everything the requests and `translate` work on.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub cfg: DeviceConfig,
-    /// Negotiated features (empty before FEATURES_OK).
-    pub features: Features,
-    pub features_ok: bool,
-    /// Config field `bypass` now.
-    pub bypass: bool,
-    pub tables: Tables,
-    pub events: EventLog,
-    pub passthrough: Option<Passthrough>,
-    /// IOTLB invalidations the last changes call for, applied before the
-    /// change completes (request used, config write returns).
-    pub inv: Vec<IotlbInvalidation>,
-    /// Requests refused by a limit (MAX_DOMAINS, MAX_MAPPINGS_*), over the
-    /// device's life.
-    pub limit_refusals: u64,
-}
-
-impl State {
-    /// Counts a request a limit refused and warns about it, rate-limited
-    /// by the count (the 1st, 2nd, 4th, 8th, ... refusal is logged). Loud
-    /// on purpose: Linux does not read the status of MAP (its
-    /// viommu_add_mapping only queues it), so a refused MAP surfaces in
-    /// the guest as a DMA fault later, with nothing in the guest's log.
-    pub(crate) fn limit_refused(&mut self, limit: &'static str, domain: u32) {
-        self.limit_refusals = self.limit_refusals.saturating_add(1);
-        let n = self.limit_refusals;
-        if n.is_power_of_two() {
-            log::warn!(
-                "virtio-iommu: request for domain {domain} refused with S_NOMEM by {limit} ({n} refusal(s) so far); the guest's DMA through it will fault"
-            );
-        }
-    }
 }
 
 pub(crate) struct Inner<M> {

@@ -88,9 +88,10 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use iommufd_sim::SimIommufd;
+//! use iommufd_sim::profile::HostProfile;
+//! use nesting_core::host::PtId;
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-//! use nesting_core::host::profile::HostProfile;
-//! use nesting_core::host::{PtId, SimIommufd};
 //! use nesting_core::ladder::HostView;
 //! use nesting_core::ram::{GuestRam, RamIoas};
 //! use virtio_iommu::nesting::ShadowHost;
@@ -152,6 +153,7 @@ pub mod protocol;
 mod queue;
 pub mod request;
 pub mod snapshot;
+mod state;
 pub mod translate;
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 use zerocopy::IntoBytes;
 
-use crate::device::State;
 use crate::event::EventLog;
 use crate::protocol::{FaultRecord, Features, ReqTail, RequestType, Status};
 use crate::request::{Decoded, MAX_READABLE, Request, decode};
+use crate::state::State;
 
 /// A virtqueue could not be used at all (the device then needs a reset;
 /// individual bad chains are answered, not errors).

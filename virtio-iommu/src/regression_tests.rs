@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use nesting_core::host::profile::HostProfile;
-use nesting_core::ladder::HostView;
+use iommufd_sim::profile::HostProfile;
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Gpa};
 
@@ -86,7 +85,7 @@ fn passthrough(opts: &[&str]) -> (MockDriver, FakeHost) {
     let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default()).unwrap());
     let host = FakeHost::default();
     dev.set_passthrough_host(Box::new(host.clone())).unwrap();
-    let view = HostView::from(&HostProfile::VtdNonest.spec());
+    let view = HostProfile::VtdNonest.spec().host_view();
     dev.add_passthrough(8, &view).unwrap();
     (MockDriver::with_device(dev, true), host)
 }
@@ -167,7 +166,7 @@ fn ack_features_refused_when_host_cannot_move_endpoint_to_bypass() {
         Arc::new(VirtioIommu::new(&config(&[]), legacy).unwrap());
     let host = FakeHost::default();
     dev.set_passthrough_host(Box::new(host.clone())).unwrap();
-    let view = HostView::from(&HostProfile::VtdNonest.spec());
+    let view = HostProfile::VtdNonest.spec().host_view();
     dev.add_passthrough(8, &view).unwrap();
     fail_next(&host);
     assert!(dev.ack_features(dev.device_features()).is_err());

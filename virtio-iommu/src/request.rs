@@ -12,13 +12,13 @@ use nesting_core::types::{EndpointId, Iova, RequesterId};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::config::ResvMem;
-use crate::device::State;
 use crate::domain::Mapping;
 use crate::nesting::{HostFailure, SpaceId};
 use crate::protocol::{
     AttachBody, AttachFlags, DetachBody, Features, MapBody, MapFlags, ProbeBody, ReqHead,
     RequestType, Status, UnmapBody,
 };
+use crate::state::State;
 
 fn requester(endpoint: u32) -> IotlbInvalidation {
     IotlbInvalidation::Requester {

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use iommufd_sim::profile::{HostProfile, SimHostSpec};
+use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::profile::{HostProfile, SimHostSpec};
-use nesting_core::host::sim::SimBacking;
-use nesting_core::host::{DevId, Errno, HostOp, PtId, SimIommufd};
+use nesting_core::host::{DevId, Errno, HostOp, PtId};
 use nesting_core::ladder::HostView;
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Access, Iova};

@@ -1004,8 +1004,8 @@ impl PassthroughHost for FakeHost {
 }
 
 fn host_view() -> nesting_core::ladder::HostView {
-    let spec = nesting_core::host::profile::HostProfile::VtdNonest.spec();
-    nesting_core::ladder::HostView::from(&spec)
+    let spec = iommufd_sim::profile::HostProfile::VtdNonest.spec();
+    spec.host_view()
 }
 
 fn passthrough_driver(opts: &[&str]) -> (MockDriver, FakeHost) {
@@ -1199,9 +1199,9 @@ fn iommu_view_reads_guest_memory_through_the_device() {
 #[test]
 fn passthrough_hotplug_after_features_must_fit_what_the_driver_read() {
     let (d, host) = passthrough_driver(&[]);
-    let mut spec = nesting_core::host::profile::HostProfile::VtdNonest.spec();
+    let mut spec = iommufd_sim::profile::HostProfile::VtdNonest.spec();
     spec.aperture.last = Iova((1 << 39) - 1);
-    let smaller = nesting_core::ladder::HostView::from(&spec);
+    let smaller = spec.host_view();
     let e = d.dev.add_passthrough(9, &smaller).unwrap_err();
     assert!(matches!(e, crate::DeviceError::Refused(_)), "{e}");
     assert!(!host.0.lock().unwrap().attached.contains_key(&9));

@@ -8,12 +8,13 @@ use nesting_core::types::{Access, EndpointId, Gpa, Iova, PageSize, Pasid, Reques
 use vm_memory::GuestMemory;
 
 use crate::config::ResvMem;
-use crate::device::{State, VirtioIommu};
+use crate::device::VirtioIommu;
 use crate::domain::Mapping;
 use crate::event::Fault;
 use crate::nesting::access_of;
 use crate::protocol::{EVENT_QUEUE, FaultReason, MapFlags, RESV_MEM_T_MSI};
 use crate::queue;
+use crate::state::State;
 
 /// The outcome of one DMA access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,5 +1,6 @@
 //! The host side: a trait mirroring the iommufd object model in our own
-//! types, the real `/dev/iommu` backend and the simulated one.
+//! types and the real `/dev/iommu` backend. The simulated backend is the
+//! `iommufd-sim` crate.
 //!
 //! The object model is the kernel's (`include/uapi/linux/iommufd.h`):
 //! devices bound through VFIO cdev, IOASes (kernel-managed I/O address
@@ -25,7 +26,6 @@ use thiserror::Error;
 use crate::types::{Access, Iova, IovaRange, Pasid};
 
 pub mod info;
-pub mod profile;
 
 pub use info::{HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata};
 
@@ -130,7 +130,7 @@ pub enum DeviceSource {
     /// An already-open VFIO cdev file descriptor, as libvirt passes it to a
     /// VMM that may not open device files itself.
     Fd(OwnedFd),
-    /// A device of the simulated host (see `SimIommufd::add_device`).
+    /// A device of the simulated host (see `iommufd_sim::SimIommufd::add_device`).
     Simulated {
         /// Index returned by `SimIommufd::add_device`.
         index: u32,
@@ -727,13 +727,11 @@ pub trait HostBackend: Send + Sync + fmt::Debug {
 
 pub mod iommufd;
 pub mod objects;
-pub mod sim;
 pub mod unit;
 // The only module allowed `unsafe` code: system calls of the real backend.
 #[allow(unsafe_code)]
 mod sys;
 
 pub use iommufd::Iommufd;
-pub use sim::SimIommufd;
 pub use sys::take_inherited_fd;
 pub use unit::{sysfs_iommu_unit, sysfs_iommu_unit_of_fd};

@@ -1,3 +1,7 @@
+//! The ladder's range arithmetic (private). The decisions themselves are
+//! tested against the simulated host profiles in
+//! `nesting-core/tests/sim/ladder.rs`.
+
 use super::*;
 
 fn range(a: u64, b: u64) -> IovaRange {

@@ -11,9 +11,9 @@ use std::io::Write;
 use std::sync::Arc;
 
 use crate::models::GuestModel;
+use iommufd_sim::profile::{HostProfile, SimHostSpec};
+use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::profile::{HostProfile, SimHostSpec};
-use nesting_core::host::sim::{SimBacking, SimIommufd};
 use nesting_core::host::{DevId, HostBackend, HostOp, PtId};
 use nesting_core::ladder::{self, Decision, HostView};
 use nesting_core::ram::{GuestRam, RamIoas};
@@ -550,7 +550,7 @@ impl Session<'_> {
             .host_spec
             .clone()
             .unwrap_or_else(|| self.default_host().spec());
-        let mut view = HostView::from(&spec);
+        let mut view = spec.host_view();
         view.info = info;
         view.unit = host.iommu_of(device.id());
         let ram = self.ram_ioas(n)?;

@@ -5,8 +5,7 @@
 //! allowed at that point (after `model`, after `ram`) is the runner's
 //! business.
 
-use nesting_core::host::profile::parse_u64;
-use nesting_core::types::Access;
+use nesting_core::types::{Access, parse_u64};
 use thiserror::Error;
 
 /// A script error: the script, not the model, is wrong. Exit status 2.

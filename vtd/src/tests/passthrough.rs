@@ -5,11 +5,10 @@
 
 use std::sync::Arc;
 
+use iommufd_sim::profile::{HostProfile, SimHostSpec};
+use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::HostBackend;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
-use nesting_core::host::profile::HostProfile;
-use nesting_core::host::profile::SimHostSpec;
-use nesting_core::host::sim::{SimBacking, SimIommufd};
 use nesting_core::host::{Errno, HostOp, HwptData, PtId, VtdS1Flags};
 use nesting_core::ladder::{DecisionKind, HostView};
 use nesting_core::ram::{GuestRam, RamIoas};
@@ -55,7 +54,7 @@ fn host_spec(
 
 /// What the runner (or a VMM) learns of the host for `dev`.
 fn view_of(sim: &SimIommufd, spec: &SimHostSpec, dev: &BoundDevice) -> HostView {
-    let mut view = HostView::from(spec);
+    let mut view = spec.host_view();
     view.info = sim.hw_info(dev.id()).unwrap();
     view.unit = sim.iommu_of(dev.id());
     view

@@ -10,9 +10,10 @@
 use std::fs;
 use std::os::fd::AsFd;
 
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::SimHostSpec;
 use nesting_core::host::info::{HostCaps, HostInfo, HwInfo};
-use nesting_core::host::profile::SimHostSpec;
-use nesting_core::host::{DevId, Errno, HostBackend, HwptId, Iommufd, PtId, SimIommufd, ViommuId};
+use nesting_core::host::{DevId, Errno, HostBackend, HwptId, Iommufd, PtId, ViommuId};
 use nesting_core::types::{Access, Iova, IovaRange, Pasid};
 
 use crate::testcmd::{self as tc, IommuTestCmd, Op};

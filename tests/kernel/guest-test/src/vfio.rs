@@ -20,7 +20,7 @@ use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Iova};
 use vtd::VtdConfig;
 
-use nesting_core::host::profile::SimHostSpec;
+use iommufd_sim::profile::SimHostSpec;
 
 use crate::mem::{Buf, Mem};
 use crate::rig::{SimRig, VfioRig, spec_from_kernel};

@@ -8,11 +8,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use nesting_core::host::info::HostInfo;
+use nesting_core::host::{Errno, HwptData, HwptFlags, PageFault, PtId, VeventqType, ViommuType};
+use nesting_core::types::{Access, IovaRange};
+
 use super::SimFileKey;
-use crate::host::info::HostInfo;
-use crate::host::profile::SimHostSpec;
-use crate::host::{Errno, HwptData, HwptFlags, PageFault, PtId, VeventqType, ViommuType};
-use crate::types::{Access, IovaRange};
+use crate::profile::SimHostSpec;
 
 /// Kernel `PAGE_SIZE` of a host whose units all use 4 KiB pages.
 pub(super) const DEFAULT_PAGE_SIZE: u64 = 4096;

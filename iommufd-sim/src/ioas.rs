@@ -2,9 +2,10 @@
 //! errno of each refusal) over `io_pagetable.c` (IOVA allocation, areas,
 //! domains, reserved ranges) and `pages.c` (pinning).
 
+use nesting_core::host::{Errno, IovaPlacement, IovaRanges};
+use nesting_core::types::{Access, IovaRange};
+
 use super::state::{Area, Ioas, Owner, PagesBase, State};
-use crate::host::{Errno, IovaPlacement, IovaRanges};
-use crate::types::{Access, IovaRange};
 
 /// One slice of an `iopt_pages` to place (`struct iopt_pages_list`).
 #[derive(Clone, Debug)]

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use proptest::prelude::*;
 
 use super::*;
-use crate::host::profile::HostProfile;
+use crate::profile::HostProfile;
 
 const PAGE: u64 = 4096;
 /// The VT-d profile's MSI window (reserved once a device is attached).

@@ -3,11 +3,12 @@
 //! tracking (`hw_pagetable.c` / `io_pagetable.c`).
 
 use bitvec::vec::BitVec;
+use nesting_core::host::{Errno, HwptFlags, InvalidationBatch, ViommuType};
+use nesting_core::types::IovaRange;
 
+use super::driver::{Handled, UnitKind};
 use super::state::{Obj, State, Vdevice, Viommu};
-use super::vendor::{self, Handled, UnitKind};
-use crate::host::{Errno, HwptFlags, InvalidationBatch, ViommuType};
-use crate::types::IovaRange;
+use super::{mock, vendor};
 
 /// hw_pagetable.c: "An arbitrary entry_num cap, far above any realistic
 /// invalidation batch".
@@ -26,7 +27,11 @@ impl State {
             return Err(Errno::EOPNOTSUPP);
         }
         let unit = self.dev(dev)?.unit;
-        vendor::viommu_supported(self.unit_info(unit), kind)?;
+        // The driver's get_viommu_size.
+        match UnitKind::of(self.unit_info(unit)) {
+            UnitKind::Mock => mock::viommu_supported(kind)?,
+            _ => vendor::viommu_supported(self.unit_info(unit), kind)?,
+        }
         // iommufd_get_hwpt_paging: -ENOENT unless a paging HWPT.
         let p = self.paging(hwpt)?;
         // "if (!hwpt_paging->nest_parent) rc = -EINVAL;"
@@ -95,13 +100,13 @@ impl State {
                     .map(|p| UnitKind::of(self.unit_info(p.unit)))
                 {
                     Ok(UnitKind::Vtd) => vendor::vtd_invalidate(batch),
-                    Ok(UnitKind::Mock) => super::mock::hwpt_invalidate(batch),
+                    Ok(UnitKind::Mock) => mock::hwpt_invalidate(batch),
                     _ => (0, Err(Errno::EOPNOTSUPP)),
                 }
             }
             Some(Obj::Viommu(v)) => {
                 if UnitKind::of(self.unit_info(v.unit)) == UnitKind::Mock {
-                    super::mock::viommu_invalidate(batch, |id| v.vdevs.contains_key(&id))
+                    mock::viommu_invalidate(batch, |id| v.vdevs.contains_key(&id))
                 } else {
                     vendor::smmu_invalidate(batch, |vsid| v.vdevs.contains_key(&vsid))
                 }

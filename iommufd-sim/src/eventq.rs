@@ -1,11 +1,12 @@
 //! vEVENTQs and IOPF fault queues (`drivers/iommu/iommufd/eventq.c`,
 //! `driver.c`, `iommufd_private.h`).
 
-use super::state::{FaultQ, Group, Obj, QItem, State, Veventq};
-use crate::host::{
+use nesting_core::host::{
     Errno, FaultGroup, PageFault, PageFaultFlags, PageResponse, VEvent, VeventqType, ViommuType,
 };
-use crate::types::{Access, Iova};
+use nesting_core::types::{Access, Iova};
+
+use super::state::{FaultQ, Group, Obj, QItem, State, Veventq};
 
 /// eventq.c: "An arbitrary upper bound for veventq_depth that fits all
 /// existing HWs".
@@ -154,7 +155,7 @@ impl State {
             flags.set(PageFaultFlags::LAST_PAGE, i + 1 == group_len);
             faults.push(PageFault {
                 flags,
-                dev: crate::host::DevId(dev),
+                dev: nesting_core::host::DevId(dev),
                 pasid,
                 grpid,
                 perm,

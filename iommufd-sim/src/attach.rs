@@ -3,9 +3,11 @@
 //! `intel/nested.c`, `intel/pasid.c` and `arm/arm-smmu-v3/arm-smmu-v3.c`
 //! (see [`super::vendor`]).
 
+use nesting_core::host::{Errno, HostCaps, HwptAlloc, HwptData, HwptFlags, PtId};
+
+use super::driver::{HWPT_DATA_NONE, UnitKind};
 use super::state::{Attach, Nested, Obj, Paging, Stage, State};
-use super::vendor::{self, UnitKind};
-use crate::host::{Errno, HostCaps, HwptAlloc, HwptData, HwptFlags, PtId};
+use super::{mock, vendor};
 
 /// `IOMMU_HWPT_ALLOC_*` bits the core knows (hw_pagetable.c,
 /// `iommufd_hwpt_paging_alloc`, `valid_flags`).
@@ -22,7 +24,7 @@ impl State {
         // "if ((cmd->data_type == IOMMU_HWPT_DATA_NONE && cmd->data_len) ||
         //      (cmd->data_type != IOMMU_HWPT_DATA_NONE && !cmd->data_len)) return -EINVAL;"
         if let HwptData::Raw { data_type, bytes } = &req.data
-            && ((*data_type == vendor::HWPT_DATA_NONE) != bytes.is_empty())
+            && ((*data_type == HWPT_DATA_NONE) != bytes.is_empty())
         {
             return Err(Errno::EINVAL);
         }
@@ -79,7 +81,7 @@ impl State {
         }
         let drv_flags = flags - HwptFlags::FAULT_ID_VALID;
         let stage = if UnitKind::of(self.unit_info(unit)) == UnitKind::Mock {
-            super::mock::alloc_paging(drv_flags, data)?;
+            mock::alloc_paging(drv_flags, data)?;
             Stage::Generic
         } else {
             vendor::domain_alloc_paging(self.unit_info(unit), drv_flags, has_data(data))?
@@ -131,7 +133,7 @@ impl State {
         }
         let drv_flags = flags - HwptFlags::FAULT_ID_VALID;
         if kind == UnitKind::Mock {
-            super::mock::alloc_nested(drv_flags, data)?;
+            mock::alloc_nested(drv_flags, data)?;
         } else {
             vendor::vtd_alloc_nested(self.unit_info(unit), drv_flags, p.stage, data)?;
         }
@@ -165,7 +167,7 @@ impl State {
             return Err(Errno::EOPNOTSUPP);
         }
         if UnitKind::of(self.unit_info(unit)) == UnitKind::Mock {
-            super::mock::alloc_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
+            mock::alloc_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
         } else {
             vendor::smmu_alloc_domain_nested(flags - HwptFlags::FAULT_ID_VALID, data)?;
         }
@@ -202,8 +204,8 @@ impl State {
         };
         if let Some(a) = self.attach.get_mut(&(dev, pasid)) {
             a.requested = match self.objects.get(&raw) {
-                Some(Obj::Ioas(_)) => PtId::Ioas(crate::host::IoasId(raw)),
-                _ => PtId::Hwpt(crate::host::HwptId(hwpt)),
+                Some(Obj::Ioas(_)) => PtId::Ioas(nesting_core::host::IoasId(raw)),
+                _ => PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
             };
         }
         Ok(())
@@ -283,7 +285,7 @@ impl State {
             (dev, pasid),
             Attach {
                 hwpt,
-                requested: PtId::Hwpt(crate::host::HwptId(hwpt)),
+                requested: PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
                 handle,
             },
         );
@@ -328,7 +330,7 @@ impl State {
             (dev, pasid),
             Attach {
                 hwpt,
-                requested: PtId::Hwpt(crate::host::HwptId(hwpt)),
+                requested: PtId::Hwpt(nesting_core::host::HwptId(hwpt)),
                 handle,
             },
         );

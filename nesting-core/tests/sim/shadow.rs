@@ -1,14 +1,16 @@
+//! The shadow engine on the simulated host.
+
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use iommufd_sim::profile::HostProfile;
+use iommufd_sim::{SimBacking, SimIommufd};
+use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::{DevId, Errno, HostOp, HwptFlags, IoasId, PtId};
+use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
+use nesting_core::shadow::*;
+use nesting_core::types::{Access, Gpa, Iova, IovaRange, Pasid};
 use proptest::prelude::*;
-
-use super::*;
-use crate::host::objects::BoundDevice;
-use crate::host::profile::HostProfile;
-use crate::host::sim::{SimBacking, SimIommufd};
-use crate::host::{DevId, HostOp, HwptFlags, IoasId};
-use crate::ram::{GuestRam, RamBacking, RamRegion};
-use crate::types::IovaRange;
 
 const PAGE: u64 = 0x1000;
 /// Host VA of guest RAM region 0 (GPA 0..64 MiB) and region 1 (GPA 4 GiB

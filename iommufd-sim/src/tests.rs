@@ -3,12 +3,13 @@
 use std::io::Write;
 use std::os::fd::AsFd;
 
-use super::*;
-use crate::host::info::{VtdCap, cap, ecap};
-use crate::host::profile::HostProfile;
-use crate::host::{
+use nesting_core::host::info::{VtdCap, cap, ecap};
+use nesting_core::host::{
     HwInfo, PageFaultFlags, PageResponse, PageResponseCode, VtdS1Flags, VtdS1Invalidation,
 };
+
+use super::*;
+use crate::profile::HostProfile;
 
 const RW: Access = Access::RW;
 const R: Access = Access::READ;

@@ -2,10 +2,12 @@
 //! overrides, parsed from `PROFILE[,key=value...]` (the `host` directive of
 //! `REPLAY.md` and `viommu probe --host sim:...`).
 
+use nesting_core::host::info::{
+    HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata, cap, ecap, idr,
+};
+use nesting_core::ladder::HostView;
+use nesting_core::types::{Iova, IovaRange, parse_u64};
 use thiserror::Error;
-
-use super::info::{HostCaps, HostInfo, HwInfo, VtdCap, VtdEcap, VtdErrata, cap, ecap, idr};
-use crate::types::{Iova, IovaRange};
 
 /// A profile could not be parsed.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -203,6 +205,18 @@ impl SimHostSpec {
         Ok(())
     }
 
+    /// What the ladder is told about a device behind this unit: its
+    /// hardware information, the usable IOVA ranges and page size an IOAS
+    /// would report, no unit number.
+    pub fn host_view(&self) -> HostView {
+        HostView {
+            info: self.info.clone(),
+            iova_ranges: self.usable_ranges(),
+            page_size: self.page_size,
+            unit: None,
+        }
+    }
+
     /// The usable IOVA ranges: the aperture minus the reserved regions.
     pub fn usable_ranges(&self) -> Vec<IovaRange> {
         let mut out = vec![self.aperture];
@@ -231,17 +245,6 @@ impl SimHostSpec {
                 .collect();
         }
         out
-    }
-}
-
-/// Parses a number as scripts write it: decimal or `0x` hex, `_` allowed.
-pub fn parse_u64(s: &str) -> Option<u64> {
-    let s: String = s.chars().filter(|c| *c != '_').collect();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(h) if !h.is_empty() => u64::from_str_radix(h, 16).ok(),
-        Some(_) => None,
-        None if !s.is_empty() => s.parse().ok(),
-        None => None,
     }
 }
 
@@ -431,14 +434,5 @@ mod tests {
             r,
             vec![range(0, 0xfedf_ffff), range(0xfef0_0000, (1 << 48) - 1)]
         );
-    }
-
-    #[test]
-    fn parse_u64_forms() {
-        assert_eq!(parse_u64("0x1_0000"), Some(0x10000));
-        assert_eq!(parse_u64("42"), Some(42));
-        assert_eq!(parse_u64("0x"), None);
-        assert_eq!(parse_u64(""), None);
-        assert_eq!(parse_u64("-1"), None);
     }
 }

@@ -1,6 +1,16 @@
-//! The simulated host: an in-memory iommufd that applies the Linux 7.2
+//! iommufd-sim: the simulated host, an in-memory iommufd
+//! ([`nesting_core::host::HostBackend`]) that applies the Linux 7.2
 //! kernel's rules as its code applies them, for tests, replays and
-//! `viommu probe --host sim:...`.
+//! `viommu probe --host sim:...`. A VMM that backs passthrough devices with
+//! `/dev/iommu` links nesting-core alone; the `viommu` tool, the tests,
+//! benches and fuzz targets use this crate as their host.
+//!
+//! - [`SimIommufd`]: the backend, with fault injection
+//!   ([`SimIommufd::fail_nth`]), per-op call counters and views of its
+//!   state (mappings, HWPTs, attachments, pinned pages).
+//! - [`profile`]: the physical IOMMUs it can simulate
+//!   ([`profile::HostProfile`]), parsed with overrides from
+//!   `PROFILE[,key=value...]` ([`profile::SimHostSpec::parse`]).
 //!
 //! Each rule cites the kernel function it mirrors
 //! (`drivers/iommu/iommufd/*.c` and the VT-d / SMMUv3 drivers). Where a
@@ -25,6 +35,41 @@
 //! success, so a refused call (real or injected with
 //! [`SimIommufd::fail_nth`]) leaves nothing behind. The simulator never
 //! dereferences user addresses and contains no `unsafe` code.
+//!
+//! # Example
+//!
+//! The sequence a VMM runs for each passthrough device (see nesting-core's
+//! crate documentation), on a simulated VT-d host without nesting:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use iommufd_sim::SimIommufd;
+//! use iommufd_sim::profile::HostProfile;
+//! use nesting_core::guest::GuestModel;
+//! use nesting_core::host::PtId;
+//! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+//! use nesting_core::ladder::{self, DecisionKind, HostView};
+//!
+//! let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
+//! let host: SharedHost = sim.clone();
+//! let guest = GuestModel::from_options("vtd", &["mode=scalable", "cm=1"]).unwrap();
+//!
+//! let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+//! let ioas = Ioas::alloc(&host).unwrap();
+//! dev.attach(None, PtId::Ioas(ioas.id())).unwrap();
+//! let ranges = host.ioas_iova_ranges(ioas.id()).unwrap();
+//! let view = HostView {
+//!     info: host.hw_info(dev.id()).unwrap(),
+//!     iova_ranges: ranges.ranges,
+//!     page_size: ranges.alignment,
+//!     unit: None,
+//! };
+//! let decision = ladder::decide(&guest, &view);
+//! // No nesting on this host, but the guest invalidates on map (CAP.CM):
+//! assert_eq!(decision.kind, DecisionKind::Shadow);
+//! println!("{decision}");
+//! ```
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
@@ -32,17 +77,20 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Mutex, MutexGuard};
 
 use bitvec::vec::BitVec;
-
-use super::profile::SimHostSpec;
-use super::{
+use nesting_core::host::{
     DevId, DeviceSource, Errno, FaultGroup, FaultQueueId, HostBackend, HostError, HostInfo, HostOp,
     HostResult, HwptAlloc, HwptData, HwptFlags, HwptId, InvalidateOutcome, InvalidateTarget,
     InvalidationBatch, IoasId, IovaPlacement, IovaRanges, MapSource, ObjectId, PageResponse, PtId,
     VEvent, VdeviceId, VeventqId, VeventqType, ViommuId, ViommuType,
 };
-use crate::types::{Access, Iova, IovaRange, Pasid};
+use nesting_core::types::{Access, Iova, IovaRange, Pasid};
+
+use crate::profile::SimHostSpec;
+
+pub mod profile;
 
 mod attach;
+mod driver;
 mod eventq;
 mod ioas;
 mod mock;
@@ -180,7 +228,7 @@ impl Inner {
     }
 }
 
-/// The simulated iommufd host. See the module documentation.
+/// The simulated iommufd host. See the crate documentation.
 #[derive(Debug, Default)]
 pub struct SimIommufd {
     inner: Mutex<Inner>,

@@ -3,10 +3,11 @@
 //! simulator lacked. The expected values are the kernel's, as recorded by
 //! that test.
 
+use nesting_core::host::info::{HostCaps, HwInfo};
+use nesting_core::types::Pasid;
+
 use super::*;
-use crate::host::info::{HostCaps, HwInfo};
-use crate::host::profile::{HostProfile, SimHostSpec};
-use crate::types::Pasid;
+use crate::profile::{HostProfile, SimHostSpec};
 
 const RW: Access = Access::RW;
 
@@ -17,7 +18,7 @@ fn mock_sim() -> SimIommufd {
     SimIommufd::with_host(SimHostSpec {
         info: HostInfo {
             hw: HwInfo::Other {
-                kind: mock::HW_INFO_TYPE_SELFTEST,
+                kind: driver::HW_INFO_TYPE_SELFTEST,
                 data,
             },
             caps: HostCaps::DIRTY_TRACKING | HostCaps::PCI_ATS_NOT_SUPPORTED,
@@ -314,7 +315,7 @@ fn refused_fault_queue_destroy_leaves_it_unreadable() {
     assert_eq!(errno(s.fault_read(fq)), libc::ENOENT);
     let resp = PageResponse {
         cookie: 0,
-        code: crate::host::PageResponseCode::Success,
+        code: nesting_core::host::PageResponseCode::Success,
     };
     assert_eq!(errno(s.fault_respond(fq, resp)), libc::ENOENT);
     s.destroy(ObjectId::Hwpt(h)).unwrap();

@@ -5,14 +5,12 @@
 //! its vIOMMU type and both of its user invalidation formats.
 //!
 //! A unit whose `HwInfo` is `Other` of type `IOMMU_HW_INFO_TYPE_SELFTEST`
-//! is served by this driver.
+//! is served by this driver (see [`super::driver::UnitKind`]).
 
-use super::vendor::Handled;
-use crate::host::info::{HostInfo, HwInfo};
-use crate::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType};
+use nesting_core::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType};
 
-/// `IOMMU_HW_INFO_TYPE_SELFTEST` (iommufd_test.h).
-pub(super) const HW_INFO_TYPE_SELFTEST: u32 = 0xfeed_beef;
+use super::driver::{HWPT_DATA_NONE, Handled};
+
 /// `IOMMU_HWPT_DATA_SELFTEST`.
 pub(super) const HWPT_DATA_SELFTEST: u32 = 0xdead;
 /// `IOMMU_HWPT_INVALIDATE_DATA_SELFTEST`.
@@ -21,8 +19,6 @@ const HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
 const VIOMMU_TYPE_SELFTEST: u32 = 0xdead_beef;
 /// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST`.
 const VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
-/// `IOMMU_HWPT_DATA_NONE`.
-const HWPT_DATA_NONE: u32 = 0;
 /// `struct iommu_hwpt_selftest`: `iotlb`, `pagetable_type`; the first
 /// version ended after `iotlb`.
 const HWPT_SELFTEST_LEN: usize = 8;
@@ -37,11 +33,6 @@ const INVALIDATE_FLAG_ALL: u32 = 1;
 const NESTED_IOTLB_ID_MAX: u32 = 3;
 /// `MOCK_DEV_CACHE_ID_MAX`.
 const DEV_CACHE_ID_MAX: u32 = 3;
-
-/// Whether the mock driver serves a unit of this description.
-pub(super) fn is_mock(info: &HostInfo) -> bool {
-    matches!(info.hw, HwInfo::Other { kind, .. } if kind == HW_INFO_TYPE_SELFTEST)
-}
 
 /// include/linux/iommu.h, `__iommu_copy_struct_from_user`: a type other
 /// than the driver's, a length below the first version's or above the

@@ -3,14 +3,14 @@
 //! (`drivers/iommu/intel/iommu.c`, `nested.c`, `pasid.c`) and Arm SMMUv3
 //! (`drivers/iommu/arm/arm-smmu-v3/arm-smmu-v3.c`, `arm-smmu-v3-iommufd.c`).
 
-use super::state::{Nested, Paging, Stage};
-use crate::host::info::{HostInfo, HwInfo, cap, ecap, idr};
-use crate::host::profile::SimHostSpec;
-use crate::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType, VtdS1Flags};
+use nesting_core::host::info::{HostInfo, HwInfo, cap, ecap, idr};
+use nesting_core::host::{Errno, HwptData, HwptFlags, InvalidationBatch, ViommuType, VtdS1Flags};
 
-/// `enum iommu_hwpt_data_type` (include/uapi/linux/iommufd.h).
-pub(super) const HWPT_DATA_NONE: u32 = 0;
-/// `IOMMU_HWPT_DATA_VTD_S1`.
+use super::driver::{HWPT_DATA_NONE, Handled, UnitKind};
+use super::state::{Nested, Paging, Stage};
+use crate::profile::SimHostSpec;
+
+/// `IOMMU_HWPT_DATA_VTD_S1` (`enum iommu_hwpt_data_type`).
 pub(super) const HWPT_DATA_VTD_S1: u32 = 1;
 /// `IOMMU_HWPT_DATA_ARM_SMMUV3`.
 pub(super) const HWPT_DATA_ARM_SMMUV3: u32 = 2;
@@ -36,7 +36,7 @@ const ADDR_WIDTH_5LEVEL: u32 = 57;
 
 /// STE and command fields (arm-smmu-v3.h).
 mod ste {
-    use crate::bits::Field;
+    use nesting_core::bits::Field;
     pub const V: Field = Field::bit(0);
     pub const CFG: Field = Field::bits(3, 1);
     pub const S1FMT: Field = Field::bits(5, 4);
@@ -80,7 +80,7 @@ mod op {
 /// SMMU_IIDR fields (IHI 0070, 6.3.13) and the products with nesting
 /// errata (arm-smmu-v3.c, `arm_smmu_device_iidr_probe`).
 mod iidr {
-    use crate::bits::Field;
+    use nesting_core::bits::Field;
     pub const IMPLEMENTER: Field = Field::bits(11, 0);
     pub const REVISION: Field = Field::bits(15, 12);
     pub const VARIANT: Field = Field::bits(19, 16);
@@ -88,29 +88,6 @@ mod iidr {
     pub const IMPLEMENTER_ARM: u64 = 0x43b;
     pub const PRODUCTID_MMU_600: u64 = 0x483;
     pub const PRODUCTID_MMU_700: u64 = 0x487;
-}
-
-/// Which driver serves a unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum UnitKind {
-    Vtd,
-    Smmuv3,
-    /// The kernel's mock IOMMU ([`super::mock`]).
-    Mock,
-    Generic,
-}
-
-impl UnitKind {
-    pub fn of(info: &HostInfo) -> UnitKind {
-        if super::mock::is_mock(info) {
-            return UnitKind::Mock;
-        }
-        match info.hw {
-            HwInfo::IntelVtd { .. } => UnitKind::Vtd,
-            HwInfo::ArmSmmuv3 { .. } => UnitKind::Smmuv3,
-            HwInfo::None | HwInfo::Other { .. } => UnitKind::Generic,
-        }
-    }
 }
 
 /// The VT-d predicates of intel/iommu.h (`sm_supported`, `nested_supported`,
@@ -511,9 +488,6 @@ fn vtd_setup_nested(info: &HostInfo, data: &HwptData) -> Result<(), Errno> {
 /// exist on this unit (viommu.c, `iommufd_viommu_alloc_ioctl`: 0 means
 /// EOPNOTSUPP).
 pub(super) fn viommu_supported(info: &HostInfo, kind: ViommuType) -> Result<(), Errno> {
-    if UnitKind::of(info) == UnitKind::Mock {
-        return super::mock::viommu_supported(kind);
-    }
     // Only arm-smmu-v3 (and AMD) implement vIOMMUs; intel_iommu_ops has no
     // get_viommu_size.
     let s = smmu(info).ok_or(Errno::EOPNOTSUPP)?;
@@ -526,9 +500,6 @@ pub(super) fn viommu_supported(info: &HostInfo, kind: ViommuType) -> Result<(), 
     }
     Ok(())
 }
-
-/// Outcome of a driver's invalidation: entries handled and result.
-pub type Handled = (u32, Result<(), Errno>);
 
 /// intel/nested.c, `intel_nested_cache_invalidate_user`: stops at the first
 /// bad entry and reports how many it handled.

@@ -1,9 +1,17 @@
-use super::*;
-use crate::host::profile::HostProfile;
-use crate::host::sim::SimIommufd;
-use crate::host::{Errno, HostOp};
-use crate::ram::{GuestRam, RamBacking, RamRegion};
-use crate::types::{Access, Gpa, Iova};
+//! The nested engine on the simulated host.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
+use nesting_core::host::objects::{BoundDevice, SharedHost};
+use nesting_core::host::{
+    DevId, Errno, HostOp, HwptData, HwptFlags, PageResponseCode, VtdS1Flags, VtdS1Invalidation,
+};
+use nesting_core::nested::*;
+use nesting_core::ram::{GuestRam, RamBacking, RamIoas, RamRegion};
+use nesting_core::types::{Access, Gpa, Iova, IovaRange, Pasid};
 
 struct Fixture {
     sim: Arc<SimIommufd>,
