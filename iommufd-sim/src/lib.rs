@@ -45,14 +45,15 @@
 //! use std::sync::Arc;
 //! use iommufd_sim::SimIommufd;
 //! use iommufd_sim::profile::HostProfile;
-//! use nesting_core::guest::GuestModel;
+//! use nesting_core::options::ModelOptions;
 //! use nesting_core::host::PtId;
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 //! use nesting_core::ladder::{self, DecisionKind, HostView};
 //!
 //! let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
 //! let host: SharedHost = sim.clone();
-//! let guest = GuestModel::from_options("vtd", &["mode=scalable", "cm=1"]).unwrap();
+//! // The guest's model owns its options and its checks against a host.
+//! let guest = vtd::VtdConfig::from_options(&["mode=scalable", "cm=1"]).unwrap();
 //!
 //! let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
 //! let ioas = Ioas::alloc(&host).unwrap();
