@@ -40,7 +40,7 @@ nesting_core::bitfield! {
 }
 
 impl DscHeader {
-    /// The type code: type[6:4] above bits 3:0.
+    /// The type code: type bits 6:4 above bits 3:0.
     pub fn type_code(&self) -> u8 {
         self.type_lo() | (self.type_hi() << 4)
     }
@@ -100,7 +100,7 @@ nesting_core::bitfield! {
 }
 
 impl DevTlbDsc {
-    /// Physical function source-id: PFSID[15:4] above PFSID[3:0].
+    /// Physical function source-id: PFSID bits 15:4 above bits 3:0.
     pub fn pfsid(&self) -> u16 {
         u16::from(self.pfsid_lo()) | (self.pfsid_hi() << 4)
     }
@@ -193,7 +193,7 @@ nesting_core::bitfield! {
 }
 
 impl PasidDevTlbDsc {
-    /// Physical function source-id: PFSID[15:4] above PFSID[3:0].
+    /// Physical function source-id: PFSID bits 15:4 above bits 3:0.
     pub fn pfsid(&self) -> u16 {
         u16::from(self.pfsid_lo()) | (self.pfsid_hi() << 4)
     }
