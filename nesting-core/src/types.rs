@@ -12,6 +12,8 @@ use std::fmt;
 
 use bitflags::bitflags;
 
+use crate::bits::FieldValue;
+
 macro_rules! address_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -272,6 +274,17 @@ impl Bdf {
     }
 }
 
+/// A requester-id field (a VT-d source-id) reads as a [`Bdf`].
+impl FieldValue for Bdf {
+    const BITS: u32 = u16::BITS;
+    fn from_raw(raw: u64) -> Self {
+        Bdf(u16::from_raw(raw))
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
 impl fmt::Display for Bdf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02x}:{:02x}.{}", self.bus(), self.dev(), self.func())
@@ -344,6 +357,18 @@ impl Pasid {
     }
 }
 
+/// A PASID (or SubstreamID) field reads as a [`Pasid`]; bits above
+/// [`Pasid::MAX_BITS`] cannot occur, since a wider field does not compile.
+impl FieldValue for Pasid {
+    const BITS: u32 = Pasid::MAX_BITS;
+    fn from_raw(raw: u64) -> Self {
+        Pasid(u32::from_raw(raw) & ((1 << Pasid::MAX_BITS) - 1))
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
 impl fmt::Display for Pasid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}", self.0)
@@ -400,6 +425,14 @@ mod tests {
         assert_eq!((b.bus(), b.dev(), b.func()), (0x3a, 0x1f, 7));
         assert_eq!(b.to_string(), "3a:1f.7");
         assert_eq!(b.0, 0x3aff);
+    }
+
+    #[test]
+    fn bdf_and_pasid_field_values_roundtrip() {
+        assert_eq!(Bdf::from_raw(0x3aff), Bdf::new(0x3a, 0x1f, 7));
+        assert_eq!(Bdf(0x0102).into_raw(), 0x0102);
+        assert_eq!(Pasid::from_raw(0xf_ffff), Pasid::new(0xf_ffff).unwrap());
+        assert_eq!(Pasid::new(0x1234).unwrap().into_raw(), 0x1234);
     }
 
     #[test]

@@ -103,17 +103,26 @@ pub struct AtsTranslation {
     pub no_snoop: bool,
 }
 
-/// PCIe translation completion data entry bits.
-mod entry {
-    use nesting_core::bits::Field;
-    pub const R: Field = Field::bit(0);
-    pub const W: Field = Field::bit(1);
-    pub const U: Field = Field::bit(2);
-    pub const EXE: Field = Field::bit(3);
-    pub const PRIV: Field = Field::bit(4);
-    pub const N: Field = Field::bit(10);
-    pub const S: Field = Field::bit(11);
-    pub const ADDR: Field = Field::bits(63, 12);
+nesting_core::bitfield! {
+    /// A translation completion data entry (PCIe "Translation Completion
+    /// Data Entry").
+    pub struct CompletionEntry(u64);
+    /// R: read access allowed.
+    R [0]: bool => r, with_r;
+    /// W: write access allowed.
+    W [1]: bool => w, with_w;
+    /// U: untranslated access only.
+    U [2]: bool => u, with_u;
+    /// Exe: execute allowed.
+    EXE [3]: bool => exe, with_exe;
+    /// Priv: privileged-mode translation.
+    PRIV [4]: bool => privileged, with_privileged;
+    /// N: non-snooped accesses.
+    N [10]: bool => n, with_n;
+    /// S: the range's size is encoded in the address bits.
+    S [11]: bool => s, with_s;
+    /// Translated address, bits 63:12.
+    ADDR [63:12]: address => addr, with_addr;
 }
 
 impl AtsTranslation {
@@ -128,38 +137,37 @@ impl AtsTranslation {
     /// bit 0.
     pub fn encode(&self) -> u64 {
         let size = self.size.max(4096);
-        let mut v = entry::ADDR.mask() & self.translated & !(size - 1);
+        let mut addr = self.translated & !(size - 1);
         if size > 4096 {
             // Ones from bit 12 up to the bit below the size's bit.
-            v |= entry::ADDR.mask() & ((size >> 1) - 1);
-            v = entry::S.set(v, 1);
+            addr |= (size >> 1) - 1;
         }
-        let flags = [
-            (entry::R, self.read),
-            (entry::W, self.write),
-            (entry::U, self.untranslated_only),
-            (entry::EXE, self.exec),
-            (entry::PRIV, self.privileged),
-            (entry::N, self.no_snoop),
-        ];
-        flags
-            .iter()
-            .fold(v, |acc, (f, on)| f.set(acc, u64::from(*on)))
+        CompletionEntry::default()
+            .with_addr(addr)
+            .with_s(size > 4096)
+            .with_r(self.read)
+            .with_w(self.write)
+            .with_u(self.untranslated_only)
+            .with_exe(self.exec)
+            .with_privileged(self.privileged)
+            .with_n(self.no_snoop)
+            .0
     }
 
     /// Decodes a completion data entry; never fails (an all-ones address
     /// with S set decodes to the whole address space).
     pub fn decode(raw: u64) -> AtsTranslation {
-        let (translated, size) = dev_tlb_range(entry::ADDR.mask() & raw, entry::S.is_set(raw));
+        let e = CompletionEntry(raw);
+        let (translated, size) = dev_tlb_range(e.addr(), e.s());
         AtsTranslation {
             translated,
             size,
-            read: entry::R.is_set(raw),
-            write: entry::W.is_set(raw),
-            exec: entry::EXE.is_set(raw),
-            privileged: entry::PRIV.is_set(raw),
-            untranslated_only: entry::U.is_set(raw),
-            no_snoop: entry::N.is_set(raw),
+            read: e.r(),
+            write: e.w(),
+            exec: e.exe(),
+            privileged: e.privileged(),
+            untranslated_only: e.u(),
+            no_snoop: e.n(),
         }
     }
 }

@@ -4,6 +4,9 @@
 //! fault logging into the circular fault recording registers (VT-d "Primary
 //! Fault Logging"), and the record format (11.4 FRCD_REG).
 
+use nesting_core::bits::FieldValue;
+use nesting_core::types::Bdf;
+
 use crate::regs::{RegisterFile, frcd, fsts, off};
 
 /// A fault reason (VT-d 7.2.3 "Fault Conditions and Remapping Hardware Behavior
@@ -227,6 +230,17 @@ impl FaultReason {
     }
 }
 
+/// The fault reason field (FRCD_REG FR) reads as a [`FaultReason`].
+impl FieldValue for FaultReason {
+    const BITS: u32 = u8::BITS;
+    fn from_raw(raw: u64) -> Self {
+        FaultReason::from_code(u8::from_raw(raw))
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(self.code())
+    }
+}
+
 /// The request a fault is recorded for (11.4 FRCD_REG record fields).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultRecord {
@@ -286,7 +300,18 @@ impl AddressType {
 
     /// The address type of a raw fault record.
     pub fn of_record(raw: [u64; 2]) -> AddressType {
-        AddressType::from_code(frcd::AT.get(raw[1]) as u8)
+        frcd::Frcd(raw).at()
+    }
+}
+
+/// The address type field (FRCD_REG AT) reads as an [`AddressType`].
+impl FieldValue for AddressType {
+    const BITS: u32 = 2;
+    fn from_raw(raw: u64) -> Self {
+        AddressType::from_code(u8::from_raw(raw))
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(self.code())
     }
 }
 
@@ -299,36 +324,36 @@ impl FaultRecord {
 
     /// The record of a request of address type `at`.
     pub fn encode_at(&self, at: AddressType) -> [u64; 2] {
-        let lo = frcd::FI.set(0, self.address >> 12);
-        let mut hi = frcd::SID.set(0, u64::from(self.source_id));
-        hi = frcd::FR.set(hi, u64::from(self.reason.code()));
-        if self.page_request {
-            hi = frcd::T2.set(hi, 1);
+        let mut r = frcd::Frcd::default()
+            .with_fi(self.address)
+            .with_sid(Bdf(self.source_id))
+            .with_fr(self.reason)
+            .with_exe(self.exec)
+            .with_privileged(self.privileged)
+            .with_at(at);
+        r = if self.page_request {
+            r.with_t2(true)
         } else {
-            hi = frcd::T1.set(hi, u64::from(!self.write));
-        }
-        hi = frcd::EXE.set(hi, u64::from(self.exec));
-        hi = frcd::PRIV.set(hi, u64::from(self.privileged));
-        hi = frcd::AT.set(hi, u64::from(at.code()));
+            r.with_t1(!self.write)
+        };
         if let Some(p) = self.pasid {
-            hi = frcd::PP.set(hi, 1);
-            hi = frcd::PV.set(hi, u64::from(p));
+            r = r.with_pp(true).with_pv(p);
         }
-        [lo, frcd::F.set(hi, 1)]
+        r.with_f(true).0
     }
 
     /// Decodes the two quadwords of a fault recording register (whatever F).
     pub fn decode(raw: [u64; 2]) -> FaultRecord {
-        let [lo, hi] = raw;
+        let r = frcd::Frcd(raw);
         FaultRecord {
-            source_id: frcd::SID.get(hi) as u16,
-            pasid: frcd::PP.is_set(hi).then(|| frcd::PV.get(hi) as u32),
-            address: frcd::FI.get(lo) << 12,
-            write: !frcd::T1.is_set(hi),
-            page_request: frcd::T2.is_set(hi) && !frcd::T1.is_set(hi),
-            exec: frcd::EXE.is_set(hi),
-            privileged: frcd::PRIV.is_set(hi),
-            reason: FaultReason::from_code(frcd::FR.get(hi) as u8),
+            source_id: r.sid().0,
+            pasid: r.pp().then(|| r.pv()),
+            address: r.fi(),
+            write: !r.t1(),
+            page_request: r.t2() && !r.t1(),
+            exec: r.exe(),
+            privileged: r.privileged(),
+            reason: r.fr(),
         }
     }
 }
@@ -408,7 +433,7 @@ impl FaultLog {
     /// first pending record at or after the old FRI.
     pub fn refresh_ppf(regs: &mut RegisterFile, fro: u64, nfr: u16) {
         let status = regs.get(off::FSTS);
-        let fri = fsts::FRI.get(status) as u16;
+        let fri = u16::from(fsts::Fsts(status).fri());
         let n = nfr.max(1);
         let pending = (0..n)
             .map(|k| (fri + k) % n)

@@ -7,7 +7,7 @@
 //! a guest.
 
 use nesting_core::mem::GuestMemoryExt;
-use nesting_core::types::Gpa;
+use nesting_core::types::{Bdf, Gpa};
 use vm_memory::GuestMemory;
 
 use crate::Vtd;
@@ -253,8 +253,9 @@ impl LegacyTables {
         slptptr: u64,
         fpd: bool,
     ) {
-        let ct = self.context_table(mem, a, (sid >> 8) as u8);
-        let slot = ct + 16 * u64::from(sid & 0xff);
+        let sid = Bdf(sid);
+        let ct = self.context_table(mem, a, sid.bus());
+        let slot = ct + 16 * u64::from(sid.devfn());
         wr(mem, slot + 8, aw | (u64::from(did) << 8));
         wr(mem, slot, slptptr | (tt << 2) | (u64::from(fpd) << 1) | 1);
     }
@@ -327,9 +328,9 @@ impl ScalableTables {
         pdts: u64,
         rid_pasid: u32,
     ) -> u64 {
-        let bus = u64::from(sid >> 8);
-        let devfn = sid & 0xff;
-        let slot = self.root + 16 * bus + if devfn < 128 { 0 } else { 8 };
+        let sid = Bdf(sid);
+        let devfn = sid.devfn();
+        let slot = self.root + 16 * u64::from(sid.bus()) + if devfn < 128 { 0 } else { 8 };
         let mut e = rd(mem, slot);
         if e & 1 == 0 {
             e = a.page(mem) | 1;
@@ -348,8 +349,9 @@ impl ScalableTables {
     /// context entry of `sid`, as `context_entry_set_pasid_table` does for
     /// a device with `ats_supported`.
     pub fn set_dte<M: GuestMemory + ?Sized>(&self, mem: &M, sid: u16, on: bool) {
-        let devfn = sid & 0xff;
-        let slot = self.root + 16 * u64::from(sid >> 8) + if devfn < 128 { 0 } else { 8 };
+        let sid = Bdf(sid);
+        let devfn = sid.devfn();
+        let slot = self.root + 16 * u64::from(sid.bus()) + if devfn < 128 { 0 } else { 8 };
         let ce = (rd(mem, slot) & !0xfff) + 32 * u64::from(devfn & 0x7f);
         let v = rd(mem, ce);
         wr(mem, ce, if on { v | 1 << 2 } else { v & !(1 << 2) });

@@ -352,10 +352,10 @@ impl Vtd {
         let mut sts = self.regs.get(off::GSTS);
         // One-shot SRTP: latch RTADDR; RTPS reports completion.
         if gcmd::SRTP.is_set(cmd) {
-            let rta = self.regs.get(off::RTADDR);
+            let rta = rtaddr::Rtaddr(self.regs.get(off::RTADDR));
             self.root = RootPointer {
-                addr: rtaddr::RTA.mask() & rta,
-                ttm: rtaddr::TTM.get(rta) as u8,
+                addr: rta.rta(),
+                ttm: rta.ttm(),
             };
             sts = gcmd::SRTP.set(sts, 1);
             self.emit(VtdEvent::RootTable {
@@ -401,15 +401,14 @@ impl Vtd {
             log::warn!("vtd: CCMD write while queued invalidation is enabled");
             0
         } else {
-            let scope = match ccmd::CIRG.get(v) {
+            let cmd = ccmd::Ccmd(v);
+            let scope = match cmd.cirg() {
                 1 => Some(ContextScope::Global),
-                2 => Some(ContextScope::Domain {
-                    did: ccmd::DID.get(v) as u16,
-                }),
+                2 => Some(ContextScope::Domain { did: cmd.did() }),
                 3 => Some(ContextScope::Device {
-                    did: ccmd::DID.get(v) as u16,
-                    sid: ccmd::SID.get(v) as u16,
-                    fm: ccmd::FM.get(v) as u8,
+                    did: cmd.did(),
+                    sid: cmd.sid().0,
+                    fm: cmd.fm(),
                 }),
                 _ => None,
             };
@@ -425,21 +424,22 @@ impl Vtd {
     fn iotlb_command(&mut self) {
         let at = self.cfg.iro + 8;
         let v = self.regs.get(at);
-        let iva_v = self.regs.get(self.cfg.iro);
-        let did = iotlb_reg::DID.get(v) as u16;
+        let iva = iva::Iva(self.regs.get(self.cfg.iro));
+        let reg = iotlb_reg::IotlbReg(v);
+        let did = reg.did();
         let iaig = if self.qi_enabled() {
             log::warn!("vtd: IOTLB_REG write while queued invalidation is enabled");
             0
         } else {
-            let scope = match iotlb_reg::IIRG.get(v) {
+            let scope = match reg.iirg() {
                 1 => Some(IotlbScope::Global),
                 2 => Some(IotlbScope::Domain { did }),
                 // VT-d "IOTLB Registers": AM above CAP.MAMV is not performed.
-                3 if iva::AM.get(iva_v) <= crate::regs::MAMV => Some(IotlbScope::Pages {
+                3 if u64::from(iva.am()) <= crate::regs::MAMV => Some(IotlbScope::Pages {
                     did,
-                    addr: iva::ADDR.mask() & iva_v,
-                    am: iva::AM.get(iva_v) as u8,
-                    ih: iva::IH.is_set(iva_v),
+                    addr: iva.addr(),
+                    am: iva.am(),
+                    ih: iva.ih(),
                 }),
                 _ => None,
             };

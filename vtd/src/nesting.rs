@@ -221,24 +221,24 @@ impl EventQueue {
 /// (PGTT=001; the host supplies the second stage). `None` for every other
 /// translation type, which a nesting layer shadows or refuses instead.
 pub fn stage1_hwpt(entry: &crate::tables::PasidEntry) -> Option<nesting_core::host::HwptData> {
-    use crate::tables::{PasidEntry, Pgtt};
+    use crate::tables::Pgtt;
     use nesting_core::host::{HwptData, VtdS1Flags};
     if entry.pgtt() != Pgtt::FirstStage {
         return None;
     }
     // 9.6 FSPM: 0 = 4-level (48-bit), 1 = 5-level (57-bit).
-    let addr_width = match PasidEntry::FSPM.get(entry.q[2]) {
+    let addr_width = match entry.fspm() {
         0 => 48,
         1 => 57,
         _ => return None,
     };
     let mut flags = VtdS1Flags::empty();
-    for (field, flag) in [
-        (PasidEntry::SRE, VtdS1Flags::SRE),
-        (PasidEntry::WPE, VtdS1Flags::WPE),
-        (PasidEntry::EAFE, VtdS1Flags::EAFE),
+    for (on, flag) in [
+        (entry.sre(), VtdS1Flags::SRE),
+        (entry.wpe(), VtdS1Flags::WPE),
+        (entry.eafe(), VtdS1Flags::EAFE),
     ] {
-        if field.is_set(entry.q[2]) {
+        if on {
             flags |= flag;
         }
     }

@@ -9,7 +9,7 @@
 
 use nesting_core::bits::Field;
 use nesting_core::mem::{GuestMemoryExt, MemError};
-use nesting_core::types::Gpa;
+use nesting_core::types::{Bdf, Gpa};
 use vm_memory::GuestMemory;
 use zerocopy::IntoBytes;
 use zerocopy::little_endian::U64 as Le64;
@@ -21,11 +21,14 @@ pub const DESCRIPTOR_SIZE: u64 = 32;
 
 /// PRS_REG bits (11.4 PRS_REG).
 pub mod prs {
-    use nesting_core::bits::Field;
-    /// Pending page request.
-    pub const PPR: Field = Field::bit(0);
-    /// Page request overflow.
-    pub const PRO: Field = Field::bit(1);
+    nesting_core::bitfield! {
+        /// A PRS_REG value.
+        pub struct Prs(u64) in mod;
+        /// Pending page request (RW1C).
+        PPR [0]: bool => ppr, with_ppr;
+        /// Page request overflow (RW1C).
+        PRO [1]: bool => pro, with_pro;
+    }
 }
 
 /// PQH/PQT offset field: bits 18:5 (32-byte descriptors).
@@ -63,23 +66,53 @@ pub struct PageRequest {
     pub index: u16,
 }
 
+nesting_core::bitfield! {
+    /// A page request descriptor (VT-d "Page Request Descriptor"; Linux's
+    /// `struct page_req_dsc`). Quadwords 2 and 3 (private data) stay zero.
+    pub struct PageRequestDsc([u64; 4]);
+    /// Descriptor type.
+    TYPE [7:0]: u8 => ty, with_ty;
+    /// PASID present.
+    PP [8]: bool => pasid_present, with_pasid_present;
+    /// Requester-id.
+    RID [31:16]: Bdf => rid, with_rid;
+    /// PASID.
+    PASID [51:32]: u32 => pasid, with_pasid;
+    /// Execute requested.
+    EXE [52]: bool => exe, with_exe;
+    /// Privileged mode requested.
+    PM [53]: bool => pm, with_pm;
+    /// Read access requested.
+    RD [64]: bool => rd, with_rd;
+    /// Write access requested.
+    WR [65]: bool => wr, with_wr;
+    /// Last page request in its group.
+    LPIG [66]: bool => lpig, with_lpig;
+    /// Page request group index.
+    PRG_INDEX [75:67]: u16 => prg_index, with_prg_index;
+    /// Page address, bits 127:76.
+    ADDR [127:76]: address => addr, with_addr;
+}
+
+/// The descriptor type of a page request descriptor.
+pub const PAGE_REQUEST_TYPE: u8 = 1;
+
 impl PageRequest {
     /// The descriptor's four quadwords.
     pub fn encode(&self) -> [u64; 4] {
-        // qw0: type 1 (page request), PASID present, RID, PASID, ER, PM.
-        let mut q0 = Field::bits(7, 0).set(0, 1);
-        q0 = Field::bit(8).set(q0, u64::from(self.pasid.is_some()));
-        q0 = Field::bits(31, 16).set(q0, u64::from(self.sid));
-        q0 = Field::bits(51, 32).set(q0, u64::from(self.pasid.unwrap_or(0)));
-        q0 = Field::bit(52).set(q0, u64::from(self.exec));
-        q0 = Field::bit(53).set(q0, u64::from(self.privileged));
-        // qw1: RD, WR, LPIG, PRG index, page address.
-        let mut q1 = Field::bit(0).set(0, u64::from(self.read));
-        q1 = Field::bit(1).set(q1, u64::from(self.write));
-        q1 = Field::bit(2).set(q1, u64::from(self.last));
-        q1 = Field::bits(11, 3).set(q1, u64::from(self.index));
-        q1 |= Field::bits(63, 12).mask() & self.addr;
-        [q0, q1, 0, 0]
+        PageRequestDsc::default()
+            .with_ty(PAGE_REQUEST_TYPE)
+            .with_pasid_present(self.pasid.is_some())
+            .with_rid(Bdf(self.sid))
+            .with_pasid(self.pasid.unwrap_or(0))
+            .with_exe(self.exec)
+            .with_pm(self.privileged)
+            .with_rd(self.read)
+            .with_wr(self.write)
+            .with_lpig(self.last)
+            .with_prg_index(self.index)
+            .with_addr(self.addr)
+            .0
     }
 }
 

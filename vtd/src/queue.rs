@@ -6,7 +6,7 @@
 //! reserved field violation for a valid type).
 
 use crate::options::{VtdConfig, VtdMode};
-use nesting_core::bits::Field;
+use nesting_core::types::Bdf;
 
 use crate::regs::MAMV;
 
@@ -30,21 +30,191 @@ pub mod iqei {
 pub type DescriptorWire = crate::tables::Qwords<2>;
 const _: () = assert!(size_of::<DescriptorWire>() == 16);
 
-/// Descriptor type: bits 3:0 plus type[6:4] in bits 11:9 (6.5.2).
-const TYPE_LO: Field = Field::bits(3, 0);
-const TYPE_HI: Field = Field::bits(11, 9);
-/// Granularity, bits 5:4 of most descriptors.
-const G: Field = Field::bits(5, 4);
-/// Domain-id, bits 31:16.
-const DID: Field = Field::bits(31, 16);
-/// PASID, bits 51:32.
-const PASID: Field = Field::bits(51, 32);
-/// Address in the second quadword, bits 63:12.
-const ADDR: Field = Field::bits(63, 12);
-/// Address mask, second quadword bits 5:0.
-const AM: Field = Field::bits(5, 0);
-/// Invalidation hint, second quadword bit 6.
-const IH: Field = Field::bit(6);
+nesting_core::bitfield! {
+    /// What every descriptor shares: its type (6.5.2).
+    pub struct DscHeader([u64; 2]);
+    /// Descriptor type, bits 3:0.
+    TYPE_LO [3:0]: u8 => type_lo;
+    /// Descriptor type[6:4], bits 11:9.
+    TYPE_HI [11:9]: u8 => type_hi;
+}
+
+impl DscHeader {
+    /// The type code: type bits 6:4 above bits 3:0.
+    pub fn type_code(&self) -> u8 {
+        self.type_lo() | (self.type_hi() << 4)
+    }
+}
+
+nesting_core::bitfield! {
+    /// Context-cache invalidate descriptor, type 1 (6.5.2.1).
+    pub struct ContextCacheDsc([u64; 2]);
+    /// Granularity: 01 global, 10 domain, 11 device.
+    G [5:4]: u8 => g;
+    /// Domain-id.
+    DID [31:16]: u16 => did;
+    /// Source-id of the device (device-selective).
+    SID [47:32]: Bdf => sid;
+    /// Function mask.
+    FM [49:48]: u8 => fm;
+    reserved [8:6], [15:12], [63:50], [127:64];
+}
+
+nesting_core::bitfield! {
+    /// IOTLB invalidate descriptor, type 2 (VT-d "IOTLB Invalidate Descriptor").
+    pub struct IotlbDsc([u64; 2]);
+    /// Granularity: 01 global, 10 domain, 11 page-selective.
+    G [5:4]: u8 => g;
+    /// Drain writes.
+    DW [6]: bool => dw;
+    /// Drain reads.
+    DR [7]: bool => dr;
+    /// Domain-id.
+    DID [31:16]: u16 => did;
+    /// Address mask: 2^AM pages.
+    AM [69:64]: u8 => am;
+    /// Invalidation hint (leaf entries only).
+    IH [70]: bool => ih;
+    /// Page address, bits 127:76 (address bits 63:12).
+    ADDR [127:76]: address => addr;
+    reserved [8], [15:12], [63:32], [75:71];
+}
+
+nesting_core::bitfield! {
+    /// Device-TLB invalidate descriptor, type 3 (VT-d "Device-TLB Invalidate
+    /// Descriptor").
+    pub struct DevTlbDsc([u64; 2]);
+    /// PFSID[3:0].
+    PFSID_LO [15:12]: u8 => pfsid_lo;
+    /// Max invalidations pending.
+    MIP [20:16]: u8 => mip;
+    /// Source-id of the device.
+    SID [47:32]: Bdf => sid;
+    /// PFSID[15:4].
+    PFSID_HI [63:52]: u16 => pfsid_hi;
+    /// Size: the range is encoded in the low address bits.
+    S [64]: bool => s;
+    /// Address, bits 127:76 (address bits 63:12).
+    ADDR [127:76]: address => addr;
+    reserved [8:4], [31:21], [51:48], [75:65];
+}
+
+impl DevTlbDsc {
+    /// Physical function source-id: PFSID bits 15:4 above bits 3:0.
+    pub fn pfsid(&self) -> u16 {
+        u16::from(self.pfsid_lo()) | (self.pfsid_hi() << 4)
+    }
+}
+
+nesting_core::bitfield! {
+    /// Interrupt entry cache invalidate descriptor, type 4 (VT-d "Interrupt
+    /// Entry Cache Invalidate Descriptor"; interrupt remapping is not modelled).
+    pub struct IecDsc([u64; 2]);
+    /// Granularity: 0 global, 1 index-selective.
+    G [4]: bool => g;
+    /// Index mask.
+    IM [31:27]: u8 => im;
+    /// Interrupt index.
+    IIDX [47:32]: u16 => iidx;
+    reserved [8:5], [26:12], [63:48], [127:64];
+}
+
+nesting_core::bitfield! {
+    /// Invalidation wait descriptor, type 5 (6.5.2.8).
+    pub struct WaitDsc([u64; 2]);
+    /// IF: raise the invalidation completion event.
+    IF [4]: bool => interrupt;
+    /// SW: write the status data at the status address.
+    SW [5]: bool => status_write;
+    /// FN: fence.
+    FN [6]: bool => fence;
+    /// PD: drain page requests.
+    PD [7]: bool => page_drain;
+    /// Status data.
+    STATUS_DATA [63:32]: u32 => status_data;
+    /// Status address, bits 127:66 (dword aligned).
+    STATUS_ADDR [127:66]: address => status_addr;
+    reserved [8], [31:12], [65:64];
+}
+
+nesting_core::bitfield! {
+    /// PASID-based-IOTLB invalidate descriptor, type 6 (VT-d
+    /// "PASID-based-IOTLB Invalidate Descriptor").
+    pub struct PasidIotlbDsc([u64; 2]);
+    /// Granularity: 10 every page of the PASID, 11 page-selective.
+    G [5:4]: u8 => g;
+    /// Domain-id.
+    DID [31:16]: u16 => did;
+    /// PASID.
+    PASID [51:32]: u32 => pasid;
+    /// Address mask.
+    AM [69:64]: u8 => am;
+    /// Invalidation hint.
+    IH [70]: bool => ih;
+    /// Page address, bits 127:76.
+    ADDR [127:76]: address => addr;
+    reserved [8:6], [15:12], [63:52], [75:71];
+}
+
+nesting_core::bitfield! {
+    /// PASID-cache invalidate descriptor, type 7 (VT-d "PASID-cache
+    /// Invalidate Descriptor").
+    pub struct PasidCacheDsc([u64; 2]);
+    /// Granularity: 00 domain, 01 PASID, 11 global.
+    G [5:4]: u8 => g;
+    /// Domain-id.
+    DID [31:16]: u16 => did;
+    /// PASID.
+    PASID [51:32]: u32 => pasid;
+    reserved [8:6], [15:12], [63:52], [127:64];
+}
+
+nesting_core::bitfield! {
+    /// PASID-based-device-TLB invalidate descriptor, type 8 (VT-d
+    /// "PASID-based-Device-TLB Invalidate Descriptor").
+    pub struct PasidDevTlbDsc([u64; 2]);
+    /// Max invalidations pending.
+    MIP [8:4]: u8 => mip;
+    /// PFSID[3:0].
+    PFSID_LO [15:12]: u8 => pfsid_lo;
+    /// Source-id of the device.
+    SID [31:16]: Bdf => sid;
+    /// PASID.
+    PASID [51:32]: u32 => pasid;
+    /// PFSID[15:4].
+    PFSID_HI [63:52]: u16 => pfsid_hi;
+    /// G: every address of the PASID.
+    G [64]: bool => global;
+    /// Size bit.
+    S [75]: bool => s;
+    /// Address, bits 127:76.
+    ADDR [127:76]: address => addr;
+    reserved [74:65];
+}
+
+impl PasidDevTlbDsc {
+    /// Physical function source-id: PFSID bits 15:4 above bits 3:0.
+    pub fn pfsid(&self) -> u16 {
+        u16::from(self.pfsid_lo()) | (self.pfsid_hi() << 4)
+    }
+}
+
+nesting_core::bitfield! {
+    /// Page group response descriptor, type 9 (VT-d "Page Group Response
+    /// Descriptor").
+    pub struct PageGroupResponseDsc([u64; 2]);
+    /// PASID present.
+    PP [4]: bool => pasid_present;
+    /// Response code.
+    CODE [15:12]: u8 => code;
+    /// Requester-id.
+    RID [31:16]: Bdf => rid;
+    /// PASID.
+    PASID [51:32]: u32 => pasid;
+    /// Page request group index.
+    PRG_INDEX [75:67]: u16 => prg_index;
+    reserved [8:5], [63:52];
+}
 
 /// Context-cache invalidation granularity (6.5.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +375,7 @@ pub enum Decoded {
 
 /// The type code of a descriptor's first quadword.
 pub fn descriptor_type(q0: u64) -> u8 {
-    (TYPE_LO.get(q0) | (TYPE_HI.get(q0) << 4)) as u8
+    DscHeader([q0, 0]).type_code()
 }
 
 fn check(reserved: bool, d: Descriptor) -> Decoded {
@@ -220,171 +390,148 @@ fn check(reserved: bool, d: Descriptor) -> Decoded {
 /// 256-bit descriptor is reserved for every type the model implements and
 /// ignored).
 pub fn decode(q: [u64; 2], cfg: &VtdConfig) -> Decoded {
-    let [q0, q1] = q;
     let scalable = cfg.mode == VtdMode::Scalable;
-    match descriptor_type(q0) {
-        1 => decode_cc(q0, q1),
-        2 => decode_iotlb(q0, q1),
-        3 => decode_dtlb(q0, q1),
-        4 => check(
-            q0 & (Field::bits(8, 5).mask()
-                | Field::bits(26, 12).mask()
-                | Field::bits(63, 48).mask())
-                != 0
-                || q1 != 0,
-            Descriptor::InterruptEntryCache,
-        ),
-        5 => decode_wait(q0, q1),
-        6 if scalable => decode_piotlb(q0, q1),
-        7 if scalable => decode_pc(q0, q1),
-        8 if scalable => decode_pdtlb(q0, q1),
-        9 if cfg.prs => decode_pgrp(q0, q1),
+    match DscHeader(q).type_code() {
+        1 => decode_cc(ContextCacheDsc(q)),
+        2 => decode_iotlb(IotlbDsc(q)),
+        3 => decode_dtlb(DevTlbDsc(q)),
+        4 => check(IecDsc(q).reserved_set(), Descriptor::InterruptEntryCache),
+        5 => decode_wait(WaitDsc(q)),
+        6 if scalable => decode_piotlb(PasidIotlbDsc(q)),
+        7 if scalable => decode_pc(PasidCacheDsc(q)),
+        8 if scalable => decode_pdtlb(PasidDevTlbDsc(q)),
+        9 if cfg.prs => decode_pgrp(PageGroupResponseDsc(q)),
         _ => Decoded::Invalid(iqei::TYPE),
     }
 }
 
-fn decode_cc(q0: u64, q1: u64) -> Decoded {
-    let g = match G.get(q0) {
+fn decode_cc(d: ContextCacheDsc) -> Decoded {
+    let g = match d.g() {
         1 => CcGranularity::Global,
         2 => CcGranularity::Domain,
         3 => CcGranularity::Device,
         _ => return Decoded::Invalid(iqei::RESERVED),
     };
-    let rsvd = Field::bits(8, 6).mask() | Field::bits(15, 12).mask() | Field::bits(63, 50).mask();
     check(
-        q0 & rsvd != 0 || q1 != 0,
+        d.reserved_set(),
         Descriptor::ContextCache {
             g,
-            did: DID.get(q0) as u16,
-            sid: Field::bits(47, 32).get(q0) as u16,
-            fm: Field::bits(49, 48).get(q0) as u8,
+            did: d.did(),
+            sid: d.sid().0,
+            fm: d.fm(),
         },
     )
 }
 
-fn decode_iotlb(q0: u64, q1: u64) -> Decoded {
-    let g = match G.get(q0) {
+fn decode_iotlb(d: IotlbDsc) -> Decoded {
+    let g = match d.g() {
         1 => IotlbGranularity::Global,
         2 => IotlbGranularity::Domain,
         3 => IotlbGranularity::Page,
         _ => return Decoded::Invalid(iqei::RESERVED),
     };
-    let am = AM.get(q1);
-    let rsvd0 = Field::bit(8).mask() | Field::bits(15, 12).mask() | Field::bits(63, 32).mask();
     // VT-d "IOTLB Invalidate Descriptor": AM above CAP.MAMV is a programming error.
-    let bad_am = g == IotlbGranularity::Page && am > MAMV;
+    let bad_am = g == IotlbGranularity::Page && u64::from(d.am()) > MAMV;
     check(
-        q0 & rsvd0 != 0 || q1 & Field::bits(11, 7).mask() != 0 || bad_am,
+        d.reserved_set() || bad_am,
         Descriptor::Iotlb {
             g,
-            did: DID.get(q0) as u16,
-            addr: ADDR.mask() & q1,
-            am: am as u8,
-            ih: IH.is_set(q1),
+            did: d.did(),
+            addr: d.addr(),
+            am: d.am(),
+            ih: d.ih(),
         },
     )
 }
 
-/// PFSID of the device-TLB descriptors: bits 15:12 hold PFSID[3:0],
-/// bits 63:52 PFSID[15:4].
-fn pfsid(q0: u64) -> u16 {
-    (Field::bits(15, 12).get(q0) | (Field::bits(63, 52).get(q0) << 4)) as u16
-}
-
-fn decode_dtlb(q0: u64, q1: u64) -> Decoded {
-    let rsvd0 = Field::bits(8, 4).mask() | Field::bits(31, 21).mask() | Field::bits(51, 48).mask();
+fn decode_dtlb(d: DevTlbDsc) -> Decoded {
     check(
-        q0 & rsvd0 != 0 || q1 & Field::bits(11, 1).mask() != 0,
+        d.reserved_set(),
         Descriptor::DeviceTlb {
-            sid: Field::bits(47, 32).get(q0) as u16,
-            pfsid: pfsid(q0),
-            mip: Field::bits(20, 16).get(q0) as u8,
-            addr: ADDR.mask() & q1,
-            s: Field::bit(0).is_set(q1),
+            sid: d.sid().0,
+            pfsid: d.pfsid(),
+            mip: d.mip(),
+            addr: d.addr(),
+            s: d.s(),
         },
     )
 }
 
-fn decode_wait(q0: u64, q1: u64) -> Decoded {
+fn decode_wait(d: WaitDsc) -> Decoded {
     check(
-        q0 & (Field::bit(8).mask() | Field::bits(31, 12).mask()) != 0
-            || q1 & Field::bits(1, 0).mask() != 0,
+        d.reserved_set(),
         Descriptor::Wait {
-            interrupt: Field::bit(4).is_set(q0),
-            status_write: Field::bit(5).is_set(q0),
-            fence: Field::bit(6).is_set(q0),
-            page_drain: Field::bit(7).is_set(q0),
-            data: Field::bits(63, 32).get(q0) as u32,
-            addr: Field::bits(63, 2).mask() & q1,
+            interrupt: d.interrupt(),
+            status_write: d.status_write(),
+            fence: d.fence(),
+            page_drain: d.page_drain(),
+            data: d.status_data(),
+            addr: d.status_addr(),
         },
     )
 }
 
-fn decode_piotlb(q0: u64, q1: u64) -> Decoded {
+fn decode_piotlb(d: PasidIotlbDsc) -> Decoded {
     // VT-d "PASID-based-IOTLB Invalidate Descriptor": G=10 all pages of the
     // PASID, G=11 page-selective; 00 and 01 are reserved.
-    let page = match G.get(q0) {
+    let page = match d.g() {
         2 => false,
         3 => true,
         _ => return Decoded::Invalid(iqei::RESERVED),
     };
-    let am = AM.get(q1);
-    let rsvd0 = Field::bits(8, 6).mask() | Field::bits(15, 12).mask() | Field::bits(63, 52).mask();
     check(
-        q0 & rsvd0 != 0 || q1 & Field::bits(11, 7).mask() != 0 || (page && am > MAMV),
+        d.reserved_set() || (page && u64::from(d.am()) > MAMV),
         Descriptor::PasidIotlb {
             page,
-            did: DID.get(q0) as u16,
-            pasid: PASID.get(q0) as u32,
-            addr: ADDR.mask() & q1,
-            am: am as u8,
-            ih: IH.is_set(q1),
+            did: d.did(),
+            pasid: d.pasid(),
+            addr: d.addr(),
+            am: d.am(),
+            ih: d.ih(),
         },
     )
 }
 
-fn decode_pc(q0: u64, q1: u64) -> Decoded {
-    let g = match G.get(q0) {
+fn decode_pc(d: PasidCacheDsc) -> Decoded {
+    let g = match d.g() {
         0 => PcGranularity::Domain,
         1 => PcGranularity::Pasid,
         3 => PcGranularity::Global,
         _ => return Decoded::Invalid(iqei::RESERVED),
     };
-    let rsvd0 = Field::bits(8, 6).mask() | Field::bits(15, 12).mask() | Field::bits(63, 52).mask();
     check(
-        q0 & rsvd0 != 0 || q1 != 0,
+        d.reserved_set(),
         Descriptor::PasidCache {
             g,
-            did: DID.get(q0) as u16,
-            pasid: PASID.get(q0) as u32,
+            did: d.did(),
+            pasid: d.pasid(),
         },
     )
 }
 
-fn decode_pdtlb(q0: u64, q1: u64) -> Decoded {
+fn decode_pdtlb(d: PasidDevTlbDsc) -> Decoded {
     check(
-        q1 & Field::bits(10, 1).mask() != 0,
+        d.reserved_set(),
         Descriptor::PasidDeviceTlb {
-            sid: DID.get(q0) as u16,
-            pfsid: pfsid(q0),
-            mip: Field::bits(8, 4).get(q0) as u8,
-            pasid: PASID.get(q0) as u32,
-            global: Field::bit(0).is_set(q1),
-            addr: ADDR.mask() & q1,
-            s: Field::bit(11).is_set(q1),
+            sid: d.sid().0,
+            pfsid: d.pfsid(),
+            mip: d.mip(),
+            pasid: d.pasid(),
+            global: d.global(),
+            addr: d.addr(),
+            s: d.s(),
         },
     )
 }
 
-fn decode_pgrp(q0: u64, q1: u64) -> Decoded {
-    let pasid = Field::bit(4).is_set(q0).then(|| PASID.get(q0) as u32);
+fn decode_pgrp(d: PageGroupResponseDsc) -> Decoded {
     check(
-        q0 & (Field::bits(8, 5).mask() | Field::bits(63, 52).mask()) != 0,
+        d.reserved_set(),
         Descriptor::PageGroupResponse {
-            rid: DID.get(q0) as u16,
-            pasid,
-            code: Field::bits(15, 12).get(q0) as u8,
-            index: Field::bits(11, 3).get(q1) as u16,
+            rid: d.rid().0,
+            pasid: d.pasid_present().then(|| d.pasid()),
+            code: d.code(),
+            index: d.prg_index(),
         },
     )
 }

@@ -15,6 +15,8 @@ use crate::options::{VtdAddressWidth, VtdConfig, VtdMode};
 use nesting_core::bits::Field;
 use nesting_core::host::info::{cap, ecap};
 
+use crate::prq::{PQ_OFFSET, prs};
+
 /// Register offsets of the architected block (VT-d 11.4, register map).
 pub mod off {
     /// Version (11.4 VER_REG).
@@ -83,88 +85,109 @@ pub mod off {
 /// GCMD_REG / GSTS_REG bits (11.4 GCMD_REG, 11.4 GSTS_REG). The command and status bit of
 /// each function share a position.
 pub mod gcmd {
-    use nesting_core::bits::Field;
-    /// Translation enable (persistent; status TES).
-    pub const TE: Field = Field::bit(31);
-    /// Set root table pointer (one-shot; status RTPS).
-    pub const SRTP: Field = Field::bit(30);
-    /// Write buffer flush (one-shot; status WBFS).
-    pub const WBF: Field = Field::bit(27);
-    /// Queued invalidation enable (persistent; status QIES).
-    pub const QIE: Field = Field::bit(26);
-    /// Compatibility format interrupt (persistent; status CFIS).
-    pub const CFI: Field = Field::bit(23);
+    nesting_core::bitfield! {
+        /// A GCMD_REG (or GSTS_REG) value.
+        pub struct Gcmd(u64) in mod;
+        /// Translation enable (persistent; status TES).
+        TE [31]: bool => te, with_te;
+        /// Set root table pointer (one-shot; status RTPS).
+        SRTP [30]: bool => srtp, with_srtp;
+        /// Write buffer flush (one-shot; status WBFS).
+        WBF [27]: bool => wbf, with_wbf;
+        /// Queued invalidation enable (persistent; status QIES).
+        QIE [26]: bool => qie, with_qie;
+        /// Compatibility format interrupt (persistent; status CFIS).
+        CFI [23]: bool => cfi, with_cfi;
+    }
 }
 
 /// RTADDR_REG fields (11.4 RTADDR_REG).
 pub mod rtaddr {
-    use nesting_core::bits::Field;
-    /// Root table address, 4 KiB aligned.
-    pub const RTA: Field = Field::bits(63, 12);
-    /// Translation table mode: 00 legacy, 01 scalable, others reserved.
-    pub const TTM: Field = Field::bits(11, 10);
+    nesting_core::bitfield! {
+        /// An RTADDR_REG value.
+        pub struct Rtaddr(u64) in mod;
+        /// Root table address, 4 KiB aligned.
+        RTA [63:12]: address => rta, with_rta;
+        /// Translation table mode: 00 legacy, 01 scalable, others reserved.
+        TTM [11:10]: u8 => ttm, with_ttm;
+    }
 }
 
 /// CCMD_REG fields (11.4 CCMD_REG).
 pub mod ccmd {
-    use nesting_core::bits::Field;
-    /// Invalidate context-cache (set by software, cleared on completion).
-    pub const ICC: Field = Field::bit(63);
-    /// Invalidation request granularity.
-    pub const CIRG: Field = Field::bits(62, 61);
-    /// Actual invalidation granularity.
-    pub const CAIG: Field = Field::bits(60, 59);
-    /// Function mask.
-    pub const FM: Field = Field::bits(33, 32);
-    /// Source-id.
-    pub const SID: Field = Field::bits(31, 16);
-    /// Domain-id.
-    pub const DID: Field = Field::bits(15, 0);
+    use nesting_core::types::Bdf;
+
+    nesting_core::bitfield! {
+        /// A CCMD_REG value.
+        pub struct Ccmd(u64) in mod;
+        /// Invalidate context-cache (set by software, cleared on completion).
+        ICC [63]: bool => icc, with_icc;
+        /// Invalidation request granularity.
+        CIRG [62:61]: u8 => cirg, with_cirg;
+        /// Actual invalidation granularity.
+        CAIG [60:59]: u8 => caig, with_caig;
+        /// Function mask.
+        FM [33:32]: u8 => fm, with_fm;
+        /// Source-id of the device (device-selective invalidation).
+        SID [31:16]: Bdf => sid, with_sid;
+        /// Domain-id.
+        DID [15:0]: u16 => did, with_did;
+    }
 }
 
 /// IOTLB_REG fields (11.4 IOTLB_REG), at ECAP.IRO + 8.
 pub mod iotlb_reg {
-    use nesting_core::bits::Field;
-    /// Invalidate IOTLB (set by software, cleared on completion).
-    pub const IVT: Field = Field::bit(63);
-    /// Invalidation request granularity.
-    pub const IIRG: Field = Field::bits(61, 60);
-    /// Actual invalidation granularity.
-    pub const IAIG: Field = Field::bits(58, 57);
-    /// Drain reads.
-    pub const DR: Field = Field::bit(49);
-    /// Drain writes.
-    pub const DW: Field = Field::bit(48);
-    /// Domain-id.
-    pub const DID: Field = Field::bits(47, 32);
+    nesting_core::bitfield! {
+        /// An IOTLB_REG value.
+        pub struct IotlbReg(u64) in mod;
+        /// Invalidate IOTLB (set by software, cleared on completion).
+        IVT [63]: bool => ivt, with_ivt;
+        /// Invalidation request granularity.
+        IIRG [61:60]: u8 => iirg, with_iirg;
+        /// Actual invalidation granularity.
+        IAIG [58:57]: u8 => iaig, with_iaig;
+        /// Drain reads.
+        DR [49]: bool => dr, with_dr;
+        /// Drain writes.
+        DW [48]: bool => dw, with_dw;
+        /// Domain-id.
+        DID [47:32]: u16 => did, with_did;
+    }
 }
 
 /// IVA_REG fields (11.4 IVA_REG), at ECAP.IRO.
 pub mod iva {
-    use nesting_core::bits::Field;
-    /// Page address.
-    pub const ADDR: Field = Field::bits(63, 12);
-    /// Invalidation hint (leaf-only).
-    pub const IH: Field = Field::bit(6);
-    /// Address mask: 2^AM pages.
-    pub const AM: Field = Field::bits(5, 0);
+    nesting_core::bitfield! {
+        /// An IVA_REG value.
+        pub struct Iva(u64) in mod;
+        /// Page address.
+        ADDR [63:12]: address => addr, with_addr;
+        /// Invalidation hint (leaf-only).
+        IH [6]: bool => ih, with_ih;
+        /// Address mask: 2^AM pages.
+        AM [5:0]: u8 => am, with_am;
+    }
 }
 
 /// FSTS_REG bits (11.4 FSTS_REG).
 pub mod fsts {
-    use nesting_core::bits::Field;
-    /// Primary fault overflow (RW1C).
-    pub const PFO: Field = Field::bit(0);
-    /// Primary pending fault (RO: some fault record has F set).
-    pub const PPF: Field = Field::bit(1);
-    /// Invalidation queue error (RW1C).
-    pub const IQE: Field = Field::bit(4);
-    /// Invalidation completion error (RW1C).
-    pub const ICE: Field = Field::bit(5);
-    /// Invalidation time-out error (RW1C).
-    pub const ITE: Field = Field::bit(6);
-    /// Fault record index (RO).
-    pub const FRI: Field = Field::bits(15, 8);
+    nesting_core::bitfield! {
+        /// An FSTS_REG value.
+        pub struct Fsts(u64) in mod;
+        /// Primary fault overflow (RW1C).
+        PFO [0]: bool => pfo, with_pfo;
+        /// Primary pending fault (RO: some fault record has F set).
+        PPF [1]: bool => ppf, with_ppf;
+        /// Invalidation queue error (RW1C).
+        IQE [4]: bool => iqe, with_iqe;
+        /// Invalidation completion error (RW1C).
+        ICE [5]: bool => ice, with_ice;
+        /// Invalidation time-out error (RW1C).
+        ITE [6]: bool => ite, with_ite;
+        /// Fault record index (RO).
+        FRI [15:8]: u8 => fri, with_fri;
+    }
+
     /// The status fields whose setting is a fault event condition
     /// (VT-d "Non-Recoverable Fault Event": PFO, PPF, IQE, ICE, ITE; PRO lives in PRS_REG).
     pub const EVENT_MASK: u64 = PFO.mask() | PPF.mask() | IQE.mask() | ICE.mask() | ITE.mask();
@@ -172,22 +195,28 @@ pub mod fsts {
 
 /// FECTL/IECTL/PECTL bits (11.4 FECTL_REG, 11.4 IECTL_REG, 11.4 PECTL_REG).
 pub mod ectl {
-    use nesting_core::bits::Field;
-    /// Interrupt mask.
-    pub const IM: Field = Field::bit(31);
-    /// Interrupt pending.
-    pub const IP: Field = Field::bit(30);
+    nesting_core::bitfield! {
+        /// An FECTL_REG, IECTL_REG or PECTL_REG value.
+        pub struct Ectl(u64) in mod;
+        /// Interrupt mask.
+        IM [31]: bool => im, with_im;
+        /// Interrupt pending.
+        IP [30]: bool => ip, with_ip;
+    }
 }
 
 /// IQA_REG fields (11.4 IQA_REG).
 pub mod iqa {
-    use nesting_core::bits::Field;
-    /// Queue base, 4 KiB aligned.
-    pub const IQA: Field = Field::bits(63, 12);
-    /// Descriptor width: 0 = 128-bit, 1 = 256-bit.
-    pub const DW: Field = Field::bit(11);
-    /// Queue size: 2^QS 4 KiB pages.
-    pub const QS: Field = Field::bits(2, 0);
+    nesting_core::bitfield! {
+        /// An IQA_REG value.
+        pub struct Iqa(u64) in mod;
+        /// Queue base, 4 KiB aligned.
+        IQA [63:12]: address => base, with_base;
+        /// Descriptor width: 0 = 128-bit, 1 = 256-bit.
+        DW [11]: bool => dw, with_dw;
+        /// Queue size: 2^QS 4 KiB pages.
+        QS [2:0]: u8 => qs, with_qs;
+    }
 }
 
 /// IQH/IQT queue offset (11.4 IQH_REG, 11.4 IQT_REG): bits 18:4, in bytes.
@@ -198,41 +227,66 @@ pub const ICS_IWC: Field = Field::bit(0);
 
 /// IQER_REG fields (11.4.9.9).
 pub mod iqer {
-    use nesting_core::bits::Field;
-    /// Invalidation queue error info.
-    pub const IQEI: Field = Field::bits(3, 0);
-    /// Invalidation time-out error source-id.
-    pub const ITESID: Field = Field::bits(47, 32);
-    /// Invalidation completion error source-id.
-    pub const ICESID: Field = Field::bits(63, 48);
+    use nesting_core::types::Bdf;
+
+    nesting_core::bitfield! {
+        /// An IQER_REG value.
+        pub struct Iqer(u64) in mod;
+        /// Invalidation queue error info.
+        IQEI [3:0]: u8 => iqei, with_iqei;
+        /// Invalidation time-out error source-id.
+        ITESID [47:32]: Bdf => itesid, with_itesid;
+        /// Invalidation completion error source-id.
+        ICESID [63:48]: Bdf => icesid, with_icesid;
+    }
 }
 
-/// Fault recording register fields (11.4 FRCD_REG), as one 128-bit record split
-/// in its low and high quadwords.
+/// PQA_REG fields (11.4 PQA_REG), present with ECAP.PRS.
+pub mod pqa {
+    nesting_core::bitfield! {
+        /// A PQA_REG value.
+        pub struct Pqa(u64) in mod;
+        /// Page request queue base, 4 KiB aligned.
+        PQA [63:12]: address => base, with_base;
+        /// Queue size: 2^PQS 4 KiB pages.
+        PQS [2:0]: u8 => pqs, with_pqs;
+    }
+}
+
+/// Fault recording register fields (11.4 FRCD_REG): one 128-bit record,
+/// bits numbered across its low and high quadwords as the spec numbers
+/// them.
 pub mod frcd {
-    use nesting_core::bits::Field;
-    /// Low quadword: fault info (page address of the request), bits 63:12.
-    pub const FI: Field = Field::bits(63, 12);
-    /// High quadword: source-id.
-    pub const SID: Field = Field::bits(15, 0);
-    /// High quadword: type bit 2 (T2).
-    pub const T2: Field = Field::bit(28);
-    /// High quadword: privilege mode requested.
-    pub const PRIV: Field = Field::bit(29);
-    /// High quadword: execute permission requested.
-    pub const EXE: Field = Field::bit(30);
-    /// High quadword: PASID present.
-    pub const PP: Field = Field::bit(31);
-    /// High quadword: fault reason.
-    pub const FR: Field = Field::bits(39, 32);
-    /// High quadword: PASID value.
-    pub const PV: Field = Field::bits(59, 40);
-    /// High quadword: address type.
-    pub const AT: Field = Field::bits(61, 60);
-    /// High quadword: type bit 1 (T1): 0 write, 1 read.
-    pub const T1: Field = Field::bit(62);
-    /// High quadword: fault (RW1C).
-    pub const F: Field = Field::bit(63);
+    use nesting_core::types::Bdf;
+
+    use crate::fault::{AddressType, FaultReason};
+
+    nesting_core::bitfield! {
+        /// A fault record (the low and high quadwords of one FRCD_REG).
+        pub struct Frcd([u64; 2]) in mod;
+        /// Fault info: page address of the request, bits 63:12.
+        FI [63:12]: address => fi, with_fi;
+        /// Source-id of the request.
+        SID [79:64]: Bdf => sid, with_sid;
+        /// Type bit 2 (T2).
+        T2 [92]: bool => t2, with_t2;
+        /// Privilege mode requested.
+        PRIV [93]: bool => privileged, with_privileged;
+        /// Execute permission requested.
+        EXE [94]: bool => exe, with_exe;
+        /// PASID present.
+        PP [95]: bool => pp, with_pp;
+        /// Fault reason.
+        FR [103:96]: FaultReason => fr, with_fr;
+        /// PASID value.
+        PV [123:104]: u32 => pv, with_pv;
+        /// Address type.
+        AT [125:124]: AddressType => at, with_at;
+        /// Type bit 1 (T1): 0 write, 1 read.
+        T1 [126]: bool => t1, with_t1;
+        /// Fault (RW1C).
+        F [127]: bool => f, with_f;
+    }
 }
 
 /// Register access width.
@@ -459,16 +513,19 @@ pub fn layout(cfg: &VtdConfig) -> Vec<RegDesc> {
 /// ECAP.PRS is set.
 fn page_request_regs(msi_addr: u64, ectl_reset: u64) -> [RegDesc; 8] {
     [
-        rw(reg("PQH_REG", off::PQH, W64, 0), Field::bits(18, 5).mask()),
+        rw(reg("PQH_REG", off::PQH, W64, 0), PQ_OFFSET.mask()),
         // Software initializes PQT (Linux writes 0 at set-up); hardware
         // advances it.
-        rw(reg("PQT_REG", off::PQT, W64, 0), Field::bits(18, 5).mask()),
+        rw(reg("PQT_REG", off::PQT, W64, 0), PQ_OFFSET.mask()),
         rw(
             reg("PQA_REG", off::PQA, W64, 0),
-            Field::bits(63, 12).mask() | Field::bits(2, 0).mask(),
+            pqa::PQA.mask() | pqa::PQS.mask(),
         ),
-        // PPR (bit 0) and PRO (bit 1), both RW1C.
-        w1c(reg("PRS_REG", off::PRS, W32, 0), 0b11),
+        // PPR and PRO, both RW1C.
+        w1c(
+            reg("PRS_REG", off::PRS, W32, 0),
+            prs::PPR.mask() | prs::PRO.mask(),
+        ),
         rw(
             reg("PECTL_REG", off::PECTL, W32, ectl_reset),
             ectl::IM.mask(),

@@ -1,10 +1,10 @@
 //! Translation structure formats (VT-d chapter 9): root and context
 //! entries of legacy and scalable mode, PASID directory and PASID table
 //! entries. Each structure is read from guest memory as little-endian
-//! quadwords and decoded through [`Field`] constants; decoding is total
+//! quadwords and decoded through [`nesting_core::bitfield!`] accessors; decoding is total
 //! (every bit pattern decodes, reserved values become `Unknown`).
 
-use nesting_core::bits::Field;
+use nesting_core::bits::{Field, FieldValue, Words};
 use nesting_core::mem::{GuestMemoryExt, MemError};
 use nesting_core::types::Gpa;
 use vm_memory::GuestMemory;
@@ -109,13 +109,42 @@ pub struct RootEntry {
 }
 
 impl RootEntry {
-    /// Reserved bits of one half (the legacy high half is all reserved).
-    pub const HALF_RESERVED: u64 = Field::bits(11, 1).mask();
-
     /// Reads the entry of `bus` in the root table at `rta`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, rta: u64, bus: u8) -> Result<Self, MemError> {
         let [lo, hi] = read_qwords::<M, 2>(mem, rta + ROOT_ENTRY_SIZE * u64::from(bus))?;
         Ok(RootEntry { lo, hi })
+    }
+
+    /// The low half: the legacy entry (9.1), or the scalable entry's
+    /// lower half (9.2).
+    pub fn lower(&self) -> RootHalf {
+        RootHalf(self.lo)
+    }
+
+    /// The half of a scalable-mode root entry that serves `devfn` (9.2:
+    /// the lower half devfn 0..127, the upper half 128..255).
+    pub fn half_for(&self, devfn: u8) -> RootHalf {
+        RootHalf(if devfn < 128 { self.lo } else { self.hi })
+    }
+}
+
+nesting_core::bitfield! {
+    /// One half of a root entry: a legacy root entry's low half (9.1; its
+    /// high half is reserved), or the lower or upper half of a scalable-mode
+    /// root entry (9.2). The halves share one layout.
+    pub struct RootHalf(u64);
+    /// Present.
+    P (P): bool => present;
+    /// Context-table pointer.
+    CTP (PTR): address => ctp;
+    reserved [11:1];
+}
+
+impl RootHalf {
+    /// Whether any reserved bit is set, context-table pointer bits above
+    /// the host address width included.
+    pub fn reserved(&self, haw: u32) -> bool {
+        self.reserved_set() || self.0 & ptr_above_haw(haw) != 0
     }
 }
 
@@ -132,6 +161,26 @@ pub enum TranslationType {
     Unknown(u8),
 }
 
+impl FieldValue for TranslationType {
+    const BITS: u32 = 2;
+    fn from_raw(raw: u64) -> Self {
+        match u8::from_raw(raw) {
+            0 => TranslationType::Untranslated,
+            1 => TranslationType::DeviceTlb,
+            2 => TranslationType::PassThrough,
+            v => TranslationType::Unknown(v),
+        }
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(match self {
+            TranslationType::Untranslated => 0,
+            TranslationType::DeviceTlb => 1,
+            TranslationType::PassThrough => 2,
+            TranslationType::Unknown(v) => v,
+        })
+    }
+}
+
 /// Legacy context entry (9.3).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ContextEntry {
@@ -141,42 +190,51 @@ pub struct ContextEntry {
     pub hi: u64,
 }
 
-impl ContextEntry {
-    /// Translation type, bits 3:2.
-    pub const TT: Field = Field::bits(3, 2);
-    /// Address width, bits 66:64 (hi 2:0).
-    pub const AW: Field = Field::bits(2, 0);
-    /// Domain identifier, bits 87:72 (hi 23:8).
-    pub const DID: Field = Field::bits(23, 8);
-    /// Reserved bits of the low quadword (11:4).
-    pub const LO_RESERVED: u64 = Field::bits(11, 4).mask();
-    /// Reserved bits of the high quadword (7 and 63:24).
-    pub const HI_RESERVED: u64 = Field::bit(7).mask() | Field::bits(63, 24).mask();
+impl Words for ContextEntry {
+    const LEN: usize = 2;
+    fn word(&self, i: usize) -> u64 {
+        match i {
+            0 => self.lo,
+            1 => self.hi,
+            _ => 0,
+        }
+    }
+    fn set_word(&mut self, i: usize, v: u64) {
+        match i {
+            0 => self.lo = v,
+            1 => self.hi = v,
+            _ => {}
+        }
+    }
+}
 
+nesting_core::bitfield! {
+    impl ContextEntry;
+    /// Present.
+    P (P): bool => present;
+    /// Fault processing disable.
+    FPD (FPD): bool => fpd;
+    /// Translation type, bits 3:2.
+    TT [3:2]: TranslationType => tt, with_tt;
+    /// Second-stage page-table pointer, bits 63:12.
+    SLPTPTR (PTR): address => slptptr;
+    /// Address width, bits 66:64.
+    AW [66:64]: u8 => aw;
+    /// Domain identifier, bits 87:72.
+    DID [87:72]: u16 => did;
+    reserved [11:4], [71], [127:88];
+}
+
+impl ContextEntry {
     /// Reads the entry of `devfn` in the context table at `ctp`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, ctp: u64, devfn: u8) -> Result<Self, MemError> {
         let [lo, hi] = read_qwords::<M, 2>(mem, ctp + CONTEXT_ENTRY_SIZE * u64::from(devfn))?;
         Ok(ContextEntry { lo, hi })
     }
 
-    /// The translation type.
-    pub fn tt(&self) -> TranslationType {
-        match Self::TT.get(self.lo) {
-            0 => TranslationType::Untranslated,
-            1 => TranslationType::DeviceTlb,
-            2 => TranslationType::PassThrough,
-            v => TranslationType::Unknown(v as u8),
-        }
-    }
-
-    /// The domain identifier.
-    pub fn did(&self) -> u16 {
-        Self::DID.get(self.hi) as u16
-    }
-
     /// Whether any reserved bit is set, given the host address width.
     pub fn reserved(&self, haw: u32) -> bool {
-        self.lo & (Self::LO_RESERVED | ptr_above_haw(haw)) != 0 || self.hi & Self::HI_RESERVED != 0
+        self.reserved_set() || self.lo & ptr_above_haw(haw) != 0
     }
 }
 
@@ -187,24 +245,30 @@ pub struct SmContextEntry {
     pub q: [u64; 4],
 }
 
-impl SmContextEntry {
+nesting_core::bitfield! {
+    impl SmContextEntry(q: [u64; 4]);
+    /// Present.
+    P (P): bool => present;
+    /// Fault processing disable.
+    FPD (FPD): bool => fpd;
     /// Device-TLB enable, bit 2.
-    pub const DTE: Field = Field::bit(2);
+    DTE [2]: bool => dte;
     /// PASID enable, bit 3.
-    pub const PASIDE: Field = Field::bit(3);
+    PASIDE [3]: bool => paside;
     /// Page request enable, bit 4.
-    pub const PRE: Field = Field::bit(4);
+    PRE [4]: bool => pre;
     /// PASID directory size: 2^(PDTS + 7) entries, bits 11:9.
-    pub const PDTS: Field = Field::bits(11, 9);
-    /// RID_PASID, bits 83:64 (q1 19:0).
-    pub const RID_PASID: Field = Field::bits(19, 0);
-    /// RID_PRIV, bit 84 (q1 bit 20).
-    pub const RID_PRIV: Field = Field::bit(20);
-    /// Reserved bits of q0 (8:5).
-    pub const Q0_RESERVED: u64 = Field::bits(8, 5).mask();
-    /// Reserved bits of q1 (63:21).
-    pub const Q1_RESERVED: u64 = Field::bits(63, 21).mask();
+    PDTS [11:9]: u8 => pdts;
+    /// PASID directory pointer, bits 63:12.
+    PASIDDIRPTR (PTR): address => pasid_dir;
+    /// RID_PASID, bits 83:64.
+    RID_PASID [83:64]: u32 => rid_pasid;
+    /// RID_PRIV, bit 84.
+    RID_PRIV [84]: bool => rid_priv;
+    reserved [8:5], [127:85], [191:128], [255:192];
+}
 
+impl SmContextEntry {
     /// Reads the entry of `devfn` from the context table at `ctp` (the
     /// root entry's lower table holds devfn 0..127, the upper 128..255;
     /// both are indexed by devfn bits 6:0).
@@ -216,31 +280,39 @@ impl SmContextEntry {
 
     /// Number of PASIDs the PASID directory covers.
     pub fn max_pasids(&self) -> u64 {
-        (1u64 << (Self::PDTS.get(self.q[0]) + 7)) * u64::from(PASIDS_PER_TABLE)
+        (1u64 << (u32::from(self.pdts()) + 7)) * u64::from(PASIDS_PER_TABLE)
     }
 
     /// Whether any reserved bit is set.
     pub fn reserved(&self, haw: u32) -> bool {
-        self.q[0] & (Self::Q0_RESERVED | ptr_above_haw(haw)) != 0
-            || self.q[1] & Self::Q1_RESERVED != 0
-            || self.q[2] != 0
-            || self.q[3] != 0
+        self.reserved_set() || self.q[0] & ptr_above_haw(haw) != 0
     }
 }
 
-/// PASID directory entry (9.5).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PasidDirEntry(pub u64);
+nesting_core::bitfield! {
+    /// PASID directory entry (9.5).
+    pub struct PasidDirEntry(u64);
+    /// Present.
+    P (P): bool => present;
+    /// Fault processing disable.
+    FPD (FPD): bool => fpd;
+    /// PASID table pointer, bits 63:12.
+    PASIDPTR (PTR): address => pasid_table;
+    reserved [11:2];
+}
 
 impl PasidDirEntry {
-    /// Reserved bits (11:2).
-    pub const RESERVED: u64 = Field::bits(11, 2).mask();
-
     /// Reads the directory entry for `pasid` (PASID bits 19:6 index it).
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, dir: u64, pasid: u32) -> Result<Self, MemError> {
         let idx = u64::from(pasid / PASIDS_PER_TABLE);
         let [v] = read_qwords::<M, 1>(mem, dir + PASID_DIR_ENTRY_SIZE * idx)?;
         Ok(PasidDirEntry(v))
+    }
+
+    /// Whether any reserved bit is set, table pointer bits above the host
+    /// address width included.
+    pub fn reserved(&self, haw: u32) -> bool {
+        self.reserved_set() || self.0 & ptr_above_haw(haw) != 0
     }
 }
 
@@ -259,6 +331,28 @@ pub enum Pgtt {
     Unknown(u8),
 }
 
+impl FieldValue for Pgtt {
+    const BITS: u32 = 3;
+    fn from_raw(raw: u64) -> Self {
+        match u8::from_raw(raw) {
+            1 => Pgtt::FirstStage,
+            2 => Pgtt::SecondStage,
+            3 => Pgtt::Nested,
+            4 => Pgtt::PassThrough,
+            v => Pgtt::Unknown(v),
+        }
+    }
+    fn into_raw(self) -> u64 {
+        u64::from(match self {
+            Pgtt::FirstStage => 1,
+            Pgtt::SecondStage => 2,
+            Pgtt::Nested => 3,
+            Pgtt::PassThrough => 4,
+            Pgtt::Unknown(v) => v,
+        })
+    }
+}
+
 /// Scalable-mode PASID table entry (9.6).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PasidEntry {
@@ -266,33 +360,41 @@ pub struct PasidEntry {
     pub q: [u64; 8],
 }
 
-impl PasidEntry {
-    /// q0: address width of the second-stage tables, bits 4:2.
-    pub const AW: Field = Field::bits(4, 2);
-    /// q0: PASID-granular translation type, bits 8:6.
-    pub const PGTT: Field = Field::bits(8, 6);
-    /// q0: second-stage A/D enable, bit 9 (needs ECAP.SSADS).
-    pub const SSADE: Field = Field::bit(9);
-    /// q1: domain identifier, bits 79:64.
-    pub const DID: Field = Field::bits(15, 0);
-    /// q2: supervisor request enable, bit 128.
-    pub const SRE: Field = Field::bit(0);
-    /// q2: execute request enable, bit 129.
-    pub const ERE: Field = Field::bit(1);
-    /// q2: first-stage paging mode (0: 4-level, 1: 5-level), bits 131:130.
-    pub const FSPM: Field = Field::bits(3, 2);
-    /// q2: write protect enable, bit 132.
-    pub const WPE: Field = Field::bit(4);
-    /// q2: extended accessed flag enable, bit 135.
-    pub const EAFE: Field = Field::bit(7);
-    /// Reserved bits of q0 (11:10, 5; 9 without ECAP.SSADS).
-    pub const Q0_RESERVED: u64 =
-        Field::bits(11, 10).mask() | Field::bit(9).mask() | Field::bit(5).mask();
-    /// Reserved bits of q1 (22:16).
-    pub const Q1_RESERVED: u64 = Field::bits(22, 16).mask();
-    /// Reserved bits of q2 (11:8).
-    pub const Q2_RESERVED: u64 = Field::bits(11, 8).mask();
+nesting_core::bitfield! {
+    impl PasidEntry(q: [u64; 8]);
+    /// Present.
+    P (P): bool => present;
+    /// Fault processing disable.
+    FPD (FPD): bool => fpd;
+    /// Address width of the second-stage tables, bits 4:2.
+    AW [4:2]: u8 => aw;
+    /// PASID-granular translation type, bits 8:6.
+    PGTT [8:6]: Pgtt => pgtt, with_pgtt;
+    /// Second-stage A/D enable, bit 9 (needs ECAP.SSADS).
+    SSADE [9]: bool => ssade;
+    /// Second-stage table pointer, bits 63:12.
+    SSPTPTR (PTR): address => ssptptr;
+    /// Domain identifier, bits 79:64.
+    DID [79:64]: u16 => did;
+    /// Supervisor request enable, bit 128.
+    SRE [128]: bool => sre;
+    /// Execute request enable, bit 129.
+    ERE [129]: bool => ere;
+    /// First-stage paging mode (0: 4-level, 1: 5-level), bits 131:130.
+    FSPM [131:130]: u8 => fspm;
+    /// Write protect enable, bit 132.
+    WPE [132]: bool => wpe;
+    /// Extended accessed flag enable, bit 135.
+    EAFE [135]: bool => eafe;
+    /// First-stage table pointer, bits 191:140.
+    FSPTPTR [191:140]: address => fsptptr;
+    /// Bits 5, 11:10 and SSADE (reserved: the unit does not report
+    /// ECAP.SSADS); 86:80; 139:136; quadwords 3 to 7.
+    reserved [5], (Self::SSADE), [11:10], [86:80], [139:136],
+        [255:192], [319:256], [383:320], [447:384], [511:448];
+}
 
+impl PasidEntry {
     /// Reads the entry for `pasid` from the PASID table at `table` (PASID
     /// bits 5:0 index it).
     pub fn read<M: GuestMemory + ?Sized>(
@@ -305,46 +407,19 @@ impl PasidEntry {
         Ok(PasidEntry { q })
     }
 
-    /// The PASID-granular translation type.
-    pub fn pgtt(&self) -> Pgtt {
-        match Self::PGTT.get(self.q[0]) {
-            1 => Pgtt::FirstStage,
-            2 => Pgtt::SecondStage,
-            3 => Pgtt::Nested,
-            4 => Pgtt::PassThrough,
-            v => Pgtt::Unknown(v as u8),
-        }
-    }
-
-    /// Domain identifier.
-    pub fn did(&self) -> u16 {
-        Self::DID.get(self.q[1]) as u16
-    }
-
-    /// Second-stage table pointer.
-    pub fn ssptptr(&self) -> u64 {
-        PTR.mask() & self.q[0]
-    }
-
-    /// First-stage table pointer.
-    pub fn fsptptr(&self) -> u64 {
-        PTR.mask() & self.q[2]
-    }
-
-    /// Whether any reserved bit is set.
+    /// Whether any reserved bit is set, table pointer bits above the host
+    /// address width included.
     pub fn reserved(&self, haw: u32) -> bool {
-        let hi = self.q.get(3..).unwrap_or_default();
-        self.q[0] & (Self::Q0_RESERVED | ptr_above_haw(haw)) != 0
-            || self.q[1] & Self::Q1_RESERVED != 0
-            || self.q[2] & (Self::Q2_RESERVED | ptr_above_haw(haw)) != 0
-            || hi.iter().any(|q| *q != 0)
+        self.reserved_set()
+            || self.q[0] & ptr_above_haw(haw) != 0
+            || self.q[2] & ptr_above_haw(haw) != 0
     }
 }
 
 /// The levels a context or PASID entry's AW field selects (9.3 AW: 1 =
 /// 39-bit 3-level, 2 = 48-bit 4-level, 3 = 57-bit 5-level), if the unit's
 /// CAP.SAGAW supports it.
-pub fn aw_levels(aw: u64, sagaw: u64) -> Option<u32> {
+pub fn aw_levels(aw: u8, sagaw: u64) -> Option<u32> {
     let levels = match aw {
         1 => 3,
         2 => 4,

@@ -21,6 +21,7 @@ mod queue;
 mod regs;
 mod scalable;
 mod snapshot;
+mod tables;
 
 /// Guest RAM of the tests: 32 MiB at 0; tables come from the pool at
 /// 16 MiB.

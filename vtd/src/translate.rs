@@ -8,15 +8,14 @@
 //! detected ... after ... an entry with FPD=1 are not recorded").
 
 use crate::options::{VtdConfig, VtdMode};
-use nesting_core::bits::Field;
-use nesting_core::types::Access;
+use nesting_core::types::{Access, Bdf};
 use vm_memory::GuestMemory;
 
 use crate::fault::FaultReason;
 use crate::regs::capability;
 use crate::tables::{
-    ContextEntry, FPD, P, PTR, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry,
-    TranslationType, aw_levels, ptr_above_haw,
+    ContextEntry, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry, TranslationType,
+    aw_levels,
 };
 use crate::walk::{
     Direct, FsParams, FsWalk, Leaf, SsFault, SsParams, SsWalk, TableAccess, walk_first_stage,
@@ -153,10 +152,6 @@ pub fn resolve<M: GuestMemory + ?Sized>(
     }
 }
 
-fn bus_devfn(sid: u16) -> (u8, u8) {
-    ((sid >> 8) as u8, sid as u8)
-}
-
 /// VT-d "Legacy Mode Address Translation": the context entry of `sid` (root entry by bus,
 /// context entry by devfn), checked for presence and reserved bits.
 pub fn legacy_context<M: GuestMemory + ?Sized>(
@@ -165,20 +160,21 @@ pub fn legacy_context<M: GuestMemory + ?Sized>(
     rta: u64,
     sid: u16,
 ) -> Result<ContextEntry, FaultReason> {
-    let (bus, devfn) = bus_devfn(sid);
-    let root = RootEntry::read(mem, rta, bus).map_err(|_| FaultReason::RootTableAccess)?;
+    let sid = Bdf(sid);
+    let root = RootEntry::read(mem, rta, sid.bus()).map_err(|_| FaultReason::RootTableAccess)?;
+    let entry = root.lower();
     // 9.1: P clear blocks every request of the bus.
-    if !P.is_set(root.lo) {
+    if !entry.present() {
         return Err(FaultReason::RootNotPresent);
     }
     // 9.1: bits 11:1, 127:64 and context-table pointer bits above HAW are
     // reserved.
-    if root.lo & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 || root.hi != 0 {
+    if entry.reserved(caps.haw) || root.hi != 0 {
         return Err(FaultReason::RootReserved);
     }
-    let ctx = ContextEntry::read(mem, root.lo & PTR.mask(), devfn)
+    let ctx = ContextEntry::read(mem, entry.ctp(), sid.devfn())
         .map_err(|_| FaultReason::ContextTableAccess)?;
-    if !P.is_set(ctx.lo) {
+    if !ctx.present() {
         return Err(FaultReason::ContextNotPresent);
     }
     if ctx.reserved(caps.haw) {
@@ -197,7 +193,7 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
         Ok(c) => c,
         Err(r) => return fault(r, false),
     };
-    let fpd = FPD.is_set(ctx.lo);
+    let fpd = ctx.fpd();
     let origin = Origin {
         did: ctx.did(),
         pasid: None,
@@ -249,7 +245,7 @@ fn legacy_second_stage<M: GuestMemory + ?Sized>(
     fpd: bool,
 ) -> Outcome {
     // 9.3 AW: a value CAP.SAGAW does not report makes the entry invalid.
-    let Some(levels) = aw_levels(ContextEntry::AW.get(ctx.hi), caps.sagaw) else {
+    let Some(levels) = aw_levels(ctx.aw(), caps.sagaw) else {
         return fault(FaultReason::ContextInvalid, fpd);
     };
     // 3.7: input addresses above the AGAW the entry selects fault (0x4).
@@ -257,7 +253,7 @@ fn legacy_second_stage<M: GuestMemory + ?Sized>(
         return fault(FaultReason::AddressBeyondAgaw, fpd);
     }
     let p = SsParams {
-        root: ctx.lo & PTR.mask(),
+        root: ctx.slptptr(),
         levels,
         haw: caps.haw,
         sps: caps.sps,
@@ -334,31 +330,30 @@ pub fn sm_context<M: GuestMemory + ?Sized>(
     rta: u64,
     sid: u16,
 ) -> Result<SmContextEntry, (FaultReason, bool)> {
-    let (bus, devfn) = bus_devfn(sid);
-    let root = RootEntry::read(mem, rta, bus).map_err(|_| (FaultReason::SmRootAccess, false))?;
+    let sid = Bdf(sid);
+    let root =
+        RootEntry::read(mem, rta, sid.bus()).map_err(|_| (FaultReason::SmRootAccess, false))?;
     // VT-d "Scalable-Mode Root Entry": the lower half serves devfn 0..127,
     // the upper half 128..255.
-    let half = if devfn < 128 { root.lo } else { root.hi };
-    if !P.is_set(half) {
+    let half = root.half_for(sid.devfn());
+    if !half.present() {
         return Err((FaultReason::SmRootNotPresent, false));
     }
-    if half & (RootEntry::HALF_RESERVED | ptr_above_haw(caps.haw)) != 0 {
+    if half.reserved(caps.haw) {
         return Err((FaultReason::SmRootReserved, false));
     }
-    let ctx = SmContextEntry::read(mem, half & PTR.mask(), devfn)
+    let ctx = SmContextEntry::read(mem, half.ctp(), sid.devfn())
         .map_err(|_| (FaultReason::SmContextAccess, false))?;
-    if !P.is_set(ctx.q[0]) {
+    if !ctx.present() {
         return Err((FaultReason::SmContextNotPresent, false));
     }
     if ctx.reserved(caps.haw) {
         return Err((FaultReason::SmContextReserved, false));
     }
-    let fpd = FPD.is_set(ctx.q[0]);
+    let fpd = ctx.fpd();
     // VT-d "Scalable-Mode Context Entry" DTE/PRE: enabling what the unit
     // does not report (ECAP.DT, ECAP.PRS) makes the entry invalid.
-    let dte = SmContextEntry::DTE.is_set(ctx.q[0]);
-    let pre = SmContextEntry::PRE.is_set(ctx.q[0]);
-    if (dte && !caps.dt) || (pre && !caps.prs) {
+    if (ctx.dte() && !caps.dt) || (ctx.pre() && !caps.prs) {
         return Err((FaultReason::SmContextInvalid, fpd));
     }
     Ok(ctx)
@@ -379,7 +374,7 @@ pub fn device_tlb_allowed<M: GuestMemory + ?Sized>(
     match (root.ttm, caps.mode) {
         (0, _) => {
             let ctx = legacy_context(mem, caps, root.addr, sid).map_err(|r| (r, false))?;
-            let fpd = FPD.is_set(ctx.lo);
+            let fpd = ctx.fpd();
             match ctx.tt() {
                 // VT-d "Context Entry" TT: 01b supports untranslated,
                 // translation and translated requests (reserved without
@@ -400,7 +395,7 @@ pub fn device_tlb_allowed<M: GuestMemory + ?Sized>(
             caps,
             root.addr,
             sid,
-            SmContextEntry::DTE,
+            SmContextEntry::dte,
             FaultReason::SmDteClear,
         ),
         _ => Err((FaultReason::SmInvalidRootTable, false)),
@@ -415,14 +410,14 @@ fn sm_context_enables<M: GuestMemory + ?Sized>(
     caps: &Caps,
     rta: u64,
     sid: u16,
-    enable: Field,
+    enable: fn(&SmContextEntry) -> bool,
     blocked: FaultReason,
 ) -> Result<(), (FaultReason, bool)> {
     let ctx = sm_context(mem, caps, rta, sid)?;
-    if enable.is_set(ctx.q[0]) {
+    if enable(&ctx) {
         Ok(())
     } else {
-        Err((blocked, FPD.is_set(ctx.q[0])))
+        Err((blocked, ctx.fpd()))
     }
 }
 
@@ -436,15 +431,15 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     req_pasid: Option<u32>,
 ) -> Result<Located, (FaultReason, bool)> {
     let ctx = sm_context(mem, caps, rta, sid)?;
-    let fpd = FPD.is_set(ctx.q[0]);
+    let fpd = ctx.fpd();
     // 9.4 PASIDE: requests with PASID need it; requests without use
     // RID_PASID.
     let pasid = match req_pasid {
-        Some(_) if !SmContextEntry::PASIDE.is_set(ctx.q[0]) => {
+        Some(_) if !ctx.paside() => {
             return Err((FaultReason::SmPasidDisabled, fpd));
         }
         Some(p) => p,
-        None => SmContextEntry::RID_PASID.get(ctx.q[1]) as u32,
+        None => ctx.rid_pasid(),
     };
     // 9.4 PDTS: the directory covers 2^(PDTS+7) tables of 64 PASIDs;
     // ECAP.PSS bounds the PASIDs a request may carry.
@@ -462,24 +457,24 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     // recorded even under FPD (QEMU's table of qualified faults, from
     // Intel's engineers; the "Qualified" column of VT-d 7.2.3 is to be
     // re-checked).
-    let dirent = PasidDirEntry::read(mem, ctx.q[0] & PTR.mask(), pasid)
+    let dirent = PasidDirEntry::read(mem, ctx.pasid_dir(), pasid)
         .map_err(|_| (FaultReason::PasidDirAccess, false))?;
-    if !P.is_set(dirent.0) {
+    if !dirent.present() {
         return Err((FaultReason::PasidDirNotPresent, fpd));
     }
-    if dirent.0 & (PasidDirEntry::RESERVED | ptr_above_haw(caps.haw)) != 0 {
+    if dirent.reserved(caps.haw) {
         return Err((FaultReason::PasidDirReserved, fpd));
     }
-    let fpd = fpd || FPD.is_set(dirent.0);
-    let entry = PasidEntry::read(mem, dirent.0 & PTR.mask(), pasid)
+    let fpd = fpd || dirent.fpd();
+    let entry = PasidEntry::read(mem, dirent.pasid_table(), pasid)
         .map_err(|_| (FaultReason::PasidEntryAccess, false))?;
-    if !P.is_set(entry.q[0]) {
+    if !entry.present() {
         return Err((FaultReason::PasidEntryNotPresent, fpd));
     }
     if entry.reserved(caps.haw) {
         return Err((FaultReason::PasidEntryReserved, fpd));
     }
-    let fpd = fpd || FPD.is_set(entry.q[0]);
+    let fpd = fpd || entry.fpd();
     Ok(Located { entry, pasid, fpd })
 }
 
@@ -501,7 +496,7 @@ pub fn page_requests_allowed<M: GuestMemory + ?Sized>(
             caps,
             root.addr,
             sid,
-            SmContextEntry::PRE,
+            SmContextEntry::pre,
             FaultReason::SmPreClear,
         ),
         _ => Err((FaultReason::SmInvalidRootTable, false)),
@@ -552,7 +547,7 @@ fn scalable_walk<M: GuestMemory + ?Sized>(
 }
 
 fn ss_params(caps: &Caps, pe: &PasidEntry) -> Option<SsParams> {
-    let levels = aw_levels(PasidEntry::AW.get(pe.q[0]), caps.sagaw)?;
+    let levels = aw_levels(pe.aw(), caps.sagaw)?;
     Some(SsParams {
         root: pe.ssptptr(),
         levels,
@@ -626,16 +621,16 @@ fn first_stage<M: GuestMemory + ?Sized>(
     nested: Option<SsParams>,
 ) -> Outcome {
     // 9.6 FSPM: 0 = 4-level, 1 = 5-level (needs CAP.FS5LP).
-    let levels = match PasidEntry::FSPM.get(pe.q[2]) {
+    let levels = match pe.fspm() {
         0 => 4,
         1 if caps.fs5lp => 5,
         _ => return fault(FaultReason::PasidEntryInvalid, fpd),
     };
     // 9.6 SRE/ERE: supervisor and execute requests need them.
-    if req.access.contains(Access::PRIV) && !PasidEntry::SRE.is_set(pe.q[2]) {
+    if req.access.contains(Access::PRIV) && !pe.sre() {
         return fault(FaultReason::PasidSreClear, fpd);
     }
-    if req.access.contains(Access::EXEC) && !PasidEntry::ERE.is_set(pe.q[2]) {
+    if req.access.contains(Access::EXEC) && !pe.ere() {
         return fault(FaultReason::PasidEreClear, fpd);
     }
     let p = FsParams {
@@ -643,8 +638,8 @@ fn first_stage<M: GuestMemory + ?Sized>(
         levels,
         haw: caps.haw,
         fs1gp: caps.fs1gp,
-        wpe: PasidEntry::WPE.is_set(pe.q[2]),
-        eafe: PasidEntry::EAFE.is_set(pe.q[2]),
+        wpe: pe.wpe(),
+        eafe: pe.eafe(),
     };
     let walked = match nested {
         None => walk_first_stage(mem, &mut Direct, &p, req.iova, req.access),
@@ -725,10 +720,10 @@ pub fn tables_for<M: GuestMemory + ?Sized>(
             match ctx.tt() {
                 TranslationType::PassThrough => Ok(Tables::Identity),
                 TranslationType::Untranslated | TranslationType::DeviceTlb => {
-                    let levels = aw_levels(ContextEntry::AW.get(ctx.hi), caps.sagaw)
-                        .ok_or(FaultReason::ContextInvalid)?;
+                    let levels =
+                        aw_levels(ctx.aw(), caps.sagaw).ok_or(FaultReason::ContextInvalid)?;
                     Ok(Tables::Second(SsParams {
-                        root: ctx.lo & PTR.mask(),
+                        root: ctx.slptptr(),
                         levels,
                         haw: caps.haw,
                         sps: caps.sps,
@@ -747,7 +742,7 @@ pub fn tables_for<M: GuestMemory + ?Sized>(
 
 fn scalable_tables(caps: &Caps, pe: &PasidEntry) -> Result<Tables, FaultReason> {
     let fs = || -> Result<FsParams, FaultReason> {
-        let levels = match PasidEntry::FSPM.get(pe.q[2]) {
+        let levels = match pe.fspm() {
             0 => 4,
             1 if caps.fs5lp => 5,
             _ => return Err(FaultReason::PasidEntryInvalid),
@@ -757,8 +752,8 @@ fn scalable_tables(caps: &Caps, pe: &PasidEntry) -> Result<Tables, FaultReason> 
             levels,
             haw: caps.haw,
             fs1gp: caps.fs1gp,
-            wpe: PasidEntry::WPE.is_set(pe.q[2]),
-            eafe: PasidEntry::EAFE.is_set(pe.q[2]),
+            wpe: pe.wpe(),
+            eafe: pe.eafe(),
         })
     };
     let ss = || ss_params(caps, pe).ok_or(FaultReason::PasidEntryInvalid);

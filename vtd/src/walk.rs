@@ -51,15 +51,21 @@ impl Leaf {
 
 /// Second-stage entry bits (VT-d "Second-Stage Paging Entries").
 pub mod sl {
-    use nesting_core::bits::Field;
-    /// Read.
-    pub const R: Field = Field::bit(0);
-    /// Write.
-    pub const W: Field = Field::bit(1);
-    /// Page size (leaf at level 2 or 3).
-    pub const PS: Field = Field::bit(7);
-    /// Snoop (reserved without ECAP.SC, which the model does not report).
-    pub const SNP: Field = Field::bit(11);
+    nesting_core::bitfield! {
+        /// A second-stage paging entry.
+        pub struct SsEntry(u64) in mod;
+        /// Read.
+        R [0]: bool => r, with_r;
+        /// Write.
+        W [1]: bool => w, with_w;
+        /// Page size (leaf at level 2 or 3).
+        PS [7]: bool => ps, with_ps;
+        /// Snoop (reserved without ECAP.SC, which the model does not report).
+        SNP [11]: bool => snp, with_snp;
+        /// Address of the next-level table (or of the 4 KiB page), bits
+        /// 51:12.
+        ADDR [51:12]: address => addr, with_addr;
+    }
 }
 
 /// Why a second-stage walk stopped; the caller maps it to the fault reason
@@ -158,30 +164,39 @@ pub fn walk_second_stage<M: GuestMemory + ?Sized>(
             }
             return SsWalk::Mapped(leaf);
         }
-        table = entry & Field::bits(51, 12).mask();
+        table = sl::SsEntry(entry).addr();
     }
     SsWalk::Fault(SsFault::NotPresent)
 }
 
 /// First-stage entry bits (VT-d "First-Stage Paging Entries", the x86 paging format).
 pub mod fl {
-    use nesting_core::bits::Field;
-    /// Present.
-    pub const P: Field = Field::bit(0);
-    /// Read/write.
-    pub const RW: Field = Field::bit(1);
-    /// User/supervisor.
-    pub const US: Field = Field::bit(2);
-    /// Accessed.
-    pub const A: Field = Field::bit(5);
-    /// Dirty (leaf).
-    pub const D: Field = Field::bit(6);
-    /// Page size.
-    pub const PS: Field = Field::bit(7);
-    /// Extended accessed (with PASID-entry EAFE).
-    pub const EA: Field = Field::bit(10);
-    /// Execute disable.
-    pub const XD: Field = Field::bit(63);
+    nesting_core::bitfield! {
+        /// A first-stage paging entry.
+        pub struct FsEntry(u64) in mod;
+        /// Present.
+        P [0]: bool => p, with_p;
+        /// Read/write.
+        RW [1]: bool => rw, with_rw;
+        /// User/supervisor.
+        US [2]: bool => us, with_us;
+        /// Accessed.
+        A [5]: bool => a, with_a;
+        /// Dirty (leaf).
+        D [6]: bool => d, with_d;
+        /// Page size.
+        PS [7]: bool => ps, with_ps;
+        /// Extended accessed (with PASID-entry EAFE).
+        EA [10]: bool => ea, with_ea;
+        /// Execute disable.
+        XD [63]: bool => xd, with_xd;
+        /// Address of the next-level table (or of the 4 KiB page), bits
+        /// 51:12.
+        ADDR [51:12]: address => addr, with_addr;
+        /// The entry's two low bytes: every flag the accessed/dirty update
+        /// sets (A, D, EA) lies in them.
+        LOW_BYTES [15:0]: u16 => low_bytes;
+    }
 }
 
 /// Parameters of a first-stage walk, from the PASID entry (9.6) and the
@@ -315,7 +330,7 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
             let base = entry & Field::bits(51, shift).mask();
             return finish_first_stage(mem, tables, p, &v, (rw, us, xd), base, shift, access);
         }
-        table = entry & Field::bits(51, 12).mask();
+        table = fl::FsEntry(entry).addr();
     }
     FsWalk::Fault(FaultReason::FsEntryNotPresent)
 }
@@ -389,7 +404,7 @@ fn update_accessed_dirty<M: GuestMemory + ?Sized, T: TableAccess>(
             continue;
         }
         let gpa = tables.table_gpa(*addr, true, i == 0)?;
-        let low = ((entry | want) & 0xffff) as u16;
+        let low = fl::FsEntry(entry | want).low_bytes();
         mem.write_u16_le(Gpa(gpa), low)
             .map_err(|_| FaultReason::FsEntryAccess)?;
     }

@@ -67,3 +67,23 @@ fn fpd_does_not_suppress_pasid_table_access_errors() {
         }
     );
 }
+
+#[test]
+fn fault_record_encodes_golden_frcd_and_decodes_back() {
+    use crate::fault::{AddressType, FaultRecord};
+    let rec = FaultRecord {
+        source_id: 0x0230,
+        pasid: Some(0x1_2345),
+        address: 0xdead_b000,
+        write: false,
+        page_request: false,
+        exec: true,
+        privileged: true,
+        reason: FaultReason::SmRead,
+    };
+    // FI, SID, T1 (read), EXE, PRIV, PP, FR 0x86, PV, AT 10b, F.
+    let raw = [0xdead_b000, 0xe123_4586_e000_0230];
+    assert_eq!(rec.encode_at(AddressType::Translated), raw);
+    assert_eq!(FaultRecord::decode(raw), rec);
+    assert_eq!(AddressType::of_record(raw), AddressType::Translated);
+}

@@ -384,3 +384,39 @@ fn register_access_at_top_offset_reads_zero() {
     assert_eq!(h.vtd.mmio_read(u64::MAX - 7, 8), 0);
     h.vtd.mmio_write(&h.mem, u64::MAX - 7, 8, u64::MAX);
 }
+
+#[test]
+fn descriptor_reserved_masks_are_the_spec_layouts() {
+    use crate::queue::{
+        ContextCacheDsc, DevTlbDsc, IecDsc, IotlbDsc, PageGroupResponseDsc, PasidCacheDsc,
+        PasidDevTlbDsc, PasidIotlbDsc, WaitDsc,
+    };
+    let all = [
+        (ContextCacheDsc::RESERVED, [0xfffc_0000_0000_f1c0, u64::MAX]),
+        (IotlbDsc::RESERVED, [0xffff_ffff_0000_f100, 0xf80]),
+        (DevTlbDsc::RESERVED, [0x000f_0000_ffe0_01f0, 0xffe]),
+        (IecDsc::RESERVED, [0xffff_0000_07ff_f1e0, u64::MAX]),
+        (WaitDsc::RESERVED, [0xffff_f100, 0x3]),
+        (PasidIotlbDsc::RESERVED, [0xfff0_0000_0000_f1c0, 0xf80]),
+        (PasidCacheDsc::RESERVED, [0xfff0_0000_0000_f1c0, u64::MAX]),
+        (PasidDevTlbDsc::RESERVED, [0, 0x7fe]),
+        (PageGroupResponseDsc::RESERVED, [0xfff0_0000_0000_01e0, 0]),
+    ];
+    for (i, (got, want)) in all.into_iter().enumerate() {
+        assert_eq!(got, want, "descriptor {i}");
+    }
+}
+
+#[test]
+fn pasid_device_tlb_source_id_is_bits_31_16() {
+    use crate::queue::PasidDevTlbDsc;
+    use nesting_core::types::Bdf;
+    // SID 0x0108, PFSID 0xabc5 (bits 63:52 = 0xabc, 15:12 = 5), MIP 3,
+    // PASID 0x12345; G with an all-ones address.
+    let d = PasidDevTlbDsc([0xabc1_2345_0108_5038, !0x7fe]);
+    assert_eq!(d.sid(), Bdf(0x0108));
+    assert_eq!(d.pfsid(), 0xabc5);
+    assert_eq!((d.mip(), d.pasid()), (3, 0x1_2345));
+    assert!(d.global() && d.s());
+    assert_eq!(d.addr(), !0xfff);
+}

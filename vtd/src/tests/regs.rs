@@ -238,3 +238,22 @@ fn layout_rows_do_not_overlap() {
     }
     assert_eq!(rows.len(), 13 + 9 + 2 + 512);
 }
+
+#[test]
+fn command_register_fields_read_typed() {
+    use crate::regs::{ccmd, iotlb_reg, iva};
+    use nesting_core::types::Bdf;
+    // ICC, CIRG=11 (device), FM=2, SID 01:00.1, DID 7.
+    let c = ccmd::Ccmd(1 << 63 | 3 << 61 | 2 << 32 | 0x0101 << 16 | 7);
+    assert!(c.icc());
+    assert_eq!((c.cirg(), c.fm(), c.did()), (3, 2, 7));
+    assert_eq!(
+        (c.sid(), c.sid().bus(), c.sid().devfn()),
+        (Bdf(0x0101), 1, 1)
+    );
+    let r = iotlb_reg::IotlbReg(1 << 63 | 3 << 60 | 0xbeef << 32);
+    assert_eq!((r.ivt(), r.iirg(), r.did()), (true, 3, 0xbeef));
+    let a = iva::Iva(0x20_0000 | 1 << 6 | 9);
+    assert_eq!((a.addr(), a.ih(), a.am()), (0x20_0000, true, 9));
+    assert_eq!(ccmd::Ccmd(0).with_caig(3).0, ccmd::CAIG.mask());
+}
