@@ -255,8 +255,10 @@ fn range(a: u64, b: u64) -> IovaRange {
     }
 }
 
+/// intel/iommu.c sets the unit's `max_pasids` only with
+/// `pasid_supported()`: scalable mode (ECAP.SMTS) and ECAP.PASID.
 fn vtd_pasid_bits(e: VtdEcap) -> u8 {
-    if e.has(ecap::PASID) {
+    if e.has(ecap::PASID) && e.has(ecap::SMTS) {
         (e.get(ecap::PSS) + 1) as u8
     } else {
         0

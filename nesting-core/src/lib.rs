@@ -18,6 +18,9 @@
 //! - [`shadow`]: the shadow engine, mirroring a guest domain's mappings
 //!   into a host IOAS by `IOAS_COPY` from the RAM IOAS, in batches, with
 //!   rollback on host failure.
+//! - [`passthrough`]: the registry of every model's passthrough devices:
+//!   where each requester is (blocked, identity, a shadow space, a nested
+//!   context), changed by all-or-nothing plans.
 //! - [`nested`]: the nested engine: NEST_PARENT stage 2 over the RAM IOAS,
 //!   nested HWPTs per guest context and PASID, batched invalidations,
 //!   vIOMMU events and page requests.
@@ -77,6 +80,7 @@ pub mod ladder;
 pub mod mem;
 pub mod nested;
 pub mod options;
+pub mod passthrough;
 pub mod ram;
 pub mod shadow;
 pub mod types;

@@ -316,6 +316,17 @@ impl ShadowDomain {
         });
     }
 
+    /// The guest mappings overlapping `[first, last]`, whole, as of the
+    /// last successful sync.
+    pub fn guest_overlapping(&self, first: u64, last: u64) -> Vec<Span> {
+        self.guest.overlapping(first, last)
+    }
+
+    /// Drops the changes staged since the last sync.
+    pub fn discard_staged(&mut self) {
+        self.staged.clear();
+    }
+
     /// Whether changes are staged.
     pub fn has_staged(&self) -> bool {
         !self.staged.is_empty() || self.rebuild

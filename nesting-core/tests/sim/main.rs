@@ -4,4 +4,5 @@
 mod nested;
 mod objects;
 mod ram;
+mod registry;
 mod shadow;
