@@ -75,7 +75,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bitvec::vec::BitVec;
 use nesting_core::host::{
@@ -201,17 +201,37 @@ struct Injection {
     errno: Errno,
 }
 
+/// What [`SimIommufd::set_call_hook`] runs.
+pub type CallHook = Arc<dyn Fn(HostOp) + Send + Sync>;
+
+#[derive(Default)]
+struct Hook(Option<CallHook>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Hook(set)"
+        } else {
+            "Hook(none)"
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     state: State,
     calls: BTreeMap<HostOp, u64>,
     invalidation_entries: u64,
     injections: Vec<Injection>,
+    hook: Hook,
 }
 
 impl Inner {
     /// Counts a call of `op` and tells whether an injected failure fires.
     fn enter(&mut self, op: HostOp) -> Option<Errno> {
+        if let Some(hook) = &self.hook.0 {
+            hook(op);
+        }
         *self.calls.entry(op).or_default() += 1;
         let mut fired = None;
         self.injections.retain_mut(|i| {
@@ -304,6 +324,14 @@ impl SimIommufd {
                 errno,
             });
         }
+    }
+
+    /// Runs `hook` at the start of every host call (failed and injected
+    /// ones included), before the call has any effect: a test checks there
+    /// what the guest can already see while the host work is under way.
+    /// The hook runs with the simulator locked and must not call it.
+    pub fn set_call_hook(&self, hook: Option<CallHook>) {
+        self.lock().hook = Hook(hook);
     }
 
     /// Calls of `op` made since start or [`SimIommufd::reset_counters`],

@@ -1744,3 +1744,24 @@ fn fail_nth_counts_calls_from_now() {
     s.reset_counters();
     assert_eq!(s.calls(HostOp::IoasAlloc), 0);
 }
+
+#[test]
+fn call_hook_sees_every_call_before_its_effect() {
+    use std::sync::{Arc, Mutex};
+    let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    sim.set_call_hook(Some(Arc::new(move |op| log.lock().unwrap().push(op))));
+    let host: nesting_core::host::objects::SharedHost = sim.clone();
+    sim.fail_nth(HostOp::IoasAlloc, 1, Errno(libc::ENOMEM));
+    assert!(host.ioas_alloc().is_err());
+    let ioas = host.ioas_alloc().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![HostOp::IoasAlloc, HostOp::IoasAlloc]
+    );
+    sim.set_call_hook(None);
+    host.destroy(nesting_core::host::ObjectId::Ioas(ioas))
+        .unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
