@@ -34,12 +34,15 @@
 //!   fence, and the IQE/ITE/ICE errors.
 //! - Faults: [`fault`] (chapter 7): primary fault logging, FPD, PFO, PPF,
 //!   FRI, fault events.
-//! - Passthrough: [`nesting`] is the seam a shadow or nested engine
-//!   consumes (events, stage-1 HWPT data, stage-1 invalidations), and
-//!   [`shadow`] enumerates what a shadow must mirror. [`passthrough`]
-//!   wires both to `nesting-core`'s engines: a VMM gives
-//!   [`PassthroughBackend::add_device`] each passthrough device and calls
-//!   [`PassthroughBackend::process`] after every register write.
+//! - Passthrough: [`passthrough`] backs VFIO devices through
+//!   `nesting-core`'s passthrough registry, nested or shadowed as the
+//!   ladder decides ([`ladder`] holds the unit's checks against a host). A
+//!   VMM enables it once ([`Vtd::enable_passthrough`]) and hands over each
+//!   device ([`Vtd::add_passthrough`]); the unit drives the host itself,
+//!   so every register write returns after the host work it caused and
+//!   no invalidation completes before the host has it. [`nesting`] holds
+//!   the events and stage-1 formats it works from, [`shadow`] enumerates
+//!   what a shadow mirrors.
 //! - Page requests: [`prq`] (VT-d "Recoverable Fault Reporting"), when ECAP.PRS is advertised.
 //! - Device-TLBs (ATS): [`ats`]: translation requests
 //!   ([`Vtd::translation_request`]) and translated requests

@@ -11,7 +11,7 @@ use nesting_core::types::{Bdf, Gpa};
 use vm_memory::GuestMemory;
 
 use crate::Vtd;
-use crate::regs::{gcmd, off};
+use crate::regs::{fsts, gcmd, off};
 
 /// A bump allocator of zeroed 4 KiB guest pages.
 #[derive(Clone, Debug)]
@@ -512,6 +512,10 @@ pub mod desc {
 /// Linux's `QI_DONE` status value.
 pub const QI_DONE: u32 = 2;
 
+/// Times [`Queue::submit`] submits a batch again after an invalidation
+/// time-out before it gives up (Linux retries without bound).
+pub const MAX_SUBMIT_RETRIES: u32 = 16;
+
 /// The invalidation queue as `dmar.c` runs it: `qi_submit_sync` writes
 /// descriptors then a wait descriptor with status write, bumps IQT with
 /// one 32-bit write and polls the status.
@@ -574,8 +578,33 @@ impl Queue {
     }
 
     /// `qi_submit_sync`: descriptors plus a wait with status write, one
-    /// tail write; returns whether the status reached `QI_DONE`.
+    /// tail write; returns whether the status reached `QI_DONE`. As in
+    /// Linux's `qi_check_fault`, an invalidation time-out (FSTS.ITE: the
+    /// unit aborted the wait) is cleared and the batch submitted again,
+    /// up to [`MAX_SUBMIT_RETRIES`] times.
     pub fn submit<M: GuestMemory + ?Sized>(
+        &mut self,
+        vtd: &mut Vtd,
+        mem: &M,
+        descs: &[[u64; 2]],
+    ) -> bool {
+        for _ in 0..=MAX_SUBMIT_RETRIES {
+            if self.submit_once(vtd, mem, descs) {
+                return true;
+            }
+            let status = vtd.mmio_read(off::FSTS, 4);
+            if !fsts::ITE.is_set(status) {
+                return false;
+            }
+            // qi_check_fault: write 1 to clear ITE; the unit fetches again
+            // from IQH, the aborted wait included; then restart.
+            vtd.mmio_write(mem, off::FSTS, 4, fsts::ITE.mask());
+        }
+        false
+    }
+
+    /// One `qi_submit_sync` attempt, without the retry after a time-out.
+    pub fn submit_once<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
         mem: &M,

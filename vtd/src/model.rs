@@ -7,18 +7,19 @@
 use std::sync::Arc;
 
 use crate::options::VtdConfig;
-use nesting_core::iotlb::{Iotlb, IotlbInvalidation, IotlbTag, Translation};
+use nesting_core::iotlb::{Iotlb, IotlbTag, Translation};
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Bdf, Gpa, Iova, PageSize, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
 use crate::ats::DeviceTlbInvalidation;
 use crate::fault::{AddressType, FaultLog, FaultReason, FaultRecord, LogOutcome};
-use crate::nesting::{ContextScope, EventQueue, IotlbScope, PasidScope, VtdEvent};
-use crate::prq::{self, PageRequest, PageRequestOutcome};
-use crate::queue::{
-    self, CcGranularity, Decoded, Descriptor, IotlbGranularity, PcGranularity, iqei,
+use crate::nesting::{
+    ContextScope, EventQueue, IotlbScope, VtdEvent, cache_event, cache_invalidations, device_event,
 };
+use crate::passthrough::PassthroughBackend;
+use crate::prq::{self, PageRequest, PageRequestOutcome};
+use crate::queue::{self, Decoded, Descriptor, iqei};
 use crate::regs::{
     ICS_IWC, IQ_OFFSET, RegisterFile, WriteEffect, ccmd, ectl, fsts, gcmd, iotlb_reg, iqa, iqer,
     iva, off, rtaddr,
@@ -82,6 +83,11 @@ pub struct Vtd {
     dev_tlb: Option<DevTlbCallback>,
     iotlb: Arc<Iotlb>,
     descriptors_processed: u64,
+    /// The passthrough devices, once enabled ([`crate::passthrough`]):
+    /// driven at every sync point, before the guest sees a completion.
+    pub(crate) passthrough: Option<Box<PassthroughBackend>>,
+    /// Events are queued without a backend too.
+    keep_events: bool,
 }
 
 impl std::fmt::Debug for Vtd {
@@ -113,6 +119,8 @@ impl Vtd {
             dev_tlb: None,
             iotlb: Arc::new(Iotlb::default()),
             descriptors_processed: 0,
+            passthrough: None,
+            keep_events: false,
             cfg,
         }
     }
@@ -186,8 +194,13 @@ impl Vtd {
         self.descriptors_processed = processed;
     }
 
+    /// Queues `ev` whoever consumes events (a restored unit's
+    /// [`VtdEvent::Resync`]: the backend enabled later reads every table).
     pub(crate) fn push_event(&mut self, ev: VtdEvent) {
-        self.emit(ev);
+        for inv in cache_invalidations(&ev) {
+            self.iotlb.invalidate(inv);
+        }
+        self.events.push(ev);
     }
 
     /// Invalidation descriptors executed since reset.
@@ -195,9 +208,18 @@ impl Vtd {
         self.descriptors_processed
     }
 
-    /// Takes the events queued for a nesting layer ([`crate::nesting`]).
+    /// Takes the events queued since the last sync point
+    /// ([`crate::nesting`]). The unit's own passthrough backend consumes
+    /// them at each sync point; without one, they are queued only after
+    /// [`Vtd::keep_events`] (for tools and tests that watch them).
     pub fn take_events(&mut self) -> Vec<VtdEvent> {
         self.events.drain()
+    }
+
+    /// Queues every event for [`Vtd::take_events`] even without a
+    /// passthrough backend.
+    pub fn keep_events(&mut self, on: bool) {
+        self.keep_events = on;
     }
 
     /// Whether translation is enabled (GSTS.TES).
@@ -221,7 +243,8 @@ impl Vtd {
 
     /// A register write of `size` bytes (4 or 8) at `offset`; returns
     /// after everything the write starts has completed (commands,
-    /// invalidations, queue processing up to the new tail).
+    /// invalidations, queue processing up to the new tail), the host work
+    /// of passthrough devices included.
     pub fn mmio_write<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -236,6 +259,12 @@ impl Vtd {
         for e in self.regs.write(offset, u64::from(size), value) {
             self.after_write(mem, &e);
         }
+        // What the write started that no wait or register completion
+        // covered (a new root table, translation enabled, descriptors
+        // after the last wait) reaches the host before the write returns.
+        if let Err(r) = self.sync_host(mem) {
+            self.report_invalidation_timeout(r.sid);
+        }
     }
 
     fn after_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
@@ -245,12 +274,14 @@ impl Vtd {
             && (e.offset - self.cfg.fro) % 16 == 8;
         match e.offset {
             off::GCMD => self.global_command(mem, e),
-            off::CCMD if ccmd::ICC.is_set(e.new) => self.context_command(),
-            o if o == iotlb && iotlb_reg::IVT.is_set(e.new) => self.iotlb_command(),
+            off::CCMD if ccmd::ICC.is_set(e.new) => self.context_command(mem),
+            o if o == iotlb && iotlb_reg::IVT.is_set(e.new) => self.iotlb_command(mem),
             off::IQT if self.cfg.qi => self.process_queue(mem),
             off::FSTS => {
-                // 6.5.2.10: clearing IQE lets hardware fetch again from IQH.
-                if fsts::IQE.is_set(e.old) && !fsts::IQE.is_set(e.new) {
+                // 6.5.2.10: clearing IQE or ITE lets hardware fetch again
+                // from IQH.
+                let cleared = |f: nesting_core::bits::Field| f.is_set(e.old) && !f.is_set(e.new);
+                if cleared(fsts::IQE) || cleared(fsts::ITE) {
                     self.process_queue(mem);
                 }
                 self.settle_fault_ip();
@@ -282,7 +313,11 @@ impl Vtd {
         for inv in cache_invalidations(&ev) {
             self.iotlb.invalidate(inv);
         }
-        self.events.push(ev);
+        // Queued for the passthrough backend's next sync point, or for
+        // whoever asked to see them; otherwise nobody consumes them.
+        if self.passthrough.is_some() || self.keep_events {
+            self.events.push(ev);
+        }
     }
 
     // -- interrupts (fault, invalidation completion, page request events) --
@@ -391,7 +426,7 @@ impl Vtd {
         gcmd::QIE.is_set(self.regs.get(off::GSTS))
     }
 
-    fn context_command(&mut self) {
+    fn context_command<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
         let v = self.regs.get(off::CCMD);
         // VT-d "Register-based Invalidation Interface": with queued
         // invalidation enabled, register-based invalidation must not be used;
@@ -414,14 +449,14 @@ impl Vtd {
             };
             scope.map_or(0, |s| {
                 self.emit(VtdEvent::Context(s));
-                ccmd::CIRG.get(v)
+                self.register_completion(mem, ccmd::CIRG.get(v))
             })
         };
         let v = ccmd::ICC.set(ccmd::CAIG.set(v, caig), 0);
         self.regs.set(off::CCMD, v);
     }
 
-    fn iotlb_command(&mut self) {
+    fn iotlb_command<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
         let at = self.cfg.iro + 8;
         let v = self.regs.get(at);
         let iva = iva::Iva(self.regs.get(self.cfg.iro));
@@ -445,11 +480,28 @@ impl Vtd {
             };
             scope.map_or(0, |s| {
                 self.emit(VtdEvent::Iotlb(s));
-                iotlb_reg::IIRG.get(v)
+                self.register_completion(mem, iotlb_reg::IIRG.get(v))
             })
         };
         let v = iotlb_reg::IVT.set(iotlb_reg::IAIG.set(v, iaig), 0);
         self.regs.set(at, v);
+    }
+
+    /// The actual granularity a register-based invalidation completes
+    /// with, once the host work it covers returned: `granularity`, or 0
+    /// ("not performed", 11.4 CCMD_REG CAIG and IOTLB_REG IAIG) when the
+    /// host did not carry it out.
+    fn register_completion<M: GuestMemory + ?Sized>(&mut self, mem: &M, granularity: u64) -> u64 {
+        match self.sync_host(mem) {
+            Ok(()) => granularity,
+            Err(r) => {
+                log::warn!(
+                    "vtd: register-based invalidation not performed on the host for {:#06x}",
+                    r.sid
+                );
+                0
+            }
+        }
     }
 
     // -- queued invalidation (6.5.2) --------------------------------------
@@ -497,6 +549,21 @@ impl Vtd {
             match queue::decode(q, &self.cfg) {
                 // 6.5.2.10: the head stays on the bad descriptor.
                 Decoded::Invalid(code) => return self.queue_error(code),
+                // 6.5.2.8: a wait completes only after every descriptor
+                // before it has, the host work of passthrough devices
+                // included. When the host did not carry it out, the wait
+                // is aborted, never completed: 6.5.2.10 ITE ("hardware
+                // aborts any inv_wait_dsc commands pending in hardware"),
+                // and nothing after it is fetched until software clears
+                // ITE.
+                Decoded::Ok(d @ Descriptor::Wait { .. }) => {
+                    if let Err(r) = self.sync_host(mem) {
+                        self.descriptors_processed += 1;
+                        self.regs.set(off::IQH, (head + desc) % size);
+                        return self.report_invalidation_timeout(r.sid);
+                    }
+                    self.execute(mem, d);
+                }
                 Decoded::Ok(d) => self.execute(mem, d),
             }
             self.descriptors_processed += 1;
@@ -534,8 +601,8 @@ impl Vtd {
     }
 
     /// 6.5.2.8: every earlier descriptor has completed (they complete
-    /// synchronously here, which also satisfies FN and PD); then the
-    /// status write and the completion event.
+    /// synchronously here, host work included, which also satisfies FN
+    /// and PD); then the status write and the completion event.
     fn wait<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -809,161 +876,4 @@ impl Vtd {
         }
         translate::locate_pasid_entry(mem, &self.caps, self.root.addr, sid.0, pasid).ok()
     }
-}
-
-/// What an event removes from the translation cache (6.5: each
-/// invalidation removes at least the entries its scope names; the cache
-/// may remove more).
-fn cache_invalidations(ev: &VtdEvent) -> Vec<IotlbInvalidation> {
-    use IotlbInvalidation as I;
-    match *ev {
-        VtdEvent::TranslationEnabled(_) | VtdEvent::RootTable { .. } | VtdEvent::Resync => {
-            vec![I::All]
-        }
-        VtdEvent::Context(ContextScope::Global)
-        | VtdEvent::PasidCache(PasidScope::Global)
-        | VtdEvent::Iotlb(IotlbScope::Global) => vec![I::All],
-        VtdEvent::Context(ContextScope::Domain { did })
-        | VtdEvent::PasidCache(PasidScope::Domain { did })
-        | VtdEvent::Iotlb(IotlbScope::Domain { did }) => vec![I::Domain {
-            domain: u32::from(did),
-        }],
-        VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => function_siblings(sid, fm)
-            .map(|s| I::Requester {
-                rid: RequesterId::Pci(Bdf(s)),
-            })
-            .collect(),
-        VtdEvent::PasidCache(PasidScope::Pasid { did, pasid })
-        | VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid }) => vec![I::Asid {
-            domain: u32::from(did),
-            asid: pasid,
-        }],
-        VtdEvent::Iotlb(
-            scope @ (IotlbScope::Pages { did, .. } | IotlbScope::PasidPages { did, .. }),
-        ) => {
-            let asid = match scope {
-                IotlbScope::PasidPages { pasid, .. } => Some(pasid),
-                _ => None,
-            };
-            let (first, len) = scope.range().unwrap_or((0, u64::MAX));
-            vec![I::Range {
-                domain: u32::from(did),
-                asid,
-                iova: Iova(first),
-                len,
-            }]
-        }
-        VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => Vec::new(),
-    }
-}
-
-/// The source-ids a device-selective context invalidation covers
-/// (11.4 CCMD_REG FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
-/// bits 2:0.
-pub(crate) fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
-    let mask: u16 = match fm {
-        1 => 0b100,
-        2 => 0b110,
-        3 => 0b111,
-        _ => 0,
-    };
-    let base = sid & !mask;
-    (0..8u16)
-        .filter(move |f| f & !mask == 0)
-        .map(move |f| base | f)
-}
-
-/// The event of a translation-cache invalidation descriptor (context-cache,
-/// PASID-cache, IOTLB and PASID-based-IOTLB invalidate descriptors, VT-d
-/// 6.5.2.1 and the three "... Invalidate Descriptor" sections after it).
-fn cache_event(d: Descriptor) -> Option<VtdEvent> {
-    Some(match d {
-        Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
-            CcGranularity::Global => ContextScope::Global,
-            CcGranularity::Domain => ContextScope::Domain { did },
-            CcGranularity::Device => ContextScope::Device { did, sid, fm },
-        }),
-        Descriptor::Iotlb {
-            g,
-            did,
-            addr,
-            am,
-            ih,
-        } => VtdEvent::Iotlb(match g {
-            IotlbGranularity::Global => IotlbScope::Global,
-            IotlbGranularity::Domain => IotlbScope::Domain { did },
-            IotlbGranularity::Page => IotlbScope::Pages { did, addr, am, ih },
-        }),
-        Descriptor::PasidIotlb {
-            page: true,
-            did,
-            pasid,
-            addr,
-            am,
-            ih,
-        } => VtdEvent::Iotlb(IotlbScope::PasidPages {
-            did,
-            pasid,
-            addr,
-            am,
-            ih,
-        }),
-        Descriptor::PasidIotlb { did, pasid, .. } => {
-            VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid })
-        }
-        Descriptor::PasidCache { g, did, pasid } => VtdEvent::PasidCache(match g {
-            PcGranularity::Global => PasidScope::Global,
-            PcGranularity::Domain => PasidScope::Domain { did },
-            PcGranularity::Pasid => PasidScope::Pasid { did, pasid },
-        }),
-        _ => return None,
-    })
-}
-
-/// The event of a device-side descriptor (VT-d "Device-TLB Invalidate
-/// Descriptor", 6.5.2.6, VT-d "Page Group Response Descriptor").
-fn device_event(d: Descriptor) -> Option<VtdEvent> {
-    Some(match d {
-        Descriptor::DeviceTlb { sid, addr, s, .. } => {
-            let (addr, len) = queue::dev_tlb_range(addr, s);
-            VtdEvent::DeviceTlb {
-                sid,
-                pasid: None,
-                addr,
-                len,
-            }
-        }
-        Descriptor::PasidDeviceTlb {
-            sid,
-            pasid,
-            global,
-            addr,
-            s,
-            ..
-        } => {
-            let (addr, len) = if global {
-                (0, u64::MAX)
-            } else {
-                queue::dev_tlb_range(addr, s)
-            };
-            VtdEvent::DeviceTlb {
-                sid,
-                pasid: Some(pasid),
-                addr,
-                len,
-            }
-        }
-        Descriptor::PageGroupResponse {
-            rid,
-            pasid,
-            code,
-            index,
-        } => VtdEvent::PageGroupResponse {
-            rid,
-            pasid,
-            index,
-            code,
-        },
-        _ => return None,
-    })
 }

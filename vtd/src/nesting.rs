@@ -1,35 +1,32 @@
-//! What the model tells a nesting layer (the seam `nesting-core`'s shadow
-//! and nested engines plug into).
+//! What the unit tells its passthrough backend ([`crate::passthrough`]).
 //!
-//! The model never calls the host. Instead every guest action that can
-//! change what a passthrough device must see becomes a [`VtdEvent`]:
-//! translation enabled or disabled, a new root table, and every
-//! invalidation the guest issues (register-based or queued), with its
-//! scope. A nesting layer drains them with [`crate::Vtd::take_events`]
-//! after each MMIO write and:
+//! Every guest action that can change what a passthrough device must see
+//! becomes a [`VtdEvent`]: translation enabled or disabled, a new root
+//! table, and every invalidation the guest issues (register-based or
+//! queued), with its scope. The backend takes them at each sync point (an
+//! invalidation wait, a register-based invalidation, the end of a register
+//! write) and:
 //!
 //! - **shadows** (caching mode, VT-d 6.1): on each IOTLB / PASID-based
 //!   IOTLB event it re-reads the affected range with
 //!   [`crate::Vtd::table_view`] (a whole domain after domain-selective
-//!   ones) and mirrors the result (in caching
-//!   mode the guest invalidates after making entries valid, so the
-//!   invalidation is how shadowing learns of maps);
+//!   ones) and mirrors the result (in caching mode the guest invalidates
+//!   after making entries valid, so the invalidation is how shadowing
+//!   learns of maps);
 //! - **nests**: on context / PASID-cache events it re-reads the PASID
 //!   entry ([`crate::Vtd::pasid_entry`]) and (re)builds the stage-1 HWPT
-//!   from it; PASID-based IOTLB events become batched stage-1
-//!   invalidation entries.
+//!   from it; IOTLB events become batched stage-1 invalidation entries.
 //!
-//! Host failures come back through [`crate::Vtd::report_fault`],
-//! [`crate::Vtd::report_invalidation_timeout`] and
-//! [`crate::Vtd::report_invalidation_completion_error`], which produce the
-//! architected guest-visible errors.
-//!
-//! The queue of pending events is bounded ([`MAX_PENDING_EVENTS`]); if a
-//! consumer falls behind, the queue collapses into one
-//! [`VtdEvent::Resync`], after which the consumer must treat everything
-//! as changed.
+//! The queue of pending events is bounded ([`MAX_PENDING_EVENTS`]); if it
+//! overflows, it collapses into one [`VtdEvent::Resync`], after which the
+//! backend treats everything as changed.
 
 use std::collections::VecDeque;
+
+use nesting_core::iotlb::IotlbInvalidation;
+use nesting_core::types::{Bdf, Iova, RequesterId};
+
+use crate::queue::{self, CcGranularity, Descriptor, IotlbGranularity, PcGranularity};
 
 /// Most events kept for a nesting layer that has not drained them: a
 /// guest can issue invalidations much faster than a consumer that never
@@ -270,4 +267,164 @@ pub fn stage1_invalidation(scope: &IotlbScope) -> nesting_core::host::VtdS1Inval
             leaf: false,
         },
     }
+}
+
+// ---------------------------------------------------------------------------
+// From descriptors to events, and what each drops from the IOTLB.
+
+/// What an event removes from the translation cache (6.5: each
+/// invalidation removes at least the entries its scope names; the cache
+/// may remove more).
+pub(crate) fn cache_invalidations(ev: &VtdEvent) -> Vec<IotlbInvalidation> {
+    use IotlbInvalidation as I;
+    match *ev {
+        VtdEvent::TranslationEnabled(_) | VtdEvent::RootTable { .. } | VtdEvent::Resync => {
+            vec![I::All]
+        }
+        VtdEvent::Context(ContextScope::Global)
+        | VtdEvent::PasidCache(PasidScope::Global)
+        | VtdEvent::Iotlb(IotlbScope::Global) => vec![I::All],
+        VtdEvent::Context(ContextScope::Domain { did })
+        | VtdEvent::PasidCache(PasidScope::Domain { did })
+        | VtdEvent::Iotlb(IotlbScope::Domain { did }) => vec![I::Domain {
+            domain: u32::from(did),
+        }],
+        VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => function_siblings(sid, fm)
+            .map(|s| I::Requester {
+                rid: RequesterId::Pci(Bdf(s)),
+            })
+            .collect(),
+        VtdEvent::PasidCache(PasidScope::Pasid { did, pasid })
+        | VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid }) => vec![I::Asid {
+            domain: u32::from(did),
+            asid: pasid,
+        }],
+        VtdEvent::Iotlb(
+            scope @ (IotlbScope::Pages { did, .. } | IotlbScope::PasidPages { did, .. }),
+        ) => {
+            let asid = match scope {
+                IotlbScope::PasidPages { pasid, .. } => Some(pasid),
+                _ => None,
+            };
+            let (first, len) = scope.range().unwrap_or((0, u64::MAX));
+            vec![I::Range {
+                domain: u32::from(did),
+                asid,
+                iova: Iova(first),
+                len,
+            }]
+        }
+        VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => Vec::new(),
+    }
+}
+
+/// The source-ids a device-selective context invalidation covers
+/// (11.4 CCMD_REG FM): 01 masks bit 2 of the function number, 10 bits 2:1, 11
+/// bits 2:0.
+pub(crate) fn function_siblings(sid: u16, fm: u8) -> impl Iterator<Item = u16> {
+    let mask: u16 = match fm {
+        1 => 0b100,
+        2 => 0b110,
+        3 => 0b111,
+        _ => 0,
+    };
+    let base = sid & !mask;
+    (0..8u16)
+        .filter(move |f| f & !mask == 0)
+        .map(move |f| base | f)
+}
+
+/// The event of a translation-cache invalidation descriptor (context-cache,
+/// PASID-cache, IOTLB and PASID-based-IOTLB invalidate descriptors, VT-d
+/// 6.5.2.1 and the three "... Invalidate Descriptor" sections after it).
+pub(crate) fn cache_event(d: Descriptor) -> Option<VtdEvent> {
+    Some(match d {
+        Descriptor::ContextCache { g, did, sid, fm } => VtdEvent::Context(match g {
+            CcGranularity::Global => ContextScope::Global,
+            CcGranularity::Domain => ContextScope::Domain { did },
+            CcGranularity::Device => ContextScope::Device { did, sid, fm },
+        }),
+        Descriptor::Iotlb {
+            g,
+            did,
+            addr,
+            am,
+            ih,
+        } => VtdEvent::Iotlb(match g {
+            IotlbGranularity::Global => IotlbScope::Global,
+            IotlbGranularity::Domain => IotlbScope::Domain { did },
+            IotlbGranularity::Page => IotlbScope::Pages { did, addr, am, ih },
+        }),
+        Descriptor::PasidIotlb {
+            page: true,
+            did,
+            pasid,
+            addr,
+            am,
+            ih,
+        } => VtdEvent::Iotlb(IotlbScope::PasidPages {
+            did,
+            pasid,
+            addr,
+            am,
+            ih,
+        }),
+        Descriptor::PasidIotlb { did, pasid, .. } => {
+            VtdEvent::Iotlb(IotlbScope::Pasid { did, pasid })
+        }
+        Descriptor::PasidCache { g, did, pasid } => VtdEvent::PasidCache(match g {
+            PcGranularity::Global => PasidScope::Global,
+            PcGranularity::Domain => PasidScope::Domain { did },
+            PcGranularity::Pasid => PasidScope::Pasid { did, pasid },
+        }),
+        _ => return None,
+    })
+}
+
+/// The event of a device-side descriptor (VT-d "Device-TLB Invalidate
+/// Descriptor", 6.5.2.6, VT-d "Page Group Response Descriptor").
+pub(crate) fn device_event(d: Descriptor) -> Option<VtdEvent> {
+    Some(match d {
+        Descriptor::DeviceTlb { sid, addr, s, .. } => {
+            let (addr, len) = queue::dev_tlb_range(addr, s);
+            VtdEvent::DeviceTlb {
+                sid,
+                pasid: None,
+                addr,
+                len,
+            }
+        }
+        Descriptor::PasidDeviceTlb {
+            sid,
+            pasid,
+            global,
+            addr,
+            s,
+            ..
+        } => {
+            let (addr, len) = if global {
+                (0, u64::MAX)
+            } else {
+                queue::dev_tlb_range(addr, s)
+            };
+            VtdEvent::DeviceTlb {
+                sid,
+                pasid: Some(pasid),
+                addr,
+                len,
+            }
+        }
+        Descriptor::PageGroupResponse {
+            rid,
+            pasid,
+            code,
+            index,
+        } => VtdEvent::PageGroupResponse {
+            rid,
+            pasid,
+            index,
+            code,
+        },
+        _ => return None,
+    })
 }

@@ -6,10 +6,13 @@
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use nesting_core::host::objects::BoundDevice;
 use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
+use nesting_core::ladder::{Decision, HostView};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
 use vm_memory::GuestMemory;
 
+use crate::passthrough::PassthroughError;
 use crate::{TranslateResult, Vtd};
 
 /// A [`Vtd`] behind a lock, with the guest memory it reads. Cache hits
@@ -48,9 +51,28 @@ impl<M: GuestMemory + Send + Sync> SharedVtd<M> {
         self.lock().mmio_read(offset, size)
     }
 
-    /// Register write, with its synchronous effects.
+    /// Register write, with its synchronous effects: for passthrough
+    /// devices, the host work it causes, before any invalidation it
+    /// completes becomes visible ([`crate::passthrough`]).
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         self.lock().mmio_write(&self.mem, offset, size, value);
+    }
+
+    /// Takes a passthrough device ([`Vtd::add_passthrough`]; enable
+    /// passthrough first with [`Vtd::enable_passthrough`] through
+    /// [`SharedVtd::lock`]).
+    pub fn add_passthrough(
+        &self,
+        sid: u16,
+        device: BoundDevice,
+        view: HostView,
+    ) -> Result<Decision, (PassthroughError, BoundDevice)> {
+        self.lock().add_passthrough(&self.mem, sid, device, view)
+    }
+
+    /// Removes a passthrough device ([`Vtd::remove_passthrough`]).
+    pub fn remove_passthrough(&self, sid: u16) -> Option<BoundDevice> {
+        self.lock().remove_passthrough(sid)
     }
 
     /// An ATS translation request of an emulated device

@@ -43,6 +43,8 @@ impl Harness {
     pub fn new(opts: &[&str]) -> Harness {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
         let mut vtd = Vtd::new(config(opts));
+        // Tests look at the unit's events.
+        vtd.keep_events(true);
         let irqs = Arc::new(Mutex::new(Vec::new()));
         let sink = irqs.clone();
         vtd.set_interrupt_callback(move |i| sink.lock().unwrap().push(i));

@@ -7,17 +7,17 @@
 //! command, register-based invalidations and the invalidation queue up to
 //! the new tail run synchronously in the model.
 //!
-//! Passthrough devices are backed by [`PassthroughBackend`] (nested
-//! stage-1 HWPTs or shadow domains on the runner's simulated iommufd),
-//! which decides them with the ladder and consumes the unit's events
-//! after every register write, as a VMM does.
+//! Passthrough devices are backed by the unit's own passthrough backend
+//! (nested stage-1 HWPTs or shadow domains on the runner's simulated
+//! iommufd), which decides them with the ladder; every register write
+//! returns after the host work it caused, as in a VMM.
 
 use nesting_core::host::objects::BoundDevice;
 use nesting_core::ladder::Decision;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
 use vtd::VtdConfig;
 use vtd::passthrough::PassthroughError;
-use vtd::{PassthroughBackend, TranslateResult, Vtd};
+use vtd::{TranslateResult, Vtd};
 
 use super::parse::Width;
 use super::{Env, ModelError, Passthrough, ReplayModel};
@@ -25,8 +25,6 @@ use super::{Env, ModelError, Passthrough, ReplayModel};
 /// The VT-d unit a script drives.
 pub struct VtdReplay {
     unit: Vtd,
-    /// The unit's passthrough devices, made at the first one.
-    backend: Option<PassthroughBackend>,
 }
 
 impl VtdReplay {
@@ -34,7 +32,6 @@ impl VtdReplay {
     pub fn new(cfg: &VtdConfig) -> Self {
         VtdReplay {
             unit: Vtd::new(cfg.clone()),
-            backend: None,
         }
     }
 }
@@ -52,19 +49,15 @@ fn mmio_size(width: Width) -> Result<u32, ModelError> {
 impl ReplayModel for VtdReplay {
     fn passthrough(
         &mut self,
-        _env: &Env<'_>,
+        env: &Env<'_>,
         p: Passthrough<'_>,
     ) -> Result<Decision, (ModelError, BoundDevice)> {
         let Ok(sid) = u16::try_from(p.sid) else {
             let e = format!("VT-d source-id {:#x} is wider than 16 bits", p.sid);
             return Err((ModelError::Script(e), p.device));
         };
-        let backend = self
-            .backend
-            .get_or_insert_with(|| PassthroughBackend::new(p.host.clone(), p.ram.clone()));
-        // Deciding attaches nothing: the backend attaches the device at
-        // the next register write's `process`, with the unit's state then.
-        match backend.add_device(&self.unit, sid, p.device, p.view) {
+        self.unit.enable_passthrough(p.host.clone(), p.ram.clone());
+        match self.unit.add_passthrough(env.mem, sid, p.device, p.view) {
             Ok(d) => Ok(d),
             // Refused: the device is dropped (unbound), as the runner
             // expects of a refused device.
@@ -86,12 +79,6 @@ impl ReplayModel for VtdReplay {
     ) -> Result<(), ModelError> {
         self.unit
             .mmio_write(env.mem, offset, mmio_size(width)?, value);
-        match &mut self.backend {
-            Some(b) => b.process(&mut self.unit, env.mem),
-            // No passthrough device: nothing consumes the events; drop
-            // them so they do not accumulate up to the collapse limit.
-            None => drop(self.unit.take_events()),
-        }
         Ok(())
     }
 

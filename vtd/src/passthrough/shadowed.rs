@@ -5,6 +5,11 @@
 //! its entry names, whose mappings the guest's invalidations keep in line
 //! with its tables.
 //!
+//! The requesters' places and the shadow domains are the registry's
+//! ([`nesting_core::passthrough::Registry`], spaces named by [`Space`]);
+//! this module says where each requester must go and what each space
+//! holds, and hands the registry plans.
+//!
 //! - **Address spaces.** A shadow domain mirrors one guest address space:
 //!   a domain-id and the tables its entry points at ([`Space`]). A
 //!   domain-id names one second-stage address space (9.3, 9.6 DID:
@@ -20,17 +25,11 @@
 //!   invalidations (6.5.2.1, 6.5.2.2) re-read where each requester goes,
 //!   which attaches, moves or detaches it. A PASID entry cleared and
 //!   invalidated detaches the PASID.
-//! - **iommufd's PASID rule.** A PASID attaches only to a HWPT allocated
-//!   with `IOMMU_HWPT_ALLOC_PASID`, and while any PASID of a device is
-//!   attached its RID must be on such a HWPT too (`iommufd_hwpt_pasid_compat`,
-//!   drivers/iommu/iommufd/device.c). The first PASID of a device to attach
-//!   moves its RID, in place, onto its PASID-capable HWPT over the same
-//!   IOAS (its shadow domain's with [`ShadowDomain::attach_pasid_capable`],
-//!   or the RAM IOAS); from then on every attach of the device is
-//!   PASID-capable, wherever its RID and PASIDs go, until it is removed.
+//! - **iommufd's PASID rule** (PASIDs only on PASID-capable HWPTs, and the
+//!   RID too once a PASID is attached) is the registry's.
 //! - **Pass-through** entries (PGTT=100, 9.6) and the RID with translation
-//!   disabled see guest RAM at IOVA = GPA: the RAM IOAS, through the
-//!   device's PASID-capable HWPT over it when PASIDs are involved.
+//!   disabled see guest RAM at IOVA = GPA (the registry's identity place);
+//!   requests with PASID are blocked while translation is disabled.
 //! - **The host's PASIDs.** A PASID at or above what the host can attach
 //!   for the device (none on a host IOMMU without scalable-mode PASID
 //!   support) stays blocked, and the guest gets the fault a unit reports
@@ -42,26 +41,20 @@
 //!   supervisor-only pages are not reachable by privileged DMA of a
 //!   shadowed PASID (it faults on the host instead).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use nesting_core::host::info::ecap;
-use nesting_core::host::objects::{BoundDevice, Hwpt};
-use nesting_core::host::{HwptAlloc, HwptData, HwptFlags, PtId};
 use nesting_core::ladder::{Check, HostView};
-use nesting_core::shadow::ShadowDomain;
+use nesting_core::passthrough::{Place, Plan, StageError, Step};
 use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
 use vm_memory::GuestMemory;
 
 use super::{
-    Dirty, MAX_NESTED_PASIDS_PER_DEVICE, MAX_ROUNDS_PER_RANGE, PassthroughBackend,
-    PassthroughError, entry_refused, fpd_of, pasids_in_use, refusal_fault, rid_did, sm_context,
-    warn_host,
+    HostRefusal, MAX_NESTED_PASIDS_PER_DEVICE, MAX_ROUNDS_PER_RANGE, PassthroughBackend, fpd_of,
+    pasids_in_use, rid_did, rid_pasid, warn_host,
 };
 use crate::Vtd;
-use crate::fault::FaultReason;
 use crate::nesting::{IotlbScope, PasidScope, VtdEvent};
 use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, TableView};
-use crate::tables::{Pgtt, SmContextEntry};
 use crate::translate::{Caps, RootPointer, Tables, tables_for};
 
 /// Most shadow domains one unit keeps: each is a host IOAS (and a HWPT per
@@ -71,9 +64,6 @@ use crate::translate::{Caps, RootPointer, Tables, tables_for};
 /// allocate thousands of IOASes; a requester beyond it stays blocked and
 /// the guest gets a fault for its entry.
 pub const MAX_SHADOW_DOMAINS: usize = 4096;
-
-/// A shadowed requester: a device's RID (`None`) or one of its PASIDs.
-pub(super) type Requester = (u16, Option<Pasid>);
 
 /// The table format of a [`Space`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -98,59 +88,12 @@ pub struct Space {
     pub levels: u32,
 }
 
-/// Where a shadowed requester is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum At {
-    /// Nowhere (just bound, no valid entry, or the host refused).
-    Blocked,
-    /// The RAM IOAS: IOVA = GPA.
-    Ram,
-    /// The shadow domain of an address space.
-    Domain(Space),
-}
-
-#[derive(Debug)]
-pub(super) struct ShadowDev {
-    pub dev: BoundDevice,
-    /// Where its RID (`None`) and PASIDs are attached; absent: blocked.
-    pub at: BTreeMap<Option<Pasid>, At>,
-    /// Every attach of the device goes on PASID-capable HWPTs: set when
-    /// its first PASID attaches, kept until it is removed.
-    pasid_mode: bool,
-    /// The host attaches PASIDs below `2^host_pasid_bits` for it (0:
-    /// none).
-    host_pasid_bits: u8,
-    /// Requesters refused with a fault already recorded: one fault per
-    /// refusal, until the requester is attached or its entry goes.
-    faulted: BTreeSet<Option<Pasid>>,
-    /// Its PASID-capable HWPT over the RAM IOAS; after `dev`, so it is
-    /// destroyed once the device let go of it.
-    ram_hwpt: Option<Hwpt>,
-}
-
-impl ShadowDev {
-    pub(super) fn new(dev: BoundDevice, view: Option<&HostView>) -> ShadowDev {
-        ShadowDev {
-            dev,
-            at: BTreeMap::new(),
-            pasid_mode: false,
-            host_pasid_bits: view.map_or(0, host_pasid_bits),
-            faulted: BTreeSet::new(),
-            ram_hwpt: None,
-        }
-    }
-}
-
 /// log2 of the PASIDs the host attaches for a device: iommu.c
-/// `iommu_attach_device_pasid` refuses `pasid >= max_pasids`, and Intel's
-/// `set_dev_pasid` needs scalable mode with PASID support (VT-d 11.4.3
-/// ECAP.SMTS, ECAP.PASID).
+/// `iommu_attach_device_pasid` refuses `pasid >= max_pasids`, which the
+/// host reports as `max_pasid_log2` (0 on a VT-d host without scalable-mode
+/// PASIDs, VT-d 11.4.3 ECAP.SMTS and ECAP.PASID); the registry attaches
+/// PASIDs by the same rule.
 fn host_pasid_bits(view: &HostView) -> u8 {
-    if let Some((_, e)) = view.info.vtd()
-        && !(e.has(ecap::SMTS) && e.has(ecap::PASID))
-    {
-        return 0;
-    }
     view.info.max_pasid_log2.min(20)
 }
 
@@ -170,64 +113,49 @@ pub(super) fn pasid_check(guest_bits: u8, view: &HostView) -> Check {
             1u64 << host
         ),
     };
-    Check {
-        name: "shadow-pasids",
-        passed,
-        detail,
-    }
+    Check::new("shadow-pasids", passed, detail)
+}
+
+/// Ranges of shadow spaces to read again from the guest's tables at the
+/// sync point (`None`: the whole space).
+pub(super) type Dirty = BTreeMap<Space, Vec<Option<(u64, u64)>>>;
+
+/// A shadowed requester: a device's RID (`None`) or one of its PASIDs.
+type Requester = (u16, Option<Pasid>);
+
+fn ep((sid, key): Requester) -> (u32, Option<Pasid>) {
+    (u32::from(sid), key)
 }
 
 impl PassthroughBackend {
-    pub(super) fn back_pending_shadow<M: GuestMemory + ?Sized>(
-        &mut self,
-        vtd: &mut Vtd,
-        mem: &M,
-        dirty: &mut Dirty,
-    ) {
-        for (sid, dev) in std::mem::take(&mut self.pending) {
-            let d = ShadowDev::new(dev, self.views.get(&sid));
-            self.shadow_devs.insert(sid, d);
-            self.reconcile(vtd, mem, sid, dirty);
-        }
-        self.domains.retain(|_, d| !d.devices().is_empty());
-    }
-
-    pub(super) fn process_shadow<M: GuestMemory + ?Sized>(
+    pub(super) fn sync_shadow<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
         mem: &M,
         events: &[VtdEvent],
-        dirty: &mut Dirty,
-    ) {
+    ) -> Result<(), HostRefusal> {
+        let mut dirty = Dirty::new();
         for ev in events {
             match *ev {
+                // GCMD.TE (11.4.4): with it clear the RIDs see guest RAM
+                // untranslated; set again, every space is read anew.
                 VtdEvent::TranslationEnabled(on) => {
-                    // GCMD.TE (11.4.4): devices of the shadow domains see
-                    // guest RAM untranslated while it is clear; their
-                    // mappings stay for when it is set again.
-                    for (s, d) in &mut self.domains {
-                        if let Err(e) = d.set_identity(!on) {
-                            log::warn!("vtd passthrough: {s:?}: identity {}: {e}", !on);
-                        }
-                    }
-                    self.reconcile_all(vtd, mem, dirty);
+                    self.reconcile_all(vtd, mem, &mut dirty);
                     if on {
-                        self.resync_all(vtd, mem, dirty);
+                        self.resync_all(&mut dirty);
                     }
                 }
                 VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
-                    let sids: Vec<u16> = self.shadow_devs.keys().copied().collect();
-                    for sid in sids {
-                        self.reconcile_pasid(vtd, mem, sid, pasid, dirty);
+                    for sid in self.sids() {
+                        self.reconcile_pasid(vtd, mem, sid, pasid, &mut dirty);
                     }
-                    self.domains.retain(|_, d| !d.devices().is_empty());
                 }
                 VtdEvent::RootTable { .. } | VtdEvent::Context(_) | VtdEvent::PasidCache(_) => {
-                    self.reconcile_all(vtd, mem, dirty)
+                    self.reconcile_all(vtd, mem, &mut dirty)
                 }
                 VtdEvent::Resync | VtdEvent::Iotlb(IotlbScope::Global) => {
-                    self.reconcile_all(vtd, mem, dirty);
-                    self.resync_all(vtd, mem, dirty);
+                    self.reconcile_all(vtd, mem, &mut dirty);
+                    self.resync_all(&mut dirty);
                 }
                 VtdEvent::Iotlb(scope) => {
                     let (did, pasid) = match scope {
@@ -236,8 +164,9 @@ impl PassthroughBackend {
                         | IotlbScope::PasidPages { did, pasid, .. } => (did, Some(pasid)),
                         IotlbScope::Global => continue,
                     };
+                    let range = scope.range().map(|(a, len)| (a, a.saturating_add(len - 1)));
                     for space in self.spaces_of(vtd, mem, did, pasid) {
-                        self.resync(vtd, mem, space, scope.range(), dirty);
+                        dirty.entry(space).or_default().push(range);
                     }
                 }
                 // Shadowed devices do not use ATS through the guest's
@@ -246,9 +175,7 @@ impl PassthroughBackend {
                 VtdEvent::DeviceTlb { .. } | VtdEvent::PageGroupResponse { .. } => {}
             }
         }
-        for (space, first) in std::mem::take(dirty) {
-            self.sync_domain(vtd, mem, space, first);
-        }
+        self.flush_shadow(vtd, mem, dirty)
     }
 
     /// The spaces an IOTLB invalidation of `did` covers: 6.5.2.3, a
@@ -256,7 +183,7 @@ impl PassthroughBackend {
     /// translation tagged with the domain-id; 6.5.2.4, a PASID-based one
     /// only those also tagged with `pasid` (6.2.1: first-stage
     /// translations are tagged with both), i.e. the spaces a requester
-    /// with that PASID is attached to (the RID's is RID_PASID, 9.4).
+    /// with that PASID is in (the RID's is RID_PASID, 9.4).
     fn spaces_of<M: GuestMemory + ?Sized>(
         &self,
         vtd: &Vtd,
@@ -264,16 +191,16 @@ impl PassthroughBackend {
         did: u16,
         pasid: Option<u32>,
     ) -> Vec<Space> {
-        let of_did = self.domains.keys().filter(|s| s.did == did).copied();
+        let of_did = self.reg.spaces().map(|(s, _)| *s).filter(|s| s.did == did);
         let Some(p) = pasid else {
             return of_did.collect();
         };
-        let tagged = |&(sid, key): &Requester| match key {
+        let tagged = |&(ep, key): &(u32, Option<Pasid>)| match key {
             Some(k) => k.raw() == p,
-            None => vtd.pasid_entry(mem, Bdf(sid), None).map(|l| l.pasid) == Some(p),
+            None => u16::try_from(ep).is_ok_and(|sid| rid_pasid(mem, vtd, sid) == Some(p)),
         };
         of_did
-            .filter(|s| self.members(*s).iter().any(tagged))
+            .filter(|s| self.reg.members(*s).iter().any(tagged))
             .collect()
     }
 
@@ -283,33 +210,32 @@ impl PassthroughBackend {
         mem: &M,
         dirty: &mut Dirty,
     ) {
-        let sids: Vec<u16> = self.shadow_devs.keys().copied().collect();
-        for sid in sids {
+        for sid in self.sids() {
             self.reconcile(vtd, mem, sid, dirty);
         }
-        // A domain whose devices all left costs a host IOAS for nothing;
-        // a device joining it again gets a fresh one, read in full.
-        self.domains.retain(|_, d| !d.devices().is_empty());
+    }
+
+    fn resync_all(&self, dirty: &mut Dirty) {
+        for (s, _) in self.reg.spaces() {
+            dirty.entry(*s).or_default().push(None);
+        }
     }
 
     /// Where requests of (`sid`, `key`) must go, per the guest's tables.
-    fn target<M: GuestMemory + ?Sized>(&self, vtd: &Vtd, mem: &M, (sid, key): Requester) -> At {
+    fn target<M: GuestMemory + ?Sized>(
+        &self,
+        vtd: &Vtd,
+        mem: &M,
+        (sid, key): Requester,
+    ) -> Place<Space> {
         if !vtd.translation_enabled() {
             // 3.1 (GSTS.TES clear): requests without PASID are not
-            // remapped; a requester in a domain sees RAM through the
-            // domain's identity switch, other RIDs attach to the RAM IOAS.
-            // Requests with PASID are blocked: the unit translates PASIDs
-            // only through a scalable-mode root table it uses with TE.
-            let at = self
-                .shadow_devs
-                .get(&sid)
-                .and_then(|d| d.at.get(&key).copied());
-            return match at {
-                Some(At::Domain(s)) if key.is_none() && self.domains.contains_key(&s) => {
-                    At::Domain(s)
-                }
-                _ if key.is_none() => At::Ram,
-                _ => At::Blocked,
+            // remapped. Requests with PASID are blocked: the unit
+            // translates PASIDs only through a scalable-mode root table it
+            // uses with TE.
+            return match key {
+                None => Place::Identity,
+                Some(_) => Place::Blocked,
             };
         }
         let pasid = key.map(Pasid::raw);
@@ -318,12 +244,12 @@ impl PassthroughBackend {
         let tables = tables_for(mem, &caps, RootPointer { addr, ttm }, sid, pasid);
         let (stage, root, levels) = match tables {
             // 9.6 PGTT=100 (and legacy TT=10, 9.3): output = input.
-            Ok(Tables::Identity) => return At::Ram,
+            Ok(Tables::Identity) => return Place::Identity,
             Ok(Tables::Second(p)) => (Stage::Second, p.root, p.levels),
             Ok(Tables::First(p)) => (Stage::First, p.root, p.levels),
             // Nested PGTT (9.6 PGTT=011) needs a nested HWPT, and a
             // faulting entry blocks: requests fault before any walk.
-            Ok(Tables::Nested(..)) | Err(_) => return At::Blocked,
+            Ok(Tables::Nested(..)) | Err(_) => return Place::Blocked,
         };
         let did = match pasid {
             None => rid_did(mem, vtd, sid),
@@ -331,8 +257,8 @@ impl PassthroughBackend {
                 .pasid_entry(mem, Bdf(sid), Some(p))
                 .map(|l| l.entry.did()),
         };
-        did.map_or(At::Blocked, |did| {
-            At::Domain(Space {
+        did.map_or(Place::Blocked, |did| {
+            Place::Shadow(Space {
                 did,
                 stage,
                 root,
@@ -341,26 +267,35 @@ impl PassthroughBackend {
         })
     }
 
-    /// Attaches every requester of `sid` where the tables say: the RID,
-    /// and with translation enabled every PASID whose entry is present in
-    /// the device's PASID table (9.4 PASIDE, 9.5, 9.6); requesters no
-    /// longer there are detached. A space joined afresh is read in full.
-    fn reconcile<M: GuestMemory + ?Sized>(
+    /// Puts every requester of `sid` where the tables say: the RID, and
+    /// with translation enabled every PASID whose entry is present in the
+    /// device's PASID table (9.4 PASIDE, 9.5, 9.6); requesters no longer
+    /// there are blocked.
+    pub(super) fn reconcile<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
         mem: &M,
         sid: u16,
         dirty: &mut Dirty,
     ) {
-        let Some(d) = self.shadow_devs.get(&sid) else {
-            return;
-        };
-        let mut keys: BTreeSet<Option<Pasid>> = d.at.keys().copied().collect();
-        keys.extend(d.faulted.iter().copied());
-        keys.insert(None);
+        let mut keys: Vec<Option<Pasid>> = self
+            .reg
+            .requesters(u32::from(sid))
+            .into_iter()
+            .map(|(k, _)| k)
+            .chain(
+                self.faulted
+                    .iter()
+                    .filter(|(s, _)| *s == sid)
+                    .map(|(_, k)| *k),
+            )
+            .collect();
+        keys.push(None);
         if vtd.translation_enabled() {
             keys.extend(pasids_in_use(mem, vtd, sid).into_iter().map(Pasid::new));
         }
+        keys.sort();
+        keys.dedup();
         for key in keys {
             self.reconcile_one(vtd, mem, (sid, key), dirty);
         }
@@ -371,7 +306,7 @@ impl PassthroughBackend {
     /// entry; Linux's `pasid.c` does for every entry it sets up or tears
     /// down), instead of the whole PASID table: the RID if it is the
     /// context's RID_PASID (9.4), else that PASID, unless the device
-    /// already has [`super::MAX_NESTED_PASIDS_PER_DEVICE`] others.
+    /// already has [`MAX_NESTED_PASIDS_PER_DEVICE`] others.
     fn reconcile_pasid<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
@@ -380,17 +315,16 @@ impl PassthroughBackend {
         pasid: u32,
         dirty: &mut Dirty,
     ) {
-        let rid_pasid =
-            sm_context(mem, vtd, sid).map(|c| SmContextEntry::RID_PASID.get(c.q[1]) as u32);
-        if rid_pasid == Some(pasid) {
+        if rid_pasid(mem, vtd, sid) == Some(pasid) {
             return self.reconcile_one(vtd, mem, (sid, None), dirty);
         }
-        let (Some(key), Some(d)) = (Pasid::new(pasid), self.shadow_devs.get(&sid)) else {
+        let Some(key) = Pasid::new(pasid) else {
             return;
         };
         let key = Some(key);
-        let known = d.at.contains_key(&key) || d.faulted.contains(&key);
-        let others = d.at.keys().filter(|k| k.is_some()).count();
+        let here = self.reg.requesters(u32::from(sid));
+        let known = here.iter().any(|(k, _)| *k == key) || self.faulted.contains(&(sid, key));
+        let others = here.iter().filter(|(k, _)| k.is_some()).count();
         if known || others < MAX_NESTED_PASIDS_PER_DEVICE {
             self.reconcile_one(vtd, mem, (sid, key), dirty);
         } else {
@@ -411,372 +345,166 @@ impl PassthroughBackend {
     ) {
         let (sid, key) = req;
         let want = self.target(vtd, mem, req);
-        let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return;
-        };
-        if want == At::Blocked {
+        if want == Place::Blocked {
             // No entry (any more): a later one is owed a fresh fault.
-            d.faulted.remove(&key);
+            self.faulted.remove(&req);
         }
         // VT-d 11.4.3 ECAP.PSS gives the guest PASIDs the host may not
         // attach (iommu_attach_device_pasid: pasid < max_pasids): such a
         // PASID's entry is one the (virtual) unit cannot use.
-        let beyond_host = key.is_some_and(|p| u64::from(p.raw()) >> d.host_pasid_bits != 0);
-        let result = if want != At::Blocked && beyond_host {
+        if want != Place::Blocked && !self.reg.carries(ep(req)) {
             log::warn!(
-                "vtd passthrough {sid:#06x}: pasid {:#x} is beyond the host's {}-bit PASIDs; blocked",
+                "vtd passthrough {sid:#06x}: pasid {:#x} is beyond what the host attaches; blocked",
                 key.map_or(0, Pasid::raw),
-                d.host_pasid_bits
             );
-            if let Err(e) = self.move_to(req, At::Blocked) {
-                warn_host("blocking a PASID the host cannot carry", sid, &e);
-            }
-            Err(None)
-        } else {
-            self.move_to(req, want).map_err(Some)
-        };
-        match result {
-            Ok(fresh) => {
-                if let Some(d) = self.shadow_devs.get_mut(&sid)
-                    && want != At::Blocked
-                {
-                    d.faulted.remove(&key);
-                }
-                if let Some(space) = fresh {
-                    self.resync(vtd, mem, space, None, dirty);
+            self.block(req);
+            let fpd = fpd_of(mem, vtd, sid, key.map(Pasid::raw));
+            return self.refusal_fault(vtd, sid, key, fpd);
+        }
+        if self.reg.place(ep(req)) == want {
+            return;
+        }
+        let mut plan = Plan::new();
+        if let Place::Shadow(space) = want
+            && self.reg.space(&space).is_none()
+        {
+            // A space made afresh is read in full before the requester
+            // arrives.
+            self.read_tables(vtd, mem, req, space, None, &mut plan);
+        }
+        plan.push(Step::Place {
+            req: ep(req),
+            to: want,
+        });
+        match self.reg.stage(&plan) {
+            Ok(_) => {
+                self.faulted.remove(&req);
+                if let Place::Shadow(space) = want {
+                    // Already whole; later invalidations of this sync
+                    // point read their ranges again.
+                    dirty.entry(space).or_default();
                 }
             }
             Err(e) => {
-                if let Some(e) = e {
-                    warn_host("attaching a shadowed device", sid, &e);
-                }
-                let owed = self
-                    .shadow_devs
-                    .get_mut(&sid)
-                    .is_some_and(|d| d.faulted.insert(key));
-                if owed {
-                    let pasid = key.map(Pasid::raw);
-                    let rec = refusal_fault(sid, pasid, 0, entry_refused(vtd));
-                    let fpd = fpd_of(mem, vtd, sid, pasid);
-                    self.record(vtd, &rec, fpd);
-                }
+                warn_host("attaching a shadowed device", sid, &e);
+                self.block(req);
+                let fpd = fpd_of(mem, vtd, sid, key.map(Pasid::raw));
+                self.refusal_fault(vtd, sid, key, fpd);
             }
         }
     }
 
-    /// Attaches a requester to `want`; returns the space of a shadow
-    /// domain made for it (empty: to be read in full). On failure the
-    /// requester is left blocked.
-    fn move_to(&mut self, req: Requester, want: At) -> Result<Option<Space>, PassthroughError> {
-        let (sid, key) = req;
-        let Some(d) = self.shadow_devs.get(&sid) else {
-            return Ok(None);
+    fn block(&mut self, req: Requester) {
+        let plan = Plan {
+            steps: vec![Step::Place {
+                req: ep(req),
+                to: Place::Blocked,
+            }],
         };
-        let at = d.at.get(&key).copied().unwrap_or(At::Blocked);
-        if at == want {
-            return Ok(None);
-        }
-        let mut res = Ok(None);
-        if key.is_some() && want != At::Blocked {
-            res = self.enter_pasid_mode(sid).map(|()| None);
-        }
-        if res.is_ok() {
-            res = self.attach_at(req, want);
-        }
-        let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return res;
-        };
-        if res.is_err()
-            && d.dev.is_attached(key)
-            && let Err(e) = d.dev.detach(key)
-        {
-            warn_host("blocking after a refusal", sid, &e);
-        }
-        // The host no longer uses the old domain's HWPT for it: the old
-        // domain may let go of it.
-        if let At::Domain(old) = at
-            && let Some(dom) = self.domains.get_mut(&old)
-        {
-            dom.forget(d.dev.id(), key);
-        }
-        match (&res, want) {
-            (Ok(_), At::Ram | At::Domain(_)) => d.at.insert(key, want),
-            _ => d.at.remove(&key),
-        };
-        res
-    }
-
-    /// Moves the device's RID, where it is, onto a PASID-capable HWPT
-    /// (iommufd refuses a PASID attach while the RID's domain is not
-    /// one); from then on the device's attaches all are.
-    fn enter_pasid_mode(&mut self, sid: u16) -> Result<(), PassthroughError> {
-        let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return Ok(());
-        };
-        if d.pasid_mode {
-            return Ok(());
-        }
-        match d.at.get(&None).copied() {
-            Some(At::Domain(s)) => {
-                if let Some(dom) = self.domains.get_mut(&s) {
-                    dom.attach_pasid_capable(&mut d.dev, None)?;
-                }
-            }
-            Some(At::Ram) => {
-                let pt = self.ram_pt(sid, true)?;
-                if let Some(d) = self.shadow_devs.get_mut(&sid) {
-                    d.dev.attach(None, pt)?;
-                }
-            }
-            Some(At::Blocked) | None => {}
-        }
-        if let Some(d) = self.shadow_devs.get_mut(&sid) {
-            d.pasid_mode = true;
-        }
-        Ok(())
-    }
-
-    /// What a requester of `sid` attaches to for IOVA = GPA: the RAM IOAS,
-    /// or (`pasid_capable`) the device's PASID-capable HWPT over it,
-    /// allocated on first use.
-    fn ram_pt(&mut self, sid: u16, pasid_capable: bool) -> Result<PtId, PassthroughError> {
-        let ram = PtId::Ioas(self.ram.ioas().id());
-        let Some(d) = self.shadow_devs.get_mut(&sid) else {
-            return Ok(ram);
-        };
-        if !pasid_capable {
-            return Ok(ram);
-        }
-        if let Some(h) = &d.ram_hwpt {
-            return Ok(PtId::Hwpt(h.id()));
-        }
-        let req = HwptAlloc {
-            dev: d.dev.id(),
-            parent: ram,
-            flags: HwptFlags::PASID,
-            fault: None,
-            data: HwptData::None,
-        };
-        let h = Hwpt::alloc(&self.host, &req)?;
-        let id = h.id();
-        d.ram_hwpt = Some(h);
-        Ok(PtId::Hwpt(id))
-    }
-
-    /// The host side of [`PassthroughBackend::move_to`].
-    fn attach_at(
-        &mut self,
-        (sid, key): Requester,
-        want: At,
-    ) -> Result<Option<Space>, PassthroughError> {
-        let pasid_mode = self.shadow_devs.get(&sid).is_some_and(|d| d.pasid_mode);
-        match want {
-            At::Blocked => {
-                if let Some(d) = self.shadow_devs.get_mut(&sid)
-                    && d.dev.is_attached(key)
-                {
-                    d.dev.detach(key)?;
-                }
-                Ok(None)
-            }
-            At::Ram => {
-                let pt = self.ram_pt(sid, pasid_mode || key.is_some())?;
-                if let Some(d) = self.shadow_devs.get_mut(&sid) {
-                    d.dev.attach(key, pt)?;
-                }
-                Ok(None)
-            }
-            At::Domain(space) => {
-                let at_limit = self.domains.len() >= MAX_SHADOW_DOMAINS;
-                let Some(d) = self.shadow_devs.get_mut(&sid) else {
-                    return Ok(None);
-                };
-                let mut fresh = None;
-                let dom = match self.domains.entry(space) {
-                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        if at_limit {
-                            return Err(PassthroughError::TooManyDomains);
-                        }
-                        fresh = Some(space);
-                        v.insert(ShadowDomain::new(&self.host, &self.ram)?)
-                    }
-                };
-                let res = match pasid_mode {
-                    true => dom.attach_pasid_capable(&mut d.dev, key),
-                    false => dom.attach(&mut d.dev, key),
-                };
-                if let Err(e) = res {
-                    if dom.devices().is_empty() {
-                        self.domains.remove(&space);
-                    }
-                    return Err(e.into());
-                }
-                Ok(fresh)
-            }
+        if let Err(e) = self.reg.stage(&plan) {
+            warn_host("blocking a shadowed requester", req.0, &e);
         }
     }
 
-    fn resync_all<M: GuestMemory + ?Sized>(&mut self, vtd: &mut Vtd, mem: &M, dirty: &mut Dirty) {
-        let spaces: Vec<Space> = self.domains.keys().copied().collect();
-        for space in spaces {
-            self.resync(vtd, mem, space, None, dirty);
-        }
-    }
-
-    /// The requesters attached to the shadow domain of `space`.
-    pub(super) fn members(&self, space: Space) -> Vec<Requester> {
-        let mut out = Vec::new();
-        for (&sid, d) in &self.shadow_devs {
-            for (&key, &at) in &d.at {
-                if at == At::Domain(space) {
-                    out.push((sid, key));
-                }
-            }
-        }
-        out
-    }
-
-    /// Stages the guest's mappings of `range` (`None`: everything) into
-    /// the shadow domain of `space`, replacing what it held there. Its
-    /// members all use the space's tables, so any one of them reads them.
-    fn resync<M: GuestMemory + ?Sized>(
+    /// Reads every dirty range of every space again from the tables of one
+    /// of its members and applies all of it in one plan: the guest's
+    /// invalidations up to this sync point are on the host when it
+    /// returns, or the host refused (nothing of the plan stays applied)
+    /// and the refusal names a device of the first space it could not
+    /// update.
+    pub(super) fn flush_shadow<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &Vtd,
         mem: &M,
-        space: Space,
-        range: Option<(u64, u64)>,
-        dirty: &mut Dirty,
-    ) {
-        let Some(&req) = self.members(space).first() else {
-            return;
-        };
-        let Some(dom) = self.domains.get_mut(&space) else {
-            return;
-        };
-        let (first, last) = match range {
-            Some((addr, len)) => {
-                if let Err(e) = dom.unmap(Iova(addr), len) {
-                    log::warn!("vtd passthrough: {space:?}: unmap {addr:#x}+{len:#x}: {e}");
-                    return;
-                }
-                (addr, addr.saturating_add(len - 1))
+        dirty: Dirty,
+    ) -> Result<(), HostRefusal> {
+        let mut plan = Plan::new();
+        let mut owner: Vec<(usize, u16)> = Vec::new();
+        for (space, ranges) in dirty {
+            let Some(&(ep, key)) = self.reg.members(space).first() else {
+                continue;
+            };
+            let Ok(sid) = u16::try_from(ep) else {
+                continue;
+            };
+            for range in ranges {
+                self.read_tables(vtd, mem, (sid, key), space, Some(range), &mut plan);
             }
-            None => {
-                dom.unmap_all();
-                (0, u64::MAX)
-            }
-        };
-        dirty
-            .entry(space)
-            .and_modify(|a| *a = (*a).min(first))
-            .or_insert(first);
-        if !stage_mappings(dom, vtd, mem, req, first, last) {
-            log::warn!(
-                "vtd passthrough: {space:?}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
-            );
-            self.stats.truncated_ranges += 1;
+            owner.push((plan.steps.len(), sid));
         }
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let Err(e) = self.reg.stage(&plan) else {
+            return Ok(());
+        };
+        warn_host("updating shadow spaces", 0, &e);
+        let step = e.step();
+        let sid = owner
+            .iter()
+            .find(|(end, _)| step < *end)
+            .or(owner.last())
+            .map_or(0, |(_, sid)| *sid);
+        if let StageError::Invalid { why, .. } = e {
+            log::error!("vtd passthrough: a shadow plan was refused as invalid: {why}");
+        }
+        Err(HostRefusal { sid })
     }
 
-    /// Applies what is staged for `space`. The engine rolls back a failed
-    /// sync, so the mappings the guest just made are missing on the host
-    /// and its devices' DMA there will fail without the guest knowing:
-    /// each requester of the domain gets a fault record for the first
-    /// address of the failed change, with the reason a unit gives when it
-    /// cannot use a paging entry (0x70 first stage, 0x78 second stage,
-    /// 0x7 legacy).
-    fn sync_domain<M: GuestMemory + ?Sized>(
+    /// Appends to `plan` the removal of what `space` holds in `range`
+    /// (`None`: everything; `Some(None)`: the whole space) and the
+    /// mappings the tables of `req` hold there now, read in rounds of at
+    /// most [`MAX_ENTRIES_PER_ENUMERATION`] entries.
+    fn read_tables<M: GuestMemory + ?Sized>(
         &mut self,
-        vtd: &mut Vtd,
+        vtd: &Vtd,
         mem: &M,
+        (sid, key): Requester,
         space: Space,
-        address: u64,
+        range: Option<Option<(u64, u64)>>,
+        plan: &mut Plan<Space>,
     ) {
-        let Some(dom) = self.domains.get_mut(&space) else {
-            return;
+        let (mut first, last) = range.flatten().unwrap_or((0, u64::MAX));
+        match (range, (last - first).checked_add(1)) {
+            (Some(Some(_)), Some(len)) => plan.push(Step::Unmap {
+                space,
+                iova: Iova(first),
+                len,
+            }),
+            (Some(_), _) => plan.push(Step::Clear { space }),
+            (None, _) => plan,
         };
-        let Err(e) = dom.sync() else {
-            return;
-        };
-        log::warn!("vtd passthrough: {space:?}: sync failed: {e}");
-        for (sid, key) in self.members(space) {
-            let pasid = key.map(Pasid::raw);
-            let reason = match vtd
-                .pasid_entry(mem, Bdf(sid), pasid)
-                .map(|l| l.entry.pgtt())
-            {
-                Some(Pgtt::FirstStage) => FaultReason::FsEntryAccess,
-                Some(_) => FaultReason::SsEntryAccess,
-                None => FaultReason::PagingEntryAccess,
+        let pasid = key.map(Pasid::raw);
+        for _ in 0..MAX_ROUNDS_PER_RANGE {
+            let budget = MAX_ENTRIES_PER_ENUMERATION;
+            let view = vtd.table_view(mem, Bdf(sid), pasid, first, last, budget);
+            let TableView::Mappings {
+                list,
+                complete,
+                resume,
+            } = view
+            else {
+                // Identity or blocked: the requester moves at the next
+                // context event; nothing to mirror.
+                return;
             };
-            let fpd = fpd_of(mem, vtd, sid, pasid);
-            self.record(vtd, &refusal_fault(sid, pasid, address, reason), fpd);
-        }
-    }
-
-    /// Detaches every requester of a removed device (PASIDs first: the
-    /// RID's domain stays in place while they go) and drops the domains
-    /// left empty.
-    pub(super) fn take_shadowed(&mut self, sid: u16) -> Option<BoundDevice> {
-        let mut d = self.shadow_devs.remove(&sid)?;
-        let mut keys: Vec<(Option<Pasid>, At)> = std::mem::take(&mut d.at).into_iter().collect();
-        keys.sort_by_key(|(k, _)| k.is_none());
-        for (key, at) in keys {
-            let res = match at {
-                At::Domain(s) => match self.domains.get_mut(&s) {
-                    Some(dom) => dom.detach(&mut d.dev, key).map_err(PassthroughError::from),
-                    None => d.dev.detach(key).map_err(PassthroughError::from),
-                },
-                At::Ram => d.dev.detach(key).map_err(PassthroughError::from),
-                At::Blocked => Ok(()),
-            };
-            if let Err(e) = res {
-                warn_host("detaching a shadowed device", sid, &e);
+            for m in list {
+                plan.push(Step::Map {
+                    space,
+                    iova: Iova(m.iova),
+                    gpa: Gpa(m.gpa),
+                    len: 1u64 << m.shift,
+                    access: m.perms & Access::RW,
+                });
             }
-        }
-        self.domains.retain(|_, dom| !dom.devices().is_empty());
-        let ShadowDev { dev, ram_hwpt, .. } = d;
-        drop(ram_hwpt);
-        Some(dev)
-    }
-}
-
-/// Stages into `dom` the mappings the tables of `req` hold in `[first,
-/// last]`, in rounds of at most [`MAX_ENTRIES_PER_ENUMERATION`] entries;
-/// false if [`MAX_ROUNDS_PER_RANGE`] rounds did not finish.
-fn stage_mappings<M: GuestMemory + ?Sized>(
-    dom: &mut ShadowDomain,
-    vtd: &Vtd,
-    mem: &M,
-    (sid, key): Requester,
-    mut first: u64,
-    last: u64,
-) -> bool {
-    let pasid = key.map(Pasid::raw);
-    for _ in 0..MAX_ROUNDS_PER_RANGE {
-        let budget = MAX_ENTRIES_PER_ENUMERATION;
-        let view = vtd.table_view(mem, Bdf(sid), pasid, first, last, budget);
-        let TableView::Mappings {
-            list,
-            complete,
-            resume,
-        } = view
-        else {
-            // Identity or blocked: the requester moves at the next
-            // context event; nothing to mirror.
-            return true;
-        };
-        for m in list {
-            let len = 1u64 << m.shift;
-            if let Err(e) = dom.map(Iova(m.iova), Gpa(m.gpa), len, m.perms & Access::RW) {
-                log::warn!("vtd passthrough {sid:#06x}: map {:#x}: {e}", m.iova);
+            if complete {
+                return;
             }
+            first = resume;
         }
-        if complete {
-            return true;
-        }
-        first = resume;
+        log::warn!(
+            "vtd passthrough: {space:?}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
+        );
+        self.stats.truncated_ranges += 1;
     }
-    false
 }
