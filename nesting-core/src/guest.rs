@@ -12,8 +12,35 @@
 use std::fmt;
 
 use crate::host::info::{HostInfo, HwInfo};
-use crate::ladder::Check;
 use crate::types::IovaRange;
+
+/// One check of a guest's needs against a host, as the ladder reports
+/// it ([`crate::ladder::Decision::checks`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// Short stable name (used by tests and scripts).
+    pub name: &'static str,
+    /// Whether it passed.
+    pub passed: bool,
+    /// One line: what was compared.
+    pub detail: String,
+}
+
+impl Check {
+    /// A check called `name` that `passed`, comparing what `detail` says.
+    pub fn new(name: &'static str, passed: bool, detail: String) -> Check {
+        Check {
+            name,
+            passed,
+            detail,
+        }
+    }
+
+    /// A failed check.
+    pub fn fail(name: &'static str, detail: String) -> Check {
+        Check::new(name, false, detail)
+    }
+}
 
 /// The kind of host IOMMU hardware (`enum iommu_hw_info_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -55,32 +55,7 @@ impl fmt::Display for DecisionKind {
     }
 }
 
-/// One check of the ladder.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// Short stable name (used by tests and scripts).
-    pub name: &'static str,
-    /// Whether it passed.
-    pub passed: bool,
-    /// One line: what was compared.
-    pub detail: String,
-}
-
-impl Check {
-    /// A check called `name` that `passed`, comparing what `detail` says.
-    pub fn new(name: &'static str, passed: bool, detail: String) -> Check {
-        Check {
-            name,
-            passed,
-            detail,
-        }
-    }
-
-    /// A failed check.
-    pub fn fail(name: &'static str, detail: String) -> Check {
-        Check::new(name, false, detail)
-    }
-}
+pub use crate::guest::Check;
 
 /// What the model must adjust to the decision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -253,41 +253,7 @@ pub mod pqa {
     }
 }
 
-/// Fault recording register fields (11.4 FRCD_REG): one 128-bit record,
-/// bits numbered across its low and high quadwords as the spec numbers
-/// them.
-pub mod frcd {
-    use nesting_core::types::Bdf;
-
-    use crate::fault::{AddressType, FaultReason};
-
-    nesting_core::bitfield! {
-        /// A fault record (the low and high quadwords of one FRCD_REG).
-        pub struct Frcd([u64; 2]) in mod;
-        /// Fault info: page address of the request, bits 63:12.
-        FI [63:12]: address => fi, with_fi;
-        /// Source-id of the request.
-        SID [79:64]: Bdf => sid, with_sid;
-        /// Type bit 2 (T2).
-        T2 [92]: bool => t2, with_t2;
-        /// Privilege mode requested.
-        PRIV [93]: bool => privileged, with_privileged;
-        /// Execute permission requested.
-        EXE [94]: bool => exe, with_exe;
-        /// PASID present.
-        PP [95]: bool => pp, with_pp;
-        /// Fault reason.
-        FR [103:96]: FaultReason => fr, with_fr;
-        /// PASID value.
-        PV [123:104]: u32 => pv, with_pv;
-        /// Address type.
-        AT [125:124]: AddressType => at, with_at;
-        /// Type bit 1 (T1): 0 write, 1 read.
-        T1 [126]: bool => t1, with_t1;
-        /// Fault (RW1C).
-        F [127]: bool => f, with_f;
-    }
-}
+use crate::fault::record::frcd;
 
 /// Register access width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
