@@ -415,7 +415,7 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
             dev: None,
             at: BTreeMap::new(),
             pasid_mode: false,
-            host_pasid_bits: view.info.max_pasid_log2.min(Pasid::MAX_BITS as u8),
+            host_pasid_bits: view.info.max_pasid_log2,
             ram_hwpt: None,
         };
         match backing {
@@ -541,7 +541,12 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
         match (d.backing, pasid) {
             (_, None) => true,
             (Backing::Nested, Some(_)) => true,
-            (Backing::Shadow, Some(p)) => u64::from(p.raw()) >> d.host_pasid_bits == 0,
+            (Backing::Shadow, Some(p)) => {
+                u64::from(p.raw())
+                    .checked_shr(u32::from(d.host_pasid_bits))
+                    .unwrap_or(0)
+                    == 0
+            }
         }
     }
 

@@ -10,15 +10,7 @@ use nesting_core::ladder::Check;
 use nesting_core::types::{Iova, IovaRange};
 
 use crate::options::{VtdAddressWidth, VtdConfig, VtdMode};
-use crate::translate::{INTERRUPT_RANGE_FIRST, INTERRUPT_RANGE_LAST};
-
-/// VT-d 3.15 "Handling Requests to Interrupt Address Range": requests to
-/// 0xfee0_0000..=0xfeef_ffff are never translated on x86, so a VT-d guest
-/// never uses them for DMA and the host may keep them reserved.
-pub const INTERRUPT_RANGE: IovaRange = IovaRange {
-    first: Iova(INTERRUPT_RANGE_FIRST),
-    last: Iova(INTERRUPT_RANGE_LAST),
-};
+use crate::translate::INTERRUPT_RANGE;
 
 impl GuestIommu for VtdConfig {
     fn model_name(&self) -> &'static str {

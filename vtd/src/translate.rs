@@ -8,7 +8,7 @@
 //! detected ... after ... an entry with FPD=1 are not recorded").
 
 use crate::options::{VtdConfig, VtdMode};
-use nesting_core::types::{Access, Bdf};
+use nesting_core::types::{Access, Bdf, Iova, IovaRange};
 use vm_memory::GuestMemory;
 
 use crate::fault::FaultReason;
@@ -213,10 +213,13 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
     block_interrupt_output(out, FaultReason::InterruptAddress, fpd)
 }
 
-/// First byte of the interrupt address range 0xFEEx_xxxx.
-pub const INTERRUPT_RANGE_FIRST: u64 = 0xfee0_0000;
-/// Last byte of the interrupt address range.
-pub const INTERRUPT_RANGE_LAST: u64 = 0xfeef_ffff;
+/// The interrupt address range 0xFEEx_xxxx (VT-d "Handling Requests to
+/// Interrupt Address Range", 3.15 in rev 4.1): never translated on x86,
+/// so a guest never uses it for DMA.
+pub const INTERRUPT_RANGE: IovaRange = IovaRange {
+    first: Iova(0xfee0_0000),
+    last: Iova(0xfeef_ffff),
+};
 
 /// VT-d "Handling Requests to Interrupt Address Range" (3.14 in rev 3.3,
 /// 3.15 in rev 4.1): "Untranslated requests and translation requests
@@ -227,7 +230,7 @@ fn block_interrupt_output(out: Outcome, reason: FaultReason, fpd: bool) -> Outco
     match out {
         Outcome::Mapped { leaf, .. } => {
             let last = leaf.base | ((1u64 << leaf.shift.min(63)) - 1);
-            if leaf.base <= INTERRUPT_RANGE_LAST && last >= INTERRUPT_RANGE_FIRST {
+            if leaf.base <= INTERRUPT_RANGE.last.raw() && last >= INTERRUPT_RANGE.first.raw() {
                 return fault(reason, fpd);
             }
             out
