@@ -276,12 +276,10 @@ impl HarnessVtd {
         self.after_write(&mut u);
     }
 
-    /// After a register write: the views follow the unit's cache, and the
-    /// events for a nesting layer (there is none here) are dropped, as
-    /// replay does, so they do not pile up to the collapse limit.
+    /// After a register write: the views follow the unit's cache (a unit
+    /// without passthrough devices queues no events).
     fn after_write(&self, u: &mut Unit) {
         self.follow(u);
-        drop(u.vtd.take_events());
     }
 
     /// Power-on reset of the unit (registers, latched root pointer, fault
