@@ -187,8 +187,11 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.tables = tables;
         g.state.events = events;
         g.queues = queues;
-        let moved = g.state.resettle();
+        let moved = g.state.settle();
         self.invalidate_all(&mut g.state);
-        moved.map_err(|(endpoint, source)| DeviceError::Passthrough { endpoint, source })
+        moved.map_err(|(endpoint, e)| DeviceError::Passthrough {
+            endpoint,
+            source: e.into(),
+        })
     }
 }
