@@ -158,6 +158,8 @@ mod state;
 pub mod translate;
 
 #[cfg(test)]
+mod completion_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod regression_tests;
