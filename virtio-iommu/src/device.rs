@@ -15,14 +15,14 @@ use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
 
-use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions};
+use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions, ResvMem};
 use crate::domain::Tables;
 use crate::event::EventLog;
 use crate::nesting::{Passthrough, PassthroughError};
 use crate::options::VirtioIommuConfig;
 use crate::protocol::{EVENT_QUEUE, Features, NUM_QUEUES, REQUEST_QUEUE};
 use crate::queue::{self, QueueError};
-use crate::state::State;
+use crate::state::{Probed, State};
 
 /// Largest virtqueue the device offers (`queue_num_max`): Linux sizes its
 /// event buffers and in-flight requests by it; QEMU offers 256.
@@ -188,6 +188,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     tables: Tables::default(),
                     events: EventLog::default(),
                     passthrough: None,
+                    probed: Probed::default(),
                     inv: Vec::new(),
                     limit_refusals: 0,
                 },
@@ -242,10 +243,14 @@ impl<M: GuestMemory> VirtioIommu<M> {
     /// describes. The ladder decides: virtio-iommu is always shadowed, or
     /// refused when the host cannot map what the device presents. Before
     /// the driver negotiated features the device's page sizes and input
-    /// range shrink to the host's; afterwards (hot-plug) the host must fit
-    /// what the driver was already told. The endpoint starts where the
-    /// guest's view puts it: blocked, at identity (bypass), or in its
-    /// domain's host space when the guest had attached it already.
+    /// range shrink to the host's; afterwards (hot-plug) they must hold as
+    /// the driver read them. The host's IOVA holes are the endpoint's own:
+    /// its PROBE announces them (an emulated endpoint's does not), so after
+    /// FEATURES_OK an endpoint with holes is accepted only while its PROBE
+    /// can still do so (PROBE negotiated, the endpoint not probed yet).
+    /// The endpoint starts where the guest's view puts it: blocked, at
+    /// identity (bypass), or in its domain's host space when the guest had
+    /// attached it already.
     ///
     /// Returns the decision. A refusal is [`DeviceError::Refused`] with the
     /// checks that failed; a host failure [`DeviceError::Passthrough`];
@@ -265,11 +270,15 @@ impl<M: GuestMemory> VirtioIommu<M> {
             }
             Some(_) => {}
         }
-        let (next, decision) = match st.plan_host(endpoint, view) {
+        let Admission {
+            next,
+            holes,
+            decision,
+        } = match st.plan_host(endpoint, view) {
             Ok(p) => p,
             Err(refusal) => return Err((DeviceError::Refused(refusal), device)),
         };
-        st.admit(endpoint, device, view)?;
+        st.admit(endpoint, device, view, holes)?;
         st.cfg = next;
         log::info!(
             "virtio-iommu: passthrough endpoint {endpoint:#x}: {}",
@@ -286,10 +295,15 @@ impl<M: GuestMemory> VirtioIommu<M> {
     /// endpoint.
     ///
     /// The guest's view is unchanged (the driver detaches the endpoint or
-    /// not; the configuration it read stays as it was).
+    /// not; the configuration it read stays as it was). The endpoint no
+    /// longer counts as probed: a device plugged there next is a new one,
+    /// which the driver probes when it appears.
     pub fn remove_passthrough(&self, endpoint: u32) -> Option<BoundDevice> {
         let mut g = self.lock();
         let dev = g.state.passthrough.as_mut()?.remove(endpoint)?;
+        // A device plugged here next is a new one, which the driver
+        // probes when it appears.
+        g.state.probed.forget(endpoint);
         self.invalidate_all(&mut g.state);
         log::info!("virtio-iommu: passthrough endpoint {endpoint:#x} removed");
         Some(dev)
@@ -499,6 +513,17 @@ impl<M: GuestMemory> VirtioIommu<M> {
     }
 }
 
+/// What adding a passthrough endpoint would do, once the ladder and the
+/// device's own rules accepted it.
+struct Admission {
+    /// The configuration the device presents with it.
+    next: DeviceConfig,
+    /// Its host holes as its PROBE announces them.
+    holes: Vec<ResvMem>,
+    /// The ladder's decision (with the hot-plug checks, after FEATURES_OK).
+    decision: Decision,
+}
+
 /// A refusal decision: `checks` plus the failed check `name`.
 fn refusal(mut checks: Vec<Check>, name: &'static str, detail: String) -> Decision {
     checks.push(Check {
@@ -515,13 +540,10 @@ fn refusal(mut checks: Vec<Check>, name: &'static str, detail: String) -> Decisi
 }
 
 impl State {
-    /// The configuration the device would present with a passthrough
-    /// endpoint behind `view`, and the ladder's decision; or the refusal.
-    fn plan_host(
-        &self,
-        endpoint: u32,
-        view: &HostView,
-    ) -> Result<(DeviceConfig, Decision), Box<Decision>> {
+    /// What adding passthrough endpoint `endpoint` behind `view` would
+    /// do: the configuration the device would present, the endpoint's
+    /// host holes, the ladder's decision; or the refusal.
+    fn plan_host(&self, endpoint: u32, view: &HostView) -> Result<Admission, Box<Decision>> {
         if !self.cfg.manages(endpoint) {
             let why = format!("endpoint {endpoint:#x} is not managed by this virtio-iommu");
             return Err(Box::new(refusal(Vec::new(), "endpoint", why)));
@@ -536,31 +558,111 @@ impl State {
                 e.to_string(),
             )));
         }
-        let decision = ladder::decide(&next.as_guest(), view);
+        let mut decision = ladder::decide(&next.as_guest(), view);
         if decision.kind != DecisionKind::Shadow {
             return Err(Box::new(decision));
         }
-        if let Err(e) = next.apply_host(&decision, view.page_size) {
-            return Err(Box::new(refusal(
-                decision.checks,
-                "device-config",
-                e.to_string(),
-            )));
+        let fitted = next
+            .apply_host(&decision, view.page_size)
+            .map(|()| next.host_pieces(&decision.adjust.reserved))
+            .and_then(|holes| next.check_probe_room(holes.len()).map(|()| holes));
+        let holes = match fitted {
+            Ok(h) => h,
+            Err(e) => {
+                let checks = std::mem::take(&mut decision.checks);
+                return Err(Box::new(refusal(checks, "device-config", e.to_string())));
+            }
+        };
+        if self.features_ok {
+            let checks = self.hotplug_checks(endpoint, &next, &holes);
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.detail.as_str())
+                .collect();
+            if !failed.is_empty() {
+                let reason = format!(
+                    "hot-plugged endpoint {endpoint:#x} refused: {}",
+                    failed.join("; ")
+                );
+                decision.checks.extend(checks);
+                return Err(Box::new(Decision {
+                    kind: DecisionKind::Refuse,
+                    checks: decision.checks,
+                    reason,
+                    adjust: Adjustments::default(),
+                }));
+            }
+            decision.checks.extend(checks);
         }
-        if self.features_ok && next != self.cfg {
-            let why = format!(
-                "hot-plugged endpoint {endpoint:#x} would change the configuration the driver read (page sizes {:#x} -> {:#x}, input range {:#x}-{:#x} -> {:#x}-{:#x}, {} host hole(s))",
-                self.cfg.page_size_mask,
-                next.page_size_mask,
-                self.cfg.input_range.0,
-                self.cfg.input_range.1,
-                next.input_range.0,
-                next.input_range.1,
-                next.host_resv.len()
-            );
-            return Err(Box::new(refusal(decision.checks, "hotplug-config", why)));
-        }
-        Ok((next, decision))
+        Ok(Admission {
+            next,
+            holes,
+            decision,
+        })
+    }
+
+    /// Whether an endpoint hot-plugged after FEATURES_OK fits what the
+    /// driver already read. The driver reads `page_size_mask` and
+    /// `input_range` once, at initialization (Linux's viommu_probe), so
+    /// they must stay as they are; the endpoint's host holes reach the
+    /// driver only through its own PROBE (5.13.6.8: RESV_MEM is a property
+    /// of one endpoint), which it sends once when the device appears
+    /// (viommu_probe_device): they can be announced when PROBE was
+    /// negotiated and the driver has not probed that endpoint yet. QEMU
+    /// accepts a hot-plugged device in that case too. Each check's detail
+    /// names what changes or what cannot be announced, and why.
+    fn hotplug_checks(&self, endpoint: u32, next: &DeviceConfig, holes: &[ResvMem]) -> Vec<Check> {
+        let (old, new) = (self.cfg.page_size_mask, next.page_size_mask);
+        let mask = Check::new(
+            "hotplug-page-size-mask",
+            old == new,
+            match old == new {
+                true => format!("page_size_mask {old:#x} the driver read still holds"),
+                false => {
+                    format!("page_size_mask the driver read would change: {old:#x} -> {new:#x}")
+                }
+            },
+        );
+        let ((a, b), (c, d)) = (self.cfg.input_range, next.input_range);
+        let range = Check::new(
+            "hotplug-input-range",
+            (a, b) == (c, d),
+            match (a, b) == (c, d) {
+                true => format!("input_range {a:#x}-{b:#x} the driver read still holds"),
+                false => format!(
+                    "input_range the driver read would change: {a:#x}-{b:#x} -> {c:#x}-{d:#x}"
+                ),
+            },
+        );
+        let list = holes
+            .iter()
+            .map(|h| format!("{:#x}-{:#x}", h.start, h.end))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = if holes.is_empty() {
+            None
+        } else if !self.features.contains(Features::PROBE) {
+            Some("VIRTIO_IOMMU_F_PROBE was not negotiated, so the driver reads no reserved region of any endpoint".to_string())
+        } else if self.probed.contains(endpoint) {
+            Some(format!(
+                "the driver already probed endpoint {endpoint:#x} and does not probe it again"
+            ))
+        } else {
+            None
+        };
+        let holes = Check::new(
+            "hotplug-reserved-regions",
+            why.is_none(),
+            match (holes.is_empty(), why) {
+                (true, _) => "no host hole to announce".to_string(),
+                (false, None) => format!(
+                    "host hole(s) {list} announced by endpoint {endpoint:#x}'s PROBE, not sent yet"
+                ),
+                (false, Some(w)) => format!("host hole(s) {list} cannot be announced: {w}"),
+            },
+        );
+        vec![mask, range, holes]
     }
 
     /// Takes `device` behind `endpoint` where the guest's view puts it:
@@ -573,6 +675,7 @@ impl State {
         endpoint: u32,
         device: BoundDevice,
         view: &HostView,
+        holes: Vec<ResvMem>,
     ) -> Result<(), (DeviceError, BoundDevice)> {
         let failed = |e: PassthroughError| DeviceError::Passthrough {
             endpoint,
@@ -582,7 +685,7 @@ impl State {
         let Some(pt) = self.passthrough.as_mut() else {
             return Err((DeviceError::NoHost, device));
         };
-        pt.add(endpoint, device, view, to == Place::Identity)
+        pt.add(endpoint, device, view, to == Place::Identity, holes)
             .map_err(|(e, d)| (failed(e.into()), d))?;
         if !matches!(to, Place::Shadow(_)) {
             return Ok(());
@@ -644,6 +747,7 @@ impl State {
         self.features = Features::empty();
         self.features_ok = false;
         self.events = EventLog::default();
+        self.probed = Probed::default();
         let identity = self.unattached_bypass();
         if let Some(pt) = self.passthrough.as_mut() {
             // Failures are logged; a reset cannot be refused.

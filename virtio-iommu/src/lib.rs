@@ -82,7 +82,11 @@
 //! IOAS once, then each endpoint's bound VFIO device with its host view:
 //! the ladder refuses a host that cannot back the device (the device is
 //! handed back), and the device's page sizes and input range shrink to
-//! what the host can map. The device keeps the host objects (one
+//! what the host can map. Each passthrough endpoint's PROBE announces its
+//! own host's IOVA holes. A device hot-plugged into a running guest is
+//! accepted when the page sizes and input range the driver read still
+//! hold (present an input range your hosts map) and its holes can still
+//! be announced (PROBE negotiated, that endpoint not probed yet). The device keeps the host objects (one
 //! `nesting_core::passthrough::Registry`): every ATTACH, DETACH, MAP and
 //! UNMAP that concerns a passthrough endpoint is on the host before the
 //! request completes, and a host failure is the request's status.
@@ -160,6 +164,8 @@ pub mod translate;
 #[cfg(test)]
 mod completion_tests;
 #[cfg(test)]
+mod hotplug_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod regression_tests;
@@ -178,4 +184,5 @@ pub use options::VirtioIommuConfig;
 pub use protocol::{Features, Status};
 pub use queue::{MAX_CHAIN_SEGMENTS, QueueError};
 pub use snapshot::Snapshot;
+pub use state::MAX_PROBED_ENDPOINTS;
 pub use translate::Translation;

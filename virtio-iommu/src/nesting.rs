@@ -18,6 +18,7 @@
 //! reset cannot be refused: [`Registry::evacuate`] empties what the host
 //! will not let go of.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use nesting_core::host::HostOp;
@@ -28,6 +29,7 @@ use nesting_core::ram::RamIoas;
 use nesting_core::types::{Access, Gpa, Iova};
 use thiserror::Error;
 
+use crate::config::ResvMem;
 use crate::domain::{Mapping, Tables};
 use crate::protocol::{MapFlags, Status};
 
@@ -85,10 +87,14 @@ fn map_step(domain: u32, m: &Mapping) -> Step<u32> {
 }
 
 /// The passthrough endpoints of one device: the registry over the VM's
-/// iommufd and RAM IOAS.
+/// iommufd and RAM IOAS, and each endpoint's host holes.
 #[derive(Debug)]
 pub(crate) struct Passthrough {
     reg: Registry<u32>,
+    /// Each endpoint's host IOVA holes as its PROBE announces them
+    /// (`DeviceConfig::host_pieces`): per endpoint, since each may sit
+    /// behind another host IOMMU, and its PROBE is its own (5.13.6.8).
+    holes: BTreeMap<u32, Vec<ResvMem>>,
 }
 
 impl Passthrough {
@@ -96,6 +102,7 @@ impl Passthrough {
     pub fn new(host: SharedHost, ram: Arc<RamIoas>) -> Self {
         Passthrough {
             reg: Registry::new(host, ram),
+            holes: BTreeMap::new(),
         }
     }
 
@@ -126,26 +133,42 @@ impl Passthrough {
         self.reg.place((endpoint, None))
     }
 
-    /// Takes `dev`, the device behind `endpoint`, blocked or at identity
-    /// (`identity`); a refused device is handed back.
+    /// The host holes `endpoint`'s PROBE announces (none for an emulated
+    /// endpoint).
+    pub fn holes(&self, endpoint: u32) -> &[ResvMem] {
+        self.holes.get(&endpoint).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every passthrough endpoint with its host holes.
+    pub fn all_holes(&self) -> impl Iterator<Item = (u32, &[ResvMem])> {
+        self.holes.iter().map(|(e, h)| (*e, h.as_slice()))
+    }
+
+    /// Takes `dev`, the device behind `endpoint` whose PROBE announces
+    /// `holes`, blocked or at identity (`identity`); a refused device is
+    /// handed back.
     pub fn add(
         &mut self,
         endpoint: u32,
         dev: BoundDevice,
         view: &HostView,
         identity: bool,
+        holes: Vec<ResvMem>,
     ) -> Result<(), (HostFailure, BoundDevice)> {
         let initial = match identity {
             true => Place::Identity,
             false => Place::Blocked,
         };
         self.reg
-            .add_device(endpoint, dev, Backing::Shadow, view, initial)
+            .add_device(endpoint, dev, Backing::Shadow, view, initial)?;
+        self.holes.insert(endpoint, holes);
+        Ok(())
     }
 
     /// Hands back the device of `endpoint`, detached from whatever it was
     /// attached to; the spaces it leaves empty are destroyed.
     pub fn remove(&mut self, endpoint: u32) -> Option<BoundDevice> {
+        self.holes.remove(&endpoint);
         self.reg.remove_device(endpoint)
     }
 

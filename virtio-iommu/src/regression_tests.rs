@@ -6,10 +6,10 @@ use iommufd_sim::profile::HostProfile;
 use nesting_core::host::{Errno, HostOp};
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::passthrough::Place;
-use nesting_core::types::{Access, Gpa};
+use nesting_core::types::{Access, Gpa, Iova, IovaRange};
 
 use crate::MAX_CHAIN_SEGMENTS;
-use crate::config::{ConfigError, DeviceConfig, DeviceOptions, ResvMem};
+use crate::config::{ConfigError, DeviceConfig, DeviceOptions};
 use crate::device::DeviceError;
 use crate::mock::{MockDriver, config};
 use crate::protocol::{AttachBody, RESV_MEM_T_RESERVED, Status};
@@ -212,31 +212,29 @@ fn probe_host_hole_partly_under_vmm_region_announces_the_rest() {
     );
 }
 
-fn with_holes(opts: &[&str], holes: &[(u64, u64)]) -> DeviceConfig {
-    let mut c = DeviceConfig::new(&config(opts), DeviceOptions::default()).unwrap();
-    c.host_resv = holes
-        .iter()
-        .map(|&(start, end)| ResvMem {
-            start,
-            end,
-            subtype: RESV_MEM_T_RESERVED,
+fn vmm_config(opts: &[&str]) -> DeviceConfig {
+    DeviceConfig::new(&config(opts), DeviceOptions::default()).unwrap()
+}
+
+fn holes(list: &[(u64, u64)]) -> Vec<IovaRange> {
+    list.iter()
+        .map(|&(first, last)| IovaRange {
+            first: Iova(first),
+            last: Iova(last),
         })
-        .collect();
-    c
+        .collect()
 }
 
 #[test]
 fn host_pieces_merge_holes_and_subtract_vmm_regions() {
-    let c = with_holes(
-        &["resv=0x3000-0x3fff:msi", "resv=0x6000-0x6fff:reserved"],
-        &[
-            (0x5000, 0x8fff),
-            (0x1000, 0x2fff),
-            (0x2000, 0x4fff), // overlaps the first, touches the next
-            (0xffff_ffff_ffff_f000, u64::MAX),
-        ],
-    );
-    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    let c = vmm_config(&["resv=0x3000-0x3fff:msi", "resv=0x6000-0x6fff:reserved"]);
+    let h = holes(&[
+        (0x5000, 0x8fff),
+        (0x1000, 0x2fff),
+        (0x2000, 0x4fff), // overlaps the first, touches the next
+        (0xffff_ffff_ffff_f000, u64::MAX),
+    ]);
+    let got: Vec<(u64, u64)> = c.host_pieces(&h).iter().map(|r| (r.start, r.end)).collect();
     assert_eq!(
         got,
         vec![
@@ -247,25 +245,38 @@ fn host_pieces_merge_holes_and_subtract_vmm_regions() {
         ]
     );
     // A VMM region at the top of the space swallows the hole's end.
-    let c = with_holes(
-        &["resv=0xffff_ffff_ffff_0000-0xffffffffffffffff:reserved"],
-        &[(0xffff_ffff_fffe_0000, u64::MAX)],
-    );
-    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    let c = vmm_config(&["resv=0xffff_ffff_ffff_0000-0xffffffffffffffff:reserved"]);
+    let h = holes(&[(0xffff_ffff_fffe_0000, u64::MAX)]);
+    let got: Vec<(u64, u64)> = c.host_pieces(&h).iter().map(|r| (r.start, r.end)).collect();
     assert_eq!(got, vec![(0xffff_ffff_fffe_0000, 0xffff_ffff_fffe_ffff)]);
 }
 
 #[test]
-fn validate_counts_host_pieces_against_probe_size() {
+fn probe_room_counts_host_pieces_against_probe_size() {
     // Two properties fit; a VMM region inside one hole makes three.
-    let c = with_holes(
-        &["probe_size=48", "resv=0x3000-0x3fff:reserved"],
-        &[(0x1000, 0x8fff)],
-    );
+    let c = vmm_config(&["probe_size=48", "resv=0x3000-0x3fff:reserved"]);
+    let pieces = c.host_pieces(&holes(&[(0x1000, 0x8fff)]));
     assert!(matches!(
-        c.validate(0),
+        c.check_probe_room(pieces.len()),
         Err(ConfigError::ProbeTooSmall { regions: 3, .. })
     ));
+}
+
+#[test]
+fn passthrough_endpoint_whose_probe_cannot_hold_its_holes_is_refused() {
+    // The host's one hole (0xfee00000-0xfeefffff) is within the ladder's
+    // room, but the VMM's region inside it splits it in two pieces.
+    let e = rig_with(
+        HostProfile::VtdNonest.spec(),
+        &["probe_size=48", "resv=0xfee80000-0xfee8ffff:reserved"],
+    )
+    .err()
+    .unwrap();
+    let DeviceError::Refused(d) = e else {
+        panic!("{e}");
+    };
+    assert!(d.has_failed("device-config"), "{d}");
+    assert!(d.reason.contains("3 RESV_MEM properties"), "{}", d.reason);
 }
 
 // ---------------------------------------------------------------------------

@@ -285,14 +285,15 @@ impl State {
         Ok(())
     }
 
-    /// The RESV_MEM regions a mapping in `domain` must avoid.
+    /// The RESV_MEM regions a mapping in `domain` must avoid: the VMM's,
+    /// and the host holes of every passthrough endpoint attached to it.
     fn domain_resv(&self, domain: u32) -> impl Iterator<Item = &ResvMem> {
-        let host = self
-            .passthrough
-            .as_ref()
-            .is_some_and(|p| p.has_space(domain));
-        let extra: &[ResvMem] = if host { &self.cfg.host_resv } else { &[] };
-        self.cfg.resv.iter().chain(extra)
+        let holes = self.passthrough.iter().flat_map(move |p| {
+            p.all_holes()
+                .filter(move |(ep, _)| self.tables.domain_of(*ep) == Some(domain))
+                .flat_map(|(_, h)| h.iter())
+        });
+        self.cfg.resv.iter().chain(holes)
     }
 
     /// Every check of a MAP request, in the order the spec lists them.
@@ -414,19 +415,20 @@ impl State {
         Ok(())
     }
 
-    /// The RESV_MEM properties of `endpoint`.
+    /// The RESV_MEM properties of `endpoint`: the VMM's regions, then,
+    /// for a passthrough endpoint, its own host's holes outside them
+    /// (5.13.6.8.1.2; see `DeviceConfig::host_pieces`) inside the input
+    /// range. An emulated endpoint has no host hole.
     pub(crate) fn endpoint_resv(&self, endpoint: u32) -> Cow<'_, [ResvMem]> {
-        let passthrough = self
+        let holes = self
             .passthrough
             .as_ref()
-            .is_some_and(|p| p.contains(endpoint));
-        if !passthrough || self.cfg.host_resv.is_empty() {
+            .map_or(&[][..], |p| p.holes(endpoint));
+        if holes.is_empty() {
             return Cow::Borrowed(&self.cfg.resv);
         }
-        // 5.13.6.8.1.2: the VMM's regions, then the host holes' pieces
-        // outside them (see `DeviceConfig::host_pieces`).
         let mut out = self.cfg.resv.clone();
-        out.extend(self.cfg.host_pieces());
+        out.extend(self.cfg.in_input_range(holes));
         Cow::Owned(out)
     }
 
@@ -451,6 +453,9 @@ impl State {
             slot.copy_from_slice(bytes.as_bytes());
             at += crate::protocol::ProbeResvMem::SIZE;
         }
+        // Answered: a device hot-plugged behind this endpoint later could
+        // not have its host holes announced (the driver probes once).
+        self.probed.record(endpoint);
         Ok(())
     }
 }

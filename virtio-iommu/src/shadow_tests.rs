@@ -161,8 +161,18 @@ impl Rig {
         endpoint: u32,
         view: &HostView,
     ) -> Result<(DevId, Decision), (DeviceError, BoundDevice)> {
+        self.plug_behind(0, endpoint, view)
+    }
+
+    /// [`Rig::plug`] for a device behind the host's IOMMU unit `unit`.
+    pub fn plug_behind(
+        &self,
+        unit: u32,
+        endpoint: u32,
+        view: &HostView,
+    ) -> Result<(DevId, Decision), (DeviceError, BoundDevice)> {
         let host: SharedHost = self.sim.clone();
-        let dev = BoundDevice::bind(&host, self.sim.add_device(0)).unwrap();
+        let dev = BoundDevice::bind(&host, self.sim.add_device(unit)).unwrap();
         let id = dev.id();
         let d = self.drv.dev.add_passthrough(endpoint, dev, view)?;
         Ok((id, d))
