@@ -280,11 +280,18 @@ fn snapshot_keeps_probed_endpoints_and_an_older_one_counts_all_as_probed() {
     let b = rig();
     b.drv.dev.restore(&snap).unwrap();
     assert!(refused(&b, 9, &vtd_view()).contains("already probed"));
-    // A snapshot from before probes were kept.
+    // A snapshot from before probes were kept, when the host's holes were
+    // device-wide (its config carries them; they are the source host's,
+    // and the destination's endpoints bring their own).
     let mut json = serde_json::to_value(&snap).unwrap();
     let fields = json.as_object_mut().unwrap();
     fields.remove("probed");
     fields.remove("probed_all");
+    let hole = serde_json::json!([{"start": HOLE.0, "end": HOLE.1, "subtype": 0}]);
+    fields["config"]
+        .as_object_mut()
+        .unwrap()
+        .insert("host_resv".into(), hole);
     let old: crate::Snapshot = serde_json::from_value(json).unwrap();
     assert!(old.probed_all);
     let c = rig();

@@ -51,8 +51,14 @@ pub enum PassthroughError {
 /// reserved regions collide with the domain's mappings: the endpoint's
 /// properties are incompatible with the domain, 5.13.6.3.2); `S_DEVERR`
 /// otherwise.
-pub fn status(e: &StageError, joining: bool) -> Status {
-    log::warn!("virtio-iommu: passthrough: {e}");
+pub(crate) fn status(e: &StageError, joining: bool) -> Status {
+    let mut why = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        why += &format!(": {c}");
+        cause = c.source();
+    }
+    log::warn!("virtio-iommu: passthrough: {why}");
     if e.is_no_memory() {
         return Status::NoMem;
     }
