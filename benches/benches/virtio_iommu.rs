@@ -15,7 +15,6 @@ use nesting_core::ladder::HostView;
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::Access;
 use virtio_iommu::mock::{MockDriver, config, mock_memory};
-use virtio_iommu::nesting::ShadowHost;
 use virtio_iommu::{DeviceOptions, Status, VirtioIommu};
 
 const PAGE: u64 = 4096;
@@ -43,12 +42,13 @@ fn driver(passthrough: bool) -> (MockDriver, Option<Arc<SimIommufd>>) {
         page_size: ranges.alignment,
         unit: None,
     };
-    let shadow = ShadowHost::new(host.clone(), ram);
-    shadow.add_device(8, bound).unwrap();
-    let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
-    dev.set_passthrough_host(Box::new(shadow)).unwrap();
-    dev.add_passthrough(8, &view).unwrap();
+    bound.detach(None).unwrap();
     drop(probe);
+    let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
+    dev.set_passthrough_host(host, ram).unwrap();
+    dev.add_passthrough(8, bound, &view)
+        .map_err(|(e, _)| e)
+        .unwrap();
     let mut d = MockDriver::with_memory(dev, mem, true);
     assert_eq!(d.attach(1, 8), Status::Ok);
     (d, Some(sim))

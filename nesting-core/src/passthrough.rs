@@ -32,7 +32,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::host::objects::{BoundDevice, Hwpt, SharedHost};
-use crate::host::{HostError, HwptAlloc, HwptData, HwptFlags, PtId};
+use crate::host::{HostError, HostOp, HwptAlloc, HwptData, HwptFlags, PtId};
 use crate::ladder::HostView;
 use crate::nested::{NestedConfig, NestedContext, NestedEngine, NestedError};
 use crate::ram::RamIoas;
@@ -221,6 +221,17 @@ impl StageError {
             StageError::Host { source, .. } => source.is_no_memory(),
         }
     }
+
+    /// The host call that refused the plan (`None` for a plan refused
+    /// before the host was touched, or an engine's own limit): a model
+    /// tells a device that cannot join an address space (an attach
+    /// refused) from a host that failed otherwise.
+    pub fn host_op(&self) -> Option<HostOp> {
+        match self {
+            StageError::Invalid { .. } => None,
+            StageError::Host { source, .. } => source.op(),
+        }
+    }
 }
 
 /// A host failure under the registry.
@@ -247,6 +258,20 @@ impl HostFailure {
             HostFailure::Nested(_) => return false,
         };
         errno == crate::host::Errno::ENOMEM || errno == crate::host::Errno::ENOSPC
+    }
+
+    /// The host call that failed (`None` for an engine's own limit or
+    /// refusal, which is no host call).
+    pub fn op(&self) -> Option<HostOp> {
+        match self {
+            HostFailure::Host(e) => Some(e.op),
+            HostFailure::Shadow(
+                ShadowError::NoMemory { source } | ShadowError::Host { source },
+            ) => Some(source.op),
+            HostFailure::Shadow(_) => None,
+            HostFailure::Nested(NestedError::Host { source }) => Some(source.op),
+            HostFailure::Nested(_) => None,
+        }
     }
 }
 

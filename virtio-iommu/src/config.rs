@@ -152,11 +152,10 @@ pub struct DeviceConfig {
     pub probe_size: u32,
     /// `bypass` at system reset.
     pub bypass_at_reset: bool,
-    /// RESV_MEM regions of every endpoint (the VMM's).
+    /// RESV_MEM regions of every endpoint (the VMM's). A passthrough
+    /// endpoint's PROBE adds its own host's holes (kept with the endpoint,
+    /// not here: they are the host's, and per endpoint).
     pub resv: Vec<ResvMem>,
-    /// RESERVED regions added for passthrough endpoints: holes of the host
-    /// IOAS inside `input_range`.
-    pub host_resv: Vec<ResvMem>,
     /// Managed endpoints as inclusive ranges; `None` = all.
     pub endpoints: Option<Vec<(u32, u32)>>,
     /// VMM options.
@@ -189,7 +188,6 @@ impl DeviceConfig {
             probe_size: cfg.probe_size,
             bypass_at_reset: cfg.bypass,
             resv,
-            host_resv: Vec::new(),
             endpoints,
             options,
         };
@@ -208,15 +206,7 @@ impl DeviceConfig {
         if self.probe_size > MAX_PROBE_SIZE {
             return Err(ConfigError::ProbeSizeTooLarge(self.probe_size));
         }
-        // What PROBE of a passthrough endpoint writes: the VMM's regions
-        // and the host holes' pieces outside them.
-        let regions = self.resv.len() + self.host_pieces().len();
-        if regions * ProbeResvMem::SIZE > self.probe_size as usize && regions > 0 {
-            return Err(ConfigError::ProbeTooSmall {
-                regions,
-                probe_size: self.probe_size,
-            });
-        }
+        self.check_probe_room(0)?;
         if self
             .resv
             .iter()
@@ -295,10 +285,24 @@ impl DeviceConfig {
         c
     }
 
+    /// Checks that a PROBE answer with the VMM's regions and `extra` more
+    /// (an endpoint's host holes) fits `probe_size`.
+    pub fn check_probe_room(&self, extra: usize) -> Result<(), ConfigError> {
+        let regions = self.resv.len() + extra;
+        if regions * ProbeResvMem::SIZE > self.probe_size as usize && regions > 0 {
+            return Err(ConfigError::ProbeTooSmall {
+                regions,
+                probe_size: self.probe_size,
+            });
+        }
+        Ok(())
+    }
+
     /// Adjusts the configuration to the ladder's decision for a host
-    /// behind passthrough endpoints: the input range is clipped to the
-    /// host's IOVA ranges and the host's holes inside it are announced as
-    /// RESERVED. A refusal is an error with the ladder's reasons.
+    /// behind a passthrough endpoint: the input range is clipped to the
+    /// host's IOVA ranges (the host's holes inside it are the endpoint's,
+    /// [`DeviceConfig::host_pieces`]). A refusal is an error with the
+    /// ladder's reasons.
     pub fn apply_host(&mut self, decision: &Decision, host_page: u64) -> Result<(), ConfigError> {
         if decision.kind != DecisionKind::Shadow {
             return Err(ConfigError::Refused {
@@ -312,31 +316,25 @@ impl DeviceConfig {
                 next.input_range.1.min(r.last.raw()),
             );
         }
-        for hole in &decision.adjust.reserved {
-            let m = ResvMem {
-                start: hole.first.raw(),
-                end: hole.last.raw(),
-                subtype: RESV_MEM_T_RESERVED,
-            };
-            if !next.host_resv.contains(&m) {
-                next.host_resv.push(m);
-            }
-        }
         next.validate(host_page)?;
         *self = next;
         Ok(())
     }
 
-    /// The host's IOVA holes as PROBE presents them (5.13.6.8.1.2: "The
-    /// device SHOULD NOT present multiple RESV_MEM properties that overlap
-    /// each other for the same endpoint"): merged where they overlap or
-    /// touch, minus the VMM's own regions (which win, being the platform's
-    /// word on that range), as RESERVED pieces in address order. Together
-    /// with `resv` they cover every host hole, so every MAP refused for a
-    /// host hole hits an announced region. Bounded: holes come from the
-    /// host's IOVA ranges, regions from the VMM's configuration.
-    pub fn host_pieces(&self) -> Vec<ResvMem> {
-        let mut holes: Vec<(u64, u64)> = self.host_resv.iter().map(|h| (h.start, h.end)).collect();
+    /// An endpoint's host IOVA `holes` as its PROBE presents them
+    /// (5.13.6.8.1.2: "The device SHOULD NOT present multiple RESV_MEM
+    /// properties that overlap each other for the same endpoint"): merged
+    /// where they overlap or touch, minus the VMM's own regions (which win,
+    /// being the platform's word on that range), as RESERVED pieces in
+    /// address order. Together with `resv` they cover every hole, so every
+    /// MAP refused for a host hole hits an announced region. Bounded: holes
+    /// come from the host's IOVA ranges, regions from the VMM's
+    /// configuration.
+    pub fn host_pieces(&self, holes: &[IovaRange]) -> Vec<ResvMem> {
+        let mut holes: Vec<(u64, u64)> = holes
+            .iter()
+            .map(|h| (h.first.raw(), h.last.raw()))
+            .collect();
         holes.sort_unstable();
         let mut merged: Vec<(u64, u64)> = Vec::with_capacity(holes.len());
         for (a, b) in holes {
@@ -369,6 +367,23 @@ impl DeviceConfig {
             }
         }
         out
+    }
+
+    /// The parts of `pieces` inside the input range: what an endpoint's
+    /// PROBE announces of its host holes now (the range only shrinks, as
+    /// endpoints are added before the driver reads it, and a restore may
+    /// present the source's).
+    pub fn in_input_range(&self, pieces: &[ResvMem]) -> Vec<ResvMem> {
+        let (lo, hi) = self.input_range;
+        pieces
+            .iter()
+            .filter(|p| p.overlaps(lo, hi))
+            .map(|p| ResvMem {
+                start: p.start.max(lo),
+                end: p.end.min(hi),
+                subtype: p.subtype,
+            })
+            .collect()
     }
 
     /// Feature bits the device offers.

@@ -4,22 +4,25 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::iotlb::{Iotlb, IotlbInvalidation};
 use nesting_core::ladder::{self, Adjustments, Check, Decision, DecisionKind, HostView};
 use nesting_core::mem::GuestMemoryExt;
+use nesting_core::passthrough::{Place, Plan, StageError};
+use nesting_core::ram::RamIoas;
 use nesting_core::types::Gpa;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemory};
 
-use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions};
+use crate::config::{self, ConfigError, DeviceConfig, DeviceOptions, ResvMem};
 use crate::domain::Tables;
 use crate::event::EventLog;
-use crate::nesting::{HostFailure, Passthrough, PassthroughHost};
+use crate::nesting::{Passthrough, PassthroughError};
 use crate::options::VirtioIommuConfig;
 use crate::protocol::{EVENT_QUEUE, Features, NUM_QUEUES, REQUEST_QUEUE};
 use crate::queue::{self, QueueError};
-use crate::state::State;
+use crate::state::{Probed, State};
 
 /// Largest virtqueue the device offers (`queue_num_max`): Linux sizes its
 /// event buffers and in-flight requests by it; QEMU offers 256.
@@ -83,22 +86,20 @@ pub enum DeviceError {
     /// No guest memory was given before a queue was used.
     #[error("no guest memory set")]
     NoMemory,
-    /// A passthrough endpoint could not be added.
+    /// The host refused what a passthrough endpoint needed: its device,
+    /// or a move the driver's change (FEATURES_OK, restore) called for.
     #[error("passthrough endpoint {endpoint:#x}")]
     Passthrough {
         /// The endpoint.
         endpoint: u32,
         /// The host's failure.
         #[source]
-        source: HostFailure,
+        source: PassthroughError,
     },
     /// The ladder (or the device's own configuration rules) refused a
     /// passthrough endpoint; the decision lists the failed checks.
     #[error("passthrough endpoint refused: {}", .0.reason)]
     Refused(Box<Decision>),
-    /// The endpoint is not a passthrough endpoint.
-    #[error("endpoint {0:#x} is not a passthrough endpoint")]
-    NotPassthrough(u32),
     /// The endpoint is a passthrough endpoint already.
     #[error("endpoint {0:#x} is a passthrough endpoint already")]
     AlreadyPassthrough(u32),
@@ -187,6 +188,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     tables: Tables::default(),
                     events: EventLog::default(),
                     passthrough: None,
+                    probed: Probed::default(),
                     inv: Vec::new(),
                     limit_refusals: 0,
                 },
@@ -220,39 +222,63 @@ impl<M: GuestMemory> VirtioIommu<M> {
         self.lock().irq = Some(cb);
     }
 
-    /// Sets the host behind passthrough endpoints, once, before
-    /// [`VirtioIommu::add_passthrough`].
-    pub fn set_passthrough_host(&self, host: Box<dyn PassthroughHost>) -> Result<(), DeviceError> {
+    /// Gives the device the VM's iommufd and its RAM IOAS (guest RAM at
+    /// IOVA = GPA), once, before [`VirtioIommu::add_passthrough`]: the
+    /// device keeps its passthrough endpoints' host objects over them.
+    pub fn set_passthrough_host(
+        &self,
+        host: SharedHost,
+        ram: Arc<RamIoas>,
+    ) -> Result<(), DeviceError> {
         let mut g = self.lock();
         if g.state.passthrough.is_some() {
             return Err(DeviceError::HostAlreadySet);
         }
-        g.state.passthrough = Some(Passthrough::new(host));
+        g.state.passthrough = Some(Passthrough::new(host, ram));
         Ok(())
     }
 
-    /// Adds passthrough endpoint `endpoint` whose host IOMMU `view`
-    /// describes (its device already handed to the passthrough host). The
-    /// ladder decides: virtio-iommu is always shadowed, or refused when the
-    /// host cannot map what the device presents. Before the driver
-    /// negotiated features the device's page sizes and input range shrink
-    /// to the host's; afterwards (hot-plug) the host must fit what the
-    /// driver was already told. Returns the decision; a refusal is
-    /// [`DeviceError::Refused`] with the checks that failed, and nothing
-    /// changed.
-    pub fn add_passthrough(&self, endpoint: u32, view: &HostView) -> Result<Decision, DeviceError> {
+    /// Adds passthrough endpoint `endpoint`: `device`, the VFIO device
+    /// behind it bound to the VM's iommufd, whose host IOMMU `view`
+    /// describes. The ladder decides: virtio-iommu is always shadowed, or
+    /// refused when the host cannot map what the device presents. Before
+    /// the driver negotiated features the device's page sizes and input
+    /// range shrink to the host's; afterwards (hot-plug) they must hold as
+    /// the driver read them. The host's IOVA holes are the endpoint's own:
+    /// its PROBE announces them (an emulated endpoint's does not), so after
+    /// FEATURES_OK an endpoint with holes is accepted only while its PROBE
+    /// can still do so (PROBE negotiated, the endpoint not probed yet).
+    /// The endpoint starts where the guest's view puts it: blocked, at
+    /// identity (bypass), or in its domain's host space when the guest had
+    /// attached it already.
+    ///
+    /// Returns the decision. A refusal is [`DeviceError::Refused`] with the
+    /// checks that failed; a host failure [`DeviceError::Passthrough`];
+    /// either way nothing changed and the device is handed back.
+    pub fn add_passthrough(
+        &self,
+        endpoint: u32,
+        device: BoundDevice,
+        view: &HostView,
+    ) -> Result<Decision, (DeviceError, BoundDevice)> {
         let mut g = self.lock();
         let st = &mut g.state;
-        let pt = st.passthrough.as_ref().ok_or(DeviceError::NoHost)?;
-        if pt.is_passthrough(endpoint) {
-            return Err(DeviceError::AlreadyPassthrough(endpoint));
+        match &st.passthrough {
+            None => return Err((DeviceError::NoHost, device)),
+            Some(pt) if pt.contains(endpoint) => {
+                return Err((DeviceError::AlreadyPassthrough(endpoint), device));
+            }
+            Some(_) => {}
         }
-        let (next, decision) = st.plan_host(endpoint, view).map_err(DeviceError::Refused)?;
-        let space = st.unattached_space(endpoint);
-        let tables = st.tables.clone();
-        let pt = st.passthrough.as_mut().ok_or(DeviceError::NoHost)?;
-        pt.add(endpoint, space, &tables)
-            .map_err(|source| DeviceError::Passthrough { endpoint, source })?;
+        let Admission {
+            next,
+            holes,
+            decision,
+        } = match st.plan_host(endpoint, view) {
+            Ok(p) => p,
+            Err(refusal) => return Err((DeviceError::Refused(refusal), device)),
+        };
+        st.admit(endpoint, device, view, holes)?;
         st.cfg = next;
         log::info!(
             "virtio-iommu: passthrough endpoint {endpoint:#x}: {}",
@@ -261,29 +287,26 @@ impl<M: GuestMemory> VirtioIommu<M> {
         Ok(decision)
     }
 
-    /// Removes passthrough endpoint `endpoint` (hot-unplug): its device
-    /// is blocked on the host, leaves its host space (destroyed when it was
-    /// the last endpoint there) and the endpoint is no longer a passthrough
-    /// endpoint. The device does not hold the VFIO device: take it back
-    /// from the host afterwards ([`crate::nesting::ShadowHost::remove_device`])
-    /// and drop it to unbind it. The same ID can then be added again
-    /// ([`VirtioIommu::add_passthrough`]).
+    /// Removes passthrough endpoint `endpoint` (hot-unplug) and hands its
+    /// device back, detached from whatever it was attached to (a failed
+    /// detach is logged; dropping the device unbinds it). The host space
+    /// it leaves empty is destroyed. The same ID can then be added again
+    /// ([`VirtioIommu::add_passthrough`]). `None`: not a passthrough
+    /// endpoint.
     ///
     /// The guest's view is unchanged (the driver detaches the endpoint or
-    /// not; the configuration it read, host holes included, stays as it
-    /// was). [`DeviceError::Passthrough`]: the host refused to block the
-    /// device; the endpoint is removed all the same, and the VMM must
-    /// unbind the device (as above) before reusing it.
-    pub fn remove_passthrough(&self, endpoint: u32) -> Result<(), DeviceError> {
+    /// not; the configuration it read stays as it was). The endpoint no
+    /// longer counts as probed: a device plugged there next is a new one,
+    /// which the driver probes when it appears.
+    pub fn remove_passthrough(&self, endpoint: u32) -> Option<BoundDevice> {
         let mut g = self.lock();
-        let pt = g.state.passthrough.as_mut().ok_or(DeviceError::NoHost)?;
-        if !pt.is_passthrough(endpoint) {
-            return Err(DeviceError::NotPassthrough(endpoint));
-        }
-        let blocked = pt.remove(endpoint);
+        let dev = g.state.passthrough.as_mut()?.remove(endpoint)?;
+        // A device plugged here next is a new one, which the driver
+        // probes when it appears.
+        g.state.probed.forget(endpoint);
         self.invalidate_all(&mut g.state);
         log::info!("virtio-iommu: passthrough endpoint {endpoint:#x} removed");
-        blocked.map_err(|source| DeviceError::Passthrough { endpoint, source })
+        Some(dev)
     }
 
     /// Feature bits offered (64 bits; bit 32 is VIRTIO_F_VERSION_1).
@@ -326,7 +349,10 @@ impl<M: GuestMemory> VirtioIommu<M> {
             },
         );
         self.invalidate_all(&mut g.state);
-        moved.map_err(|(endpoint, source)| DeviceError::Passthrough { endpoint, source })
+        moved.map_err(|(endpoint, e)| DeviceError::Passthrough {
+            endpoint,
+            source: e.into(),
+        })
     }
 
     /// Reads device configuration space (`data.len()` bytes at `offset`).
@@ -487,6 +513,17 @@ impl<M: GuestMemory> VirtioIommu<M> {
     }
 }
 
+/// What adding a passthrough endpoint would do, once the ladder and the
+/// device's own rules accepted it.
+struct Admission {
+    /// The configuration the device presents with it.
+    next: DeviceConfig,
+    /// Its host holes as its PROBE announces them.
+    holes: Vec<ResvMem>,
+    /// The ladder's decision (with the hot-plug checks, after FEATURES_OK).
+    decision: Decision,
+}
+
 /// A refusal decision: `checks` plus the failed check `name`.
 fn refusal(mut checks: Vec<Check>, name: &'static str, detail: String) -> Decision {
     checks.push(Check {
@@ -503,13 +540,10 @@ fn refusal(mut checks: Vec<Check>, name: &'static str, detail: String) -> Decisi
 }
 
 impl State {
-    /// The configuration the device would present with a passthrough
-    /// endpoint behind `view`, and the ladder's decision; or the refusal.
-    fn plan_host(
-        &self,
-        endpoint: u32,
-        view: &HostView,
-    ) -> Result<(DeviceConfig, Decision), Box<Decision>> {
+    /// What adding passthrough endpoint `endpoint` behind `view` would
+    /// do: the configuration the device would present, the endpoint's
+    /// host holes, the ladder's decision; or the refusal.
+    fn plan_host(&self, endpoint: u32, view: &HostView) -> Result<Admission, Box<Decision>> {
         if !self.cfg.manages(endpoint) {
             let why = format!("endpoint {endpoint:#x} is not managed by this virtio-iommu");
             return Err(Box::new(refusal(Vec::new(), "endpoint", why)));
@@ -524,83 +558,184 @@ impl State {
                 e.to_string(),
             )));
         }
-        let decision = ladder::decide(&next.as_guest(), view);
+        let mut decision = ladder::decide(&next.as_guest(), view);
         if decision.kind != DecisionKind::Shadow {
             return Err(Box::new(decision));
         }
-        if let Err(e) = next.apply_host(&decision, view.page_size) {
-            return Err(Box::new(refusal(
-                decision.checks,
-                "device-config",
-                e.to_string(),
-            )));
+        let fitted = next
+            .apply_host(&decision, view.page_size)
+            .map(|()| next.host_pieces(&decision.adjust.reserved))
+            .and_then(|holes| next.check_probe_room(holes.len()).map(|()| holes));
+        let holes = match fitted {
+            Ok(h) => h,
+            Err(e) => {
+                let checks = std::mem::take(&mut decision.checks);
+                return Err(Box::new(refusal(checks, "device-config", e.to_string())));
+            }
+        };
+        if self.features_ok {
+            let checks = self.hotplug_checks(endpoint, &next, &holes);
+            let failed: Vec<&str> = checks
+                .iter()
+                .filter(|c| !c.passed)
+                .map(|c| c.detail.as_str())
+                .collect();
+            if !failed.is_empty() {
+                let reason = format!(
+                    "hot-plugged endpoint {endpoint:#x} refused: {}",
+                    failed.join("; ")
+                );
+                decision.checks.extend(checks);
+                return Err(Box::new(Decision {
+                    kind: DecisionKind::Refuse,
+                    checks: decision.checks,
+                    reason,
+                    adjust: Adjustments::default(),
+                }));
+            }
+            decision.checks.extend(checks);
         }
-        if self.features_ok && next != self.cfg {
-            let why = format!(
-                "hot-plugged endpoint {endpoint:#x} would change the configuration the driver read (page sizes {:#x} -> {:#x}, input range {:#x}-{:#x} -> {:#x}-{:#x}, {} host hole(s))",
-                self.cfg.page_size_mask,
-                next.page_size_mask,
-                self.cfg.input_range.0,
-                self.cfg.input_range.1,
-                next.input_range.0,
-                next.input_range.1,
-                next.host_resv.len()
-            );
-            return Err(Box::new(refusal(decision.checks, "hotplug-config", why)));
-        }
-        Ok((next, decision))
+        Ok(Admission {
+            next,
+            holes,
+            decision,
+        })
     }
 
-    /// Where an unattached passthrough endpoint goes: identity when
-    /// unattached endpoints bypass, blocked otherwise.
-    pub(crate) fn unattached_space(&self, endpoint: u32) -> Option<crate::nesting::SpaceId> {
-        match self.tables.domain_of(endpoint) {
-            Some(_) => self.host_space(endpoint),
-            None => self
-                .unattached_bypass()
-                .then_some(crate::nesting::SpaceId::Identity),
+    /// Whether an endpoint hot-plugged after FEATURES_OK fits what the
+    /// driver already read. The driver reads `page_size_mask` and
+    /// `input_range` once, at initialization (Linux's viommu_probe), so
+    /// they must stay as they are; the endpoint's host holes reach the
+    /// driver only through its own PROBE (5.13.6.8: RESV_MEM is a property
+    /// of one endpoint), which it sends once when the device appears
+    /// (viommu_probe_device): they can be announced when PROBE was
+    /// negotiated and the driver has not probed that endpoint yet. QEMU
+    /// accepts a hot-plugged device in that case too. Each check's detail
+    /// names what changes or what cannot be announced, and why.
+    fn hotplug_checks(&self, endpoint: u32, next: &DeviceConfig, holes: &[ResvMem]) -> Vec<Check> {
+        let (old, new) = (self.cfg.page_size_mask, next.page_size_mask);
+        let mask = Check::new(
+            "hotplug-page-size-mask",
+            old == new,
+            match old == new {
+                true => format!("page_size_mask {old:#x} the driver read still holds"),
+                false => {
+                    format!("page_size_mask the driver read would change: {old:#x} -> {new:#x}")
+                }
+            },
+        );
+        let ((a, b), (c, d)) = (self.cfg.input_range, next.input_range);
+        let range = Check::new(
+            "hotplug-input-range",
+            (a, b) == (c, d),
+            match (a, b) == (c, d) {
+                true => format!("input_range {a:#x}-{b:#x} the driver read still holds"),
+                false => format!(
+                    "input_range the driver read would change: {a:#x}-{b:#x} -> {c:#x}-{d:#x}"
+                ),
+            },
+        );
+        let list = holes
+            .iter()
+            .map(|h| format!("{:#x}-{:#x}", h.start, h.end))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let why = if holes.is_empty() {
+            None
+        } else if !self.features.contains(Features::PROBE) {
+            Some("VIRTIO_IOMMU_F_PROBE was not negotiated, so the driver reads no reserved region of any endpoint".to_string())
+        } else if self.probed.contains(endpoint) {
+            Some(format!(
+                "the driver already probed endpoint {endpoint:#x} and does not probe it again"
+            ))
+        } else {
+            None
+        };
+        let holes = Check::new(
+            "hotplug-reserved-regions",
+            why.is_none(),
+            match (holes.is_empty(), why) {
+                (true, _) => "no host hole to announce".to_string(),
+                (false, None) => format!(
+                    "host hole(s) {list} announced by endpoint {endpoint:#x}'s PROBE, not sent yet"
+                ),
+                (false, Some(w)) => format!("host hole(s) {list} cannot be announced: {w}"),
+            },
+        );
+        vec![mask, range, holes]
+    }
+
+    /// Takes `device` behind `endpoint` where the guest's view puts it:
+    /// blocked or at identity at once, or (the guest attached the endpoint
+    /// already) into its domain's host space, filled with the domain's
+    /// mappings. On a host failure nothing changed and the device is
+    /// handed back.
+    fn admit(
+        &mut self,
+        endpoint: u32,
+        device: BoundDevice,
+        view: &HostView,
+        holes: Vec<ResvMem>,
+    ) -> Result<(), (DeviceError, BoundDevice)> {
+        let failed = |e: PassthroughError| DeviceError::Passthrough {
+            endpoint,
+            source: e,
+        };
+        let to = self.place_of(endpoint);
+        let Some(pt) = self.passthrough.as_mut() else {
+            return Err((DeviceError::NoHost, device));
+        };
+        pt.add(endpoint, device, view, to == Place::Identity, holes)
+            .map_err(|(e, d)| (failed(e.into()), d))?;
+        if !matches!(to, Place::Shadow(_)) {
+            return Ok(());
+        }
+        let mut plan = Plan::new();
+        pt.push_move(&mut plan, endpoint, to, &self.tables);
+        let Err(e) = pt.stage(&plan) else {
+            return Ok(());
+        };
+        match pt.remove(endpoint) {
+            Some(device) => Err((failed(e.into()), device)),
+            None => {
+                // The registry hands a shadowed device back always (only
+                // its nested engine can keep one); were it lost, the
+                // endpoint is not added either.
+                log::error!("virtio-iommu: passthrough endpoint {endpoint:#x}: lost: {e}");
+                Ok(())
+            }
         }
     }
 
-    /// Moves every passthrough endpoint to the host space the guest's
-    /// view now gives it (after a change of the bypass rule, of the
-    /// features, or a restore). Stops at the first host failure, which it
-    /// returns with the endpoint; the endpoints moved before stay moved
-    /// (the caller restores the rule and calls this again to move them
-    /// back).
-    pub(crate) fn resettle(&mut self) -> Result<(), (u32, HostFailure)> {
+    /// Puts every passthrough endpoint where the guest's view now puts it
+    /// (after a change of the bypass rule, of the features, or a restore),
+    /// in one plan: all of them move, or none and the host is as it was.
+    /// A failure names the endpoint its step concerns.
+    pub(crate) fn settle(&mut self) -> Result<(), (u32, StageError)> {
         let Some(pt) = self.passthrough.as_ref() else {
             return Ok(());
         };
-        let wanted: Vec<(u32, Option<crate::nesting::SpaceId>)> =
-            pt.endpoints().map(|e| (e, self.host_space(e))).collect();
+        let plan = pt.settle(|ep| self.place_of(ep), &self.tables);
         let Some(pt) = self.passthrough.as_mut() else {
             return Ok(());
         };
-        for (ep, to) in wanted {
-            pt.move_to(ep, to, &self.tables).map_err(|e| (ep, e))?;
-        }
-        Ok(())
+        pt.stage(&plan)
+            .map_err(|e| (pt.endpoint_of(&plan, e.step()), e))
     }
 
     /// Applies `change` to the state and moves the passthrough endpoints
-    /// accordingly; when the host refuses a move, `undo` puts the state
-    /// back and the endpoints moved already return. Returns the failure.
+    /// accordingly; when the host refuses, `undo` puts the state back (the
+    /// host was left as it was). Returns the failure.
     pub(crate) fn change_rule(
         &mut self,
         change: impl FnOnce(&mut State),
         undo: impl FnOnce(&mut State),
-    ) -> Result<(), (u32, HostFailure)> {
+    ) -> Result<(), (u32, StageError)> {
         change(self);
-        let Err(failed) = self.resettle() else {
+        let Err(failed) = self.settle() else {
             return Ok(());
         };
         undo(self);
-        if let Err((ep, e)) = self.resettle() {
-            log::error!(
-                "virtio-iommu: passthrough endpoint {ep:#x} cannot return to its host space: {e}"
-            );
-        }
         Err(failed)
     }
 
@@ -608,16 +743,15 @@ impl State {
     /// go back to blocked or identity and every domain space is dropped
     /// (emptied first where an endpoint could not leave it).
     pub(crate) fn reset(&mut self) {
-        let old = std::mem::take(&mut self.tables);
+        self.tables = Tables::default();
         self.features = Features::empty();
         self.features_ok = false;
         self.events = EventLog::default();
-        let to = self
-            .unattached_bypass()
-            .then_some(crate::nesting::SpaceId::Identity);
+        self.probed = Probed::default();
+        let identity = self.unattached_bypass();
         if let Some(pt) = self.passthrough.as_mut() {
             // Failures are logged; a reset cannot be refused.
-            let _ = pt.reset(to, &old);
+            let _ = pt.evacuate(identity);
         }
     }
 }

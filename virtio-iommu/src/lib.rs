@@ -78,13 +78,18 @@
 //!
 //! # Passthrough (VFIO) endpoints
 //!
-//! They are always shadowed: give the device a [`nesting::ShadowHost`]
-//! (the shadow engine over the VM's iommufd and its RAM IOAS) with each
-//! endpoint's bound device, then add the endpoint with its host view; the
-//! ladder refuses a host that cannot back the device, and the device's
-//! page sizes and input range shrink to what the host can map. Every MAP
-//! and UNMAP of a domain holding a passthrough endpoint is in the host IOAS
-//! before the request completes.
+//! They are always shadowed. Give the device the VM's iommufd and its RAM
+//! IOAS once, then each endpoint's bound VFIO device with its host view:
+//! the ladder refuses a host that cannot back the device (the device is
+//! handed back), and the device's page sizes and input range shrink to
+//! what the host can map. Each passthrough endpoint's PROBE announces its
+//! own host's IOVA holes. A device hot-plugged into a running guest is
+//! accepted when the page sizes and input range the driver read still
+//! hold (present an input range your hosts map) and its holes can still
+//! be announced (PROBE negotiated, that endpoint not probed yet). The device keeps the host objects (one
+//! `nesting_core::passthrough::Registry`): every ATTACH, DETACH, MAP and
+//! UNMAP that concerns a passthrough endpoint is on the host before the
+//! request completes, and a host failure is the request's status.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -94,7 +99,6 @@
 //! use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
 //! use nesting_core::ladder::HostView;
 //! use nesting_core::ram::{GuestRam, RamIoas};
-//! use virtio_iommu::nesting::ShadowHost;
 //! use virtio_iommu::{DeviceOptions, VirtioIommu, VirtioIommuConfig};
 //! use vm_memory::{GuestAddress, GuestMemoryMmap};
 //!
@@ -115,28 +119,29 @@
 //!     page_size: ranges.alignment,
 //!     unit: None,
 //! };
+//! vfio.detach(None).unwrap();
 //!
 //! let dev = VirtioIommu::<GuestMemoryMmap>::new(&VirtioIommuConfig::default(), DeviceOptions::default()).unwrap();
-//! let shadow = ShadowHost::new(host.clone(), ram);
-//! shadow.add_device(8, vfio).unwrap(); // Err: endpoint 8 has a device
-//! dev.set_passthrough_host(Box::new(shadow.clone())).unwrap();
-//! dev.add_passthrough(8, &view).unwrap(); // Err: refused, fail the hot-plug
+//! dev.set_passthrough_host(host.clone(), ram).unwrap();
+//! // Err((why, vfio)): refused, fail the hot-plug (and drop or reuse vfio).
+//! let decision = dev.add_passthrough(8, vfio, &view).map_err(|(e, _)| e).unwrap();
+//! println!("endpoint 8: {}", decision.reason);
 //! dev.set_memory(mem);
 //! // Until the driver attaches it, endpoint 8 is blocked on the host.
 //!
-//! // Hot-unplug: block it and release its host space, then take the VFIO
-//! // device back (dropping it unbinds it). The ID can be plugged again.
-//! dev.remove_passthrough(8).unwrap();
-//! let vfio = shadow.remove_device(8).unwrap();
-//! shadow.add_device(8, vfio).unwrap();
-//! dev.add_passthrough(8, &view).unwrap();
+//! // Hot-unplug: the device is handed back, detached, its host space
+//! // released (dropping it unbinds it). The ID can be plugged again.
+//! let vfio = dev.remove_passthrough(8).unwrap();
+//! dev.add_passthrough(8, vfio, &view).map_err(|(e, _)| e).unwrap();
 //! ```
 //!
 //! When the host fails while the device moves a passthrough endpoint, the
-//! device keeps track of where the endpoint really is: a reset empties
-//! every domain space even if an endpoint cannot leave it (it then
-//! reaches nothing, never stale mappings), a `bypass` write the host cannot
-//! follow is not applied, FEATURES_OK and `restore` return the error.
+//! change is undone on the host and not applied to the guest's view: the
+//! request gets S_NOMEM, S_UNSUPP or S_DEVERR, a `bypass` write the host
+//! cannot follow is not applied, FEATURES_OK and `restore` return the
+//! error. A reset cannot be refused: it empties every domain space even if
+//! an endpoint cannot leave it (it then reaches nothing, never stale
+//! mappings).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -157,6 +162,10 @@ mod state;
 pub mod translate;
 
 #[cfg(test)]
+mod completion_tests;
+#[cfg(test)]
+mod hotplug_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod regression_tests;
@@ -175,4 +184,5 @@ pub use options::VirtioIommuConfig;
 pub use protocol::{Features, Status};
 pub use queue::{MAX_CHAIN_SEGMENTS, QueueError};
 pub use snapshot::Snapshot;
+pub use state::MAX_PROBED_ENDPOINTS;
 pub use translate::Translation;

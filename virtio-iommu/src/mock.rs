@@ -29,8 +29,13 @@ pub const MOCK_QUEUE_SIZE: u16 = 64;
 /// Event buffers the mock posts (Linux fills the whole queue).
 pub const MOCK_EVENT_BUFFERS: u16 = 16;
 
-const REQ_BUF: u64 = 0x8_0000;
-const RESP_BUF: u64 = 0x9_0000;
+/// Where the mock writes each request's device-readable part.
+pub const MOCK_REQUEST_BUFFER: u64 = 0x8_0000;
+/// Where the mock puts each request's device-writable part (the tail, or
+/// PROBE's properties then the tail).
+pub const MOCK_RESPONSE_BUFFER: u64 = 0x9_0000;
+const REQ_BUF: u64 = MOCK_REQUEST_BUFFER;
+const RESP_BUF: u64 = MOCK_RESPONSE_BUFFER;
 const EVT_BUF: u64 = 0xa_0000;
 
 /// The device model of `opts` (REPLAY.md model options).
@@ -50,6 +55,10 @@ pub struct MockDriver {
     pub mem: Arc<GuestMemoryMmap>,
     /// The device.
     pub dev: Arc<VirtioIommu<GuestMemoryMmap>>,
+    /// The byte the device-writable part of a request holds before the
+    /// device answers (0 by default): a test that looks for the answer
+    /// while the request is in flight sets one no status has.
+    pub response_fill: u8,
     req: SplitRing,
     evt: SplitRing,
 }
@@ -83,9 +92,20 @@ impl MockDriver {
             dev.setup_queue(q, r.size, r.desc, r.avail, r.used)
                 .expect("queue");
         }
-        let mut d = MockDriver { mem, dev, req, evt };
+        let mut d = MockDriver {
+            mem,
+            dev,
+            response_fill: 0,
+            req,
+            evt,
+        };
         d.post_event_buffers(MOCK_EVENT_BUFFERS);
         d
+    }
+
+    /// The request queue's ring (its used ring is where completions show).
+    pub fn request_ring(&self) -> &SplitRing {
+        &self.req
     }
 
     /// Posts `n` 24-byte event buffers and notifies the event queue.
@@ -132,14 +152,15 @@ impl MockDriver {
     }
 
     /// Sends raw readable bytes with a device-writable part of
-    /// `writable` bytes; returns the used length and the writable bytes.
+    /// `writable` bytes (filled with [`MockDriver::response_fill`] first);
+    /// returns the used length and the writable bytes.
     pub fn send_raw(&mut self, readable: &[u8], writable: u32) -> (u32, Vec<u8>) {
         self.mem
             .write_bytes_at(Gpa(REQ_BUF), readable)
             .expect("request");
-        let zero = vec![0u8; writable as usize];
+        let fill = vec![self.response_fill; writable as usize];
         self.mem
-            .write_bytes_at(Gpa(RESP_BUF), &zero)
+            .write_bytes_at(Gpa(RESP_BUF), &fill)
             .expect("response");
         let out: &[(u64, u32)] = match readable.is_empty() {
             true => &[],

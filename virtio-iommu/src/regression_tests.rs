@@ -1,21 +1,20 @@
 //! Regression tests for defects found in review: each test is named after
-//! what it checks. Passthrough ones use a recording fake host that can be
-//! told to fail, or the shadow engine on the simulated host.
-
-use std::sync::Arc;
+//! what it checks. Passthrough ones run on the simulated host, told to
+//! fail where a test needs it.
 
 use iommufd_sim::profile::HostProfile;
+use nesting_core::host::{Errno, HostOp};
 use nesting_core::mem::GuestMemoryExt;
-use nesting_core::types::{Access, Gpa};
+use nesting_core::passthrough::Place;
+use nesting_core::types::{Access, Gpa, Iova, IovaRange};
 
 use crate::MAX_CHAIN_SEGMENTS;
-use crate::config::{ConfigError, DeviceConfig, DeviceOptions, ResvMem};
-use crate::device::{DeviceError, VirtioIommu};
+use crate::config::{ConfigError, DeviceConfig, DeviceOptions};
+use crate::device::DeviceError;
 use crate::mock::{MockDriver, config};
-use crate::nesting::{HostFailure, SpaceId};
 use crate::protocol::{AttachBody, RESV_MEM_T_RESERVED, Status};
 use crate::request::{Request, encode};
-use crate::tests::FakeHost;
+use crate::shadow_tests::{Rig, RigSpec, rig_of, rig_with};
 use crate::translate::Translation;
 
 const RW: u32 = 3;
@@ -81,17 +80,8 @@ fn translate_walk_with_checked_add_ends_at_top_of_space() {
 // ---------------------------------------------------------------------------
 // Passthrough endpoints moved while the host fails.
 
-fn passthrough(opts: &[&str]) -> (MockDriver, FakeHost) {
-    let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default()).unwrap());
-    let host = FakeHost::default();
-    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
-    let view = HostProfile::VtdNonest.spec().host_view();
-    dev.add_passthrough(8, &view).unwrap();
-    (MockDriver::with_device(dev, true), host)
-}
-
-fn fail_next(host: &FakeHost) {
-    host.0.lock().unwrap().fail_next = Some(HostFailure::Device);
+fn passthrough(opts: &[&str]) -> Rig {
+    rig_with(HostProfile::VtdNonest.spec(), opts).unwrap()
 }
 
 fn read_bypass(d: &MockDriver) -> u8 {
@@ -105,96 +95,85 @@ const BYPASS_OFFSET: u64 = 36;
 
 #[test]
 fn reset_with_failing_block_empties_domain_space_and_reattach_rebuilds_it() {
-    let (mut d, host) = passthrough(&[]);
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    assert_eq!(d.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
-    fail_next(&host);
-    d.dev.reset();
-    {
-        let l = host.0.lock().unwrap();
-        assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)), "block failed");
-        assert!(
-            !l.spaces.contains_key(&SpaceId::Domain(1)),
-            "the device gave the space up"
-        );
-    }
+    let mut r = passthrough(&[]);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.drv.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
+    r.sim.fail_nth(HostOp::Detach, 1, Errno::EIO);
+    r.drv.dev.reset();
+    let stuck = r.ioas().expect("block failed: still attached");
+    assert_eq!(r.space_maps(1), None, "the device gave the space up");
+    assert!(r.sim.mappings(stuck).is_empty(), "emptied");
     // The driver comes back and reuses domain 1 without mapping anything.
-    let mut d2 = MockDriver::with_device(d.dev.clone(), true);
-    assert_eq!(d2.attach(1, 8), Status::Ok);
-    let l = host.0.lock().unwrap();
-    assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)));
-    assert_eq!(l.spaces[&SpaceId::Domain(1)], vec![], "no stale mapping");
+    r.drv = MockDriver::with_memory(r.drv.dev.clone(), r.drv.mem.clone(), true);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.place(8), Place::Shadow(1));
+    assert_eq!(r.space_maps(1), Some(vec![]), "no stale mapping");
+    assert_eq!(r.host_at(0x10000), None);
 }
 
 #[test]
 fn bypass_write_with_failing_block_keeps_bypass_and_identity_space() {
-    let (mut d, host) = passthrough(&["bypass=1"]);
-    assert_eq!(read_bypass(&d), 1);
-    fail_next(&host);
-    d.dev.write_config(BYPASS_OFFSET, &[0]);
-    assert_eq!(read_bypass(&d), 1, "the write did not take effect");
-    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
-    // ATTACH and DETACH move it through the identity space it is in; no
-    // leak of the identity space when it leaves it.
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    assert!(
-        !host
-            .0
-            .lock()
-            .unwrap()
-            .spaces
-            .contains_key(&SpaceId::Identity)
-    );
-    assert_eq!(d.detach(1, 8), Status::Ok);
-    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
+    let mut r = passthrough(&["bypass=1"]);
+    assert_eq!(read_bypass(&r.drv), 1);
+    assert_eq!(r.place(8), Place::Identity);
+    r.sim.fail_nth(HostOp::Detach, 1, Errno::EIO);
+    r.drv.dev.write_config(BYPASS_OFFSET, &[0]);
+    assert_eq!(read_bypass(&r.drv), 1, "the write did not take effect");
+    assert_eq!(r.place(8), Place::Identity);
+    assert_eq!(r.ioas(), Some(r.ram_ioas));
+    // ATTACH and DETACH move it from and back to identity.
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.place(8), Place::Shadow(1));
+    assert_eq!(r.drv.detach(1, 8), Status::Ok);
+    assert_eq!(r.place(8), Place::Identity);
+    assert_eq!(r.space_maps(1), None, "no space left behind");
     // A later write that the host accepts takes effect.
-    d.dev.write_config(BYPASS_OFFSET, &[0]);
-    assert_eq!(read_bypass(&d), 0);
-    let l = host.0.lock().unwrap();
-    assert_eq!(l.attached[&8], None, "blocked");
-    assert!(!l.spaces.contains_key(&SpaceId::Identity), "space released");
+    r.drv.dev.write_config(BYPASS_OFFSET, &[0]);
+    assert_eq!(read_bypass(&r.drv), 0);
+    assert_eq!(r.place(8), Place::Blocked);
+    assert_eq!(r.ioas(), None, "blocked");
 }
 
 #[test]
 fn ack_features_refused_when_host_cannot_move_endpoint_to_bypass() {
     // Legacy F_BYPASS: negotiating it puts unattached endpoints in bypass.
-    let legacy = DeviceOptions {
-        legacy_bypass: true,
-        ..DeviceOptions::default()
-    };
-    let dev: Arc<VirtioIommu<vm_memory::GuestMemoryMmap>> =
-        Arc::new(VirtioIommu::new(&config(&[]), legacy).unwrap());
-    let host = FakeHost::default();
-    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
-    let view = HostProfile::VtdNonest.spec().host_view();
-    dev.add_passthrough(8, &view).unwrap();
-    fail_next(&host);
+    let r = rig_of(RigSpec {
+        device: DeviceOptions {
+            legacy_bypass: true,
+            ..DeviceOptions::default()
+        },
+        negotiate: false,
+        ..RigSpec::default()
+    })
+    .unwrap();
+    let dev = &r.drv.dev;
+    r.sim.fail_nth(HostOp::Attach, 1, Errno::EIO);
     assert!(dev.ack_features(dev.device_features()).is_err());
-    assert_eq!(host.0.lock().unwrap().attached[&8], None, "still blocked");
+    assert_eq!(r.place(8), Place::Blocked, "still blocked");
+    assert_eq!(r.ioas(), None);
     dev.ack_features(dev.device_features()).unwrap();
-    assert_eq!(host.0.lock().unwrap().attached[&8], Some(SpaceId::Identity));
+    assert_eq!(r.place(8), Place::Identity);
+    assert_eq!(r.ioas(), Some(r.ram_ioas));
 }
 
 #[test]
 fn restore_with_failing_host_returns_err() {
-    let (mut d, _) = passthrough(&[]);
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    assert_eq!(d.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
-    let snap = d.dev.snapshot();
-    let (d2, host2) = passthrough(&[]);
-    fail_next(&host2);
-    assert!(matches!(
-        d2.dev.restore(&snap),
-        Err(DeviceError::Passthrough { endpoint: 8, .. })
-    ));
-    // Without the failure it rebuilds the domain's host space.
-    d2.dev.restore(&snap).unwrap();
-    let l = host2.0.lock().unwrap();
-    assert_eq!(l.attached[&8], Some(SpaceId::Domain(1)));
-    assert_eq!(
-        l.spaces[&SpaceId::Domain(1)],
-        vec![(0x10000, 0x1000, 0x20000)]
+    let mut a = passthrough(&[]);
+    assert_eq!(a.drv.attach(1, 8), Status::Ok);
+    assert_eq!(a.drv.map(1, 0x10000, 0x10fff, 0x20000, RW), Status::Ok);
+    let snap = a.drv.dev.snapshot();
+    let b = passthrough(&[]);
+    b.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
+    let res = b.drv.dev.restore(&snap);
+    assert!(
+        matches!(res, Err(DeviceError::Passthrough { endpoint: 8, .. })),
+        "{res:?}"
     );
+    assert_eq!(b.space_maps(1), None, "nothing built");
+    // Without the failure it rebuilds the domain's host space.
+    b.drv.dev.restore(&snap).unwrap();
+    assert_eq!(b.place(8), Place::Shadow(1));
+    assert_eq!(b.space_maps(1), Some(vec![(0x10000, 0x1000, 0x20000)]));
 }
 
 // ---------------------------------------------------------------------------
@@ -215,7 +194,8 @@ fn resv_props(props: &[u8]) -> Vec<(u64, u64, u8)> {
 #[test]
 fn probe_host_hole_partly_under_vmm_region_announces_the_rest() {
     // The VtdNonest host's hole is the MSI window 0xfee00000-0xfeefffff.
-    let (mut d, _) = passthrough(&["resv=0xfed00000-0xfee0ffff:reserved"]);
+    let mut r = passthrough(&["resv=0xfed00000-0xfee0ffff:reserved"]);
+    let d = &mut r.drv;
     let (_, st, props) = d.probe(8, 0x200);
     assert_eq!(st, Status::Ok);
     assert_eq!(
@@ -232,31 +212,29 @@ fn probe_host_hole_partly_under_vmm_region_announces_the_rest() {
     );
 }
 
-fn with_holes(opts: &[&str], holes: &[(u64, u64)]) -> DeviceConfig {
-    let mut c = DeviceConfig::new(&config(opts), DeviceOptions::default()).unwrap();
-    c.host_resv = holes
-        .iter()
-        .map(|&(start, end)| ResvMem {
-            start,
-            end,
-            subtype: RESV_MEM_T_RESERVED,
+fn vmm_config(opts: &[&str]) -> DeviceConfig {
+    DeviceConfig::new(&config(opts), DeviceOptions::default()).unwrap()
+}
+
+fn holes(list: &[(u64, u64)]) -> Vec<IovaRange> {
+    list.iter()
+        .map(|&(first, last)| IovaRange {
+            first: Iova(first),
+            last: Iova(last),
         })
-        .collect();
-    c
+        .collect()
 }
 
 #[test]
 fn host_pieces_merge_holes_and_subtract_vmm_regions() {
-    let c = with_holes(
-        &["resv=0x3000-0x3fff:msi", "resv=0x6000-0x6fff:reserved"],
-        &[
-            (0x5000, 0x8fff),
-            (0x1000, 0x2fff),
-            (0x2000, 0x4fff), // overlaps the first, touches the next
-            (0xffff_ffff_ffff_f000, u64::MAX),
-        ],
-    );
-    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    let c = vmm_config(&["resv=0x3000-0x3fff:msi", "resv=0x6000-0x6fff:reserved"]);
+    let h = holes(&[
+        (0x5000, 0x8fff),
+        (0x1000, 0x2fff),
+        (0x2000, 0x4fff), // overlaps the first, touches the next
+        (0xffff_ffff_ffff_f000, u64::MAX),
+    ]);
+    let got: Vec<(u64, u64)> = c.host_pieces(&h).iter().map(|r| (r.start, r.end)).collect();
     assert_eq!(
         got,
         vec![
@@ -267,25 +245,38 @@ fn host_pieces_merge_holes_and_subtract_vmm_regions() {
         ]
     );
     // A VMM region at the top of the space swallows the hole's end.
-    let c = with_holes(
-        &["resv=0xffff_ffff_ffff_0000-0xffffffffffffffff:reserved"],
-        &[(0xffff_ffff_fffe_0000, u64::MAX)],
-    );
-    let got: Vec<(u64, u64)> = c.host_pieces().iter().map(|r| (r.start, r.end)).collect();
+    let c = vmm_config(&["resv=0xffff_ffff_ffff_0000-0xffffffffffffffff:reserved"]);
+    let h = holes(&[(0xffff_ffff_fffe_0000, u64::MAX)]);
+    let got: Vec<(u64, u64)> = c.host_pieces(&h).iter().map(|r| (r.start, r.end)).collect();
     assert_eq!(got, vec![(0xffff_ffff_fffe_0000, 0xffff_ffff_fffe_ffff)]);
 }
 
 #[test]
-fn validate_counts_host_pieces_against_probe_size() {
+fn probe_room_counts_host_pieces_against_probe_size() {
     // Two properties fit; a VMM region inside one hole makes three.
-    let c = with_holes(
-        &["probe_size=48", "resv=0x3000-0x3fff:reserved"],
-        &[(0x1000, 0x8fff)],
-    );
+    let c = vmm_config(&["probe_size=48", "resv=0x3000-0x3fff:reserved"]);
+    let pieces = c.host_pieces(&holes(&[(0x1000, 0x8fff)]));
     assert!(matches!(
-        c.validate(0),
+        c.check_probe_room(pieces.len()),
         Err(ConfigError::ProbeTooSmall { regions: 3, .. })
     ));
+}
+
+#[test]
+fn passthrough_endpoint_whose_probe_cannot_hold_its_holes_is_refused() {
+    // The host's one hole (0xfee00000-0xfeefffff) is within the ladder's
+    // room, but the VMM's region inside it splits it in two pieces.
+    let e = rig_with(
+        HostProfile::VtdNonest.spec(),
+        &["probe_size=48", "resv=0xfee80000-0xfee8ffff:reserved"],
+    )
+    .err()
+    .unwrap();
+    let DeviceError::Refused(d) = e else {
+        panic!("{e}");
+    };
+    assert!(d.has_failed("device-config"), "{d}");
+    assert!(d.reason.contains("3 RESV_MEM properties"), "{}", d.reason);
 }
 
 // ---------------------------------------------------------------------------

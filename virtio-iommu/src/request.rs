@@ -8,12 +8,13 @@
 use std::borrow::Cow;
 
 use nesting_core::iotlb::IotlbInvalidation;
+use nesting_core::passthrough::{Place, Plan, StageError};
 use nesting_core::types::{EndpointId, Iova, RequesterId};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::config::ResvMem;
 use crate::domain::Mapping;
-use crate::nesting::{HostFailure, SpaceId};
+use crate::nesting;
 use crate::protocol::{
     AttachBody, AttachFlags, DetachBody, Features, MapBody, MapFlags, ProbeBody, ReqHead,
     RequestType, Status, UnmapBody,
@@ -143,29 +144,32 @@ impl State {
         Ok(())
     }
 
-    /// The host space a passthrough endpoint is in now.
-    pub(crate) fn host_space(&self, endpoint: u32) -> Option<SpaceId> {
+    /// Where the guest's view puts a passthrough endpoint on the host: in
+    /// its domain's space, at identity (a bypass domain, or unattached in
+    /// bypass mode), or blocked.
+    pub(crate) fn place_of(&self, endpoint: u32) -> Place<u32> {
         match self.tables.domain_of(endpoint) {
-            Some(d) => match self.tables.domain(d).is_some_and(|d| d.bypass) {
-                true => Some(SpaceId::Identity),
-                false => Some(SpaceId::Domain(d)),
-            },
-            None => self.unattached_bypass().then_some(SpaceId::Identity),
+            Some(d) if self.tables.domain(d).is_some_and(|d| d.bypass) => Place::Identity,
+            Some(d) => Place::Shadow(d),
+            None if self.unattached_bypass() => Place::Identity,
+            None => Place::Blocked,
         }
     }
 
-    /// Moves a passthrough endpoint's host attachment to `to` (`None`:
-    /// blocked), from wherever it actually is on the host. Host first: on
-    /// failure nothing changed.
-    pub(crate) fn move_host(
-        &mut self,
-        endpoint: u32,
-        to: Option<SpaceId>,
-    ) -> Result<(), HostFailure> {
-        match self.passthrough.as_mut() {
-            Some(pt) => pt.move_to(endpoint, to, &self.tables),
-            None => Ok(()),
+    /// Moves a passthrough endpoint to `to` on the host (a new domain
+    /// space filled with the domain's mappings first), from wherever it
+    /// actually is. Host first: on failure nothing changed. Nothing to do
+    /// for an emulated endpoint.
+    fn move_host(&mut self, endpoint: u32, to: Place<u32>) -> Result<(), StageError> {
+        let Some(pt) = self.passthrough.as_mut() else {
+            return Ok(());
+        };
+        if !pt.contains(endpoint) {
+            return Ok(());
         }
+        let mut plan = Plan::new();
+        pt.push_move(&mut plan, endpoint, to, &self.tables);
+        pt.stage(&plan)
     }
 
     fn attach(&mut self, b: &AttachBody) -> Result<(), Status> {
@@ -215,11 +219,11 @@ impl State {
             return Ok(());
         }
         let to = match bypass {
-            true => SpaceId::Identity,
-            false => SpaceId::Domain(domain),
+            true => Place::Identity,
+            false => Place::Shadow(domain),
         };
-        self.move_host(endpoint, Some(to))
-            .map_err(HostFailure::status)?;
+        self.move_host(endpoint, to)
+            .map_err(|e| nesting::status(&e, true))?;
         // 5.13.6.3.2: "the device SHOULD first detach it from that domain
         // and attach it to the one identified by domain".
         self.tables.attach(endpoint, domain, bypass);
@@ -242,8 +246,12 @@ impl State {
         if self.tables.domain_of(endpoint) != Some(domain) {
             return Err(Status::Inval);
         }
-        let to = self.unattached_bypass().then_some(SpaceId::Identity);
-        self.move_host(endpoint, to).map_err(HostFailure::status)?;
+        let to = match self.unattached_bypass() {
+            true => Place::Identity,
+            false => Place::Blocked,
+        };
+        self.move_host(endpoint, to)
+            .map_err(|e| nesting::status(&e, false))?;
         // 5.13.6.4.2: "The device MUST ensure that after being detached
         // from a domain, the endpoint cannot access any mapping from that
         // domain."
@@ -277,14 +285,15 @@ impl State {
         Ok(())
     }
 
-    /// The RESV_MEM regions a mapping in `domain` must avoid.
+    /// The RESV_MEM regions a mapping in `domain` must avoid: the VMM's,
+    /// and the host holes of every passthrough endpoint attached to it.
     fn domain_resv(&self, domain: u32) -> impl Iterator<Item = &ResvMem> {
-        let host = self
-            .passthrough
-            .as_ref()
-            .is_some_and(|p| p.has_space(domain));
-        let extra: &[ResvMem] = if host { &self.cfg.host_resv } else { &[] };
-        self.cfg.resv.iter().chain(extra)
+        let holes = self.passthrough.iter().flat_map(move |p| {
+            p.all_holes()
+                .filter(move |(ep, _)| self.tables.domain_of(*ep) == Some(domain))
+                .flat_map(|(_, h)| h.iter())
+        });
+        self.cfg.resv.iter().chain(holes)
     }
 
     /// Every check of a MAP request, in the order the spec lists them.
@@ -371,7 +380,8 @@ impl State {
             flags: flags.bits(),
         };
         if let Some(pt) = self.passthrough.as_mut() {
-            pt.map(domain, &m).map_err(HostFailure::status)?;
+            let plan = pt.map_plan(domain, &m);
+            pt.stage(&plan).map_err(|e| nesting::status(&e, false))?;
         }
         self.tables.insert_mapping(domain, m);
         Ok(())
@@ -390,8 +400,10 @@ impl State {
         // covered by an existing mapping, then the device SHOULD remove all
         // mappings affected by the range and set the request status to
         // VIRTIO_IOMMU_S_OK."
+        // One plan, so one host sync however many mappings it covers.
         if let Some(pt) = self.passthrough.as_mut() {
-            pt.unmap(domain, &removed).map_err(HostFailure::status)?;
+            let plan = pt.unmap_plan(domain, &removed);
+            pt.stage(&plan).map_err(|e| nesting::status(&e, false))?;
         }
         self.tables.remove_mappings(domain, &removed);
         self.inv.push(IotlbInvalidation::Range {
@@ -403,19 +415,20 @@ impl State {
         Ok(())
     }
 
-    /// The RESV_MEM properties of `endpoint`.
+    /// The RESV_MEM properties of `endpoint`: the VMM's regions, then,
+    /// for a passthrough endpoint, its own host's holes outside them
+    /// (5.13.6.8.1.2; see `DeviceConfig::host_pieces`) inside the input
+    /// range. An emulated endpoint has no host hole.
     pub(crate) fn endpoint_resv(&self, endpoint: u32) -> Cow<'_, [ResvMem]> {
-        let passthrough = self
+        let holes = self
             .passthrough
             .as_ref()
-            .is_some_and(|p| p.is_passthrough(endpoint));
-        if !passthrough || self.cfg.host_resv.is_empty() {
+            .map_or(&[][..], |p| p.holes(endpoint));
+        if holes.is_empty() {
             return Cow::Borrowed(&self.cfg.resv);
         }
-        // 5.13.6.8.1.2: the VMM's regions, then the host holes' pieces
-        // outside them (see `DeviceConfig::host_pieces`).
         let mut out = self.cfg.resv.clone();
-        out.extend(self.cfg.host_pieces());
+        out.extend(self.cfg.in_input_range(holes));
         Cow::Owned(out)
     }
 
@@ -440,6 +453,9 @@ impl State {
             slot.copy_from_slice(bytes.as_bytes());
             at += crate::protocol::ProbeResvMem::SIZE;
         }
+        // Answered: a device hot-plugged behind this endpoint later could
+        // not have its host holes announced (the driver probes once).
+        self.probed.record(endpoint);
         Ok(())
     }
 }

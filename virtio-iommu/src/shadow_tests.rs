@@ -1,94 +1,181 @@
-//! Passthrough endpoints through the real shadow engine on the simulated
-//! host: MAP/UNMAP reach the host IOAS before the request completes, host
-//! failures become S_NOMEM/S_DEVERR with guest and host views unchanged,
-//! bypass uses the RAM IOAS, and the ladder refuses what cannot be backed.
+//! Passthrough endpoints through the registry and the real shadow engine
+//! on the simulated host: MAP/UNMAP reach the host IOAS before the request
+//! completes, host failures become S_NOMEM/S_DEVERR with guest and host
+//! views unchanged, bypass uses the RAM IOAS, and the ladder refuses what
+//! cannot be backed. The rig here is the one every passthrough test uses.
 
 use std::sync::Arc;
 
 use iommufd_sim::profile::{HostProfile, SimHostSpec};
 use iommufd_sim::{SimBacking, SimIommufd};
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::{DevId, Errno, HostOp, PtId};
-use nesting_core::ladder::HostView;
+use nesting_core::host::{DevId, Errno, HostOp, IoasId, PtId};
+use nesting_core::ladder::{Decision, HostView};
+use nesting_core::passthrough::Place;
 use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Access, Iova};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 
 use crate::config::DeviceOptions;
-use crate::device::VirtioIommu;
+use crate::device::{DeviceError, VirtioIommu};
 use crate::mock::{MockDriver, config, mock_memory};
-use crate::nesting::{ShadowHost, ShadowHostError, SpaceId};
 use crate::protocol::Status;
 
 const RW: u32 = 3;
 
-struct Rig {
-    sim: Arc<SimIommufd>,
-    drv: MockDriver,
-    dev_id: DevId,
-    ram_ioas: nesting_core::host::IoasId,
-    shadow: ShadowHost,
-    view: HostView,
+/// A virtio-iommu with passthrough endpoint 8 on a simulated host, set up
+/// as the crate docs' VMM flow does, and a driver.
+pub(crate) struct Rig {
+    pub sim: Arc<SimIommufd>,
+    pub drv: MockDriver,
+    /// Endpoint 8's device.
+    pub dev_id: DevId,
+    pub ram_ioas: IoasId,
+    /// What the host says of its devices.
+    pub view: HostView,
 }
 
-/// A virtio-iommu with passthrough endpoint 8 on a simulated host of
-/// `spec`, set up as the README's VMM flow does.
-fn rig_with(spec: SimHostSpec, opts: &[&str]) -> Result<Rig, crate::DeviceError> {
-    let sim = Arc::new(SimIommufd::with_host(spec));
+/// What a rig is made of.
+pub(crate) struct RigSpec<'a> {
+    pub host: SimHostSpec,
+    /// Model options (REPLAY.md).
+    pub opts: &'a [&'a str],
+    pub device: DeviceOptions,
+    /// The driver acknowledges every offered feature at once.
+    pub negotiate: bool,
+}
+
+impl Default for RigSpec<'_> {
+    fn default() -> Self {
+        RigSpec {
+            host: HostProfile::VtdNonest.spec(),
+            opts: &[],
+            device: DeviceOptions::default(),
+            negotiate: true,
+        }
+    }
+}
+
+/// The view of a device of `host`, read back from it as a VMM does: bound,
+/// attached to a probe IOAS for its ranges.
+fn read_view(sim: &Arc<SimIommufd>, dev: &mut BoundDevice) -> HostView {
+    let host: SharedHost = sim.clone();
+    let probe = Ioas::alloc(&host).unwrap();
+    dev.attach(None, PtId::Ioas(probe.id())).unwrap();
+    let ranges = host.ioas_iova_ranges(probe.id()).unwrap();
+    let view = HostView {
+        info: host.hw_info(dev.id()).unwrap(),
+        iova_ranges: ranges.ranges,
+        page_size: ranges.alignment,
+        unit: None,
+    };
+    dev.detach(None).unwrap();
+    view
+}
+
+pub(crate) fn rig_of(spec: RigSpec<'_>) -> Result<Rig, DeviceError> {
+    let sim = Arc::new(SimIommufd::with_host(spec.host));
     let host: SharedHost = sim.clone();
     let mem = mock_memory();
     let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&*mem).unwrap()).unwrap());
     let mut bound = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
     let dev_id = bound.id();
-    let probe = Ioas::alloc(&host).unwrap();
-    bound.attach(None, PtId::Ioas(probe.id())).unwrap();
-    let ranges = host.ioas_iova_ranges(probe.id()).unwrap();
-    let view = HostView {
-        info: host.hw_info(dev_id).unwrap(),
-        iova_ranges: ranges.ranges,
-        page_size: ranges.alignment,
-        unit: None,
-    };
-    let shadow = ShadowHost::new(host.clone(), ram.clone());
-    shadow.add_device(8, bound).unwrap();
-    let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default())?);
-    dev.set_passthrough_host(Box::new(shadow.clone())).unwrap();
-    dev.add_passthrough(8, &view)?;
-    drop(probe);
-    let drv = MockDriver::with_memory(dev, mem, true);
+    let view = read_view(&sim, &mut bound);
+    let dev = Arc::new(VirtioIommu::new(&config(spec.opts), spec.device)?);
+    dev.set_passthrough_host(host, ram.clone())?;
+    dev.add_passthrough(8, bound, &view).map_err(|(e, _)| e)?;
+    let drv = MockDriver::with_memory(dev, mem, spec.negotiate);
     Ok(Rig {
         sim,
         drv,
         dev_id,
         ram_ioas: ram.ioas().id(),
-        shadow,
         view,
     })
 }
 
-fn rig() -> Rig {
+pub(crate) fn rig_with(host: SimHostSpec, opts: &[&str]) -> Result<Rig, DeviceError> {
+    rig_of(RigSpec {
+        host,
+        opts,
+        ..RigSpec::default()
+    })
+}
+
+pub(crate) fn rig() -> Rig {
     rig_with(HostProfile::VtdNonest.spec(), &[]).unwrap()
 }
 
 impl Rig {
-    fn ioas(&self) -> Option<nesting_core::host::IoasId> {
-        match self.sim.attachment(self.dev_id, None) {
+    /// The IOAS endpoint 8's device is attached to (directly or through a
+    /// HWPT).
+    pub fn ioas(&self) -> Option<IoasId> {
+        self.ioas_of(self.dev_id)
+    }
+
+    pub fn ioas_of(&self, dev: DevId) -> Option<IoasId> {
+        match self.sim.attachment(dev, None) {
             Some(PtId::Ioas(i)) => Some(i),
             Some(PtId::Hwpt(h)) => self.sim.hwpt(h).map(|h| h.ioas),
             _ => None,
         }
     }
 
-    /// The host memory behind `iova` in the device's IOAS, if mapped.
-    fn host_at(&self, iova: u64) -> Option<(u64, Access)> {
+    /// The host memory behind `iova` in endpoint 8's IOAS, if mapped.
+    pub fn host_at(&self, iova: u64) -> Option<(u64, Access)> {
         match self.sim.translate(self.ioas()?, Iova(iova))? {
             (SimBacking::UserVa(va), acc) => Some((va, acc)),
             _ => None,
         }
     }
 
-    fn hva(&self, gpa: u64) -> u64 {
+    pub fn hva(&self, gpa: u64) -> u64 {
         self.drv.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
+    }
+
+    /// Where the device's registry has `endpoint`.
+    pub fn place(&self, endpoint: u32) -> Place<u32> {
+        let g = self.drv.dev.lock();
+        g.state
+            .passthrough
+            .as_ref()
+            .map_or(Place::Blocked, |p| p.place(endpoint))
+    }
+
+    /// The guest mappings domain `domain`'s host space mirrors, as
+    /// `(first, len, gpa)`; `None` without a host space.
+    pub fn space_maps(&self, domain: u32) -> Option<Vec<(u64, u64, u64)>> {
+        let g = self.drv.dev.lock();
+        let s = g.state.passthrough.as_ref()?.space(domain)?;
+        Some(
+            s.guest_mappings()
+                .map(|m| (m.first, m.len(), m.gpa))
+                .collect(),
+        )
+    }
+
+    /// Binds a new device on the simulated host and adds it as passthrough
+    /// endpoint `endpoint` with `view`; returns its ID and the decision.
+    pub fn plug(
+        &self,
+        endpoint: u32,
+        view: &HostView,
+    ) -> Result<(DevId, Decision), (DeviceError, BoundDevice)> {
+        self.plug_behind(0, endpoint, view)
+    }
+
+    /// [`Rig::plug`] for a device behind the host's IOMMU unit `unit`.
+    pub fn plug_behind(
+        &self,
+        unit: u32,
+        endpoint: u32,
+        view: &HostView,
+    ) -> Result<(DevId, Decision), (DeviceError, BoundDevice)> {
+        let host: SharedHost = self.sim.clone();
+        let dev = BoundDevice::bind(&host, self.sim.add_device(unit)).unwrap();
+        let id = dev.id();
+        let d = self.drv.dev.add_passthrough(endpoint, dev, view)?;
+        Ok((id, d))
     }
 }
 
@@ -240,41 +327,31 @@ fn shadow_reset_with_failing_detach_leaves_device_in_emptied_space() {
 }
 
 #[test]
-fn remove_passthrough_blocks_device_and_releases_domain_space() {
+fn remove_passthrough_hands_device_back_blocked_and_releases_domain_space() {
     let mut r = rig();
     assert_eq!(r.drv.attach(1, 8), Status::Ok);
     assert_eq!(
         r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
         Status::Ok
     );
-    r.drv.dev.remove_passthrough(8).unwrap();
-    assert_eq!(r.sim.attachment(r.dev_id, None), None, "blocked");
-    assert_eq!(
-        r.shadow.space_mappings(SpaceId::Domain(1)),
-        None,
-        "space gone"
-    );
-    assert!(matches!(
-        r.drv.dev.remove_passthrough(8),
-        Err(crate::DeviceError::NotPassthrough(8))
-    ));
-    let dev = r.shadow.remove_device(8).expect("handed back");
+    let dev = r.drv.dev.remove_passthrough(8).expect("handed back");
     assert_eq!(dev.id(), r.dev_id);
-    assert!(r.shadow.remove_device(8).is_none());
+    assert!(!dev.is_attached(None));
+    assert_eq!(r.sim.attachment(r.dev_id, None), None, "blocked");
+    assert_eq!(r.space_maps(1), None, "space gone");
+    assert!(r.drv.dev.remove_passthrough(8).is_none());
 }
 
 #[test]
-fn add_device_refuses_endpoint_already_present() {
+fn add_passthrough_refuses_endpoint_already_present_and_hands_device_back() {
     let mut r = rig();
     assert_eq!(r.drv.attach(1, 8), Status::Ok);
-    let host: SharedHost = r.sim.clone();
-    let other = BoundDevice::bind(&host, r.sim.add_device(0)).unwrap();
-    let other_id = other.id();
-    let Err(ShadowHostError::EndpointTaken { endpoint, device }) = r.shadow.add_device(8, other)
-    else {
+    let view = r.view.clone();
+    let Err((e, device)) = r.plug(8, &view) else {
         panic!("a second device for endpoint 8 was accepted");
     };
-    assert_eq!((endpoint, device.id()), (8, other_id));
+    assert!(matches!(e, DeviceError::AlreadyPassthrough(8)), "{e}");
+    assert_ne!(device.id(), r.dev_id);
     assert!(r.sim.attachment(r.dev_id, None).is_some(), "still attached");
 }
 
@@ -286,15 +363,12 @@ fn replug_same_endpoint_after_removal_works() {
         r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
         Status::Ok
     );
-    r.drv.dev.remove_passthrough(8).unwrap();
-    drop(r.shadow.remove_device(8));
+    drop(r.drv.dev.remove_passthrough(8).unwrap());
     // A new VFIO device behind the same endpoint ID. The guest never
     // detached endpoint 8: it lands in domain 1's space, rebuilt.
-    let host: SharedHost = r.sim.clone();
-    let fresh = BoundDevice::bind(&host, r.sim.add_device(0)).unwrap();
-    r.dev_id = fresh.id();
-    r.shadow.add_device(8, fresh).unwrap();
-    r.drv.dev.add_passthrough(8, &r.view).unwrap();
+    let view = r.view.clone();
+    r.dev_id = r.plug(8, &view).map_err(|(e, _)| e).unwrap().0;
+    assert_eq!(r.place(8), Place::Shadow(1));
     let want = r.hva(0x40_0000);
     assert_eq!(r.host_at(0x10_0000), Some((want, Access::RW)));
     assert_eq!(r.drv.attach(2, 8), Status::Ok);
@@ -304,6 +378,34 @@ fn replug_same_endpoint_after_removal_works() {
     );
     assert_eq!(r.host_at(0x20_0000), Some((want, Access::RW)));
     assert_eq!(r.host_at(0x10_0000), None, "domain 1 left");
+}
+
+#[test]
+fn replug_into_attached_domain_refused_by_host_hands_device_back_and_changes_nothing() {
+    let mut r = rig();
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(
+        r.drv.map(1, 0x10_0000, 0x10_0fff, 0x40_0000, RW),
+        Status::Ok
+    );
+    drop(r.drv.dev.remove_passthrough(8).unwrap());
+    r.sim.fail_nth(HostOp::Attach, 1, Errno::ENOMEM);
+    let view = r.view.clone();
+    let Err((e, device)) = r.plug(8, &view) else {
+        panic!("accepted although the host refused the attach");
+    };
+    assert!(
+        matches!(e, DeviceError::Passthrough { endpoint: 8, .. }),
+        "{e}"
+    );
+    assert!(!device.is_attached(None));
+    assert!(r.drv.dev.remove_passthrough(8).is_none(), "not added");
+    assert_eq!(r.space_maps(1), None, "the new space is gone");
+    assert_eq!(
+        r.drv.dev.translate(8, 0x10_0000, Access::READ).gpa(),
+        Some(0x40_0000),
+        "the guest's view is unchanged"
+    );
 }
 
 /// Maps 64 pages of domain 1 from IOVA 0x10_0000, each to its own GPA in

@@ -6,7 +6,9 @@
 //! and the interrupt callback are the VMM's; passthrough endpoints are
 //! re-added by the destination VMM (their host objects cannot migrate)
 //! before [`VirtioIommu::restore`], which then rebuilds their host address
-//! spaces from the restored domains.
+//! spaces from the restored domains. Their host holes are the destination
+//! host's, as the destination added them; the snapshot keeps which
+//! endpoints the driver probed, which decides what may be hot-plugged.
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
@@ -17,6 +19,7 @@ use crate::device::{DeviceError, MAX_QUEUE_SIZE, VirtioIommu};
 use crate::domain::Tables;
 use crate::event::EventLog;
 use crate::protocol::{Features, NUM_QUEUES};
+use crate::state::Probed;
 
 /// Snapshot format version; bumped on any incompatible change.
 pub const SNAPSHOT_VERSION: u32 = 1;
@@ -90,6 +93,20 @@ pub struct Snapshot {
     pub queues: [QueueSnapshot; NUM_QUEUES],
     /// Passthrough endpoints (re-added by the destination VMM).
     pub passthrough: Vec<u32>,
+    /// Endpoints the driver probed since FEATURES_OK (at most
+    /// [`crate::MAX_PROBED_ENDPOINTS`]).
+    #[serde(default)]
+    pub probed: Vec<u32>,
+    /// Every endpoint counts as probed. A snapshot without the field (from
+    /// before the device kept probes per endpoint) reads as true: a
+    /// hot-plug whose PROBE would have to announce host holes is then
+    /// refused rather than announced to a driver that may not ask.
+    #[serde(default = "every_endpoint")]
+    pub probed_all: bool,
+}
+
+fn every_endpoint() -> bool {
+    true
 }
 
 impl<M: GuestMemory> VirtioIommu<M> {
@@ -97,6 +114,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
     pub fn snapshot(&self) -> Snapshot {
         let g = self.lock();
         let st = &g.state;
+        let (probed, probed_all) = st.probed.parts();
         Snapshot {
             version: SNAPSHOT_VERSION,
             config: st.cfg.clone(),
@@ -114,6 +132,8 @@ impl<M: GuestMemory> VirtioIommu<M> {
                 .as_ref()
                 .map(|p| p.endpoints().collect())
                 .unwrap_or_default(),
+            probed,
+            probed_all,
         }
     }
 
@@ -164,6 +184,8 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .filter(|f| snap.config.offered().contains(*f))
             .ok_or(DeviceError::Snapshot("features not offered"))?;
         let queues = [snap.queues[0].queue()?, snap.queues[1].queue()?];
+        let probed = Probed::from_parts(&snap.probed, snap.probed_all)
+            .ok_or(DeviceError::Snapshot("probed endpoints over their bound"))?;
         let mut g = self.lock();
         let mine: Vec<u32> = g
             .state
@@ -186,9 +208,13 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.state.bypass = snap.bypass;
         g.state.tables = tables;
         g.state.events = events;
+        g.state.probed = probed;
         g.queues = queues;
-        let moved = g.state.resettle();
+        let moved = g.state.settle();
         self.invalidate_all(&mut g.state);
-        moved.map_err(|(endpoint, source)| DeviceError::Passthrough { endpoint, source })
+        moved.map_err(|(endpoint, e)| DeviceError::Passthrough {
+            endpoint,
+            source: e.into(),
+        })
     }
 }

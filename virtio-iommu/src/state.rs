@@ -2,6 +2,8 @@
 //! apart from the device so that those modules depend on it and not on
 //! each other.
 
+use std::collections::BTreeSet;
+
 use nesting_core::iotlb::IotlbInvalidation;
 
 use crate::config::DeviceConfig;
@@ -9,6 +11,68 @@ use crate::domain::Tables;
 use crate::event::EventLog;
 use crate::nesting::Passthrough;
 use crate::protocol::Features;
+
+/// Most endpoints the device remembers the driver probed. Linux probes each
+/// endpoint once, when its device appears; 65536 is every endpoint of a
+/// PCI segment. A guest probing more (any ID is a valid PROBE target when
+/// the device manages every endpoint) makes the device forget which: it
+/// then counts every endpoint as probed (a hot-plug whose PROBE would have
+/// to announce host holes is refused) rather than grow.
+pub const MAX_PROBED_ENDPOINTS: usize = 1 << 16;
+
+/// The endpoints the driver has probed since FEATURES_OK: their PROBE
+/// answer is given, and a hot-plugged device behind one of them could not
+/// have its host holes announced (5.13.6.8: properties are per endpoint,
+/// read once by the driver).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Probed {
+    endpoints: BTreeSet<u32>,
+    /// Past [`MAX_PROBED_ENDPOINTS`] (or unknown, from an old snapshot):
+    /// every endpoint counts as probed.
+    all: bool,
+}
+
+impl Probed {
+    /// The set of a snapshot.
+    pub fn from_parts(endpoints: &[u32], all: bool) -> Option<Probed> {
+        (endpoints.len() <= MAX_PROBED_ENDPOINTS).then(|| Probed {
+            endpoints: endpoints.iter().copied().collect(),
+            all,
+        })
+    }
+
+    /// The probed endpoints, and whether every endpoint counts as probed.
+    pub fn parts(&self) -> (Vec<u32>, bool) {
+        (self.endpoints.iter().copied().collect(), self.all)
+    }
+
+    /// The driver probed `endpoint`.
+    pub fn record(&mut self, endpoint: u32) {
+        if self.all || self.endpoints.contains(&endpoint) {
+            return;
+        }
+        if self.endpoints.len() >= MAX_PROBED_ENDPOINTS {
+            log::warn!(
+                "virtio-iommu: over {MAX_PROBED_ENDPOINTS} endpoints probed; every endpoint now counts as probed"
+            );
+            self.endpoints.clear();
+            self.all = true;
+            return;
+        }
+        self.endpoints.insert(endpoint);
+    }
+
+    /// Whether the driver probed `endpoint`.
+    pub fn contains(&self, endpoint: u32) -> bool {
+        self.all || self.endpoints.contains(&endpoint)
+    }
+
+    /// The device behind `endpoint` is gone (hot-unplug): a device plugged
+    /// there next is a new device the driver probes anew.
+    pub fn forget(&mut self, endpoint: u32) {
+        self.endpoints.remove(&endpoint);
+    }
+}
 
 /// Everything the requests and `translate` work on.
 #[derive(Debug)]
@@ -22,6 +86,8 @@ pub(crate) struct State {
     pub tables: Tables,
     pub events: EventLog,
     pub passthrough: Option<Passthrough>,
+    /// Endpoints the driver probed since FEATURES_OK.
+    pub probed: Probed,
     /// IOTLB invalidations the last changes call for, applied before the
     /// change completes (request used, config write returns).
     pub inv: Vec<IotlbInvalidation>,

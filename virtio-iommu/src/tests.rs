@@ -4,15 +4,18 @@
 
 use std::sync::{Arc, Mutex};
 
+use iommufd_sim::profile::HostProfile;
+use nesting_core::host::{Errno, HostOp};
+use nesting_core::passthrough::Place;
 use nesting_core::types::{Access, Gpa, Iova};
 use zerocopy::IntoBytes;
 
 use crate::config::DeviceOptions;
 use crate::device::VirtioIommu;
 use crate::mock::{MockDriver, config};
-use crate::nesting::{HostFailure, PassthroughHost, SpaceId};
 use crate::protocol::*;
 use crate::request::{Decoded, Request, decode, encode};
+use crate::shadow_tests::{Rig, rig_with};
 use crate::translate::Translation;
 
 const R: u32 = 1;
@@ -934,91 +937,16 @@ fn snapshot_inconsistent_is_refused() {
 }
 
 // ---------------------------------------------------------------------------
-// Passthrough endpoints, against a recording host with failure injection.
+// Passthrough endpoints, through the registry on the simulated host.
 
-#[derive(Debug, Default)]
-pub(crate) struct HostLog {
-    pub spaces: std::collections::BTreeMap<SpaceId, Vec<(u64, u64, u64)>>,
-    pub attached: std::collections::BTreeMap<u32, Option<SpaceId>>,
-    pub fail_next: Option<HostFailure>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub(crate) struct FakeHost(pub Arc<Mutex<HostLog>>);
-
-impl FakeHost {
-    fn fail(&self) -> Result<(), HostFailure> {
-        match self.0.lock().unwrap().fail_next.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-impl PassthroughHost for FakeHost {
-    fn create(&mut self, space: SpaceId) -> Result<(), HostFailure> {
-        self.fail()?;
-        self.0.lock().unwrap().spaces.insert(space, Vec::new());
-        Ok(())
-    }
-    fn destroy(&mut self, space: SpaceId) {
-        self.0.lock().unwrap().spaces.remove(&space);
-    }
-    fn map(
-        &mut self,
-        space: SpaceId,
-        iova: Iova,
-        gpa: Gpa,
-        len: u64,
-        _: Access,
-    ) -> Result<(), HostFailure> {
-        self.fail()?;
-        let mut l = self.0.lock().unwrap();
-        l.spaces
-            .get_mut(&space)
-            .ok_or(HostFailure::Device)?
-            .push((iova.0, len, gpa.0));
-        Ok(())
-    }
-    fn unmap(&mut self, space: SpaceId, iova: Iova, len: u64) -> Result<(), HostFailure> {
-        self.fail()?;
-        let mut l = self.0.lock().unwrap();
-        let s = l.spaces.get_mut(&space).ok_or(HostFailure::Device)?;
-        s.retain(|(i, n, _)| !(*i == iova.0 && *n == len));
-        Ok(())
-    }
-    fn attach(&mut self, endpoint: u32, space: SpaceId) -> Result<(), HostFailure> {
-        self.fail()?;
-        self.0
-            .lock()
-            .unwrap()
-            .attached
-            .insert(endpoint, Some(space));
-        Ok(())
-    }
-    fn block(&mut self, endpoint: u32) -> Result<(), HostFailure> {
-        self.fail()?;
-        self.0.lock().unwrap().attached.insert(endpoint, None);
-        Ok(())
-    }
-}
-
-fn host_view() -> nesting_core::ladder::HostView {
-    let spec = iommufd_sim::profile::HostProfile::VtdNonest.spec();
-    spec.host_view()
-}
-
-fn passthrough_driver(opts: &[&str]) -> (MockDriver, FakeHost) {
-    let dev = Arc::new(VirtioIommu::new(&config(opts), DeviceOptions::default()).unwrap());
-    let host = FakeHost::default();
-    dev.set_passthrough_host(Box::new(host.clone())).unwrap();
-    dev.add_passthrough(8, &host_view()).unwrap();
-    (MockDriver::with_device(dev, true), host)
+fn passthrough_rig(opts: &[&str]) -> Rig {
+    rig_with(HostProfile::VtdNonest.spec(), opts).unwrap()
 }
 
 #[test]
 fn passthrough_config_clipped_to_host_and_holes_announced() {
-    let (mut d, _) = passthrough_driver(&[]);
+    let mut r = passthrough_rig(&[]);
+    let d = &mut r.drv;
     let mut b = [0u8; 24];
     d.dev.read_config(0, &mut b);
     let mask = u64::from_le_bytes(b[0..8].try_into().unwrap());
@@ -1038,93 +966,69 @@ fn passthrough_config_clipped_to_host_and_holes_announced() {
 
 #[test]
 fn passthrough_map_unmap_reach_host_before_completion() {
-    let (mut d, host) = passthrough_driver(&[]);
-    assert_eq!(
-        host.0.lock().unwrap().attached[&8],
-        None,
-        "blocked until attached"
-    );
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    assert_eq!(
-        host.0.lock().unwrap().attached[&8],
-        Some(SpaceId::Domain(1))
-    );
-    assert_eq!(d.map(1, 0x1000, 0x2fff, 0x40_0000, RW), Status::Ok);
-    assert_eq!(
-        host.0.lock().unwrap().spaces[&SpaceId::Domain(1)],
-        vec![(0x1000, 0x2000, 0x40_0000)]
-    );
-    assert_eq!(d.unmap(1, 0, 0xffff), Status::Ok);
-    assert!(host.0.lock().unwrap().spaces[&SpaceId::Domain(1)].is_empty());
-    assert_eq!(d.detach(1, 8), Status::Ok);
-    assert!(
-        !host
-            .0
-            .lock()
-            .unwrap()
-            .spaces
-            .contains_key(&SpaceId::Domain(1))
-    );
+    let mut r = passthrough_rig(&[]);
+    assert_eq!(r.place(8), Place::Blocked, "blocked until attached");
+    assert_eq!(r.sim.attachment(r.dev_id, None), None);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.place(8), Place::Shadow(1));
+    assert_eq!(r.drv.map(1, 0x1000, 0x2fff, 0x40_0000, RW), Status::Ok);
+    assert_eq!(r.space_maps(1), Some(vec![(0x1000, 0x2000, 0x40_0000)]));
+    assert_eq!(r.drv.unmap(1, 0, 0xffff), Status::Ok);
+    assert_eq!(r.space_maps(1), Some(vec![]));
+    assert_eq!(r.drv.detach(1, 8), Status::Ok);
+    assert_eq!(r.space_maps(1), None, "space gone with its last endpoint");
 }
 
 #[test]
 fn passthrough_host_failure_is_nomem_or_deverr_and_state_unchanged() {
-    let (mut d, host) = passthrough_driver(&[]);
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    host.0.lock().unwrap().fail_next = Some(HostFailure::NoMemory);
-    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x40_0000, RW), Status::NoMem);
+    let mut r = passthrough_rig(&[]);
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    r.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
+    assert_eq!(r.drv.map(1, 0x1000, 0x1fff, 0x40_0000, RW), Status::NoMem);
     assert_eq!(
-        gpa(&d, 8, 0x1000, Access::READ),
+        gpa(&r.drv, 8, 0x1000, Access::READ),
         None,
         "guest view unchanged"
     );
-    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x40_0000, RW), Status::Ok);
-    host.0.lock().unwrap().fail_next = Some(HostFailure::Device);
-    assert_eq!(d.unmap(1, 0x1000, 0x1fff), Status::DevErr);
-    assert_eq!(gpa(&d, 8, 0x1000, Access::READ), Some(0x40_0000));
-    assert_eq!(host.0.lock().unwrap().spaces[&SpaceId::Domain(1)].len(), 1);
-    host.0.lock().unwrap().fail_next = Some(HostFailure::Device);
-    assert_eq!(d.attach(2, 8), Status::DevErr);
-    assert_eq!(d.dev.lock().state.tables.domain_of(8), Some(1));
-    assert_eq!(
-        host.0.lock().unwrap().attached[&8],
-        Some(SpaceId::Domain(1))
-    );
+    assert_eq!(r.drv.map(1, 0x1000, 0x1fff, 0x40_0000, RW), Status::Ok);
+    r.sim.fail_nth(HostOp::IoasUnmap, 1, Errno::EIO);
+    assert_eq!(r.drv.unmap(1, 0x1000, 0x1fff), Status::DevErr);
+    assert_eq!(gpa(&r.drv, 8, 0x1000, Access::READ), Some(0x40_0000));
+    assert_eq!(r.space_maps(1).map(|m| m.len()), Some(1));
+    // Domain 2's new space cannot be made.
+    r.sim.fail_nth(HostOp::IoasAlloc, 1, Errno::EIO);
+    assert_eq!(r.drv.attach(2, 8), Status::DevErr);
+    assert_eq!(r.drv.dev.lock().state.tables.domain_of(8), Some(1));
+    assert_eq!(r.place(8), Place::Shadow(1));
+    assert_eq!(r.space_maps(2), None);
 }
 
 #[test]
 fn passthrough_joining_domain_replays_its_mappings_and_bypass_uses_identity() {
-    let (mut d, host) = passthrough_driver(&[]);
-    assert_eq!(d.attach(1, 9), Status::Ok);
-    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x40_0000, R), Status::Ok);
-    assert!(
-        host.0.lock().unwrap().spaces.is_empty(),
-        "emulated only: no host space"
-    );
-    assert_eq!(d.attach(1, 8), Status::Ok);
+    let mut r = passthrough_rig(&[]);
+    assert_eq!(r.drv.attach(1, 9), Status::Ok);
+    assert_eq!(r.drv.map(1, 0x1000, 0x1fff, 0x40_0000, R), Status::Ok);
+    assert_eq!(r.space_maps(1), None, "emulated only: no host space");
+    assert_eq!(r.drv.attach(1, 8), Status::Ok);
+    assert_eq!(r.space_maps(1), Some(vec![(0x1000, 0x1000, 0x40_0000)]));
+    assert_eq!(r.drv.attach_flags(2, 8, 1), Status::Ok);
+    assert_eq!(r.place(8), Place::Identity);
+    assert_eq!(r.ioas(), Some(r.ram_ioas));
     assert_eq!(
-        host.0.lock().unwrap().spaces[&SpaceId::Domain(1)],
-        vec![(0x1000, 0x1000, 0x40_0000)]
-    );
-    assert_eq!(d.attach_flags(2, 8, 1), Status::Ok);
-    let l = host.0.lock().unwrap();
-    assert_eq!(l.attached[&8], Some(SpaceId::Identity));
-    assert!(
-        !l.spaces.contains_key(&SpaceId::Domain(1)),
+        r.space_maps(1),
+        None,
         "host space left with its last passthrough endpoint"
     );
 }
 
 #[test]
 fn passthrough_refused_by_ladder_when_host_cannot_map_input_range() {
-    let dev = VirtioIommu::<vm_memory::GuestMemoryMmap>::new(
-        &config(&["input_range=0x1_0000_0000_0000-0x2_0000_0000_0000"]),
-        DeviceOptions::default(),
+    let e = rig_with(
+        HostProfile::VtdNonest.spec(),
+        &["input_range=0x1_0000_0000_0000-0x2_0000_0000_0000"],
     )
+    .err()
     .unwrap();
-    dev.set_passthrough_host(Box::new(FakeHost::default()))
-        .unwrap();
-    let e = dev.add_passthrough(8, &host_view()).unwrap_err();
     assert!(matches!(e, crate::DeviceError::Refused(_)), "{e}");
 }
 
@@ -1198,34 +1102,42 @@ fn iommu_view_reads_guest_memory_through_the_device() {
 
 #[test]
 fn passthrough_hotplug_after_features_must_fit_what_the_driver_read() {
-    let (d, host) = passthrough_driver(&[]);
-    let mut spec = iommufd_sim::profile::HostProfile::VtdNonest.spec();
+    let r = passthrough_rig(&[]);
+    let mut spec = HostProfile::VtdNonest.spec();
     spec.aperture.last = Iova((1 << 39) - 1);
     let smaller = spec.host_view();
-    let e = d.dev.add_passthrough(9, &smaller).unwrap_err();
+    let Err((e, _)) = r.plug(9, &smaller) else {
+        panic!("a host narrower than the input range the driver read was accepted");
+    };
     assert!(matches!(e, crate::DeviceError::Refused(_)), "{e}");
-    assert!(!host.0.lock().unwrap().attached.contains_key(&9));
-    d.dev.add_passthrough(10, &host_view()).unwrap();
-    assert_eq!(host.0.lock().unwrap().attached[&10], None, "joins blocked");
+    assert_eq!(r.place(9), Place::Blocked);
+    let view = HostProfile::VtdNonest.spec().host_view();
+    let (id, _) = r.plug(10, &view).map_err(|(e, _)| e).unwrap();
+    assert_eq!(r.place(10), Place::Blocked, "joins blocked");
+    assert_eq!(r.sim.attachment(id, None), None);
 }
 
 #[test]
 fn passthrough_host_set_once() {
-    let (d, _) = passthrough_driver(&[]);
-    assert!(
-        d.dev
-            .set_passthrough_host(Box::new(FakeHost::default()))
-            .is_err()
-    );
+    let r = passthrough_rig(&[]);
+    let host: nesting_core::host::objects::SharedHost = r.sim.clone();
+    let ram = nesting_core::ram::GuestRam::from_guest_memory(&*r.drv.mem).unwrap();
+    let ram = Arc::new(nesting_core::ram::RamIoas::new(&host, ram).unwrap());
+    assert!(matches!(
+        r.drv.dev.set_passthrough_host(host, ram),
+        Err(crate::DeviceError::HostAlreadySet)
+    ));
 }
 
 #[test]
 fn passthrough_endpoint_incompatible_with_domain_is_unsupp() {
-    let (mut d, host) = passthrough_driver(&[]);
-    host.0.lock().unwrap().fail_next = Some(HostFailure::Incompatible);
-    assert_eq!(d.attach(1, 8), Status::Unsupp);
-    assert_eq!(d.dev.lock().state.tables.domain_of(8), None);
-    assert_eq!(host.0.lock().unwrap().attached[&8], None);
+    let mut r = passthrough_rig(&[]);
+    r.sim.fail_nth(HostOp::Attach, 1, Errno::EINVAL);
+    assert_eq!(r.drv.attach(1, 8), Status::Unsupp);
+    assert_eq!(r.drv.dev.lock().state.tables.domain_of(8), None);
+    assert_eq!(r.place(8), Place::Blocked);
+    assert_eq!(r.sim.attachment(r.dev_id, None), None);
+    assert_eq!(r.space_maps(1), None);
 }
 
 #[test]

@@ -162,6 +162,7 @@ fn stage_space_limit_refused_before_the_host() {
         }
     ));
     assert!(e.is_no_memory());
+    assert_eq!(e.host_op(), None, "refused before the host");
     assert_eq!(host_calls(&r.sim), 0);
 }
 
@@ -180,6 +181,7 @@ fn stage_refused_attach_undoes_the_new_space_and_earlier_moves() {
         .unwrap_err();
     assert_eq!(e.step(), 2);
     assert!(e.is_no_memory());
+    assert_eq!(e.host_op(), Some(HostOp::Attach), "the attach refused it");
     assert_eq!(r.reg.place((8, None)), Place::Blocked);
     assert_eq!(r.reg.place((9, None)), Place::Blocked);
     assert!(r.reg.space(&1).is_none(), "the new space is gone");
@@ -213,6 +215,10 @@ fn stage_refused_second_sync_restores_the_first_space() {
         map(2, 0x2000, 0x9000, PAGE),
     ]));
     assert!(matches!(e, Err(StageError::Host { step: 2, .. })), "{e:?}");
+    assert_eq!(
+        e.as_ref().err().and_then(StageError::host_op),
+        Some(HostOp::IoasMap)
+    );
     assert_eq!(r.host_maps(1), before1, "space 1 restored");
     assert_eq!(r.host_maps(2), before2, "space 2 rolled back by its engine");
     let guest1: Vec<u64> = r

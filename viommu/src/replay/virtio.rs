@@ -4,19 +4,19 @@
 //! queue set-up, descriptor chains published on a split ring and notified,
 //! and DMA translations of endpoints.
 //!
-//! Passthrough endpoints are shadowed through the shadow engine
-//! ([`ShadowHost`] over the runner's simulated iommufd and RAM IOAS) and
-//! decided by the device ([`VirtioIommu::add_passthrough`]: the ladder, or
-//! the hot-plug rule once the driver has read the configuration).
+//! Passthrough endpoints are handed to the device, which shadows them
+//! through nesting-core's passthrough registry over the runner's simulated
+//! iommufd and RAM IOAS, and decides ([`VirtioIommu::add_passthrough`]: the
+//! ladder, or the hot-plug rule once the driver has read the
+//! configuration).
 
 use std::sync::Arc;
 
 use nesting_core::host::objects::BoundDevice;
-use nesting_core::ladder::{Adjustments, Check, Decision, DecisionKind};
+use nesting_core::ladder::Decision;
 use nesting_core::types::Access;
 use virtio_iommu::VirtioIommuConfig;
 use virtio_iommu::driver::SplitRing;
-use virtio_iommu::nesting::{ShadowHost, ShadowHostError};
 use virtio_iommu::protocol::NUM_QUEUES;
 use virtio_iommu::{DeviceError, DeviceOptions, VirtioIommu};
 use vm_memory::GuestMemoryMmap;
@@ -28,8 +28,8 @@ use super::{Env, ModelError, Passthrough, ReplayModel};
 pub struct VirtioReplay {
     dev: Result<VirtioIommu<GuestMemoryMmap>, String>,
     rings: [Option<SplitRing>; NUM_QUEUES],
-    /// The shadow engine's handle, made at the first passthrough device.
-    shadow: Option<ShadowHost>,
+    /// The device was given the host, at the first passthrough device.
+    host_set: bool,
 }
 
 impl VirtioReplay {
@@ -40,7 +40,7 @@ impl VirtioReplay {
             dev: VirtioIommu::new(cfg, DeviceOptions::default())
                 .map_err(|e| format!("virtio-iommu device refused: {}", chain(&e))),
             rings: [None, None],
-            shadow: None,
+            host_set: false,
         }
     }
 
@@ -92,44 +92,21 @@ impl ReplayModel for VirtioReplay {
             Ok(d) => d,
             Err(e) => return Err((ModelError::Script(e.clone()), p.device)),
         };
-        let shadow = match &self.shadow {
-            Some(s) => s.clone(),
-            None => {
-                let s = ShadowHost::new(p.host.clone(), p.ram.clone());
-                if let Err(e) = dev.set_passthrough_host(Box::new(s.clone())) {
-                    return Err((script(chain(&e)), p.device));
-                }
-                self.shadow = Some(s.clone());
-                s
+        if !self.host_set {
+            if let Err(e) = dev.set_passthrough_host(p.host.clone(), p.ram.clone()) {
+                return Err((script(chain(&e)), p.device));
             }
-        };
-        if let Err(ShadowHostError::EndpointTaken { device, .. }) =
-            shadow.add_device(p.sid, p.device)
-        {
-            let e = DeviceError::AlreadyPassthrough(p.sid);
-            return Err((script(chain(&e)), *device));
+            self.host_set = true;
         }
-        match dev.add_passthrough(p.sid, &p.view) {
+        match dev.add_passthrough(p.sid, p.device, &p.view) {
             Ok(decision) => Ok(decision),
             // Refused: the device is dropped (unbound), as the runner
             // expects of a refused device.
-            Err(DeviceError::Refused(decision)) => {
-                drop(shadow.remove_device(p.sid));
+            Err((DeviceError::Refused(decision), device)) => {
+                drop(device);
                 Ok(*decision)
             }
-            Err(e) => match shadow.remove_device(p.sid) {
-                Some(device) => Err((script(chain(&e)), device)),
-                None => Ok(Decision {
-                    kind: DecisionKind::Refuse,
-                    checks: vec![Check {
-                        name: "host",
-                        passed: false,
-                        detail: chain(&e),
-                    }],
-                    reason: chain(&e),
-                    adjust: Adjustments::default(),
-                }),
-            },
+            Err((e, device)) => Err((script(chain(&e)), device)),
         }
     }
 
