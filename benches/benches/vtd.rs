@@ -1,11 +1,17 @@
 //! VT-d model: translate hit and miss for 4-level second-stage (legacy)
 //! and first-stage (scalable) tables, queued invalidation descriptors
-//! processed per second, and ATS translation requests (device-TLB fills).
+//! processed per second, ATS translation requests (device-TLB fills), and
+//! passthrough devices: the cost of a guest map or unmap of a shadowed
+//! device and of a batch of stage-1 invalidations of a nested one, each
+//! through to the simulated host before the wait completes.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::options::ModelOptions;
+use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Access, Bdf, Iova};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd::VtdConfig;
@@ -147,5 +153,87 @@ fn ats(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, translate, queue, ats);
+/// A unit of `opts` with `SID` a passthrough device on a simulated host of
+/// `profile`, its guest memory and the page allocator for its tables.
+fn passthrough_unit(
+    profile: iommufd_sim::profile::HostProfile,
+    opts: &[&str],
+) -> (
+    Vtd,
+    GuestMemoryMmap,
+    PageAlloc,
+    Arc<iommufd_sim::SimIommufd>,
+) {
+    let (mem, a) = mem();
+    let mut vtd = Vtd::new(config(opts));
+    let spec = profile.spec();
+    let sim = Arc::new(iommufd_sim::SimIommufd::with_host(spec.clone()));
+    let host: SharedHost = sim.clone();
+    let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&mem).unwrap()).unwrap());
+    vtd.enable_passthrough(host.clone(), ram);
+    let dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+    vtd.add_passthrough(&mem, SID, dev, spec.host_view())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    (vtd, mem, a, sim)
+}
+
+fn passthrough(c: &mut Criterion) {
+    use iommufd_sim::profile::HostProfile;
+    use nesting_core::host::HostOp;
+    let mut g = c.benchmark_group("vtd passthrough");
+    // Shadowed: Linux's map and unmap of one 4 KiB page in caching mode,
+    // each a page-selective IOTLB invalidation and a wait; one host call
+    // each, done before the wait completes.
+    let (mut vtd, mem, mut a, sim) =
+        passthrough_unit(HostProfile::VtdNonest, &["mode=legacy", "cm=1"]);
+    let t = LegacyTables::new(&mem, &mut a);
+    let sl = SlTables::new(&mem, &mut a, 4);
+    t.set_context(&mem, &mut a, SID, 1, 0, 2, sl.root, false);
+    let queue = probe_like_linux(&mut vtd, &mem, &mut a, t.root).queue;
+    let mut s = Setup { mem, vtd, queue };
+    let inv = [desc::iotlb_page(1, 1 << 30, 0, false)];
+    sim.reset_counters();
+    sl.map(&s.mem, &mut a, 1 << 30, 0x10_0000, 12, true, true);
+    assert!(s.queue.submit(&mut s.vtd, &s.mem, &inv));
+    sl.unmap(&s.mem, 1 << 30, 12);
+    assert!(s.queue.submit(&mut s.vtd, &s.mem, &inv));
+    assert_eq!(sim.calls(HostOp::IoasCopy) + sim.calls(HostOp::IoasMap), 1);
+    assert_eq!(sim.calls(HostOp::IoasUnmap), 1);
+    g.bench_function(
+        "shadowed 4 KiB map + unmap (two invalidations and waits)",
+        |b| {
+            b.iter(|| {
+                sl.map(&s.mem, &mut a, 1 << 30, 0x10_0000, 12, true, true);
+                assert!(s.queue.submit(&mut s.vtd, &s.mem, &inv));
+                sl.unmap(&s.mem, 1 << 30, 12);
+                assert!(s.queue.submit(&mut s.vtd, &s.mem, &inv));
+            })
+        },
+    );
+    // Nested: 64 PASID-based IOTLB invalidations and a wait are one
+    // IOMMU_HWPT_INVALIDATE, sent before the wait completes.
+    let (mut vtd, mem, mut a, sim) = passthrough_unit(HostProfile::VtdNest, &[]);
+    let t = ScalableTables::new(&mem, &mut a);
+    let dir = t.set_context(&mem, &mut a, SID, 0, 0);
+    let fs = FsTables::new(&mem, &mut a, 4);
+    let pe = PasidSetup::first_stage(1, fs.root, 4, false, false);
+    t.set_pasid(&mem, &mut a, dir, 0, &pe);
+    let queue = probe_like_linux(&mut vtd, &mem, &mut a, t.root).queue;
+    let mut n = Setup { mem, vtd, queue };
+    let batch: Vec<[u64; 2]> = (0..64u64)
+        .map(|i| desc::pasid_iotlb(1, 0, Some((i << 12, 0, true))))
+        .collect();
+    sim.reset_counters();
+    assert!(n.queue.submit(&mut n.vtd, &n.mem, &batch));
+    assert_eq!(sim.calls(HostOp::HwptInvalidate), 1);
+    g.throughput(Throughput::Elements(65));
+    g.bench_function(
+        "nested 64 stage-1 invalidations + wait (one host call)",
+        |b| b.iter(|| assert!(n.queue.submit(&mut n.vtd, &n.mem, &batch))),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, translate, queue, ats, passthrough);
 criterion_main!(benches);
