@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use viommu::{probe, replay};
 
 const USAGE: &str = "usage: viommu probe [...]  (viommu probe --help)
-       viommu replay FILE...
+       viommu replay [-v] FILE...
        viommu replay --defaults vtd|smmuv3|virtio-iommu";
 
 fn main() -> ExitCode {
@@ -71,41 +71,20 @@ fn run_replay(args: &[String]) -> u8 {
             eprintln!("{USAGE}");
             2
         }
-        files => {
-            let mut worst = 0;
-            let mut total = replay::Summary::default();
+        args => {
+            let verbose = matches!(args.first().map(String::as_str), Some("-v" | "--verbose"));
+            let files = if verbose { &args[1..] } else { args };
+            if files.is_empty() {
+                eprintln!("{USAGE}");
+                return 2;
+            }
             let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            let mut runner = replay::Runner::new(replay::Options { verbose }, &mut out, &mut err);
             for f in files {
-                if files.len() > 1 {
-                    let _ = writeln!(out, "== {f}");
-                }
-                let text = match std::fs::read_to_string(f) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = out.flush();
-                        eprintln!("viommu replay: {f}: {e}");
-                        worst = 2;
-                        continue;
-                    }
-                };
-                let result = replay::run_script(&text, &mut out);
-                match &result {
-                    Ok(s) => {
-                        total.passed += s.passed;
-                        total.failed += s.failed;
-                    }
-                    Err(e) => {
-                        let _ = out.flush();
-                        eprintln!("viommu replay: {f}: script error at {e}");
-                    }
-                }
-                worst = worst.max(replay::exit_code(&result));
+                runner.file(std::path::Path::new(f));
             }
-            if files.len() > 1 {
-                // The last line is always the totals (REPLAY.md).
-                let _ = writeln!(out, "{} passed, {} failed", total.passed, total.failed);
-            }
-            worst as u8
+            runner.finish().exit_code as u8
         }
     }
 }

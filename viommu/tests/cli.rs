@@ -108,8 +108,34 @@ fn replay_exit_codes_follow_the_contract() {
     let bad = script("bad.viommu", "model virtio-iommu\nfrobnicate\n");
     let o = viommu(&["replay", &ok]);
     assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert!(stdout(&o).ends_with("1 passed, 0 failed\n"), "{o:?}");
-    assert_eq!(viommu(&["replay", &fail]).status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        format!("PASS {ok} (1 checks)\n1 passed, 0 failed\n")
+    );
+    let o = viommu(&["replay", "-v", &ok]);
+    assert_eq!(
+        stdout(&o),
+        format!("ok 4\nPASS {ok} (1 checks)\n1 passed, 0 failed\n")
+    );
+    let o = viommu(&["replay", &fail]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "FAIL 3: expected 0x7, got 0x0\nFAIL {fail} (0 passed, 1 failed)\n0 passed, 1 failed\n"
+        )
+    );
+    // A script error: its line and reason on stderr, the totals still last.
+    let o = viommu(&["replay", &ok, &bad, &fail]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o).ends_with(&format!("FAIL {bad} (0 passed, 0 failed)\nFAIL 3: expected 0x7, got 0x0\nFAIL {fail} (0 passed, 1 failed)\n1 passed, 1 failed\n")),
+        "{o:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("line 2: unknown directive"),
+        "{o:?}"
+    );
     assert_eq!(viommu(&["replay", &bad]).status.code(), Some(2));
     let o = viommu(&["replay", "--defaults", "vtd"]);
     assert_eq!(o.status.code(), Some(0));
