@@ -144,6 +144,7 @@
 //! mappings).
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod config;
 pub mod device;
 pub mod domain;
