@@ -150,6 +150,7 @@ pub mod device;
 pub mod domain;
 pub mod driver;
 pub mod event;
+pub mod fdt;
 pub mod ladder;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
