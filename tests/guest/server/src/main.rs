@@ -62,7 +62,6 @@ use std::sync::Arc;
 use log::{LevelFilter, Log, Metadata, Record, error, info};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
-use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::record::Recorder;
@@ -71,9 +70,11 @@ use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
 use viommu_guest_server::virtio_record::RecordedVirtio;
 use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend, VtdMode};
 use virtio_iommu::VirtioIommuConfig;
+use virtio_iommu::acpi::{Viot, ViotIommu, ViotPciRange};
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vtd::Vtd;
 use vtd::VtdConfig;
+use vtd::acpi::{Dmar, Drhd};
 
 /// Address width of the harness's VT-d unit (the model's default).
 const VTD_ADDRESS_WIDTH: u8 = 48;
@@ -279,26 +280,30 @@ fn spawn_virtio_iommu(
     }))
 }
 
-/// The VIOT body: one PCI range per endpoint, endpoint ID = BDF.
+/// The VIOT body (virtio_iommu::acpi): the virtio-pci IOMMU at
+/// `--iommu-bdf`, one PCI range per endpoint, endpoint ID = requester ID.
 fn viot_for(a: &Args) -> Result<Vec<u8>, String> {
-    let ranges: Vec<PciRange> = endpoint_bdfs(a)
+    let mut viot = Viot::default();
+    let iommu = viot.add_iommu(ViotIommu::Pci {
+        segment: 0,
+        bdf: a.iommu_bdf,
+    });
+    viot.pci_ranges = endpoint_bdfs(a)
         .into_iter()
-        .map(|b| PciRange {
-            endpoint_start: u32::from(b.0),
-            bdf_start: b.0,
-            bdf_end: b.0,
-        })
+        .map(|b| ViotPciRange::by_requester_id(iommu, 0, b, b))
         .collect();
-    viot_body(a.iommu_bdf.0, &ranges).map_err(|e| e.to_string())
+    viot.body().map_err(|e| format!("VIOT: {e}"))
 }
 
-/// The DMAR body: one DRHD at `--vtd-base` naming every endpoint.
-fn dmar_for(a: &Args) -> Vec<u8> {
-    let devs: Vec<(u8, u8)> = endpoint_bdfs(a)
-        .into_iter()
-        .map(|b| (b.devfn() >> 3, b.devfn() & 7))
-        .collect();
-    dmar_body(VTD_ADDRESS_WIDTH, a.vtd_base, &devs)
+/// The DMAR body (vtd::acpi): one DRHD at `--vtd-base`, without
+/// INCLUDE_PCI_ALL, naming every endpoint. (QEMU's own devices, such as
+/// q35's AHCI, do not translate their DMA through our model and must stay
+/// outside.) No interrupt remapping is claimed: the model has none.
+fn dmar_for(a: &Args) -> Result<Vec<u8>, String> {
+    let mut dmar = Dmar::new(VTD_ADDRESS_WIDTH);
+    dmar.drhds
+        .push(Drhd::for_devices(a.vtd_base, 0, &endpoint_bdfs(a)));
+    dmar.body().map_err(|e| format!("DMAR: {e}"))
 }
 
 /// Binds the VT-d register function's socket and serves it on a thread.
@@ -330,7 +335,7 @@ fn run(a: &Args) -> Result<bool, String> {
         write(path, viot_for(a)?)?;
     }
     if let Some(path) = &a.write_dmar {
-        write(path, dmar_for(a))?;
+        write(path, dmar_for(a)?)?;
     }
     let Some(socket) = &a.socket else {
         return Ok(true);
@@ -438,7 +443,7 @@ mod tests {
     #[test]
     fn dmar_names_both_endpoints_with_bdf2() {
         let a = args("--write-dmar f --vtd-base febe1000 --bdf2 00:06.0").unwrap();
-        let body = dmar_for(&a);
+        let body = dmar_for(&a).unwrap();
         assert_eq!(
             u16::from_le_bytes([body[14], body[15]]),
             32,
@@ -446,5 +451,92 @@ mod tests {
         );
         assert_eq!(&body[28..36], &[1, 8, 0, 0, 0, 0, 5, 0]);
         assert_eq!(&body[36..44], &[1, 8, 0, 0, 0, 0, 6, 0]);
+    }
+
+    /// The tables the library builds are byte for byte those of the
+    /// harness's own builders (`viommu_guest_server::acpi`, before it was
+    /// replaced), for the harness's inputs and around them: endpoints at
+    /// every device and function of bus 0 alone and in pairs, the IOMMU
+    /// function anywhere on bus 0, register bases from 0 up.
+    #[test]
+    fn library_tables_equal_the_old_builders_for_bus_0() {
+        use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
+        let old_viot = |iommu: Bdf, eps: &[Bdf]| {
+            let ranges: Vec<PciRange> = eps
+                .iter()
+                .map(|b| PciRange {
+                    endpoint_start: u32::from(b.0),
+                    bdf_start: b.0,
+                    bdf_end: b.0,
+                })
+                .collect();
+            viot_body(iommu.0, &ranges).unwrap()
+        };
+        let old_dmar = |base: u64, eps: &[Bdf]| {
+            let devs: Vec<(u8, u8)> = eps
+                .iter()
+                .map(|b| (b.devfn() >> 3, b.devfn() & 7))
+                .collect();
+            dmar_body(VTD_ADDRESS_WIDTH, base, &devs)
+        };
+        let run = |s: &str| args(s).unwrap();
+        let name = |b: Bdf| format!("00:{:02x}.{:x}", b.dev(), b.func());
+        // The harness's own command lines (tests/guest/run).
+        let harness = [
+            (
+                "--write-viot f --bdf 00:05.0 --iommu-bdf 00:04.0",
+                Bdf::new(0, 4, 0),
+                vec![Bdf::new(0, 5, 0)],
+            ),
+            (
+                "--write-viot f --bdf 00:05.0 --bdf2 00:06.0 --iommu-bdf 00:04.0",
+                Bdf::new(0, 4, 0),
+                vec![Bdf::new(0, 5, 0), Bdf::new(0, 6, 0)],
+            ),
+        ];
+        for (line, iommu, eps) in &harness {
+            assert_eq!(
+                viot_for(&run(line)).unwrap(),
+                old_viot(*iommu, eps),
+                "{line}"
+            );
+        }
+        for base in [0, 0xfebe_1000, 0xc000_0000, 0x8_0000_0000, !0xfff] {
+            let line = format!("--write-dmar f --vtd-base {base:x} --bdf 00:05.0 --bdf2 00:06.0");
+            let eps = [Bdf::new(0, 5, 0), Bdf::new(0, 6, 0)];
+            assert_eq!(
+                dmar_for(&run(&line)).unwrap(),
+                old_dmar(base, &eps),
+                "{line}"
+            );
+        }
+        // Around them: every devfn of bus 0, alone and paired with the next.
+        for devfn in 0..=255u8 {
+            let ep = Bdf::new(0, devfn >> 3, devfn & 7);
+            let next = Bdf::new(0, devfn.wrapping_add(1) >> 3, devfn.wrapping_add(1) & 7);
+            let iommu = Bdf::new(0, devfn.wrapping_add(9) >> 3, devfn.wrapping_add(9) & 7);
+            let (e, n, i) = (name(ep), name(next), name(iommu));
+            let one = run(&format!("--write-viot f --bdf {e} --iommu-bdf {i}"));
+            assert_eq!(viot_for(&one).unwrap(), old_viot(iommu, &[ep]), "{e} {i}");
+            let two = run(&format!(
+                "--write-viot f --bdf {e} --bdf2 {n} --iommu-bdf {i}"
+            ));
+            assert_eq!(
+                viot_for(&two).unwrap(),
+                old_viot(iommu, &[ep, next]),
+                "{e} {n} {i}"
+            );
+            let base = 0xfed0_0000 + u64::from(devfn) * 0x1000;
+            let one = run(&format!("--write-dmar f --vtd-base {base:x} --bdf {e}"));
+            assert_eq!(dmar_for(&one).unwrap(), old_dmar(base, &[ep]), "{e}");
+            let two = run(&format!(
+                "--write-dmar f --vtd-base {base:x} --bdf {e} --bdf2 {n}"
+            ));
+            assert_eq!(
+                dmar_for(&two).unwrap(),
+                old_dmar(base, &[ep, next]),
+                "{e} {n}"
+            );
+        }
     }
 }
