@@ -102,7 +102,7 @@ pub struct ProbeCommand {
     /// The guest IOMMU model
     #[arg(long, value_name = "MODEL", value_parser = PossibleValuesParser::new(MODEL_NAMES))]
     pub model: String,
-    /// The model's options, as a script's `model` directive takes them
+    /// The model's options, as a script's model directive takes them
     /// (docs/REPLAY.md, "Model options")
     #[arg(value_name = "MODEL-KEY=VALUE")]
     pub options: Vec<String>,
