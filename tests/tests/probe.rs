@@ -114,6 +114,10 @@ fn probe_args_bad_input_is_usage_error() {
     assert!(p(&["--model"]).is_err());
     assert!(p(&["--frob", "--model", "vtd"]).is_err());
     assert!(p(&["--model", "vtd", "cm=1"]).is_ok());
+    // Model options may come before --model too (clap's positionals).
+    assert!(p(&["cm=1", "--model", "vtd"]).is_ok());
+    assert!(p(&["--model", "vtd", "--expect", "maybe"]).is_err());
+    assert!(p(&["--model", "vtd", "--expect", "shadow"]).is_ok());
     assert!(
         p(&[
             "--host",

@@ -4,7 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use viommu::replay::{exit_code, run_script};
+use viommu::replay::{Options, Runner, exit_code, run_script};
+
+/// Every bundled script, recorded ones included.
+fn bundled() -> Vec<PathBuf> {
+    scripts(&Path::new(env!("CARGO_MANIFEST_DIR")).join("replay"))
+}
 
 fn scripts(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -25,13 +30,8 @@ fn scripts(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn bundled_scenarios_all_pass() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay");
-    let files = scripts(&dir);
-    assert!(
-        !files.is_empty(),
-        "no scenario scripts under {}",
-        dir.display()
-    );
+    let files = bundled();
+    assert!(!files.is_empty(), "no scenario scripts under tests/replay");
     let mut failures = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -44,4 +44,36 @@ fn bundled_scenarios_all_pass() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The README's main job (`viommu replay tests/replay/*.viommu
+/// tests/replay/recorded/*.viommu`) prints one line per script, the
+/// passthrough decisions, and the totals: no line per passed check.
+#[test]
+fn full_replay_prints_one_line_per_script_and_the_totals() {
+    let files = bundled();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut runner = Runner::new(Options::default(), &mut out, &mut err);
+    for f in &files {
+        runner.file(f);
+    }
+    let outcome = runner.finish();
+    let out = String::from_utf8(out).unwrap();
+    assert_eq!(outcome.exit_code, 0, "{out}");
+    assert!(err.is_empty(), "{}", String::from_utf8_lossy(&err));
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with("decision "))
+        .collect();
+    assert_eq!(lines.len(), files.len() + 1, "{out}");
+    for (line, f) in lines.iter().zip(&files) {
+        let head = format!("PASS {} (", f.display());
+        assert!(
+            line.starts_with(&head) && line.ends_with(" checks)"),
+            "{line}"
+        );
+    }
+    let total = outcome.total;
+    assert!(total.passed > 1000 && total.failed == 0, "{total}");
+    assert_eq!(lines.last(), Some(&total.to_string().as_str()));
 }

@@ -1,34 +1,187 @@
 //! The output and exit-status contract of `viommu replay` (REPLAY.md,
 //! "Output and exit status"), checked on small scripts.
 
-use viommu::replay::{exit_code, run_script};
+use viommu::replay::{Options, Runner, exit_code, run_script};
 
-fn run(script: &str) -> (i32, String) {
-    let mut out = Vec::new();
-    let r = run_script(script, &mut out);
-    let code = exit_code(&r);
-    let mut text = String::from_utf8(out).unwrap();
-    if let Err(e) = r {
-        text.push_str(&format!("error {e}\n"));
+/// Replays `scripts` (name, text) as `viommu replay [-v]` would: the exit
+/// status, what it printed, and its error stream.
+fn replay(verbose: bool, scripts: &[(&str, &str)]) -> (i32, String, String) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut runner = Runner::new(Options { verbose }, &mut out, &mut err);
+    for (name, text) in scripts {
+        runner.script(name, text);
     }
-    (code, text)
+    let code = runner.finish().exit_code;
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (code, text(out), text(err))
+}
+
+/// One script named `s.viommu`: the exit status and its output, error
+/// stream included.
+fn run(script: &str) -> (i32, String) {
+    let (code, out, err) = replay(false, &[("s.viommu", script)]);
+    (code, format!("{out}{err}"))
 }
 
 #[test]
-fn passing_checks_print_ok_lines_and_summary_exit_0() {
-    let (code, out) = run("model vtd\nram 0 0x1000\nwrite32 0x10 7\nread32 0x10 == 7\n");
+fn passing_script_prints_its_pass_line_and_the_totals_exit_0() {
+    let (code, out, err) = replay(
+        false,
+        &[(
+            "s.viommu",
+            "model vtd\nram 0 0x1000\nwrite32 0x10 7\nread32 0x10 == 7\n",
+        )],
+    );
     assert_eq!(code, 0);
-    assert_eq!(out, "ok 4\n1 passed, 0 failed\n");
+    assert_eq!(out, "PASS s.viommu (1 checks)\n1 passed, 0 failed\n");
+    assert_eq!(err, "");
+}
+
+#[test]
+fn verbose_prints_every_passed_check() {
+    let (code, out, _) = replay(
+        true,
+        &[(
+            "s.viommu",
+            "model vtd\nram 0 0x1000\nwrite32 0x10 7\nread32 0x10 == 7\nread8 0x10 != 0\n",
+        )],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "ok 4\nok 5\nPASS s.viommu (2 checks)\n2 passed, 0 failed\n"
+    );
 }
 
 #[test]
 fn failed_check_prints_expected_and_got_exit_1() {
-    let (code, out) = run("model vtd\nram 0 0x1000\nread32 0x10 == 7\nread32 0x10 == 0\n");
+    let script = "model vtd\nram 0 0x1000\nread32 0x10 == 7\nread32 0x10 == 0\n";
+    let (code, out, _) = replay(false, &[("s.viommu", script)]);
     assert_eq!(code, 1);
     assert_eq!(
         out,
-        "FAIL 3: expected 0x7, got 0x0\nok 4\n1 passed, 1 failed\n"
+        "FAIL 3: expected 0x7, got 0x0\nFAIL s.viommu (1 passed, 1 failed)\n1 passed, 1 failed\n"
     );
+    // With -v the passed check is listed too, in line order.
+    let (_, out, _) = replay(true, &[("s.viommu", script)]);
+    assert!(
+        out.starts_with("FAIL 3: expected 0x7, got 0x0\nok 4\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn failed_masked_check_shows_the_value_under_the_mask() {
+    let (code, out, _) = replay(
+        false,
+        &[(
+            "s.viommu",
+            "model vtd\nram 0 0x1000\nwrite32 0x10 0x1234\nread32 0x10 & 0xff == 0x7\nread32 0x10 & 0xff00 != 0x1200\n",
+        )],
+    );
+    assert_eq!(code, 1);
+    let fails: Vec<&str> = out.lines().filter(|l| l.starts_with("FAIL 4")).collect();
+    assert_eq!(fails, ["FAIL 4: expected 0x7 (under mask 0xff), got 0x34"]);
+    assert!(
+        out.contains("FAIL 5: expected not 0x1200 (under mask 0xff00), got 0x1200\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn script_error_counts_the_checks_before_it_and_the_totals_still_close_exit_2() {
+    let (code, out, err) = replay(
+        false,
+        &[(
+            "s.viommu",
+            "model vtd\nram 0 0x1000\nread32 0x10 == 0\nread32 0x10 == 1\nram 0 0x1000\nread32 0x10 == 0\n",
+        )],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        "FAIL 4: expected 0x1, got 0x0\nFAIL s.viommu (1 passed, 1 failed)\n1 passed, 1 failed\n"
+    );
+    assert!(err.contains("s.viommu: script error at line 5: "), "{err}");
+}
+
+#[test]
+fn syntax_error_anywhere_runs_nothing_exit_2() {
+    // A script is parsed whole before it runs: a line that does not parse
+    // is reported and no check of the script is made.
+    let (code, out, err) = replay(
+        false,
+        &[(
+            "s.viommu",
+            "model vtd\nram 0 0x1000\nread32 0x10 == 0\nfrobnicate\n",
+        )],
+    );
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        "FAIL s.viommu (0 passed, 0 failed)\n0 passed, 0 failed\n"
+    );
+    assert!(err.contains("line 4: unknown directive"), "{err}");
+}
+
+#[test]
+fn several_scripts_one_line_each_totals_over_all_worst_exit_status() {
+    let ok = "model vtd\nram 0 0x1000\nread32 0 == 0\nread32 4 == 0\n";
+    let fail = "model vtd\nram 0 0x1000\nread32 0 == 1\n";
+    let bad = "model vtd\nram 0 0x1000\nread32 0 == 0\nmodel vtd\n";
+    let (code, out, _) = replay(false, &[("a", ok), ("b", fail), ("c", ok)]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        out,
+        "PASS a (2 checks)\nFAIL 3: expected 0x1, got 0x0\nFAIL b (0 passed, 1 failed)\nPASS c (2 checks)\n4 passed, 1 failed\n"
+    );
+    // A script error in the middle: the others still run, the totals count
+    // the checks made before the error, and the status is 2.
+    let (code, out, _) = replay(false, &[("a", ok), ("c", bad), ("b", fail)]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        out,
+        "PASS a (2 checks)\nFAIL c (1 passed, 0 failed)\nFAIL 3: expected 0x1, got 0x0\nFAIL b (0 passed, 1 failed)\n3 passed, 1 failed\n"
+    );
+}
+
+#[test]
+fn unreadable_file_fails_its_line_exit_2_totals_still_close() {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut runner = Runner::new(Options::default(), &mut out, &mut err);
+    assert!(runner.file("/nonexistent/x.viommu".as_ref()).is_none());
+    runner.script("a", "model vtd\nram 0 0x1000\nread32 0 == 0\n");
+    let outcome = runner.finish();
+    assert_eq!(outcome.exit_code, 2);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "FAIL /nonexistent/x.viommu (0 passed, 0 failed)\nPASS a (1 checks)\n1 passed, 0 failed\n"
+    );
+    assert!(
+        String::from_utf8(err)
+            .unwrap()
+            .contains("/nonexistent/x.viommu")
+    );
+}
+
+#[test]
+fn run_script_alone_prints_only_what_happens_during_the_run() {
+    // The library's single-script entry point (the fuzz target's): failed
+    // checks and decisions, no per-script or closing line.
+    let mut out = Vec::new();
+    let r = run_script(
+        "model vtd\nram 0 0x1000\nread32 0x10 == 7\nread32 0x10 == 0\n",
+        &mut out,
+    );
+    assert_eq!(exit_code(&r), 1);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "FAIL 3: expected 0x7, got 0x0\n"
+    );
+    assert_eq!(r.unwrap().passed, 1);
+    let r = run_script("model vtd\nfrob\n", &mut Vec::new());
+    assert_eq!(exit_code(&r), 2);
+    assert_eq!(r.unwrap_err().line, 2);
 }
 
 #[test]
@@ -82,11 +235,17 @@ fn bad_host_profile_or_key_is_script_error() {
 fn passthrough_prints_decision_line_with_reason() {
     let (code, out) = run("model smmuv3\nhost smmuv3-s2only\npassthrough 0x10 => refuse\n");
     assert_eq!(code, 0, "{out}");
-    let first = out.lines().next().unwrap();
-    assert!(first.starts_with("decision 16 refuse: "), "{first}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("decision 16 refuse: "), "{out}");
     assert!(
-        first.len() > "decision 16 refuse: ".len(),
-        "reason missing: {first}"
+        lines[0].len() > "decision 16 refuse: ".len(),
+        "reason missing: {out}"
+    );
+    // The decision comes as it happens, before the script's line.
+    assert_eq!(
+        lines[1..],
+        ["PASS s.viommu (1 checks)", "1 passed, 0 failed"]
     );
 }
 
@@ -102,7 +261,7 @@ fn host_counters_count_and_reset() {
     let script = "model virtio-iommu\nhost vtd-nonest\npassthrough 1\nhost-calls bind_device == 1\nhost-calls get_hw_info == 1\nhost-reset-counters\nhost-calls bind_device == 0\nhost-invalidations == 0\n";
     let (code, out) = run(script);
     assert_eq!(code, 0, "{out}");
-    assert!(out.ends_with("4 passed, 0 failed\n"), "{out}");
+    assert!(out.ends_with("(4 checks)\n4 passed, 0 failed\n"), "{out}");
 }
 
 #[test]

@@ -1,46 +1,95 @@
 //! `viommu`: probe a host IOMMU, replay scenario scripts.
+//!
+//! The command line is parsed with clap (usage errors exit with status 2);
+//! the work is the library's. Logs go to stderr through env_logger,
+//! filtered by `RUST_LOG` (errors only by default).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::builder::PossibleValuesParser;
+use clap::{CommandFactory, Parser, Subcommand};
+use viommu::models::MODEL_NAMES;
 use viommu::{probe, replay};
 
-const USAGE: &str = "usage: viommu probe [...]  (viommu probe --help)
-       viommu replay FILE...
-       viommu replay --defaults vtd|smmuv3|virtio-iommu";
+/// Guest IOMMUs for Rust VMMs, backed by iommufd: see how a passthrough
+/// device would be backed on a host, replay .viommu scenario scripts.
+#[derive(Debug, Parser)]
+#[command(name = "viommu", version, arg_required_else_help = true)]
+#[command(after_help = "Logging: RUST_LOG=debug (or warn, info, trace; errors only by default).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Describe the host IOMMU behind a device and decide whether a
+    /// passthrough device behind the guest model would be nested, shadowed
+    /// or refused, with the checks that decided it
+    Probe(probe::ProbeCommand),
+    /// Run .viommu scenario scripts (docs/REPLAY.md)
+    Replay(ReplayCommand),
+}
+
+/// Exit status and output of `viommu replay`, for `--help`.
+const REPLAY_HELP: &str = "Prints every failed check (FAIL LINE: expected X, got Y), each \
+passthrough decision, one PASS FILE (N checks) or FAIL FILE (N passed, N failed) line per \
+script and, last, N passed, N failed over all scripts.
+Exit status: 0 every check held, 1 a check failed, 2 a script error (on stderr with its line \
+and reason) or bad arguments.";
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = REPLAY_HELP)]
+struct ReplayCommand {
+    /// Print every passed check too (ok LINE)
+    #[arg(short, long)]
+    verbose: bool,
+    /// Print the model's default options, one KEY=VALUE per line, instead
+    /// of replaying
+    #[arg(
+        long,
+        value_name = "MODEL",
+        value_parser = PossibleValuesParser::new(MODEL_NAMES),
+        conflicts_with_all = ["files", "verbose"]
+    )]
+    defaults: Option<String>,
+    /// Scenario scripts (a file named like an option goes after --)
+    #[arg(value_name = "FILE", required_unless_present = "defaults")]
+    files: Vec<PathBuf>,
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.first().map(String::as_str) {
-        Some("probe") => run_probe(&args[1..]),
-        Some("replay") => run_replay(&args[1..]),
-        Some("--help" | "-h" | "help") => {
-            println!("{USAGE}");
-            0
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            2
-        }
+    env_logger::init();
+    let cli = Cli::parse();
+    let code = match &cli.command {
+        Command::Probe(cmd) => run_probe(cmd),
+        Command::Replay(cmd) => run_replay(cmd),
     };
     ExitCode::from(code)
 }
 
-fn run_probe(args: &[String]) -> u8 {
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{}", probe::USAGE);
-        return 0;
-    }
-    let parsed = match probe::parse_args(args) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("viommu probe: {e}\n{}", probe::USAGE);
-            return 2;
-        }
-    };
+/// A usage error found after parsing (a model option, a host profile):
+/// reported as clap reports its own, with `viommu probe`'s usage, and exit
+/// status 2.
+fn probe_usage_error(e: probe::ProbeUsageError) -> ! {
+    let mut cmd = Cli::command();
+    let probe = cmd
+        .find_subcommand_mut("probe")
+        .map(|c| c.clone().bin_name("viommu probe"));
+    probe
+        .unwrap_or(cmd)
+        .error(clap::error::ErrorKind::ValueValidation, e)
+        .exit()
+}
+
+fn run_probe(cmd: &probe::ProbeCommand) -> u8 {
+    let args = cmd.resolve().unwrap_or_else(|e| probe_usage_error(e));
+    log::debug!("probe: {:?}", args.host);
     let mut out = std::io::stdout().lock();
-    match probe::run(&parsed, &mut out) {
-        Ok(_) => 0,
+    let decision = match probe::run(&args, &mut out) {
+        Ok(d) => d,
         Err(e) => {
             let _ = out.flush();
             let mut msg = e.to_string();
@@ -50,14 +99,22 @@ fn run_probe(args: &[String]) -> u8 {
                 src = s.source();
             }
             eprintln!("viommu probe: {msg}");
+            return 1;
+        }
+    };
+    let _ = out.flush();
+    match cmd.expect {
+        Some(want) if want != decision.kind => {
+            eprintln!("viommu probe: decision {}, expected {want}", decision.kind);
             1
         }
+        _ => 0,
     }
 }
 
-fn run_replay(args: &[String]) -> u8 {
-    match args {
-        [flag, model] if flag == "--defaults" => match replay::defaults_text(model) {
+fn run_replay(cmd: &ReplayCommand) -> u8 {
+    if let Some(model) = &cmd.defaults {
+        return match replay::defaults_text(model) {
             Ok(text) => {
                 print!("{text}");
                 0
@@ -66,46 +123,18 @@ fn run_replay(args: &[String]) -> u8 {
                 eprintln!("viommu replay: {e}");
                 2
             }
-        },
-        [] => {
-            eprintln!("{USAGE}");
-            2
-        }
-        files => {
-            let mut worst = 0;
-            let mut total = replay::Summary::default();
-            let mut out = std::io::stdout().lock();
-            for f in files {
-                if files.len() > 1 {
-                    let _ = writeln!(out, "== {f}");
-                }
-                let text = match std::fs::read_to_string(f) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = out.flush();
-                        eprintln!("viommu replay: {f}: {e}");
-                        worst = 2;
-                        continue;
-                    }
-                };
-                let result = replay::run_script(&text, &mut out);
-                match &result {
-                    Ok(s) => {
-                        total.passed += s.passed;
-                        total.failed += s.failed;
-                    }
-                    Err(e) => {
-                        let _ = out.flush();
-                        eprintln!("viommu replay: {f}: script error at {e}");
-                    }
-                }
-                worst = worst.max(replay::exit_code(&result));
-            }
-            if files.len() > 1 {
-                // The last line is always the totals (REPLAY.md).
-                let _ = writeln!(out, "{} passed, {} failed", total.passed, total.failed);
-            }
-            worst as u8
-        }
+        };
     }
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    let options = replay::Options {
+        verbose: cmd.verbose,
+    };
+    let mut runner = replay::Runner::new(options, &mut out, &mut err);
+    for f in &cmd.files {
+        log::debug!("replaying {}", f.display());
+        runner.file(f);
+    }
+    let outcome = runner.finish();
+    u8::try_from(outcome.exit_code).unwrap_or(2)
 }

@@ -12,7 +12,9 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::models::GuestModel;
+use crate::models::{GuestModel, MODEL_NAMES};
+use clap::Parser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use iommufd_sim::SimIommufd;
 use iommufd_sim::profile::SimHostSpec;
 use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
@@ -20,7 +22,7 @@ use nesting_core::host::{
     DeviceSource, HostError, Iommufd, PtId, sysfs_iommu_unit, sysfs_iommu_unit_of_fd,
     take_inherited_fd,
 };
-use nesting_core::ladder::{self, Decision, HostView};
+use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
 use thiserror::Error;
 
 /// Where the host comes from.
@@ -78,18 +80,86 @@ pub struct ProbeArgs {
     pub model: GuestModel,
 }
 
+/// Profiles and keys of the simulated host, for `--help`.
+const HOST_HELP: &str = "Simulated host profiles: vtd-nest (default), vtd-nonest, smmuv3-nest, \
+smmuv3-s2only, none; keys override what the host reports: cap=, ecap= (VT-d), idr0=..idr5= \
+(SMMUv3), pgsize=, aperture=START-LAST.
+fd:N takes an inherited, already-open descriptor (as libvirt passes them).
+Exit status: 0 decided (and, with --expect, as expected), 1 the host failed or the decision \
+is not the expected one, 2 bad arguments.";
+
+/// `viommu probe`'s command line.
+#[derive(Clone, Debug, clap::Args)]
+#[command(after_help = HOST_HELP)]
+pub struct ProbeCommand {
+    /// The host: sim:PROFILE[,KEY=VALUE...] for the simulated host, or
+    /// /dev/iommu (or fd:N) for the real iommufd, with --device
+    #[arg(long, value_name = "HOST", default_value = "sim:vtd-nest")]
+    pub host: String,
+    /// The VFIO cdev device on a real host: /dev/vfio/devices/vfioN or fd:N
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
+    /// The guest IOMMU model
+    #[arg(long, value_name = "MODEL", value_parser = PossibleValuesParser::new(MODEL_NAMES))]
+    pub model: String,
+    /// The model's options, as a script's model directive takes them
+    /// (docs/REPLAY.md, "Model options")
+    #[arg(value_name = "MODEL-KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Exit with status 1 unless the decision is KIND
+    #[arg(
+        long,
+        value_name = "KIND",
+        value_parser = PossibleValuesParser::new(["nested", "shadow", "refuse"])
+            .try_map(|s| decision_kind(&s).ok_or(format!("unknown decision {s:?}")))
+    )]
+    pub expect: Option<DecisionKind>,
+}
+
+/// Every decision, by the name `decision:` prints.
+const DECISION_KINDS: [DecisionKind; 3] = [
+    DecisionKind::Nested,
+    DecisionKind::Shadow,
+    DecisionKind::Refuse,
+];
+
+/// The decision `name` names.
+fn decision_kind(name: &str) -> Option<DecisionKind> {
+    DECISION_KINDS.into_iter().find(|k| k.to_string() == name)
+}
+
+impl ProbeCommand {
+    /// The host and model the command line names, checked.
+    pub fn resolve(&self) -> Result<ProbeArgs, ProbeUsageError> {
+        let opts: Vec<&str> = self.options.iter().map(String::as_str).collect();
+        let model = GuestModel::from_options(&self.model, &opts)?;
+        let host = match self.host.strip_prefix("sim:") {
+            Some(spec) => {
+                if self.device.is_some() {
+                    return Err(ProbeUsageError::DeviceWithSim);
+                }
+                HostArg::Sim(SimHostSpec::parse(spec)?)
+            }
+            None => HostArg::Real {
+                device: FileArg::parse(
+                    self.device
+                        .as_deref()
+                        .ok_or_else(|| ProbeUsageError::NoDevice(self.host.clone()))?,
+                )?,
+                iommu: FileArg::parse(&self.host)?,
+            },
+        };
+        Ok(ProbeArgs { host, model })
+    }
+}
+
 /// Bad command line: exit status 2.
 #[derive(Debug, Error)]
 pub enum ProbeUsageError {
-    /// A flag is missing its value.
-    #[error("{0} needs a value")]
-    MissingValue(&'static str),
-    /// An unknown flag or stray argument.
-    #[error("unexpected argument {0:?}")]
-    Unexpected(String),
-    /// `--model` missing.
-    #[error("--model vtd|smmuv3|virtio-iommu is required")]
-    NoModel,
+    /// The arguments do not parse (unknown flag, missing value, no
+    /// `--model`).
+    #[error(transparent)]
+    Arguments(#[from] clap::Error),
     /// A real host needs `--device`.
     #[error("--host {0} needs --device /dev/vfio/devices/vfioN")]
     NoDevice(String),
@@ -124,62 +194,20 @@ pub enum ProbeError {
     Host(#[from] HostError),
 }
 
-/// Usage text.
-pub const USAGE: &str = "usage: viommu probe [--host sim:PROFILE[,KEY=VALUE...] | --host /dev/iommu|fd:N --device /dev/vfio/devices/vfioN|fd:N] --model vtd|smmuv3|virtio-iommu [MODEL-KEY=VALUE...]
-fd:N takes an inherited, already-open descriptor (as libvirt passes them)
-profiles: vtd-nest (default), vtd-nonest, smmuv3-nest, smmuv3-s2only, none; keys cap=, ecap=, idr0=..idr5=, pgsize=, aperture=START-LAST";
+/// The command line as `viommu probe` parses it, for callers that hold
+/// the arguments after the word `probe`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "viommu probe")]
+struct ProbeCli {
+    #[command(flatten)]
+    command: ProbeCommand,
+}
 
-/// Parses `probe`'s arguments (after the word `probe`).
+/// Parses `probe`'s arguments (after the word `probe`), as the binary
+/// does.
 pub fn parse_args(args: &[String]) -> Result<ProbeArgs, ProbeUsageError> {
-    let mut host: Option<String> = None;
-    let mut device: Option<String> = None;
-    let mut model: Option<String> = None;
-    let mut opts: Vec<&str> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--host" => {
-                host = Some(
-                    it.next()
-                        .ok_or(ProbeUsageError::MissingValue("--host"))?
-                        .clone(),
-                )
-            }
-            "--device" => {
-                device = Some(
-                    it.next()
-                        .ok_or(ProbeUsageError::MissingValue("--device"))?
-                        .into(),
-                )
-            }
-            "--model" => {
-                model = Some(
-                    it.next()
-                        .ok_or(ProbeUsageError::MissingValue("--model"))?
-                        .clone(),
-                )
-            }
-            s if model.is_some() && s.contains('=') && !s.starts_with('-') => opts.push(s),
-            s => return Err(ProbeUsageError::Unexpected(s.to_string())),
-        }
-    }
-    let model = GuestModel::from_options(model.as_deref().ok_or(ProbeUsageError::NoModel)?, &opts)?;
-    let host = host.unwrap_or_else(|| "sim:vtd-nest".to_string());
-    let host = match host.strip_prefix("sim:") {
-        Some(spec) => {
-            if device.is_some() {
-                return Err(ProbeUsageError::DeviceWithSim);
-            }
-            HostArg::Sim(SimHostSpec::parse(spec)?)
-        }
-        None => HostArg::Real {
-            device: FileArg::parse(
-                &device.ok_or_else(|| ProbeUsageError::NoDevice(host.clone()))?,
-            )?,
-            iommu: FileArg::parse(&host)?,
-        },
-    };
-    Ok(ProbeArgs { host, model })
+    let argv = std::iter::once("viommu probe").chain(args.iter().map(String::as_str));
+    ProbeCli::try_parse_from(argv)?.command.resolve()
 }
 
 /// Probes one device on `host` and decides for `model`; `unit` is the

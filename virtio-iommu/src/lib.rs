@@ -144,11 +144,13 @@
 //! mappings).
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod config;
 pub mod device;
 pub mod domain;
 pub mod driver;
 pub mod event;
+pub mod fdt;
 pub mod ladder;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;

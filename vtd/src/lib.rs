@@ -61,6 +61,7 @@
 //! [`Vtd::set_interrupt_callback`]. Interrupt remapping is not modelled.
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod ats;
 pub mod fault;
 pub mod ladder;

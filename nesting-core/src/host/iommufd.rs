@@ -4,7 +4,7 @@
 //! Every trait call is one ioctl (two for `IOMMU_IOAS_IOVA_RANGES` and
 //! `IOMMU_GET_HW_INFO` when the first buffer is too small), a `read(2)` of
 //! an event queue, or a `write(2)` of a page response, made through
-//! [`super::sys`], the only module with `unsafe` code. The kernel behaviour
+//! `super::sys`, the only module with `unsafe` code. The kernel behaviour
 //! relied on is cited from the Linux 7.2 sources under
 //! `drivers/iommu/iommufd/`.
 //!

@@ -20,10 +20,12 @@ use nesting_core::ram::{GuestRam, RamIoas};
 use nesting_core::types::{Access, Iova};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
+mod output;
 pub mod parse;
 pub mod virtio;
 pub mod vtd;
 
+pub use output::{Options, Outcome, Runner, ScriptRun};
 pub use parse::{Directive, ScriptError, Width};
 use parse::{Expect, Line, TranslateExpect, parse_script};
 
@@ -172,8 +174,24 @@ pub struct Summary {
     pub failed: usize,
 }
 
+impl Summary {
+    /// Adds another run's counts.
+    pub fn add(&mut self, other: Summary) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// `N passed, N failed`, the closing line of a run (REPLAY.md).
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)
+    }
+}
+
 struct Session<'o> {
     out: &'o mut dyn Write,
+    options: Options,
     summary: Summary,
     model: Option<(GuestModel, Box<dyn ReplayModel>)>,
     mem: GuestMemoryMmap,
@@ -191,12 +209,26 @@ struct Session<'o> {
     setup_calls: BTreeMap<HostOp, u64>,
 }
 
-/// Runs one script, writing `ok`/`FAIL` lines and the closing
-/// `N passed, N failed` line to `out`. A script error stops the run.
-pub fn run_script(text: &str, out: &mut dyn Write) -> Result<Summary, ScriptError> {
-    let lines = parse_script(text)?;
+/// Runs one script, writing to `out` what happens while it runs (REPLAY.md,
+/// "Output and exit status"): a `FAIL LINE: expected X, got Y` line per
+/// failed check, with [`Options::verbose`] an `ok LINE` line per passed
+/// check, and the `decision ...` line of each passthrough device. A script
+/// error stops the run; the checks made before it are counted. The
+/// per-script and closing lines are the caller's ([`Runner`]), which knows
+/// the script's name and the other scripts.
+pub fn replay_script(text: &str, options: Options, out: &mut dyn Write) -> ScriptRun {
+    let lines = match parse_script(text) {
+        Ok(lines) => lines,
+        Err(e) => {
+            return ScriptRun {
+                summary: Summary::default(),
+                error: Some(e),
+            };
+        }
+    };
     let mut s = Session {
         out,
+        options,
         summary: Summary::default(),
         model: None,
         mem: GuestMemoryMmap::default(),
@@ -208,12 +240,18 @@ pub fn run_script(text: &str, out: &mut dyn Write) -> Result<Summary, ScriptErro
         ram: None,
         setup_calls: BTreeMap::new(),
     };
-    for line in &lines {
-        s.step(line)?;
+    let error = lines.iter().find_map(|line| s.step(line).err());
+    ScriptRun {
+        summary: s.summary,
+        error,
     }
-    let Summary { passed, failed } = s.summary;
-    let _ = writeln!(s.out, "{passed} passed, {failed} failed");
-    Ok(s.summary)
+}
+
+/// Runs one script with the default [`Options`] (failed checks and
+/// decisions only) and returns its totals, or the script error that
+/// stopped it.
+pub fn run_script(text: &str, out: &mut dyn Write) -> Result<Summary, ScriptError> {
+    replay_script(text, Options::default(), out).into_result()
 }
 
 /// Exit status for a run: 0 all passed, 1 a check failed, 2 script error.
@@ -246,7 +284,9 @@ impl Session<'_> {
     ) {
         if ok {
             self.summary.passed += 1;
-            let _ = writeln!(self.out, "ok {line}");
+            if self.options.verbose {
+                let _ = writeln!(self.out, "ok {line}");
+            }
         } else {
             self.summary.failed += 1;
             let _ = writeln!(
@@ -258,12 +298,14 @@ impl Session<'_> {
         }
     }
 
+    /// A value check; a masked check shows the value under the mask,
+    /// which is what was compared.
     fn check_value(&mut self, line: usize, expect: &Expect, actual: u64) {
         self.check(
             line,
             expect.holds(actual),
             || expect.describe(),
-            || format!("{actual:#x}"),
+            || format!("{:#x}", expect.compared(actual)),
         );
     }
 

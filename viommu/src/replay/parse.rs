@@ -89,9 +89,15 @@ pub struct Expect {
 }
 
 impl Expect {
+    /// The part of `actual` the check compares: the value under the
+    /// mask, or all of it.
+    pub fn compared(&self, actual: u64) -> u64 {
+        actual & self.mask.unwrap_or(u64::MAX)
+    }
+
     /// Whether `actual` satisfies the check.
     pub fn holds(&self, actual: u64) -> bool {
-        let v = actual & self.mask.unwrap_or(u64::MAX);
+        let v = self.compared(actual);
         match self.op {
             CmpOp::Eq => v == self.value,
             CmpOp::Ne => v != self.value,

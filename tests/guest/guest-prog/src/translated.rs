@@ -128,8 +128,8 @@ pub trait FaultLog {
 }
 
 /// virtio-iommu: the driver logs each fault record of the event queue
-/// (virtio 1.3 5.13.6.9; viommu_fault_handler: "fault from EP <id> at
-/// <address>").
+/// (virtio 1.3 5.13.6.9; `viommu_fault_handler`:
+/// `"fault from EP <id> at <address>"`).
 pub struct VirtioLog {
     kmsg: Option<sys::Kmsg>,
     pacer: Pacer,

@@ -15,7 +15,6 @@
 //! makes every IOVA the guest physical address of the same value.
 #![forbid(unsafe_code)]
 
-pub mod acpi;
 pub mod backend;
 pub mod config;
 pub mod dma;

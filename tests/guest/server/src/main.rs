@@ -62,7 +62,6 @@ use std::sync::Arc;
 use log::{LevelFilter, Log, Metadata, Record, error, info};
 use nesting_core::iotlb::Translate;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
-use viommu_guest_server::acpi::{PciRange, dmar_body, viot_body};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::record::Recorder;
@@ -71,9 +70,11 @@ use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
 use viommu_guest_server::virtio_record::RecordedVirtio;
 use viommu_guest_server::vtd_fn::{self, HarnessVtd, VtdBackend, VtdMode};
 use virtio_iommu::VirtioIommuConfig;
+use virtio_iommu::acpi::{Viot, ViotIommu, ViotPciRange};
 use virtio_iommu::{DeviceOptions, VirtioIommu};
 use vtd::Vtd;
 use vtd::VtdConfig;
+use vtd::acpi::{Dmar, Drhd};
 
 /// Address width of the harness's VT-d unit (the model's default).
 const VTD_ADDRESS_WIDTH: u8 = 48;
@@ -279,26 +280,30 @@ fn spawn_virtio_iommu(
     }))
 }
 
-/// The VIOT body: one PCI range per endpoint, endpoint ID = BDF.
+/// The VIOT body (virtio_iommu::acpi): the virtio-pci IOMMU at
+/// `--iommu-bdf`, one PCI range per endpoint, endpoint ID = requester ID.
 fn viot_for(a: &Args) -> Result<Vec<u8>, String> {
-    let ranges: Vec<PciRange> = endpoint_bdfs(a)
+    let mut viot = Viot::default();
+    let iommu = viot.add_iommu(ViotIommu::Pci {
+        segment: 0,
+        bdf: a.iommu_bdf,
+    });
+    viot.pci_ranges = endpoint_bdfs(a)
         .into_iter()
-        .map(|b| PciRange {
-            endpoint_start: u32::from(b.0),
-            bdf_start: b.0,
-            bdf_end: b.0,
-        })
+        .map(|b| ViotPciRange::by_requester_id(iommu, 0, b, b))
         .collect();
-    viot_body(a.iommu_bdf.0, &ranges).map_err(|e| e.to_string())
+    viot.body().map_err(|e| format!("VIOT: {e}"))
 }
 
-/// The DMAR body: one DRHD at `--vtd-base` naming every endpoint.
-fn dmar_for(a: &Args) -> Vec<u8> {
-    let devs: Vec<(u8, u8)> = endpoint_bdfs(a)
-        .into_iter()
-        .map(|b| (b.devfn() >> 3, b.devfn() & 7))
-        .collect();
-    dmar_body(VTD_ADDRESS_WIDTH, a.vtd_base, &devs)
+/// The DMAR body (vtd::acpi): one DRHD at `--vtd-base`, without
+/// INCLUDE_PCI_ALL, naming every endpoint. (QEMU's own devices, such as
+/// q35's AHCI, do not translate their DMA through our model and must stay
+/// outside.) No interrupt remapping is claimed: the model has none.
+fn dmar_for(a: &Args) -> Result<Vec<u8>, String> {
+    let mut dmar = Dmar::new(VTD_ADDRESS_WIDTH);
+    dmar.drhds
+        .push(Drhd::for_devices(a.vtd_base, 0, &endpoint_bdfs(a)));
+    dmar.body().map_err(|e| format!("DMAR: {e}"))
 }
 
 /// Binds the VT-d register function's socket and serves it on a thread.
@@ -330,7 +335,7 @@ fn run(a: &Args) -> Result<bool, String> {
         write(path, viot_for(a)?)?;
     }
     if let Some(path) = &a.write_dmar {
-        write(path, dmar_for(a))?;
+        write(path, dmar_for(a)?)?;
     }
     let Some(socket) = &a.socket else {
         return Ok(true);
@@ -438,7 +443,7 @@ mod tests {
     #[test]
     fn dmar_names_both_endpoints_with_bdf2() {
         let a = args("--write-dmar f --vtd-base febe1000 --bdf2 00:06.0").unwrap();
-        let body = dmar_for(&a);
+        let body = dmar_for(&a).unwrap();
         assert_eq!(
             u16::from_le_bytes([body[14], body[15]]),
             32,
@@ -446,5 +451,31 @@ mod tests {
         );
         assert_eq!(&body[28..36], &[1, 8, 0, 0, 0, 0, 5, 0]);
         assert_eq!(&body[36..44], &[1, 8, 0, 0, 0, 0, 6, 0]);
+    }
+
+    /// The bytes the harness's matrix scenarios pass to QEMU, as the
+    /// server's own builders wrote them before the libraries took over
+    /// (captured from that build's --write-viot and --write-dmar).
+    #[test]
+    fn harness_tables_keep_their_bytes() {
+        let viot = args("--write-viot f --bdf 00:05.0 --bdf2 00:06.0 --iommu-bdf 00:04.0").unwrap();
+        #[rustfmt::skip]
+        let want: [u8; 76] = [
+            3, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            3, 0, 0x10, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            1, 0, 0x18, 0, 0x28, 0, 0, 0, 0, 0, 0, 0, 0x28, 0, 0x28, 0, 0x30, 0, 0, 0, 0, 0, 0, 0,
+            1, 0, 0x18, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0x30, 0, 0x30, 0, 0x30, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(viot_for(&viot).unwrap(), want);
+        let dmar =
+            args("--write-dmar f --vtd-base 0xfebe1000 --bdf 00:05.0 --bdf2 00:06.0").unwrap();
+        #[rustfmt::skip]
+        let want: [u8; 44] = [
+            0x2f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0x10, 0xbe, 0xfe, 0, 0, 0, 0,
+            1, 8, 0, 0, 0, 0, 5, 0,
+            1, 8, 0, 0, 0, 0, 6, 0,
+        ];
+        assert_eq!(dmar_for(&dmar).unwrap(), want);
     }
 }
