@@ -86,7 +86,11 @@ impl Smmuv3 {
     /// Unsupported Request, as does an STE with EATS = 0 (F_BAD_ATS_TREQ).
     /// A write request gets write permission only after the dirty state
     /// is updated, since the device will write without asking again.
-    pub fn translation_request<M: GuestMemory + ?Sized>(&mut self, mem: &M, r: &AtsRequest) -> AtsResponse {
+    pub fn translation_request<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        r: &AtsRequest,
+    ) -> AtsResponse {
         if !self.caps.ats || !self.enabled() {
             return AtsResponse::UnsupportedRequest;
         }

@@ -174,8 +174,7 @@ impl Cd {
         }
         let granule = tg.filter(|g| caps.has_granule(*g)).ok_or(BadCd::Granule)?;
         let oa = caps.effective_ps(self.ips(), granule);
-        let mut t =
-            TableConfig::stage1(granule, u32::from(tsz), ttb, oa).ok_or(BadCd::Tsz)?;
+        let mut t = TableConfig::stage1(granule, u32::from(tsz), ttb, oa).ok_or(BadCd::Tsz)?;
         // 5.4 CD.HA/HD: IGNORED unless SMMU_IDR0.HTTU allows them.
         t.ha = self.ha() && caps.hw_access();
         t.hd = t.ha && self.hd() && caps.hw_dirty();

@@ -4,7 +4,7 @@
 //! [`Cmd`] is the 16-byte wire form with one typed accessor per field;
 //! [`Command::decode`] is total: every bit pattern decodes to a command
 //! or to [`Illegal`], which the queue reports as CERROR_ILL. Execution
-//! (`Smmuv3::process_cmdq`) is in [`crate::cmdq_exec`].
+//! (`Smmuv3::process_cmdq`) is in the private `cmdq_exec` module.
 
 use nesting_core::bits::FieldValue;
 
@@ -412,7 +412,9 @@ impl Command {
             {
                 return Err(ill);
             }
-            Opcode::TlbiNhAll => Command::TlbiNhAll { vmid: vmid(&c, caps) },
+            Opcode::TlbiNhAll => Command::TlbiNhAll {
+                vmid: vmid(&c, caps),
+            },
             Opcode::TlbiNhAsid => Command::TlbiNhAsid {
                 vmid: vmid(&c, caps),
                 asid: c.asid(),

@@ -55,7 +55,9 @@ impl Smmuv3 {
         let mut buf = [[0u64; 2]; FETCH_BATCH];
         while budget > 0 && !q.is_empty(prod, cons) {
             let n = q.contiguous(prod, cons).min(budget).min(FETCH_BATCH as u32) as usize;
-            let Some(batch) = buf.get_mut(..n) else { return };
+            let Some(batch) = buf.get_mut(..n) else {
+                return;
+            };
             let fetched = fetch(mem, &q, cons, batch);
             for raw in batch.iter().take(fetched) {
                 budget -= 1;
@@ -101,7 +103,11 @@ impl Smmuv3 {
         };
         self.commands += 1;
         match cmd {
-            Command::Sync { cs, msi_addr, msi_data } => {
+            Command::Sync {
+                cs,
+                msi_addr,
+                msi_data,
+            } => {
                 let ok = self.complete_sync(mem, q, at, offered, (cs, msi_addr, msi_data));
                 offered.first = None;
                 ok
@@ -204,7 +210,9 @@ impl Smmuv3 {
     /// Applies a command to the model's own state.
     fn execute(&mut self, cmd: &Command) {
         match *cmd {
-            Command::CfgiSte { sid } | Command::CfgiCdAll { sid } => self.drop_scope(Scope::Stream { sid }),
+            Command::CfgiSte { sid } | Command::CfgiCdAll { sid } => {
+                self.drop_scope(Scope::Stream { sid })
+            }
             Command::CfgiSteRange { first, log2 } => self.cfgi_range(first, log2),
             Command::CfgiCd { sid, ssid } => {
                 self.drop_scope(Scope::Substream { sid, ssid });
@@ -320,7 +328,9 @@ fn fetch<M: GuestMemory + ?Sized>(mem: &M, q: &Queue, cons: u32, batch: &mut [[u
     let Some(at) = q.slot(cons) else { return 0 };
     let mut bytes = [0u8; FETCH_BATCH * CMD_SIZE as usize];
     let len = batch.len() * CMD_SIZE as usize;
-    let Some(buf) = bytes.get_mut(..len) else { return 0 };
+    let Some(buf) = bytes.get_mut(..len) else {
+        return 0;
+    };
     if mem.read_bytes_at(Gpa(at), buf).is_ok() {
         for (cmd, b) in batch.iter_mut().zip(buf.chunks_exact(16)) {
             let w = |i: usize| {

@@ -271,7 +271,11 @@ impl Smmuv3 {
     /// (OVFLG == CONS.OVACKFLG). 7.2: with EVENTQ disabled (CR0.EVENTQEN
     /// = 0) events are discarded. An aborted write sets
     /// GERROR.EVTQ_ABT_ERR.
-    pub(crate) fn record_event<M: GuestMemory + ?Sized>(&mut self, mem: &M, ev: &Event) -> Recorded {
+    pub(crate) fn record_event<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        ev: &Event,
+    ) -> Recorded {
         if !cr0::EVTQEN.is_set(self.regs.get(off::CR0ACK)) {
             return Recorded::No;
         }
@@ -297,7 +301,8 @@ impl Smmuv3 {
             return Recorded::No;
         }
         let next = u64::from(q.next(prod));
-        self.regs.set(off::EVTQ_PROD, queue_ptr::WRAP_INDEX.set(prod_raw, next));
+        self.regs
+            .set(off::EVTQ_PROD, queue_ptr::WRAP_INDEX.set(prod_raw, next));
         self.signal(mem, IrqSource::EventQueue);
         Recorded::Yes
     }

@@ -162,7 +162,11 @@ impl PageTable {
         Self::with_cfg(mem, a, cfg)
     }
 
-    fn with_cfg<M: GuestMemory + ?Sized>(mem: &M, a: &mut PageAlloc, mut cfg: TableConfig) -> PageTable {
+    fn with_cfg<M: GuestMemory + ?Sized>(
+        mem: &M,
+        a: &mut PageAlloc,
+        mut cfg: TableConfig,
+    ) -> PageTable {
         let bytes = (8u64 << cfg.start_bits()).max(64);
         let align = bytes.max(1 << cfg.granule.shift());
         let root = a.alloc(mem, bytes.max(1 << cfg.granule.shift()), align);
@@ -214,7 +218,14 @@ impl PageTable {
     }
 
     /// Writes a raw descriptor in the slot of `iova` at `level`.
-    pub fn set_raw<M: GuestMemory + ?Sized>(&self, mem: &M, a: &mut PageAlloc, iova: u64, level: u32, d: u64) {
+    pub fn set_raw<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        a: &mut PageAlloc,
+        iova: u64,
+        level: u32,
+        d: u64,
+    ) {
         let slot = self.slot(mem, a, iova, level);
         wr(mem, slot, d);
     }
@@ -246,7 +257,13 @@ impl PageTable {
         Some(table + 8 * self.index(iova, level))
     }
 
-    fn slot<M: GuestMemory + ?Sized>(&self, mem: &M, a: &mut PageAlloc, iova: u64, level: u32) -> u64 {
+    fn slot<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        a: &mut PageAlloc,
+        iova: u64,
+        level: u32,
+    ) -> u64 {
         let page = 1u64 << self.cfg.granule.shift();
         let mut table = self.root_pa;
         for l in self.cfg.start_level..level {
@@ -300,7 +317,12 @@ fn tsz(t: &PageTable) -> u8 {
 
 /// A stage-2-only STE.
 pub fn s2_ste(vmid: u16, t: &PageTable, ps: u8) -> Ste {
-    with_s2(Ste::default().with_v(true).with_config(SteMode::S2), vmid, t, ps)
+    with_s2(
+        Ste::default().with_v(true).with_config(SteMode::S2),
+        vmid,
+        t,
+        ps,
+    )
 }
 
 /// The CD Linux writes (`arm_smmu_make_s1_cd`): TTB0 region of `t`, EPD1,
@@ -340,7 +362,11 @@ pub mod cmd {
     }
     /// CMD_CFGI_CD.
     pub fn cfgi_cd(sid: u32, ssid: u32) -> [u64; 2] {
-        op(Opcode::CfgiCd).with_sid(sid).with_ssid(ssid).with_leaf(true).0
+        op(Opcode::CfgiCd)
+            .with_sid(sid)
+            .with_ssid(ssid)
+            .with_leaf(true)
+            .0
     }
     /// CMD_CFGI_CD_ALL.
     pub fn cfgi_cd_all(sid: u32) -> [u64; 2] {
@@ -443,7 +469,12 @@ pub struct DriverQueue {
 }
 
 impl DriverQueue {
-    fn new<M: GuestMemory + ?Sized>(mem: &M, a: &mut PageAlloc, log2: u8, entry: u64) -> DriverQueue {
+    fn new<M: GuestMemory + ?Sized>(
+        mem: &M,
+        a: &mut PageAlloc,
+        log2: u8,
+        entry: u64,
+    ) -> DriverQueue {
         let bytes = entry << log2;
         DriverQueue {
             base: a.alloc(mem, bytes, bytes.max(32)),
@@ -641,34 +672,58 @@ impl Driver {
         }
     }
 
-    fn write_reg_sync(&mut self, smmu: &mut Smmuv3, mem: &(impl GuestMemory + ?Sized), val: u64, reg: u64, ack: u64) -> Result<(), ProbeError> {
+    fn write_reg_sync(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &(impl GuestMemory + ?Sized),
+        val: u64,
+        reg: u64,
+        ack: u64,
+    ) -> Result<(), ProbeError> {
         smmu.mmio_write(mem, reg, 4, val);
         poll(smmu, ack, |v| v == val)
     }
 
     /// `arm_smmu_update_gbpa`: wait for Update clear, write the new fields
     /// with Update, wait for Update clear again.
-    pub fn update_gbpa<M: GuestMemory + ?Sized>(&self, smmu: &mut Smmuv3, mem: &M, set: u64, clr: u64) -> Result<(), ProbeError> {
+    pub fn update_gbpa<M: GuestMemory + ?Sized>(
+        &self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+        set: u64,
+        clr: u64,
+    ) -> Result<(), ProbeError> {
         poll(smmu, off::GBPA, |v| !gbpa::UPDATE.is_set(v))?;
         let reg = (smmu.mmio_read(off::GBPA, 4) & !clr) | set;
         smmu.mmio_write(mem, off::GBPA, 4, reg | gbpa::UPDATE.mask());
         poll(smmu, off::GBPA, |v| !gbpa::UPDATE.is_set(v))
     }
 
-    fn reset<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M, idr0: Idr0) -> Result<(), ProbeError> {
+    fn reset<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+        idr0: Idr0,
+    ) -> Result<(), ProbeError> {
         if cr0::SMMUEN.is_set(smmu.mmio_read(off::CR0, 4)) {
             self.update_gbpa(smmu, mem, gbpa::ABORT.mask(), 0)?;
         }
         self.write_reg_sync(smmu, mem, 0, off::CR0, off::CR0ACK)?;
         // CR1: tables and queues inner shareable, write-back.
-        smmu.mmio_write(mem, off::CR1, 4, (3 << 10) | (1 << 8) | (1 << 6) | (3 << 4) | (1 << 2) | 1);
+        smmu.mmio_write(
+            mem,
+            off::CR1,
+            4,
+            (3 << 10) | (1 << 8) | (1 << 6) | (3 << 4) | (1 << 2) | 1,
+        );
         // CR2: PTM | RECINVSID.
         smmu.mmio_write(mem, off::CR2, 4, 0b110);
         let (base, cfg) = match &self.strtab {
             DriverStrtab::Linear { base, log2 } => (*base, u64::from(*log2)),
-            DriverStrtab::TwoLevel { l1, log2, .. } => {
-                (*l1, (1 << 16) | (u64::from(STRTAB_SPLIT) << 6) | u64::from(*log2))
-            }
+            DriverStrtab::TwoLevel { l1, log2, .. } => (
+                *l1,
+                (1 << 16) | (u64::from(STRTAB_SPLIT) << 6) | u64::from(*log2),
+            ),
         };
         smmu.mmio_write(mem, off::STRTAB_BASE, 8, base | (1 << 62));
         smmu.mmio_write(mem, off::STRTAB_BASE_CFG, 4, cfg);
@@ -677,8 +732,14 @@ impl Driver {
         smmu.mmio_write(mem, off::CMDQ_CONS, 4, 0);
         self.enables = cr0::CMDQEN.mask();
         self.write_reg_sync(smmu, mem, self.enables, off::CR0, off::CR0ACK)?;
-        assert!(self.issue(smmu, mem, &[cmd::cfgi_all()]), "CFGI_ALL completes");
-        assert!(self.issue(smmu, mem, &[cmd::tlbi_nsnh_all()]), "TLBI_NSNH_ALL completes");
+        assert!(
+            self.issue(smmu, mem, &[cmd::cfgi_all()]),
+            "CFGI_ALL completes"
+        );
+        assert!(
+            self.issue(smmu, mem, &[cmd::tlbi_nsnh_all()]),
+            "TLBI_NSNH_ALL completes"
+        );
         smmu.mmio_write(mem, off::EVTQ_BASE, 8, self.evtq.base_reg());
         smmu.mmio_write(mem, off::EVTQ_PROD, 4, 0);
         smmu.mmio_write(mem, off::EVTQ_CONS, 4, 0);
@@ -702,7 +763,12 @@ impl Driver {
 
     /// `arm_smmu_setup_irqs`: interrupts off, MSI addresses cleared (the
     /// mock uses wired interrupts), then the enables.
-    fn setup_irqs<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M, idr0: Idr0) -> Result<(), ProbeError> {
+    fn setup_irqs<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+        idr0: Idr0,
+    ) -> Result<(), ProbeError> {
         self.write_reg_sync(smmu, mem, 0, off::IRQ_CTRL, off::IRQ_CTRLACK)?;
         smmu.mmio_write(mem, off::GERROR_IRQ_CFG0, 8, 0);
         smmu.mmio_write(mem, off::EVTQ_IRQ_CFG0, 8, 0);
@@ -717,7 +783,12 @@ impl Driver {
     /// Queues `cmds` and a CMD_SYNC (`arm_smmu_cmdq_issue_cmdlist` with
     /// sync), rings CMDQ_PROD and waits for the sync as Linux does.
     /// Returns whether the sync completed.
-    pub fn issue<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M, cmds: &[[u64; 2]]) -> bool {
+    pub fn issue<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+        cmds: &[[u64; 2]],
+    ) -> bool {
         let sync_at = self.queue_cmds(mem, cmds);
         let slot = self.cmdq.slot(sync_at, 16);
         let sync = if self.msipoll {
@@ -732,7 +803,12 @@ impl Driver {
     }
 
     /// Queues `cmds` and rings CMDQ_PROD, without a CMD_SYNC.
-    pub fn issue_no_sync<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M, cmds: &[[u64; 2]]) {
+    pub fn issue_no_sync<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+        cmds: &[[u64; 2]],
+    ) {
         self.cmdq.ptr = self.queue_cmds(mem, cmds);
         smmu.mmio_write(mem, off::CMDQ_PROD, 4, u64::from(self.cmdq.ptr));
     }
@@ -749,7 +825,13 @@ impl Driver {
 
     /// Whether the CMD_SYNC at `at` completed: the MSIPOLL word cleared,
     /// or CMDQ_CONS past it (`arm_smmu_cmdq_poll_until_sync`).
-    pub fn sync_done<M: GuestMemory + ?Sized>(&self, smmu: &Smmuv3, mem: &M, at: u32, slot: u64) -> bool {
+    pub fn sync_done<M: GuestMemory + ?Sized>(
+        &self,
+        smmu: &Smmuv3,
+        mem: &M,
+        at: u32,
+        slot: u64,
+    ) -> bool {
         if self.msipoll {
             return mem.read_u32_le(Gpa(slot)).expect("queue in RAM") == 0;
         }
@@ -762,7 +844,12 @@ impl Driver {
 
     /// The address of `sid`'s STE, making its level-2 table if needed
     /// (`arm_smmu_init_l2_strtab`: SPAN = SPLIT + 1).
-    pub fn ste_addr<M: GuestMemory + ?Sized>(&mut self, mem: &M, a: &mut PageAlloc, sid: u32) -> u64 {
+    pub fn ste_addr<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        a: &mut PageAlloc,
+        sid: u32,
+    ) -> u64 {
         match &mut self.strtab {
             DriverStrtab::Linear { base, .. } => *base + 64 * u64::from(sid),
             DriverStrtab::TwoLevel { l1, l2, .. } => {
@@ -770,9 +857,7 @@ impl Driver {
                 let l1 = *l1;
                 let table = *l2.entry(i).or_insert_with(|| {
                     let t = a.alloc(mem, 64 << STRTAB_SPLIT, 4096);
-                    let d = L1Std::default()
-                        .with_span(STRTAB_SPLIT + 1)
-                        .with_l2ptr(t);
+                    let d = L1Std::default().with_span(STRTAB_SPLIT + 1).with_l2ptr(t);
                     wr(mem, l1 + 8 * u64::from(i), d.0);
                     t
                 });
@@ -798,7 +883,12 @@ impl Driver {
     /// A CD table for `1 << cdmax` SubstreamIDs as Linux allocates it:
     /// linear up to 1024 CDs (or without CD2L), else two-level with 1024
     /// CDs per leaf. Returns (table address, two-level).
-    pub fn cd_table<M: GuestMemory + ?Sized>(mem: &M, a: &mut PageAlloc, cdmax: u8, cd2l: bool) -> (u64, bool) {
+    pub fn cd_table<M: GuestMemory + ?Sized>(
+        mem: &M,
+        a: &mut PageAlloc,
+        cdmax: u8,
+        cd2l: bool,
+    ) -> (u64, bool) {
         if !cd2l || cdmax <= 10 {
             let bytes = 64u64 << cdmax;
             (a.alloc(mem, bytes, bytes.max(64)), false)
@@ -838,14 +928,22 @@ impl Driver {
 
     /// The next event record, consumed (`arm_smmu_evtq_thread`: CONS
     /// advanced, OVACKFLG made equal to OVFLG).
-    pub fn next_event<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M) -> Option<EventRecord> {
+    pub fn next_event<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+    ) -> Option<EventRecord> {
         let q = self.evtq;
         let words: [u64; 4] = self.next_entry(smmu, mem, q, 32, off::EVTQ_PROD, off::EVTQ_CONS)?;
         Some(EventRecord(words))
     }
 
     /// The next PRI queue entry, consumed.
-    pub fn next_page_request<M: GuestMemory + ?Sized>(&mut self, smmu: &mut Smmuv3, mem: &M) -> Option<PriEntry> {
+    pub fn next_page_request<M: GuestMemory + ?Sized>(
+        &mut self,
+        smmu: &mut Smmuv3,
+        mem: &M,
+    ) -> Option<PriEntry> {
         let q = self.priq?;
         let words: [u64; 2] = self.next_entry(smmu, mem, q, 16, off::PRIQ_PROD, off::PRIQ_CONS)?;
         Some(PriEntry(words))

@@ -170,7 +170,10 @@ impl Smmuv3 {
     /// not guest RAM (return `false` if nothing takes the write: the SMMU
     /// then reports GERROR.MSI_*_ABT_ERR), wired interrupts and CMD_SYNC
     /// wake-up events (their return value is ignored).
-    pub fn set_interrupt_callback(&mut self, f: impl Fn(Interrupt) -> bool + Send + Sync + 'static) {
+    pub fn set_interrupt_callback(
+        &mut self,
+        f: impl Fn(Interrupt) -> bool + Send + Sync + 'static,
+    ) {
         self.cb.irq = Some(Arc::new(f));
     }
 
@@ -179,7 +182,10 @@ impl Smmuv3 {
     /// complete the invalidation (the next CMD_SYNC then fails with
     /// CERROR_ATC_INV_SYNC). It runs while the queue is processed, so the
     /// following CMD_SYNC completes after it.
-    pub fn set_atc_callback(&mut self, f: impl Fn(&AtcInvalidation) -> bool + Send + Sync + 'static) {
+    pub fn set_atc_callback(
+        &mut self,
+        f: impl Fn(&AtcInvalidation) -> bool + Send + Sync + 'static,
+    ) {
         self.cb.atc = Some(Arc::new(f));
     }
 
@@ -238,7 +244,13 @@ impl Smmuv3 {
     /// after everything it starts has completed (enables, command
     /// processing up to the new CMDQ_PROD). Other sizes, misaligned
     /// offsets and offsets without a register are ignored.
-    pub fn mmio_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, offset: u64, size: u32, value: u64) {
+    pub fn mmio_write<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        offset: u64,
+        size: u32,
+        value: u64,
+    ) {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
             return;
         }
@@ -274,7 +286,8 @@ impl Smmuv3 {
     /// current size are RES0; the model keeps them clear (the overflow
     /// flags and CMDQ_CONS.ERR stay).
     fn normalize_ptr(&mut self, ptr: u64, base: u64) {
-        let q = crate::queue::Queue::from_base(self.regs.get(base), crate::regs::MAX_QUEUE_LOG2, 16);
+        let q =
+            crate::queue::Queue::from_base(self.regs.get(base), crate::regs::MAX_QUEUE_LOG2, 16);
         let raw = self.regs.get(ptr);
         let v = crate::regs::queue_ptr::WRAP_INDEX.set(raw, u64::from(q.normalize(raw)));
         self.regs.set(ptr, v);
@@ -321,7 +334,8 @@ impl Smmuv3 {
     }
 
     pub(crate) fn invalidate_all(&mut self) {
-        self.iotlb.invalidate(nesting_core::iotlb::IotlbInvalidation::All);
+        self.iotlb
+            .invalidate(nesting_core::iotlb::IotlbInvalidation::All);
         self.kinds = 0;
     }
 
@@ -354,7 +368,13 @@ impl Smmuv3 {
             addr: iova.0,
             access,
         };
-        match resolve(mem, &self.caps, &self.stream_table(), &req, Purpose::Transaction) {
+        match resolve(
+            mem,
+            &self.caps,
+            &self.stream_table(),
+            &req,
+            Purpose::Transaction,
+        ) {
             Outcome::Mapped(r) => {
                 let t = to_translation(&r, access);
                 // The kind is noted even when not cached: IommuView range
@@ -426,7 +446,13 @@ impl Smmuv3 {
     /// Resolves a transaction without caching or recording anything: what
     /// a test or a nesting layer uses to see what the tables say.
     pub fn walk<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
-        resolve(mem, &self.caps, &self.stream_table(), req, Purpose::Transaction)
+        resolve(
+            mem,
+            &self.caps,
+            &self.stream_table(),
+            req,
+            Purpose::Transaction,
+        )
     }
 
     pub(crate) fn notify_pri(&self, n: &PriResponseNotice) {

@@ -97,7 +97,11 @@ pub enum PageRequestOutcome {
 
 impl Smmuv3 {
     fn priq(&self) -> Queue {
-        Queue::from_base(self.regs.get(off::PRIQ_BASE), MAX_QUEUE_LOG2, PRIQ_ENTRY_SIZE)
+        Queue::from_base(
+            self.regs.get(off::PRIQ_BASE),
+            MAX_QUEUE_LOG2,
+            PRIQ_ENTRY_SIZE,
+        )
     }
 
     /// Records a page request (IHI 0070 8). Without IDR0.PRI or with the
@@ -107,7 +111,11 @@ impl Smmuv3 {
     /// request with Success so that the device retries its translation.
     /// An aborted queue write sets GERROR.PRIQ_ABT_ERR and is answered
     /// like an overflow.
-    pub fn page_request<M: GuestMemory + ?Sized>(&mut self, mem: &M, r: &PageRequest) -> PageRequestOutcome {
+    pub fn page_request<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        r: &PageRequest,
+    ) -> PageRequestOutcome {
         let answer = |resp| {
             if r.last {
                 PageRequestOutcome::AutoResponse(resp)
@@ -125,8 +133,10 @@ impl Smmuv3 {
         if q.is_full(prod, cons) {
             let ovf = queue_ptr::OVF.is_set(prod_raw);
             if ovf == queue_ptr::OVF.is_set(cons_raw) {
-                self.regs
-                    .set(off::PRIQ_PROD, queue_ptr::OVF.set(prod_raw, u64::from(!ovf)));
+                self.regs.set(
+                    off::PRIQ_PROD,
+                    queue_ptr::OVF.set(prod_raw, u64::from(!ovf)),
+                );
                 self.signal(mem, IrqSource::PriQueue);
             }
             return answer(PriResponse::Success);

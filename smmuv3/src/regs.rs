@@ -5,7 +5,8 @@
 //! those to MMIO accesses; what a write starts (enables, queue
 //! processing, the GBPA and GERRORN protocols) is the model's business.
 //!
-//! The ID registers are computed from the options ([`idr`]); registers of
+//! The ID registers are computed from the options ([`idr0`] and the
+//! functions after it); registers of
 //! features the options leave out (the PRI queue without `pri`, the MSI
 //! configuration without `msi`) are absent and read as zero.
 //!
@@ -530,7 +531,13 @@ const fn ro(name: &'static str, offset: u64, width: RegWidth, reset: u64) -> Reg
     }
 }
 
-const fn rw(name: &'static str, offset: u64, width: RegWidth, writable: u64, lock: Lock) -> RegDesc {
+const fn rw(
+    name: &'static str,
+    offset: u64,
+    width: RegWidth,
+    writable: u64,
+    lock: Lock,
+) -> RegDesc {
     RegDesc {
         name,
         offset,
@@ -546,8 +553,7 @@ const PTR: u64 = queue_ptr::WRAP_INDEX.mask();
 /// PROD/CONS with the overflow flag.
 const PTR_OVF: u64 = PTR | queue_ptr::OVF.mask();
 /// Writable bits of a queue base register.
-const QBASE: u64 =
-    queue_base::LOG2SIZE.mask() | queue_base::ADDR.mask() | queue_base::ALLOC.mask();
+const QBASE: u64 = queue_base::LOG2SIZE.mask() | queue_base::ADDR.mask() | queue_base::ALLOC.mask();
 
 /// The full register layout of an SMMU with this configuration.
 pub fn layout(c: &Smmuv3Config) -> Vec<RegDesc> {
@@ -586,7 +592,13 @@ pub fn layout(c: &Smmuv3Config) -> Vec<RegDesc> {
         rw("SMMU_IRQ_CTRL", off::IRQ_CTRL, W32, irq, Lock::Never),
         ro("SMMU_IRQ_CTRLACK", off::IRQ_CTRLACK, W32, 0),
         ro("SMMU_GERROR", off::GERROR, W32, 0),
-        rw("SMMU_GERRORN", off::GERRORN, W32, GERROR_ERRORS, Lock::Never),
+        rw(
+            "SMMU_GERRORN",
+            off::GERRORN,
+            W32,
+            GERROR_ERRORS,
+            Lock::Never,
+        ),
         rw(
             "SMMU_STRTAB_BASE",
             off::STRTAB_BASE,
@@ -608,12 +620,22 @@ pub fn layout(c: &Smmuv3Config) -> Vec<RegDesc> {
         rw("SMMU_CMDQ_CONS", off::CMDQ_CONS, W32, PTR, Lock::Cmdq),
         rw("SMMU_EVENTQ_BASE", off::EVTQ_BASE, W64, QBASE, Lock::Evtq),
         rw("SMMU_EVENTQ_PROD", off::EVTQ_PROD, W32, PTR_OVF, Lock::Evtq),
-        rw("SMMU_EVENTQ_CONS", off::EVTQ_CONS, W32, PTR_OVF, Lock::Never),
+        rw(
+            "SMMU_EVENTQ_CONS",
+            off::EVTQ_CONS,
+            W32,
+            PTR_OVF,
+            Lock::Never,
+        ),
     ];
     if c.msi {
         v.extend(msi_regs(
             "SMMU_GERROR_IRQ_CFG",
-            [off::GERROR_IRQ_CFG0, off::GERROR_IRQ_CFG1, off::GERROR_IRQ_CFG2],
+            [
+                off::GERROR_IRQ_CFG0,
+                off::GERROR_IRQ_CFG1,
+                off::GERROR_IRQ_CFG2,
+            ],
             Lock::GerrorIrq,
         ));
         v.extend(msi_regs(

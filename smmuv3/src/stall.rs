@@ -108,7 +108,11 @@ impl StallTable {
     /// Restores saved stalls (snapshot), keeping at most [`MAX_STALLS`].
     pub fn restore(stalls: &[Stall], next: u16) -> StallTable {
         StallTable {
-            stalls: stalls.iter().take(usize::from(MAX_STALLS)).copied().collect(),
+            stalls: stalls
+                .iter()
+                .take(usize::from(MAX_STALLS))
+                .copied()
+                .collect(),
             next,
         }
     }

@@ -328,8 +328,16 @@ impl Ste {
         if (s1_on && !caps.s1p) || (s2_on && !caps.s2p) {
             return Err(BadSte::StageNotImplemented);
         }
-        let s1 = if s1_on { Some(self.decode_s1(caps)?) } else { None };
-        let s2 = if s2_on { Some(self.decode_s2(caps)?) } else { None };
+        let s1 = if s1_on {
+            Some(self.decode_s1(caps)?)
+        } else {
+            None
+        };
+        let s2 = if s2_on {
+            Some(self.decode_s2(caps)?)
+        } else {
+            None
+        };
         let eats = self.decode_eats(caps, mode)?;
         Ok(SteConfig {
             mode,

@@ -12,19 +12,19 @@ use crate::options::Smmuv3Config;
 use crate::walk::Granule;
 use crate::{Interrupt, Smmuv3, TranslateResult};
 
-//mod ats;
-//mod cache;
+mod ats;
+mod cache;
 mod cmdq;
-//mod events;
-//mod host;
-//mod instances;
-//mod priq;
+mod events;
+mod host;
+mod instances;
+mod priq;
 //mod proptests;
 mod regs;
-//mod snapshot;
-//mod stall;
+mod snapshot;
+mod stall;
 mod translate;
-//mod walk;
+mod walk;
 
 /// Guest RAM of the tests: 32 MiB at 0; tables come from the pool at
 /// 16 MiB.
@@ -85,8 +85,15 @@ impl Harness {
         Driver::probe(&mut self.smmu, &self.mem, &mut self.alloc).expect("Linux probe succeeds")
     }
 
-    pub fn translate(&mut self, sid: u32, ssid: Option<u32>, iova: u64, access: Access) -> TranslateResult {
-        self.smmu.translate(&self.mem, sid, ssid, Iova(iova), access)
+    pub fn translate(
+        &mut self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> TranslateResult {
+        self.smmu
+            .translate(&self.mem, sid, ssid, Iova(iova), access)
     }
 
     /// The translated address, or `None` on a fault.
@@ -98,15 +105,17 @@ impl Harness {
     }
 
     /// The fault's event type (panics on a translation).
-    pub fn fault(&mut self, sid: u32, ssid: Option<u32>, iova: u64, access: Access) -> Option<EventId> {
+    pub fn fault(
+        &mut self,
+        sid: u32,
+        ssid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Option<EventId> {
         match self.translate(sid, ssid, iova, access) {
             TranslateResult::Fault { event, .. } => event,
             other => panic!("expected a fault, got {other:?}"),
         }
-    }
-
-    pub fn irq_count(&self) -> usize {
-        self.irqs.lock().unwrap().len()
     }
 }
 
@@ -138,7 +147,12 @@ impl S1Setup {
         drv.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, SID, ste);
         let cd = s1_cd(ASID, &pt, 5, hd);
         drv.install_cd(&mut h.smmu, &h.mem, &mut h.alloc, cd_table, SID, 0, cd);
-        S1Setup { h, drv, pt, cd_table }
+        S1Setup {
+            h,
+            drv,
+            pt,
+            cd_table,
+        }
     }
 
     /// Maps a 4 KiB page (level 3) read/write, unprivileged.
@@ -147,7 +161,8 @@ impl S1Setup {
     }
 
     pub fn map_attrs(&mut self, iova: u64, pa: u64, level: u32, attrs: u64) {
-        self.pt.map(&self.h.mem, &mut self.h.alloc, iova, pa, level, attrs);
+        self.pt
+            .map(&self.h.mem, &mut self.h.alloc, iova, pa, level, attrs);
     }
 
     /// Issues commands with a CMD_SYNC.

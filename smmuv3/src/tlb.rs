@@ -133,11 +133,11 @@ pub fn invalidations(scope: Scope, present: u8, out: &mut Vec<IotlbInvalidation>
     };
     match scope {
         Scope::All => out.push(IotlbInvalidation::All),
-        Scope::Vmid { kinds, vmid } => out.extend(kinds_of(kinds).map(|k| {
-            IotlbInvalidation::Domain {
+        Scope::Vmid { kinds, vmid } => {
+            out.extend(kinds_of(kinds).map(|k| IotlbInvalidation::Domain {
                 domain: tag(k, vmid, None).domain,
-            }
-        })),
+            }))
+        }
         Scope::Asid { vmid, asid } => {
             out.extend(kinds_of(Kind::S1.bit() | Kind::Nested.bit()).map(|k| {
                 IotlbInvalidation::Asid {
@@ -176,10 +176,8 @@ pub fn invalidations(scope: Scope, present: u8, out: &mut Vec<IotlbInvalidation>
 }
 
 /// The kind bits of the stage-1 kinds.
-pub const STAGE1_KINDS: u8 = Kind::S1.bit()
-    | Kind::S1Global.bit()
-    | Kind::Nested.bit()
-    | Kind::NestedGlobal.bit();
+pub const STAGE1_KINDS: u8 =
+    Kind::S1.bit() | Kind::S1Global.bit() | Kind::Nested.bit() | Kind::NestedGlobal.bit();
 
 /// Every kind a VMID tags (TLBI_S12_VMALL).
 pub const VMID_KINDS: u8 = STAGE1_KINDS | Kind::S2.bit();
@@ -205,7 +203,10 @@ mod tests {
     fn asid_scope_spares_global_and_stage2_entries() {
         let v = inv(Scope::Asid { vmid: 1, asid: 5 });
         assert_eq!(v.len(), 2);
-        assert!(v.iter().all(|i| matches!(i, IotlbInvalidation::Asid { asid: 5, .. })));
+        assert!(
+            v.iter()
+                .all(|i| matches!(i, IotlbInvalidation::Asid { asid: 5, .. }))
+        );
     }
 
     #[test]

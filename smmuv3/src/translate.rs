@@ -98,7 +98,12 @@ impl Fault {
 
 /// The fault of a stage-2 walk of a stream (ATS split-stage translated
 /// transactions).
-pub(crate) fn fault_of_walk(req: &Request, access: Access, f: &WalkFault, ste: &SteConfig) -> Fault {
+pub(crate) fn fault_of_walk(
+    req: &Request,
+    access: Access,
+    f: &WalkFault,
+    ste: &SteConfig,
+) -> Fault {
     walk_fault(req, access, f, FaultCfg::of(ste, None))
 }
 
@@ -315,14 +320,16 @@ fn stage2_only<M: GuestMemory + ?Sized>(
             kind: Kind::S2,
             cacheable: true,
         }),
-        Walk::Fault(f) => {
-            Outcome::Fault(walk_fault(req, access, &f, FaultCfg::of(ste, None)))
-        }
+        Walk::Fault(f) => Outcome::Fault(walk_fault(req, access, &f, FaultCfg::of(ste, None))),
     }
 }
 
 fn mask(bits: u32) -> u64 {
-    if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
 }
 
 /// Which CD a transaction uses (IHI 0070 3.3.2; 5.2 STE.S1CDMax and
@@ -489,7 +496,13 @@ fn stage1<M: GuestMemory + ?Sized>(
     }
 }
 
-fn stage1_result(ste: &SteConfig, cd: &CdConfig, req: &Request, l: &Leaf, tagged: bool) -> Resolved {
+fn stage1_result(
+    ste: &SteConfig,
+    cd: &CdConfig,
+    req: &Request,
+    l: &Leaf,
+    tagged: bool,
+) -> Resolved {
     let (kind, asid) = if l.global {
         (Kind::S1Global, None)
     } else {

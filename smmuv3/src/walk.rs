@@ -285,15 +285,16 @@ pub mod desc {
 
 /// Output address of a descriptor whose address field starts at bit
 /// `lsb` (Arm ARM D8.3): bits 47:lsb, plus bits 51:48 from descriptor
-/// bits 15:12 with the 64 KiB granule; with 4 and 16 KiB granules bits
-/// 51:48 are taken as address bits, so a descriptor setting them fails
-/// the address size check (the model has no FEAT_LPA2).
+/// bits 15:12 with the 64 KiB granule. With 4 and 16 KiB granules bits
+/// 49:48 (RES0 without FEAT_LPA2, which the model lacks) are taken as
+/// address bits, so a descriptor setting them fails the address size
+/// check; bits 50 and up are attributes (GP, DBM, ...).
 pub fn descriptor_address(d: u64, g: Granule, lsb: u32) -> u64 {
     match g {
         Granule::G64K => {
             (d & Field::bits(47, lsb).mask()) | (u64::from(desc::Desc(d).oa_hi()) << 48)
         }
-        _ => d & Field::bits(51, lsb).mask(),
+        _ => d & Field::bits(49, lsb).mask(),
     }
 }
 
@@ -415,7 +416,11 @@ pub struct WalkReq {
 }
 
 const fn mask(bits: u32) -> u64 {
-    if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 }
+    if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    }
 }
 
 fn fault(kind: FaultKind, level: u32, cfg: &TableConfig, addr: u64) -> Walk {
@@ -508,7 +513,12 @@ fn find_leaf<M: GuestMemory + ?Sized, T: TableAccess>(
         let at = table + 8 * index;
         let pa = tables.resolve(at, false).map_err(Walk::Fault)?;
         let Some(d) = read_u64(mem, pa) else {
-            return Err(fault(FaultKind::ExternalAbort { fetch: pa }, level, cfg, addr));
+            return Err(fault(
+                FaultKind::ExternalAbort { fetch: pa },
+                level,
+                cfg,
+                addr,
+            ));
         };
         let e = desc::Desc(d);
         if !e.valid() {
@@ -574,7 +584,7 @@ fn stage1_perms(cfg: &TableConfig, e: desc::Desc, l: TableLimits, privileged: bo
     let write_now = !e.ap2_s2w() && !l.read_only;
     let write_ever = write_now || dirty_ok;
     let exec = if privileged {
-        !e.pxn() && !l.pxn && !(el0 && write_ever)
+        !(e.pxn() || l.pxn || (el0 && write_ever))
     } else {
         !e.xn() && !l.uxn
     };

@@ -78,7 +78,7 @@ pub fn cas_u64<M: GuestMemory + ?Sized>(
     old: u64,
     new: u64,
 ) -> Result<(), CasError> {
-    if gpa % 8 != 0 {
+    if !gpa.is_multiple_of(8) {
         return Err(CasError::Abort);
     }
     let mut slices = mem
@@ -126,7 +126,10 @@ mod tests {
         let mut raw = [0u8; 2];
         m.read_bytes_at(Gpa(0x100), &mut raw).unwrap();
         assert_eq!(raw, [8, 7]);
-        assert_eq!(read_qwords::<_, 2>(&m, 0x100).unwrap(), [0x0102_0304_0506_0708, 9]);
+        assert_eq!(
+            read_qwords::<_, 2>(&m, 0x100).unwrap(),
+            [0x0102_0304_0506_0708, 9]
+        );
     }
 
     #[test]

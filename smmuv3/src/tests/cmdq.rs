@@ -30,7 +30,10 @@ fn linux_probe_default_config_uses_msipoll_and_enables_everything() {
     assert_eq!(cons(&h), (4, 0));
     // The MSIPOLL word of each sync (its own slot's first word) is 0.
     assert_eq!(h.mem.read_u32_le(Gpa(d.cmdq.base + 16)).unwrap(), 0);
-    assert!(matches!(d.strtab, crate::mock::DriverStrtab::TwoLevel { log2: 16, .. }));
+    assert!(matches!(
+        d.strtab,
+        crate::mock::DriverStrtab::TwoLevel { log2: 16, .. }
+    ));
 }
 
 #[test]
@@ -38,7 +41,10 @@ fn linux_probe_without_msi_polls_cons_after_sev() {
     let mut h = Harness::new(&["msi=0", "sidsize=8", "stlevel=linear"]);
     let d = h.probe();
     assert!(!d.msipoll);
-    assert!(matches!(d.strtab, crate::mock::DriverStrtab::Linear { log2: 8, .. }));
+    assert!(matches!(
+        d.strtab,
+        crate::mock::DriverStrtab::Linear { log2: 8, .. }
+    ));
     let sevs = h
         .irqs
         .lock()
@@ -58,7 +64,13 @@ fn cmd_sync_msi_outside_ram_goes_to_callback() {
     d.issue_no_sync(&mut h.smmu, &h.mem, &[cmd::sync(1, 0x0800_0040, 0x55)]);
     let irqs = h.irqs.lock().unwrap().clone();
     assert_eq!(irqs.len(), 1);
-    assert_eq!(irqs[0].signal, Signal::Msi { addr: 0x0800_0040, data: 0x55 });
+    assert_eq!(
+        irqs[0].signal,
+        Signal::Msi {
+            addr: 0x0800_0040,
+            data: 0x55
+        }
+    );
 }
 
 #[test]
@@ -77,8 +89,16 @@ fn unknown_opcode_stops_queue_with_cerror_ill_until_ack() {
     let mut h = Harness::new(&[]);
     let mut d = h.probe();
     let bad = [0x7f, 0];
-    d.issue_no_sync(&mut h.smmu, &h.mem, &[cmd::tlbi_nh_all(0), bad, cmd::tlbi_nsnh_all()]);
-    assert_eq!(cons(&h), (5, 1), "CONS at the illegal command, ERR = CERROR_ILL");
+    d.issue_no_sync(
+        &mut h.smmu,
+        &h.mem,
+        &[cmd::tlbi_nh_all(0), bad, cmd::tlbi_nsnh_all()],
+    );
+    assert_eq!(
+        cons(&h),
+        (5, 1),
+        "CONS at the illegal command, ERR = CERROR_ILL"
+    );
     assert!(h.smmu.error_active(gerror::CMDQ_ERR));
     let before = h.smmu.commands_processed();
     // More commands do not run while the error is active.
@@ -117,7 +137,10 @@ fn ssec_and_unimplemented_commands_are_illegal() {
     let sec = Cmd(cmd::cfgi_ste(1)).with_ssec(true).0;
     assert_eq!(Command::decode(sec, &caps), Err(Illegal::Secure));
     let nested = Caps::new(&super::config(&["stages=s2", "ssidsize=0"]));
-    assert!(Command::decode(cmd::tlbi_nh_all(0), &nested).is_err(), "no stage 1");
+    assert!(
+        Command::decode(cmd::tlbi_nh_all(0), &nested).is_err(),
+        "no stage 1"
+    );
     assert!(Command::decode(s2, &nested).is_ok());
 }
 

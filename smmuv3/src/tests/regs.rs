@@ -94,7 +94,10 @@ fn gbpa_update_like_linux_sets_abort_then_bypass_aborts_dma() {
     let d = Driver::probe(&mut h.smmu, &h.mem, &mut h.alloc).unwrap();
     d.update_gbpa(&mut h.smmu, &h.mem, 1 << 20, 0).unwrap();
     h.write32(off::CR0, 0);
-    assert_eq!(h.gpa(1, None, 0x1000, nesting_core::types::Access::READ), None);
+    assert_eq!(
+        h.gpa(1, None, 0x1000, nesting_core::types::Access::READ),
+        None
+    );
     d.update_gbpa(&mut h.smmu, &h.mem, 0, 1 << 20).unwrap();
     assert_eq!(
         h.gpa(1, None, 0x1000, nesting_core::types::Access::READ),
@@ -152,7 +155,11 @@ fn msi_cfg_read_only_while_its_irq_enabled() {
     h.write64(off::EVTQ_IRQ_CFG0, 0x0900_0040);
     assert_eq!(h.read64(off::EVTQ_IRQ_CFG0), 0x0800_0040);
     h.write64(off::GERROR_IRQ_CFG0, 0x0900_0041);
-    assert_eq!(h.read64(off::GERROR_IRQ_CFG0), 0x0900_0040, "ADDR[1:0] RES0");
+    assert_eq!(
+        h.read64(off::GERROR_IRQ_CFG0),
+        0x0900_0040,
+        "ADDR[1:0] RES0"
+    );
 }
 
 #[test]
@@ -191,9 +198,20 @@ fn odd_access_sizes_are_raz_wi() {
     assert_eq!(h.read32(off::CMDQ_PROD), 0);
     assert_eq!(h.read64(off::IDR0), 0);
     // 8- and 16-bit, misaligned, out of range: RAZ/WI, never a panic.
-    for (size, offset) in [(1, 0x20), (2, 0x20), (4, 0x22), (8, 0x84), (4, u64::MAX - 3), (8, 0x2_0000)] {
+    for (size, offset) in [
+        (1, 0x20),
+        (2, 0x20),
+        (4, 0x22),
+        (8, 0x84),
+        (4, u64::MAX - 3),
+        (8, 0x2_0000),
+    ] {
         h.smmu.mmio_write(&h.mem, offset, size, u64::MAX);
-        assert_eq!(h.smmu.mmio_read(offset, size), 0, "size {size} at {offset:#x}");
+        assert_eq!(
+            h.smmu.mmio_read(offset, size),
+            0,
+            "size {size} at {offset:#x}"
+        );
     }
     assert_eq!(h.read32(off::CR0), 0);
 }

@@ -4,6 +4,7 @@
 use nesting_core::types::Access;
 
 use super::{ASID, Harness, S1Setup, SID};
+use crate::TranslateResult;
 use crate::cd::Cd;
 use crate::event::EventId;
 use crate::mock::{Driver, PageTable, cdtable_ste, cmd, pte, s1_cd, s2_ste, with_s2};
@@ -11,7 +12,6 @@ use crate::regs::off;
 use crate::strtab::{Ste, SteMode};
 use crate::walk::Granule;
 use crate::wire::write_qwords;
-use crate::TranslateResult;
 
 const R: Access = Access::READ;
 const W: Access = Access::WRITE;
@@ -58,17 +58,38 @@ fn event_record_golden_bytes_of_f_translation() {
     let e = s.next_event().unwrap();
     // Word 0: type 0x10, SID 0x10 at [63:32]; word 1: RnW (bit 35), InD
     // (34), CLASS IN (0b10 at 41:40); word 2: the input address.
-    assert_eq!(e.0, [0x10_0000_0010, (1 << 35) | (1 << 34) | (2 << 40), 0x4000_0123, 0]);
+    assert_eq!(
+        e.0,
+        [
+            0x10_0000_0010,
+            (1 << 35) | (1 << 34) | (2 << 40),
+            0x4000_0123,
+            0
+        ]
+    );
 }
 
 #[test]
 fn cd_record_clear_suppresses_translation_faults() {
     let mut s = S1Setup::new(&[]);
     let cd = s1_cd(ASID, &s.pt, 5, true).with_r(false);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
     let r = s.h.translate(SID, None, 0x4000_0000, R);
-    assert!(matches!(r, TranslateResult::Fault { recorded: false, .. }));
+    assert!(matches!(
+        r,
+        TranslateResult::Fault {
+            recorded: false,
+            ..
+        }
+    ));
     assert!(s.next_event().is_none());
 }
 
@@ -76,8 +97,15 @@ fn cd_record_clear_suppresses_translation_faults() {
 fn cd_abort_clear_terminates_as_raz_wi() {
     let mut s = S1Setup::new(&[]);
     let cd = s1_cd(ASID, &s.pt, 5, true).with_a(false);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
     let r = s.h.translate(SID, None, 0x4000_0000, R);
     assert!(matches!(r, TranslateResult::Fault { abort: false, .. }));
 }
@@ -85,8 +113,13 @@ fn cd_abort_clear_terminates_as_raz_wi() {
 #[test]
 fn invalid_ste_is_c_bad_ste() {
     let mut s = S1Setup::new(&[]);
-    s.drv
-        .install_ste(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, 0x20, Ste::default());
+    s.drv.install_ste(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x20,
+        Ste::default(),
+    );
     assert_eq!(s.h.fault(0x20, None, 0, R), Some(EventId::BadSte));
     let e = s.next_event().unwrap();
     assert_eq!((e.id(), e.sid()), (EventId::BadSte, 0x20));
@@ -110,7 +143,10 @@ fn ste_bypass_is_identity_and_rejects_substreams() {
     s.drv
         .install_ste(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, 0x22, ste);
     assert_eq!(s.h.gpa(0x22, None, 0x7654_3210, W), Some(0x7654_3210));
-    assert_eq!(s.h.fault(0x22, Some(1), 0, R), Some(EventId::BadSubstreamId));
+    assert_eq!(
+        s.h.fault(0x22, Some(1), 0, R),
+        Some(EventId::BadSubstreamId)
+    );
 }
 
 #[test]
@@ -133,7 +169,11 @@ fn illegal_ste_combinations_are_c_bad_ste() {
         let sid = 0x30 + i as u32;
         s.drv
             .install_ste(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, sid, ste);
-        assert_eq!(s.h.fault(sid, None, 0, R), Some(EventId::BadSte), "case {i}");
+        assert_eq!(
+            s.h.fault(sid, None, 0, R),
+            Some(EventId::BadSte),
+            "case {i}"
+        );
     }
 }
 
@@ -206,18 +246,38 @@ fn strtab_not_in_ram_is_f_ste_fetch_with_address() {
 fn substreams_select_cds_and_out_of_range_is_c_bad_substreamid() {
     let mut s = S1Setup::with(&[], Granule::G4K, 48, 4);
     let pt2 = PageTable::stage1(&s.h.mem, &mut s.h.alloc, Granule::G4K, 48, 48);
-    pt2.map(&s.h.mem, &mut s.h.alloc, 0x1000, 0xa000, 3, pte::s1(true, false, false));
+    pt2.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        0x1000,
+        0xa000,
+        3,
+        pte::s1(true, false, false),
+    );
     s.map(0x1000, 0xb000);
     let cd = s1_cd(9, &pt2, 5, false);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 3, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        3,
+        cd,
+    );
     assert_eq!(s.h.gpa(SID, Some(3), 0x1000, R), Some(0xa000));
     // No SubstreamID: S1DSS = SSID0 uses CD 0.
     assert_eq!(s.h.gpa(SID, None, 0x1000, R), Some(0xb000));
     // SubstreamID 0 is illegal with S1DSS = SSID0; 16 is out of range; a
     // valid SubstreamID with an invalid CD is C_BAD_CD.
-    assert_eq!(s.h.fault(SID, Some(0), 0x1000, R), Some(EventId::BadSubstreamId));
-    assert_eq!(s.h.fault(SID, Some(16), 0x1000, R), Some(EventId::BadSubstreamId));
+    assert_eq!(
+        s.h.fault(SID, Some(0), 0x1000, R),
+        Some(EventId::BadSubstreamId)
+    );
+    assert_eq!(
+        s.h.fault(SID, Some(16), 0x1000, R),
+        Some(EventId::BadSubstreamId)
+    );
     assert_eq!(s.h.fault(SID, Some(4), 0x1000, R), Some(EventId::BadCd));
     let e = s.next_event().unwrap();
     assert!(e.ssv());
@@ -240,13 +300,26 @@ fn s1dss_terminate_and_bypass() {
 #[test]
 fn two_level_cd_table_resolves_and_invalid_l1_is_c_bad_substreamid() {
     let mut s = S1Setup::with(&[], Granule::G4K, 48, 12);
-    assert!(s.cd_table.1, "12 SubstreamID bits make a two-level CD table");
+    assert!(
+        s.cd_table.1,
+        "12 SubstreamID bits make a two-level CD table"
+    );
     s.map(0x2000, 0xc000);
     let cd = s1_cd(7, &s.pt, 5, false);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0x805, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0x805,
+        cd,
+    );
     assert_eq!(s.h.gpa(SID, Some(0x805), 0x2000, R), Some(0xc000));
-    assert_eq!(s.h.fault(SID, Some(0x405), 0x2000, R), Some(EventId::BadSubstreamId));
+    assert_eq!(
+        s.h.fault(SID, Some(0x405), 0x2000, R),
+        Some(EventId::BadSubstreamId)
+    );
 }
 
 #[test]
@@ -262,14 +335,32 @@ fn illegal_cds_are_c_bad_cd() {
         good.with_t0sz(40),
     ];
     for (i, cd) in bad.into_iter().enumerate() {
-        s.drv
-            .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
-        assert_eq!(s.h.fault(SID, None, 0x1000, R), Some(EventId::BadCd), "case {i}");
+        s.drv.install_cd(
+            &mut s.h.smmu,
+            &s.h.mem,
+            &mut s.h.alloc,
+            s.cd_table,
+            SID,
+            0,
+            cd,
+        );
+        assert_eq!(
+            s.h.fault(SID, None, 0x1000, R),
+            Some(EventId::BadCd),
+            "case {i}"
+        );
     }
     // Stall requested while the STE disables stalls.
     let cd = good.with_s(true);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
     assert_eq!(s.h.fault(SID, None, 0x1000, R), Some(EventId::BadCd));
 }
 
@@ -288,28 +379,58 @@ fn ttb1_region_translates_high_addresses_and_gaps_fault() {
     let mut s = S1Setup::new(&[]);
     let hi = PageTable::stage1(&s.h.mem, &mut s.h.alloc, Granule::G4K, 39, 48);
     let va = 0xffff_ff80_0000_1000u64;
-    hi.map(&s.h.mem, &mut s.h.alloc, va, 0xd000, 3, pte::s1(true, false, false));
+    hi.map(
+        &s.h.mem,
+        &mut s.h.alloc,
+        va,
+        0xd000,
+        3,
+        pte::s1(true, false, false),
+    );
     let cd = s1_cd(ASID, &s.pt, 5, false)
         .with_epd1(false)
         .with_t1sz(25)
         .with_tg1(2)
         .with_ttb1(hi.root());
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
     assert_eq!(s.h.gpa(SID, None, va + 8, R), Some(0xd008));
     // Between the regions, and beyond TTB0's 48 bits.
-    assert_eq!(s.h.fault(SID, None, 0x0080_0000_0000_0000, R), Some(EventId::Translation));
-    assert_eq!(s.h.fault(SID, None, 0xffff_0000_0000_1000, R), Some(EventId::Translation));
+    assert_eq!(
+        s.h.fault(SID, None, 0x0080_0000_0000_0000, R),
+        Some(EventId::Translation)
+    );
+    assert_eq!(
+        s.h.fault(SID, None, 0xffff_0000_0000_1000, R),
+        Some(EventId::Translation)
+    );
 }
 
 #[test]
 fn tbi_ignores_top_byte_and_tagged_translations_are_not_cached() {
     let mut s = S1Setup::new(&[]);
     s.map(0x3000, 0xe000);
-    assert_eq!(s.h.fault(SID, None, 0x5a00_0000_0000_3000, R), Some(EventId::Translation));
+    assert_eq!(
+        s.h.fault(SID, None, 0x5a00_0000_0000_3000, R),
+        Some(EventId::Translation)
+    );
     let cd = s1_cd(ASID, &s.pt, 5, false).with_tbi0(true);
-    s.drv
-        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
     assert_eq!(s.h.gpa(SID, None, 0x5a00_0000_0000_3010, R), Some(0xe010));
     assert!(s.h.smmu.iotlb().is_empty());
 }
@@ -319,7 +440,14 @@ fn stage2_only_stream_translates_ipa() {
     let mut h = Harness::new(&["stages=s2", "gran=4k,64k"]);
     let mut d = h.probe();
     let pt = PageTable::stage2(&h.mem, &mut h.alloc, Granule::G64K, 42, 1, 48);
-    pt.map(&h.mem, &mut h.alloc, 0x2012_0000, 0x40_0000, 3, pte::s2(true, false));
+    pt.map(
+        &h.mem,
+        &mut h.alloc,
+        0x2012_0000,
+        0x40_0000,
+        3,
+        pte::s2(true, false),
+    );
     d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 7, s2_ste(3, &pt, 5));
     assert_eq!(h.gpa(7, None, 0x2012_3456, R), Some(0x40_3456));
     assert_eq!(h.fault(7, None, 0x2012_3456, W), Some(EventId::Permission));
@@ -341,12 +469,33 @@ fn nested_cd_and_tables_go_through_stage2() {
     let ipa_off = (1u64 << 30) - super::POOL;
     for i in 0..8u64 {
         let pa = super::POOL + (i << 21);
-        s2.map(&h.mem, &mut h.alloc, pa + ipa_off, pa, 2, pte::s2(true, true));
+        s2.map(
+            &h.mem,
+            &mut h.alloc,
+            pa + ipa_off,
+            pa,
+            2,
+            pte::s2(true, true),
+        );
     }
     // And the data page: IPA 0x8000_0000 -> PA 0x60_0000.
-    s2.map(&h.mem, &mut h.alloc, 0x8000_0000, 0x60_0000, 3, pte::s2(true, true));
+    s2.map(
+        &h.mem,
+        &mut h.alloc,
+        0x8000_0000,
+        0x60_0000,
+        3,
+        pte::s2(true, true),
+    );
     let s1 = PageTable::stage1(&h.mem, &mut h.alloc, Granule::G4K, 48, 48).with_ipa_offset(ipa_off);
-    s1.map(&h.mem, &mut h.alloc, 0x7000, 0x8000_0000, 3, pte::s1(true, false, false));
+    s1.map(
+        &h.mem,
+        &mut h.alloc,
+        0x7000,
+        0x8000_0000,
+        3,
+        pte::s1(true, false, false),
+    );
     let (cdt, _) = Driver::cd_table(&h.mem, &mut h.alloc, 0, true);
     write_qwords(&h.mem, cdt, s1_cd(ASID, &s1, 5, false).0).unwrap();
     let ste = with_s2(cdtable_ste(cdt + ipa_off, 0, false, false), 4, &s2, 5)
@@ -354,7 +503,14 @@ fn nested_cd_and_tables_go_through_stage2() {
     d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 9, ste);
     assert_eq!(h.gpa(9, None, 0x7abc, R), Some(0x60_0abc));
     // An unmapped final IPA: stage-2 fault, CLASS = IN.
-    s1.map(&h.mem, &mut h.alloc, 0x9000, 0x9000_0000, 3, pte::s1(true, false, false));
+    s1.map(
+        &h.mem,
+        &mut h.alloc,
+        0x9000,
+        0x9000_0000,
+        3,
+        pte::s1(true, false, false),
+    );
     assert_eq!(h.fault(9, None, 0x9000, R), Some(EventId::Translation));
     let e = d.next_event(&mut h.smmu, &h.mem).unwrap();
     assert!(e.s2());
