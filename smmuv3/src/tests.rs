@@ -19,7 +19,7 @@ mod events;
 mod host;
 mod instances;
 mod priq;
-//mod proptests;
+mod proptests;
 mod regs;
 mod snapshot;
 mod stall;
