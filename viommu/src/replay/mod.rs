@@ -21,6 +21,7 @@ use nesting_core::types::{Access, Iova};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 pub mod parse;
+pub mod smmuv3;
 pub mod virtio;
 pub mod vtd;
 
@@ -159,6 +160,10 @@ fn make_model(cfg: &GuestModel) -> Box<dyn ReplayModel> {
     match cfg {
         GuestModel::VirtioIommu(c) => Box::new(virtio::VirtioReplay::new(c)),
         GuestModel::Vtd(c) => Box::new(vtd::VtdReplay::new(c)),
+        GuestModel::Smmuv3(c) => Box::new(smmuv3::Smmuv3Replay::new(c)),
+        // Every model has replay support now; a model added later starts
+        // here.
+        #[allow(unreachable_patterns)]
         _ => Box::new(Unimplemented),
     }
 }
