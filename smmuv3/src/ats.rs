@@ -100,7 +100,8 @@ impl Smmuv3 {
             addr: r.addr,
             access: r.access,
         };
-        let ste = match fetch_ste(mem, &self.caps, &self.stream_table(), &req) {
+        let st = self.stream_table();
+        let ste = match fetch_ste(mem, &self.caps, &st, &req, &mut self.cfg_cache) {
             Ok(s) => s,
             Err(f) => {
                 self.report(mem, &req, &f);
@@ -121,7 +122,15 @@ impl Smmuv3 {
             (_, Eats::Split) => Purpose::AtsStage1Only,
         };
         let access = override_attrs(r.access, ste.instcfg, ste.privcfg);
-        match resolve_with(mem, &self.caps, &ste, &req, access, purpose) {
+        match resolve_with(
+            mem,
+            &self.caps,
+            &ste,
+            &req,
+            access,
+            purpose,
+            &mut self.cfg_cache,
+        ) {
             Outcome::Mapped(m) => AtsResponse::Translated {
                 addr: m.oa,
                 input: m.iova,
@@ -167,7 +176,8 @@ impl Smmuv3 {
             return self.translate(mem, sid, None, nesting_core::types::Iova(addr), access);
         }
         let check = cr0::ATSCHK.is_set(self.regs.get(off::CR0ACK));
-        let ste = match fetch_ste(mem, &self.caps, &self.stream_table(), &req) {
+        let st = self.stream_table();
+        let ste = match fetch_ste(mem, &self.caps, &st, &req, &mut self.cfg_cache) {
             Ok(s) => Some(s),
             Err(f) if check => return self.report(mem, &req, &f),
             Err(_) => None,

@@ -276,6 +276,8 @@ pub enum Command {
         sid: u32,
         /// SubstreamID.
         ssid: u32,
+        /// Only the CD, not the level-1 descriptor leading to it.
+        leaf: bool,
     },
     /// CMD_CFGI_CD_ALL.
     CfgiCdAll {
@@ -403,6 +405,7 @@ impl Command {
             Opcode::CfgiCd => Command::CfgiCd {
                 sid: c.sid(),
                 ssid: c.ssid(),
+                leaf: c.leaf(),
             },
             Opcode::CfgiCdAll => Command::CfgiCdAll { sid: c.sid() },
             // 4.4.2 onwards: the NH commands need stage 1, the S2/S12

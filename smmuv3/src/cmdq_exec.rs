@@ -210,11 +210,20 @@ impl Smmuv3 {
     /// Applies a command to the model's own state.
     fn execute(&mut self, cmd: &Command) {
         match *cmd {
-            Command::CfgiSte { sid } | Command::CfgiCdAll { sid } => {
-                self.drop_scope(Scope::Stream { sid })
+            Command::CfgiSte { sid } => {
+                self.cfg_cache.drop_streams(sid, 1);
+                self.drop_scope(Scope::Stream { sid });
             }
-            Command::CfgiSteRange { first, log2 } => self.cfgi_range(first, log2),
-            Command::CfgiCd { sid, ssid } => {
+            Command::CfgiCdAll { sid } => {
+                self.cfg_cache.drop_cds_of(sid);
+                self.drop_scope(Scope::Stream { sid });
+            }
+            Command::CfgiSteRange { first, log2 } => {
+                self.cfg_cache.drop_streams(first, 1u64 << log2);
+                self.cfgi_range(first, log2);
+            }
+            Command::CfgiCd { sid, ssid, leaf } => {
+                self.cfg_cache.drop_cd(sid, ssid, leaf);
                 self.drop_scope(Scope::Substream { sid, ssid });
                 // CD 0 also serves transactions without a SubstreamID.
                 if ssid == 0 {
@@ -238,20 +247,30 @@ impl Smmuv3 {
                 asid: None,
                 span: addr.span(self.caps.ril),
             }),
-            Command::TlbiS12Vmall { vmid } => self.drop_scope(Scope::Vmid {
-                kinds: VMID_KINDS,
-                vmid,
-            }),
-            // 4.4.? CMD_TLBI_S2_IPA removes stage-2-only entries; combined
+            Command::TlbiS12Vmall { vmid } => {
+                // CDs of nested streams were fetched through stage 2.
+                self.cfg_cache.clear_cds();
+                self.drop_scope(Scope::Vmid {
+                    kinds: VMID_KINDS,
+                    vmid,
+                });
+            }
+            // 4.4 CMD_TLBI_S2_IPA removes stage-2-only entries; combined
             // stage 1+2 entries need CMD_TLBI_NH_* or S12_VMALL (Linux
             // follows an S2 unmap of a nesting parent with TLBI_NH_ALL).
-            Command::TlbiS2Ipa { vmid, addr } => self.drop_scope(Scope::Range {
-                kinds: Kind::S2.bit(),
-                vmid,
-                asid: None,
-                span: addr.span(self.caps.ril),
-            }),
-            Command::TlbiNsnhAll => self.invalidate_all(),
+            Command::TlbiS2Ipa { vmid, addr } => {
+                self.cfg_cache.clear_cds();
+                self.drop_scope(Scope::Range {
+                    kinds: Kind::S2.bit(),
+                    vmid,
+                    asid: None,
+                    span: addr.span(self.caps.ril),
+                });
+            }
+            Command::TlbiNsnhAll => {
+                self.cfg_cache.clear_cds();
+                self.invalidate_all();
+            }
             Command::AtcInv(inv) => {
                 if !self.notify_atc(&inv) {
                     self.atc_timeout = true;

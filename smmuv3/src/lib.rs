@@ -51,6 +51,7 @@
 pub mod ats;
 pub mod caps;
 pub mod cd;
+pub mod cfgcache;
 pub mod cmdq;
 mod cmdq_exec;
 pub mod event;

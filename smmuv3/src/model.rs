@@ -13,6 +13,7 @@ use vm_memory::GuestMemory;
 
 use crate::ats::AtcInvalidation;
 use crate::caps::Caps;
+use crate::cfgcache::ConfigCache;
 use crate::cmdq::{Command, PriResponse};
 use crate::event::{EventId, Recorded};
 use crate::host::HostCommands;
@@ -96,6 +97,8 @@ pub struct Smmuv3 {
     pub(crate) commands: u64,
     /// Reused buffer of IOTLB invalidations.
     pub(crate) scratch: Vec<nesting_core::iotlb::IotlbInvalidation>,
+    /// Decoded STEs and CDs.
+    pub(crate) cfg_cache: ConfigCache,
 }
 
 impl std::fmt::Debug for Smmuv3 {
@@ -122,6 +125,7 @@ impl Smmuv3 {
             cons_mirror: Arc::new(AtomicU32::new(0)),
             commands: 0,
             scratch: Vec::with_capacity(8),
+            cfg_cache: ConfigCache::default(),
             cfg,
         }
     }
@@ -132,6 +136,7 @@ impl Smmuv3 {
     pub fn reset(&mut self) {
         self.regs.reset();
         self.invalidate_all();
+        self.cfg_cache.clear();
         self.stalls = StallTable::default();
         self.atc_timeout = false;
         self.commands = 0;
@@ -278,6 +283,8 @@ impl Smmuv3 {
             }
             off::EVTQ_PROD | off::EVTQ_CONS => self.normalize_ptr(e.offset, off::EVTQ_BASE),
             off::PRIQ_PROD | off::PRIQ_CONS => self.normalize_ptr(e.offset, off::PRIQ_BASE),
+            // A new stream table: no cached STE or CD holds.
+            off::STRTAB_BASE | off::STRTAB_BASE_CFG if e.new != e.old => self.cfg_cache.clear(),
             _ => {}
         }
     }
@@ -302,6 +309,7 @@ impl Smmuv3 {
         if cr0::SMMUEN.is_set(before) != cr0::SMMUEN.is_set(e.new) {
             // Translation turned on or off: nothing cached so far holds.
             self.invalidate_all();
+            self.cfg_cache.clear();
         }
         if cr0::CMDQEN.is_set(e.new) && !cr0::CMDQEN.is_set(before) {
             self.process_cmdq(mem);
@@ -368,13 +376,9 @@ impl Smmuv3 {
             addr: iova.0,
             access,
         };
-        match resolve(
-            mem,
-            &self.caps,
-            &self.stream_table(),
-            &req,
-            Purpose::Transaction,
-        ) {
+        let st = self.stream_table();
+        let cache = &mut self.cfg_cache;
+        match resolve(mem, &self.caps, &st, &req, Purpose::Transaction, cache) {
             Outcome::Mapped(r) => {
                 let t = to_translation(&r, access);
                 // The kind is noted even when not cached: IommuView range
@@ -443,16 +447,13 @@ impl Smmuv3 {
         }
     }
 
-    /// Resolves a transaction without caching or recording anything: what
-    /// a test or a nesting layer uses to see what the tables say.
-    pub fn walk<M: GuestMemory + ?Sized>(&self, mem: &M, req: &Request) -> Outcome {
-        resolve(
-            mem,
-            &self.caps,
-            &self.stream_table(),
-            req,
-            Purpose::Transaction,
-        )
+    /// Resolves a transaction without caching the translation or
+    /// recording a fault (the configuration cache is used and filled):
+    /// what a test or a nesting layer uses to see what the tables say.
+    pub fn walk<M: GuestMemory + ?Sized>(&mut self, mem: &M, req: &Request) -> Outcome {
+        let st = self.stream_table();
+        let cache = &mut self.cfg_cache;
+        resolve(mem, &self.caps, &st, req, Purpose::Transaction, cache)
     }
 
     pub(crate) fn notify_pri(&self, n: &PriResponseNotice) {

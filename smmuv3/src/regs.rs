@@ -689,12 +689,28 @@ pub struct WriteEffect {
     pub covered: u64,
 }
 
+/// Register slots per page the index covers: every register lies in
+/// the first 0x100 bytes of its page, 4-byte aligned.
+const INDEX_SLOTS: usize = 0x100 / 4;
+
 /// The register file of one SMMU: values plus their declarations.
 #[derive(Clone, Debug)]
 pub struct RegisterFile {
     descs: Vec<RegDesc>,
     values: Vec<u64>,
     by_offset: BTreeMap<u64, usize>,
+    /// Position in `descs` of the register at each 4-byte slot of the
+    /// first 0x100 bytes of pages 0 and 1 (the fast path of [`get`]).
+    ///
+    /// [`get`]: RegisterFile::get
+    index: [[Option<u8>; INDEX_SLOTS]; 2],
+}
+
+fn slot_of(offset: u64) -> Option<(usize, usize)> {
+    let page = usize::from(offset >= off::PAGE1);
+    let within = offset.checked_sub(if page == 1 { off::PAGE1 } else { 0 })?;
+    let slot = usize::try_from(within / 4).ok()?;
+    (within % 4 == 0 && slot < INDEX_SLOTS && within < 2 * off::PAGE1).then_some((page, slot))
 }
 
 impl RegisterFile {
@@ -707,10 +723,32 @@ impl RegisterFile {
             .enumerate()
             .map(|(i, d)| (d.offset, i))
             .collect();
+        let mut index = [[None; INDEX_SLOTS]; 2];
+        for (i, d) in descs.iter().enumerate() {
+            if let (Some((page, slot)), Ok(i)) = (slot_of(d.offset), u8::try_from(i))
+                && let Some(cell) = index.get_mut(page).and_then(|p| p.get_mut(slot))
+            {
+                *cell = Some(i);
+            }
+        }
         RegisterFile {
             descs,
             values,
             by_offset,
+            index,
+        }
+    }
+
+    fn position(&self, offset: u64) -> Option<usize> {
+        match slot_of(offset) {
+            Some((page, slot)) => self
+                .index
+                .get(page)
+                .and_then(|p| p.get(slot))
+                .copied()
+                .flatten()
+                .map(usize::from),
+            None => self.by_offset.get(&offset).copied(),
         }
     }
 
@@ -728,20 +766,15 @@ impl RegisterFile {
 
     /// Raw value of the register at `offset` (0 if there is none).
     pub fn get(&self, offset: u64) -> u64 {
-        self.by_offset
-            .get(&offset)
-            .and_then(|i| self.values.get(*i))
+        self.position(offset)
+            .and_then(|i| self.values.get(i))
             .copied()
             .unwrap_or(0)
     }
 
     /// Hardware update of the register at `offset` (ignored if none).
     pub fn set(&mut self, offset: u64, value: u64) {
-        if let Some(v) = self
-            .by_offset
-            .get(&offset)
-            .and_then(|i| self.values.get_mut(*i))
-        {
+        if let Some(v) = self.position(offset).and_then(|i| self.values.get_mut(i)) {
             *v = value;
         }
     }

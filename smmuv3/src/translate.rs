@@ -13,6 +13,7 @@ use vm_memory::GuestMemory;
 
 use crate::caps::Caps;
 use crate::cd::{Cd, CdConfig, CdStep, L1Cd, cd_step, override_attrs, select_region};
+use crate::cfgcache::ConfigCache;
 use crate::event::{Event, EventId};
 use crate::strtab::{DefaultSubstream, S2Ste, Ste, SteConfig, SteLookup, SteMode, StreamTable};
 use crate::tlb::{Kind, tag};
@@ -213,7 +214,11 @@ pub fn fetch_ste<M: GuestMemory + ?Sized>(
     caps: &Caps,
     st: &StreamTable,
     req: &Request,
+    cache: &mut ConfigCache,
 ) -> Result<SteConfig, Fault> {
+    if let Some(ste) = cache.ste(req.sid) {
+        return Ok(ste);
+    }
     let cfg_event = |id| Fault::config(Event::config(id, req.sid, req.ssid));
     let at = match st.locate(mem, req.sid) {
         SteLookup::At(a) => a,
@@ -223,10 +228,12 @@ pub fn fetch_ste<M: GuestMemory + ?Sized>(
     let Ok(words) = read_qwords::<M, 8>(mem, at) else {
         return Err(fetch_fault(EventId::SteFetch, req, at));
     };
-    Ste(words).decode(caps).map_err(|why| {
+    let ste = Ste(words).decode(caps).map_err(|why| {
         log::debug!("smmuv3: C_BAD_STE sid {:#x}: {why:?}", req.sid);
         cfg_event(EventId::BadSte)
-    })
+    })?;
+    cache.put_ste(req.sid, ste);
+    Ok(ste)
 }
 
 fn fetch_fault(id: EventId, req: &Request, addr: u64) -> Fault {
@@ -243,13 +250,14 @@ pub fn resolve<M: GuestMemory + ?Sized>(
     st: &StreamTable,
     req: &Request,
     purpose: Purpose,
+    cache: &mut ConfigCache,
 ) -> Outcome {
-    let ste = match fetch_ste(mem, caps, st, req) {
+    let ste = match fetch_ste(mem, caps, st, req, cache) {
         Ok(s) => s,
         Err(f) => return Outcome::Fault(f),
     };
     let access = override_attrs(req.access, ste.instcfg, ste.privcfg);
-    resolve_with(mem, caps, &ste, req, access, purpose)
+    resolve_with(mem, caps, &ste, req, access, purpose, cache)
 }
 
 /// Translates `req` through an already checked STE.
@@ -260,6 +268,7 @@ pub fn resolve_with<M: GuestMemory + ?Sized>(
     req: &Request,
     access: Access,
     purpose: Purpose,
+    cache: &mut ConfigCache,
 ) -> Outcome {
     let bad_ssid = || {
         Outcome::Fault(Fault::config(Event::config(
@@ -276,7 +285,7 @@ pub fn resolve_with<M: GuestMemory + ?Sized>(
         SteMode::Bypass | SteMode::S2 if req.ssid.is_some() => bad_ssid(),
         SteMode::Bypass => Outcome::Mapped(identity(req.addr)),
         SteMode::S2 => stage2_only(mem, ste, req, access),
-        SteMode::S1 | SteMode::Nested => stage1(mem, caps, ste, req, access, purpose),
+        SteMode::S1 | SteMode::Nested => stage1(mem, caps, ste, req, access, purpose, cache),
     }
 }
 
@@ -401,10 +410,14 @@ fn fetch_cd<M: GuestMemory + ?Sized>(
     req: &Request,
     access: Access,
     index: u32,
+    cache: &mut ConfigCache,
 ) -> Result<CdConfig, Fault> {
     let Some(s1) = ste.s1 else {
         return Err(Fault::silent());
     };
+    if let Some(cd) = cache.cd(req.sid, index) {
+        return Ok(cd);
+    }
     let cd_addr = match cd_step(&s1, index) {
         CdStep::Cd(a) => a,
         CdStep::Level1 { at, index } => {
@@ -419,10 +432,12 @@ fn fetch_cd<M: GuestMemory + ?Sized>(
         }
     };
     let words = read_cd_words::<M, 8>(mem, ste, req, access, cd_addr)?;
-    Cd(words).decode(caps, &s1).map_err(|why| {
+    let cd = Cd(words).decode(caps, &s1).map_err(|why| {
         log::debug!("smmuv3: C_BAD_CD sid {:#x}: {why:?}", req.sid);
         Fault::config(Event::config(EventId::BadCd, req.sid, req.ssid))
-    })
+    })?;
+    cache.put_cd(req.sid, index, cd);
+    Ok(cd)
 }
 
 fn stage1<M: GuestMemory + ?Sized>(
@@ -432,6 +447,7 @@ fn stage1<M: GuestMemory + ?Sized>(
     req: &Request,
     access: Access,
     purpose: Purpose,
+    cache: &mut ConfigCache,
 ) -> Outcome {
     let index = match choose_cd(ste, req) {
         CdChoice::Index(i) => i,
@@ -441,7 +457,7 @@ fn stage1<M: GuestMemory + ?Sized>(
         }
         CdChoice::BypassStage1 => return Outcome::Mapped(identity(req.addr)),
     };
-    let cd = match fetch_cd(mem, caps, ste, req, access, index) {
+    let cd = match fetch_cd(mem, caps, ste, req, access, index, cache) {
         Ok(cd) => cd,
         Err(f) => return Outcome::Fault(f),
     };

@@ -11,7 +11,6 @@
 //! and retries at most [`MAX_UPDATE_RETRIES`] times when a descriptor it
 //! updates changes under it.
 
-use nesting_core::bits::Field;
 use nesting_core::types::Access;
 use vm_memory::GuestMemory;
 
@@ -290,11 +289,10 @@ pub mod desc {
 /// address bits, so a descriptor setting them fails the address size
 /// check; bits 50 and up are attributes (GP, DBM, ...).
 pub fn descriptor_address(d: u64, g: Granule, lsb: u32) -> u64 {
+    let from_lsb = !mask(lsb);
     match g {
-        Granule::G64K => {
-            (d & Field::bits(47, lsb).mask()) | (u64::from(desc::Desc(d).oa_hi()) << 48)
-        }
-        _ => d & Field::bits(49, lsb).mask(),
+        Granule::G64K => (d & mask(48) & from_lsb) | (u64::from(desc::Desc(d).oa_hi()) << 48),
+        _ => d & mask(50) & from_lsb,
     }
 }
 

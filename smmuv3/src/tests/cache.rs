@@ -219,3 +219,53 @@ fn cached_read_does_not_grant_write_of_clean_page() {
     };
     assert!(!t.access.contains(Access::WRITE));
 }
+
+#[test]
+fn changed_ste_is_seen_only_after_cfgi_ste() {
+    let mut s = S1Setup::new(&[]);
+    s.map(0x1000, 0xa000);
+    assert_eq!(s.h.gpa(SID, None, 0x1000, R), Some(0xa000));
+    // The guest makes the stream bypass without invalidating: the cached
+    // STE (and translation) still apply.
+    let at = s.drv.ste_addr(&s.h.mem, &mut s.h.alloc, SID);
+    let bypass = crate::strtab::Ste::default()
+        .with_v(true)
+        .with_config(SteMode::Bypass);
+    write_qwords(&s.h.mem, at, bypass.0).unwrap();
+    assert_eq!(
+        s.h.gpa(SID, None, 0x2000, R),
+        None,
+        "old STE: 0x2000 unmapped"
+    );
+    assert!(s.issue(&[cmd::cfgi_ste(SID)]));
+    assert_eq!(s.h.gpa(SID, None, 0x2000, R), Some(0x2000));
+}
+
+#[test]
+fn changed_cd_is_seen_only_after_cfgi_cd() {
+    let mut s = S1Setup::new(&[]);
+    s.map(0x1000, 0xa000);
+    assert!(s.h.gpa(SID, None, 0x1000, R).is_some());
+    let cd = s1_cd(ASID, &s.pt, 5, true).with_epd0(true);
+    write_qwords(&s.h.mem, s.cd_table.0, cd.0).unwrap();
+    assert!(s.issue(&[cmd::tlbi_nh_all(0)]));
+    assert!(s.h.gpa(SID, None, 0x1000, R).is_some(), "cached CD");
+    assert!(s.issue(&[cmd::cfgi_cd(SID + 1, 0)]));
+    assert!(
+        s.h.gpa(SID, None, 0x1000, R).is_some(),
+        "another stream's CFGI"
+    );
+    assert!(s.issue(&[cmd::cfgi_cd_all(SID)]));
+    assert_eq!(s.h.gpa(SID, None, 0x1000, R), None, "EPD0: walks disabled");
+}
+
+#[test]
+fn faulting_configuration_is_not_cached() {
+    let mut s = S1Setup::new(&[]);
+    s.map(0x1000, 0xa000);
+    let at = s.drv.ste_addr(&s.h.mem, &mut s.h.alloc, 0x30);
+    assert!(s.h.gpa(0x30, None, 0x1000, R).is_none());
+    let good = cdtable_ste(s.cd_table.0, 0, false, false);
+    write_qwords(&s.h.mem, at, good.0).unwrap();
+    assert_eq!(s.h.gpa(0x30, None, 0x1000, R), Some(0xa000));
+}

@@ -103,7 +103,14 @@ fn sync_completion_waits_for_the_host_msipoll() {
     let log = log.lock().unwrap().clone();
     assert_eq!(log.len(), 2);
     assert_eq!(log[0].0, pos - 2);
-    assert!(matches!(log[1].1, Command::CfgiCd { sid: 3, ssid: 0 }));
+    assert!(matches!(
+        log[1].1,
+        Command::CfgiCd {
+            sid: 3,
+            ssid: 0,
+            ..
+        }
+    ));
     assert_eq!(h.read32(off::CMDQ_CONS), u64::from(pos + 1));
 }
 
