@@ -1,4 +1,4 @@
-//! ATS for emulated PCIe devices (IHI 0070 3.9, "Support for PCI Express,
+//! ATS for emulated PCIe devices (IHI 0070 "Support for PCI Express,
 //! PASIDs, PRI and ATS"): translation requests answered from the
 //! stream's configuration, translated transactions checked against
 //! STE.EATS when CR0.ATSCHK is set, and CMD_ATC_INV delivered to the
@@ -18,7 +18,7 @@ use crate::translate::{
 };
 use crate::walk::{Direct, Walk, WalkReq, walk};
 
-/// A CMD_ATC_INV for a device's ATC (IHI 0070 4.5.1).
+/// A CMD_ATC_INV for a device's ATC (IHI 0070 CMD_ATC_INV).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AtcInvalidation {
     /// StreamID.
@@ -80,7 +80,7 @@ pub enum AtsResponse {
 }
 
 impl Smmuv3 {
-    /// Answers an ATS translation request (IHI 0070 3.9.1, "ATS
+    /// Answers an ATS translation request (IHI 0070 "ATS
     /// Interface"). Translation-related faults are not recorded (the
     /// response carries no permission); configuration errors are, and get
     /// Unsupported Request, as does an STE with EATS = 0 (F_BAD_ATS_TREQ).
@@ -158,7 +158,7 @@ impl Smmuv3 {
     /// device at `addr`. With CR0.ATSCHK = 1 the stream must allow ATS
     /// (STE.EATS != 0), else F_TRANSL_FORBIDDEN; split-stage ATS sends the
     /// address (an IPA) through stage 2; otherwise it is used as is
-    /// (IHI 0070 3.9.1, CR0.ATSCHK). With SMMUEN = 0, GBPA applies.
+    /// (IHI 0070 "ATS Interface", SMMU_CR0.ATSCHK). With SMMUEN = 0, GBPA applies.
     pub fn translate_translated<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,

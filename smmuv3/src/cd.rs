@@ -1,4 +1,4 @@
-//! Context descriptors and CD tables (IHI 0070 3.3.2, "StreamIDs to
+//! Context descriptors and CD tables (IHI 0070 "StreamIDs to
 //! Context Descriptors"; 5.3, "Level 1 Context Descriptor"; 5.4,
 //! "Context Descriptor"), decoded into a checked [`CdConfig`], and the
 //! stage-1 region an input address selects (TTB0 or TTB1).
@@ -128,7 +128,7 @@ impl Cd {
     /// setting of the fields this model makes meaningful, in field
     /// order).
     pub fn decode(&self, caps: &Caps, ste: &S1Ste) -> Result<CdConfig, BadCd> {
-        // 5.4 CD.V: "V == 0 ... C_BAD_CD".
+        // 5.4 CD.V: a CD with V = 0 is invalid (C_BAD_CD).
         if !self.v() {
             return Err(BadCd::Invalid);
         }
@@ -143,7 +143,7 @@ impl Cd {
         }
         let r0 = self.region(caps, 0)?;
         let r1 = self.region(caps, 1)?;
-        // 5.4 CD.S: "ILLEGAL if STE.S1STALLD == 1".
+        // 5.4 CD.S: S = 1 is ILLEGAL when STE.S1STALLD = 1.
         if self.s() && ste.stalld {
             return Err(BadCd::Stall);
         }
@@ -190,7 +190,7 @@ impl Cd {
 }
 
 /// Which region a stage-1 input address selects, and the address the
-/// walk uses (Arm ARM D8.2.3, "VA range": bit 55 selects TTB1; the bits
+/// walk uses (Arm ARM "VA range": bit 55 selects TTB1; the bits
 /// above the region's size, except a top byte it ignores, must all equal
 /// bit 55, else Translation fault).
 pub fn select_region(cd: &CdConfig, va: u64) -> Option<TableConfig> {
@@ -218,7 +218,7 @@ pub enum CdStep {
     Cd(u64),
 }
 
-/// The first step to CD `index` (IHI 0070 3.3.2).
+/// The first step to CD `index` (IHI 0070 "StreamIDs to Context Descriptors").
 pub fn cd_step(ste: &S1Ste, index: u32) -> CdStep {
     match ste.fmt {
         CdTableFormat::Linear => CdStep::Cd(ste.cd_table + CD_SIZE * u64::from(index)),

@@ -1,4 +1,4 @@
-//! The configuration cache: decoded STEs and CDs (IHI 0070 4.3,
+//! The configuration cache: decoded STEs and CDs (IHI 0070
 //! "Configuration structure invalidation": an SMMU may cache valid STEs
 //! and CDs, and software invalidates them with CMD_CFGI_* after changing
 //! them).

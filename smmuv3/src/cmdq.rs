@@ -1,5 +1,5 @@
 //! Commands (IHI 0070 chapter 4, "Commands") and the command queue
-//! (3.5, "Command and Event queues"; 7.1, "Command queue errors").
+//! ("Command and Event queues"; 7.1, "Command queue errors").
 //!
 //! [`Cmd`] is the 16-byte wire form with one typed accessor per field;
 //! [`Command::decode`] is total: every bit pattern decodes to a command
@@ -16,7 +16,7 @@ use crate::wire::Qwords;
 pub const CMD_SIZE: u64 = 16;
 const _: () = assert!(size_of::<Qwords<2>>() == CMD_SIZE as usize);
 
-/// Command opcodes (IHI 0070 4.1.1, "Command opcodes").
+/// Command opcodes (IHI 0070 "Command opcodes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
     /// CMD_PREFETCH_CONFIG.
@@ -119,7 +119,7 @@ impl FieldValue for Opcode {
 }
 
 nesting_core::bitfield! {
-    /// A command (IHI 0070 4.2 to 4.7), bits numbered across its two
+    /// A command (IHI 0070 chapter 4), bits numbered across its two
     /// 64-bit words. Field names are those of the commands that use them.
     pub struct Cmd([u64; 2]);
     /// Opcode.
@@ -175,7 +175,7 @@ nesting_core::bitfield! {
     MSIADDR [115:66]: address => msiaddr, with_msiaddr;
 }
 
-/// The address part of a TLBI by address (IHI 0070 4.4.1, "Address-based
+/// The address part of a TLBI by address (IHI 0070 "Address-based
 /// TLB invalidation", and the range form of SMMUv3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiAddr {
@@ -216,7 +216,7 @@ impl TlbiAddr {
     }
 }
 
-/// CMD_SYNC completion signal (IHI 0070 4.7.3).
+/// CMD_SYNC completion signal (IHI 0070 CMD_SYNC).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncSignal {
     /// SIG_NONE.
@@ -228,7 +228,7 @@ pub enum SyncSignal {
     Sev,
 }
 
-/// CMD_RESUME action (IHI 0070 4.7.1).
+/// CMD_RESUME action (IHI 0070 CMD_RESUME).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResumeAction {
     /// Terminate the transaction (abort or RAZ/WI, as configured).
@@ -239,7 +239,7 @@ pub enum ResumeAction {
     Abort,
 }
 
-/// CMD_PRI_RESP response (IHI 0070 4.6.1).
+/// CMD_PRI_RESP response (IHI 0070 CMD_PRI_RESP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PriResponse {
     /// Deny: PCIe "Invalid Request".
@@ -379,13 +379,14 @@ pub enum Illegal {
 }
 
 impl Command {
-    /// Decodes `raw` (IHI 0070 4.1: "a command with an unknown opcode, or
-    /// a field value the SMMU does not support, is CERROR_ILL").
+    /// Decodes `raw` (IHI 0070 chapter 4, "Commands", and 7.1: an unknown
+    /// opcode, a command of a feature the SMMU lacks, or a reserved value
+    /// of an enumerated field is CERROR_ILL).
     pub fn decode(raw: [u64; 2], caps: &Caps) -> Result<Command, Illegal> {
         let c = Cmd(raw);
         let op = c.op();
         let ill = Illegal::NotImplemented(op);
-        // 4.1.2, "Command ... SSec": only the Secure queue may set it.
+        // Command field SSec: only the Secure command queue may set it.
         if c.ssec() {
             return Err(Illegal::Secure);
         }
@@ -408,7 +409,7 @@ impl Command {
                 leaf: c.leaf(),
             },
             Opcode::CfgiCdAll => Command::CfgiCdAll { sid: c.sid() },
-            // 4.4.2 onwards: the NH commands need stage 1, the S2/S12
+            // CMD_TLBI_NH_*, CMD_TLBI_S2_IPA, CMD_TLBI_S12_VMALL: the NH commands need stage 1, the S2/S12
             // commands stage 2 (SMMU_IDR0.S1P/S2P).
             Opcode::TlbiNhAll | Opcode::TlbiNhAsid | Opcode::TlbiNhVa | Opcode::TlbiNhVaa
                 if !caps.s1p =>
@@ -438,7 +439,7 @@ impl Command {
                 addr: tlbi_addr(&c, c.ipa()),
             },
             Opcode::TlbiNsnhAll => Command::TlbiNsnhAll,
-            // 4.4: the EL2 commands need SMMU_IDR0.HYP and the EL3 ones a
+            // CMD_TLBI_EL2_*, CMD_TLBI_EL3_*: the EL2 commands need SMMU_IDR0.HYP and the EL3 ones a
             // Secure command queue; this SMMU has neither.
             Opcode::TlbiEl2All
             | Opcode::TlbiEl2Asid
@@ -446,7 +447,7 @@ impl Command {
             | Opcode::TlbiEl2Vaa
             | Opcode::TlbiEl3All
             | Opcode::TlbiEl3Va => return Err(ill),
-            // 4.5.1 CMD_ATC_INV needs SMMU_IDR0.ATS.
+            // CMD_ATC_INV needs SMMU_IDR0.ATS.
             Opcode::AtcInv if !caps.ats => return Err(ill),
             Opcode::AtcInv => Command::AtcInv(crate::ats::AtcInvalidation {
                 sid: c.sid(),
@@ -455,7 +456,7 @@ impl Command {
                 addr: c.addr(),
                 size: c.atc_size(),
             }),
-            // 4.6.1 CMD_PRI_RESP needs SMMU_IDR0.PRI; Resp 0b11 is reserved.
+            // CMD_PRI_RESP needs SMMU_IDR0.PRI; Resp 0b11 is reserved.
             Opcode::PriResp if !caps.pri => return Err(ill),
             Opcode::PriResp => Command::PriResp {
                 sid: c.sid(),
@@ -468,7 +469,7 @@ impl Command {
                     _ => return Err(Illegal::Reserved(op)),
                 },
             },
-            // 4.7.1 CMD_RESUME: Action 0b11 is reserved.
+            // CMD_RESUME: Action 0b11 is reserved.
             Opcode::Resume => Command::Resume {
                 sid: c.sid(),
                 stag: c.stag(),
@@ -480,7 +481,7 @@ impl Command {
                 },
             },
             Opcode::StallTerm => Command::StallTerm { sid: c.sid() },
-            // 4.7.3 CMD_SYNC: CS 0b11 is reserved.
+            // CMD_SYNC: CS 0b11 is reserved.
             Opcode::Sync => Command::Sync {
                 cs: match c.action_cs() {
                     0 => SyncSignal::None,

@@ -1,4 +1,4 @@
-//! Command queue consumption and command execution (IHI 0070 3.5,
+//! Command queue consumption and command execution (IHI 0070
 //! "Command and Event queues"; chapter 4; 7.1, "Command queue errors").
 //!
 //! The queue is drained from CMDQ_CONS to CMDQ_PROD when CMDQ_PROD is
@@ -67,8 +67,8 @@ impl Smmuv3 {
                 cons = q.next(cons);
             }
             if fetched < n {
-                // IHI 0070 7.1 CERROR_ABT: "an abort on the fetch of a
-                // command".
+                // IHI 0070 7.1 CERROR_ABT: the fetch of a command aborted;
+                // CONS stays at it.
                 self.cmdq_error(mem, cons, Cerror::Abt);
                 return;
             }
@@ -145,7 +145,7 @@ impl Smmuv3 {
         }
     }
 
-    /// CMD_SYNC (IHI 0070 4.7.3): completes once every earlier command has
+    /// CMD_SYNC (IHI 0070 CMD_SYNC): completes once every earlier command has
     /// (ATC invalidations answered, host operations returned); then
     /// CMDQ_CONS moves past it and the completion is signalled.
     fn complete_sync<M: GuestMemory + ?Sized>(
@@ -156,8 +156,8 @@ impl Smmuv3 {
         offered: &Offered,
         (cs, msi_addr, msi_data): (SyncSignal, u64, u32),
     ) -> bool {
-        // 7.1 CERROR_ATC_INV_SYNC: "a CMD_SYNC ... could not complete
-        // because an ATC invalidation timed out"; CONS stays at the sync.
+        // 7.1 CERROR_ATC_INV_SYNC: a CMD_SYNC cannot complete after an
+        // ATC invalidation timed out; CONS stays at the sync.
         if self.atc_timeout {
             self.atc_timeout = false;
             self.cmdq_error(mem, at, Cerror::AtcInvSync);
@@ -255,7 +255,7 @@ impl Smmuv3 {
                     vmid,
                 });
             }
-            // 4.4 CMD_TLBI_S2_IPA removes stage-2-only entries; combined
+            // CMD_TLBI_S2_IPA removes stage-2-only entries; combined
             // stage 1+2 entries need CMD_TLBI_NH_* or S12_VMALL (Linux
             // follows an S2 unmap of a nesting parent with TLBI_NH_ALL).
             Command::TlbiS2Ipa { vmid, addr } => {
@@ -300,7 +300,7 @@ impl Smmuv3 {
         }
     }
 
-    /// CMD_RESUME (IHI 0070 4.7.1): a tag that names no stalled
+    /// CMD_RESUME (IHI 0070 CMD_RESUME): a tag that names no stalled
     /// transaction of the stream is ignored.
     fn resume(&mut self, sid: u32, stag: u16, action: ResumeAction) {
         let Some(s) = self.stalls.remove(sid, stag) else {

@@ -1,6 +1,6 @@
 //! Event records and the event queue (IHI 0070 chapter 7, "Events and
-//! errors"; 7.2, "Event queue recorded faults and events"; 7.3, "Event
-//! records"; 7.4, "Event queue overflow").
+//! errors"; "Event queue recorded faults and events"; "Event
+//! records"; "Event queue overflow").
 //!
 //! Each [`Event`] encodes into the 32-byte record of its type: only the
 //! fields that type defines are written, every other bit is zero.
@@ -20,7 +20,7 @@ use crate::wire::{Qwords, write_qwords};
 pub const EVENT_SIZE: u64 = 32;
 const _: () = assert!(size_of::<Qwords<4>>() == EVENT_SIZE as usize);
 
-/// Event type codes (IHI 0070 7.3).
+/// Event type codes (IHI 0070 "Event records").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventId {
     /// F_UUT: unsupported upstream transaction.
@@ -114,7 +114,7 @@ impl EventId {
     }
 
     /// The four translation-related faults that CD.R/STE.S2R filter and
-    /// CD.S/STE.S2S may stall (IHI 0070 5.5, "Fault configuration").
+    /// CD.S/STE.S2S may stall (IHI 0070 "Fault configuration").
     pub fn is_translation_related(self) -> bool {
         matches!(
             self,
@@ -123,7 +123,7 @@ impl EventId {
     }
 }
 
-/// CLASS encodings (IHI 0070 7.3.12 and the following records).
+/// CLASS encodings (IHI 0070 "Event records", F_TRANSLATION and after).
 fn class_raw(c: FaultClass) -> u8 {
     match c {
         FaultClass::Cd => 0b00,
@@ -133,7 +133,7 @@ fn class_raw(c: FaultClass) -> u8 {
 }
 
 nesting_core::bitfield! {
-    /// An event record (IHI 0070 7.3), bits numbered across its four
+    /// An event record (IHI 0070 "Event records"), bits numbered across its four
     /// 64-bit words.
     pub struct EventRecord([u64; 4]);
     /// Event type.
@@ -265,10 +265,10 @@ impl Smmuv3 {
         Queue::from_base(self.regs.get(off::EVTQ_BASE), MAX_QUEUE_LOG2, EVENT_SIZE)
     }
 
-    /// Writes `ev` at EVENTQ_PROD (IHI 0070 7.2) and raises the event
-    /// queue interrupt. 7.4, "Event queue overflow": a full queue loses
+    /// Writes `ev` at EVENTQ_PROD (IHI 0070 "Event queue recorded faults and events") and raises the event
+    /// queue interrupt. "Event queue overflow": a full queue loses
     /// the event and toggles PROD.OVFLG if no overflow is outstanding
-    /// (OVFLG == CONS.OVACKFLG). 7.2: with EVENTQ disabled (CR0.EVENTQEN
+    /// (OVFLG == CONS.OVACKFLG). With EVENTQ disabled (CR0.EVENTQEN
     /// = 0) events are discarded. An aborted write sets
     /// GERROR.EVTQ_ABT_ERR.
     pub(crate) fn record_event<M: GuestMemory + ?Sized>(

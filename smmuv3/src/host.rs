@@ -1,8 +1,8 @@
 //! The seam a passthrough (nesting) backend plugs into: every command the
 //! guest queues is offered to it, and a CMD_SYNC completes only after it
 //! says every host operation it owes for the commands before the sync has
-//! returned (IHI 0070 4.7.3 CMD_SYNC: "completes when all prior commands
-//! ... are complete"; `STYLE.md`: no completion before the work).
+//! returned (IHI 0070 CMD_SYNC: its completion means every command
+//! before it has completed; `STYLE.md`: no completion before the work).
 //!
 //! The model calls [`HostCommands::command`] for each legal command other
 //! than CMD_SYNC and the prefetch hints, in queue order, after applying

@@ -1,4 +1,4 @@
-//! Interrupts and global errors (IHI 0070 3.18, "Interrupts and
+//! Interrupts and global errors (IHI 0070 "Interrupts and
 //! notifications"; SMMU_IRQ_CTRL; SMMU_GERROR/GERRORN; SMMU_*_IRQ_CFG0-2).
 //!
 //! With IDR0.MSI and a non-zero SMMU_*_IRQ_CFG0.ADDR an interrupt is an
@@ -76,7 +76,7 @@ impl Smmuv3 {
         self.cb.irq.as_ref().is_none_or(|f| f(irq))
     }
 
-    /// An MSI write of `data` at `addr` (IHI 0070 3.18.1, "MSI
+    /// An MSI write of `data` at `addr` (IHI 0070 "MSI
     /// synchronization"): into guest RAM when the address is RAM,
     /// otherwise to the VMM. Returns whether it completed.
     pub(crate) fn msi_write<M: GuestMemory + ?Sized>(
@@ -146,8 +146,8 @@ impl Smmuv3 {
     }
 
     /// Activates an error without signalling; `false` if it already was
-    /// active (SMMU_GERROR: "the SMMU toggles the bit only when the error
-    /// is not already active").
+    /// active (SMMU_GERROR: a bit toggles only when its error is not
+    /// already active).
     fn activate_error(&mut self, bit: Field) -> bool {
         if self.error_active(bit) {
             return false;

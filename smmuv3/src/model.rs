@@ -1,4 +1,4 @@
-//! The SMMU: register writes and what they start (IHI 0070 6.3.9
+//! The SMMU: register writes and what they start (IHI 0070
 //! SMMU_CR0 with CR0ACK, the GBPA update protocol, IRQ_CTRL with
 //! IRQ_CTRLACK, the GERROR/GERRORN toggle protocol, queue index
 //! registers), and translation of emulated devices' transactions with
@@ -31,7 +31,7 @@ type PriCallback = Arc<dyn Fn(&PriResponseNotice) + Send + Sync>;
 type StallCallback = Arc<dyn Fn(&StallResolution) + Send + Sync>;
 
 /// A CMD_PRI_RESP the guest issued, for the VMM to deliver to its
-/// emulated device (IHI 0070 4.6.1).
+/// emulated device (IHI 0070 CMD_PRI_RESP).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PriResponseNotice {
     /// StreamID.
@@ -69,7 +69,7 @@ pub enum TranslateResult {
         /// Abort (true) or RAZ/WI (false).
         abort: bool,
     },
-    /// Stalled (IHI 0070 3.12.2, "Stall model"): the event with this tag
+    /// Stalled (IHI 0070 "Stall model"): the event with this tag
     /// is in the event queue; the transaction waits for the guest's
     /// CMD_RESUME or CMD_STALL_TERM, which reach the VMM through
     /// [`Smmuv3::set_stall_callback`].
@@ -289,7 +289,7 @@ impl Smmuv3 {
         }
     }
 
-    /// IHI 0070 3.5.1: PROD/CONS bits above the wrap bit of the queue's
+    /// IHI 0070 "SMMU circular queues": PROD/CONS bits above the wrap bit of the queue's
     /// current size are RES0; the model keeps them clear (the overflow
     /// flags and CMDQ_CONS.ERR stay).
     fn normalize_ptr(&mut self, ptr: u64, base: u64) {
@@ -300,9 +300,9 @@ impl Smmuv3 {
         self.regs.set(ptr, v);
     }
 
-    /// SMMU_CR0 (IHI 0070 6.3.9): each enable takes effect, then CR0ACK
-    /// reflects it (6.3.10: "CR0ACK ... reflects CR0 once the change is
-    /// complete").
+    /// SMMU_CR0 (IHI 0070 SMMU_CR0): each enable takes effect, then CR0ACK
+    /// reflects it (SMMU_CR0ACK: updated once the change CR0 asked for has
+    /// taken effect).
     fn control<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
         let before = self.regs.get(off::CR0ACK);
         self.regs.set(off::CR0ACK, e.new);
@@ -414,7 +414,7 @@ impl Smmuv3 {
 
     /// Records a fault as configured: stalled (the event carries the stall
     /// tag; if it cannot be recorded or no tag is free the transaction is
-    /// terminated instead, IHI 0070 3.12.2), or terminated with the event
+    /// terminated instead, IHI 0070 "Stall model"), or terminated with the event
     /// recorded when R/S2R (or a configuration error) asks.
     pub(crate) fn report<M: GuestMemory + ?Sized>(
         &mut self,

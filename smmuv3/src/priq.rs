@@ -1,4 +1,4 @@
-//! The PRI queue (IHI 0070 chapter 8, "Page request queue"; 8.1, "PRI
+//! The PRI queue (IHI 0070 chapter 8, "Page request queue"; "PRI
 //! queue overflow"): page requests of emulated PCIe devices with PRI,
 //! recorded for the guest, which answers with CMD_PRI_RESP (delivered to
 //! the VMM through [`Smmuv3::set_pri_response_callback`]).
@@ -17,7 +17,7 @@ pub const PRIQ_ENTRY_SIZE: u64 = 16;
 const _: () = assert!(size_of::<Qwords<2>>() == PRIQ_ENTRY_SIZE as usize);
 
 nesting_core::bitfield! {
-    /// A PRI queue entry (IHI 0070 8.2, "PRI queue entry format"), bits
+    /// A PRI queue entry (IHI 0070 "PRI queue entry format"), bits
     /// numbered across its two 64-bit words.
     pub struct PriEntry([u64; 2]);
     /// StreamID.
@@ -106,7 +106,7 @@ impl Smmuv3 {
 
     /// Records a page request (IHI 0070 8). Without IDR0.PRI or with the
     /// queue disabled the request is refused: a last request is answered
-    /// with Response Failure. 8.1: a full queue loses the request, toggles
+    /// with Response Failure. "PRI queue overflow": a full queue loses the request, toggles
     /// PRIQ_PROD.OVFLG if no overflow is outstanding, and answers a last
     /// request with Success so that the device retries its translation.
     /// An aborted queue write sets GERROR.PRIQ_ABT_ERR and is answered

@@ -1,5 +1,5 @@
 //! Circular queue geometry and index arithmetic shared by the command,
-//! event and PRI queues (IHI 0070 3.5.1, "SMMU circular queues").
+//! event and PRI queues (IHI 0070 "SMMU circular queues").
 //!
 //! A queue of 2^LOG2SIZE entries is addressed by PROD and CONS values made
 //! of an index (the low LOG2SIZE bits) and a wrap bit just above it. The

@@ -12,7 +12,7 @@
 //!
 //! Two 64 KiB pages: page 0 at offset 0 holds every register except the
 //! event and PRI queue index registers, which live in page 1 at 0x10000
-//! (IHI 0070 6.1, "Register overview").
+//! (IHI 0070 6.1, "Memory map").
 
 use std::collections::BTreeMap;
 
@@ -21,7 +21,7 @@ use nesting_core::host::info::idr as idf;
 
 use crate::options::{Smmuv3Config, Smmuv3Granules, StreamTableLevel};
 
-/// Register offsets (IHI 0070 6.1, "Register overview").
+/// Register offsets (IHI 0070 6.1, "Memory map").
 pub mod off {
     /// SMMU_IDR0.
     pub const IDR0: u64 = 0x00;
@@ -266,7 +266,7 @@ pub fn idr5(c: &Smmuv3Config) -> u64 {
 /// Cr0 fields.
 pub mod cr0 {
     nesting_core::bitfield! {
-        /// SMMU_CR0 and SMMU_CR0ACK (IHI 0070 6.3.9, 6.3.10).
+        /// SMMU_CR0 and SMMU_CR0ACK (IHI 0070 SMMU_CR0, SMMU_CR0ACK).
         pub struct Cr0(u64) in mod;
         /// SMMU enable: translation.
         SMMUEN [0]: bool => smmuen, with_smmuen;
@@ -281,13 +281,13 @@ pub mod cr0 {
     }
 }
 
-/// SMMU_CR1 (IHI 0070 6.3.11): table and queue cacheability, 12 bits.
+/// SMMU_CR1 (IHI 0070 SMMU_CR1): table and queue cacheability, 12 bits.
 pub const CR1_MASK: u64 = 0xfff;
 
 /// Cr2 fields.
 pub mod cr2 {
     nesting_core::bitfield! {
-        /// SMMU_CR2 (IHI 0070 6.3.12).
+        /// SMMU_CR2 (IHI 0070 SMMU_CR2).
         pub struct Cr2(u64) in mod;
         /// EL2-E2H translation regime (only with IDR0.HYP, which the model
         /// does not report).
@@ -444,7 +444,7 @@ pub mod queue_base {
 /// QueuePtr fields.
 pub mod queue_ptr {
     nesting_core::bitfield! {
-        /// SMMU_*_PROD and SMMU_*_CONS (IHI 0070 3.5.1, "SMMU circular
+        /// SMMU_*_PROD and SMMU_*_CONS (IHI 0070 "SMMU circular
         /// queues"): an index below LOG2SIZE bits and the wrap bit above it;
         /// the high bits carry CMDQ_CONS.ERR and the overflow flags.
         pub struct QueuePtr(u64) in mod;
@@ -477,8 +477,8 @@ impl RegWidth {
     }
 }
 
-/// When software writes to a register are ignored (IHI 0070, each
-/// register's "Accessibility": "writes are IGNORED when ...").
+/// When software writes to a register are ignored (IHI 0070, the
+/// accessibility of each register: writes IGNORED while an enable is set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lock {
     /// Always writable (within the writable mask).
@@ -788,7 +788,7 @@ impl RegisterFile {
     /// The register holding `offset` with the access's bit position in
     /// it, for a `size`-byte access: a 32-bit access to a 32-bit register
     /// or either half of a 64-bit one, or a 64-bit access to a 64-bit
-    /// register. Anything else has no register (IHI 0070 6.2, "Register
+    /// register. Anything else has no register (IHI 0070 "Register
     /// access": other access sizes are CONSTRAINED UNPREDICTABLE; this
     /// model makes them RAZ/WI).
     fn locate(&self, offset: u64, size: u64) -> Option<(usize, u32)> {

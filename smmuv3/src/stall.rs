@@ -1,5 +1,5 @@
-//! Stalled transactions (IHI 0070 3.12.2, "Stall model"; 4.7.1
-//! CMD_RESUME; 4.7.2 CMD_STALL_TERM): a faulting transaction of a stream
+//! Stalled transactions (IHI 0070 "Stall model"; CMD_RESUME;
+//! CMD_STALL_TERM): a faulting transaction of a stream
 //! configured to stall is held, its event carries a stall tag (STAG), and
 //! the guest later retries or terminates it by tag, or terminates every
 //! stall of a stream. The model holds at most [`MAX_STALLS`].

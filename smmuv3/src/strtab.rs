@@ -1,5 +1,5 @@
 //! The stream table: level-1 descriptors and stream table entries (IHI
-//! 0070 3.3.1, "Stream table lookup"; 5.1, "Level 1 Stream Table
+//! 0070 "Stream table lookup"; 5.1, "Level 1 Stream Table
 //! Descriptor"; 5.2, "Stream Table Entry"), located and decoded into a
 //! checked [`SteConfig`]. Decoding is total: every bit pattern either
 //! decodes or is C_BAD_STE.
@@ -253,7 +253,7 @@ impl StreamTable {
         }
     }
 
-    /// Locates `sid`'s entry (IHI 0070 3.3.1).
+    /// Locates `sid`'s entry (IHI 0070 "Stream table lookup").
     pub fn locate<M: GuestMemory + ?Sized>(&self, mem: &M, sid: u32) -> SteLookup {
         if u64::from(sid) >> self.log2size != 0 {
             return SteLookup::BadStreamId;
@@ -312,7 +312,7 @@ impl Ste {
     /// Decodes and checks the entry (IHI 0070 5.2, every "ILLEGAL" of the
     /// fields the configuration makes meaningful, in field order).
     pub fn decode(&self, caps: &Caps) -> Result<SteConfig, BadSte> {
-        // 5.2 STE.V: "If V == 0, ... C_BAD_STE".
+        // 5.2 STE.V: an STE with V = 0 is invalid (C_BAD_STE).
         if !self.v() {
             return Err(BadSte::Invalid);
         }
@@ -323,8 +323,8 @@ impl Ste {
             SteMode::Nested => (true, true),
             SteMode::Abort | SteMode::Bypass => (false, false),
         };
-        // 5.2 STE.Config: "a stage that is not implemented (SMMU_IDR0.S1P
-        // or S2P == 0) ... is ILLEGAL".
+        // 5.2 STE.Config: enabling a stage the SMMU does not implement
+        // (SMMU_IDR0.S1P or S2P = 0) is ILLEGAL.
         if (s1_on && !caps.s1p) || (s2_on && !caps.s2p) {
             return Err(BadSte::StageNotImplemented);
         }
@@ -352,8 +352,8 @@ impl Ste {
 
     fn decode_s1(&self, caps: &Caps) -> Result<S1Ste, BadSte> {
         let cdmax = self.s1cdmax();
-        // 5.2 STE.S1CDMax: "a value greater than SMMU_IDR1.SSIDSIZE is
-        // ILLEGAL".
+        // 5.2 STE.S1CDMax: a value greater than SMMU_IDR1.SSIDSIZE is
+        // ILLEGAL.
         if cdmax > caps.ssidsize {
             return Err(BadSte::S1CdMax);
         }
@@ -405,7 +405,7 @@ impl Ste {
         let t0sz = u32::from(self.s2t0sz());
         let mut table = TableConfig::stage2(granule, t0sz, self.s2sl0(), self.s2ttb(), oa_bits)
             .ok_or(BadSte::S2Geometry)?;
-        // 3.4, "Address sizes": the IPA size may not exceed what the SMMU
+        // "Address sizes": the IPA size may not exceed what the SMMU
         // outputs.
         if table.ia_bits > caps.max_oa_bits(granule) {
             return Err(BadSte::S2Geometry);

@@ -1,7 +1,7 @@
 //! How the model's translations are tagged in nesting-core's IOTLB, and
 //! which cached translations each TLB and configuration invalidation
-//! removes (IHI 0070 3.17, "TLB tagging, VMIDs, ASIDs and participation
-//! in broadcast TLB maintenance"; 4.4, "TLB invalidation"; 4.3,
+//! removes (IHI 0070 "TLB tagging, VMIDs, ASIDs and participation
+//! in broadcast TLB maintenance"; "TLB invalidation";
 //! "Configuration structure invalidation").
 //!
 //! The IOTLB is keyed by StreamID and SubstreamID, and an entry holds the

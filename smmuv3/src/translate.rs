@@ -1,8 +1,8 @@
 //! Translation of one transaction through the stream's configuration
-//! (IHI 0070 3.3, "Data structures and translation procedure"): stream
+//! (IHI 0070 "Data structures and translation procedure"): stream
 //! table entry, context descriptor, stage-1 and stage-2 walks, and the
 //! fault to report when any step fails (chapter 7, with the fault
-//! configuration of 5.5).
+//! configuration of "Fault configuration").
 //!
 //! [`resolve`] reads guest memory and updates access/dirty flags but
 //! records nothing: the model writes the event, stalls, and caches.
@@ -57,7 +57,7 @@ pub struct Resolved {
 }
 
 /// A failed translation: what to report and how to end the transaction
-/// (IHI 0070 5.5, "Fault configuration").
+/// (IHI 0070 "Fault configuration").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     /// The event to record; `None` for silent aborts (STE.Config abort).
@@ -172,8 +172,8 @@ impl FaultCfg {
     }
 }
 
-/// The fault of a failed walk (IHI 0070 7.3.11 to 7.3.15), configured by
-/// 5.5: the four translation-related faults are recorded when R (or
+/// The fault of a failed walk (IHI 0070 "Event records", F_WALK_EABT to F_PERMISSION),
+/// configured by "Fault configuration": the four translation-related faults are recorded when R (or
 /// S2R) is set or the transaction stalls; F_WALK_EABT always.
 fn walk_fault(req: &Request, access: Access, f: &WalkFault, cfg: FaultCfg) -> Fault {
     let id = EventId::of_fault(f.kind);
@@ -207,8 +207,8 @@ fn walk_fault(req: &Request, access: Access, f: &WalkFault, cfg: FaultCfg) -> Fa
     }
 }
 
-/// Reads and checks `req.sid`'s stream table entry (IHI 0070 3.3.1; 7.3.2
-/// C_BAD_STREAMID, 7.3.3 F_STE_FETCH, 7.3.4 C_BAD_STE).
+/// Reads and checks `req.sid`'s stream table entry (IHI 0070 "Stream table lookup";
+/// C_BAD_STREAMID, F_STE_FETCH, C_BAD_STE).
 pub fn fetch_ste<M: GuestMemory + ?Sized>(
     mem: &M,
     caps: &Caps,
@@ -242,7 +242,7 @@ fn fetch_fault(id: EventId, req: &Request, addr: u64) -> Fault {
     Fault::config(ev)
 }
 
-/// Translates `req` (IHI 0070 3.3.3, "Configuration and Translation
+/// Translates `req` (IHI 0070 "Configuration and Translation
 /// lookup"), with SMMUEN = 1.
 pub fn resolve<M: GuestMemory + ?Sized>(
     mem: &M,
@@ -278,9 +278,9 @@ pub fn resolve_with<M: GuestMemory + ?Sized>(
         )))
     };
     match ste.mode {
-        // 5.2 STE.Config 0b0xx: "abort, no event recorded".
+        // 5.2 STE.Config 0b0xx: abort, and record no event.
         SteMode::Abort => Outcome::Fault(Fault::silent()),
-        // 3.3.2: a SubstreamID on a stream without stage 1 is
+        // "StreamIDs to Context Descriptors": a SubstreamID on a stream without stage 1 is
         // C_BAD_SUBSTREAMID.
         SteMode::Bypass | SteMode::S2 if req.ssid.is_some() => bad_ssid(),
         SteMode::Bypass => Outcome::Mapped(identity(req.addr)),
@@ -341,7 +341,7 @@ fn mask(bits: u32) -> u64 {
     }
 }
 
-/// Which CD a transaction uses (IHI 0070 3.3.2; 5.2 STE.S1CDMax and
+/// Which CD a transaction uses (IHI 0070 "StreamIDs to Context Descriptors"; 5.2 STE.S1CDMax and
 /// STE.S1DSS), or how it ends without one.
 enum CdChoice {
     Index(u32),
@@ -377,7 +377,7 @@ fn choose_cd(ste: &SteConfig, req: &Request) -> CdChoice {
 }
 
 /// Reads a CD-table structure at `ipa` (an IPA when nested; IHI 0070
-/// 3.3.2: the CD table and level-1 descriptors are in the stream's IPA
+/// "StreamIDs to Context Descriptors": the CD table and level-1 descriptors are in the stream's IPA
 /// space), faulting with F_CD_FETCH or a CLASS=CD stage-2 fault.
 fn read_cd_words<M: GuestMemory + ?Sized, const N: usize>(
     mem: &M,
@@ -401,8 +401,8 @@ fn read_cd_words<M: GuestMemory + ?Sized, const N: usize>(
     read_qwords::<M, N>(mem, pa).map_err(|_| fetch_fault(EventId::CdFetch, req, pa))
 }
 
-/// Fetches and checks CD `index` (IHI 0070 7.3.8 C_BAD_SUBSTREAMID for an
-/// invalid level-1 descriptor, 7.3.9 F_CD_FETCH, 7.3.10 C_BAD_CD).
+/// Fetches and checks CD `index` (IHI 0070 C_BAD_SUBSTREAMID for an
+/// invalid level-1 descriptor, F_CD_FETCH, C_BAD_CD).
 fn fetch_cd<M: GuestMemory + ?Sized>(
     mem: &M,
     caps: &Caps,
@@ -423,7 +423,7 @@ fn fetch_cd<M: GuestMemory + ?Sized>(
         CdStep::Level1 { at, index } => {
             let [raw] = read_cd_words::<M, 1>(mem, ste, req, access, at)?;
             let l1 = L1Cd(raw);
-            // 5.3 L1CD.V: "V == 0 ... C_BAD_SUBSTREAMID".
+            // 5.3 L1CD.V: an invalid level-1 descriptor is C_BAD_SUBSTREAMID.
             if !l1.v() {
                 let ev = Event::config(EventId::BadSubstreamId, req.sid, req.ssid);
                 return Err(Fault::config(ev));
@@ -462,7 +462,7 @@ fn stage1<M: GuestMemory + ?Sized>(
         Err(f) => return Outcome::Fault(f),
     };
     let cfg = FaultCfg::of(ste, Some(&cd));
-    // Arm ARM D8.2.3: an address outside both regions, or in a region
+    // Arm ARM (VA ranges, TTBR0/TTBR1 selection): an address outside both regions, or in a region
     // whose walks are disabled (EPDx), is a stage-1 Translation fault.
     let Some(table) = select_region(&cd, req.addr) else {
         let f = WalkFault {

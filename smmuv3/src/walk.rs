@@ -1,7 +1,7 @@
 //! AArch64 translation table walks, stage 1 and stage 2, for the 4 KiB,
-//! 16 KiB and 64 KiB granules (IHI 0070 3.3.3 and 5.4 defer the table
+//! 16 KiB and 64 KiB granules (IHI 0070 "Configuration and Translation lookup" and 5.4 defer the table
 //! format to the Arm ARM's VMSAv8-64 translation system, chapter D8; the
-//! SMMU-specific parts are the hardware updates of IHI 0070 3.13 and the
+//! SMMU-specific parts are the hardware updates of IHI 0070 "Translation table entries and Access/Dirty flags" and the
 //! fault records of chapter 7).
 //!
 //! A walk returns [`Walk`], never `Result`: guest tables are guest input
@@ -81,7 +81,7 @@ impl Granule {
         }
     }
 
-    /// Arm ARM D8.3 (block descriptors): 4 KiB granule blocks at levels 1
+    /// Arm ARM (block descriptors): 4 KiB granule blocks at levels 1
     /// and 2; 16 KiB at level 2; 64 KiB at level 2, and level 1 with
     /// 52-bit output addresses (`lpa`).
     pub const fn block_allowed(self, level: u32, lpa: bool) -> bool {
@@ -93,7 +93,7 @@ impl Granule {
     }
 
     /// log2 of the number of entries a contiguous hint groups at `level`
-    /// (Arm ARM D8.6.1, "The Contiguous bit"): 16 with 4 KiB; 128 pages
+    /// (Arm ARM, "The Contiguous bit"): 16 with 4 KiB; 128 pages
     /// or 32 blocks with 16 KiB; 32 with 64 KiB.
     pub const fn contiguous_bits(self, level: u32) -> u32 {
         match (self, level) {
@@ -154,7 +154,7 @@ pub const MAX_TSZ: u32 = 39;
 
 impl TableConfig {
     /// A stage-1 table: the starting level follows from TxSZ and the
-    /// granule (Arm ARM D8.2.6, "the number of levels is the fewest that
+    /// granule (Arm ARM "the number of levels is the fewest that
     /// resolve the input address"). `None` if TxSZ is outside
     /// [`MIN_TSZ`]..=[`MAX_TSZ`].
     pub fn stage1(granule: Granule, tsz: u32, ttb: u64, oa_bits: u32) -> Option<TableConfig> {
@@ -181,7 +181,7 @@ impl TableConfig {
         })
     }
 
-    /// A stage-2 table (Arm ARM D8.2.7, "concatenated translation tables";
+    /// A stage-2 table (Arm ARM "concatenated translation tables";
     /// IHI 0070 5.2 STE.S2SL0): the starting level from SL0 and the
     /// granule, up to 16 concatenated tables at it. `None` when T0SZ is
     /// out of range or SL0 and T0SZ are inconsistent (C_BAD_STE).
@@ -241,7 +241,7 @@ impl TableConfig {
     }
 }
 
-/// Descriptor bits common to both stages (Arm ARM D8.3).
+/// Descriptor bits common to both stages (Arm ARM, translation table descriptor formats).
 pub mod desc {
     nesting_core::bitfield! {
         /// A translation table descriptor.
@@ -283,7 +283,7 @@ pub mod desc {
 }
 
 /// Output address of a descriptor whose address field starts at bit
-/// `lsb` (Arm ARM D8.3): bits 47:lsb, plus bits 51:48 from descriptor
+/// `lsb` (Arm ARM, translation table descriptor formats): bits 47:lsb, plus bits 51:48 from descriptor
 /// bits 15:12 with the 64 KiB granule. With 4 and 16 KiB granules bits
 /// 49:48 (RES0 without FEAT_LPA2, which the model lacks) are taken as
 /// address bits, so a descriptor setting them fails the address size
@@ -296,7 +296,7 @@ pub fn descriptor_address(d: u64, g: Granule, lsb: u32) -> u64 {
     }
 }
 
-/// What kind of fault a walk met (IHI 0070 7.3, the translation-related
+/// What kind of fault a walk met (IHI 0070 "Event records", the translation-related
 /// event records).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FaultKind {
@@ -437,13 +437,13 @@ pub fn walk<M: GuestMemory + ?Sized, T: TableAccess>(
     tables: &mut T,
     req: &WalkReq,
 ) -> Walk {
-    // Arm ARM D8.2: a stage-2 input address beyond T0SZ's range is a
+    // Arm ARM (translation table walk): a stage-2 input address beyond T0SZ's range is a
     // Translation fault at the starting level. (Stage 1 input ranges are
     // checked by the CD's region selection.)
     if cfg.stage == Stage::Two && req.addr >> cfg.ia_bits != 0 {
         return fault(FaultKind::Translation, cfg.start_level, cfg, req.addr);
     }
-    // Arm ARM D8.2: a table base beyond the output size is an Address
+    // Arm ARM (translation table walk): a table base beyond the output size is an Address
     // size fault at level 0.
     if cfg.ttb >> cfg.oa_bits != 0 {
         return fault(FaultKind::AddressSize, 0, cfg, req.addr);
@@ -493,7 +493,7 @@ fn walk_once<M: GuestMemory + ?Sized, T: TableAccess>(
     finish(mem, cfg, tables, req, &found)
 }
 
-/// Descends from the starting table to the leaf descriptor (Arm ARM D8.2,
+/// Descends from the starting table to the leaf descriptor (Arm ARM,
 /// "translation table walk"), at most four reads.
 fn find_leaf<M: GuestMemory + ?Sized, T: TableAccess>(
     mem: &M,
@@ -572,9 +572,9 @@ struct Perms {
     exec: bool,
 }
 
-/// Stage-1 permissions (Arm ARM D8.4, "Memory access control": AP[2:1],
+/// Stage-1 permissions (Arm ARM "Memory access control": AP[2:1],
 /// APTable, UXN/PXN and their table forms, WXN, and the implicit PXN of
-/// EL0-writable memory; D8.4.6 dirty state with DBM).
+/// EL0-writable memory; dirty state with DBM).
 fn stage1_perms(cfg: &TableConfig, e: desc::Desc, l: TableLimits, privileged: bool) -> Perms {
     let el0 = e.ap1_s2r() && !l.no_el0;
     let reachable = privileged || el0;
@@ -594,7 +594,7 @@ fn stage1_perms(cfg: &TableConfig, e: desc::Desc, l: TableLimits, privileged: bo
     }
 }
 
-/// Stage-2 permissions (Arm ARM D8.4, stage 2: S2AP and XN; dirty state
+/// Stage-2 permissions (Arm ARM, stage 2 access control: S2AP and XN; dirty state
 /// with DBM).
 fn stage2_perms(cfg: &TableConfig, e: desc::Desc) -> Perms {
     let write_now = e.ap2_s2w();
@@ -606,7 +606,7 @@ fn stage2_perms(cfg: &TableConfig, e: desc::Desc) -> Perms {
     }
 }
 
-/// Checks the leaf and makes the hardware updates (IHI 0070 3.13,
+/// Checks the leaf and makes the hardware updates (IHI 0070,
 /// "Translation table entries and Access/Dirty flags"): the access flag
 /// fault takes priority over permission faults; the access flag and the
 /// dirty state are written only for an access that does not fault.

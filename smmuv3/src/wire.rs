@@ -1,13 +1,13 @@
 //! The wire form of every structure the SMMU reads or writes in guest
-//! memory: little-endian 64-bit words (IHI 0070 3.3: "all structures are
-//! little-endian" with SMMU_IDR0.TTENDIAN = little-endian, which is what
-//! this model reports). Stream table entries, context descriptors,
+//! memory: little-endian 64-bit words (the model reports
+//! SMMU_IDR0.TTENDIAN = little-endian, and its in-memory structures and
+//! queues are little-endian). Stream table entries, context descriptors,
 //! commands, event records and PRI queue entries are `N`-word
 //! [`Qwords`]; each structure asserts its size where it is declared.
 //!
 //! Guest memory is reached only through vm-memory. Translation table
 //! updates (access flag, dirty state) are single-copy atomic
-//! compare-and-swaps on the descriptor, as IHI 0070 3.13.3 requires of
+//! compare-and-swaps on the descriptor, as IHI 0070 requires of
 //! hardware updates.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -70,7 +70,7 @@ pub enum CasError {
 }
 
 /// Replaces the descriptor at `gpa` by `new` if it still holds `old`, in
-/// one atomic access (IHI 0070 3.13.3, hardware updates are atomic with
+/// one atomic access (IHI 0070 "Translation table entries and Access/Dirty flags": hardware updates are atomic with
 /// respect to other agents). Marks the page dirty for migration.
 pub fn cas_u64<M: GuestMemory + ?Sized>(
     mem: &M,

@@ -1,4 +1,4 @@
-//! ATS (IHI 0070 3.9): translation requests, translated transactions
+//! ATS (IHI 0070 "Support for PCI Express, PASIDs, PRI and ATS"): translation requests, translated transactions
 //! with CR0.ATSCHK, CMD_ATC_INV and CERROR_ATC_INV_SYNC.
 
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,5 @@
 //! The translation cache and what each invalidation removes (IHI 0070
-//! 3.17 tagging, 4.3 configuration and 4.4 TLB invalidation): every
+//! "TLB tagging", configuration and TLB invalidation): every
 //! command removes what it must, and a command for another ASID or VMID
 //! leaves the entry alone.
 

@@ -1,4 +1,4 @@
-//! The command queue (IHI 0070 3.5, chapter 4, 7.1): Linux's probe
+//! The command queue (IHI 0070 chapter 4, 7.1): Linux's probe
 //! sequence, CMD_SYNC completions, CERROR_ILL/ABT and the stop at the bad
 //! command until GERRORN acknowledges it.
 

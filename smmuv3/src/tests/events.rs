@@ -1,4 +1,4 @@
-//! The event queue (IHI 0070 7.2, 7.4) and its interrupts (3.18).
+//! The event queue (IHI 0070 chapter 7) and its interrupts.
 
 use nesting_core::mem::GuestMemoryExt;
 use nesting_core::types::{Access, Gpa};

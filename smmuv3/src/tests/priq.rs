@@ -1,4 +1,4 @@
-//! The PRI queue (IHI 0070 chapter 8) and CMD_PRI_RESP (4.6.1).
+//! The PRI queue (IHI 0070 chapter 8) and CMD_PRI_RESP.
 
 use std::sync::{Arc, Mutex};
 

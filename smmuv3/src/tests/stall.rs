@@ -1,4 +1,4 @@
-//! Stalls (IHI 0070 3.12.2; 4.7.1 CMD_RESUME; 4.7.2 CMD_STALL_TERM).
+//! Stalls (IHI 0070 "Stall model"; CMD_RESUME; CMD_STALL_TERM).
 
 use std::sync::{Arc, Mutex};
 

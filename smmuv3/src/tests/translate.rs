@@ -1,5 +1,5 @@
 //! Translation through the stream table and CDs (IHI 0070 3.3, 5.1-5.4)
-//! and the events of their faults (7.3).
+//! and the events of their faults (chapter 7).
 
 use nesting_core::types::Access;
 

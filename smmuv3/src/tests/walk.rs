@@ -1,4 +1,4 @@
-//! Translation table walks (Arm ARM D8 as IHI 0070 3.3.3 and 3.13 use
+//! Translation table walks (Arm ARM VMSAv8-64 as IHI 0070 uses
 //! it): granules, levels, blocks, the contiguous hint, access flag and
 //! dirty state, permissions, address size faults.
 
