@@ -22,7 +22,7 @@ use crate::options::Smmuv3Config;
 use crate::regs::{GBPA_FIELDS, RegisterFile, WriteEffect, cr0, gbpa, gerror, off};
 use crate::stall::{StallResolution, StallTable};
 use crate::strtab::StreamTable;
-use crate::tlb::requester;
+use crate::tlb::{Kind, requester};
 use crate::translate::{Fault, Outcome, Purpose, Request, Resolved, resolve};
 
 type IrqCallback = Arc<dyn Fn(Interrupt) -> bool + Send + Sync>;
@@ -341,10 +341,15 @@ impl Smmuv3 {
         self.cons_mirror.store(cons, Ordering::Release);
     }
 
+    /// Drops every cached translation. Skipped when nothing was handed out
+    /// since the last time (every translation given out, cached or not,
+    /// notes its kind), which keeps resets and repeated NSNH_ALLs cheap.
     pub(crate) fn invalidate_all(&mut self) {
-        self.iotlb
-            .invalidate(nesting_core::iotlb::IotlbInvalidation::All);
-        self.kinds = 0;
+        if self.kinds != 0 {
+            self.iotlb
+                .invalidate(nesting_core::iotlb::IotlbInvalidation::All);
+            self.kinds = 0;
+        }
     }
 
     // -- translation ---------------------------------------------------
@@ -367,6 +372,9 @@ impl Smmuv3 {
             return TranslateResult::Mapped(t);
         }
         if !self.enabled() {
+            // Views built on the IOTLB keep this identity translation until
+            // the next invalidation (SMMUEN going to 1 is one).
+            self.kinds |= Kind::Bypass.bit();
             return self.global_bypass(iova, access);
         }
         let generation = self.iotlb.generation();

@@ -75,3 +75,43 @@ fn iommu_view_dma_goes_through_shared_smmu_and_follows_tlbi() {
         u64::from(s.drv.cmdq.ptr)
     );
 }
+
+#[test]
+fn iommu_view_drops_bypass_translation_when_smmu_is_enabled() {
+    let h = Harness::new(&[]);
+    let mem = h.mem.clone();
+    mem.write_obj(0x11u8, GuestAddress(0x1000)).unwrap();
+    mem.write_obj(0x22u8, GuestAddress(0xa000)).unwrap();
+    let shared = Arc::new(SharedSmmuv3::new(h.smmu, mem.clone()));
+    let view = IommuView::new(
+        shared.clone(),
+        RequesterId::Stream(StreamId(SID)),
+        None,
+        false,
+    );
+    let dma = IommuMemory::new(mem.clone(), view, true, ());
+    // SMMUEN = 0: bypass.
+    assert_eq!(dma.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x11);
+    // The driver probes and maps 0x1000 -> 0xa000 for the stream.
+    let mut alloc = h.alloc;
+    {
+        let mut g = shared.lock();
+        let mut d = Driver::probe(&mut g, &mem, &mut alloc).unwrap();
+        let pt =
+            crate::mock::PageTable::stage1(&mem, &mut alloc, crate::walk::Granule::G4K, 48, 48);
+        pt.map(
+            &mem,
+            &mut alloc,
+            0x1000,
+            0xa000,
+            3,
+            crate::mock::pte::s1(true, false, false),
+        );
+        let cdt = Driver::cd_table(&mem, &mut alloc, 0, true);
+        let ste = crate::mock::cdtable_ste(cdt.0, 0, false, false);
+        d.install_ste(&mut g, &mem, &mut alloc, SID, ste);
+        let cd = crate::mock::s1_cd(super::ASID, &pt, 5, false);
+        d.install_cd(&mut g, &mem, &mut alloc, cdt, SID, 0, cd);
+    }
+    assert_eq!(dma.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 0x22);
+}
