@@ -11,7 +11,7 @@ use crate::cd::override_attrs;
 use crate::event::{Event, EventId};
 use crate::model::{Smmuv3, TranslateResult, to_translation};
 use crate::regs::{cr0, off};
-use crate::strtab::{Eats, SteMode};
+use crate::strtab::{Eats, S2Ste, SteConfig, SteMode};
 use crate::tlb::{Kind, tag};
 use crate::translate::{
     Fault, Outcome, Purpose, Request, Resolved, fault_of_walk, fetch_ste, resolve_with,
@@ -122,36 +122,37 @@ impl Smmuv3 {
             (_, Eats::Split) => Purpose::AtsStage1Only,
         };
         let access = override_attrs(r.access, ste.instcfg, ste.privcfg);
-        match resolve_with(
-            mem,
-            &self.caps,
-            &ste,
-            &req,
-            access,
-            purpose,
-            &mut self.cfg_cache,
-        ) {
+        let cache = &mut self.cfg_cache;
+        match resolve_with(mem, &self.caps, &ste, &req, access, purpose, cache) {
             Outcome::Mapped(m) => AtsResponse::Translated {
                 addr: m.oa,
                 input: m.iova,
                 shift: m.shift,
                 granted: m.granted,
             },
-            Outcome::Fault(f) => {
-                let translation_fault = f.event.is_none_or(|e| e.id.is_translation_related());
-                if translation_fault {
-                    let g = 12;
-                    return AtsResponse::Translated {
-                        addr: 0,
-                        input: r.addr & !((1u64 << g) - 1),
-                        shift: g,
-                        granted: Access::empty(),
-                    };
-                }
-                self.report(mem, &req, &f);
-                AtsResponse::UnsupportedRequest
-            }
+            Outcome::Fault(f) => self.ats_fault(mem, &req, &f),
         }
+    }
+
+    /// A translation request that faulted: a translation-related fault is
+    /// not recorded and answered with no permission (the device may issue
+    /// a page request); anything else is recorded and Unsupported Request.
+    fn ats_fault<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request,
+        f: &Fault,
+    ) -> AtsResponse {
+        if f.event.is_none_or(|e| e.id.is_translation_related()) {
+            return AtsResponse::Translated {
+                addr: 0,
+                input: req.addr & !0xfff,
+                shift: 12,
+                granted: Access::empty(),
+            };
+        }
+        self.report(mem, req, f);
+        AtsResponse::UnsupportedRequest
     }
 
     /// A translated transaction (PCIe AT = Translated) of an emulated ATS
@@ -194,29 +195,7 @@ impl Smmuv3 {
             && s.eats == Eats::Split
             && let Some(s2) = s.s2
         {
-            let w = WalkReq {
-                addr,
-                access,
-                table_walk: false,
-            };
-            return match walk(mem, &s2.table, &mut Direct, &w) {
-                Walk::Mapped(l) => {
-                    let m = Resolved {
-                        iova: addr & !((1u64 << l.shift) - 1),
-                        oa: l.oa,
-                        shift: l.shift,
-                        granted: l.granted,
-                        tag: tag(Kind::S2, s2.vmid, None),
-                        kind: Kind::S2,
-                        cacheable: false,
-                    };
-                    TranslateResult::Mapped(to_translation(&m, access))
-                }
-                Walk::Fault(f) => {
-                    let fault = fault_of_walk(&req, access, &f, &s);
-                    self.report(mem, &req, &fault)
-                }
-            };
+            return self.translated_through_stage2(mem, &req, &s, &s2);
         }
         let m = Resolved {
             iova: addr & !0xfff,
@@ -228,5 +207,40 @@ impl Smmuv3 {
             cacheable: false,
         };
         TranslateResult::Mapped(to_translation(&m, access))
+    }
+
+    /// A translated transaction of a split-stage ATS stream: its address
+    /// is an IPA, translated by stage 2 (never cached: the device's ATC
+    /// holds the stage-1 part).
+    fn translated_through_stage2<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        req: &Request,
+        ste: &SteConfig,
+        s2: &S2Ste,
+    ) -> TranslateResult {
+        let w = WalkReq {
+            addr: req.addr,
+            access: req.access,
+            table_walk: false,
+        };
+        match walk(mem, &s2.table, &mut Direct, &w) {
+            Walk::Mapped(l) => {
+                let m = Resolved {
+                    iova: req.addr & !((1u64 << l.shift) - 1),
+                    oa: l.oa,
+                    shift: l.shift,
+                    granted: l.granted,
+                    tag: tag(Kind::S2, s2.vmid, None),
+                    kind: Kind::S2,
+                    cacheable: false,
+                };
+                TranslateResult::Mapped(to_translation(&m, req.access))
+            }
+            Walk::Fault(f) => {
+                let fault = fault_of_walk(req, req.access, &f, ste);
+                self.report(mem, req, &fault)
+            }
+        }
     }
 }

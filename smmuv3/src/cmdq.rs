@@ -384,16 +384,13 @@ impl Command {
     /// of an enumerated field is CERROR_ILL).
     pub fn decode(raw: [u64; 2], caps: &Caps) -> Result<Command, Illegal> {
         let c = Cmd(raw);
-        let op = c.op();
-        let ill = Illegal::NotImplemented(op);
         // Command field SSec: only the Secure command queue may set it.
         if c.ssec() {
             return Err(Illegal::Secure);
         }
-        let ssid = c.ssv().then_some(c.ssid());
-        Ok(match op {
-            Opcode::PrefetchConfig | Opcode::PrefetchAddr => Command::Prefetch { sid: c.sid() },
-            Opcode::CfgiSte => Command::CfgiSte { sid: c.sid() },
+        match c.op() {
+            Opcode::PrefetchConfig | Opcode::PrefetchAddr => Ok(Command::Prefetch { sid: c.sid() }),
+            Opcode::CfgiSte => Ok(Command::CfgiSte { sid: c.sid() }),
             Opcode::CfgiSteRange => {
                 let log2 = u32::from(c.range()) + 1;
                 let first = if log2 >= 32 {
@@ -401,100 +398,119 @@ impl Command {
                 } else {
                     c.sid() & !((1u32 << log2) - 1)
                 };
-                Command::CfgiSteRange { first, log2 }
+                Ok(Command::CfgiSteRange { first, log2 })
             }
-            Opcode::CfgiCd => Command::CfgiCd {
+            Opcode::CfgiCd => Ok(Command::CfgiCd {
                 sid: c.sid(),
                 ssid: c.ssid(),
                 leaf: c.leaf(),
-            },
-            Opcode::CfgiCdAll => Command::CfgiCdAll { sid: c.sid() },
-            // CMD_TLBI_NH_*, CMD_TLBI_S2_IPA, CMD_TLBI_S12_VMALL: the NH commands need stage 1, the S2/S12
-            // commands stage 2 (SMMU_IDR0.S1P/S2P).
-            Opcode::TlbiNhAll | Opcode::TlbiNhAsid | Opcode::TlbiNhVa | Opcode::TlbiNhVaa
-                if !caps.s1p =>
-            {
-                return Err(ill);
-            }
-            Opcode::TlbiNhAll => Command::TlbiNhAll {
-                vmid: vmid(&c, caps),
-            },
-            Opcode::TlbiNhAsid => Command::TlbiNhAsid {
-                vmid: vmid(&c, caps),
-                asid: c.asid(),
-            },
-            Opcode::TlbiNhVa => Command::TlbiNhVa {
-                vmid: vmid(&c, caps),
-                asid: c.asid(),
-                addr: tlbi_addr(&c, c.addr()),
-            },
-            Opcode::TlbiNhVaa => Command::TlbiNhVaa {
-                vmid: vmid(&c, caps),
-                addr: tlbi_addr(&c, c.addr()),
-            },
-            Opcode::TlbiS12Vmall | Opcode::TlbiS2Ipa if !caps.s2p => return Err(ill),
-            Opcode::TlbiS12Vmall => Command::TlbiS12Vmall { vmid: c.vmid() },
-            Opcode::TlbiS2Ipa => Command::TlbiS2Ipa {
-                vmid: c.vmid(),
-                addr: tlbi_addr(&c, c.ipa()),
-            },
-            Opcode::TlbiNsnhAll => Command::TlbiNsnhAll,
-            // CMD_TLBI_EL2_*, CMD_TLBI_EL3_*: the EL2 commands need SMMU_IDR0.HYP and the EL3 ones a
-            // Secure command queue; this SMMU has neither.
-            Opcode::TlbiEl2All
-            | Opcode::TlbiEl2Asid
-            | Opcode::TlbiEl2Va
-            | Opcode::TlbiEl2Vaa
-            | Opcode::TlbiEl3All
-            | Opcode::TlbiEl3Va => return Err(ill),
-            // CMD_ATC_INV needs SMMU_IDR0.ATS.
-            Opcode::AtcInv if !caps.ats => return Err(ill),
-            Opcode::AtcInv => Command::AtcInv(crate::ats::AtcInvalidation {
-                sid: c.sid(),
-                ssid,
-                global: c.global(),
-                addr: c.addr(),
-                size: c.atc_size(),
             }),
-            // CMD_PRI_RESP needs SMMU_IDR0.PRI; Resp 0b11 is reserved.
-            Opcode::PriResp if !caps.pri => return Err(ill),
-            Opcode::PriResp => Command::PriResp {
-                sid: c.sid(),
-                ssid,
-                prg_index: c.prg_index(),
-                resp: match c.pri_resp() {
-                    0 => PriResponse::Deny,
-                    1 => PriResponse::Fail,
-                    2 => PriResponse::Success,
-                    _ => return Err(Illegal::Reserved(op)),
-                },
-            },
-            // CMD_RESUME: Action 0b11 is reserved.
-            Opcode::Resume => Command::Resume {
-                sid: c.sid(),
-                stag: c.stag(),
-                action: match c.action_cs() {
-                    0 => ResumeAction::Terminate,
-                    1 => ResumeAction::Retry,
-                    2 => ResumeAction::Abort,
-                    _ => return Err(Illegal::Reserved(op)),
-                },
-            },
-            Opcode::StallTerm => Command::StallTerm { sid: c.sid() },
-            // CMD_SYNC: CS 0b11 is reserved.
-            Opcode::Sync => Command::Sync {
-                cs: match c.action_cs() {
-                    0 => SyncSignal::None,
-                    1 => SyncSignal::Irq,
-                    2 => SyncSignal::Sev,
-                    _ => return Err(Illegal::Reserved(op)),
-                },
-                msi_addr: c.msiaddr(),
-                msi_data: c.msidata(),
-            },
-            Opcode::Unknown(v) => return Err(Illegal::UnknownOpcode(v)),
-        })
+            Opcode::CfgiCdAll => Ok(Command::CfgiCdAll { sid: c.sid() }),
+            Opcode::Unknown(v) => Err(Illegal::UnknownOpcode(v)),
+            op @ (Opcode::AtcInv
+            | Opcode::PriResp
+            | Opcode::Resume
+            | Opcode::StallTerm
+            | Opcode::Sync) => decode_device(&c, op, caps),
+            op => decode_tlbi(&c, op, caps),
+        }
     }
+}
+
+/// The TLB invalidations (IHI 0070 4.4, "TLB invalidation").
+fn decode_tlbi(c: &Cmd, op: Opcode, caps: &Caps) -> Result<Command, Illegal> {
+    let ill = Illegal::NotImplemented(op);
+    Ok(match op {
+        // CMD_TLBI_NH_* need stage 1, CMD_TLBI_S2_IPA and
+        // CMD_TLBI_S12_VMALL stage 2 (SMMU_IDR0.S1P/S2P).
+        Opcode::TlbiNhAll | Opcode::TlbiNhAsid | Opcode::TlbiNhVa | Opcode::TlbiNhVaa
+            if !caps.s1p =>
+        {
+            return Err(ill);
+        }
+        Opcode::TlbiNhAll => Command::TlbiNhAll {
+            vmid: vmid(c, caps),
+        },
+        Opcode::TlbiNhAsid => Command::TlbiNhAsid {
+            vmid: vmid(c, caps),
+            asid: c.asid(),
+        },
+        Opcode::TlbiNhVa => Command::TlbiNhVa {
+            vmid: vmid(c, caps),
+            asid: c.asid(),
+            addr: tlbi_addr(c, c.addr()),
+        },
+        Opcode::TlbiNhVaa => Command::TlbiNhVaa {
+            vmid: vmid(c, caps),
+            addr: tlbi_addr(c, c.addr()),
+        },
+        Opcode::TlbiS12Vmall | Opcode::TlbiS2Ipa if !caps.s2p => return Err(ill),
+        Opcode::TlbiS12Vmall => Command::TlbiS12Vmall { vmid: c.vmid() },
+        Opcode::TlbiS2Ipa => Command::TlbiS2Ipa {
+            vmid: c.vmid(),
+            addr: tlbi_addr(c, c.ipa()),
+        },
+        Opcode::TlbiNsnhAll => Command::TlbiNsnhAll,
+        // CMD_TLBI_EL2_* need SMMU_IDR0.HYP and CMD_TLBI_EL3_* a Secure
+        // command queue; this SMMU has neither.
+        _ => return Err(ill),
+    })
+}
+
+/// The commands about devices and completion (IHI 0070 4.5 to 4.7:
+/// CMD_ATC_INV, CMD_PRI_RESP, CMD_RESUME, CMD_STALL_TERM, CMD_SYNC).
+fn decode_device(c: &Cmd, op: Opcode, caps: &Caps) -> Result<Command, Illegal> {
+    let ill = Illegal::NotImplemented(op);
+    let reserved = Illegal::Reserved(op);
+    let ssid = c.ssv().then_some(c.ssid());
+    Ok(match op {
+        // CMD_ATC_INV needs SMMU_IDR0.ATS.
+        Opcode::AtcInv if !caps.ats => return Err(ill),
+        Opcode::AtcInv => Command::AtcInv(crate::ats::AtcInvalidation {
+            sid: c.sid(),
+            ssid,
+            global: c.global(),
+            addr: c.addr(),
+            size: c.atc_size(),
+        }),
+        // CMD_PRI_RESP needs SMMU_IDR0.PRI; Resp 0b11 is reserved.
+        Opcode::PriResp if !caps.pri => return Err(ill),
+        Opcode::PriResp => Command::PriResp {
+            sid: c.sid(),
+            ssid,
+            prg_index: c.prg_index(),
+            resp: match c.pri_resp() {
+                0 => PriResponse::Deny,
+                1 => PriResponse::Fail,
+                2 => PriResponse::Success,
+                _ => return Err(reserved),
+            },
+        },
+        // CMD_RESUME: Action 0b11 is reserved.
+        Opcode::Resume => Command::Resume {
+            sid: c.sid(),
+            stag: c.stag(),
+            action: match c.action_cs() {
+                0 => ResumeAction::Terminate,
+                1 => ResumeAction::Retry,
+                2 => ResumeAction::Abort,
+                _ => return Err(reserved),
+            },
+        },
+        Opcode::StallTerm => Command::StallTerm { sid: c.sid() },
+        // CMD_SYNC: CS 0b11 is reserved.
+        Opcode::Sync => Command::Sync {
+            cs: match c.action_cs() {
+                0 => SyncSignal::None,
+                1 => SyncSignal::Irq,
+                2 => SyncSignal::Sev,
+                _ => return Err(reserved),
+            },
+            msi_addr: c.msiaddr(),
+            msi_data: c.msidata(),
+        },
+        _ => return Err(ill),
+    })
 }
 
 /// The VMID of a TLBI_NH command: ignored (0) without stage 2, which is

@@ -210,67 +210,10 @@ impl Smmuv3 {
     /// Applies a command to the model's own state.
     fn execute(&mut self, cmd: &Command) {
         match *cmd {
-            Command::CfgiSte { sid } => {
-                self.cfg_cache.drop_streams(sid, 1);
-                self.drop_scope(Scope::Stream { sid });
-            }
-            Command::CfgiCdAll { sid } => {
-                self.cfg_cache.drop_cds_of(sid);
-                self.drop_scope(Scope::Stream { sid });
-            }
-            Command::CfgiSteRange { first, log2 } => {
-                self.cfg_cache.drop_streams(first, 1u64 << log2);
-                self.cfgi_range(first, log2);
-            }
-            Command::CfgiCd { sid, ssid, leaf } => {
-                self.cfg_cache.drop_cd(sid, ssid, leaf);
-                self.drop_scope(Scope::Substream { sid, ssid });
-                // CD 0 also serves transactions without a SubstreamID.
-                if ssid == 0 {
-                    self.drop_scope(Scope::Stream { sid });
-                }
-            }
-            Command::TlbiNhAll { vmid } => self.drop_scope(Scope::Vmid {
-                kinds: STAGE1_KINDS,
-                vmid,
-            }),
-            Command::TlbiNhAsid { vmid, asid } => self.drop_scope(Scope::Asid { vmid, asid }),
-            Command::TlbiNhVa { vmid, asid, addr } => self.drop_scope(Scope::Range {
-                kinds: STAGE1_KINDS,
-                vmid,
-                asid: Some(asid),
-                span: addr.span(self.caps.ril),
-            }),
-            Command::TlbiNhVaa { vmid, addr } => self.drop_scope(Scope::Range {
-                kinds: STAGE1_KINDS,
-                vmid,
-                asid: None,
-                span: addr.span(self.caps.ril),
-            }),
-            Command::TlbiS12Vmall { vmid } => {
-                // CDs of nested streams were fetched through stage 2.
-                self.cfg_cache.clear_cds();
-                self.drop_scope(Scope::Vmid {
-                    kinds: VMID_KINDS,
-                    vmid,
-                });
-            }
-            // CMD_TLBI_S2_IPA removes stage-2-only entries; combined
-            // stage 1+2 entries need CMD_TLBI_NH_* or S12_VMALL (Linux
-            // follows an S2 unmap of a nesting parent with TLBI_NH_ALL).
-            Command::TlbiS2Ipa { vmid, addr } => {
-                self.cfg_cache.clear_cds();
-                self.drop_scope(Scope::Range {
-                    kinds: Kind::S2.bit(),
-                    vmid,
-                    asid: None,
-                    span: addr.span(self.caps.ril),
-                });
-            }
-            Command::TlbiNsnhAll => {
-                self.cfg_cache.clear_cds();
-                self.invalidate_all();
-            }
+            Command::CfgiSte { .. }
+            | Command::CfgiCdAll { .. }
+            | Command::CfgiSteRange { .. }
+            | Command::CfgiCd { .. } => self.execute_cfgi(cmd),
             Command::AtcInv(inv) => {
                 if !self.notify_atc(&inv) {
                     self.atc_timeout = true;
@@ -297,7 +240,84 @@ impl Smmuv3 {
                 }
             }
             Command::Prefetch { .. } | Command::Sync { .. } => {}
+            _ => self.execute_tlbi(cmd),
         }
+    }
+
+    /// Configuration invalidations (IHI 0070 4.3): the cached STEs and
+    /// CDs they name, and every translation of the streams involved.
+    fn execute_cfgi(&mut self, cmd: &Command) {
+        match *cmd {
+            Command::CfgiSte { sid } => {
+                self.cfg_cache.drop_streams(sid, 1);
+                self.drop_scope(Scope::Stream { sid });
+            }
+            Command::CfgiCdAll { sid } => {
+                self.cfg_cache.drop_cds_of(sid);
+                self.drop_scope(Scope::Stream { sid });
+            }
+            Command::CfgiSteRange { first, log2 } => {
+                self.cfg_cache.drop_streams(first, 1u64 << log2);
+                self.cfgi_range(first, log2);
+            }
+            Command::CfgiCd { sid, ssid, leaf } => {
+                self.cfg_cache.drop_cd(sid, ssid, leaf);
+                self.drop_scope(Scope::Substream { sid, ssid });
+                // CD 0 also serves transactions without a SubstreamID.
+                if ssid == 0 {
+                    self.drop_scope(Scope::Stream { sid });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// TLB invalidations (IHI 0070 4.4), by the tags of [`crate::tlb`].
+    fn execute_tlbi(&mut self, cmd: &Command) {
+        let ril = self.caps.ril;
+        let scope = match *cmd {
+            Command::TlbiNhAll { vmid } => Scope::Vmid {
+                kinds: STAGE1_KINDS,
+                vmid,
+            },
+            Command::TlbiNhAsid { vmid, asid } => Scope::Asid { vmid, asid },
+            Command::TlbiNhVa { vmid, asid, addr } => Scope::Range {
+                kinds: STAGE1_KINDS,
+                vmid,
+                asid: Some(asid),
+                span: addr.span(ril),
+            },
+            Command::TlbiNhVaa { vmid, addr } => Scope::Range {
+                kinds: STAGE1_KINDS,
+                vmid,
+                asid: None,
+                span: addr.span(ril),
+            },
+            Command::TlbiS12Vmall { vmid } => Scope::Vmid {
+                kinds: VMID_KINDS,
+                vmid,
+            },
+            // CMD_TLBI_S2_IPA removes stage-2-only entries; combined
+            // stage 1+2 entries need CMD_TLBI_NH_* or S12_VMALL (Linux
+            // follows an S2 unmap of a nesting parent with TLBI_NH_ALL).
+            Command::TlbiS2Ipa { vmid, addr } => Scope::Range {
+                kinds: Kind::S2.bit(),
+                vmid,
+                asid: None,
+                span: addr.span(ril),
+            },
+            Command::TlbiNsnhAll => Scope::All,
+            _ => return,
+        };
+        // CDs of nested streams were fetched through stage 2: a stage-2
+        // invalidation may make them stale.
+        if matches!(
+            cmd,
+            Command::TlbiS12Vmall { .. } | Command::TlbiS2Ipa { .. } | Command::TlbiNsnhAll
+        ) {
+            self.cfg_cache.clear_cds();
+        }
+        self.drop_scope(scope);
     }
 
     /// CMD_RESUME (IHI 0070 CMD_RESUME): a tag that names no stalled

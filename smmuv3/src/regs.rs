@@ -599,35 +599,8 @@ pub fn layout(c: &Smmuv3Config) -> Vec<RegDesc> {
             GERROR_ERRORS,
             Lock::Never,
         ),
-        rw(
-            "SMMU_STRTAB_BASE",
-            off::STRTAB_BASE,
-            W64,
-            strtab_base::ADDR.mask() | strtab_base::RA.mask(),
-            Lock::SmmuEnabled,
-        ),
-        rw(
-            "SMMU_STRTAB_BASE_CFG",
-            off::STRTAB_BASE_CFG,
-            W32,
-            strtab_base_cfg::LOG2SIZE.mask()
-                | strtab_base_cfg::SPLIT.mask()
-                | strtab_base_cfg::FMT.mask(),
-            Lock::SmmuEnabled,
-        ),
-        rw("SMMU_CMDQ_BASE", off::CMDQ_BASE, W64, QBASE, Lock::Cmdq),
-        rw("SMMU_CMDQ_PROD", off::CMDQ_PROD, W32, PTR, Lock::Never),
-        rw("SMMU_CMDQ_CONS", off::CMDQ_CONS, W32, PTR, Lock::Cmdq),
-        rw("SMMU_EVENTQ_BASE", off::EVTQ_BASE, W64, QBASE, Lock::Evtq),
-        rw("SMMU_EVENTQ_PROD", off::EVTQ_PROD, W32, PTR_OVF, Lock::Evtq),
-        rw(
-            "SMMU_EVENTQ_CONS",
-            off::EVTQ_CONS,
-            W32,
-            PTR_OVF,
-            Lock::Never,
-        ),
     ];
+    v.extend(table_and_queue_regs());
     if c.msi {
         v.extend(msi_regs(
             "SMMU_GERROR_IRQ_CFG",
@@ -659,6 +632,40 @@ pub fn layout(c: &Smmuv3Config) -> Vec<RegDesc> {
         }
     }
     v
+}
+
+/// The stream table, command queue and event queue registers.
+fn table_and_queue_regs() -> [RegDesc; 8] {
+    [
+        rw(
+            "SMMU_STRTAB_BASE",
+            off::STRTAB_BASE,
+            W64,
+            strtab_base::ADDR.mask() | strtab_base::RA.mask(),
+            Lock::SmmuEnabled,
+        ),
+        rw(
+            "SMMU_STRTAB_BASE_CFG",
+            off::STRTAB_BASE_CFG,
+            W32,
+            strtab_base_cfg::LOG2SIZE.mask()
+                | strtab_base_cfg::SPLIT.mask()
+                | strtab_base_cfg::FMT.mask(),
+            Lock::SmmuEnabled,
+        ),
+        rw("SMMU_CMDQ_BASE", off::CMDQ_BASE, W64, QBASE, Lock::Cmdq),
+        rw("SMMU_CMDQ_PROD", off::CMDQ_PROD, W32, PTR, Lock::Never),
+        rw("SMMU_CMDQ_CONS", off::CMDQ_CONS, W32, PTR, Lock::Cmdq),
+        rw("SMMU_EVENTQ_BASE", off::EVTQ_BASE, W64, QBASE, Lock::Evtq),
+        rw("SMMU_EVENTQ_PROD", off::EVTQ_PROD, W32, PTR_OVF, Lock::Evtq),
+        rw(
+            "SMMU_EVENTQ_CONS",
+            off::EVTQ_CONS,
+            W32,
+            PTR_OVF,
+            Lock::Never,
+        ),
+    ]
 }
 
 /// The three MSI configuration registers of one interrupt (address, data,

@@ -477,17 +477,7 @@ fn stage1<M: GuestMemory + ?Sized>(
         access,
         table_walk: false,
     };
-    let s1_walk = match &ste.s2 {
-        Some(s2) => {
-            let mut t = S2Tables {
-                mem,
-                s2: &s2.table,
-                class: FaultClass::Tt,
-            };
-            walk(mem, &table, &mut t, &w)
-        }
-        None => walk(mem, &table, &mut Direct, &w),
-    };
+    let s1_walk = walk_stage1(mem, ste, &table, &w);
     let l1 = match s1_walk {
         Walk::Mapped(l) => l,
         Walk::Fault(f) => return Outcome::Fault(walk_fault(req, access, &f, cfg)),
@@ -509,6 +499,27 @@ fn stage1<M: GuestMemory + ?Sized>(
     match walk(mem, &s2.table, &mut Direct, &w2) {
         Walk::Mapped(l2) => Outcome::Mapped(nested_result(ste, &cd, req, &l1, &l2, ipa, tagged)),
         Walk::Fault(f) => Outcome::Fault(walk_fault(req, access, &f, cfg)),
+    }
+}
+
+/// Walks the stage-1 tables, through stage 2 for a nested stream (its
+/// table addresses are IPAs; a stage-2 fault on them has CLASS = TT).
+fn walk_stage1<M: GuestMemory + ?Sized>(
+    mem: &M,
+    ste: &SteConfig,
+    table: &TableConfig,
+    w: &WalkReq,
+) -> Walk {
+    match &ste.s2 {
+        Some(s2) => {
+            let mut t = S2Tables {
+                mem,
+                s2: &s2.table,
+                class: FaultClass::Tt,
+            };
+            walk(mem, table, &mut t, w)
+        }
+        None => walk(mem, table, &mut Direct, w),
     }
 }
 

@@ -606,6 +606,30 @@ fn stage2_perms(cfg: &TableConfig, e: desc::Desc) -> Perms {
     }
 }
 
+/// Whether `p` refuses the request (or STE.S2PTW refuses a stage-1 table
+/// walk that lands in Device memory).
+fn denied(cfg: &TableConfig, req: &WalkReq, p: &Perms, e: desc::Desc) -> bool {
+    let a = req.access;
+    (a.contains(Access::READ) && !p.read)
+        || (a.contains(Access::WRITE) && !p.write_now && !p.write_clean)
+        || (a.contains(Access::EXEC) && !p.exec)
+        || (req.table_walk && cfg.ptw && e.s2_memtype() == 0)
+}
+
+/// The descriptor after the hardware updates of an access that did not
+/// fault: the access flag with HA, and dirty state for a write to a
+/// writable-clean entry (stage 1 clears AP[2], stage 2 sets S2AP[1]).
+fn updated(cfg: &TableConfig, d: u64, make_dirty: bool) -> u64 {
+    let mut new = d;
+    if !desc::Desc(d).af() && cfg.ha {
+        new = desc::AF.set(new, 1);
+    }
+    if make_dirty {
+        new = desc::AP2_S2W.set(new, u64::from(cfg.stage == Stage::Two));
+    }
+    new
+}
+
 /// Checks the leaf and makes the hardware updates (IHI 0070,
 /// "Translation table entries and Access/Dirty flags"): the access flag
 /// fault takes priority over permission faults; the access flag and the
@@ -632,25 +656,11 @@ fn finish<M: GuestMemory + ?Sized, T: TableAccess>(
         Stage::One => stage1_perms(cfg, e, f.limits, privileged),
         Stage::Two => stage2_perms(cfg, e),
     };
-    let a = req.access;
-    let denied = (a.contains(Access::READ) && !p.read)
-        || (a.contains(Access::WRITE) && !p.write_now && !p.write_clean)
-        || (a.contains(Access::EXEC) && !p.exec)
-        // STE.S2PTW: a stage-1 table walk that lands in Device memory.
-        || (req.table_walk && cfg.ptw && e.s2_memtype() == 0);
-    if denied {
+    if denied(cfg, req, &p, e) {
         return Attempt::Done(fault(FaultKind::Permission, f.level, cfg, req.addr));
     }
-    let make_dirty = a.contains(Access::WRITE) && !p.write_now;
-    let mut new = f.desc;
-    if !e.af() && cfg.ha {
-        new = desc::AF.set(new, 1);
-    }
-    if make_dirty {
-        // Stage 1 dirty: AP[2] cleared; stage 2 dirty: S2AP[1] set.
-        let bit = u64::from(cfg.stage == Stage::Two);
-        new = desc::AP2_S2W.set(new, bit);
-    }
+    let make_dirty = req.access.contains(Access::WRITE) && !p.write_now;
+    let new = updated(cfg, f.desc, make_dirty);
     if new != f.desc {
         let pa = match tables.resolve(f.at, true) {
             Ok(pa) => pa,
