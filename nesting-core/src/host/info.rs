@@ -177,6 +177,50 @@ pub mod idr {
     pub const IDR5_GRAN64K: Field = Field::bit(6);
     /// IDR5.VAX: 52-bit virtual addresses.
     pub const IDR5_VAX: Field = Field::bits(11, 10);
+    /// IDR0.BTM: broadcast TLB maintenance.
+    pub const IDR0_BTM: Field = Field::bit(5);
+    /// IDR0.DORMHINT: dormant hint.
+    pub const IDR0_DORMHINT: Field = Field::bit(8);
+    /// IDR0.HYP: hypervisor stage-1 contexts (EL2 StreamWorld).
+    pub const IDR0_HYP: Field = Field::bit(9);
+    /// IDR0.NS1ATS: no stage-1-only ATS.
+    pub const IDR0_NS1ATS: Field = Field::bit(11);
+    /// IDR0.MSI: message-signalled interrupts.
+    pub const IDR0_MSI: Field = Field::bit(13);
+    /// IDR0.SEV: the SMMU sends WFE wake-up events.
+    pub const IDR0_SEV: Field = Field::bit(14);
+    /// IDR0.ATOS: address translation operations.
+    pub const IDR0_ATOS: Field = Field::bit(15);
+    /// IDR0.VMW: VMID wildcards.
+    pub const IDR0_VMW: Field = Field::bit(17);
+    /// IDR0.TERM_MODEL: 1 = terminated transactions always abort.
+    pub const IDR0_TERM_MODEL: Field = Field::bit(26);
+    /// IDR1.PRIQS: log2 of the largest PRI queue.
+    pub const IDR1_PRIQS: Field = Field::bits(15, 11);
+    /// IDR1.EVENTQS: log2 of the largest event queue.
+    pub const IDR1_EVENTQS: Field = Field::bits(20, 16);
+    /// IDR1.CMDQS: log2 of the largest command queue.
+    pub const IDR1_CMDQS: Field = Field::bits(25, 21);
+    /// IDR1.ATTR_PERMS_OVR.
+    pub const IDR1_ATTR_PERMS_OVR: Field = Field::bit(26);
+    /// IDR1.ATTR_TYPES_OVR.
+    pub const IDR1_ATTR_TYPES_OVR: Field = Field::bit(27);
+    /// IDR1.REL: base addresses are relative (embedded implementations).
+    pub const IDR1_REL: Field = Field::bit(28);
+    /// IDR1.QUEUES_PRESET: queue bases are fixed.
+    pub const IDR1_QUEUES_PRESET: Field = Field::bit(29);
+    /// IDR1.TABLES_PRESET: table bases are fixed.
+    pub const IDR1_TABLES_PRESET: Field = Field::bit(30);
+    /// IDR3.HAD: hierarchical attribute disable (CD.HAD0/HAD1).
+    pub const IDR3_HAD: Field = Field::bit(2);
+    /// IDR3.XNX: EL0/EL1 execute-never distinction at stage 2.
+    pub const IDR3_XNX: Field = Field::bit(4);
+    /// IDR3.STT: small translation tables (TxSZ above 39).
+    pub const IDR3_STT: Field = Field::bit(9);
+    /// IDR3.BBML: break-before-make level.
+    pub const IDR3_BBML: Field = Field::bits(12, 11);
+    /// IDR5.STALL_MAX: most outstanding stalled transactions.
+    pub const IDR5_STALL_MAX: Field = Field::bits(31, 16);
 
     /// Output address sizes in bits, indexed by IDR5.OAS.
     pub const OAS_BITS: [u32; 7] = [32, 36, 40, 42, 44, 48, 52];

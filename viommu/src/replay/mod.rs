@@ -22,6 +22,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMm
 
 mod output;
 pub mod parse;
+pub mod smmuv3;
 pub mod virtio;
 pub mod vtd;
 
@@ -161,6 +162,10 @@ fn make_model(cfg: &GuestModel) -> Box<dyn ReplayModel> {
     match cfg {
         GuestModel::VirtioIommu(c) => Box::new(virtio::VirtioReplay::new(c)),
         GuestModel::Vtd(c) => Box::new(vtd::VtdReplay::new(c)),
+        GuestModel::Smmuv3(c) => Box::new(smmuv3::Smmuv3Replay::new(c)),
+        // Every model has replay support now; a model added later starts
+        // here.
+        #[allow(unreachable_patterns)]
         _ => Box::new(Unimplemented),
     }
 }

@@ -1,0 +1,119 @@
+//! Snapshot and restore of an SMMU (live migration, save/restore): the
+//! configuration as its `model smmuv3` options, every register, the
+//! stalled transactions and the pending ATC invalidation timeout.
+//!
+//! The translation cache is not saved: it is a cache, and a restored SMMU
+//! starts with it empty (always architecturally allowed). Callbacks and
+//! the host backend are not state: set them again.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use nesting_core::options::{ModelOptions, OptionError};
+
+use crate::Smmuv3;
+use crate::options::Smmuv3Config;
+use crate::stall::{Stall, StallTable};
+
+/// Format version of [`Smmuv3Snapshot`]; bumped on incompatible changes.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// The saved state of an SMMU.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Smmuv3Snapshot {
+    /// [`SNAPSHOT_VERSION`] at save time.
+    pub version: u32,
+    /// The configuration, as `key=value` options.
+    pub options: Vec<String>,
+    /// Every register, as (offset, value).
+    pub registers: Vec<(u64, u64)>,
+    /// Stalled transactions.
+    pub stalls: Vec<Stall>,
+    /// The next stall tag tried.
+    pub next_stag: u16,
+    /// An ATC invalidation timed out since the last CMD_SYNC.
+    pub atc_timeout: bool,
+    /// Commands executed (statistics).
+    pub commands: u64,
+}
+
+/// A snapshot could not be restored.
+#[derive(Debug, Error)]
+pub enum SnapshotError {
+    /// Saved by an incompatible version.
+    #[error("snapshot version {found}, expected {SNAPSHOT_VERSION}")]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The saved options do not make an SMMUv3 configuration.
+    #[error("snapshot configuration")]
+    Config(#[source] OptionError),
+    /// A saved register does not exist in the configuration's layout.
+    #[error("snapshot register at {offset:#x} is not in the SMMU's layout")]
+    UnknownRegister {
+        /// Its offset.
+        offset: u64,
+    },
+    /// A register of the layout is missing from the snapshot.
+    #[error("snapshot lacks the register at {offset:#x}")]
+    MissingRegister {
+        /// Its offset.
+        offset: u64,
+    },
+}
+
+impl Smmuv3 {
+    /// The SMMU's state.
+    pub fn snapshot(&self) -> Smmuv3Snapshot {
+        let options = self
+            .config()
+            .options()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let registers = self
+            .regs
+            .descs()
+            .iter()
+            .map(|d| (d.offset, self.regs.get(d.offset)))
+            .collect();
+        Smmuv3Snapshot {
+            version: SNAPSHOT_VERSION,
+            options,
+            registers,
+            stalls: self.stalls.held().to_vec(),
+            next_stag: self.stalls.next_tag(),
+            atc_timeout: self.atc_timeout,
+            commands: self.commands,
+        }
+    }
+
+    /// An SMMU in the saved state (without callbacks or host backend).
+    pub fn restore(s: &Smmuv3Snapshot) -> Result<Smmuv3, SnapshotError> {
+        if s.version != SNAPSHOT_VERSION {
+            return Err(SnapshotError::Version { found: s.version });
+        }
+        let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
+        let cfg = Smmuv3Config::from_options(&opts).map_err(SnapshotError::Config)?;
+        let mut unit = Smmuv3::new(cfg);
+        let layout: Vec<u64> = unit.regs.descs().iter().map(|d| d.offset).collect();
+        if let Some((offset, _)) = s.registers.iter().find(|(o, _)| !layout.contains(o)) {
+            return Err(SnapshotError::UnknownRegister { offset: *offset });
+        }
+        for offset in layout {
+            let value = s
+                .registers
+                .iter()
+                .find(|(o, _)| *o == offset)
+                .map(|(_, v)| *v)
+                .ok_or(SnapshotError::MissingRegister { offset })?;
+            unit.regs.set(offset, value);
+        }
+        unit.stalls = StallTable::restore(&s.stalls, s.next_stag);
+        unit.atc_timeout = s.atc_timeout;
+        unit.commands = s.commands;
+        unit.publish_cons();
+        Ok(unit)
+    }
+}
