@@ -74,9 +74,9 @@ pub mod pte {
     pub const SH_IS: u64 = 3 << 8;
     /// Stage 1: not global.
     pub const NG: u64 = 1 << 11;
-    /// Stage 1: AP[1], EL0 (unprivileged) access.
+    /// Stage 1: AP\[1\], EL0 (unprivileged) access.
     pub const AP_UNPRIV: u64 = 1 << 6;
-    /// Stage 1: AP[2], read-only.
+    /// Stage 1: AP\[2\], read-only.
     pub const AP_RDONLY: u64 = 1 << 7;
     /// Dirty bit modifier.
     pub const DBM: u64 = 1 << 51;
