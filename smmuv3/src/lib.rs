@@ -59,6 +59,7 @@ pub mod host;
 pub mod irq;
 pub mod ladder;
 pub mod options;
+pub mod passthrough;
 pub mod priq;
 pub mod queue;
 pub mod regs;
