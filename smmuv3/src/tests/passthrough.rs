@@ -404,3 +404,144 @@ fn hosts_that_cannot_nest_are_refused_with_the_reason() {
         assert!(d.has_failed(check), "{host}: {}", d.reason);
     }
 }
+
+/// The completion-order check (as VT-d's `completion.rs`): at every host
+/// call made for a command batch, the guest must not yet see the batch's
+/// CMD_SYNC complete.
+mod completion {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    use nesting_core::mem::GuestMemoryExt;
+    use nesting_core::types::Gpa;
+
+    use super::*;
+    use crate::irq::IrqSource;
+
+    #[derive(Default)]
+    struct Seen {
+        armed: AtomicBool,
+        calls: AtomicU64,
+        violations: AtomicU64,
+        /// Queue position and slot of the CMD_SYNC under test.
+        pos: AtomicU32,
+        slot: AtomicU64,
+        ops: Mutex<Vec<HostOp>>,
+    }
+
+    /// A probed SMMU with passthrough stream 0x10 on stage 1 (CD table A),
+    /// the hook watching MSIPOLL word, CONS and the CMD_SYNC interrupt.
+    fn setup(opts: &[&str]) -> (Pt, Driver, Arc<Seen>, (u64, bool)) {
+        let mut p = Pt::new(opts, nest());
+        p.add(0x10).unwrap();
+        let mut drv = p.h.probe();
+        let cd = Driver::cd_table(&p.h.mem, &mut p.h.alloc, 2, true);
+        let ste = cdtable_ste(cd.0, 2, cd.1, false);
+        drv.install_ste(&mut p.h.smmu, &p.h.mem, &mut p.h.alloc, 0x10, ste);
+        let seen = Arc::new(Seen::default());
+        let (s, mem, cons, irqs) = (
+            seen.clone(),
+            p.h.mem.clone(),
+            p.h.smmu.cmdq_cons_mirror(),
+            p.h.irqs.clone(),
+        );
+        let msipoll = drv.msipoll;
+        p.sim.set_call_hook(Some(Arc::new(move |op: HostOp| {
+            if !s.armed.load(Ordering::SeqCst) {
+                return;
+            }
+            s.calls.fetch_add(1, Ordering::SeqCst);
+            s.ops.lock().unwrap().push(op);
+            let pos = s.pos.load(Ordering::SeqCst);
+            let word = mem.read_u32_le(Gpa(s.slot.load(Ordering::SeqCst))).unwrap();
+            let c = cons.load(Ordering::Acquire) & 0x1ff;
+            let past = c.wrapping_sub(pos) & 0x1ff;
+            let irq = irqs
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|i| i.source == IrqSource::CmdSync);
+            if (msipoll && word == 0) || (past != 0 && past < 0x100) || irq {
+                s.violations.fetch_add(1, Ordering::SeqCst);
+            }
+        })));
+        (p, drv, seen, cd)
+    }
+
+    /// The batch: TLBIs, the STE moved to another CD table (CFGI_STE: the
+    /// TLBIs go first, then a new HWPT replaces the old), CFGI_CD and
+    /// more TLBIs, then CMD_SYNC. Returns whether the sync completed.
+    fn run(p: &mut Pt, drv: &mut Driver, seen: &Seen, cd: (u64, bool)) -> bool {
+        let at = drv.ste_addr(&p.h.mem, &mut p.h.alloc, 0x10);
+        let ste = cdtable_ste(cd.0, 1, cd.1, false);
+        crate::wire::write_qwords(&p.h.mem, at, ste.0).unwrap();
+        let cmds = [
+            cmd::tlbi_nh_va(0, 5, 0x1000),
+            cmd::tlbi_nh_asid(0, 5),
+            cmd::cfgi_ste(0x10),
+            cmd::cfgi_cd(0x10, 0),
+            cmd::tlbi_nh_va(0, 5, 0x2000),
+        ];
+        let pos = drv.cmdq.ptr + cmds.len() as u32;
+        seen.pos.store(pos, Ordering::SeqCst);
+        let slot = drv.cmdq.base + 16 * u64::from(pos & ((1 << drv.cmdq.log2) - 1));
+        seen.slot
+            .store(if drv.msipoll { slot } else { 0 }, Ordering::SeqCst);
+        p.h.irqs.lock().unwrap().clear();
+        seen.armed.store(true, Ordering::SeqCst);
+        let done = drv.issue(&mut p.h.smmu, &p.h.mem, &cmds);
+        seen.armed.store(false, Ordering::SeqCst);
+        done
+    }
+
+    fn check(opts: &[&str]) {
+        let (mut p, mut drv, seen, cd) = setup(opts);
+        if !drv.msipoll {
+            // SEV mode: no MSIPOLL word; watch a word that stays set.
+            p.h.mem.write_u32_le(Gpa(0x100), 1).unwrap();
+        }
+        assert!(run(&mut p, &mut drv, &seen, cd));
+        let ops = seen.ops.lock().unwrap().clone();
+        assert!(seen.calls.load(Ordering::SeqCst) >= 4, "{ops:?}");
+        assert_eq!(seen.violations.load(Ordering::SeqCst), 0, "{ops:?}");
+        if !drv.msipoll {
+            assert!(
+                p.h.irqs
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|i| i.source == IrqSource::CmdSync)
+            );
+        }
+        // Each host call of the batch failing in turn: never a completion
+        // before the call, and no completion at all unless the failure is
+        // one the guest cannot see (destroying the replaced HWPT).
+        for (k, op) in ops.iter().enumerate() {
+            let nth = ops[..=k].iter().filter(|o| *o == op).count() as u64;
+            let (mut p, mut drv, seen, cd) = setup(opts);
+            if !drv.msipoll {
+                p.h.mem.write_u32_le(Gpa(0x100), 1).unwrap();
+            }
+            p.sim.fail_nth(*op, nth, Errno::EIO);
+            let done = run(&mut p, &mut drv, &seen, cd);
+            assert_eq!(
+                seen.violations.load(Ordering::SeqCst),
+                0,
+                "call {k} ({op:?}) failing"
+            );
+            if *op != HostOp::Destroy {
+                assert!(!done, "call {k} ({op:?}) failed, yet the sync completed");
+                assert!(p.h.smmu.error_active(gerror::CMDQ_ERR));
+            }
+        }
+    }
+
+    #[test]
+    fn sync_completes_only_after_every_host_call_msipoll() {
+        check(&[]);
+    }
+
+    #[test]
+    fn sync_completes_only_after_every_host_call_sev() {
+        check(&["msi=0"]);
+    }
+}
