@@ -394,10 +394,10 @@ fn hosts_that_cannot_nest_are_refused_with_the_reason() {
         ("smmuv3-nest idr3=0x400", "host-coherency"),
     ] {
         let mut spec = SimHostSpec::parse(host).unwrap();
-        if check == "host-errata" {
-            if let nesting_core::host::info::HwInfo::ArmSmmuv3 { iidr, .. } = &mut spec.info.hw {
-                *iidr = 0x4830_043b;
-            }
+        if check == "host-errata"
+            && let nesting_core::host::info::HwInfo::ArmSmmuv3 { iidr, .. } = &mut spec.info.hw
+        {
+            *iidr = 0x4830_043b;
         }
         let mut p = Pt::new(&[], spec);
         let d = refused(p.add(0x10));
