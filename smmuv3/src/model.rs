@@ -138,10 +138,14 @@ impl Smmuv3 {
     }
 
     /// Back to the reset state (a system reset): registers at reset, the
-    /// translation cache and stalls dropped. Callbacks and the host
-    /// backend stay.
+    /// translation cache and stalls dropped, passthrough streams as GBPA
+    /// says. Callbacks and the host backend stay.
     pub fn reset(&mut self) {
         self.regs.reset();
+        if let Some(mut p) = self.passthrough.take() {
+            p.follow_gbpa(self);
+            self.passthrough = Some(p);
+        }
         self.invalidate_all();
         self.cfg_cache.clear();
         self.stalls = StallTable::default();

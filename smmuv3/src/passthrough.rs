@@ -90,10 +90,6 @@ use crate::wire::read_qwords;
 /// veventq_depth that fits all existing HWs", 1 << 19).
 pub const VEVENTQ_DEPTH: u32 = 1 << MAX_QUEUE_LOG2;
 
-/// STE word 1 EATS (IHI 0070 5.2), cleared for a device whose host has
-/// no ATS.
-const STE1_EATS: u64 = 0b11 << 28;
-
 /// The registry's shadow spaces: a nested SMMU has none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum NoSpace {}
@@ -556,6 +552,18 @@ impl PassthroughBackend {
         }
     }
 
+    /// Every passthrough stream follows GBPA (after a reset, SMMUEN = 0:
+    /// no STE is read).
+    pub(crate) fn follow_gbpa(&mut self, smmu: &Smmuv3) {
+        self.queued = 0;
+        self.refused = None;
+        let ctx = gbpa_context(smmu);
+        let sids: Vec<u32> = self.devices.keys().copied().collect();
+        for sid in sids {
+            self.place(sid, place_of(ctx));
+        }
+    }
+
     /// Reads the host's events (see the module documentation).
     pub(crate) fn poll(&mut self) -> Result<Vec<NestedEvent>, PassthroughError> {
         match self.reg.nested_mut() {
@@ -574,14 +582,20 @@ fn place_of(ctx: NestedContext) -> Place<NoSpace> {
     }
 }
 
+/// IHI 0070 SMMU_GBPA: with SMMUEN = 0 transactions abort (ABORT = 1) or
+/// bypass.
+fn gbpa_context(smmu: &Smmuv3) -> NestedContext {
+    match gbpa::ABORT.is_set(smmu.registers().get(off::GBPA)) {
+        true => NestedContext::Abort,
+        false => NestedContext::Bypass,
+    }
+}
+
 /// What stream `sid` must be on the host: GBPA with SMMUEN = 0
 /// (SMMU_GBPA.ABORT), else its STE (IHI 0070 5.2).
 fn wanted<M: GuestMemory + ?Sized>(smmu: &Smmuv3, mem: &M, sid: u32, ats: bool) -> NestedContext {
     if !smmu.enabled() {
-        return match gbpa::ABORT.is_set(smmu.registers().get(off::GBPA)) {
-            true => NestedContext::Abort,
-            false => NestedContext::Bypass,
-        };
+        return gbpa_context(smmu);
     }
     let SteLookup::At(addr) = smmu.stream_table().locate(mem, sid) else {
         return NestedContext::Abort;
@@ -589,7 +603,7 @@ fn wanted<M: GuestMemory + ?Sized>(smmu: &Smmuv3, mem: &M, sid: u32, ats: bool) 
     let Ok(words) = read_qwords::<M, 8>(mem, addr) else {
         return NestedContext::Abort;
     };
-    let ste = Ste(words);
+    let mut ste = Ste(words);
     // 5.2: an STE the SMMU would take as ILLEGAL (C_BAD_STE) aborts.
     let Ok(cfg) = ste.decode(&smmu.caps) else {
         return NestedContext::Abort;
@@ -597,9 +611,13 @@ fn wanted<M: GuestMemory + ?Sized>(smmu: &Smmuv3, mem: &M, sid: u32, ats: bool) 
     match cfg.mode {
         SteMode::Bypass => NestedContext::Bypass,
         SteMode::S1 => {
-            let w1 = if ats { words[1] } else { words[1] & !STE1_EATS };
+            // 5.2 STE.EATS = 0b00: ATS translation requests are refused;
+            // what the device gets when its host has no ATS.
+            if !ats {
+                ste = ste.with_eats(0);
+            }
             NestedContext::Smmuv3 {
-                ste: [words[0], w1],
+                ste: [ste.0[0], ste.0[1]],
             }
         }
         // A stage-1-only guest has no stage-2 STE that decodes; anything

@@ -545,3 +545,27 @@ mod completion {
         check(&["msi=0"]);
     }
 }
+
+#[test]
+fn reset_puts_passthrough_streams_back_on_gbpa() {
+    let mut p = Pt::new(&[], nest());
+    let (_, dev) = p.add(0x10).unwrap();
+    p.h.probe();
+    assert_eq!(p.data(dev), Some(ABORT));
+    p.h.smmu.reset();
+    assert_eq!(p.data(dev), Some(BYPASS));
+}
+
+#[test]
+fn cfgi_all_rereads_every_passthrough_ste() {
+    let mut p = Pt::new(&[], nest());
+    let (_, a) = p.add(0x10).unwrap();
+    let (_, b) = p.add(0x11).unwrap();
+    let mut drv = p.h.probe();
+    for sid in [0x10, 0x11] {
+        let at = drv.ste_addr(&p.h.mem, &mut p.h.alloc, sid);
+        crate::wire::write_qwords(&p.h.mem, at, [0x9, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    }
+    assert!(drv.issue(&mut p.h.smmu, &p.h.mem, &[cmd::cfgi_all()]));
+    assert_eq!((p.data(a), p.data(b)), (Some(BYPASS), Some(BYPASS)));
+}
