@@ -4,7 +4,10 @@
 //! - **Stage 2.** Guest RAM, mapped once GPA -> host memory in the VM's RAM
 //!   IOAS ([`RamIoas`]), under a NEST_PARENT HWPT (with dirty tracking when
 //!   the host has it and the VMM asks). Devices the existing parents cannot
-//!   take (another physical IOMMU) get a parent of their own.
+//!   take (another physical IOMMU) get a parent of their own. Parents are
+//!   shared by every engine over the same [`RamIoas`] (one engine per
+//!   guest IOMMU instance): a second vSMMU on the same host SMMU gets its
+//!   own vIOMMU over the first one's stage 2.
 //! - **Contexts.** Per guest translation context (a VT-d PASID entry, an
 //!   SMMUv3 STE) a nested HWPT carrying the vendor data, attached with
 //!   replace so a device is never left without a domain; the old HWPT is
@@ -291,6 +294,18 @@ pub struct NestedEngine {
     queue: Vec<Queued>,
 }
 
+/// The flags of a stage-2 parent for `device`.
+fn parent_flags(device: &Device, kind: Kind, dirty: bool) -> HwptFlags {
+    let mut flags = HwptFlags::NEST_PARENT;
+    if dirty {
+        flags |= HwptFlags::DIRTY_TRACKING;
+    }
+    if device.pasid_capable && kind == Kind::Vtd {
+        flags |= HwptFlags::PASID;
+    }
+    flags
+}
+
 fn kind_of(hw: &HwInfo) -> Option<Kind> {
     match hw {
         HwInfo::IntelVtd { .. } => Some(Kind::Vtd),
@@ -334,6 +349,12 @@ impl NestedEngine {
     /// one).
     pub fn parents(&self) -> usize {
         self.parents.len()
+    }
+
+    /// The stage-2 parents this engine uses (some possibly shared with
+    /// other engines over the same RAM IOAS).
+    pub fn stage2_parents(&self) -> Vec<crate::host::HwptId> {
+        self.parents.iter().map(|p| p.hwpt.id()).collect()
     }
 
     /// The vIOMMUs (SMMUv3), one per stage-2 parent.
@@ -407,34 +428,63 @@ impl NestedEngine {
             }
         }
         let dirty = self.cfg.dirty_tracking && info.caps.contains(HostCaps::DIRTY_TRACKING);
-        let parent = match self.new_parent(&device, kind, dirty) {
-            Ok(p) => p,
+        let flags = parent_flags(&device, kind, dirty);
+        // A stage 2 another engine over the same RAM IOAS made (another
+        // guest IOMMU instance): shared when the device's host IOMMU takes
+        // it (arm_vsmmu_init: "if (s2_parent->smmu != smmu) return
+        // -EINVAL;").
+        let mine: Vec<crate::host::HwptId> = self.parents.iter().map(|p| p.hwpt.id()).collect();
+        let shared = self.ram.nest_parents(flags);
+        for hwpt in shared.into_iter().filter(|h| !mine.contains(&h.id())) {
+            match self.try_parent(hwpt, vsid, &mut device, kind, initial) {
+                Ok(()) => {
+                    self.devices.insert(vsid, device);
+                    return Ok(());
+                }
+                Err(e) if incompatible(&e) => continue,
+                Err(e) => return Err((e, device.dev)),
+            }
+        }
+        let hwpt = match self.alloc_parent(&device, flags) {
+            Ok(h) => h,
             Err(e) => return Err((e, device.dev)),
         };
-        self.parents.push(parent);
-        let p = self.parents.len() - 1;
-        match self.join(p, vsid, &mut device, initial) {
+        match self.try_parent(hwpt.clone(), vsid, &mut device, kind, initial) {
             Ok(()) => {
+                self.ram.add_nest_parent(flags, &hwpt);
                 self.devices.insert(vsid, device);
                 Ok(())
             }
-            Err(e) => {
-                self.parents.pop();
-                Err((e, device.dev))
-            }
+            Err(e) => Err((e, device.dev)),
         }
     }
 
-    /// Allocates a stage-2 parent (and for SMMUv3 its vIOMMU, vEVENTQ, and
-    /// abort and bypass HWPTs) for `device`.
-    fn new_parent(&self, device: &Device, kind: Kind, dirty: bool) -> Result<Parent, NestedError> {
-        let mut flags = HwptFlags::NEST_PARENT;
-        if dirty {
-            flags |= HwptFlags::DIRTY_TRACKING;
+    /// Makes `hwpt` a parent of this engine (for SMMUv3 with its vIOMMU,
+    /// vEVENTQ, abort and bypass HWPTs) and puts `device` under it; on
+    /// failure the engine is as before.
+    fn try_parent(
+        &mut self,
+        hwpt: Arc<Hwpt>,
+        vsid: u64,
+        device: &mut Device,
+        kind: Kind,
+        initial: NestedContext,
+    ) -> Result<(), NestedError> {
+        let smmu = match kind {
+            Kind::Vtd => None,
+            Kind::Smmuv3 => Some(self.new_smmu_objects(device.dev.id(), &hwpt)?),
+        };
+        self.parents.push(Parent { hwpt, smmu, kind });
+        let p = self.parents.len() - 1;
+        if let Err(e) = self.join(p, vsid, device, initial) {
+            self.parents.pop();
+            return Err(e);
         }
-        if device.pasid_capable && kind == Kind::Vtd {
-            flags |= HwptFlags::PASID;
-        }
+        Ok(())
+    }
+
+    /// Allocates a stage-2 parent over the RAM IOAS for `device`.
+    fn alloc_parent(&self, device: &Device, flags: HwptFlags) -> Result<Arc<Hwpt>, NestedError> {
         let req = HwptAlloc {
             dev: device.dev.id(),
             parent: PtId::Ioas(self.ram.ioas().id()),
@@ -442,12 +492,9 @@ impl NestedEngine {
             fault: None,
             data: HwptData::None,
         };
-        let hwpt = Arc::new(Hwpt::alloc(&self.host, &req)?.with_parent(self.ram.ioas().clone()));
-        let smmu = match kind {
-            Kind::Vtd => None,
-            Kind::Smmuv3 => Some(self.new_smmu_objects(device.dev.id(), &hwpt)?),
-        };
-        Ok(Parent { hwpt, smmu, kind })
+        Ok(Arc::new(
+            Hwpt::alloc(&self.host, &req)?.with_parent(self.ram.ioas().clone()),
+        ))
     }
 
     fn new_smmu_objects(&self, dev: DevId, hwpt: &Arc<Hwpt>) -> Result<SmmuObjects, NestedError> {

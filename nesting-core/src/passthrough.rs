@@ -412,8 +412,9 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
             };
             return Err((e.into(), dev));
         }
-        self.add_blocked(ep, dev, backing, view)?;
+        self.add_blocked(ep, dev, backing, view, initial)?;
         if initial != Place::Blocked
+            && backing == Backing::Shadow
             && let Err(e) = self.move_to((ep, None), initial)
         {
             let dev = self.remove_device(ep);
@@ -428,12 +429,15 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
         Ok(())
     }
 
+    /// Adds the device blocked; a nested one joins the engine directly in
+    /// its initial context (one attach, not abort then the context).
     fn add_blocked(
         &mut self,
         ep: Endpoint,
         mut dev: BoundDevice,
         backing: Backing,
         view: &HostView,
+        initial: Place<S>,
     ) -> Result<(), (HostFailure, BoundDevice)> {
         let mut device = Device {
             backing,
@@ -462,8 +466,15 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                 let Some(engine) = self.nested.as_mut() else {
                     return Err((HostFailure::Nested(NestedError::NoDevice { vsid: 0 }), dev));
                 };
-                if let Err((e, dev)) = engine.add_device(u64::from(ep), dev, NestedContext::Abort) {
+                let ctx = match initial {
+                    Place::Nested(c) => c,
+                    _ => NestedContext::Abort,
+                };
+                if let Err((e, dev)) = engine.add_device(u64::from(ep), dev, ctx) {
                     return Err((e.into(), dev));
+                }
+                if let Place::Nested(_) = initial {
+                    device.at.insert(None, initial);
                 }
             }
         }

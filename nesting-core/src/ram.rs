@@ -4,16 +4,21 @@
 //! IOAS. The shadow engine copies each guest mapping out of it with
 //! `IOMMU_IOAS_COPY`, so the kernel pins and accounts each page once however
 //! many domains and devices use it; the nested engine uses it as stage 2
-//! under a NEST_PARENT HWPT. One RAM IOAS serves the whole VM.
+//! under a NEST_PARENT HWPT. One RAM IOAS serves the whole VM, and so do
+//! its NEST_PARENT HWPTs: every nested engine over it (one per guest IOMMU
+//! instance) finds the stage-2 parents the others made
+//! ([`RamIoas::nest_parents`]), so several vSMMUs on one host SMMU share
+//! one stage 2 (and its VMID, `arm_vsmmu_init`: "vsmmu->vmid =
+//! s2_parent->s2_cfg.vmid").
 
 use std::os::fd::AsFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use thiserror::Error;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::host::objects::{Ioas, SharedHost};
-use crate::host::{HostError, IovaPlacement, MapSource};
+use crate::host::objects::{Hwpt, Ioas, SharedHost};
+use crate::host::{HostError, HwptFlags, IovaPlacement, MapSource};
 use crate::types::{Access, Gpa, Iova};
 
 /// What backs a region of guest RAM in this process.
@@ -177,6 +182,10 @@ impl GuestRam {
 pub struct RamIoas {
     ioas: Arc<Ioas>,
     ram: GuestRam,
+    /// The NEST_PARENT HWPTs over this IOAS, with the flags they were
+    /// allocated with. Weak: a parent lives as long as an engine uses it
+    /// (the engines hold it strongly), and is destroyed with the last.
+    parents: Mutex<Vec<(HwptFlags, Weak<Hwpt>)>>,
 }
 
 impl RamIoas {
@@ -210,7 +219,28 @@ impl RamIoas {
         Ok(RamIoas {
             ioas: Arc::new(ioas),
             ram,
+            parents: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The live NEST_PARENT HWPTs over this IOAS allocated with exactly
+    /// `flags`, oldest first: a nested engine tries them before allocating
+    /// a stage 2 of its own.
+    pub fn nest_parents(&self, flags: HwptFlags) -> Vec<Arc<Hwpt>> {
+        let mut list = self.parents.lock().unwrap_or_else(PoisonError::into_inner);
+        list.retain(|(_, w)| w.strong_count() > 0);
+        list.iter()
+            .filter(|(f, _)| *f == flags)
+            .filter_map(|(_, w)| w.upgrade())
+            .collect()
+    }
+
+    /// Records a NEST_PARENT HWPT made over this IOAS with `flags`, for
+    /// the other engines to share.
+    pub fn add_nest_parent(&self, flags: HwptFlags, hwpt: &Arc<Hwpt>) {
+        let mut list = self.parents.lock().unwrap_or_else(PoisonError::into_inner);
+        list.retain(|(_, w)| w.strong_count() > 0);
+        list.push((flags, Arc::downgrade(hwpt)));
     }
 
     /// The IOAS (IOVA = GPA).

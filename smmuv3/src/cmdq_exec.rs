@@ -74,7 +74,7 @@ impl Smmuv3 {
             }
         }
         if offered.first.is_some()
-            && let Err(r) = self.host_sync()
+            && let Err(r) = self.host_sync(mem)
         {
             let at = self.refused_at(&q, &offered, r, cons);
             self.cmdq_error(mem, at, Cerror::Ill);
@@ -115,7 +115,7 @@ impl Smmuv3 {
             Command::Prefetch { .. } => true,
             other => {
                 self.execute(&other);
-                if self.forward(at, &other) && offered.first.is_none() {
+                if self.forward(mem, at, raw, &other) && offered.first.is_none() {
                     offered.first = Some(at);
                 }
                 true
@@ -123,11 +123,24 @@ impl Smmuv3 {
         }
     }
 
-    fn host_sync(&mut self) -> Result<(), Refused> {
-        match &mut self.host {
+    /// Every host operation owed for the commands offered since the last
+    /// sync has returned: the seam's first, then the passthrough backend's
+    /// (its invalidations go out in one call here). The first refusal
+    /// wins.
+    fn host_sync<M: GuestMemory + ?Sized>(&mut self, mem: &M) -> Result<(), Refused> {
+        let seam = match &mut self.host {
             Some(h) => h.sync(),
             None => Ok(()),
-        }
+        };
+        let own = match self.passthrough.take() {
+            Some(mut p) => {
+                let r = p.sync(self, mem);
+                self.passthrough = Some(p);
+                r
+            }
+            None => Ok(()),
+        };
+        seam.and(own)
     }
 
     /// Where the queue stops for a host refusal: the refused command if it
@@ -163,7 +176,7 @@ impl Smmuv3 {
             self.cmdq_error(mem, at, Cerror::AtcInvSync);
             return false;
         }
-        if let Err(r) = self.host_sync() {
+        if let Err(r) = self.host_sync(mem) {
             let stop = self.refused_at(q, offered, r, at);
             self.cmdq_error(mem, stop, Cerror::Ill);
             return false;

@@ -276,26 +276,31 @@ impl Smmuv3 {
         mem: &M,
         ev: &Event,
     ) -> Recorded {
+        log::debug!("smmuv3: event {ev:x?}");
+        self.record_raw(mem, ev.encode().0)
+    }
+
+    /// Writes a 32-byte record at EVENTQ_PROD as [`Self::record_event`]
+    /// does (a passthrough device's record comes from the host as bytes).
+    pub(crate) fn record_raw<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        record: [u64; 4],
+    ) -> Recorded {
         if !cr0::EVTQEN.is_set(self.regs.get(off::CR0ACK)) {
             return Recorded::No;
         }
-        log::debug!("smmuv3: event {ev:x?}");
         let q = self.evtq();
         let prod_raw = self.regs.get(off::EVTQ_PROD);
         let cons_raw = self.regs.get(off::EVTQ_CONS);
         let (prod, cons) = (q.normalize(prod_raw), q.normalize(cons_raw));
         if q.is_full(prod, cons) {
-            let ovf = queue_ptr::OVF.is_set(prod_raw);
-            if ovf == queue_ptr::OVF.is_set(cons_raw) {
-                let toggled = queue_ptr::OVF.set(prod_raw, u64::from(!ovf));
-                self.regs.set(off::EVTQ_PROD, toggled);
-                self.signal(mem, IrqSource::EventQueue);
-            }
+            self.evtq_overflow(mem);
             return Recorded::No;
         }
         let ok = q
             .slot(prod)
-            .is_some_and(|at| write_qwords(mem, at, ev.encode().0).is_ok());
+            .is_some_and(|at| write_qwords(mem, at, record).is_ok());
         if !ok {
             self.global_error(mem, gerror::EVTQ_ABT_ERR);
             return Recorded::No;
@@ -305,5 +310,22 @@ impl Smmuv3 {
             .set(off::EVTQ_PROD, queue_ptr::WRAP_INDEX.set(prod_raw, next));
         self.signal(mem, IrqSource::EventQueue);
         Recorded::Yes
+    }
+
+    /// IHI 0070 "Event queue overflow": events were lost; PROD.OVFLG
+    /// toggles unless an overflow is already outstanding (OVFLG !=
+    /// CONS.OVACKFLG), and the event queue interrupt is raised.
+    pub(crate) fn evtq_overflow<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
+        if !cr0::EVTQEN.is_set(self.regs.get(off::CR0ACK)) {
+            return;
+        }
+        let prod_raw = self.regs.get(off::EVTQ_PROD);
+        let cons_raw = self.regs.get(off::EVTQ_CONS);
+        let ovf = queue_ptr::OVF.is_set(prod_raw);
+        if ovf == queue_ptr::OVF.is_set(cons_raw) {
+            let toggled = queue_ptr::OVF.set(prod_raw, u64::from(!ovf));
+            self.regs.set(off::EVTQ_PROD, toggled);
+            self.signal(mem, IrqSource::EventQueue);
+        }
     }
 }

@@ -39,8 +39,11 @@
 //! - Events: [`event`] (chapter 7), interrupts and global errors in
 //!   [`irq`]; stalls in [`stall`]; the PRI queue in [`priq`]; ATS in
 //!   [`ats`].
-//! - Passthrough: [`host`] is the seam a nesting backend plugs into; a
-//!   CMD_SYNC completes only after it.
+//! - Passthrough: [`passthrough`] nests passthrough devices on the
+//!   host's SMMUv3 through iommufd ([`Smmuv3::enable_passthrough`],
+//!   [`Smmuv3::add_passthrough`], [`Smmuv3::poll_host_events`],
+//!   [`Smmuv3::passthrough_msi_window`]); [`host`] is the seam another
+//!   backend plugs into. A CMD_SYNC completes only after both.
 //! - Host requirements for nesting: [`ladder`].
 //! - Snapshot and restore: [`snapshot`].
 //!
@@ -59,6 +62,7 @@ pub mod host;
 pub mod irq;
 pub mod ladder;
 pub mod options;
+pub mod passthrough;
 pub mod priq;
 pub mod queue;
 pub mod regs;

@@ -5,7 +5,7 @@
 //! event recording, stalls and the translation cache.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use nesting_core::iotlb::{Iotlb, Translation};
 use nesting_core::types::{Access, Gpa, Iova, PageSize, Pasid};
@@ -91,6 +91,11 @@ pub struct Smmuv3 {
     /// An ATC invalidation timed out since the last CMD_SYNC.
     pub(crate) atc_timeout: bool,
     pub(crate) host: Option<Box<dyn HostCommands + Send>>,
+    /// The passthrough backend ([`Smmuv3::enable_passthrough`]).
+    pub(crate) passthrough: Option<Box<crate::passthrough::PassthroughBackend>>,
+    /// The guest read an ID register: what they say is frozen (a
+    /// passthrough device needing them lowered is refused).
+    pub(crate) idr_read: AtomicBool,
     pub(crate) cb: Callbacks,
     /// CMDQ_CONS as last published (see [`Smmuv3::cmdq_cons_mirror`]).
     pub(crate) cons_mirror: Arc<AtomicU32>,
@@ -121,6 +126,8 @@ impl Smmuv3 {
             stalls: StallTable::default(),
             atc_timeout: false,
             host: None,
+            passthrough: None,
+            idr_read: AtomicBool::new(false),
             cb: Callbacks::default(),
             cons_mirror: Arc::new(AtomicU32::new(0)),
             commands: 0,
@@ -131,10 +138,14 @@ impl Smmuv3 {
     }
 
     /// Back to the reset state (a system reset): registers at reset, the
-    /// translation cache and stalls dropped. Callbacks and the host
-    /// backend stay.
+    /// translation cache and stalls dropped, passthrough streams as GBPA
+    /// says. Callbacks and the host backend stay.
     pub fn reset(&mut self) {
         self.regs.reset();
+        if let Some(mut p) = self.passthrough.take() {
+            p.follow_gbpa(self);
+            self.passthrough = Some(p);
+        }
         self.invalidate_all();
         self.cfg_cache.clear();
         self.stalls = StallTable::default();
@@ -237,6 +248,9 @@ impl Smmuv3 {
     /// of page 0. Other sizes, misaligned offsets and offsets without a
     /// register read as zero.
     pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        if offset <= off::AIDR {
+            self.idr_read.store(true, Ordering::Relaxed);
+        }
         match size {
             4 | 8 if offset.is_multiple_of(u64::from(size)) => {
                 self.regs.read(offset, u64::from(size))
@@ -267,7 +281,7 @@ impl Smmuv3 {
     fn after_write<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
         match e.offset {
             off::CR0 => self.control(mem, e),
-            off::GBPA => self.gbpa_update(e),
+            off::GBPA => self.gbpa_update(mem, e),
             off::IRQ_CTRL => {
                 // IRQ_CTRLACK follows IRQ_CTRL once the change takes effect,
                 // which is at once here.
@@ -307,9 +321,11 @@ impl Smmuv3 {
         let before = self.regs.get(off::CR0ACK);
         self.regs.set(off::CR0ACK, e.new);
         if cr0::SMMUEN.is_set(before) != cr0::SMMUEN.is_set(e.new) {
-            // Translation turned on or off: nothing cached so far holds.
+            // Translation turned on or off: nothing cached so far holds,
+            // and passthrough streams follow their STEs (or GBPA) now.
             self.invalidate_all();
             self.cfg_cache.clear();
+            self.passthrough_rescan(mem);
         }
         if cr0::CMDQEN.is_set(e.new) && !cr0::CMDQEN.is_set(before) {
             self.process_cmdq(mem);
@@ -319,9 +335,12 @@ impl Smmuv3 {
     /// SMMU_GBPA: a write with Update = 1 sets the other fields and the
     /// SMMU clears Update once they apply (at once here); a write with
     /// Update = 0 is ignored.
-    fn gbpa_update(&mut self, e: &WriteEffect) {
+    fn gbpa_update<M: GuestMemory + ?Sized>(&mut self, mem: &M, e: &WriteEffect) {
         if gbpa::UPDATE.is_set(e.written) {
             self.regs.set(off::GBPA, e.written & GBPA_FIELDS);
+            if !self.enabled() {
+                self.passthrough_rescan(mem);
+            }
         }
     }
 
@@ -480,14 +499,26 @@ impl Smmuv3 {
         self.cb.atc.as_ref().is_none_or(|f| f(inv))
     }
 
-    pub(crate) fn forward(&mut self, index: u32, cmd: &Command) -> bool {
-        match &mut self.host {
-            Some(h) => {
-                h.command(index, cmd);
-                true
-            }
-            None => false,
+    /// Offers a command to the host seam and the passthrough backend;
+    /// whether either took it (a sync is then owed before CMDQ_CONS
+    /// passes it).
+    pub(crate) fn forward<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        index: u32,
+        raw: [u64; 2],
+        cmd: &Command,
+    ) -> bool {
+        let mut taken = false;
+        if let Some(h) = &mut self.host {
+            h.command(index, cmd);
+            taken = true;
         }
+        if let Some(mut p) = self.passthrough.take() {
+            taken |= p.command(self, mem, index, raw, cmd);
+            self.passthrough = Some(p);
+        }
+        taken
     }
 }
 

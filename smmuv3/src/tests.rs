@@ -18,6 +18,7 @@ mod cmdq;
 mod events;
 mod host;
 mod instances;
+mod passthrough;
 mod priq;
 mod proptests;
 mod regs;

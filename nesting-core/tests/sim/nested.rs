@@ -472,3 +472,46 @@ fn injected_failure_at_every_host_op_leaves_the_engine_usable() {
         }
     }
 }
+
+#[test]
+fn smmuv3_two_engines_on_one_host_smmu_share_the_stage2_parent() {
+    let f = fixture(HostProfile::Smmuv3Nest);
+    let mut a = f.engine(NestedConfig::default());
+    let mut b = f.engine(NestedConfig::default());
+    f.add(&mut a, 0x8, NestedContext::Abort);
+    f.sim.reset_counters();
+    f.add(&mut b, 0x8, NestedContext::Abort);
+    // The second instance: its vIOMMU, its abort and bypass HWPTs, no
+    // second NEST_PARENT.
+    assert_eq!(f.sim.calls(HostOp::HwptAlloc), 2);
+    assert_eq!(a.stage2_parents(), b.stage2_parents());
+    assert_eq!((a.viommus().len(), b.viommus().len()), (1, 1));
+    assert_ne!(a.viommus(), b.viommus());
+}
+
+#[test]
+fn smmuv3_engine_on_another_host_smmu_gets_its_own_stage2() {
+    let f = fixture(HostProfile::Smmuv3Nest);
+    let unit1 = f.sim.add_iommu(HostProfile::Smmuv3Nest.spec());
+    let mut a = f.engine(NestedConfig::default());
+    let mut b = f.engine(NestedConfig::default());
+    f.add(&mut a, 0x8, NestedContext::Abort);
+    b.add_device(0x8, f.device(unit1), NestedContext::Abort)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_ne!(a.stage2_parents(), b.stage2_parents());
+}
+
+#[test]
+fn shared_stage2_parent_outlives_the_engine_that_made_it() {
+    let f = fixture(HostProfile::Smmuv3Nest);
+    let mut a = f.engine(NestedConfig::default());
+    let mut b = f.engine(NestedConfig::default());
+    f.add(&mut a, 0x8, NestedContext::Abort);
+    f.add(&mut b, 0x9, NestedContext::Abort);
+    let parent = a.stage2_parents()[0];
+    drop(a);
+    assert!(f.sim.hwpt(parent).is_some(), "b still uses it");
+    drop(b);
+    assert!(f.sim.hwpt(parent).is_none(), "destroyed with its last user");
+}

@@ -374,3 +374,21 @@ fn remove_device_hands_it_back_and_drops_its_spaces() {
     assert!(r.reg.space(&1).is_none());
     assert!(!r.reg.contains(8));
 }
+
+#[test]
+fn nested_device_added_in_a_context_is_attached_once() {
+    let mut r = rig(HostProfile::VtdNest, Backing::Nested, &[]);
+    let view = HostProfile::VtdNest.spec().host_view();
+    let host = r.reg.host().clone();
+    let dev = BoundDevice::bind(&host, r.sim.add_device(0)).unwrap();
+    let at = Place::Nested(NestedContext::Bypass);
+    r.reg
+        .add_device(8, dev, Backing::Nested, &view, at)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(r.reg.place((8, None)), at);
+    assert_eq!(
+        r.sim.calls(HostOp::Attach) + r.sim.calls(HostOp::Replace),
+        1
+    );
+}

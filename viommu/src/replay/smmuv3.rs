@@ -8,14 +8,21 @@
 //! synchronously in the model. MSIs whose address is not guest RAM have
 //! no interrupt controller to go to and are taken as delivered.
 //!
-//! Passthrough devices are not backed yet: the runner decides them with
-//! the ladder alone.
+//! Passthrough devices are backed by the SMMU's own passthrough backend
+//! (nested on the runner's simulated host SMMUv3: a vIOMMU, a vDEVICE per
+//! StreamID, a nested HWPT per vSTE), which decides them with the ladder;
+//! every register write returns after the host work it caused, as in a
+//! VMM. Host events are polled before every register access, as a VMM
+//! polling on MMIO would.
 
+use nesting_core::host::objects::BoundDevice;
+use nesting_core::ladder::Decision;
 use nesting_core::types::{Access, Iova};
+use smmuv3::passthrough::PassthroughError;
 use smmuv3::{Smmuv3, Smmuv3Config, TranslateResult};
 
 use super::parse::Width;
-use super::{Env, ModelError, ReplayModel};
+use super::{Env, ModelError, Passthrough, ReplayModel};
 
 /// The SMMU a script drives.
 pub struct Smmuv3Replay {
@@ -41,8 +48,34 @@ fn mmio_size(width: Width) -> Result<u32, ModelError> {
     }
 }
 
+impl Smmuv3Replay {
+    /// Host events of passthrough devices into the guest's event queue.
+    fn poll(&mut self, env: &Env<'_>) -> Result<(), ModelError> {
+        self.smmu
+            .poll_host_events(env.mem)
+            .map(|_| ())
+            .map_err(|e| ModelError::Script(format!("simulated host: {e}")))
+    }
+}
+
 impl ReplayModel for Smmuv3Replay {
-    fn mmio_read(&mut self, _env: &Env<'_>, width: Width, offset: u64) -> Result<u64, ModelError> {
+    fn passthrough(
+        &mut self,
+        env: &Env<'_>,
+        p: Passthrough<'_>,
+    ) -> Result<Decision, (ModelError, BoundDevice)> {
+        self.smmu.enable_passthrough(p.host.clone(), p.ram.clone());
+        match self.smmu.add_passthrough(env.mem, p.sid, p.device, p.view) {
+            Ok(d) => Ok(d),
+            // Refused: the device is dropped (unbound), as the runner
+            // expects of a refused device.
+            Err((PassthroughError::Refused { decision }, _device)) => Ok(*decision),
+            Err((e, device)) => Err((ModelError::Script(e.to_string()), device)),
+        }
+    }
+
+    fn mmio_read(&mut self, env: &Env<'_>, width: Width, offset: u64) -> Result<u64, ModelError> {
+        self.poll(env)?;
         Ok(self.smmu.mmio_read(offset, mmio_size(width)?))
     }
 
@@ -53,6 +86,7 @@ impl ReplayModel for Smmuv3Replay {
         offset: u64,
         value: u64,
     ) -> Result<(), ModelError> {
+        self.poll(env)?;
         self.smmu
             .mmio_write(env.mem, offset, mmio_size(width)?, value);
         Ok(())

@@ -6,6 +6,7 @@ use crate::trace::Trace;
 
 pub mod ioas;
 pub mod objects;
+pub mod vsmmu;
 pub mod vtd;
 
 /// A scenario: drives a host, recording into the trace.
@@ -22,6 +23,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("hw-info", objects::hw_info),
     ("hwpt", objects::hwpt),
     ("viommu", objects::viommu),
+    ("vsmmu", vsmmu::vsmmu),
     ("fault", objects::fault),
     ("pasid", objects::pasid),
     ("dirty", objects::dirty),

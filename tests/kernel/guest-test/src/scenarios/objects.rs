@@ -17,7 +17,7 @@ use crate::trace::Trace;
 
 const BASE: u64 = 0x100_0000;
 
-fn req(dev: DevId, parent: PtId, flags: HwptFlags, data: HwptData) -> HwptAlloc {
+pub(super) fn req(dev: DevId, parent: PtId, flags: HwptFlags, data: HwptData) -> HwptAlloc {
     HwptAlloc {
         dev,
         parent,
@@ -28,7 +28,7 @@ fn req(dev: DevId, parent: PtId, flags: HwptFlags, data: HwptData) -> HwptAlloc 
 }
 
 /// `struct iommu_hwpt_selftest { __u32 iotlb; __u32 pagetable_type; }`.
-fn selftest_data(iotlb: u32) -> HwptData {
+pub(super) fn selftest_data(iotlb: u32) -> HwptData {
     let mut bytes = iotlb.to_ne_bytes().to_vec();
     bytes.extend_from_slice(&0u32.to_ne_bytes());
     HwptData::Raw {
@@ -62,7 +62,7 @@ fn show_inv(o: &InvalidateOutcome) -> String {
     }
 }
 
-fn inv(
+pub(super) fn inv(
     t: &mut Trace,
     label: &str,
     h: &dyn HostBackend,
@@ -88,7 +88,7 @@ pub fn hw_info(r: &dyn Rig, t: &mut Trace, _m: &Mem) {
 }
 
 /// Records `IOMMU_HWPT_ALLOC` of `data` on `parent` for `dev`.
-fn alloc(
+pub(super) fn alloc(
     t: &mut Trace,
     h: &dyn HostBackend,
     label: &str,
