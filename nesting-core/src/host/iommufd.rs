@@ -691,7 +691,8 @@ fn dirty_bitmap_geometry(range: IovaRange, page_size: u64) -> Result<(u64, u64),
 
 impl HostBackend for Iommufd {
     /// Binds `Path`, `Fd` and `Shared` sources (`VFIO_DEVICE_BIND_IOMMUFD`)
-    /// and adopts `Bound` ones (see [`Iommufd::adopt`]).
+    /// and adopts `Bound` ones after checking the ID is a device of this
+    /// iommufd (a zero-length `IOMMU_GET_HW_INFO`: ENOENT otherwise).
     fn bind_device(&self, source: DeviceSource) -> HostResult<DevId> {
         let op = HostOp::BindDevice;
         let fd = match source {

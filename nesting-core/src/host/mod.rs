@@ -125,9 +125,10 @@ impl PtId {
 
 /// A VFIO cdev file the VMM keeps owning and shares with the backend:
 /// an `Arc` of anything that holds the descriptor open (`Arc<File>`,
-/// `Arc<OwnedFd>`, [`VfioCdev`] for a vfio-ioctls device). The backend keeps
-/// a clone; the descriptor is closed when the last clone goes, the VMM's or
-/// the backend's. No descriptor is duplicated.
+/// `Arc<OwnedFd>`, `VfioCdev` for a vfio-ioctls device with the
+/// `vfio-ioctls` feature). The backend keeps a clone; the descriptor is
+/// closed when the last clone goes, the VMM's or the backend's. No
+/// descriptor is duplicated.
 pub type SharedFd = Arc<dyn AsFd + Send + Sync>;
 
 /// Where a VFIO device comes from, and so who closes its cdev file.
