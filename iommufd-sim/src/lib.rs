@@ -106,7 +106,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-use state::{Obj, PagesBase, PhysDev, State, Unit};
+use state::{Holders, Obj, PagesBase, PhysDev, State, Unit};
 
 /// A file as the simulator identifies it: `(st_dev, st_ino)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -294,10 +294,43 @@ impl SimIommufd {
         g.state.devices.push(PhysDev {
             unit: iommu,
             bound: None,
+            holders: Holders::default(),
         });
         DeviceSource::Simulated {
             index: (g.state.devices.len() - 1) as u32,
         }
+    }
+
+    /// Binds a device the way the VMM's own VFIO code does outside the
+    /// backend (vfio-ioctls' `VfioDevice::new_from_fd` binds the cdev it is
+    /// given): the binding belongs to that owner, not counted as a backend
+    /// call nor open to fault injection. The backend takes it over with
+    /// [`DeviceSource::Bound`] and the returned ID; the owner lets go with
+    /// [`SimIommufd::unbind_as_owner`].
+    pub fn bind_as_owner(&self, source: DeviceSource) -> HostResult<DevId> {
+        let op = HostOp::BindDevice;
+        let DeviceSource::Simulated { index } = source else {
+            return Err(HostError::new(op, Errno::ENODEV));
+        };
+        let mut g = self.lock();
+        let mut next = g.state.clone();
+        let id = next.bind_phys(index).map_err(|e| HostError::new(op, e))?;
+        next.devices[index as usize].holders.owner = true;
+        g.state = next;
+        Ok(DevId(id))
+    }
+
+    /// The owner of a [`SimIommufd::bind_as_owner`] binding closes its
+    /// file: the device is unbound unless the backend adopted it, which
+    /// then holds it until it unbinds it. ENOENT if the owner holds no such
+    /// device.
+    pub fn unbind_as_owner(&self, dev: DevId) -> HostResult<()> {
+        let mut g = self.lock();
+        let mut next = g.state.clone();
+        next.let_go(dev.0, |h| &mut h.owner)
+            .map_err(|e| HostError::new(HostOp::UnbindDevice, e))?;
+        g.state = next;
+        Ok(())
     }
 
     /// The unit a bound device is behind.
@@ -551,12 +584,22 @@ impl SimIommufd {
 }
 
 impl State {
-    /// vfio `VFIO_DEVICE_BIND_IOMMUFD` -> device.c, `iommufd_device_bind`.
+    /// vfio `VFIO_DEVICE_BIND_IOMMUFD` -> device.c, `iommufd_device_bind`;
+    /// a `Bound` source is adopted (see [`State::adopt`]).
     fn bind(&mut self, source: DeviceSource) -> Result<u32, Errno> {
-        let DeviceSource::Simulated { index } = source else {
+        let index = match source {
+            DeviceSource::Simulated { index } => index,
+            DeviceSource::Bound { source, dev } => return self.adopt(*source, dev),
             // The simulator has no real VFIO devices.
-            return Err(Errno::ENODEV);
+            _ => return Err(Errno::ENODEV),
         };
+        let id = self.bind_phys(index)?;
+        self.devices[index as usize].holders.backend = true;
+        Ok(id)
+    }
+
+    /// Binds physical device `index`, whoever asks.
+    fn bind_phys(&mut self, index: u32) -> Result<u32, Errno> {
         let phys = self
             .devices
             .get(index as usize)
@@ -577,6 +620,47 @@ impl State {
         }))?;
         self.devices[index as usize].bound = Some(id);
         Ok(id)
+    }
+
+    /// The backend takes over a binding its owner made
+    /// ([`SimIommufd::bind_as_owner`]), with the answers of nesting-core's
+    /// `Iommufd`: EINVAL for a `Path` (a file opened now is bound to
+    /// nothing) or a nested `Bound`, ENODEV for a real file, EEXIST when the
+    /// backend holds the device already, ENOENT when `dev` is not the
+    /// device's binding (the real backend can only tell that `dev` is no
+    /// device of the iommufd; the simulator knows which device it is).
+    fn adopt(&mut self, source: DeviceSource, dev: DevId) -> Result<u32, Errno> {
+        let index = match source {
+            DeviceSource::Simulated { index } => index,
+            DeviceSource::Path(_) | DeviceSource::Bound { .. } => return Err(Errno::EINVAL),
+            _ => return Err(Errno::ENODEV),
+        };
+        let phys = self.devices.get_mut(index as usize).ok_or(Errno::ENODEV)?;
+        if phys.bound != Some(dev.0) {
+            return Err(Errno::ENOENT);
+        }
+        if phys.holders.backend {
+            return Err(Errno::EEXIST);
+        }
+        phys.holders.backend = true;
+        Ok(dev.0)
+    }
+
+    /// One holder of device `dev` lets go of its file (`holder` picks
+    /// which); the device is unbound when neither holds it any more.
+    /// ENOENT if that holder does not hold it.
+    fn let_go(&mut self, dev: u32, holder: fn(&mut Holders) -> &mut bool) -> Result<(), Errno> {
+        let phys = self.dev(dev)?.phys;
+        let p = self.devices.get_mut(phys as usize).ok_or(Errno::ENOENT)?;
+        let held = holder(&mut p.holders);
+        if !*held {
+            return Err(Errno::ENOENT);
+        }
+        *held = false;
+        if p.holders == Holders::default() {
+            self.unbind(dev)?;
+        }
+        Ok(())
     }
 
     /// vfio/iommufd.c, `vfio_iommufd_physical_unbind`: PASIDs then the RID
@@ -663,7 +747,9 @@ impl HostBackend for SimIommufd {
     }
 
     fn unbind_device(&self, dev: DevId) -> HostResult<()> {
-        self.run(HostOp::UnbindDevice, |s| s.unbind(dev.0))
+        self.run(HostOp::UnbindDevice, |s| {
+            s.let_go(dev.0, |h| &mut h.backend)
+        })
     }
 
     fn hw_info(&self, dev: DevId) -> HostResult<HostInfo> {

@@ -34,6 +34,20 @@ pub(super) struct PhysDev {
     pub unit: u32,
     /// Object ID while bound.
     pub bound: Option<u32>,
+    /// Who holds the bound device's file open: the binding lasts until
+    /// neither does.
+    pub holders: Holders,
+}
+
+/// Who holds a bound device's VFIO file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Holders {
+    /// The backend: it bound the device, or adopted the owner's binding
+    /// (`DeviceSource::Bound`).
+    pub backend: bool,
+    /// The VMM's own VFIO code (`SimIommufd::bind_as_owner`), as
+    /// vfio-ioctls binds the cdev devices it opens.
+    pub owner: bool,
 }
 
 /// Who owns a reserved IOVA range of an IOAS (`iopt_reserved.owner`).

@@ -1765,3 +1765,121 @@ fn call_hook_sees_every_call_before_its_effect() {
         .unwrap();
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
+
+/// A device bound by the VMM's own VFIO code, as vfio-ioctls does.
+fn owner_bound(s: &SimIommufd) -> (DeviceSource, DevId) {
+    let src = s.add_device(0);
+    let DeviceSource::Simulated { index } = src else {
+        unreachable!()
+    };
+    let dev = s.bind_as_owner(DeviceSource::Simulated { index }).unwrap();
+    (DeviceSource::Simulated { index }, dev)
+}
+
+#[test]
+fn bound_source_adopts_owner_binding_same_id() {
+    let s = sim(HostProfile::VtdNest);
+    let (src, dev) = owner_bound(&s);
+    assert_eq!(
+        s.calls(HostOp::BindDevice),
+        0,
+        "the owner's bind is not ours"
+    );
+
+    let got = s.bind_device(src.bound(dev)).unwrap();
+
+    assert_eq!(got, dev);
+    assert_eq!(s.calls(HostOp::BindDevice), 1);
+    s.hw_info(dev).unwrap();
+}
+
+#[test]
+fn bound_source_backend_unbind_leaves_owner_binding() {
+    let s = sim(HostProfile::VtdNest);
+    let (src, dev) = owner_bound(&s);
+    s.bind_device(src.bound(dev)).unwrap();
+    let ioas = s.ioas_alloc().unwrap();
+    s.attach(dev, None, PtId::Ioas(ioas)).unwrap();
+
+    s.unbind_device(dev).unwrap();
+
+    // Still bound, and attached: the backend released its hold only.
+    s.hw_info(dev).unwrap();
+    assert_eq!(s.attachment(dev, None), Some(PtId::Ioas(ioas)));
+    assert_eq!(errno(s.unbind_device(dev)), Errno::ENOENT);
+    s.unbind_as_owner(dev).unwrap();
+    assert_eq!(errno(s.hw_info(dev)), Errno::ENOENT);
+}
+
+#[test]
+fn bound_source_owner_closing_first_keeps_binding_until_backend_lets_go() {
+    let s = sim(HostProfile::VtdNest);
+    let (src, dev) = owner_bound(&s);
+    s.bind_device(src.bound(dev)).unwrap();
+
+    s.unbind_as_owner(dev).unwrap();
+    s.hw_info(dev).unwrap();
+    s.unbind_device(dev).unwrap();
+
+    assert_eq!(errno(s.hw_info(dev)), Errno::ENOENT);
+}
+
+#[test]
+fn bound_source_wrong_id_enoent_twice_eexist() {
+    let s = sim(HostProfile::VtdNest);
+    let (src, dev) = owner_bound(&s);
+    let DeviceSource::Simulated { index } = src else {
+        unreachable!()
+    };
+    let again = || DeviceSource::Simulated { index };
+
+    assert_eq!(
+        errno(s.bind_device(again().bound(DevId(dev.0 + 40)))),
+        Errno::ENOENT
+    );
+    s.bind_device(again().bound(dev)).unwrap();
+    assert_eq!(errno(s.bind_device(again().bound(dev))), Errno::EEXIST);
+}
+
+#[test]
+fn bound_source_of_backend_binding_eexist_path_einval() {
+    let s = sim(HostProfile::VtdNest);
+    let src = s.add_device(0);
+    let DeviceSource::Simulated { index } = src else {
+        unreachable!()
+    };
+    let dev = s.bind_device(src).unwrap();
+
+    assert_eq!(
+        errno(s.bind_device(DeviceSource::Simulated { index }.bound(dev))),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        errno(s.bind_device(DeviceSource::Path("/dev/null".into()).bound(dev))),
+        Errno::EINVAL
+    );
+    // The owner holds nothing here.
+    assert_eq!(errno(s.unbind_as_owner(dev)), Errno::ENOENT);
+}
+
+#[test]
+fn bound_device_adopted_drop_detaches_ours_keeps_binding() {
+    use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+    let s = Arc::new(sim(HostProfile::VtdNest));
+    let host: SharedHost = s.clone();
+    let (src, dev) = owner_bound(&s);
+    let ioas = Ioas::alloc(&host).unwrap();
+    let mut bound = BoundDevice::bind(&host, src.bound(dev)).unwrap();
+    bound.attach(None, PtId::Ioas(ioas.id())).unwrap();
+
+    drop(bound);
+
+    // Detached from the IOAS it attached, which can now go; the owner's
+    // binding stays, and the owner can attach it again.
+    assert_eq!(s.attachment(dev, None), None);
+    s.hw_info(dev).unwrap();
+    s.attach(dev, None, PtId::Ioas(ioas.id())).unwrap();
+    s.detach(dev, None).unwrap();
+    drop(ioas);
+    s.unbind_as_owner(dev).unwrap();
+}

@@ -53,7 +53,17 @@
 //!     guest: &dyn GuestIommu,
 //!     cdev: &Path,
 //! ) -> Result<(BoundDevice, Decision), HostError> {
-//!     let mut dev = BoundDevice::bind(host, DeviceSource::Path(cdev.into()))?;
+//!     let dev = BoundDevice::bind(host, DeviceSource::Path(cdev.into()))?;
+//!     decide(host, guest, dev, sysfs_iommu_unit(cdev))
+//! }
+//!
+//! /// Describes a bound device's host IOMMU and runs the ladder.
+//! fn decide(
+//!     host: &SharedHost,
+//!     guest: &dyn GuestIommu,
+//!     mut dev: BoundDevice,
+//!     unit: Option<u32>,
+//! ) -> Result<(BoundDevice, Decision), HostError> {
 //!     // Attached to a scratch IOAS, the device reports what an IOAS can
 //!     // map for it.
 //!     let ioas = Ioas::alloc(host)?;
@@ -64,9 +74,49 @@
 //!         info: host.hw_info(dev.id())?,
 //!         iova_ranges: ranges.ranges,
 //!         page_size: ranges.alignment,
-//!         unit: sysfs_iommu_unit(cdev),
+//!         unit,
 //!     };
 //!     Ok((dev, ladder::decide(guest, &view)))
+//! }
+//! ```
+//!
+//! ## A VMM that keeps its iommufd and devices
+//!
+//! A VMM built on vfio-ioctls or iommufd-ioctls owns its iommufd (an
+//! `Arc<`[`host::IommuFd`]`>`, e.g. `VfioIommufd::iommufd()`) and its cdev
+//! devices, which vfio-ioctls binds itself. It shares them with the backend
+//! rather than duplicating or handing them over: [`host::Iommufd::from_shared`]
+//! for the iommufd, [`host::DeviceSource::Shared`] for a device file the
+//! backend is to bind, and [`host::DeviceSource::Bound`] to adopt a binding
+//! the VMM made (the kernel refuses a second bind). With the `vfio-ioctls`
+//! feature, `DeviceSource::vfio(&Arc<VfioDevice>)` does both for a
+//! vfio-ioctls device. Dropping the [`host::objects::BoundDevice`] detaches
+//! what it attached and leaves the device bound to the VMM, which closes it
+//! when it lets go; `docs/host-ioctls.md` says who closes what.
+//!
+//! ```
+//! use std::fs::File;
+//! use std::sync::Arc;
+//!
+//! use nesting_core::host::objects::{BoundDevice, SharedHost};
+//! use nesting_core::host::{DevId, DeviceSource, HostError, IommuFd, Iommufd};
+//!
+//! /// The backend over the VMM's iommufd, and its device: adopted when the
+//! /// VMM bound it already (`bound_as`, e.g. vfio-ioctls'
+//! /// `VfioDevice::iommufd_dev_id()`), else bound through the VMM's file.
+//! fn share(
+//!     iommufd: &Arc<IommuFd>,
+//!     cdev: &Arc<File>,
+//!     bound_as: Option<DevId>,
+//! ) -> Result<(SharedHost, BoundDevice), HostError> {
+//!     let host: SharedHost = Arc::new(Iommufd::from_shared(iommufd.clone()));
+//!     let source = DeviceSource::shared(cdev.clone());
+//!     let source = match bound_as {
+//!         Some(dev) => source.bound(dev),
+//!         None => source,
+//!     };
+//!     let dev = BoundDevice::bind(&host, source)?;
+//!     Ok((host, dev))
 //! }
 //! ```
 #![deny(unsafe_code)]

@@ -8,9 +8,16 @@
 //! relied on is cited from the Linux 7.2 sources under
 //! `drivers/iommu/iommufd/`.
 //!
+//! The iommufd itself is held as iommufd-ioctls' `IommuFd` behind an `Arc`:
+//! opened here, handed over ([`Iommufd::from_fd`]) or shared with the VMM's
+//! own iommufd-ioctls or vfio-ioctls code ([`Iommufd::from_shared`]), and
+//! closed by whichever holder lets go of it last.
+//!
 //! The backend keeps the file descriptors the kernel objects come with: the
-//! VFIO device files (keyed by device ID, closing one unbinds the device),
-//! the vEVENTQ and fault-queue files (keyed by object ID). The tables are
+//! VFIO device files (keyed by device ID: closing one it owns unbinds the
+//! device, one it shares stays open with its owner, see
+//! [`DeviceSource`]), the vEVENTQ and fault-queue files (keyed by object
+//! ID). The tables are
 //! behind one mutex, held across the system calls that use their
 //! descriptors (bind, attach, detach, queue reads and writes), none of which
 //! blocks: the iommufd event queues never wait for events (`eventq.c`
@@ -27,20 +34,21 @@ use std::io;
 use std::mem::offset_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use bitvec::slice::BitSlice;
 use bitvec::vec::BitVec;
 use iommufd_bindings::iommufd as k;
+use iommufd_ioctls::IommuFd;
 use vfio_bindings::bindings::vfio as v;
 
-use super::sys::{self, IoctlArg, IoctlBufArg, Payload, nr};
+use super::sys::{self, IoctlArg, IoctlBufArg, Payload};
 use super::{
     DevId, DeviceSource, Errno, FaultGroup, FaultQueueId, HostBackend, HostCaps, HostError,
     HostInfo, HostOp, HostResult, HwInfo, HwptAlloc, HwptData, HwptFlags, HwptId,
     InvalidateOutcome, InvalidateTarget, InvalidationBatch, IoasId, IovaPlacement, IovaRanges,
-    MapSource, ObjectId, PageFault, PageFaultFlags, PageResponse, PageResponseCode, PtId, VEvent,
-    VdeviceId, VeventqId, VeventqType, ViommuId, ViommuType, VtdCap, VtdEcap, VtdErrata,
+    MapSource, ObjectId, PageFault, PageFaultFlags, PageResponse, PageResponseCode, PtId, SharedFd,
+    VEvent, VdeviceId, VeventqId, VeventqType, ViommuId, ViommuType, VtdCap, VtdEcap, VtdErrata,
 };
 use crate::types::{Access, Iova, IovaRange, Pasid};
 
@@ -141,10 +149,29 @@ fn ne_u64(b: &[u8], off: usize) -> u64 {
         .map_or(0, u64::from_ne_bytes)
 }
 
+/// The VFIO cdev file of a bound device.
+enum DeviceFile {
+    /// Ours: closing it unbinds the device ("Unbind is automatically
+    /// conducted when device fd is closed", vfio.h).
+    Owned(OwnedFd),
+    /// Shared with the VMM: dropping our reference closes nothing while
+    /// the VMM holds one, and the device stays bound.
+    Shared(SharedFd),
+}
+
+impl AsFd for DeviceFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DeviceFile::Owned(fd) => fd.as_fd(),
+            DeviceFile::Shared(fd) => fd.as_fd(),
+        }
+    }
+}
+
 /// A bound VFIO device.
 struct Device {
-    /// The VFIO cdev file; closing it unbinds the device.
-    fd: OwnedFd,
+    /// The VFIO cdev file.
+    fd: DeviceFile,
     /// Attachments made through this backend: `None` for the device's RID,
     /// `Some(pasid)` for a PASID. Tells [`HostOp::Attach`] from
     /// [`HostOp::Replace`].
@@ -173,11 +200,15 @@ struct Tables {
 ///
 /// `Send + Sync`: the tables of kept file descriptors are behind a mutex,
 /// and the kernel serialises calls on the iommufd itself.
+///
+/// A backend is shared by the VM's models as an `Arc<dyn HostBackend>`,
+/// which outlives any borrow: an iommufd the VMM keeps owning is therefore
+/// shared ([`Iommufd::from_shared`]) rather than borrowed.
 pub struct Iommufd {
     // Declared first so that device files are closed (devices unbound)
     // before the iommufd.
     tables: Mutex<Tables>,
-    fd: OwnedFd,
+    fd: Arc<IommuFd>,
 }
 
 impl fmt::Debug for Iommufd {
@@ -198,7 +229,7 @@ impl fmt::Debug for Iommufd {
 
 impl AsFd for Iommufd {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        sys::iommufd_fd(&self.fd)
     }
 }
 
@@ -215,12 +246,29 @@ impl Iommufd {
         Ok(Self::from_fd(file.into()))
     }
 
-    /// Wraps an already-open iommufd, e.g. one libvirt passed down.
+    /// Wraps an already-open iommufd, e.g. one libvirt passed down, taking
+    /// ownership: it is closed when the backend (and every `Arc` handed out
+    /// by [`Iommufd::iommufd_ioctls`]) is dropped.
     pub fn from_fd(fd: OwnedFd) -> Self {
+        Self::from_shared(Arc::new(IommuFd::new_from_fd(fd.into())))
+    }
+
+    /// Shares an iommufd the VMM keeps: iommufd-ioctls' handle, as
+    /// vfio-ioctls' `VfioIommufd::iommufd()` gives it. Nothing is
+    /// duplicated; the descriptor is closed when the last `Arc` goes, the
+    /// VMM's or ours. Devices the VMM bound to it can be adopted
+    /// ([`DeviceSource::Bound`]).
+    pub fn from_shared(fd: Arc<IommuFd>) -> Self {
         Iommufd {
             tables: Mutex::default(),
             fd,
         }
+    }
+
+    /// The iommufd as iommufd-ioctls' handle, to share with VMM code built
+    /// on iommufd-ioctls or vfio-ioctls (e.g. `VfioIommufd::new`).
+    pub fn iommufd_ioctls(&self) -> &Arc<IommuFd> {
+        &self.fd
     }
 
     /// Record size of the vEVENTQ types whose layout this backend knows:
@@ -260,8 +308,7 @@ impl Iommufd {
             veventq_depth: depth,
             ..Default::default()
         };
-        self.ioctl(op, nr::IOMMU_VEVENTQ_ALLOC, &mut cmd)?;
-        let fd = sys::adopt_fd(cmd.out_veventq_fd).map_err(host_err(op))?;
+        let fd = sys::veventq_alloc(&self.fd, &mut cmd).map_err(host_err(op))?;
         let q = Veventq {
             fd,
             payload_len,
@@ -277,22 +324,17 @@ impl Iommufd {
         self.tables.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn ioctl<T: IoctlArg>(&self, op: HostOp, req: u64, arg: &mut T) -> HostResult<()> {
-        sys::ioctl_with_mut(self.fd.as_fd(), req, arg)
-            .map(drop)
-            .map_err(host_err(op))
+    fn ioctl<T: IoctlArg>(&self, op: HostOp, arg: &mut T) -> HostResult<()> {
+        sys::ioctl(&self.fd, arg).map_err(host_err(op))
     }
 
     fn ioctl_buf<T: IoctlBufArg, P: Payload>(
         &self,
         op: HostOp,
-        req: u64,
         arg: &mut T,
         buf: &mut [P],
     ) -> HostResult<()> {
-        sys::ioctl_with_buf(self.fd.as_fd(), req, arg, buf)
-            .map(drop)
-            .map_err(host_err(op))
+        sys::ioctl_buf(&self.fd, arg, buf).map_err(host_err(op))
     }
 
     fn get_hw_info(&self, dev: DevId, buf: &mut [u8]) -> HostResult<k::iommu_hw_info> {
@@ -303,8 +345,42 @@ impl Iommufd {
             data_len: count32(op, buf.len())?,
             ..Default::default()
         };
-        self.ioctl_buf(op, nr::IOMMU_GET_HW_INFO, &mut cmd, buf)?;
+        self.ioctl_buf(op, &mut cmd, buf)?;
         Ok(cmd)
+    }
+
+    /// Adopts a device that its owner bound to this iommufd already, as
+    /// `dev`. The kernel has no call telling a cdev file's device ID, but it
+    /// does tell whether `dev` is a device of this iommufd: a zero-length
+    /// `IOMMU_GET_HW_INFO` answers ENOENT otherwise (`iommufd_get_device`),
+    /// e.g. when the VMM bound it to another iommufd. A `Path` is refused
+    /// with EINVAL: a file opened now is bound to nothing.
+    fn adopt(&self, source: DeviceSource, dev: DevId) -> HostResult<DevId> {
+        let op = HostOp::BindDevice;
+        let fd = match source {
+            DeviceSource::Path(_) => return Err(HostError::new(op, Errno::EINVAL)),
+            source => device_file(source)?,
+        };
+        if self.tables().devices.contains_key(&dev.0) {
+            return Err(HostError::new(op, Errno::EEXIST));
+        }
+        self.get_hw_info(dev, &mut [])
+            .map_err(|e| HostError::new(op, e.errno))?;
+        self.keep_device(dev, fd)
+    }
+
+    /// Records a bound device; EEXIST if the ID is in the table already.
+    fn keep_device(&self, dev: DevId, fd: DeviceFile) -> HostResult<DevId> {
+        match self.tables().devices.entry(dev.0) {
+            Entry::Occupied(_) => Err(HostError::new(HostOp::BindDevice, Errno::EEXIST)),
+            Entry::Vacant(slot) => {
+                slot.insert(Device {
+                    fd,
+                    attached: BTreeSet::new(),
+                });
+                Ok(dev)
+            }
+        }
     }
 
     fn ioas_map_user(
@@ -323,7 +399,7 @@ impl Iommufd {
             iova,
             ..Default::default()
         };
-        self.ioctl(HostOp::IoasMap, nr::IOMMU_IOAS_MAP, &mut cmd)?;
+        self.ioctl(HostOp::IoasMap, &mut cmd)?;
         Ok(Iova(cmd.iova))
     }
 
@@ -344,7 +420,7 @@ impl Iommufd {
             length: len,
             iova,
         };
-        self.ioctl(HostOp::IoasMapFile, nr::IOMMU_IOAS_MAP_FILE, &mut cmd)?;
+        self.ioctl(HostOp::IoasMapFile, &mut cmd)?;
         Ok(Iova(cmd.iova))
     }
 
@@ -357,7 +433,7 @@ impl Iommufd {
         let op = HostOp::HwptAlloc;
         cmd.data_type = data_type;
         cmd.data_len = count32(op, size_of_val(data))?;
-        self.ioctl_buf(op, nr::IOMMU_HWPT_ALLOC, cmd, data)
+        self.ioctl_buf(op, cmd, data)
     }
 
     /// One `IOMMU_HWPT_INVALIDATE` of `entries`; returns the kernel's
@@ -369,9 +445,7 @@ impl Iommufd {
     ) -> InvalidateOutcome {
         let op = HostOp::HwptInvalidate;
         let requested = cmd.entry_num;
-        let result = sys::ioctl_with_buf(self.fd.as_fd(), nr::IOMMU_HWPT_INVALIDATE, cmd, entries)
-            .map(drop)
-            .map_err(host_err(op));
+        let result = sys::ioctl_buf(&self.fd, cmd, entries).map_err(host_err(op));
         // `iommufd_hwpt_invalidate` writes back the handled count on every
         // path, errors included. Only a kernel without the ioctl (ENOTTY,
         // from the dispatcher, before the handler) leaves our count in
@@ -381,6 +455,24 @@ impl Iommufd {
             _ => cmd.entry_num.min(requested),
         };
         InvalidateOutcome { handled, result }
+    }
+}
+
+/// The device file of a `Path`, `Fd` or `Shared` source: ENODEV for a
+/// simulated device, EINVAL for a `Bound` one inside another.
+fn device_file(source: DeviceSource) -> HostResult<DeviceFile> {
+    let op = HostOp::BindDevice;
+    match source {
+        DeviceSource::Path(path) => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map(|f| DeviceFile::Owned(f.into()))
+            .map_err(host_err(op)),
+        DeviceSource::Fd(fd) => Ok(DeviceFile::Owned(fd)),
+        DeviceSource::Shared(fd) => Ok(DeviceFile::Shared(fd)),
+        DeviceSource::Simulated { .. } => Err(HostError::new(op, Errno::ENODEV)),
+        DeviceSource::Bound { .. } => Err(HostError::new(op, Errno::EINVAL)),
     }
 }
 
@@ -598,17 +690,14 @@ fn dirty_bitmap_geometry(range: IovaRange, page_size: u64) -> Result<(u64, u64),
 }
 
 impl HostBackend for Iommufd {
+    /// Binds `Path`, `Fd` and `Shared` sources (`VFIO_DEVICE_BIND_IOMMUFD`)
+    /// and adopts `Bound` ones after checking the ID is a device of this
+    /// iommufd (a zero-length `IOMMU_GET_HW_INFO`: ENOENT otherwise).
     fn bind_device(&self, source: DeviceSource) -> HostResult<DevId> {
         let op = HostOp::BindDevice;
-        let fd: OwnedFd = match source {
-            DeviceSource::Path(path) => OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(host_err(op))?
-                .into(),
-            DeviceSource::Fd(fd) => fd,
-            DeviceSource::Simulated { .. } => return Err(HostError::new(op, Errno::ENODEV)),
+        let fd = match source {
+            DeviceSource::Bound { source, dev } => return self.adopt(*source, dev),
+            source => device_file(source)?,
         };
         let mut cmd = v::vfio_device_bind_iommufd {
             argsz: size32::<v::vfio_device_bind_iommufd>(),
@@ -616,27 +705,28 @@ impl HostBackend for Iommufd {
             iommufd: self.fd.as_raw_fd(),
             ..Default::default()
         };
-        sys::ioctl_with_mut(fd.as_fd(), nr::VFIO_DEVICE_BIND_IOMMUFD, &mut cmd)
-            .map_err(host_err(op))?;
-        match self.tables().devices.entry(cmd.out_devid) {
-            // IDs are unique per iommufd; a duplicate means our table is
-            // stale. Dropping the new file unbinds the new device.
-            Entry::Occupied(_) => Err(HostError::new(op, Errno::EEXIST)),
-            Entry::Vacant(slot) => {
-                slot.insert(Device {
-                    fd,
-                    attached: BTreeSet::new(),
-                });
-                Ok(DevId(cmd.out_devid))
-            }
-        }
+        // A file bound already (by us or by the VMM's VFIO crate) is
+        // refused with EINVAL (device_cdev.c: "one device cannot be bound
+        // twice"): adopt it with `DeviceSource::Bound` instead.
+        sys::device_ioctl(fd.as_fd(), &mut cmd).map_err(host_err(op))?;
+        // IDs are unique per iommufd; a duplicate means our table is stale.
+        // Dropping the new file unbinds the new device if it is ours.
+        self.keep_device(DevId(cmd.out_devid), fd)
     }
 
+    /// Closes the device file if the backend owns it, which unbinds the
+    /// device; drops the backend's reference to a shared one, which leaves
+    /// the device bound for as long as its owner keeps the file open.
     fn unbind_device(&self, dev: DevId) -> HostResult<()> {
-        // Closing the VFIO cdev unbinds it (vfio.h: "Unbind is
-        // automatically conducted when device fd is closed").
-        match self.tables().devices.remove(&dev.0) {
-            Some(_) => Ok(()),
+        // Removed under the lock, dropped after it: dropping the last
+        // reference to a shared device may run the owner's own teardown
+        // (vfio-ioctls' `VfioDevice` detaches and closes in its `Drop`).
+        let device = self.tables().devices.remove(&dev.0);
+        match device {
+            Some(device) => {
+                drop(device);
+                Ok(())
+            }
             None => Err(HostError::new(HostOp::UnbindDevice, Errno::ENOENT)),
         }
     }
@@ -664,7 +754,7 @@ impl HostBackend for Iommufd {
             size: size32::<k::iommu_ioas_alloc>(),
             ..Default::default()
         };
-        self.ioctl(HostOp::IoasAlloc, nr::IOMMU_IOAS_ALLOC, &mut cmd)?;
+        self.ioctl(HostOp::IoasAlloc, &mut cmd)?;
         Ok(IoasId(cmd.out_ioas_id))
     }
 
@@ -690,7 +780,7 @@ impl HostBackend for Iommufd {
             iova: iova.0,
             length: len,
         };
-        self.ioctl(HostOp::IoasUnmap, nr::IOMMU_IOAS_UNMAP, &mut cmd)?;
+        self.ioctl(HostOp::IoasUnmap, &mut cmd)?;
         Ok(cmd.length)
     }
 
@@ -713,7 +803,7 @@ impl HostBackend for Iommufd {
             dst_iova: iova,
             src_iova: src_iova.0,
         };
-        self.ioctl(HostOp::IoasCopy, nr::IOMMU_IOAS_COPY, &mut cmd)?;
+        self.ioctl(HostOp::IoasCopy, &mut cmd)?;
         Ok(Iova(cmd.dst_iova))
     }
 
@@ -728,12 +818,7 @@ impl HostBackend for Iommufd {
                 num_iovas: count32(op, room)?,
                 ..Default::default()
             };
-            match sys::ioctl_with_buf(
-                self.fd.as_fd(),
-                nr::IOMMU_IOAS_IOVA_RANGES,
-                &mut cmd,
-                &mut buf,
-            ) {
+            match sys::ioctl_buf(&self.fd, &mut cmd, &mut buf) {
                 Ok(_) => {
                     let n = (cmd.num_iovas as usize).min(buf.len());
                     return Ok(IovaRanges {
@@ -774,7 +859,7 @@ impl HostBackend for Iommufd {
             num_iovas: count32(op, buf.len())?,
             ..Default::default()
         };
-        self.ioctl_buf(op, nr::IOMMU_IOAS_ALLOW_IOVAS, &mut cmd, &mut buf)
+        self.ioctl_buf(op, &mut cmd, &mut buf)
     }
 
     fn hwpt_alloc(&self, req: &HwptAlloc) -> HostResult<HwptId> {
@@ -908,11 +993,7 @@ impl HostBackend for Iommufd {
             hwpt_id: hwpt.0,
             __reserved: 0,
         };
-        self.ioctl(
-            HostOp::SetDirtyTracking,
-            nr::IOMMU_HWPT_SET_DIRTY_TRACKING,
-            &mut cmd,
-        )
+        self.ioctl(HostOp::SetDirtyTracking, &mut cmd)
     }
 
     fn hwpt_get_dirty_bitmap(
@@ -950,7 +1031,7 @@ impl HostBackend for Iommufd {
             page_size,
             ..Default::default()
         };
-        self.ioctl_buf(op, nr::IOMMU_HWPT_GET_DIRTY_BITMAP, &mut cmd, &mut words)?;
+        self.ioctl_buf(op, &mut cmd, &mut words)?;
         let mut bitmap = BitVec::try_from_vec(words).map_err(|_| fail(Errno::ENOMEM))?;
         bitmap.truncate(nbits);
         Ok(bitmap)
@@ -967,12 +1048,7 @@ impl HostBackend for Iommufd {
             hwpt_id: parent.0,
             ..Default::default()
         };
-        self.ioctl_buf::<_, u8>(
-            HostOp::ViommuAlloc,
-            nr::IOMMU_VIOMMU_ALLOC,
-            &mut cmd,
-            &mut [],
-        )?;
+        self.ioctl_buf::<_, u8>(HostOp::ViommuAlloc, &mut cmd, &mut [])?;
         Ok(ViommuId(cmd.out_viommu_id))
     }
 
@@ -984,7 +1060,7 @@ impl HostBackend for Iommufd {
             virt_id,
             ..Default::default()
         };
-        self.ioctl(HostOp::VdeviceAlloc, nr::IOMMU_VDEVICE_ALLOC, &mut cmd)?;
+        self.ioctl(HostOp::VdeviceAlloc, &mut cmd)?;
         Ok(VdeviceId(cmd.out_vdevice_id))
     }
 
@@ -1040,7 +1116,7 @@ impl HostBackend for Iommufd {
             size: size32::<k::iommu_fault_alloc>(),
             ..Default::default()
         };
-        self.ioctl(op, nr::IOMMU_FAULT_QUEUE_ALLOC, &mut cmd)?;
+        self.ioctl(op, &mut cmd)?;
         let fd = sys::adopt_fd(cmd.out_fault_fd).map_err(host_err(op))?;
         self.tables().faults.insert(cmd.out_fault_id, fd);
         Ok(FaultQueueId(cmd.out_fault_id))
@@ -1116,12 +1192,7 @@ impl HostBackend for Iommufd {
             pt_id: pt.raw(),
             pasid: key.unwrap_or(0),
         };
-        sys::ioctl_with_mut(
-            device.fd.as_fd(),
-            nr::VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-            &mut cmd,
-        )
-        .map_err(host_err(op))?;
+        sys::device_ioctl(device.fd.as_fd(), &mut cmd).map_err(host_err(op))?;
         device.attached.insert(key);
         Ok(())
     }
@@ -1143,12 +1214,7 @@ impl HostBackend for Iommufd {
             },
             pasid: key.unwrap_or(0),
         };
-        sys::ioctl_with_mut(
-            device.fd.as_fd(),
-            nr::VFIO_DEVICE_DETACH_IOMMUFD_PT,
-            &mut cmd,
-        )
-        .map_err(host_err(op))?;
+        sys::device_ioctl(device.fd.as_fd(), &mut cmd).map_err(host_err(op))?;
         device.attached.remove(&key);
         Ok(())
     }
@@ -1169,9 +1235,11 @@ impl HostBackend for Iommufd {
             size: size32::<k::iommu_destroy>(),
             id: id.raw(),
         };
-        self.ioctl(HostOp::Destroy, nr::IOMMU_DESTROY, &mut cmd)
+        self.ioctl(HostOp::Destroy, &mut cmd)
     }
 }
 
+#[cfg(test)]
+mod ownership_tests;
 #[cfg(test)]
 mod tests;

@@ -16,8 +16,9 @@
 //! handles.
 
 use std::fmt;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bitflags::bitflags;
 use bitvec::vec::BitVec;
@@ -122,19 +123,110 @@ impl PtId {
     }
 }
 
-/// Where a VFIO device comes from.
-#[derive(Debug)]
+/// A VFIO cdev file the VMM keeps owning and shares with the backend:
+/// an `Arc` of anything that holds the descriptor open (`Arc<File>`,
+/// `Arc<OwnedFd>`, `VfioCdev` for a vfio-ioctls device with the
+/// `vfio-ioctls` feature). The backend keeps a clone; the descriptor is
+/// closed when the last clone goes, the VMM's or the backend's. No
+/// descriptor is duplicated.
+pub type SharedFd = Arc<dyn AsFd + Send + Sync>;
+
+/// Where a VFIO device comes from, and so who closes its cdev file.
+///
+/// | source | the backend | file closed by | when the backend unbinds it |
+/// |---|---|---|---|
+/// | `Path` | opens and binds it | the backend | closed: the kernel unbinds it |
+/// | `Fd` | binds it | the backend | closed: the kernel unbinds it |
+/// | `Shared` | binds it | the last `Arc` holder | reference dropped: stays bound while the VMM holds it |
+/// | `Bound` | adopts the binding | as its inner source | as its inner source |
+///
+/// "Unbinds" is [`HostBackend::unbind_device`], which
+/// [`objects::BoundDevice`] calls on drop after detaching the PASIDs and
+/// the RID *it* attached: a device the VMM still holds is left bound,
+/// blocked (no DMA through page tables that are about to be destroyed),
+/// and usable: the VMM attaches it again to go on (a detach of a detached
+/// device succeeds, `vfio_df_ioctl_detach_pt`, so vfio-ioctls'
+/// `VfioDevice` drop, which detaches, is unaffected).
 pub enum DeviceSource {
     /// A VFIO cdev path, e.g. `/dev/vfio/devices/vfio0`.
     Path(PathBuf),
     /// An already-open VFIO cdev file descriptor, as libvirt passes it to a
-    /// VMM that may not open device files itself.
+    /// VMM that may not open device files itself; the backend owns it.
     Fd(OwnedFd),
+    /// A VFIO cdev file the VMM keeps owning ([`SharedFd`]), not bound yet:
+    /// the backend binds it. A file bound already is refused with EINVAL
+    /// (the kernel binds a file once): adopt it with `Bound`.
+    Shared(SharedFd),
     /// A device of the simulated host (see `iommufd_sim::SimIommufd::add_device`).
     Simulated {
         /// Index returned by `SimIommufd::add_device`.
         index: u32,
     },
+    /// A device its owner bound to this iommufd already, as `dev`: e.g. by
+    /// vfio-ioctls, whose `VfioDevice::new_from_fd` binds the cdev itself
+    /// and reports the ID (`VfioDevice::iommufd_dev_id`). The backend adopts
+    /// the binding rather than binding again, which the kernel refuses.
+    /// `source` is `Fd`, `Shared` or `Simulated` (a `Path` opened now is
+    /// bound to nothing: EINVAL); `dev` must be a device of this iommufd
+    /// (ENOENT otherwise) that the backend does not hold yet (EEXIST).
+    Bound {
+        /// The device's file (or simulated device).
+        source: Box<DeviceSource>,
+        /// The ID its binding returned.
+        dev: DevId,
+    },
+}
+
+impl fmt::Debug for DeviceSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::os::fd::AsRawFd;
+        match self {
+            DeviceSource::Path(p) => f.debug_tuple("Path").field(p).finish(),
+            DeviceSource::Fd(fd) => f.debug_tuple("Fd").field(fd).finish(),
+            DeviceSource::Shared(fd) => f
+                .debug_tuple("Shared")
+                .field(&fd.as_fd().as_raw_fd())
+                .finish(),
+            DeviceSource::Simulated { index } => {
+                f.debug_struct("Simulated").field("index", index).finish()
+            }
+            DeviceSource::Bound { source, dev } => f
+                .debug_struct("Bound")
+                .field("source", source)
+                .field("dev", dev)
+                .finish(),
+        }
+    }
+}
+
+impl DeviceSource {
+    /// A VFIO cdev file the VMM keeps, for the backend to bind.
+    pub fn shared<T: AsFd + Send + Sync + 'static>(fd: Arc<T>) -> DeviceSource {
+        DeviceSource::Shared(fd)
+    }
+
+    /// This source, bound to the backend's iommufd already as `dev`.
+    #[must_use]
+    pub fn bound(self, dev: DevId) -> DeviceSource {
+        DeviceSource::Bound {
+            source: Box::new(self),
+            dev,
+        }
+    }
+
+    /// A vfio-ioctls device of the cdev flavour, shared: adopted as the ID
+    /// it was bound with when vfio-ioctls bound it (`VfioDevice::new`,
+    /// `new_from_fd`), else to be bound by the backend. A device made with
+    /// `new_from_bound_fd` reports no ID: add it with
+    /// [`DeviceSource::bound`].
+    #[cfg(feature = "vfio-ioctls")]
+    pub fn vfio(dev: &Arc<vfio_ioctls::VfioDevice>) -> DeviceSource {
+        let shared = DeviceSource::shared(Arc::new(VfioCdev(dev.clone())));
+        match dev.iommufd_dev_id() {
+            Some(id) => shared.bound(DevId(id)),
+            None => shared,
+        }
+    }
 }
 
 /// Every kind of host call, for counters, fault injection and errors.
@@ -623,9 +715,12 @@ pub struct PageResponse {
 /// All errors are [`HostError`]s carrying the kernel's errno; guest-caused
 /// conditions never reach this layer.
 pub trait HostBackend: Send + Sync + fmt::Debug {
-    /// Binds a VFIO device to this iommufd (`VFIO_DEVICE_BIND_IOMMUFD`).
+    /// Binds a VFIO device to this iommufd (`VFIO_DEVICE_BIND_IOMMUFD`),
+    /// or adopts the binding of a [`DeviceSource::Bound`] one.
     fn bind_device(&self, source: DeviceSource) -> HostResult<DevId>;
-    /// Releases a bound device (closes its VFIO file).
+    /// Releases a bound device: closes its VFIO file if the backend owns
+    /// it (the kernel unbinds the device), else drops the backend's hold
+    /// and leaves it bound to its owner (see [`DeviceSource`]).
     fn unbind_device(&self, dev: DevId) -> HostResult<()>;
     /// Describes the IOMMU behind a device (`IOMMU_GET_HW_INFO`).
     fn hw_info(&self, dev: DevId) -> HostResult<HostInfo>;
@@ -733,5 +828,9 @@ pub mod unit;
 mod sys;
 
 pub use iommufd::Iommufd;
+/// iommufd-ioctls' iommufd handle, which [`Iommufd::from_shared`] shares.
+pub use iommufd_ioctls::IommuFd;
+#[cfg(feature = "vfio-ioctls")]
+pub use sys::VfioCdev;
 pub use sys::take_inherited_fd;
 pub use unit::{sysfs_iommu_unit, sysfs_iommu_unit_of_fd};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::super::{VtdS1Flags, VtdS1Invalidation};
 use super::sys::fake::{self, Call};
+use super::sys::nr;
 use super::*;
 
 fn backend() -> Iommufd {

@@ -16,7 +16,10 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 
-use super::{IoctlArg, IoctlBufArg, Payload, prepare};
+use iommufd_bindings::iommufd as k;
+use iommufd_ioctls::IommuFd;
+
+use super::{DeviceArg, IoctlArg, IoctlBufArg, Payload, prepare};
 
 type ReplyFn<T, P> = Box<dyn FnOnce(&mut T, &mut [P]) -> Result<c_int, i32>>;
 type ArgFn<T> = Box<dyn FnOnce(&mut T) -> Result<c_int, i32>>;
@@ -48,6 +51,9 @@ pub enum Call {
         arg: Box<dyn Any>,
         /// The buffer contents (a `Vec<P>`, empty `Vec<()>` without buffer).
         buf: Box<dyn Any>,
+        /// Who the real layer has issue it: `"own"` or `"iommufd-ioctls"`
+        /// ([`super::Via::name`]).
+        via: &'static str,
     },
     /// A `read`.
     Read {
@@ -77,6 +83,15 @@ impl Call {
     pub fn req(&self) -> Option<u64> {
         match self {
             Call::Ioctl { req, .. } => Some(*req),
+            _ => None,
+        }
+    }
+
+    /// Who the real layer has issue an ioctl (`"own"`,
+    /// `"iommufd-ioctls"`), `None` for other calls.
+    pub fn via(&self) -> Option<&'static str> {
+        match self {
+            Call::Ioctl { via, .. } => Some(via),
             _ => None,
         }
     }
@@ -187,17 +202,17 @@ pub fn reset() {
 }
 
 fn dispatch<T: Copy + 'static, P: Copy + 'static>(
-    fd: BorrowedFd<'_>,
-    req: u64,
+    (fd, req, via): (RawFd, u64, &'static str),
     arg: &mut T,
     buf: &mut [P],
-) -> io::Result<c_int> {
+) -> io::Result<()> {
     let (reply, fd) = with(|s| {
         s.calls.push(Call::Ioctl {
-            fd: fd.as_raw_fd(),
+            fd,
             req,
             arg: Box::new(*arg),
             buf: Box::new(buf.to_vec()),
+            via,
         });
         (s.replies.pop_front(), fd.as_raw_fd())
     });
@@ -216,24 +231,40 @@ fn dispatch<T: Copy + 'static, P: Copy + 'static>(
             },
         },
     };
-    result.map_err(io::Error::from_raw_os_error)
+    result.map(drop).map_err(io::Error::from_raw_os_error)
 }
 
-/// Fake `ioctl` for an argument without a followed pointer.
-pub fn ioctl_with_mut<T: IoctlArg>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<c_int> {
-    arg.check()?;
-    dispatch::<T, ()>(fd, req, arg, &mut [])
+/// Fake iommufd `ioctl` for an argument without a followed pointer.
+pub fn ioctl<T: IoctlArg>(fd: &IommuFd, arg: &mut T) -> io::Result<()> {
+    dispatch::<T, ()>((fd.as_raw_fd(), T::REQ, T::VIA.name()), arg, &mut [])
 }
 
-/// Fake `ioctl` with a buffer.
-pub fn ioctl_with_buf<T: IoctlBufArg, P: Payload>(
-    fd: BorrowedFd<'_>,
-    req: u64,
+/// Fake iommufd `ioctl` with a buffer.
+pub fn ioctl_buf<T: IoctlBufArg, P: Payload>(
+    fd: &IommuFd,
     arg: &mut T,
     buf: &mut [P],
-) -> io::Result<c_int> {
+) -> io::Result<()> {
     prepare(arg, buf)?;
-    dispatch(fd, req, arg, buf)
+    dispatch((fd.as_raw_fd(), T::REQ, T::VIA.name()), arg, buf)
+}
+
+/// Fake `IOMMU_VEVENTQ_ALLOC`: the ioctl (routed through iommufd-ioctls),
+/// then the adoption of `out_veventq_fd`, as two calls.
+pub fn veventq_alloc(fd: &IommuFd, arg: &mut k::iommu_veventq_alloc) -> io::Result<OwnedFd> {
+    let route = (
+        fd.as_raw_fd(),
+        super::nr::IOMMU_VEVENTQ_ALLOC,
+        "iommufd-ioctls",
+    );
+    dispatch::<_, ()>(route, arg, &mut [])?;
+    adopt_fd(arg.out_veventq_fd)
+}
+
+/// Fake VFIO cdev `ioctl`.
+pub fn device_ioctl<T: DeviceArg>(dev: BorrowedFd<'_>, arg: &mut T) -> io::Result<()> {
+    arg.check()?;
+    dispatch::<T, ()>((dev.as_raw_fd(), T::REQ, "own"), arg, &mut [])
 }
 
 /// Fake `read`.

@@ -1,10 +1,19 @@
 //! The real system calls.
+//!
+//! Requests on the iommufd take iommufd-ioctls' `IommuFd` and go through the
+//! crate's wrapper where [`IoctlArg::VIA`] names one: the wrappers are safe
+//! functions that trust the pointers in their argument, so ours run first
+//! (the sealed argument types, [`IoctlArg`]'s absent pointers and
+//! [`prepare`]'s buffer check), exactly as before our own `ioctl(2)`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::raw::c_int;
 
-use super::{IoctlArg, IoctlBufArg, Payload, prepare};
+use iommufd_bindings::iommufd as k;
+use iommufd_ioctls::IommuFd;
+
+use super::{DeviceArg, IoctlArg, IoctlBufArg, Payload, Via, crate_errno, prepare};
 
 fn cvt(ret: c_int) -> io::Result<c_int> {
     if ret < 0 {
@@ -14,32 +23,75 @@ fn cvt(ret: c_int) -> io::Result<c_int> {
     }
 }
 
-/// `ioctl(fd, req, arg)` for an argument without a followed pointer.
-pub fn ioctl_with_mut<T: IoctlArg>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<c_int> {
-    arg.check()?;
-    // SAFETY: `arg` is an exclusive reference to a live, properly aligned
-    // `#[repr(C)]` kernel structure of the type this request expects (the
-    // backend pairs each request with its structure, and the layout tests
-    // check those structures against the uAPI header). The kernel reads and
-    // writes at most `arg.size`/`argsz` bytes of it, which the callers set to
-    // `size_of::<T>()`, and follows no pointer in it (`IoctlArg::check`).
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, std::ptr::from_mut(arg)) })
+/// `ioctl(fd, T::REQ, arg)` on the iommufd, for an argument without a
+/// followed pointer.
+pub fn ioctl<T: IoctlArg>(fd: &IommuFd, arg: &mut T) -> io::Result<()> {
+    match T::VIA {
+        // The crate issues `T::REQ` with `arg` by exclusive reference
+        // (`ioctl_with_mut_ref`; `destroy_iommu_object` builds its own
+        // `iommu_destroy` from `arg.id`), on its own descriptor: the same
+        // call as below. `arg` carries no pointer (`IoctlArg`).
+        Via::IommufdIoctls(f) => f(fd, arg).map_err(crate_errno),
+        Via::Own => {
+            // SAFETY: `arg` is an exclusive reference to a live, properly
+            // aligned `#[repr(C)]` kernel structure of the type `T::REQ`
+            // expects (the sealed `IoctlArg` pairs them, and the layout tests
+            // check the structures against the uAPI header). The kernel reads
+            // and writes at most `arg.size` bytes of it, which the callers
+            // set to `size_of::<T>()`, and follows no pointer in it. `fd` is
+            // open for the call: `IommuFd` closes it only when dropped.
+            let ret = unsafe { libc::ioctl(fd.as_raw_fd(), T::REQ as _, std::ptr::from_mut(arg)) };
+            cvt(ret).map(drop)
+        }
+    }
 }
 
-/// `ioctl(fd, req, arg)` where `arg` points the kernel at `buf`.
-pub fn ioctl_with_buf<T: IoctlBufArg, P: Payload>(
-    fd: BorrowedFd<'_>,
-    req: u64,
+/// `ioctl(fd, T::REQ, arg)` on the iommufd, where `arg` points the kernel
+/// at `buf`.
+pub fn ioctl_buf<T: IoctlBufArg, P: Payload>(
+    fd: &IommuFd,
     arg: &mut T,
     buf: &mut [P],
-) -> io::Result<c_int> {
+) -> io::Result<()> {
     prepare(arg, buf)?;
-    // SAFETY: as in `ioctl_with_mut` for `arg` itself. Its one user pointer
-    // now designates `buf`, which `prepare` checked is at least as large as
-    // the extent the argument announces to the kernel; `buf` is exclusively
-    // borrowed for the duration of the call and made of integers only
-    // (`Payload`), so any bytes the kernel stores there are valid values.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), req as _, std::ptr::from_mut(arg)) })
+    match T::VIA {
+        // As in `ioctl`; the one user pointer of `arg` now designates `buf`,
+        // which `prepare` checked, exclusively borrowed for the call.
+        Via::IommufdIoctls(f) => f(fd, arg).map_err(crate_errno),
+        Via::Own => {
+            // SAFETY: as in `ioctl` for `arg` itself. Its one user pointer
+            // now designates `buf`, which `prepare` checked is at least as
+            // large as the extent the argument announces to the kernel;
+            // `buf` is exclusively borrowed for the duration of the call and
+            // made of integers only (`Payload`), so any bytes the kernel
+            // stores there are valid values.
+            let ret = unsafe { libc::ioctl(fd.as_raw_fd(), T::REQ as _, std::ptr::from_mut(arg)) };
+            cvt(ret).map(drop)
+        }
+    }
+}
+
+/// `IOMMU_VEVENTQ_ALLOC` through iommufd-ioctls' `alloc_veventq`, which
+/// takes ownership of the returned descriptor and makes it non-blocking.
+pub fn veventq_alloc(fd: &IommuFd, arg: &mut k::iommu_veventq_alloc) -> io::Result<OwnedFd> {
+    // `iommu_veventq_alloc` carries no pointer; the crate passes it by
+    // exclusive reference and adopts `out_veventq_fd`, which the kernel
+    // installed for us alone.
+    let (_, file) = fd.alloc_veventq(arg).map_err(crate_errno)?;
+    Ok(file.into())
+}
+
+/// `ioctl(dev, T::REQ, arg)` on a VFIO cdev, for an argument without a
+/// followed pointer.
+pub fn device_ioctl<T: DeviceArg>(dev: BorrowedFd<'_>, arg: &mut T) -> io::Result<()> {
+    arg.check()?;
+    // SAFETY: `arg` is an exclusive reference to a live, properly aligned
+    // `#[repr(C)]` VFIO structure of the type `T::REQ` expects (sealed
+    // `DeviceArg`, layouts checked against the uAPI header). The kernel
+    // reads and writes at most `arg.argsz` bytes of it, which the callers
+    // set to `size_of::<T>()`, and follows no pointer in it
+    // (`DeviceArg::check`). `dev` is borrowed, so open, for the call.
+    cvt(unsafe { libc::ioctl(dev.as_raw_fd(), T::REQ as _, std::ptr::from_mut(arg)) }).map(drop)
 }
 
 /// One `read(2)` into `buf`; returns the byte count (0: nothing pending, the
@@ -82,7 +134,7 @@ pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// Takes ownership of a file descriptor number that a successful ioctl just
-/// returned (`out_veventq_fd`, `out_fault_fd`).
+/// returned (`out_fault_fd`).
 pub fn adopt_fd(raw: u32) -> io::Result<OwnedFd> {
     let raw = i32::try_from(raw).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
     // SAFETY: the kernel installed this descriptor in our table as the

@@ -219,6 +219,10 @@ fn devnull() -> std::fs::File {
     std::fs::File::open("/dev/null").unwrap()
 }
 
+fn devnull_iommufd() -> IommuFd {
+    IommuFd::new_from_fd(devnull())
+}
+
 #[test]
 fn ioctl_with_buf_buffer_smaller_than_extent_einval_without_call() {
     fake::reset();
@@ -227,8 +231,8 @@ fn ioctl_with_buf_buffer_smaller_than_extent_einval_without_call() {
         ..Default::default()
     };
     let mut buf = [k::iommu_iova_range::default(); 1];
-    let f = devnull();
-    let e = ioctl_with_buf(f.as_fd(), nr::IOMMU_IOAS_IOVA_RANGES, &mut arg, &mut buf).unwrap_err();
+    let f = devnull_iommufd();
+    let e = ioctl_buf(&f, &mut arg, &mut buf).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
     assert!(fake::take_calls().is_empty());
 }
@@ -241,8 +245,8 @@ fn ioctl_with_buf_sets_pointer_to_buffer() {
         ..Default::default()
     };
     let mut buf = [0u8; 8];
-    let f = devnull();
-    ioctl_with_buf(f.as_fd(), nr::IOMMU_GET_HW_INFO, &mut arg, &mut buf).unwrap();
+    let f = devnull_iommufd();
+    ioctl_buf(&f, &mut arg, &mut buf).unwrap();
     assert_eq!(arg.data_uptr, buf.as_ptr() as u64);
 }
 
@@ -289,7 +293,7 @@ fn bind_with_token_flag_rejected() {
         ..Default::default()
     };
     let f = devnull();
-    let e = ioctl_with_mut(f.as_fd(), nr::VFIO_DEVICE_BIND_IOMMUFD, &mut arg).unwrap_err();
+    let e = device_ioctl(f.as_fd(), &mut arg).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
     assert!(fake::take_calls().is_empty());
 }
@@ -325,4 +329,158 @@ fn take_inherited_fd_twice_is_ebusy() {
         super::take_inherited_fd(raw).unwrap_err().raw_os_error(),
         Some(libc::EBUSY)
     );
+}
+
+#[test]
+fn crate_errno_keeps_kernel_errno_else_eio() {
+    use vmm_sys_util::errno::Error as SysError;
+    let kernel = IommufdError::IommuIoasAlloc(SysError::new(libc::ENOSPC));
+    assert_eq!(crate_errno(kernel).raw_os_error(), Some(libc::ENOSPC));
+    let kernel = IommufdError::IommuHwptInvalidate(SysError::new(libc::EIO));
+    assert_eq!(crate_errno(kernel).raw_os_error(), Some(libc::EIO));
+    let none = IommufdError::HwQueueUnsupported;
+    assert_eq!(crate_errno(none).raw_os_error(), Some(libc::EIO));
+}
+
+/// The crate's wrappers, called as `real` calls them, on a file that is
+/// no iommufd: the kernel answers ENOTTY before reading the argument, and
+/// the errno arrives intact.
+#[test]
+fn crate_routes_on_dev_null_report_enotty() {
+    fn errno_of<T: IoctlArg + Default>() -> Option<i32> {
+        let Via::IommufdIoctls(f) = T::VIA else {
+            panic!("{} is not routed through iommufd-ioctls", T::REQ)
+        };
+        let e = f(&devnull_iommufd(), &mut T::default()).unwrap_err();
+        crate_errno(e).raw_os_error()
+    }
+    assert_eq!(errno_of::<k::iommu_ioas_alloc>(), Some(libc::ENOTTY));
+    assert_eq!(errno_of::<k::iommu_ioas_unmap>(), Some(libc::ENOTTY));
+    assert_eq!(errno_of::<k::iommu_destroy>(), Some(libc::ENOTTY));
+    assert_eq!(errno_of::<k::iommu_vdevice_alloc>(), Some(libc::ENOTTY));
+}
+
+/// Every request routed through the crate: its number there is ours (a
+/// crate release renumbering one would fail here).
+#[test]
+fn crate_request_numbers_match_ours() {
+    // `c_ulong` is `u64` on 64-bit Linux only.
+    #[allow(clippy::useless_conversion)]
+    fn num(f: fn() -> std::os::raw::c_ulong) -> u64 {
+        u64::from(f())
+    }
+    let pairs = [
+        (num(iommufd_ioctls::IOMMU_DESTROY), nr::IOMMU_DESTROY),
+        (num(iommufd_ioctls::IOMMU_IOAS_ALLOC), nr::IOMMU_IOAS_ALLOC),
+        (num(iommufd_ioctls::IOMMU_IOAS_UNMAP), nr::IOMMU_IOAS_UNMAP),
+        (num(iommufd_ioctls::IOMMU_HWPT_ALLOC), nr::IOMMU_HWPT_ALLOC),
+        (
+            num(iommufd_ioctls::IOMMUFD_GET_HW_INFO),
+            nr::IOMMU_GET_HW_INFO,
+        ),
+        (
+            num(iommufd_ioctls::IOMMUFD_HWPT_INVALIDATE),
+            nr::IOMMU_HWPT_INVALIDATE,
+        ),
+        (
+            num(iommufd_ioctls::IOMMU_VIOMMU_ALLOC),
+            nr::IOMMU_VIOMMU_ALLOC,
+        ),
+        (
+            num(iommufd_ioctls::IOMMU_VDEVICE_ALLOC),
+            nr::IOMMU_VDEVICE_ALLOC,
+        ),
+        (
+            num(iommufd_ioctls::IOMMU_VEVENTQ_ALLOC),
+            nr::IOMMU_VEVENTQ_ALLOC,
+        ),
+    ];
+    for (theirs, ours) in pairs {
+        assert_eq!(theirs, ours, "{theirs:#x} != {ours:#x}");
+    }
+}
+
+/// The route of every argument type, as docs/host-ioctls.md tables it.
+#[test]
+fn routes_match_the_comparison_table() {
+    let crate_ = "iommufd-ioctls";
+    let routes = [
+        (k::iommu_destroy::REQ, k::iommu_destroy::VIA.name(), crate_),
+        (
+            k::iommu_ioas_alloc::REQ,
+            k::iommu_ioas_alloc::VIA.name(),
+            crate_,
+        ),
+        (k::iommu_ioas_map::REQ, k::iommu_ioas_map::VIA.name(), "own"),
+        (
+            k::iommu_ioas_map_file::REQ,
+            k::iommu_ioas_map_file::VIA.name(),
+            "own",
+        ),
+        (
+            k::iommu_ioas_copy::REQ,
+            k::iommu_ioas_copy::VIA.name(),
+            "own",
+        ),
+        (
+            k::iommu_ioas_unmap::REQ,
+            k::iommu_ioas_unmap::VIA.name(),
+            crate_,
+        ),
+        (
+            k::iommu_hwpt_set_dirty_tracking::REQ,
+            k::iommu_hwpt_set_dirty_tracking::VIA.name(),
+            "own",
+        ),
+        (
+            k::iommu_vdevice_alloc::REQ,
+            k::iommu_vdevice_alloc::VIA.name(),
+            crate_,
+        ),
+        (
+            k::iommu_fault_alloc::REQ,
+            k::iommu_fault_alloc::VIA.name(),
+            "own",
+        ),
+        (k::iommu_hw_info::REQ, k::iommu_hw_info::VIA.name(), crate_),
+        (
+            k::iommu_ioas_iova_ranges::REQ,
+            k::iommu_ioas_iova_ranges::VIA.name(),
+            "own",
+        ),
+        (
+            k::iommu_ioas_allow_iovas::REQ,
+            k::iommu_ioas_allow_iovas::VIA.name(),
+            "own",
+        ),
+        (
+            k::iommu_hwpt_alloc::REQ,
+            k::iommu_hwpt_alloc::VIA.name(),
+            crate_,
+        ),
+        (
+            k::iommu_viommu_alloc::REQ,
+            k::iommu_viommu_alloc::VIA.name(),
+            crate_,
+        ),
+        (
+            k::iommu_hwpt_invalidate::REQ,
+            k::iommu_hwpt_invalidate::VIA.name(),
+            crate_,
+        ),
+        (
+            k::iommu_hwpt_get_dirty_bitmap::REQ,
+            k::iommu_hwpt_get_dirty_bitmap::VIA.name(),
+            "own",
+        ),
+    ];
+    for (req, got, want) in routes {
+        assert_eq!(got, want, "request {req:#x}");
+    }
+}
+
+#[test]
+fn iommufd_fd_borrows_the_crate_descriptor() {
+    let f = devnull_iommufd();
+    assert_eq!(iommufd_fd(&f).as_raw_fd(), f.as_raw_fd());
 }

@@ -13,6 +13,7 @@ mod api;
 mod mem;
 mod rig;
 mod scenarios;
+mod shared;
 mod testcmd;
 mod trace;
 mod vfio;
@@ -123,6 +124,12 @@ fn main() -> ExitCode {
         }
         if let Some((tk, ts)) = out.traces {
             compare(&mut rep, "vfio-vtd", &tk, &ts);
+        }
+    }
+    // After `vfio`, which leaves the edu device unbound.
+    if only.is_empty() || only.iter().any(|o| o == "shared") {
+        for c in shared::run() {
+            rep.line(&c.name, c.pass, &c.detail);
         }
     }
     println!("# guest-test: {} passed, {} failed", rep.passed, rep.failed);

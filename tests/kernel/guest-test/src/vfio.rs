@@ -32,35 +32,35 @@ const EDU_VENDOR: &str = "0x1234";
 const EDU_DEVICE: &str = "0x11e8";
 /// edu registers (QEMU docs/specs/edu.rst): identification, DMA source,
 /// destination, count, command.
-const EDU_ID: u64 = 0x00;
-const EDU_DMA_SRC: u64 = 0x80;
-const EDU_DMA_DST: u64 = 0x88;
-const EDU_DMA_COUNT: u64 = 0x90;
-const EDU_DMA_CMD: u64 = 0x98;
+pub(crate) const EDU_ID: u64 = 0x00;
+pub(crate) const EDU_DMA_SRC: u64 = 0x80;
+pub(crate) const EDU_DMA_DST: u64 = 0x88;
+pub(crate) const EDU_DMA_COUNT: u64 = 0x90;
+pub(crate) const EDU_DMA_CMD: u64 = 0x98;
 /// Command bits: start; direction (set: device buffer to RAM).
-const EDU_DMA_RUN: u64 = 1;
-const EDU_DMA_TO_RAM: u64 = 2;
+pub(crate) const EDU_DMA_RUN: u64 = 1;
+pub(crate) const EDU_DMA_TO_RAM: u64 = 2;
 /// The device's DMA buffer, as addressed by its DMA registers.
-const EDU_BUF: u64 = 0x4_0000;
+pub(crate) const EDU_BUF: u64 = 0x4_0000;
 /// Bytes moved per DMA (the buffer is 4 KiB).
-const DMA_LEN: u64 = 4096;
+pub(crate) const DMA_LEN: u64 = 4096;
 /// Upper half of the identification register: version 1.0 (`0x010000ed`).
-const EDU_ID_VALUE: u32 = 0x0100_00ed;
+pub(crate) const EDU_ID_VALUE: u32 = 0x0100_00ed;
 /// IOVAs of the source and destination buffers: below the edu's 28-bit DMA
 /// mask, which it would apply silently.
-const IOVA_SRC: u64 = 0x100_0000;
-const IOVA_DST: u64 = 0x100_1000;
+pub(crate) const IOVA_SRC: u64 = 0x100_0000;
+pub(crate) const IOVA_DST: u64 = 0x100_1000;
 /// How long a DMA may take: edu runs it from a 100 ms (virtual) timer.
-const DMA_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DMA_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `VFIO_DEVICE_GET_REGION_INFO`: `_IO(VFIO_TYPE, VFIO_BASE + 8)`.
 const VFIO_DEVICE_GET_REGION_INFO: u64 = ((b';' as u64) << 8) | (100 + 8);
 /// `VFIO_PCI_BAR0_REGION_INDEX`, `VFIO_PCI_CONFIG_REGION_INDEX`.
-const BAR0: u32 = 0;
-const CONFIG: u32 = 7;
+pub(crate) const BAR0: u32 = 0;
+pub(crate) const CONFIG: u32 = 7;
 /// PCI command register and its bus-master bit.
-const PCI_COMMAND: u64 = 0x04;
-const PCI_COMMAND_MASTER: u16 = 1 << 2;
+pub(crate) const PCI_COMMAND: u64 = 0x04;
+pub(crate) const PCI_COMMAND_MASTER: u16 = 1 << 2;
 
 /// `struct vfio_region_info` (include/uapi/linux/vfio.h), 32 bytes.
 #[repr(C)]
@@ -140,7 +140,7 @@ impl Edu {
 }
 
 /// The VFIO cdev of the edu device, if it is bound to vfio-pci.
-fn find_edu() -> Option<PathBuf> {
+pub(crate) fn find_edu() -> Option<PathBuf> {
     for entry in fs::read_dir("/sys/bus/pci/devices").ok()?.flatten() {
         let p = entry.path();
         let id = |f: &str| fs::read_to_string(p.join(f)).unwrap_or_default();
