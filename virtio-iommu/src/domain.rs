@@ -18,10 +18,11 @@ use crate::protocol::{MapFlags, Status};
 pub const MAX_DOMAINS: usize = 1 << 16;
 
 /// Most mappings one domain may hold. Linux's DMA API sends one MAP per
-/// `dma_map_*` call (4 KiB granule); 2^18 mappings is 1 GiB mapped page by
-/// page, far above what a device keeps in flight. Exceeding it gets
+/// `dma_map_*` call (4 KiB granule); 2^20 mappings is 4 GiB mapped page by
+/// page (issue 16: a million live mappings), as many as a shadowed domain
+/// holds (`nesting_core::shadow::MAX_GUEST_SPANS`). Exceeding it gets
 /// `S_NOMEM`.
-pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 18;
+pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 20;
 
 /// Most mappings across all domains (about 64 MiB of bookkeeping at most),
 /// so that many domains cannot multiply the per-domain bound. Exceeding it
