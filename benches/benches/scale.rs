@@ -1,0 +1,375 @@
+//! A million mappings (issue 16): the cost of one 4 KiB MAP and one UNMAP
+//! with 1e3, 1e4, 1e5 and 1e6 live 4 KiB mappings, for
+//! - virtio-iommu, emulated endpoint: requests through the device as
+//!   Linux's driver sends them ([`virtio_iommu::mock::MockDriver`]);
+//! - virtio-iommu, passthrough endpoint shadowed into a `SimIommufd` IOAS
+//!   (each MAP and UNMAP one host call);
+//! - VT-d caching mode, a legacy `cm=1` unit with a shadowed device: each
+//!   map and unmap is a page-table write, a page-selective IOTLB
+//!   invalidation and a wait (one host call, done before the wait).
+//!
+//! Goal: growth no worse than logarithmic, the 1e6 figure at most twice
+//! the 1e3 one. Live mappings sit on every other page of an IOVA range;
+//! the timed MAPs and UNMAPs use 64 of the free pages between them, spread
+//! over the whole range, in batches of up to 64 (the other half of each
+//! pair runs untimed).
+//!
+//! Memory per live mapping, printed before timing, measured with a
+//! counting global allocator (heap bytes live after inserting 1e6
+//! mappings minus before, divided by 1e6); goal at most 64 bytes:
+//! - virtio-iommu's domain table (`domain::Tables`);
+//! - the shadow engine (`ShadowDomain`: guest spans and host runs), its
+//!   simulated host's bytes measured apart and subtracted.
+//!
+//! `SCALE_MAX=N` stops at N live mappings; `SCALE_NO_MEMORY=1` skips the
+//! memory figures.
+//!
+//! Figures (this machine, two cores shared with other work, ranges over
+//! several runs) are in the commit that last changed them.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use iommufd_sim::SimIommufd;
+use iommufd_sim::profile::HostProfile;
+use nesting_core::host::HostOp;
+use nesting_core::host::IovaPlacement;
+use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+use nesting_core::options::ModelOptions;
+use nesting_core::ram::{GuestRam, RamIoas};
+use nesting_core::shadow::ShadowDomain;
+use nesting_core::types::{Access, Gpa, Iova};
+use viommu_benches::counting::{Counting, live_bytes};
+use virtio_iommu::Status;
+use virtio_iommu::domain::{Mapping, Tables};
+use virtio_iommu::mock::MockDriver;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vtd::mock::{LegacyTables, PageAlloc, Queue, SlTables, desc, probe_like_linux};
+use vtd::{Vtd, VtdConfig};
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+const PAGE: u64 = 4096;
+/// Where the live mappings start: above 4 GiB, clear of the interrupt
+/// range and the mock drivers' rings.
+const BASE: u64 = 1 << 32;
+const SIZES: [u64; 4] = [1_000, 10_000, 100_000, 1_000_000];
+/// Free pages the timed operations cycle over.
+const SLOTS: u64 = 64;
+const RW: u32 = 3;
+
+/// The IOVA of live mapping `i`: every other page.
+fn live_iova(i: u64) -> u64 {
+    BASE + 2 * i * PAGE
+}
+
+/// The IOVA of timed slot `j` with `n` live mappings: the free page after
+/// live mapping `j * n / SLOTS`.
+fn slot_iova(j: u64, n: u64) -> u64 {
+    live_iova(j * n / SLOTS) + PAGE
+}
+
+/// The page of `pages` pages that mapping `i` targets: a stride that
+/// keeps neighbours in IOVA apart in GPA, as a DMA API's pages are.
+fn scattered(i: u64, pages: u64) -> u64 {
+    (i.wrapping_mul(7919)) % pages
+}
+
+/// One layer under test: a 4 KiB map and unmap.
+trait Layer {
+    fn map(&mut self, iova: u64, gpa: u64);
+    fn unmap(&mut self, iova: u64);
+    /// GPA of the `k`th target page.
+    fn gpa(&self, k: u64) -> u64;
+}
+
+/// virtio-iommu through the request queue.
+struct VirtioLayer {
+    d: MockDriver,
+}
+
+/// The mock's RAM above its rings: 15 MiB of target pages.
+const VIRTIO_TARGET: u64 = 1 << 20;
+const VIRTIO_PAGES: u64 = (virtio_iommu::mock::MOCK_RAM - VIRTIO_TARGET) / PAGE;
+
+impl Layer for VirtioLayer {
+    fn map(&mut self, iova: u64, gpa: u64) {
+        assert_eq!(self.d.map(1, iova, iova + PAGE - 1, gpa, RW), Status::Ok);
+    }
+    fn unmap(&mut self, iova: u64) {
+        assert_eq!(self.d.unmap(1, iova, iova + PAGE - 1), Status::Ok);
+    }
+    fn gpa(&self, k: u64) -> u64 {
+        VIRTIO_TARGET + scattered(k, VIRTIO_PAGES) * PAGE
+    }
+}
+
+/// VT-d caching mode: page-table write, page-selective invalidation, wait.
+struct VtdLayer {
+    vtd: Vtd,
+    mem: GuestMemoryMmap,
+    alloc: PageAlloc,
+    sl: SlTables,
+    queue: Queue,
+    _sim: Arc<SimIommufd>,
+}
+
+/// VT-d guest RAM: 64 MiB, tables allocated from 8 MiB up, DMA targets in
+/// the first 8 MiB.
+const VTD_RAM: u64 = 64 << 20;
+const VTD_TARGET_PAGES: u64 = (8 << 20) / PAGE;
+const SID: u16 = 0x10;
+
+impl Layer for VtdLayer {
+    fn map(&mut self, iova: u64, gpa: u64) {
+        self.sl
+            .map(&self.mem, &mut self.alloc, iova, gpa, 12, true, true);
+        let inv = [desc::iotlb_page(1, iova, 0, false)];
+        assert!(self.queue.submit(&mut self.vtd, &self.mem, &inv));
+    }
+    fn unmap(&mut self, iova: u64) {
+        self.sl.unmap(&self.mem, iova, 12);
+        let inv = [desc::iotlb_page(1, iova, 0, false)];
+        assert!(self.queue.submit(&mut self.vtd, &self.mem, &inv));
+    }
+    fn gpa(&self, k: u64) -> u64 {
+        scattered(k, VTD_TARGET_PAGES) * PAGE
+    }
+}
+
+fn virtio_emulated() -> VirtioLayer {
+    let mut d = MockDriver::new(&[]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    VirtioLayer { d }
+}
+
+fn virtio_shadowed() -> VirtioLayer {
+    let (d, _) = viommu_benches::virtio_iommu_driver(true);
+    VirtioLayer { d }
+}
+
+fn vtd_shadowed() -> VtdLayer {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), VTD_RAM as usize)]).unwrap();
+    let mut alloc = PageAlloc::new(8 << 20, VTD_RAM - (8 << 20));
+    let mut vtd = Vtd::new(VtdConfig::from_options(&["mode=legacy", "cm=1"]).unwrap());
+    let spec = HostProfile::VtdNonest.spec();
+    let sim = Arc::new(SimIommufd::with_host(spec.clone()));
+    let host: SharedHost = sim.clone();
+    let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&mem).unwrap()).unwrap());
+    vtd.enable_passthrough(host.clone(), ram);
+    let dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+    vtd.add_passthrough(&mem, SID, dev, spec.host_view())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let t = LegacyTables::new(&mem, &mut alloc);
+    let sl = SlTables::new(&mem, &mut alloc, 4);
+    t.set_context(&mem, &mut alloc, SID, 1, 0, 2, sl.root, false);
+    let queue = probe_like_linux(&mut vtd, &mem, &mut alloc, t.root).queue;
+    VtdLayer {
+        vtd,
+        mem,
+        alloc,
+        sl,
+        queue,
+        _sim: sim,
+    }
+}
+
+/// Times `timed` over batches of slots, running `other` untimed after each
+/// batch so the number of live mappings stays put.
+fn time_batches<L: Layer>(
+    l: &mut L,
+    n: u64,
+    iters: u64,
+    timed: fn(&mut L, u64, u64),
+    other: fn(&mut L, u64, u64),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let k = (iters - done).min(SLOTS);
+        let start = Instant::now();
+        for j in 0..k {
+            timed(l, slot_iova(j, n), j);
+        }
+        total += start.elapsed();
+        for j in 0..k {
+            other(l, slot_iova(j, n), j);
+        }
+        done += k;
+    }
+    total
+}
+
+fn map_slot<L: Layer>(l: &mut L, iova: u64, j: u64) {
+    let gpa = l.gpa(j);
+    l.map(iova, gpa);
+}
+
+fn unmap_slot<L: Layer>(l: &mut L, iova: u64, _j: u64) {
+    l.unmap(iova);
+}
+
+fn scale_layer<L: Layer>(c: &mut Criterion, name: &str, mut l: L) {
+    let mut g = c.benchmark_group(format!("scale {name}"));
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    g.sample_size(20);
+    let mut live = 0;
+    for n in sizes() {
+        let setup = Instant::now();
+        while live < n {
+            let gpa = l.gpa(live);
+            l.map(live_iova(live), gpa);
+            live += 1;
+        }
+        println!(
+            "scale {name}: {n} live mappings set up in {:?}",
+            setup.elapsed()
+        );
+        g.bench_with_input(BenchmarkId::new("map 4 KiB", n), &n, |b, &n| {
+            b.iter_custom(|iters| time_batches(&mut l, n, iters, map_slot, unmap_slot))
+        });
+        g.bench_with_input(BenchmarkId::new("unmap 4 KiB", n), &n, |b, &n| {
+            b.iter_custom(|iters| {
+                // Each timed unmap needs its slot mapped first, untimed.
+                let mut total = Duration::ZERO;
+                let mut done = 0;
+                while done < iters {
+                    let k = (iters - done).min(SLOTS);
+                    for j in 0..k {
+                        map_slot(&mut l, slot_iova(j, n), j);
+                    }
+                    let start = Instant::now();
+                    for j in 0..k {
+                        l.unmap(slot_iova(j, n));
+                    }
+                    total += start.elapsed();
+                    done += k;
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+    black_box(l);
+}
+
+/// Heap bytes per mapping of virtio-iommu's domain table holding `n`
+/// 4 KiB mappings (GPAs from `gpa`).
+fn tables_bytes(n: u64, gpa: fn(u64) -> u64) -> f64 {
+    let mut t = Tables::default();
+    t.attach(8, 1, false);
+    let before = live_bytes();
+    for i in 0..n {
+        let iova = live_iova(i);
+        t.insert_mapping(
+            1,
+            Mapping {
+                iova_first: iova,
+                iova_last: iova + PAGE - 1,
+                gpa: gpa(i),
+                flags: RW,
+            },
+        );
+    }
+    assert_eq!(t.total_mappings(), n as usize);
+    let bytes = live_bytes() - before;
+    black_box(&t);
+    bytes as f64 / n as f64
+}
+
+/// Heap bytes per mapping of a shadow domain holding `n` 4 KiB guest
+/// mappings, each mapped and synced on its own (as virtio-iommu does per
+/// MAP): `(engine, simulated host)`. The host's share is measured by
+/// making the same `IOMMU_IOAS_COPY` calls on a second simulator.
+fn shadow_bytes(n: u64, gpa: fn(u64) -> u64) -> (f64, f64) {
+    let host_only = {
+        let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
+        let ioas = Ioas::alloc(&host).unwrap();
+        let before = live_bytes();
+        for i in 0..n {
+            host.ioas_copy(
+                ioas.id(),
+                IovaPlacement::Fixed(Iova(live_iova(i))),
+                ram.ioas().id(),
+                Iova(gpa(i)),
+                PAGE,
+                Access::RW,
+            )
+            .unwrap();
+        }
+        let bytes = live_bytes() - before;
+        assert_eq!(sim.calls(HostOp::IoasCopy), n);
+        black_box(&ioas);
+        bytes
+    };
+    let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
+    let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
+    let mut domain = ShadowDomain::new(&host, &ram).unwrap();
+    domain.attach(&mut dev, None).unwrap();
+    sim.reset_counters();
+    let before = live_bytes();
+    for i in 0..n {
+        domain
+            .map(Iova(live_iova(i)), Gpa(gpa(i)), PAGE, Access::RW)
+            .unwrap();
+        domain.sync().unwrap();
+    }
+    let total = live_bytes() - before;
+    assert_eq!(sim.calls(HostOp::IoasCopy), n, "one host mapping each");
+    black_box(&domain);
+    let engine = total - host_only;
+    (engine as f64 / n as f64, host_only as f64 / n as f64)
+}
+
+/// GPA patterns within the 1 GiB of [`viommu_benches::sim_with_ram`]:
+/// scattered pages, and pages contiguous with their IOVA neighbours.
+fn gpa_scattered(i: u64) -> u64 {
+    scattered(i, (1 << 30) / PAGE) * PAGE
+}
+
+fn gpa_contiguous(i: u64) -> u64 {
+    (i * PAGE) % (1 << 30)
+}
+
+fn memory_figures() {
+    let n = 1_000_000;
+    for (pattern, gpa) in [
+        ("scattered", gpa_scattered as fn(u64) -> u64),
+        ("contiguous", gpa_contiguous),
+    ] {
+        let t = tables_bytes(n, gpa);
+        println!(
+            "scale: virtio-iommu domain table, {n} mappings ({pattern} GPAs): {t:.1} bytes per mapping (goal 64)"
+        );
+        let (engine, host) = shadow_bytes(n, gpa);
+        println!(
+            "scale: shadow engine, {n} mappings ({pattern} GPAs): {engine:.1} bytes per mapping (goal 64); simulated host {host:.1}"
+        );
+    }
+}
+
+/// [`SIZES`], up to `SCALE_MAX` live mappings when set (a quicker run).
+fn sizes() -> Vec<u64> {
+    let max = std::env::var("SCALE_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    SIZES.into_iter().filter(|n| *n <= max).collect()
+}
+
+fn scale(c: &mut Criterion) {
+    if std::env::var_os("SCALE_NO_MEMORY").is_none() {
+        memory_figures();
+    }
+    scale_layer(c, "virtio-iommu emulated", virtio_emulated());
+    scale_layer(c, "virtio-iommu shadowed", virtio_shadowed());
+    scale_layer(c, "vtd shadowed (cm=1)", vtd_shadowed());
+}
+
+criterion_group!(benches, scale);
+criterion_main!(benches);
