@@ -260,11 +260,12 @@ fn scale_layer<L: Layer>(c: &mut Criterion, name: &str, mut l: L) {
 
 /// Heap bytes per mapping of virtio-iommu's domain table holding `n`
 /// 4 KiB mappings (GPAs from `gpa`).
-fn tables_bytes(n: u64, gpa: fn(u64) -> u64) -> f64 {
+fn tables_bytes(n: u64, gpa: fn(u64) -> u64, order: fn(u64, u64) -> u64) -> f64 {
     let mut t = Tables::default();
     t.attach(8, 1, false);
     let before = live_bytes();
-    for i in 0..n {
+    for k in 0..n {
+        let i = order(k, n);
         let iova = live_iova(i);
         t.insert_mapping(
             1,
@@ -286,12 +287,13 @@ fn tables_bytes(n: u64, gpa: fn(u64) -> u64) -> f64 {
 /// mappings, each mapped and synced on its own (as virtio-iommu does per
 /// MAP): `(engine, simulated host)`. The host's share is measured by
 /// making the same `IOMMU_IOAS_COPY` calls on a second simulator.
-fn shadow_bytes(n: u64, gpa: fn(u64) -> u64) -> (f64, f64) {
+fn shadow_bytes(n: u64, gpa: fn(u64) -> u64, order: fn(u64, u64) -> u64) -> (f64, f64) {
     let host_only = {
         let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
         let ioas = Ioas::alloc(&host).unwrap();
         let before = live_bytes();
-        for i in 0..n {
+        for k in 0..n {
+            let i = order(k, n);
             host.ioas_copy(
                 ioas.id(),
                 IovaPlacement::Fixed(Iova(live_iova(i))),
@@ -313,7 +315,8 @@ fn shadow_bytes(n: u64, gpa: fn(u64) -> u64) -> (f64, f64) {
     domain.attach(&mut dev, None).unwrap();
     sim.reset_counters();
     let before = live_bytes();
-    for i in 0..n {
+    for k in 0..n {
+        let i = order(k, n);
         domain
             .map(Iova(live_iova(i)), Gpa(gpa(i)), PAGE, Access::RW)
             .unwrap();
@@ -336,19 +339,36 @@ fn gpa_contiguous(i: u64) -> u64 {
     (i * PAGE) % (1 << 30)
 }
 
+/// Mapping `k` of `n` is the `order(k, n)`th page of the range: in IOVA
+/// order, or shuffled (a stride coprime with 10^n).
+fn ascending(k: u64, _n: u64) -> u64 {
+    k
+}
+
+fn shuffled(k: u64, n: u64) -> u64 {
+    k.wrapping_mul(7919) % n
+}
+
 fn memory_figures() {
     let n = 1_000_000;
-    for (pattern, gpa) in [
-        ("scattered", gpa_scattered as fn(u64) -> u64),
-        ("contiguous", gpa_contiguous),
-    ] {
-        let t = tables_bytes(n, gpa);
+    type Pattern = (&'static str, fn(u64) -> u64, fn(u64, u64) -> u64);
+    let patterns: [Pattern; 3] = [
+        ("scattered GPAs, IOVAs ascending", gpa_scattered, ascending),
+        (
+            "contiguous GPAs, IOVAs ascending",
+            gpa_contiguous,
+            ascending,
+        ),
+        ("scattered GPAs, IOVAs shuffled", gpa_scattered, shuffled),
+    ];
+    for (pattern, gpa, order) in patterns {
+        let t = tables_bytes(n, gpa, order);
         println!(
-            "scale: virtio-iommu domain table, {n} mappings ({pattern} GPAs): {t:.1} bytes per mapping (goal 64)"
+            "scale: virtio-iommu domain table, {n} mappings ({pattern}): {t:.1} bytes per mapping (goal 64)"
         );
-        let (engine, host) = shadow_bytes(n, gpa);
+        let (engine, host) = shadow_bytes(n, gpa, order);
         println!(
-            "scale: shadow engine, {n} mappings ({pattern} GPAs): {engine:.1} bytes per mapping (goal 64); simulated host {host:.1}"
+            "scale: shadow engine, {n} mappings ({pattern}): {engine:.1} bytes per mapping (goal 64); simulated host {host:.1}"
         );
     }
 }
