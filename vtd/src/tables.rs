@@ -84,6 +84,11 @@ impl<'m, M: GuestMemory + ?Sized> EntryReader<'m, M> {
         EntryReader { mem, last: None }
     }
 
+    /// The memory read (for writes, and walks of their own).
+    pub fn mem(&self) -> &'m M {
+        self.mem
+    }
+
     /// Reads `N` little-endian quadwords at `gpa`.
     #[inline]
     pub fn qwords<const N: usize>(&mut self, gpa: u64) -> Result<[u64; N], MemError> {
@@ -198,7 +203,16 @@ pub struct RootEntry {
 impl RootEntry {
     /// Reads the entry of `bus` in the root table at `rta`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, rta: u64, bus: u8) -> Result<Self, MemError> {
-        let [lo, hi] = read_qwords::<M, 2>(mem, rta + ROOT_ENTRY_SIZE * u64::from(bus))?;
+        Self::read_in(&mut EntryReader::new(mem), rta, bus)
+    }
+
+    /// [`RootEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        rta: u64,
+        bus: u8,
+    ) -> Result<Self, MemError> {
+        let [lo, hi] = r.qwords(rta + ROOT_ENTRY_SIZE * u64::from(bus))?;
         Ok(RootEntry { lo, hi })
     }
 
@@ -315,7 +329,16 @@ nesting_core::bitfield! {
 impl ContextEntry {
     /// Reads the entry of `devfn` in the context table at `ctp`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, ctp: u64, devfn: u8) -> Result<Self, MemError> {
-        let [lo, hi] = read_qwords::<M, 2>(mem, ctp + CONTEXT_ENTRY_SIZE * u64::from(devfn))?;
+        Self::read_in(&mut EntryReader::new(mem), ctp, devfn)
+    }
+
+    /// [`ContextEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        ctp: u64,
+        devfn: u8,
+    ) -> Result<Self, MemError> {
+        let [lo, hi] = r.qwords(ctp + CONTEXT_ENTRY_SIZE * u64::from(devfn))?;
         Ok(ContextEntry { lo, hi })
     }
 
@@ -360,8 +383,17 @@ impl SmContextEntry {
     /// root entry's lower table holds devfn 0..127, the upper 128..255;
     /// both are indexed by devfn bits 6:0).
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, ctp: u64, devfn: u8) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), ctp, devfn)
+    }
+
+    /// [`SmContextEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        ctp: u64,
+        devfn: u8,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(devfn & 0x7f);
-        let q = read_qwords::<M, 4>(mem, ctp + SM_CONTEXT_ENTRY_SIZE * idx)?;
+        let q = r.qwords(ctp + SM_CONTEXT_ENTRY_SIZE * idx)?;
         Ok(SmContextEntry { q })
     }
 
@@ -391,8 +423,17 @@ nesting_core::bitfield! {
 impl PasidDirEntry {
     /// Reads the directory entry for `pasid` (PASID bits 19:6 index it).
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, dir: u64, pasid: u32) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), dir, pasid)
+    }
+
+    /// [`PasidDirEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        dir: u64,
+        pasid: u32,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(pasid / PASIDS_PER_TABLE);
-        let [v] = read_qwords::<M, 1>(mem, dir + PASID_DIR_ENTRY_SIZE * idx)?;
+        let [v] = r.qwords(dir + PASID_DIR_ENTRY_SIZE * idx)?;
         Ok(PasidDirEntry(v))
     }
 
@@ -489,8 +530,17 @@ impl PasidEntry {
         table: u64,
         pasid: u32,
     ) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), table, pasid)
+    }
+
+    /// [`PasidEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        table: u64,
+        pasid: u32,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(pasid % PASIDS_PER_TABLE);
-        let q = read_qwords::<M, 8>(mem, table + PASID_ENTRY_SIZE * idx)?;
+        let q = r.qwords(table + PASID_ENTRY_SIZE * idx)?;
         Ok(PasidEntry { q })
     }
 

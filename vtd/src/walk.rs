@@ -197,10 +197,20 @@ pub fn walk_second_stage<M: GuestMemory + ?Sized>(
     iova: u64,
     access: Access,
 ) -> SsWalk {
+    walk_second_stage_in(&mut EntryReader::new(mem), p, iova, access)
+}
+
+/// [`walk_second_stage`] through a reader the caller's earlier reads
+/// (root and context entries) went through.
+pub fn walk_second_stage_in<M: GuestMemory + ?Sized>(
+    reader: &mut EntryReader<'_, M>,
+    p: &SsParams,
+    iova: u64,
+    access: Access,
+) -> SsWalk {
     let mut table = p.root & PTR.mask();
     let mut perms = Access::READ | Access::WRITE;
     let rsvd = ss_reserved_bits(p);
-    let mut reader = EntryReader::new(mem);
     // Bounded: one read per level, levels <= 5.
     for level in (1..p.levels.min(MAX_LEVELS) + 1).rev() {
         let addr = table + 8 * level_index(iova, level);
@@ -383,6 +393,19 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     iova: u64,
     access: Access,
 ) -> FsWalk {
+    walk_first_stage_in(&mut EntryReader::new(mem), tables, p, iova, access)
+}
+
+/// [`walk_first_stage`] through a reader the caller's earlier reads
+/// (root, context and PASID entries) went through.
+pub fn walk_first_stage_in<M: GuestMemory + ?Sized, T: TableAccess>(
+    reader: &mut EntryReader<'_, M>,
+    tables: &mut T,
+    p: &FsParams,
+    iova: u64,
+    access: Access,
+) -> FsWalk {
+    let mem = reader.mem();
     if !canonical(iova, p.levels) {
         return FsWalk::Fault(FaultReason::FsNonCanonical);
     }
@@ -396,7 +419,6 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     let mut table = p.root & PTR.mask();
     let rsvd = above_haw(p.haw);
     let accessed = accessed_flags(p);
-    let mut reader = EntryReader::new(mem);
     for level in (1..p.levels.min(MAX_LEVELS) + 1).rev() {
         let root = level == p.levels;
         let entry_addr = table + 8 * level_index(iova, level);
