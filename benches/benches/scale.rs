@@ -12,21 +12,15 @@
 //! the 1e3 one. Live mappings sit on every other page of an IOVA range;
 //! the timed MAPs and UNMAPs use 64 of the free pages between them, spread
 //! over the whole range, in batches of up to 64 (the other half of each
-//! pair runs untimed).
+//! pair runs untimed). Each state is built once, growing from one size to
+//! the next, outside the timed loops. `SCALE_MAX=N` stops at N live
+//! mappings. Memory per mapping is `scale_memory`.
 //!
-//! Memory per live mapping, printed before timing, measured with a
-//! counting global allocator (heap bytes live after inserting 1e6
-//! mappings minus before, divided by 1e6); goal at most 64 bytes:
-//! - virtio-iommu's domain table (`domain::Tables`);
-//! - the shadow engine (`ShadowDomain`: guest spans and host runs), its
-//!   simulated host's bytes measured apart and subtracted.
+//! Figures (two cores shared with other work; medians, range of 3 runs):
 //!
-//! `SCALE_MAX=N` stops at N live mappings; `SCALE_NO_MEMORY=1` skips the
-//! memory figures.
-//!
-//! Figures (this machine, two cores shared with other work, ranges over
-//! several runs) are in the commit that last changed them.
-
+//! | live mappings        | 1e3       | 1e4       | 1e5       | 1e6       |
+//! |----------------------|-----------|-----------|-----------|-----------|
+//! FIGURES
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,23 +28,14 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use iommufd_sim::SimIommufd;
 use iommufd_sim::profile::HostProfile;
-use nesting_core::host::HostOp;
-use nesting_core::host::IovaPlacement;
-use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
+use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::options::ModelOptions;
 use nesting_core::ram::{GuestRam, RamIoas};
-use nesting_core::shadow::ShadowDomain;
-use nesting_core::types::{Access, Gpa, Iova};
-use viommu_benches::counting::{Counting, live_bytes};
 use virtio_iommu::Status;
-use virtio_iommu::domain::{Mapping, Tables};
 use virtio_iommu::mock::MockDriver;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vtd::mock::{LegacyTables, PageAlloc, Queue, SlTables, desc, probe_like_linux};
 use vtd::{Vtd, VtdConfig};
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const PAGE: u64 = 4096;
 /// Where the live mappings start: above 4 GiB, clear of the interrupt
@@ -258,121 +243,6 @@ fn scale_layer<L: Layer>(c: &mut Criterion, name: &str, mut l: L) {
     black_box(l);
 }
 
-/// Heap bytes per mapping of virtio-iommu's domain table holding `n`
-/// 4 KiB mappings (GPAs from `gpa`).
-fn tables_bytes(n: u64, gpa: fn(u64) -> u64, order: fn(u64, u64) -> u64) -> f64 {
-    let mut t = Tables::default();
-    t.attach(8, 1, false);
-    let before = live_bytes();
-    for k in 0..n {
-        let i = order(k, n);
-        let iova = live_iova(i);
-        t.insert_mapping(
-            1,
-            Mapping {
-                iova_first: iova,
-                iova_last: iova + PAGE - 1,
-                gpa: gpa(i),
-                flags: RW,
-            },
-        );
-    }
-    assert_eq!(t.total_mappings(), n as usize);
-    let bytes = live_bytes() - before;
-    black_box(&t);
-    bytes as f64 / n as f64
-}
-
-/// Heap bytes per mapping of a shadow domain holding `n` 4 KiB guest
-/// mappings, each mapped and synced on its own (as virtio-iommu does per
-/// MAP): `(engine, simulated host)`. The host's share is measured by
-/// making the same `IOMMU_IOAS_COPY` calls on a second simulator.
-fn shadow_bytes(n: u64, gpa: fn(u64) -> u64, order: fn(u64, u64) -> u64) -> (f64, f64) {
-    let host_only = {
-        let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
-        let ioas = Ioas::alloc(&host).unwrap();
-        let before = live_bytes();
-        for k in 0..n {
-            let i = order(k, n);
-            host.ioas_copy(
-                ioas.id(),
-                IovaPlacement::Fixed(Iova(live_iova(i))),
-                ram.ioas().id(),
-                Iova(gpa(i)),
-                PAGE,
-                Access::RW,
-            )
-            .unwrap();
-        }
-        let bytes = live_bytes() - before;
-        assert_eq!(sim.calls(HostOp::IoasCopy), n);
-        black_box(&ioas);
-        bytes
-    };
-    let (sim, host, ram) = viommu_benches::sim_with_ram(HostProfile::VtdNonest);
-    let mut dev = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
-    let mut domain = ShadowDomain::new(&host, &ram).unwrap();
-    domain.attach(&mut dev, None).unwrap();
-    sim.reset_counters();
-    let before = live_bytes();
-    for k in 0..n {
-        let i = order(k, n);
-        domain
-            .map(Iova(live_iova(i)), Gpa(gpa(i)), PAGE, Access::RW)
-            .unwrap();
-        domain.sync().unwrap();
-    }
-    let total = live_bytes() - before;
-    assert_eq!(sim.calls(HostOp::IoasCopy), n, "one host mapping each");
-    black_box(&domain);
-    let engine = total - host_only;
-    (engine as f64 / n as f64, host_only as f64 / n as f64)
-}
-
-/// GPA patterns within the 1 GiB of [`viommu_benches::sim_with_ram`]:
-/// scattered pages, and pages contiguous with their IOVA neighbours.
-fn gpa_scattered(i: u64) -> u64 {
-    scattered(i, (1 << 30) / PAGE) * PAGE
-}
-
-fn gpa_contiguous(i: u64) -> u64 {
-    (i * PAGE) % (1 << 30)
-}
-
-/// Mapping `k` of `n` is the `order(k, n)`th page of the range: in IOVA
-/// order, or shuffled (a stride coprime with 10^n).
-fn ascending(k: u64, _n: u64) -> u64 {
-    k
-}
-
-fn shuffled(k: u64, n: u64) -> u64 {
-    k.wrapping_mul(7919) % n
-}
-
-fn memory_figures() {
-    let n = 1_000_000;
-    type Pattern = (&'static str, fn(u64) -> u64, fn(u64, u64) -> u64);
-    let patterns: [Pattern; 3] = [
-        ("scattered GPAs, IOVAs ascending", gpa_scattered, ascending),
-        (
-            "contiguous GPAs, IOVAs ascending",
-            gpa_contiguous,
-            ascending,
-        ),
-        ("scattered GPAs, IOVAs shuffled", gpa_scattered, shuffled),
-    ];
-    for (pattern, gpa, order) in patterns {
-        let t = tables_bytes(n, gpa, order);
-        println!(
-            "scale: virtio-iommu domain table, {n} mappings ({pattern}): {t:.1} bytes per mapping (goal 64)"
-        );
-        let (engine, host) = shadow_bytes(n, gpa, order);
-        println!(
-            "scale: shadow engine, {n} mappings ({pattern}): {engine:.1} bytes per mapping (goal 64); simulated host {host:.1}"
-        );
-    }
-}
-
 /// [`SIZES`], up to `SCALE_MAX` live mappings when set (a quicker run).
 fn sizes() -> Vec<u64> {
     let max = std::env::var("SCALE_MAX")
@@ -383,9 +253,6 @@ fn sizes() -> Vec<u64> {
 }
 
 fn scale(c: &mut Criterion) {
-    if std::env::var_os("SCALE_NO_MEMORY").is_none() {
-        memory_figures();
-    }
     scale_layer(c, "virtio-iommu emulated", virtio_emulated());
     scale_layer(c, "virtio-iommu shadowed", virtio_shadowed());
     scale_layer(c, "vtd shadowed (cm=1)", vtd_shadowed());

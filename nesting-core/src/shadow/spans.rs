@@ -1,6 +1,10 @@
 //! An interval map over the 64-bit IOVA space with inclusive ends, so a
 //! mapping may end at `u64::MAX`. Each span carries the GPA of its first
 //! byte; splitting a span offsets the GPA of the part that is cut off.
+//!
+//! The spans live in a [`SortedChunks`], a compact ordered set that other
+//! per-mapping tables (virtio-iommu's domains) use too: a domain may hold
+//! a million mappings, and each costs its record's size, not twice that.
 
 use std::collections::BTreeMap;
 
