@@ -4,61 +4,21 @@
 //! emulated endpoint (IOTLB hits, and misses that take the device lock).
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use iommufd_sim::SimIommufd;
-use iommufd_sim::profile::HostProfile;
-use nesting_core::host::objects::{BoundDevice, Ioas, SharedHost};
-use nesting_core::host::{HostOp, PtId};
-use nesting_core::ladder::HostView;
-use nesting_core::ram::{GuestRam, RamIoas};
+use nesting_core::host::HostOp;
 use nesting_core::types::Access;
-use virtio_iommu::mock::{MockDriver, config, mock_memory};
-use virtio_iommu::{DeviceOptions, Status, VirtioIommu};
+use viommu_benches::virtio_iommu_driver;
+use virtio_iommu::Status;
 
 const PAGE: u64 = 4096;
 const RW: u32 = 3;
-
-/// A driver with endpoint 8 attached to domain 1; with `passthrough`,
-/// endpoint 8 is a passthrough device shadowed into a SimIommufd IOAS.
-fn driver(passthrough: bool) -> (MockDriver, Option<Arc<SimIommufd>>) {
-    if !passthrough {
-        let mut d = MockDriver::new(&[]);
-        assert_eq!(d.attach(1, 8), Status::Ok);
-        return (d, None);
-    }
-    let sim = Arc::new(SimIommufd::with_host(HostProfile::VtdNonest.spec()));
-    let host: SharedHost = sim.clone();
-    let mem = mock_memory();
-    let ram = Arc::new(RamIoas::new(&host, GuestRam::from_guest_memory(&*mem).unwrap()).unwrap());
-    let mut bound = BoundDevice::bind(&host, sim.add_device(0)).unwrap();
-    let probe = Ioas::alloc(&host).unwrap();
-    bound.attach(None, PtId::Ioas(probe.id())).unwrap();
-    let ranges = host.ioas_iova_ranges(probe.id()).unwrap();
-    let view = HostView {
-        info: host.hw_info(bound.id()).unwrap(),
-        iova_ranges: ranges.ranges,
-        page_size: ranges.alignment,
-        unit: None,
-    };
-    bound.detach(None).unwrap();
-    drop(probe);
-    let dev = Arc::new(VirtioIommu::new(&config(&[]), DeviceOptions::default()).unwrap());
-    dev.set_passthrough_host(host, ram).unwrap();
-    dev.add_passthrough(8, bound, &view)
-        .map_err(|(e, _)| e)
-        .unwrap();
-    let mut d = MockDriver::with_memory(dev, mem, true);
-    assert_eq!(d.attach(1, 8), Status::Ok);
-    (d, Some(sim))
-}
 
 fn map_unmap(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtio_iommu_map_unmap_4k");
     g.throughput(Throughput::Elements(2));
     for (name, pt) in [("emulated", false), ("passthrough_sim", true)] {
-        let (mut d, sim) = driver(pt);
+        let (mut d, sim) = virtio_iommu_driver(pt);
         let mut i = 0u64;
         g.bench_function(name, |b| {
             b.iter(|| {
@@ -80,7 +40,7 @@ fn map_unmap(c: &mut Criterion) {
 fn translate(c: &mut Criterion) {
     let mut g = c.benchmark_group("virtio_iommu_translate");
     g.throughput(Throughput::Elements(1));
-    let (mut d, _) = driver(false);
+    let (mut d, _) = virtio_iommu_driver(false);
     // 8192 separate 4 KiB mappings: twice the IOTLB's entries.
     for p in 0..8192u64 {
         let iova = p * PAGE;

@@ -567,7 +567,31 @@ impl SimIommufd {
         let (commit, rc) = f(&mut next);
         if commit {
             g.state = next;
+            g.state.forget_journals();
         }
+        rc.map_err(|e| HostError::new(op, e))
+    }
+
+    /// [`SimIommufd::run_raw`] for the calls that map and unmap: `f` runs
+    /// on the state itself, its area changes journaled, and a call that
+    /// does not commit is undone (areas from the journal, everything else
+    /// from a copy made before). Only the copy of the other objects costs,
+    /// not the mappings. `f` must not create or destroy an IOAS.
+    fn run_journaled<T>(
+        &self,
+        op: HostOp,
+        f: impl FnOnce(&mut State) -> (bool, Result<T, Errno>),
+    ) -> HostResult<T> {
+        let mut g = self.lock();
+        if let Some(e) = g.enter(op) {
+            return Err(HostError::new(op, e));
+        }
+        let saved = g.state.without_areas();
+        let (commit, rc) = f(&mut g.state);
+        if !commit {
+            g.state.roll_back(saved);
+        }
+        g.state.forget_journals();
         rc.map_err(|e| HostError::new(op, e))
     }
 
@@ -784,18 +808,18 @@ impl HostBackend for SimIommufd {
                 (HostOp::IoasMapFile, (src, offset))
             }
         };
-        self.run(op, |s| s.map(ioas.0, iova, src, len, access))
-            .map(Iova)
+        self.run_journaled(op, |s| {
+            let rc = s.map(ioas.0, iova, src, len, access);
+            (rc.is_ok(), rc)
+        })
+        .map(Iova)
     }
 
     fn ioas_unmap(&self, ioas: IoasId, iova: Iova, len: u64) -> HostResult<u64> {
-        self.run_raw(
-            |_| HostOp::IoasUnmap,
-            |s| {
-                let (n, rc) = s.unmap(ioas.0, iova.0, len);
-                (n > 0 || rc.is_ok(), rc)
-            },
-        )
+        self.run_journaled(HostOp::IoasUnmap, |s| {
+            let (n, rc) = s.unmap(ioas.0, iova.0, len);
+            (n > 0 || rc.is_ok(), rc)
+        })
     }
 
     fn ioas_copy(
@@ -807,16 +831,19 @@ impl HostBackend for SimIommufd {
         len: u64,
         access: Access,
     ) -> HostResult<Iova> {
-        self.run(HostOp::IoasCopy, |s| {
-            // ioas.c, iommufd_ioas_copy: "if (cmd->length >= ULONG_MAX ||
-            // cmd->src_iova >= ULONG_MAX || cmd->dst_iova >= ULONG_MAX) return -EOVERFLOW;"
-            if src_iova.0 == u64::MAX {
-                return Err(Errno::EOVERFLOW);
-            }
-            ioas::check_map_args(dst_iova, len, access)?;
-            let elms = s.get_pages(src.0, src_iova.0, len)?;
-            s.ioas(dst.0)?;
-            s.map_pages(dst.0, &elms, len, dst_iova, access)
+        self.run_journaled(HostOp::IoasCopy, |s| {
+            let rc = (|| {
+                // ioas.c, iommufd_ioas_copy: "if (cmd->length >= ULONG_MAX ||
+                // cmd->src_iova >= ULONG_MAX || cmd->dst_iova >= ULONG_MAX) return -EOVERFLOW;"
+                if src_iova.0 == u64::MAX {
+                    return Err(Errno::EOVERFLOW);
+                }
+                ioas::check_map_args(dst_iova, len, access)?;
+                let elms = s.get_pages(src.0, src_iova.0, len)?;
+                s.ioas(dst.0)?;
+                s.map_pages(dst.0, &elms, len, dst_iova, access)
+            })();
+            (rc.is_ok(), rc)
         })
         .map(Iova)
     }

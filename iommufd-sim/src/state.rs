@@ -4,7 +4,10 @@
 //!
 //! Every operation runs on a clone of [`State`] that is committed only when
 //! the operation succeeds (see `SimIommufd::run`), so the rollback paths of
-//! the kernel never need to be written out here.
+//! the kernel never need to be written out here. Map and unmap calls,
+//! whose cost must not grow with the number of mappings, run on a clone of
+//! everything but the IOAS areas and journal their area changes instead
+//! (`SimIommufd::run_journaled`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -100,11 +103,57 @@ impl Area {
     }
 }
 
+/// `area_itree`: an IOAS's areas keyed by first IOVA. Reads go through
+/// `Deref`; the two changes, [`Areas::insert`] and [`Areas::remove`], are
+/// journaled so that a failed map or unmap call is undone in place
+/// instead of running on a copy of every IOAS (`SimIommufd::run_journaled`).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Areas {
+    map: BTreeMap<u64, Area>,
+    /// Each change of the current call: the key and what it held before.
+    journal: Vec<(u64, Option<Area>)>,
+}
+
+impl std::ops::Deref for Areas {
+    type Target = BTreeMap<u64, Area>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl Areas {
+    /// Inserts `area` at `iova` (journaled).
+    pub fn insert(&mut self, iova: u64, area: Area) {
+        let old = self.map.insert(iova, area);
+        self.journal.push((iova, old));
+    }
+
+    /// Removes the area at `iova` (journaled).
+    pub fn remove(&mut self, iova: &u64) -> Option<Area> {
+        let old = self.map.remove(iova);
+        if let Some(a) = &old {
+            self.journal.push((*iova, Some(a.clone())));
+        }
+        old
+    }
+
+    /// Undoes the journaled changes, newest first.
+    fn undo(&mut self) {
+        while let Some((iova, old)) = self.journal.pop() {
+            match old {
+                Some(a) => self.map.insert(iova, a),
+                None => self.map.remove(&iova),
+            };
+        }
+    }
+}
+
 /// `struct iommufd_ioas` with its `io_pagetable`.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Ioas {
     /// `area_itree`, keyed by first IOVA.
-    pub areas: BTreeMap<u64, Area>,
+    pub areas: Areas,
     /// `allowed_itree`.
     pub allowed: Vec<IovaRange>,
     /// `reserved_itree`.
@@ -502,6 +551,57 @@ impl State {
     /// The attachment of `(dev, pasid)`.
     pub fn attachment(&self, dev: u32, pasid: u32) -> Option<&Attach> {
         self.attach.get(&(dev, pasid))
+    }
+}
+
+impl State {
+    /// The IOASes' areas, by IOAS ID, taken out of the state.
+    fn take_areas(&mut self) -> BTreeMap<u32, Areas> {
+        self.objects
+            .iter_mut()
+            .filter_map(|(id, o)| match o {
+                Obj::Ioas(io) => Some((*id, std::mem::take(&mut io.areas))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts areas taken out by [`State::take_areas`] back into the IOASes
+    /// of the same IDs.
+    fn put_areas(&mut self, mut areas: BTreeMap<u32, Areas>) {
+        for (id, o) in self.objects.iter_mut() {
+            if let (Obj::Ioas(io), Some(a)) = (o, areas.remove(id)) {
+                io.areas = a;
+            }
+        }
+    }
+
+    /// A copy of everything but the IOAS areas (left empty): what
+    /// [`State::roll_back`] restores after a failed journaled call.
+    pub fn without_areas(&mut self) -> State {
+        let areas = self.take_areas();
+        let copy = self.clone();
+        self.put_areas(areas);
+        copy
+    }
+
+    /// Undoes the area changes journaled since [`State::without_areas`]
+    /// made `saved`, and restores everything else from it. The call must
+    /// not have created or destroyed an IOAS.
+    pub fn roll_back(&mut self, saved: State) {
+        let mut areas = self.take_areas();
+        areas.values_mut().for_each(Areas::undo);
+        *self = saved;
+        self.put_areas(areas);
+    }
+
+    /// Ends a call: its area changes stay.
+    pub fn forget_journals(&mut self) {
+        for o in self.objects.values_mut() {
+            if let Obj::Ioas(io) = o {
+                io.areas.journal.clear();
+            }
+        }
     }
 }
 

@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
-pub use spans::{Span, SpanMap};
+pub use spans::{Keyed, PackedSpan, SortedChunks, Span, SpanMap, SpanRecord};
 
 use std::collections::BTreeMap;
 
@@ -183,8 +183,9 @@ pub struct ShadowDomain {
     align: u64,
     /// The guest's mappings as of the last successful sync.
     guest: SpanMap,
-    /// The host mappings, as installed (each one COPY or MAP).
-    runs: SpanMap,
+    /// The host mappings, as installed (each one COPY or MAP), in packed
+    /// records: a domain holds one per guest mapping mapped on its own.
+    runs: SpanMap<PackedSpan>,
     staged: Vec<Staged>,
     devices: Vec<(DevId, Option<Pasid>)>,
     identity: bool,
@@ -208,7 +209,7 @@ impl ShadowDomain {
             ioas,
             align,
             guest: SpanMap::new(),
-            runs: SpanMap::new(),
+            runs: SpanMap::default(),
             staged: Vec::new(),
             devices: Vec::new(),
             identity: false,
@@ -240,8 +241,8 @@ impl ShadowDomain {
     }
 
     /// The host mappings the engine installed.
-    pub fn host_runs(&self) -> impl Iterator<Item = &Span> {
-        self.runs.iter()
+    pub fn host_runs(&self) -> impl Iterator<Item = Span> + '_ {
+        self.runs.spans()
     }
 
     /// Totals over the domain's life.
@@ -632,8 +633,8 @@ impl ShadowDomain {
     fn empty_host(&mut self) {
         self.rebuild = true;
         match self.host.ioas_unmap(self.ioas.id(), Iova(0), u64::MAX) {
-            Ok(_) => self.runs = SpanMap::new(),
-            Err(e) if e.errno == Errno::ENOENT => self.runs = SpanMap::new(),
+            Ok(_) => self.runs = SpanMap::default(),
+            Err(e) if e.errno == Errno::ENOENT => self.runs = SpanMap::default(),
             Err(e) => {
                 log::error!("cannot empty shadow IOAS ({e}); blocking its devices");
                 for &(dev, pasid) in &self.devices {
@@ -655,7 +656,7 @@ impl ShadowDomain {
             Err(e) if e.errno == Errno::ENOENT => {}
             Err(e) => return Err(ShadowError::from_host(e)),
         }
-        self.runs = SpanMap::new();
+        self.runs = SpanMap::default();
         for s in self.desired_runs(0, u64::MAX, report) {
             if let Err(e) = self.install(&s, report) {
                 self.empty_host();

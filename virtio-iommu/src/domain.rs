@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+use nesting_core::shadow::{Keyed, SortedChunks};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::protocol::{MapFlags, Status};
 
@@ -18,10 +19,11 @@ use crate::protocol::{MapFlags, Status};
 pub const MAX_DOMAINS: usize = 1 << 16;
 
 /// Most mappings one domain may hold. Linux's DMA API sends one MAP per
-/// `dma_map_*` call (4 KiB granule); 2^18 mappings is 1 GiB mapped page by
-/// page, far above what a device keeps in flight. Exceeding it gets
+/// `dma_map_*` call (4 KiB granule); 2^20 mappings is 4 GiB mapped page by
+/// page (issue 16: a million live mappings), as many as a shadowed domain
+/// holds (`nesting_core::shadow::MAX_GUEST_SPANS`). Exceeding it gets
 /// `S_NOMEM`.
-pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 18;
+pub const MAX_MAPPINGS_PER_DOMAIN: usize = 1 << 20;
 
 /// Most mappings across all domains (about 64 MiB of bookkeeping at most),
 /// so that many domains cannot multiply the per-domain bound. Exceeding it
@@ -58,6 +60,69 @@ impl Mapping {
     }
 }
 
+impl Keyed for Mapping {
+    fn key(&self) -> u64 {
+        self.iova_first
+    }
+}
+
+/// A domain's mappings by first IOVA, each stored once in a sorted chunk
+/// (about 32 bytes a mapping, where a `BTreeMap<u64, Mapping>` took 78;
+/// issue 16: a million mappings). Snapshots see them as that map: first
+/// IOVA to mapping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Mappings {
+    store: SortedChunks<Mapping>,
+    /// Read from a snapshot where a mapping is filed under another key
+    /// than its first IOVA: [`Tables::validated`] refuses it.
+    misfiled: bool,
+}
+
+impl Mappings {
+    /// Number of mappings.
+    pub fn len(&self) -> usize {
+        self.store.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.store.is_empty()
+    }
+
+    /// Every mapping, by first IOVA.
+    pub fn values(&self) -> impl Iterator<Item = &Mapping> {
+        self.store.iter()
+    }
+
+    /// The mapping starting at the greatest first IOVA at or below `iova`.
+    pub fn at_or_before(&self, iova: u64) -> Option<&Mapping> {
+        self.store.at_or_before(iova)
+    }
+
+    /// The mappings starting in `[first, last]`, ascending.
+    pub fn starting_in(&self, first: u64, last: u64) -> impl Iterator<Item = &Mapping> {
+        self.store.range(first, last)
+    }
+}
+
+impl Serialize for Mappings {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.store.iter().map(|m| (m.iova_first, m)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Mappings {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<u64, Mapping>::deserialize(d)?;
+        let misfiled = map.iter().any(|(k, m)| *k != m.iova_first);
+        let mut store = SortedChunks::new();
+        for m in map.into_values() {
+            store.insert(m);
+        }
+        Ok(Mappings { store, misfiled })
+    }
+}
+
 /// One domain.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Domain {
@@ -66,22 +131,20 @@ pub struct Domain {
     /// Attached endpoints.
     pub endpoints: BTreeSet<u32>,
     /// Mappings by first IOVA; never overlapping.
-    pub mappings: BTreeMap<u64, Mapping>,
+    pub mappings: Mappings,
 }
 
 impl Domain {
     /// The mapping holding `iova`, if any.
     pub fn lookup(&self, iova: u64) -> Option<&Mapping> {
         self.mappings
-            .range(..=iova)
-            .next_back()
-            .map(|(_, m)| m)
+            .at_or_before(iova)
             .filter(|m| iova <= m.iova_last)
     }
 
     /// Whether any mapping overlaps `[first, last]`.
     pub fn overlaps(&self, first: u64, last: u64) -> bool {
-        self.lookup(first).is_some() || self.mappings.range(first..=last).next().is_some()
+        self.lookup(first).is_some() || self.mappings.starting_in(first, last).next().is_some()
     }
 
     /// The mappings an UNMAP of `[first, last]` removes, or `Err(S_RANGE)`
@@ -96,7 +159,7 @@ impl Domain {
             return Err(Status::Range);
         }
         let mut out = Vec::new();
-        for m in self.mappings.range(first..=last).map(|(_, m)| m) {
+        for m in self.mappings.starting_in(first, last) {
             if m.iova_last > last {
                 return Err(Status::Range);
             }
@@ -206,7 +269,7 @@ impl Tables {
     /// Inserts a mapping the caller validated.
     pub fn insert_mapping(&mut self, domain: u32, m: Mapping) {
         if let Some(d) = self.domains.get_mut(&domain)
-            && d.mappings.insert(m.iova_first, m).is_none()
+            && d.mappings.store.insert(m).is_none()
         {
             self.total_mappings += 1;
         }
@@ -216,7 +279,7 @@ impl Tables {
     pub fn remove_mappings(&mut self, domain: u32, removed: &[Mapping]) {
         if let Some(d) = self.domains.get_mut(&domain) {
             for m in removed {
-                if d.mappings.remove(&m.iova_first).is_some() {
+                if d.mappings.store.remove(m.iova_first).is_some() {
                     self.total_mappings -= 1;
                 }
             }
@@ -232,13 +295,16 @@ impl Tables {
             total_mappings: 0,
         };
         for (id, d) in &t.domains {
-            if d.endpoints.is_empty() || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN {
+            if d.endpoints.is_empty()
+                || d.mappings.len() > MAX_MAPPINGS_PER_DOMAIN
+                || d.mappings.misfiled
+            {
                 return None;
             }
             let mut prev_last: Option<u64> = None;
-            for (k, m) in &d.mappings {
+            for m in d.mappings.values() {
                 let ordered = prev_last.is_none_or(|p| p < m.iova_first);
-                if *k != m.iova_first || m.iova_last < m.iova_first || !ordered {
+                if m.iova_last < m.iova_first || !ordered {
                     return None;
                 }
                 prev_last = Some(m.iova_last);

@@ -7,7 +7,11 @@
 use nesting_core::bits::{Field, FieldValue, Words};
 use nesting_core::mem::{GuestMemoryExt, MemError};
 use nesting_core::types::Gpa;
-use vm_memory::GuestMemory;
+use vm_memory::bitmap::BS;
+use vm_memory::{
+    Address, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, VolatileMemory,
+    VolatileSlice,
+};
 use zerocopy::little_endian::U64 as Le64;
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout};
 
@@ -46,14 +50,87 @@ const _: () = assert!(size_of::<PasidDirEntryWire>() == PASID_DIR_ENTRY_SIZE as 
 const _: () = assert!(size_of::<PasidEntryWire>() == PASID_ENTRY_SIZE as usize);
 const _: () = assert!(size_of::<PagingEntryWire>() == 8);
 
-/// Reads `N` little-endian quadwords at `gpa`.
+/// Reads `N` little-endian quadwords at `gpa` (one read; a walk reads
+/// through an [`EntryReader`]).
 pub fn read_qwords<M: GuestMemory + ?Sized, const N: usize>(
     mem: &M,
     gpa: u64,
 ) -> Result<[u64; N], MemError> {
-    let mut wire = Qwords::<N>::new_zeroed();
-    mem.read_bytes_at(Gpa(gpa), wire.as_mut_bytes())?;
-    Ok(wire.get())
+    EntryReader::new(mem).qwords(gpa)
+}
+
+/// A guest memory region of `M` (when `M` is guest-physical memory).
+type RegionOf<M> = <<M as GuestMemory>::PhysicalMemory as GuestMemoryBackend>::R;
+/// The whole of such a region, for volatile access.
+type RegionSlice<'m, M> = VolatileSlice<'m, BS<'m, <RegionOf<M> as GuestMemoryRegion>::B>>;
+
+/// Reads the table entries of one walk. A walk's tables usually lie in
+/// one guest memory region, so the reader keeps the region of its last
+/// read: an entry is then a bounds check and one 8-byte read per
+/// quadword (each quadword read whole, as the hardware reads it), instead
+/// of a region lookup and a byte copy per entry. Anything else (a read
+/// crossing regions, memory behind an IOMMU, an address outside guest
+/// memory) takes the byte copy of [`GuestMemoryExt::read_bytes_at`],
+/// which succeeds or fails exactly as a plain read does.
+pub struct EntryReader<'m, M: GuestMemory + ?Sized> {
+    mem: &'m M,
+    /// The region of the last read: its first guest address and its slice.
+    last: Option<(u64, RegionSlice<'m, M>)>,
+}
+
+impl<'m, M: GuestMemory + ?Sized> EntryReader<'m, M> {
+    /// A reader of `mem`.
+    pub fn new(mem: &'m M) -> Self {
+        EntryReader { mem, last: None }
+    }
+
+    /// The memory read (for writes, and walks of their own).
+    pub fn mem(&self) -> &'m M {
+        self.mem
+    }
+
+    /// Reads `N` little-endian quadwords at `gpa`.
+    #[inline]
+    pub fn qwords<const N: usize>(&mut self, gpa: u64) -> Result<[u64; N], MemError> {
+        if let Some(q) = self.load(gpa) {
+            return Ok(q);
+        }
+        let mut wire = Qwords::<N>::new_zeroed();
+        self.mem.read_bytes_at(Gpa(gpa), wire.as_mut_bytes())?;
+        Ok(wire.get())
+    }
+
+    /// The loads, where they apply.
+    #[inline]
+    fn load<const N: usize>(&mut self, gpa: u64) -> Option<[u64; N]> {
+        let size = size_of::<Qwords<N>>();
+        let cached = |last: &Option<(u64, RegionSlice<'m, M>)>| {
+            last.as_ref().and_then(|(start, slice)| {
+                let off = usize::try_from(gpa.checked_sub(*start)?).ok()?;
+                (off.checked_add(size)? <= slice.len()).then_some(off)
+            })
+        };
+        let off = match cached(&self.last) {
+            Some(off) => off,
+            None => {
+                self.last = self.region_of(gpa);
+                cached(&self.last)?
+            }
+        };
+        let (_, slice) = self.last.as_ref()?;
+        let entries = slice.get_array_ref::<u64>(off, N).ok()?;
+        let mut out = [0u64; N];
+        for (i, q) in out.iter_mut().enumerate() {
+            *q = u64::from_le(entries.load(i));
+        }
+        Some(out)
+    }
+
+    fn region_of(&self, gpa: u64) -> Option<(u64, RegionSlice<'m, M>)> {
+        let region = self.mem.physical_memory()?.find_region(GuestAddress(gpa))?;
+        let slice = region.as_volatile_slice().ok()?;
+        Some((region.start_addr().raw_value(), slice))
+    }
 }
 
 /// Bits `[51:haw]` of a table address: reserved when above the host
@@ -62,7 +139,7 @@ pub const fn above_haw(haw: u32) -> u64 {
     if haw >= 52 {
         0
     } else {
-        Field::bits(51, haw).mask()
+        ABOVE_HAW[haw as usize]
     }
 }
 
@@ -73,9 +150,24 @@ pub const fn ptr_above_haw(haw: u32) -> u64 {
     if haw >= 64 {
         0
     } else {
-        Field::bits(63, haw).mask()
+        PTR_ABOVE_HAW[haw as usize]
     }
 }
+
+/// `Field::bits(hi, haw).mask()` for every `haw <= hi`, computed at
+/// compile time: the checks above run on every table walk.
+const fn masks_from<const N: usize>(hi: u32) -> [u64; N] {
+    let mut out = [0u64; N];
+    let mut haw = 0;
+    while haw < N {
+        out[haw] = Field::bits(hi, haw as u32).mask();
+        haw += 1;
+    }
+    out
+}
+
+const ABOVE_HAW: [u64; 52] = masks_from(51);
+const PTR_ABOVE_HAW: [u64; 64] = masks_from(63);
 
 /// Size of a root entry (9.1, 9.2).
 pub const ROOT_ENTRY_SIZE: u64 = 16;
@@ -111,7 +203,16 @@ pub struct RootEntry {
 impl RootEntry {
     /// Reads the entry of `bus` in the root table at `rta`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, rta: u64, bus: u8) -> Result<Self, MemError> {
-        let [lo, hi] = read_qwords::<M, 2>(mem, rta + ROOT_ENTRY_SIZE * u64::from(bus))?;
+        Self::read_in(&mut EntryReader::new(mem), rta, bus)
+    }
+
+    /// [`RootEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        rta: u64,
+        bus: u8,
+    ) -> Result<Self, MemError> {
+        let [lo, hi] = r.qwords(rta + ROOT_ENTRY_SIZE * u64::from(bus))?;
         Ok(RootEntry { lo, hi })
     }
 
@@ -228,7 +329,16 @@ nesting_core::bitfield! {
 impl ContextEntry {
     /// Reads the entry of `devfn` in the context table at `ctp`.
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, ctp: u64, devfn: u8) -> Result<Self, MemError> {
-        let [lo, hi] = read_qwords::<M, 2>(mem, ctp + CONTEXT_ENTRY_SIZE * u64::from(devfn))?;
+        Self::read_in(&mut EntryReader::new(mem), ctp, devfn)
+    }
+
+    /// [`ContextEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        ctp: u64,
+        devfn: u8,
+    ) -> Result<Self, MemError> {
+        let [lo, hi] = r.qwords(ctp + CONTEXT_ENTRY_SIZE * u64::from(devfn))?;
         Ok(ContextEntry { lo, hi })
     }
 
@@ -273,8 +383,17 @@ impl SmContextEntry {
     /// root entry's lower table holds devfn 0..127, the upper 128..255;
     /// both are indexed by devfn bits 6:0).
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, ctp: u64, devfn: u8) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), ctp, devfn)
+    }
+
+    /// [`SmContextEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        ctp: u64,
+        devfn: u8,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(devfn & 0x7f);
-        let q = read_qwords::<M, 4>(mem, ctp + SM_CONTEXT_ENTRY_SIZE * idx)?;
+        let q = r.qwords(ctp + SM_CONTEXT_ENTRY_SIZE * idx)?;
         Ok(SmContextEntry { q })
     }
 
@@ -304,8 +423,17 @@ nesting_core::bitfield! {
 impl PasidDirEntry {
     /// Reads the directory entry for `pasid` (PASID bits 19:6 index it).
     pub fn read<M: GuestMemory + ?Sized>(mem: &M, dir: u64, pasid: u32) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), dir, pasid)
+    }
+
+    /// [`PasidDirEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        dir: u64,
+        pasid: u32,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(pasid / PASIDS_PER_TABLE);
-        let [v] = read_qwords::<M, 1>(mem, dir + PASID_DIR_ENTRY_SIZE * idx)?;
+        let [v] = r.qwords(dir + PASID_DIR_ENTRY_SIZE * idx)?;
         Ok(PasidDirEntry(v))
     }
 
@@ -402,8 +530,17 @@ impl PasidEntry {
         table: u64,
         pasid: u32,
     ) -> Result<Self, MemError> {
+        Self::read_in(&mut EntryReader::new(mem), table, pasid)
+    }
+
+    /// [`PasidEntry::read`] through a walk's reader.
+    pub fn read_in<M: GuestMemory + ?Sized>(
+        r: &mut EntryReader<'_, M>,
+        table: u64,
+        pasid: u32,
+    ) -> Result<Self, MemError> {
         let idx = u64::from(pasid % PASIDS_PER_TABLE);
-        let q = read_qwords::<M, 8>(mem, table + PASID_ENTRY_SIZE * idx)?;
+        let q = r.qwords(table + PASID_ENTRY_SIZE * idx)?;
         Ok(PasidEntry { q })
     }
 

@@ -13,13 +13,14 @@ use vm_memory::GuestMemory;
 
 use crate::fault::FaultReason;
 use crate::regs::capability;
+use crate::tables::EntryReader;
 use crate::tables::{
     ContextEntry, PasidDirEntry, PasidEntry, Pgtt, RootEntry, SmContextEntry, TranslationType,
     aw_levels,
 };
 use crate::walk::{
-    Direct, FsParams, FsWalk, Leaf, SsFault, SsParams, SsWalk, TableAccess, walk_first_stage,
-    walk_second_stage,
+    Direct, FsParams, FsWalk, Leaf, SsFault, SsParams, SsWalk, TableAccess, walk_first_stage_in,
+    walk_second_stage, walk_second_stage_in,
 };
 
 /// The latched root table pointer (GCMD.SRTP copies RTADDR, 11.4 GCMD_REG).
@@ -140,13 +141,15 @@ pub fn resolve<M: GuestMemory + ?Sized>(
         // 11.4 RTADDR_REG TTM: 00 legacy mode; requests with PASID cannot be
         // translated by legacy tables (fault 0x31).
         (0, _) if req.pasid.is_some() => fault(FaultReason::SmTtmLegacyWithPasid, false),
-        (0, _) => resolve_legacy(mem, caps, root.addr, req),
+        (0, _) => resolve_legacy(&mut EntryReader::new(mem), caps, root.addr, req),
         // VT-d "Handling Requests to Interrupt Address Range" (3.15 rev
         // 4.1): requests with PASID to 0xFEEx_xxxx are not interrupt
         // requests and are translated like any other; only a translation
         // whose output lies in the range is blocked (0x87, checked on the
         // result), which also catches pass-through PASIDs there.
-        (1, VtdMode::Scalable) => resolve_scalable(mem, caps, root.addr, req),
+        (1, VtdMode::Scalable) => {
+            resolve_scalable(&mut EntryReader::new(mem), caps, root.addr, req)
+        }
         // 11.4 RTADDR_REG TTM: 01 needs ECAP.SMTS; 10 and 11 are reserved.
         _ => fault(FaultReason::SmInvalidRootTable, false),
     }
@@ -160,8 +163,18 @@ pub fn legacy_context<M: GuestMemory + ?Sized>(
     rta: u64,
     sid: u16,
 ) -> Result<ContextEntry, FaultReason> {
+    legacy_context_in(&mut EntryReader::new(mem), caps, rta, sid)
+}
+
+fn legacy_context_in<M: GuestMemory + ?Sized>(
+    reader: &mut EntryReader<'_, M>,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+) -> Result<ContextEntry, FaultReason> {
     let sid = Bdf(sid);
-    let root = RootEntry::read(mem, rta, sid.bus()).map_err(|_| FaultReason::RootTableAccess)?;
+    let root =
+        RootEntry::read_in(reader, rta, sid.bus()).map_err(|_| FaultReason::RootTableAccess)?;
     let entry = root.lower();
     // 9.1: P clear blocks every request of the bus.
     if !entry.present() {
@@ -172,7 +185,7 @@ pub fn legacy_context<M: GuestMemory + ?Sized>(
     if entry.reserved(caps.haw) || root.hi != 0 {
         return Err(FaultReason::RootReserved);
     }
-    let ctx = ContextEntry::read(mem, entry.ctp(), sid.devfn())
+    let ctx = ContextEntry::read_in(reader, entry.ctp(), sid.devfn())
         .map_err(|_| FaultReason::ContextTableAccess)?;
     if !ctx.present() {
         return Err(FaultReason::ContextNotPresent);
@@ -184,12 +197,12 @@ pub fn legacy_context<M: GuestMemory + ?Sized>(
 }
 
 fn resolve_legacy<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     rta: u64,
     req: &Request,
 ) -> Outcome {
-    let ctx = match legacy_context(mem, caps, rta, req.sid) {
+    let ctx = match legacy_context_in(reader, caps, rta, req.sid) {
         Ok(c) => c,
         Err(r) => return fault(r, false),
     };
@@ -206,7 +219,7 @@ fn resolve_legacy<M: GuestMemory + ?Sized>(
         // VT-d "Context Entry" TT: 01b is reserved without ECAP.DT.
         TranslationType::DeviceTlb if !caps.dt => fault(FaultReason::ContextInvalid, fpd),
         TranslationType::Untranslated | TranslationType::DeviceTlb => {
-            legacy_second_stage(mem, caps, &ctx, req, origin, fpd)
+            legacy_second_stage(reader, caps, &ctx, req, origin, fpd)
         }
         TranslationType::Unknown(_) => fault(FaultReason::ContextInvalid, fpd),
     };
@@ -240,7 +253,7 @@ fn block_interrupt_output(out: Outcome, reason: FaultReason, fpd: bool) -> Outco
 }
 
 fn legacy_second_stage<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     ctx: &ContextEntry,
     req: &Request,
@@ -261,7 +274,7 @@ fn legacy_second_stage<M: GuestMemory + ?Sized>(
         haw: caps.haw,
         sps: caps.sps,
     };
-    match walk_second_stage(mem, &p, req.iova, req.access) {
+    match walk_second_stage_in(reader, &p, req.iova, req.access) {
         SsWalk::Mapped(leaf) => Outcome::Mapped { leaf, origin },
         // VT-d 7.2.3 "Fault Conditions and Remapping Hardware Behavior for
         // Various Requests": legacy mode reports entries with R=W=0 and
@@ -333,9 +346,18 @@ pub fn sm_context<M: GuestMemory + ?Sized>(
     rta: u64,
     sid: u16,
 ) -> Result<SmContextEntry, (FaultReason, bool)> {
+    sm_context_in(&mut EntryReader::new(mem), caps, rta, sid)
+}
+
+fn sm_context_in<M: GuestMemory + ?Sized>(
+    reader: &mut EntryReader<'_, M>,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+) -> Result<SmContextEntry, (FaultReason, bool)> {
     let sid = Bdf(sid);
-    let root =
-        RootEntry::read(mem, rta, sid.bus()).map_err(|_| (FaultReason::SmRootAccess, false))?;
+    let root = RootEntry::read_in(reader, rta, sid.bus())
+        .map_err(|_| (FaultReason::SmRootAccess, false))?;
     // VT-d "Scalable-Mode Root Entry": the lower half serves devfn 0..127,
     // the upper half 128..255.
     let half = root.half_for(sid.devfn());
@@ -345,7 +367,7 @@ pub fn sm_context<M: GuestMemory + ?Sized>(
     if half.reserved(caps.haw) {
         return Err((FaultReason::SmRootReserved, false));
     }
-    let ctx = SmContextEntry::read(mem, half.ctp(), sid.devfn())
+    let ctx = SmContextEntry::read_in(reader, half.ctp(), sid.devfn())
         .map_err(|_| (FaultReason::SmContextAccess, false))?;
     if !ctx.present() {
         return Err((FaultReason::SmContextNotPresent, false));
@@ -433,7 +455,17 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     sid: u16,
     req_pasid: Option<u32>,
 ) -> Result<Located, (FaultReason, bool)> {
-    let ctx = sm_context(mem, caps, rta, sid)?;
+    locate_pasid_entry_in(&mut EntryReader::new(mem), caps, rta, sid, req_pasid)
+}
+
+fn locate_pasid_entry_in<M: GuestMemory + ?Sized>(
+    reader: &mut EntryReader<'_, M>,
+    caps: &Caps,
+    rta: u64,
+    sid: u16,
+    req_pasid: Option<u32>,
+) -> Result<Located, (FaultReason, bool)> {
+    let ctx = sm_context_in(reader, caps, rta, sid)?;
     let fpd = ctx.fpd();
     // 9.4 PASIDE: requests with PASID need it; requests without use
     // RID_PASID.
@@ -460,7 +492,7 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
     // recorded even under FPD (QEMU's table of qualified faults, from
     // Intel's engineers; the "Qualified" column of VT-d 7.2.3 is to be
     // re-checked).
-    let dirent = PasidDirEntry::read(mem, ctx.pasid_dir(), pasid)
+    let dirent = PasidDirEntry::read_in(reader, ctx.pasid_dir(), pasid)
         .map_err(|_| (FaultReason::PasidDirAccess, false))?;
     if !dirent.present() {
         return Err((FaultReason::PasidDirNotPresent, fpd));
@@ -469,7 +501,7 @@ pub fn locate_pasid_entry<M: GuestMemory + ?Sized>(
         return Err((FaultReason::PasidDirReserved, fpd));
     }
     let fpd = fpd || dirent.fpd();
-    let entry = PasidEntry::read(mem, dirent.pasid_table(), pasid)
+    let entry = PasidEntry::read_in(reader, dirent.pasid_table(), pasid)
         .map_err(|_| (FaultReason::PasidEntryAccess, false))?;
     if !entry.present() {
         return Err((FaultReason::PasidEntryNotPresent, fpd));
@@ -507,14 +539,14 @@ pub fn page_requests_allowed<M: GuestMemory + ?Sized>(
 }
 
 fn resolve_scalable<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     rta: u64,
     req: &Request,
 ) -> Outcome {
-    match locate_pasid_entry(mem, caps, rta, req.sid, req.pasid) {
+    match locate_pasid_entry_in(reader, caps, rta, req.sid, req.pasid) {
         Ok(l) => block_interrupt_output(
-            scalable_walk(mem, caps, &l.entry, l.pasid, req, l.fpd),
+            scalable_walk(reader, caps, &l.entry, l.pasid, req, l.fpd),
             FaultReason::SmInterruptAddress,
             l.fpd,
         ),
@@ -523,7 +555,7 @@ fn resolve_scalable<M: GuestMemory + ?Sized>(
 }
 
 fn scalable_walk<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     pe: &PasidEntry,
     pasid: u32,
@@ -539,10 +571,10 @@ fn scalable_walk<M: GuestMemory + ?Sized>(
     // 9.6 PGTT: a type the unit does not report is an invalid entry.
     match pe.pgtt() {
         Pgtt::PassThrough => passthrough(req, caps, domain, fpd, FaultReason::SmAddressBeyond),
-        Pgtt::SecondStage if caps.slts => sm_second_stage(mem, caps, pe, req, domain, fpd),
-        Pgtt::FirstStage if caps.flts => first_stage(mem, caps, pe, req, granular, fpd, None),
+        Pgtt::SecondStage if caps.slts => sm_second_stage(reader, caps, pe, req, domain, fpd),
+        Pgtt::FirstStage if caps.flts => first_stage(reader, caps, pe, req, granular, fpd, None),
         Pgtt::Nested if caps.nest => match ss_params(caps, pe) {
-            Some(ss) => first_stage(mem, caps, pe, req, granular, fpd, Some(ss)),
+            Some(ss) => first_stage(reader, caps, pe, req, granular, fpd, Some(ss)),
             None => fault(FaultReason::PasidEntryInvalid, fpd),
         },
         _ => fault(FaultReason::PasidEntryInvalid, fpd),
@@ -560,7 +592,7 @@ fn ss_params(caps: &Caps, pe: &PasidEntry) -> Option<SsParams> {
 }
 
 fn sm_second_stage<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     pe: &PasidEntry,
     req: &Request,
@@ -573,7 +605,7 @@ fn sm_second_stage<M: GuestMemory + ?Sized>(
     if !fits(req.iova, agaw(p.levels)) {
         return fault(FaultReason::SmAddressBeyond, fpd);
     }
-    match walk_second_stage(mem, &p, req.iova, req.access) {
+    match walk_second_stage_in(reader, &p, req.iova, req.access) {
         SsWalk::Mapped(leaf) => Outcome::Mapped { leaf, origin },
         SsWalk::Fault(f) => fault(ss_fault(f, req.access), fpd),
     }
@@ -615,7 +647,7 @@ impl<M: GuestMemory + ?Sized> TableAccess for Nested<'_, M> {
 }
 
 fn first_stage<M: GuestMemory + ?Sized>(
-    mem: &M,
+    reader: &mut EntryReader<'_, M>,
     caps: &Caps,
     pe: &PasidEntry,
     req: &Request,
@@ -645,8 +677,14 @@ fn first_stage<M: GuestMemory + ?Sized>(
         eafe: pe.eafe(),
     };
     let walked = match nested {
-        None => walk_first_stage(mem, &mut Direct, &p, req.iova, req.access),
-        Some(ss) => walk_first_stage(mem, &mut Nested { mem, ss }, &p, req.iova, req.access),
+        None => walk_first_stage_in(reader, &mut Direct, &p, req.iova, req.access),
+        Some(ss) => {
+            let nested = &mut Nested {
+                mem: reader.mem(),
+                ss,
+            };
+            walk_first_stage_in(reader, nested, &p, req.iova, req.access)
+        }
     };
     let leaf = match walked {
         FsWalk::Mapped(leaf) => leaf,
@@ -655,7 +693,7 @@ fn first_stage<M: GuestMemory + ?Sized>(
     let Some(ss) = nested else {
         return Outcome::Mapped { leaf, origin };
     };
-    nested_output(mem, &ss, leaf, req, origin, fpd)
+    nested_output(reader.mem(), &ss, leaf, req, origin, fpd)
 }
 
 /// VT-d "Nested Translation": the first-stage output goes through the second stage; the page is

@@ -14,7 +14,7 @@ use nesting_core::types::{Access, Gpa};
 use vm_memory::GuestMemory;
 
 use crate::fault::FaultReason;
-use crate::tables::{PTR, above_haw, read_qwords};
+use crate::tables::{EntryReader, PTR, above_haw};
 
 /// Bits of the input address one level indexes: 9 per level above the
 /// 12-bit page offset.
@@ -26,9 +26,68 @@ const fn level_shift(level: u32) -> u32 {
     12 + LEVEL_BITS * (level - 1)
 }
 
+/// Deepest table level of any walk (5-level paging).
+const MAX_LEVELS: u32 = 5;
+
+/// Per level (index = level; 0 unused): a walk's constants, computed once
+/// at compile time so that the walk itself does no field arithmetic.
+#[derive(Clone, Copy)]
+struct LevelBits {
+    /// The input-address bits that index a table of this level.
+    index: Field,
+    /// Output-address bits of a leaf of this level: bits 51:shift.
+    output: u64,
+    /// Address bits a leaf of this level covers above 4 KiB, bits
+    /// (shift-1):12: reserved in a second-stage superpage entry.
+    ss_superpage_low: u64,
+    /// Bits (shift-1):13: reserved in a first-stage superpage entry (bit
+    /// 12 is PAT).
+    fs_superpage_low: u64,
+}
+
+const fn level_bits() -> [LevelBits; MAX_LEVELS as usize + 1] {
+    let unused = LevelBits {
+        index: Field::bit(0),
+        output: 0,
+        ss_superpage_low: 0,
+        fs_superpage_low: 0,
+    };
+    let mut out = [unused; MAX_LEVELS as usize + 1];
+    let mut level = 1;
+    while level <= MAX_LEVELS {
+        let shift = level_shift(level);
+        out[level as usize] = LevelBits {
+            index: Field::bits(shift + LEVEL_BITS - 1, shift),
+            output: Field::bits(51, shift).mask(),
+            ss_superpage_low: if level > 1 {
+                Field::bits(shift - 1, 12).mask()
+            } else {
+                0
+            },
+            fs_superpage_low: if level > 1 {
+                Field::bits(shift - 1, 13).mask()
+            } else {
+                0
+            },
+        };
+        level += 1;
+    }
+    out
+}
+
+const LEVELS: [LevelBits; MAX_LEVELS as usize + 1] = level_bits();
+
+/// The constants of `level` (1..=5; every walk loop is bounded by
+/// [`MAX_LEVELS`]).
+#[inline]
+fn bits_of(level: u32) -> &'static LevelBits {
+    &LEVELS[level.min(MAX_LEVELS) as usize]
+}
+
 /// Index of `iova` in a table of `level`.
+#[inline]
 fn level_index(iova: u64, level: u32) -> u64 {
-    Field::bits(level_shift(level) + LEVEL_BITS - 1, level_shift(level)).get(iova)
+    bits_of(level).index.get(iova)
 }
 
 /// A leaf: the page an input address falls in.
@@ -105,21 +164,28 @@ pub struct SsParams {
     pub sps: u8,
 }
 
-fn sl_reserved(entry: u64, level: u32, p: &SsParams) -> bool {
-    let mut rsvd = above_haw(p.haw) | sl::SNP.mask();
-    let superpage_ok = match level {
-        2 => p.sps & SPS_2M != 0,
-        3 => p.sps & SPS_1G != 0,
-        _ => false,
-    };
+/// Whether a present second-stage entry of `level` has a reserved bit set;
+/// `rsvd` holds the bits reserved at every level ([`ss_reserved_bits`]).
+fn sl_reserved(entry: u64, level: u32, p: &SsParams, rsvd: u64) -> bool {
     if sl::PS.is_set(entry) {
+        let superpage_ok = match level {
+            2 => p.sps & SPS_2M != 0,
+            3 => p.sps & SPS_1G != 0,
+            _ => false,
+        };
         if !superpage_ok {
             return true;
         }
         // Address bits below the superpage size are reserved.
-        rsvd |= Field::bits(level_shift(level) - 1, 12).mask();
+        return entry & (rsvd | bits_of(level).ss_superpage_low) != 0;
     }
     entry & rsvd != 0
+}
+
+/// The bits reserved in a second-stage entry of any level: address bits
+/// above the host address width, and SNP.
+fn ss_reserved_bits(p: &SsParams) -> u64 {
+    above_haw(p.haw) | sl::SNP.mask()
 }
 
 /// Walks second-stage tables for `iova` (3.7). Permissions are the
@@ -131,31 +197,43 @@ pub fn walk_second_stage<M: GuestMemory + ?Sized>(
     iova: u64,
     access: Access,
 ) -> SsWalk {
+    walk_second_stage_in(&mut EntryReader::new(mem), p, iova, access)
+}
+
+/// [`walk_second_stage`] through a reader the caller's earlier reads
+/// (root and context entries) went through.
+pub fn walk_second_stage_in<M: GuestMemory + ?Sized>(
+    reader: &mut EntryReader<'_, M>,
+    p: &SsParams,
+    iova: u64,
+    access: Access,
+) -> SsWalk {
     let mut table = p.root & PTR.mask();
     let mut perms = Access::READ | Access::WRITE;
+    let rsvd = ss_reserved_bits(p);
     // Bounded: one read per level, levels <= 5.
-    for level in (1..=p.levels.min(5)).rev() {
+    for level in (1..p.levels.min(MAX_LEVELS) + 1).rev() {
         let addr = table + 8 * level_index(iova, level);
-        let Ok([entry]) = read_qwords::<M, 1>(mem, addr) else {
+        let Ok([entry]) = reader.qwords::<1>(addr) else {
             return SsWalk::Fault(SsFault::Access);
         };
-        if !sl::R.is_set(entry) && !sl::W.is_set(entry) {
+        let (r, w) = (sl::R.is_set(entry), sl::W.is_set(entry));
+        if !r && !w {
             return SsWalk::Fault(SsFault::NotPresent);
         }
-        if sl_reserved(entry, level, p) {
+        if sl_reserved(entry, level, p, rsvd) {
             return SsWalk::Fault(SsFault::Reserved);
         }
-        if !sl::R.is_set(entry) {
+        if !r {
             perms.remove(Access::READ);
         }
-        if !sl::W.is_set(entry) {
+        if !w {
             perms.remove(Access::WRITE);
         }
         if level == 1 || sl::PS.is_set(entry) {
-            let shift = level_shift(level);
             let leaf = Leaf {
-                base: entry & Field::bits(51, shift).mask(),
-                shift,
+                base: entry & bits_of(level).output,
+                shift: level_shift(level),
                 perms,
             };
             let needed = access & (Access::READ | Access::WRITE);
@@ -249,20 +327,35 @@ pub enum FsWalk {
 /// Whether `iova` is canonical for a `levels`-level first-stage table
 /// (3.6: bits 63:48 resp. 63:57 equal bit 47 resp. 56).
 pub fn canonical(iova: u64, levels: u32) -> bool {
-    let top = level_shift(levels) + LEVEL_BITS - 1;
-    let upper = Field::bits(63, top).get(iova);
-    upper == 0 || upper == Field::bits(63, top).max()
+    let upper = match levels {
+        4 => CANONICAL_UPPER_4,
+        5 => CANONICAL_UPPER_5,
+        _ => canonical_upper(levels),
+    };
+    let bits = upper.get(iova);
+    bits == 0 || bits == upper.max()
 }
 
-fn fl_reserved(entry: u64, level: u32, p: &FsParams) -> bool {
-    let rsvd = above_haw(p.haw);
+/// The input-address bits above what a `levels`-level first-stage table
+/// translates: bits 63:48 (4-level) or 63:57 (5-level).
+const fn canonical_upper(levels: u32) -> Field {
+    Field::bits(63, level_shift(levels) + LEVEL_BITS - 1)
+}
+
+const CANONICAL_UPPER_4: Field = canonical_upper(4);
+const CANONICAL_UPPER_5: Field = canonical_upper(5);
+
+/// Whether a present first-stage entry of `level` has a reserved bit set;
+/// `rsvd` holds the bits reserved at every level (address bits above the
+/// host address width).
+fn fl_reserved(entry: u64, level: u32, p: &FsParams, rsvd: u64) -> bool {
     if fl::PS.is_set(entry) && level > 1 {
         let ok = level == 2 || (level == 3 && p.fs1gp);
         if !ok {
             return true;
         }
         // Bit 12 is PAT; bits (shift-1):13 are reserved.
-        return entry & (rsvd | Field::bits(level_shift(level) - 1, 13).mask()) != 0;
+        return entry & (rsvd | bits_of(level).fs_superpage_low) != 0;
     }
     entry & rsvd != 0
 }
@@ -272,6 +365,19 @@ struct Visited {
     addrs: [u64; 5],
     entries: [u64; 5],
     n: usize,
+    /// The accessed flags ([`accessed_flags`]) missing from some visited
+    /// entry: when none is, and a write finds D set in the leaf, there is
+    /// nothing to update.
+    missing: u64,
+}
+
+/// The flags a walk sets in every entry it uses: A, and EA with EAFE.
+fn accessed_flags(p: &FsParams) -> u64 {
+    let mut want = fl::A.mask();
+    if p.eafe {
+        want |= fl::EA.mask();
+    }
+    want
 }
 
 /// Walks first-stage tables for `iova` (3.6) and checks the access (VT-d 3.6
@@ -287,6 +393,19 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
     iova: u64,
     access: Access,
 ) -> FsWalk {
+    walk_first_stage_in(&mut EntryReader::new(mem), tables, p, iova, access)
+}
+
+/// [`walk_first_stage`] through a reader the caller's earlier reads
+/// (root, context and PASID entries) went through.
+pub fn walk_first_stage_in<M: GuestMemory + ?Sized, T: TableAccess>(
+    reader: &mut EntryReader<'_, M>,
+    tables: &mut T,
+    p: &FsParams,
+    iova: u64,
+    access: Access,
+) -> FsWalk {
+    let mem = reader.mem();
     if !canonical(iova, p.levels) {
         return FsWalk::Fault(FaultReason::FsNonCanonical);
     }
@@ -294,16 +413,20 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
         addrs: [0; 5],
         entries: [0; 5],
         n: 0,
+        missing: 0,
     };
     let (mut rw, mut us, mut xd) = (true, true, false);
     let mut table = p.root & PTR.mask();
-    for level in (1..=p.levels.min(5)).rev() {
+    let rsvd = above_haw(p.haw);
+    let accessed = accessed_flags(p);
+    for level in (1..p.levels.min(MAX_LEVELS) + 1).rev() {
         let root = level == p.levels;
-        let addr = match tables.table_gpa(table + 8 * level_index(iova, level), false, root) {
+        let entry_addr = table + 8 * level_index(iova, level);
+        let addr = match tables.table_gpa(entry_addr, false, root) {
             Ok(a) => a,
             Err(r) => return FsWalk::Fault(r),
         };
-        let Ok([entry]) = read_qwords::<M, 1>(mem, addr) else {
+        let Ok([entry]) = reader.qwords::<1>(addr) else {
             let r = if root {
                 FaultReason::FsRootAccess
             } else {
@@ -314,20 +437,21 @@ pub fn walk_first_stage<M: GuestMemory + ?Sized, T: TableAccess>(
         if !fl::P.is_set(entry) {
             return FsWalk::Fault(FaultReason::FsEntryNotPresent);
         }
-        if fl_reserved(entry, level, p) {
+        if fl_reserved(entry, level, p, rsvd) {
             return FsWalk::Fault(FaultReason::FsEntryReserved);
         }
         if let (Some(a), Some(e)) = (v.addrs.get_mut(v.n), v.entries.get_mut(v.n)) {
-            *a = table + 8 * level_index(iova, level);
+            *a = entry_addr;
             *e = entry;
             v.n += 1;
+            v.missing |= accessed & !entry;
         }
         rw &= fl::RW.is_set(entry);
         us &= fl::US.is_set(entry);
         xd |= fl::XD.is_set(entry);
         if level == 1 || fl::PS.is_set(entry) {
             let shift = level_shift(level);
-            let base = entry & Field::bits(51, shift).mask();
+            let base = entry & bits_of(level).output;
             return finish_first_stage(mem, tables, p, &v, (rw, us, xd), base, shift, access);
         }
         table = fl::FsEntry(entry).addr();
@@ -389,14 +513,18 @@ fn update_accessed_dirty<M: GuestMemory + ?Sized, T: TableAccess>(
     v: &Visited,
     write: bool,
 ) -> Result<(), FaultReason> {
+    let leaf_dirty =
+        v.n.checked_sub(1)
+            .and_then(|i| v.entries.get(i))
+            .is_some_and(|leaf| fl::D.is_set(*leaf));
+    if v.missing == 0 && (!write || leaf_dirty) {
+        return Ok(());
+    }
     for i in 0..v.n {
         let (Some(addr), Some(entry)) = (v.addrs.get(i), v.entries.get(i)) else {
             break;
         };
-        let mut want = fl::A.mask();
-        if p.eafe {
-            want |= fl::EA.mask();
-        }
+        let mut want = accessed_flags(p);
         if write && i + 1 == v.n {
             want |= fl::D.mask();
         }
