@@ -13,6 +13,8 @@
 //!   the models share.
 //! - [`ladder`]: the nest -> shadow -> refuse decision for a passthrough
 //!   device.
+//! - [`regs`]: a model's register file as data (declarations, values,
+//!   the shared write rule).
 //! - [`ram`]: guest RAM and the RAM IOAS (all guest RAM mapped once, IOVA =
 //!   GPA), shared by both engines so every page is pinned once.
 //! - [`shadow`]: the shadow engine, mirroring a guest domain's mappings
@@ -132,5 +134,6 @@ pub mod nested;
 pub mod options;
 pub mod passthrough;
 pub mod ram;
+pub mod regs;
 pub mod shadow;
 pub mod types;

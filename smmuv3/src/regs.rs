@@ -14,8 +14,6 @@
 //! event and PRI queue index registers, which live in page 1 at 0x10000
 //! (IHI 0070 6.1, "Memory map").
 
-use std::collections::BTreeMap;
-
 use nesting_core::bits::Field;
 use nesting_core::host::info::idr as idf;
 
@@ -458,24 +456,7 @@ pub mod queue_ptr {
     }
 }
 
-/// Register access width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegWidth {
-    /// 32 bits.
-    W32,
-    /// 64 bits.
-    W64,
-}
-
-impl RegWidth {
-    /// Width in bytes.
-    pub const fn bytes(self) -> u64 {
-        match self {
-            RegWidth::W32 => 4,
-            RegWidth::W64 => 8,
-        }
-    }
-}
+pub use nesting_core::regs::{RegWidth, WriteEffect};
 
 /// When software writes to a register are ignored (IHI 0070, the
 /// accessibility of each register: writes IGNORED while an enable is set).
@@ -501,34 +482,13 @@ pub enum Lock {
     PriqIrq,
 }
 
-/// One register, as data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegDesc {
-    /// The spec's name.
-    pub name: &'static str,
-    /// Byte offset from the register base.
-    pub offset: u64,
-    /// Width.
-    pub width: RegWidth,
-    /// Value at reset.
-    pub reset: u64,
-    /// Bits software writes.
-    pub writable: u64,
-    /// When writes are ignored.
-    pub lock: Lock,
-}
+/// One register, as data, with when its writes are ignored.
+pub type RegDesc = nesting_core::regs::RegDesc<Lock>;
 
 use RegWidth::{W32, W64};
 
 const fn ro(name: &'static str, offset: u64, width: RegWidth, reset: u64) -> RegDesc {
-    RegDesc {
-        name,
-        offset,
-        width,
-        reset,
-        writable: 0,
-        lock: Lock::Never,
-    }
+    RegDesc::ro(name, offset, width, reset, Lock::Never)
 }
 
 const fn rw(
@@ -538,14 +498,7 @@ const fn rw(
     writable: u64,
     lock: Lock,
 ) -> RegDesc {
-    RegDesc {
-        name,
-        offset,
-        width,
-        reset: 0,
-        writable,
-        lock,
-    }
+    RegDesc::ro(name, offset, width, 0, lock).rw(writable)
 }
 
 /// Index and wrap bits of a PROD/CONS register.
@@ -681,115 +634,40 @@ fn msi_regs(name: &'static str, offs: [u64; 3], lock: Lock) -> [RegDesc; 3] {
     ]
 }
 
-/// What one software write did to one register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriteEffect {
-    /// Offset of the register written.
-    pub offset: u64,
-    /// Value before.
-    pub old: u64,
-    /// Value after the masks were applied.
-    pub new: u64,
-    /// The value software wrote, in register position.
-    pub written: u64,
-    /// The register bits this access covered.
-    pub covered: u64,
-}
-
-/// Register slots per page the index covers: every register lies in
-/// the first 0x100 bytes of its page, 4-byte aligned.
-const INDEX_SLOTS: usize = 0x100 / 4;
-
-/// The register file of one SMMU: values plus their declarations.
+/// The register file of one SMMU: the layout of [`layout`] and its
+/// values, with the SMMU's access rules.
 #[derive(Clone, Debug)]
-pub struct RegisterFile {
-    descs: Vec<RegDesc>,
-    values: Vec<u64>,
-    by_offset: BTreeMap<u64, usize>,
-    /// Position in `descs` of the register at each 4-byte slot of the
-    /// first 0x100 bytes of pages 0 and 1 (the fast path of [`get`]).
-    ///
-    /// [`get`]: RegisterFile::get
-    index: [[Option<u8>; INDEX_SLOTS]; 2],
-}
-
-fn slot_of(offset: u64) -> Option<(usize, usize)> {
-    let page = usize::from(offset >= off::PAGE1);
-    let within = offset.checked_sub(if page == 1 { off::PAGE1 } else { 0 })?;
-    let slot = usize::try_from(within / 4).ok()?;
-    (within % 4 == 0 && slot < INDEX_SLOTS && within < 2 * off::PAGE1).then_some((page, slot))
-}
+pub struct RegisterFile(nesting_core::regs::RegisterFile<Lock>);
 
 impl RegisterFile {
     /// A register file at reset.
     pub fn new(c: &Smmuv3Config) -> Self {
-        let descs = layout(c);
-        let values = descs.iter().map(|d| d.reset).collect();
-        let by_offset = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.offset, i))
-            .collect();
-        let mut index = [[None; INDEX_SLOTS]; 2];
-        for (i, d) in descs.iter().enumerate() {
-            if let (Some((page, slot)), Ok(i)) = (slot_of(d.offset), u8::try_from(i))
-                && let Some(cell) = index.get_mut(page).and_then(|p| p.get_mut(slot))
-            {
-                *cell = Some(i);
-            }
-        }
-        RegisterFile {
-            descs,
-            values,
-            by_offset,
-            index,
-        }
-    }
-
-    fn position(&self, offset: u64) -> Option<usize> {
-        match slot_of(offset) {
-            Some((page, slot)) => self
-                .index
-                .get(page)
-                .and_then(|p| p.get(slot))
-                .copied()
-                .flatten()
-                .map(usize::from),
-            None => self.by_offset.get(&offset).copied(),
-        }
+        RegisterFile(nesting_core::regs::RegisterFile::new(layout(c)))
     }
 
     /// Every register to its reset value.
     pub fn reset(&mut self) {
-        for (v, d) in self.values.iter_mut().zip(&self.descs) {
-            *v = d.reset;
-        }
+        self.0.reset();
     }
 
     /// The declarations, in layout order.
     pub fn descs(&self) -> &[RegDesc] {
-        &self.descs
+        self.0.descs()
     }
 
     /// Raw value of the register at `offset` (0 if there is none).
     pub fn get(&self, offset: u64) -> u64 {
-        self.position(offset)
-            .and_then(|i| self.values.get(i))
-            .copied()
-            .unwrap_or(0)
+        self.0.get(offset)
     }
 
     /// Hardware update of the register at `offset` (ignored if none).
     pub fn set(&mut self, offset: u64, value: u64) {
-        if let Some(v) = self.position(offset).and_then(|i| self.values.get_mut(i)) {
-            *v = value;
-        }
+        self.0.set(offset, value);
     }
 
     /// Hardware update of one field.
     pub fn set_field(&mut self, offset: u64, f: Field, value: u64) {
-        let v = self.get(offset);
-        self.set(offset, f.set(v, value));
+        self.0.set_field(offset, f, value);
     }
 
     /// The register holding `offset` with the access's bit position in
@@ -799,13 +677,10 @@ impl RegisterFile {
     /// access": other access sizes are CONSTRAINED UNPREDICTABLE; this
     /// model makes them RAZ/WI).
     fn locate(&self, offset: u64, size: u64) -> Option<(usize, u32)> {
-        let (base, i) = self.by_offset.range(..=offset).next_back()?;
-        let d = self.descs.get(*i)?;
-        let pos = offset - base;
-        match (d.width, size, pos) {
-            (W32, 4, 0) | (W64, 8, 0) => Some((*i, 0)),
-            (W64, 4, 0) => Some((*i, 0)),
-            (W64, 4, 4) => Some((*i, 32)),
+        let (i, pos) = self.0.locate(offset)?;
+        match (self.0.desc(i)?.width, size, pos) {
+            (W32, 4, 0) | (W64, 8, 0) | (W64, 4, 0) => Some((i, 0)),
+            (W64, 4, 4) => Some((i, 32)),
             _ => None,
         }
     }
@@ -837,7 +712,7 @@ impl RegisterFile {
     pub fn read(&self, offset: u64, size: u64) -> u64 {
         match self.locate(offset, size) {
             Some((i, shift)) => {
-                let v = self.values.get(i).copied().unwrap_or(0) >> shift;
+                let v = self.0.value(i) >> shift;
                 if size == 4 { v & 0xffff_ffff } else { v }
             }
             None => 0,
@@ -851,29 +726,14 @@ impl RegisterFile {
     /// where there is no register for that access (WI).
     pub fn write(&mut self, offset: u64, size: u64, value: u64) -> Option<WriteEffect> {
         let (i, shift) = self.locate(offset, size)?;
-        let d = *self.descs.get(i)?;
+        let lock = self.0.desc(i)?.attr;
         let covered = if size == 8 {
             u64::MAX
         } else {
             0xffff_ffff << shift
         };
         let written = (value << shift) & covered;
-        let old = *self.values.get(i)?;
-        let writable = if self.locked(d.lock) {
-            0
-        } else {
-            d.writable & covered
-        };
-        let new = (old & !writable) | (written & writable);
-        if let Some(v) = self.values.get_mut(i) {
-            *v = new;
-        }
-        Some(WriteEffect {
-            offset: d.offset,
-            old,
-            new,
-            written,
-            covered,
-        })
+        let locked = self.locked(lock);
+        self.0.apply(i, covered, written, locked)
     }
 }

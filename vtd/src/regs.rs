@@ -9,8 +9,6 @@
 //! fault records exist, and the page request registers exist only when
 //! ECAP.PRS is set.
 
-use std::collections::BTreeMap;
-
 use crate::options::{VtdAddressWidth, VtdConfig, VtdMode};
 use nesting_core::bits::Field;
 use nesting_core::host::info::{cap, ecap};
@@ -255,61 +253,18 @@ pub mod pqa {
 
 use crate::fault::record::frcd;
 
-/// Register access width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegWidth {
-    /// 32 bits.
-    W32,
-    /// 64 bits.
-    W64,
-}
-
-impl RegWidth {
-    /// Width in bytes.
-    pub const fn bytes(self) -> u64 {
-        match self {
-            RegWidth::W32 => 4,
-            RegWidth::W64 => 8,
-        }
-    }
-}
-
-/// One register, as data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RegDesc {
-    /// The spec's name.
-    pub name: &'static str,
-    /// Byte offset from the register base.
-    pub offset: u64,
-    /// Width.
-    pub width: RegWidth,
-    /// Value at reset.
-    pub reset: u64,
-    /// Bits software writes (RW).
-    pub writable: u64,
-    /// Bits software clears by writing 1 (RW1C).
-    pub w1c: u64,
-}
+pub use nesting_core::regs::{RegDesc, RegWidth, WriteEffect};
 
 const fn reg(name: &'static str, offset: u64, width: RegWidth, reset: u64) -> RegDesc {
-    RegDesc {
-        name,
-        offset,
-        width,
-        reset,
-        writable: 0,
-        w1c: 0,
-    }
+    RegDesc::ro(name, offset, width, reset, ())
 }
 
-const fn rw(mut d: RegDesc, writable: u64) -> RegDesc {
-    d.writable = writable;
-    d
+const fn rw(d: RegDesc, writable: u64) -> RegDesc {
+    d.rw(writable)
 }
 
-const fn w1c(mut d: RegDesc, mask: u64) -> RegDesc {
-    d.w1c = mask;
-    d
+const fn w1c(d: RegDesc, mask: u64) -> RegDesc {
+    d.w1c(mask)
 }
 
 use RegWidth::{W32, W64};
@@ -502,85 +457,35 @@ fn page_request_regs(msi_addr: u64, ectl_reset: u64) -> [RegDesc; 8] {
     ]
 }
 
-/// What one software write did to one register.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WriteEffect {
-    /// Offset of the register written.
-    pub offset: u64,
-    /// Value before.
-    pub old: u64,
-    /// Value after the masks were applied.
-    pub new: u64,
-    /// The value software wrote, in register position (for a 32-bit half
-    /// of a 64-bit register, the half shifted into place; only the bits of
-    /// that half are meaningful, see `written_mask`).
-    pub written: u64,
-    /// The register bits this access covered.
-    pub written_mask: u64,
-}
-
-/// The register file of one unit: values plus their declarations.
+/// The unit's register file: the layout of [`layout`] and its values,
+/// with VT-d's access rules (11.4 "Register Descriptions").
 #[derive(Clone, Debug)]
-pub struct RegisterFile {
-    descs: Vec<RegDesc>,
-    values: Vec<u64>,
-    by_offset: BTreeMap<u64, usize>,
-}
+pub struct RegisterFile(nesting_core::regs::RegisterFile);
 
 impl RegisterFile {
     /// A register file at reset.
     pub fn new(cfg: &VtdConfig) -> Self {
-        let descs = layout(cfg);
-        let values = descs.iter().map(|d| d.reset).collect();
-        let by_offset = descs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (d.offset, i))
-            .collect();
-        RegisterFile {
-            descs,
-            values,
-            by_offset,
-        }
+        RegisterFile(nesting_core::regs::RegisterFile::new(layout(cfg)))
     }
 
     /// The declarations, in layout order.
     pub fn descs(&self) -> &[RegDesc] {
-        &self.descs
+        self.0.descs()
     }
 
     /// Raw value of the register at `offset` (0 if there is none).
     pub fn get(&self, offset: u64) -> u64 {
-        self.by_offset
-            .get(&offset)
-            .and_then(|i| self.values.get(*i))
-            .copied()
-            .unwrap_or(0)
+        self.0.get(offset)
     }
 
     /// Hardware update of the register at `offset` (ignored if none).
     pub fn set(&mut self, offset: u64, value: u64) {
-        if let Some(v) = self
-            .by_offset
-            .get(&offset)
-            .and_then(|i| self.values.get_mut(*i))
-        {
-            *v = value;
-        }
+        self.0.set(offset, value);
     }
 
     /// Hardware update of one field.
     pub fn set_field(&mut self, offset: u64, f: Field, value: u64) {
-        let v = self.get(offset);
-        self.set(offset, f.set(v, value));
-    }
-
-    /// The register containing byte `offset`, with the byte's position in
-    /// it.
-    fn locate(&self, offset: u64) -> Option<(usize, u64)> {
-        let (base, i) = self.by_offset.range(..=offset).next_back()?;
-        let d = self.descs.get(*i)?;
-        (offset < base + d.width.bytes()).then_some((*i, offset - base))
+        self.0.set_field(offset, f, value);
     }
 
     /// A software read of `size` (4 or 8) bytes at `offset`. Unimplemented
@@ -589,26 +494,18 @@ impl RegisterFile {
     /// read of a 64-bit register returns the addressed half.
     pub fn read(&self, offset: u64, size: u64) -> u64 {
         match size {
-            8 => match self.locate(offset) {
-                Some((i, 0)) if self.descs.get(i).map(|d| d.width) == Some(W64) => {
-                    self.value_for_read(i)
-                }
+            8 => match self.0.locate(offset) {
+                Some((i, 0)) if self.0.desc(i).map(|d| d.width) == Some(W64) => self.0.value(i),
                 _ => {
                     let hi = offset.checked_add(4).map_or(0, |o| self.read(o, 4));
                     self.read(offset, 4) | (hi << 32)
                 }
             },
-            _ => match self.locate(offset) {
-                Some((i, pos)) if pos % 4 == 0 => {
-                    (self.value_for_read(i) >> (pos * 8)) & 0xffff_ffff
-                }
+            _ => match self.0.locate(offset) {
+                Some((i, pos)) if pos % 4 == 0 => (self.0.value(i) >> (pos * 8)) & 0xffff_ffff,
                 _ => 0,
             },
         }
-    }
-
-    fn value_for_read(&self, i: usize) -> u64 {
-        self.values.get(i).copied().unwrap_or(0)
     }
 
     /// A software write of `size` (4 or 8) bytes at `offset`, applying the
@@ -619,9 +516,9 @@ impl RegisterFile {
     /// value of write-only registers (GCMD).
     pub fn write(&mut self, offset: u64, size: u64, value: u64) -> Vec<WriteEffect> {
         let mut out = Vec::with_capacity(2);
-        match (size, self.locate(offset)) {
-            (8, Some((i, 0))) if self.descs.get(i).map(|d| d.width) == Some(W64) => {
-                out.extend(self.write_part(i, u64::MAX, value));
+        match (size, self.0.locate(offset)) {
+            (8, Some((i, 0))) if self.0.desc(i).map(|d| d.width) == Some(W64) => {
+                out.extend(self.0.apply(i, u64::MAX, value, false));
             }
             (8, _) => {
                 out.extend(self.write32(offset, value & 0xffff_ffff));
@@ -635,29 +532,11 @@ impl RegisterFile {
     }
 
     fn write32(&mut self, offset: u64, value: u64) -> Option<WriteEffect> {
-        let (i, pos) = self.locate(offset)?;
+        let (i, pos) = self.0.locate(offset)?;
         if pos % 4 != 0 {
             return None;
         }
         let shift = pos * 8;
-        self.write_part(i, 0xffff_ffff << shift, value << shift)
-    }
-
-    fn write_part(&mut self, i: usize, covered: u64, value: u64) -> Option<WriteEffect> {
-        let d = *self.descs.get(i)?;
-        let old = *self.values.get(i)?;
-        let writable = d.writable & covered;
-        let mut new = (old & !writable) | (value & writable);
-        new &= !(value & d.w1c & covered);
-        if let Some(v) = self.values.get_mut(i) {
-            *v = new;
-        }
-        Some(WriteEffect {
-            offset: d.offset,
-            old,
-            new,
-            written: value,
-            written_mask: covered,
-        })
+        self.0.apply(i, 0xffff_ffff << shift, value << shift, false)
     }
 }
