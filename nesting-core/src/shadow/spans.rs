@@ -73,7 +73,7 @@ impl Keyed for Span {
 /// moves half a chunk on average; 128 keeps that a few hundred bytes
 /// while the per-chunk overhead (an ordered-map entry and a vector
 /// header) stays under a byte per element.
-const CHUNK_MAX: usize = 128;
+pub const CHUNK_MAX: usize = 128;
 
 /// Elements a full chunk grows by: the most capacity a chunk holds
 /// unused, so memory stays within a few percent of the elements' size.
