@@ -26,6 +26,8 @@
 //!   vIOMMU events and page requests.
 //! - [`iotlb`]: the translation cache for emulated devices, lock-free on
 //!   lookup, and [`iotlb::IommuView`], a vm-memory `Iommu` over a model.
+//! - [`snapshot`]: the snapshot and restore API every model implements
+//!   ([`snapshot::Snapshot`]), its error and its versioned envelope.
 //!
 //! # Plugging it into a VMM
 //!
@@ -133,4 +135,5 @@ pub mod options;
 pub mod passthrough;
 pub mod ram;
 pub mod shadow;
+pub mod snapshot;
 pub mod types;

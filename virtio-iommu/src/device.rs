@@ -109,9 +109,6 @@ pub enum DeviceError {
     /// The passthrough host was set already.
     #[error("the passthrough host is set already")]
     HostAlreadySet,
-    /// A snapshot is inconsistent or does not fit this device.
-    #[error("snapshot refused: {0}")]
-    Snapshot(&'static str),
 }
 
 pub(crate) struct Inner<M> {
