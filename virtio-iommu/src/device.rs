@@ -188,6 +188,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     probed: Probed::default(),
                     inv: Vec::new(),
                     limit_refusals: 0,
+                    faults: 0,
                 },
                 queues: new_queues(),
                 mem: None,

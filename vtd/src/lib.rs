@@ -49,7 +49,8 @@
 //!   ([`Vtd::translate_translated`]) of emulated ATS devices, and the
 //!   guest's device-TLB invalidations delivered to the VMM
 //!   ([`Vtd::set_device_tlb_callback`]).
-//! - Snapshot and restore: [`snapshot`].
+//! - Snapshot and restore: [`snapshot`] (nesting-core's common
+//!   `Snapshot` API); counters a VMM exports: [`Vtd::stats`].
 //!
 //! The unit's host address width (output addresses and table pointers)
 //! equals the configured address width `aw`: the VMM's ACPI DMAR table
@@ -73,6 +74,7 @@ pub mod queue;
 pub mod regs;
 pub mod shadow;
 pub mod snapshot;
+pub mod stats;
 pub mod tables;
 pub mod translate;
 pub mod walk;
@@ -94,3 +96,4 @@ pub use nesting_core::iotlb::Translation;
 pub use options::VtdConfig;
 pub use passthrough::PassthroughBackend;
 pub use shared::SharedVtd;
+pub use stats::VtdStats;
