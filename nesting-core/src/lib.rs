@@ -31,6 +31,10 @@
 //!
 //! # Plugging it into a VMM
 //!
+//! Runnable, one per model on the simulated host, in the workspace's
+//! `examples/` package: `cargo run --example vtd`, `--example smmuv3`,
+//! `--example virtio_iommu` (each also a test `cargo test` runs).
+//!
 //! One host backend serves the whole VM. For each passthrough device, bind
 //! it, describe its host IOMMU, and let the ladder decide against what the
 //! guest model says it needs (each model crate implements

@@ -2,6 +2,11 @@
 //!
 //! # For a VMM author
 //!
+//! The whole path (MMIO, `IommuMemory` DMA, IORT and device tree, a nested
+//! passthrough device and a refused one, interrupts, stats, snapshot and
+//! restore) runs in `examples/examples/smmuv3.rs`: `cargo run --example
+//! smmuv3`.
+//!
 //! Create an [`Smmuv3`] from a [`Smmuv3Config`] (the `model smmuv3`
 //! options of `REPLAY.md`), map its two 64 KiB register pages
 //! ([`regs::off::SIZE`] bytes: page 0 at the base, page 1 at base +

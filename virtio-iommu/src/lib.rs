@@ -22,6 +22,11 @@
 //!
 //! # Wiring the device into a VMM
 //!
+//! The whole path (virtqueues, `IommuMemory` DMA, VIOT, a shadowed
+//! passthrough endpoint and a refused one, interrupts, stats, snapshot and
+//! restore) runs in `examples/examples/virtio_iommu.rs`: `cargo run
+//! --example virtio_iommu`.
+//!
 //! ```
 //! use std::sync::Arc;
 //! use nesting_core::options::ModelOptions;

@@ -3,6 +3,10 @@
 //!
 //! # For a VMM author
 //!
+//! The whole path (MMIO, `IommuMemory` DMA, a nested passthrough device
+//! and a refused one, interrupts, stats, snapshot and restore) runs in
+//! `examples/examples/vtd.rs`: `cargo run --example vtd`.
+//!
 //! Create a [`Vtd`] from a [`VtdConfig`] (the `model vtd` options of
 //! `REPLAY.md`), map its register page (4 KiB at the DMAR unit's base, as
 //! the ACPI DMAR table announces it) and forward MMIO:
