@@ -83,7 +83,7 @@ const CHUNK_GROW: usize = 8;
 const CHUNK_MIN: usize = CHUNK_MAX / 4;
 
 /// Elements with distinct keys, in key order: an ordered map from each
-/// chunk's first key to a sorted array of up to [`CHUNK_MAX`] elements.
+/// chunk's first key to a sorted array of up to `CHUNK_MAX` elements.
 /// Compared with a `BTreeMap<u64, T>` it stores each element once (no
 /// separate key, no node half empty): about `size_of::<T>()` bytes per
 /// element whatever the insertion order, against 1.5 to 2 times that. A
