@@ -22,6 +22,8 @@ mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
+use serde::{Deserialize, Serialize};
+
 use crate::types::{Access, Gpa, Iova, IovaRange, PageSize, Pasid, RequesterId};
 
 pub use view::{IommuView, MAX_PAGES_PER_ACCESS, Translate, TranslateFault};
@@ -264,6 +266,36 @@ const WAYS: usize = 4;
 /// probing their sets; larger ones scan the whole cache.
 const RANGE_PROBE_PAGES: u64 = 256;
 
+/// Totals of one cache since it was made, for a VMM's statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IotlbStats {
+    /// Lookups answered from the cache ([`Iotlb::lookup`]).
+    pub hits: u64,
+    /// Translations the model had to walk for ([`Iotlb::count_miss`]).
+    pub misses: u64,
+    /// Invalidations applied ([`Iotlb::invalidate`]).
+    pub invalidations: u64,
+}
+
+/// The counters, on a cache line of their own: a hit writes one, and
+/// lookups on other threads read the cache's other fields.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    invalidations: AtomicU64,
+}
+
+/// Adds one to a statistic with a relaxed load and store rather than a
+/// read-modify-write: the hit path stays free of locked instructions. Two
+/// threads bumping at the same instant can lose one count; a statistic,
+/// never used for a decision.
+#[inline]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
 /// The translation cache: a set-associative table indexed by IOVA page
 /// alone, so a range invalidation of a domain (which names no requester)
 /// finds its entries by probing, not scanning.
@@ -276,6 +308,7 @@ pub struct Iotlb {
     generation: AtomicU64,
     /// Round-robin victim choice when a set is full.
     victim: AtomicU64,
+    counters: Counters,
 }
 
 impl Default for Iotlb {
@@ -301,7 +334,25 @@ impl Iotlb {
             shifts: AtomicU64::new(0),
             generation: AtomicU64::new(0),
             victim: AtomicU64::new(0),
+            counters: Counters::default(),
         }
+    }
+
+    /// Totals since the cache was made.
+    pub fn stats(&self) -> IotlbStats {
+        IotlbStats {
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            misses: self.counters.misses.load(Ordering::Relaxed),
+            invalidations: self.counters.invalidations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a translation the model walks for because [`Iotlb::lookup`]
+    /// missed. Models call it once per walked translation, so that hits
+    /// and misses add up to translations even when a shared wrapper looked
+    /// the address up before taking the model's lock.
+    pub fn count_miss(&self) {
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The most entries the cache holds.
@@ -337,7 +388,25 @@ impl Iotlb {
     /// is cached and grants it. A cached entry that does not grant the
     /// access is a miss: the caller walks again (the guest may have added
     /// permissions without invalidating, which the architectures allow).
+    /// A hit counts in [`Iotlb::stats`].
+    #[inline]
     pub fn lookup(
+        &self,
+        rid: RequesterId,
+        pasid: Option<Pasid>,
+        iova: Iova,
+        access: Access,
+    ) -> Option<Translation> {
+        let t = self.peek(rid, pasid, iova, access);
+        if t.is_some() {
+            bump(&self.counters.hits);
+        }
+        t
+    }
+
+    /// [`Iotlb::lookup`] without counting a hit: for a caller that reads
+    /// back the entry its own walk just inserted (the walk counted).
+    pub fn peek(
         &self,
         rid: RequesterId,
         pasid: Option<Pasid>,
@@ -424,6 +493,7 @@ impl Iotlb {
     /// Removes the entries `inv` names. Returns how many were removed.
     pub fn invalidate(&self, inv: IotlbInvalidation) -> usize {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         let removed = match inv {
             IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
                 Some(sets) => sets

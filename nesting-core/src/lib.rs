@@ -28,8 +28,14 @@
 //!   vIOMMU events and page requests.
 //! - [`iotlb`]: the translation cache for emulated devices, lock-free on
 //!   lookup, and [`iotlb::IommuView`], a vm-memory `Iommu` over a model.
+//! - [`snapshot`]: the snapshot and restore API every model implements
+//!   ([`snapshot::Snapshot`]), its error and its versioned envelope.
 //!
 //! # Plugging it into a VMM
+//!
+//! Runnable, one per model on the simulated host, in the workspace's
+//! `examples/` package: `cargo run --example vtd`, `--example smmuv3`,
+//! `--example virtio_iommu` (each also a test `cargo test` runs).
 //!
 //! One host backend serves the whole VM. For each passthrough device, bind
 //! it, describe its host IOMMU, and let the ladder decide against what the
@@ -136,4 +142,5 @@ pub mod passthrough;
 pub mod ram;
 pub mod regs;
 pub mod shadow;
+pub mod snapshot;
 pub mod types;

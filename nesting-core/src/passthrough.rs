@@ -286,6 +286,20 @@ pub struct RegistryStats {
     pub refused: u64,
     /// Undo steps the host refused in turn (the requester was blocked).
     pub undo_failures: u64,
+    /// Host calls (MAP, COPY, UNMAP) the shadow spaces' syncs made,
+    /// failed and undoing ones included.
+    pub shadow_host_calls: u64,
+}
+
+/// Syncs `dom`, adding the host calls it made to `calls`.
+fn counted_sync(
+    calls: &mut u64,
+    dom: &mut ShadowDomain,
+) -> Result<crate::shadow::SyncReport, ShadowError> {
+    let before = dom.stats().host_calls;
+    let res = dom.sync();
+    *calls += dom.stats().host_calls.saturating_sub(before);
+    res
 }
 
 /// One passthrough device.
@@ -837,7 +851,7 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                     return Err(host(e));
                 }
             }
-            dom.sync().map_err(host)?;
+            counted_sync(&mut self.stats.shadow_host_calls, dom).map_err(host)?;
             undo.push(Undo::Space { space, ranges, old });
         }
         Ok(())
@@ -891,7 +905,8 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                     for s in &old {
                         res = res.and(dom.map(Iova(s.first), Gpa(s.gpa), s.len(), s.access));
                     }
-                    if let Err(e) = res.and_then(|()| dom.sync().map(|_| ())) {
+                    let calls = &mut self.stats.shadow_host_calls;
+                    if let Err(e) = res.and_then(|()| counted_sync(calls, dom).map(|_| ())) {
                         log::error!("passthrough space {space:?}: cannot restore it: {e}");
                         self.stats.undo_failures += 1;
                     }
@@ -1130,7 +1145,7 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                 continue;
             }
             dom.unmap_all();
-            if let Err(e) = dom.sync() {
+            if let Err(e) = counted_sync(&mut self.stats.shadow_host_calls, &mut dom) {
                 log::error!("passthrough space {s:?}: cannot empty it: {e}");
             }
             for d in self.devices.values_mut() {

@@ -288,6 +288,7 @@ impl Smmuv3 {
         record: [u64; 4],
     ) -> Recorded {
         if !cr0::EVTQEN.is_set(self.regs.get(off::CR0ACK)) {
+            self.counters.events_dropped += 1;
             return Recorded::No;
         }
         let q = self.evtq();
@@ -295,6 +296,7 @@ impl Smmuv3 {
         let cons_raw = self.regs.get(off::EVTQ_CONS);
         let (prod, cons) = (q.normalize(prod_raw), q.normalize(cons_raw));
         if q.is_full(prod, cons) {
+            self.counters.events_dropped += 1;
             self.evtq_overflow(mem);
             return Recorded::No;
         }
@@ -302,6 +304,7 @@ impl Smmuv3 {
             .slot(prod)
             .is_some_and(|at| write_qwords(mem, at, record).is_ok());
         if !ok {
+            self.counters.events_dropped += 1;
             self.global_error(mem, gerror::EVTQ_ABT_ERR);
             return Recorded::No;
         }

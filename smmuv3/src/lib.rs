@@ -2,6 +2,11 @@
 //!
 //! # For a VMM author
 //!
+//! The whole path (MMIO, `IommuMemory` DMA, IORT and device tree, a nested
+//! passthrough device and a refused one, interrupts, stats, snapshot and
+//! restore) runs in `examples/examples/smmuv3.rs`: `cargo run --example
+//! smmuv3`.
+//!
 //! Create an [`Smmuv3`] from a [`Smmuv3Config`] (the `model smmuv3`
 //! options of `REPLAY.md`), map its two 64 KiB register pages
 //! ([`regs::off::SIZE`] bytes: page 0 at the base, page 1 at base +
@@ -45,12 +50,17 @@
 //!   [`Smmuv3::passthrough_msi_window`]); [`host`] is the seam another
 //!   backend plugs into. A CMD_SYNC completes only after both.
 //! - Host requirements for nesting: [`ladder`].
-//! - Snapshot and restore: [`snapshot`].
+//! - Firmware tables a guest finds the SMMU by: [`acpi`] (the IORT, with
+//!   an RMR for a passthrough device's MSI window) and [`fdt`] (the
+//!   `arm,smmu-v3` node, `iommu-map`, the window as reserved memory).
+//! - Snapshot and restore: [`snapshot`] (nesting-core's common
+//!   `Snapshot` API); counters a VMM exports: [`Smmuv3::stats`].
 //!
 //! Each [`Smmuv3`] is independent: several in one VM each have their own
 //! registers, StreamID space and translation cache.
 #![forbid(unsafe_code)]
 
+pub mod acpi;
 pub mod ats;
 pub mod caps;
 pub mod cd;
@@ -58,6 +68,7 @@ pub mod cfgcache;
 pub mod cmdq;
 mod cmdq_exec;
 pub mod event;
+pub mod fdt;
 pub mod host;
 pub mod irq;
 pub mod ladder;
@@ -68,6 +79,7 @@ pub mod queue;
 pub mod regs;
 pub mod snapshot;
 pub mod stall;
+pub mod stats;
 pub mod strtab;
 pub mod tlb;
 pub mod translate;
@@ -93,3 +105,4 @@ pub use options::Smmuv3Config;
 pub use priq::{PageRequest, PageRequestOutcome};
 pub use shared::SharedSmmuv3;
 pub use stall::{Stall, StallOutcome, StallResolution};
+pub use stats::Smmuv3Stats;

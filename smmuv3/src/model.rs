@@ -100,6 +100,8 @@ pub struct Smmuv3 {
     /// CMDQ_CONS as last published (see [`Smmuv3::cmdq_cons_mirror`]).
     pub(crate) cons_mirror: Arc<AtomicU32>,
     pub(crate) commands: u64,
+    /// Totals for [`Smmuv3::stats`].
+    pub(crate) counters: crate::stats::Counters,
     /// Reused buffer of IOTLB invalidations.
     pub(crate) scratch: Vec<nesting_core::iotlb::IotlbInvalidation>,
     /// Decoded STEs and CDs.
@@ -131,6 +133,7 @@ impl Smmuv3 {
             cb: Callbacks::default(),
             cons_mirror: Arc::new(AtomicU32::new(0)),
             commands: 0,
+            counters: crate::stats::Counters::default(),
             scratch: Vec::with_capacity(8),
             cfg_cache: ConfigCache::default(),
             cfg,
@@ -390,6 +393,7 @@ impl Smmuv3 {
         if keyable && let Some(t) = self.iotlb.lookup(rid, pasid, iova, access) {
             return TranslateResult::Mapped(t);
         }
+        self.iotlb.count_miss();
         if !self.enabled() {
             // Views built on the IOTLB keep this identity translation until
             // the next invalidation (SMMUEN going to 1 is one).
@@ -416,7 +420,10 @@ impl Smmuv3 {
                 }
                 TranslateResult::Mapped(t)
             }
-            Outcome::Fault(f) => self.report(mem, &req, &f),
+            Outcome::Fault(f) => {
+                self.counters.faults += 1;
+                self.report(mem, &req, &f)
+            }
         }
     }
 

@@ -5,11 +5,19 @@
 //! The translation cache is not saved: it is a cache, and a restored SMMU
 //! starts with it empty (always architecturally allowed). Callbacks and
 //! the host backend are not state: set them again.
+//!
+//! [`Smmuv3`] implements nesting-core's [`Snapshot`]: `smmu.to_bytes()` is
+//! what a VMM stores (model `"smmuv3"`, format [`SNAPSHOT_VERSION`]), and
+//! `Smmuv3::from_bytes(&bytes)` the SMMU it restores. Passthrough devices
+//! are not in it: after restoring, enable passthrough and add each device
+//! again ([`Smmuv3::enable_passthrough`], [`Smmuv3::add_passthrough`]),
+//! which installs each stream as the restored STE says.
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use nesting_core::options::{ModelOptions, OptionError};
+use nesting_core::options::ModelOptions;
+use nesting_core::snapshot::check_version;
+pub use nesting_core::snapshot::{Snapshot, SnapshotError};
 
 use crate::Smmuv3;
 use crate::options::Smmuv3Config;
@@ -37,35 +45,13 @@ pub struct Smmuv3Snapshot {
     pub commands: u64,
 }
 
-/// A snapshot could not be restored.
-#[derive(Debug, Error)]
-pub enum SnapshotError {
-    /// Saved by an incompatible version.
-    #[error("snapshot version {found}, expected {SNAPSHOT_VERSION}")]
-    Version {
-        /// The version found.
-        found: u32,
-    },
-    /// The saved options do not make an SMMUv3 configuration.
-    #[error("snapshot configuration")]
-    Config(#[source] OptionError),
-    /// A saved register does not exist in the configuration's layout.
-    #[error("snapshot register at {offset:#x} is not in the SMMU's layout")]
-    UnknownRegister {
-        /// Its offset.
-        offset: u64,
-    },
-    /// A register of the layout is missing from the snapshot.
-    #[error("snapshot lacks the register at {offset:#x}")]
-    MissingRegister {
-        /// Its offset.
-        offset: u64,
-    },
-}
+impl Snapshot for Smmuv3 {
+    const MODEL: &'static str = "smmuv3";
+    const VERSION: u32 = SNAPSHOT_VERSION;
+    type State = Smmuv3Snapshot;
 
-impl Smmuv3 {
     /// The SMMU's state.
-    pub fn snapshot(&self) -> Smmuv3Snapshot {
+    fn snapshot(&self) -> Smmuv3Snapshot {
         let options = self
             .config()
             .options()
@@ -90,12 +76,10 @@ impl Smmuv3 {
     }
 
     /// An SMMU in the saved state (without callbacks or host backend).
-    pub fn restore(s: &Smmuv3Snapshot) -> Result<Smmuv3, SnapshotError> {
-        if s.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version { found: s.version });
-        }
+    fn restore(s: &Smmuv3Snapshot) -> Result<Smmuv3, SnapshotError> {
+        check_version::<Smmuv3>(s.version)?;
         let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
-        let cfg = Smmuv3Config::from_options(&opts).map_err(SnapshotError::Config)?;
+        let cfg = Smmuv3Config::from_options(&opts).map_err(|e| SnapshotError::Config(e.into()))?;
         let mut unit = Smmuv3::new(cfg);
         let layout: Vec<u64> = unit.regs.descs().iter().map(|d| d.offset).collect();
         if let Some((offset, _)) = s.registers.iter().find(|(o, _)| !layout.contains(o)) {

@@ -109,9 +109,6 @@ pub enum DeviceError {
     /// The passthrough host was set already.
     #[error("the passthrough host is set already")]
     HostAlreadySet,
-    /// A snapshot is inconsistent or does not fit this device.
-    #[error("snapshot refused: {0}")]
-    Snapshot(&'static str),
 }
 
 pub(crate) struct Inner<M> {
@@ -191,6 +188,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                     probed: Probed::default(),
                     inv: Vec::new(),
                     limit_refusals: 0,
+                    faults: 0,
                 },
                 queues: new_queues(),
                 mem: None,

@@ -16,9 +16,16 @@
 //! - `queue.rs`: request and event virtqueues; `request.rs`: ATTACH,
 //!   DETACH, MAP, UNMAP, PROBE; [`domain`]: domains and mappings;
 //!   [`event`]: fault reports; [`translate`]: DMA of emulated endpoints;
-//!   [`nesting`]: passthrough endpoints; [`snapshot`]: migration.
+//!   [`nesting`]: passthrough endpoints; [`snapshot`]: migration
+//!   (nesting-core's common `Snapshot` API); [`stats`]: counters a VMM
+//!   exports ([`VirtioIommu::stats`]).
 //!
 //! # Wiring the device into a VMM
+//!
+//! The whole path (virtqueues, `IommuMemory` DMA, VIOT, a shadowed
+//! passthrough endpoint and a refused one, interrupts, stats, snapshot and
+//! restore) runs in `examples/examples/virtio_iommu.rs`: `cargo run
+//! --example virtio_iommu`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -161,6 +168,7 @@ mod queue;
 pub mod request;
 pub mod snapshot;
 mod state;
+pub mod stats;
 pub mod translate;
 
 #[cfg(test)]
@@ -187,4 +195,5 @@ pub use protocol::{Features, Status};
 pub use queue::{MAX_CHAIN_SEGMENTS, QueueError};
 pub use snapshot::Snapshot;
 pub use state::MAX_PROBED_ENDPOINTS;
+pub use stats::VirtioIommuStats;
 pub use translate::Translation;

@@ -112,6 +112,11 @@ impl Passthrough {
         }
     }
 
+    /// The registry's totals.
+    pub fn registry_stats(&self) -> nesting_core::passthrough::RegistryStats {
+        self.reg.stats()
+    }
+
     /// Whether `endpoint` is a passthrough endpoint.
     pub fn contains(&self, endpoint: u32) -> bool {
         self.reg.contains(endpoint)

@@ -166,7 +166,10 @@ fn restore_with_failing_host_returns_err() {
     b.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
     let res = b.drv.dev.restore(&snap);
     assert!(
-        matches!(res, Err(DeviceError::Passthrough { endpoint: 8, .. })),
+        matches!(
+            res,
+            Err(nesting_core::snapshot::SnapshotError::Passthrough { endpoint: 8, .. })
+        ),
         "{res:?}"
     );
     assert_eq!(b.space_maps(1), None, "nothing built");

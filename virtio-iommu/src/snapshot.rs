@@ -10,12 +10,13 @@
 //! host's, as the destination added them; the snapshot keeps which
 //! endpoints the driver probed, which decides what may be hot-plugged.
 
+use nesting_core::snapshot::{SnapshotError, check_version};
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemory;
 
 use crate::config::DeviceConfig;
-use crate::device::{DeviceError, MAX_QUEUE_SIZE, VirtioIommu};
+use crate::device::{MAX_QUEUE_SIZE, VirtioIommu};
 use crate::domain::Tables;
 use crate::event::EventLog;
 use crate::protocol::{Features, NUM_QUEUES};
@@ -56,7 +57,7 @@ impl QueueSnapshot {
         }
     }
 
-    fn queue(&self) -> Result<Queue, DeviceError> {
+    fn queue(&self) -> Result<Queue, SnapshotError> {
         let state = virtio_queue::QueueState {
             max_size: MAX_QUEUE_SIZE,
             next_avail: self.next_avail,
@@ -68,7 +69,7 @@ impl QueueSnapshot {
             avail_ring: self.avail,
             used_ring: self.used,
         };
-        Queue::try_from(state).map_err(|_| DeviceError::Snapshot("invalid virtqueue state"))
+        Queue::try_from(state).map_err(|_| invalid("invalid virtqueue state"))
     }
 }
 
@@ -109,6 +110,30 @@ fn every_endpoint() -> bool {
     true
 }
 
+fn invalid(what: &'static str) -> SnapshotError {
+    SnapshotError::Invalid { what }
+}
+
+/// The common API (model `"virtio-iommu"`, format [`SNAPSHOT_VERSION`]):
+/// `dev.to_bytes()` is what a VMM stores; `VirtioIommu::from_bytes` makes
+/// a device without passthrough endpoints. A destination with passthrough
+/// endpoints makes its device, adds them, then loads the state with
+/// [`VirtioIommu::restore`] (decoded by
+/// [`nesting_core::snapshot::Snapshot::state_from_bytes`]).
+impl<M: GuestMemory> nesting_core::snapshot::Snapshot for VirtioIommu<M> {
+    const MODEL: &'static str = "virtio-iommu";
+    const VERSION: u32 = SNAPSHOT_VERSION;
+    type State = Snapshot;
+
+    fn snapshot(&self) -> Snapshot {
+        VirtioIommu::snapshot(self)
+    }
+
+    fn restore(state: &Snapshot) -> Result<Self, SnapshotError> {
+        VirtioIommu::from_snapshot(state)
+    }
+}
+
 impl<M: GuestMemory> VirtioIommu<M> {
     /// The complete device state.
     pub fn snapshot(&self) -> Snapshot {
@@ -139,13 +164,15 @@ impl<M: GuestMemory> VirtioIommu<M> {
 
     /// A device in the state of `snap`, with no passthrough endpoint: for
     /// a destination without passthrough devices.
-    pub fn from_snapshot(snap: &Snapshot) -> Result<Self, DeviceError> {
+    pub fn from_snapshot(snap: &Snapshot) -> Result<Self, SnapshotError> {
         if !snap.passthrough.is_empty() {
-            return Err(DeviceError::Snapshot(
+            return Err(invalid(
                 "the snapshot has passthrough endpoints: add them, then restore",
             ));
         }
-        snap.config.validate(0)?;
+        snap.config
+            .validate(0)
+            .map_err(|e| SnapshotError::Config(e.into()))?;
         let dev = VirtioIommu::from_config(snap.config.clone());
         dev.restore(snap)?;
         Ok(dev)
@@ -155,37 +182,37 @@ impl<M: GuestMemory> VirtioIommu<M> {
     /// any) the VMM added already, the same set as on the source. Every
     /// part is checked before anything changes; passthrough endpoints are
     /// then moved into the host spaces the restored domains give them. An
-    /// `Err` after the checks ([`DeviceError::Passthrough`]: the host could
-    /// not rebuild a passthrough endpoint's space) leaves a device that
-    /// must not run: fail the migration, or reset the device.
-    pub fn restore(&self, snap: &Snapshot) -> Result<(), DeviceError> {
-        if snap.version != SNAPSHOT_VERSION {
-            return Err(DeviceError::Snapshot("unknown snapshot version"));
-        }
-        snap.config.validate(0)?;
+    /// `Err` after the checks ([`SnapshotError::Passthrough`]: the host
+    /// could not rebuild a passthrough endpoint's space) leaves a device
+    /// that must not run: fail the migration, or reset the device.
+    pub fn restore(&self, snap: &Snapshot) -> Result<(), SnapshotError> {
+        check_version::<Self>(snap.version)?;
+        snap.config
+            .validate(0)
+            .map_err(|e| SnapshotError::Config(e.into()))?;
         let tables = snap
             .tables
             .clone()
             .validated()
-            .ok_or(DeviceError::Snapshot("inconsistent domains"))?;
+            .ok_or(invalid("inconsistent domains"))?;
         if tables
             .domains()
             .flat_map(|(_, d)| d.endpoints.iter())
             .any(|e| !snap.config.manages(*e))
         {
-            return Err(DeviceError::Snapshot("an attached endpoint is not managed"));
+            return Err(invalid("an attached endpoint is not managed"));
         }
         let events = snap
             .events
             .clone()
             .validated()
-            .ok_or(DeviceError::Snapshot("event backlog over its bound"))?;
+            .ok_or(invalid("event backlog over its bound"))?;
         let features = Features::from_bits(snap.features)
             .filter(|f| snap.config.offered().contains(*f))
-            .ok_or(DeviceError::Snapshot("features not offered"))?;
+            .ok_or(invalid("features not offered"))?;
         let queues = [snap.queues[0].queue()?, snap.queues[1].queue()?];
         let probed = Probed::from_parts(&snap.probed, snap.probed_all)
-            .ok_or(DeviceError::Snapshot("probed endpoints over their bound"))?;
+            .ok_or(invalid("probed endpoints over their bound"))?;
         let mut g = self.lock();
         let mine: Vec<u32> = g
             .state
@@ -194,9 +221,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .map(|p| p.endpoints().collect())
             .unwrap_or_default();
         if mine != snap.passthrough {
-            return Err(DeviceError::Snapshot(
-                "passthrough endpoints differ from the source's",
-            ));
+            return Err(invalid("passthrough endpoints differ from the source's"));
         }
         // Passthrough endpoints leave the domain spaces of this device's
         // previous state first (emptied if one cannot), so that no space of
@@ -212,9 +237,9 @@ impl<M: GuestMemory> VirtioIommu<M> {
         g.queues = queues;
         let moved = g.state.settle();
         self.invalidate_all(&mut g.state);
-        moved.map_err(|(endpoint, e)| DeviceError::Passthrough {
+        moved.map_err(|(endpoint, e)| SnapshotError::Passthrough {
             endpoint,
-            source: e.into(),
+            source: Box::new(crate::nesting::PassthroughError::from(e)),
         })
     }
 }

@@ -94,6 +94,8 @@ pub(crate) struct State {
     /// Requests refused by a limit (MAX_DOMAINS, MAX_MAPPINGS_*), over the
     /// device's life.
     pub limit_refusals: u64,
+    /// Accesses of emulated endpoints refused, over the device's life.
+    pub faults: u64,
 }
 
 impl State {

@@ -926,6 +926,23 @@ fn snapshot_roundtrip_through_serde_restores_translations_and_queues() {
 }
 
 #[test]
+fn snapshot_bytes_are_enveloped_and_restore_translations() {
+    use nesting_core::snapshot::{Envelope, Snapshot as _};
+    let mut d = MockDriver::new(&["bypass=1"]);
+    assert_eq!(d.attach(1, 8), Status::Ok);
+    assert_eq!(d.map(1, 0x1000, 0x1fff, 0x30_0000, RW), Status::Ok);
+    let bytes = d.dev.to_bytes().unwrap();
+    let env = Envelope::from_bytes(&bytes).unwrap();
+    assert_eq!((env.model.as_str(), env.version), ("virtio-iommu", 1));
+    let dev2 = Arc::new(VirtioIommu::<vm_memory::GuestMemoryMmap>::from_bytes(&bytes).unwrap());
+    dev2.set_memory(d.mem.clone());
+    assert_eq!(
+        dev2.translate(8, 0x1004, Access::WRITE).gpa(),
+        Some(0x30_0004)
+    );
+}
+
+#[test]
 fn snapshot_inconsistent_is_refused() {
     let d = attached();
     let mut snap = d.dev.snapshot();

@@ -226,6 +226,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                 len: p.size.bytes() - off,
             };
         }
+        self.iotlb.count_miss();
         let mut g = self.lock();
         let at = self.iotlb.generation();
         let fault = match g.state.lookup(endpoint, iova, access) {
@@ -241,6 +242,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
             }
             Err(Some(f)) => f,
         };
+        g.state.faults += 1;
         g.state.events.push(fault);
         let inner = &mut *g;
         if let Some(mem) = inner.mem.clone() {
@@ -282,7 +284,8 @@ impl<M: GuestMemory + Send + Sync> Translate for VirtioIommu<M> {
             if let Translation::Fault(_) = VirtioIommu::translate(self, ep, iova.raw(), access) {
                 return Err(refused);
             }
-            if let Some(p) = self.iotlb.lookup(rid, None, iova, access) {
+            // The walk above counted; reading its entry back is no hit.
+            if let Some(p) = self.iotlb.peek(rid, None, iova, access) {
                 return Ok(p);
             }
         }

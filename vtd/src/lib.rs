@@ -3,6 +3,10 @@
 //!
 //! # For a VMM author
 //!
+//! The whole path (MMIO, `IommuMemory` DMA, a nested passthrough device
+//! and a refused one, interrupts, stats, snapshot and restore) runs in
+//! `examples/examples/vtd.rs`: `cargo run --example vtd`.
+//!
 //! Create a [`Vtd`] from a [`VtdConfig`] (the `model vtd` options of
 //! `REPLAY.md`), map its register page (4 KiB at the DMAR unit's base, as
 //! the ACPI DMAR table announces it) and forward MMIO:
@@ -49,7 +53,8 @@
 //!   ([`Vtd::translate_translated`]) of emulated ATS devices, and the
 //!   guest's device-TLB invalidations delivered to the VMM
 //!   ([`Vtd::set_device_tlb_callback`]).
-//! - Snapshot and restore: [`snapshot`].
+//! - Snapshot and restore: [`snapshot`] (nesting-core's common
+//!   `Snapshot` API); counters a VMM exports: [`Vtd::stats`].
 //!
 //! The unit's host address width (output addresses and table pointers)
 //! equals the configured address width `aw`: the VMM's ACPI DMAR table
@@ -73,6 +78,7 @@ pub mod queue;
 pub mod regs;
 pub mod shadow;
 pub mod snapshot;
+pub mod stats;
 pub mod tables;
 pub mod translate;
 pub mod walk;
@@ -94,3 +100,4 @@ pub use nesting_core::iotlb::Translation;
 pub use options::VtdConfig;
 pub use passthrough::PassthroughBackend;
 pub use shared::SharedVtd;
+pub use stats::VtdStats;

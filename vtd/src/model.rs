@@ -83,6 +83,8 @@ pub struct Vtd {
     dev_tlb: Option<DevTlbCallback>,
     iotlb: Arc<Iotlb>,
     descriptors_processed: u64,
+    /// Totals for [`Vtd::stats`].
+    pub(crate) counters: crate::stats::Counters,
     /// The passthrough devices, once enabled ([`crate::passthrough`]):
     /// driven at every sync point, before the guest sees a completion.
     pub(crate) passthrough: Option<Box<PassthroughBackend>>,
@@ -119,6 +121,7 @@ impl Vtd {
             dev_tlb: None,
             iotlb: Arc::new(Iotlb::default()),
             descriptors_processed: 0,
+            counters: crate::stats::Counters::default(),
             passthrough: None,
             keep_events: false,
             cfg,
@@ -672,10 +675,14 @@ impl Vtd {
                 true
             }
             LogOutcome::Overflow => {
+                self.counters.faults_dropped += 1;
                 self.fault_status_set(before);
                 false
             }
-            LogOutcome::Dropped => false,
+            LogOutcome::Dropped => {
+                self.counters.faults_dropped += 1;
+                false
+            }
         }
     }
 
@@ -770,6 +777,7 @@ impl Vtd {
         if let Some(t) = self.iotlb.lookup(rid, pasid, iova, access) {
             return TranslateResult::Mapped(t);
         }
+        self.iotlb.count_miss();
         let generation = self.iotlb.generation();
         let req = Request {
             sid: sid.0,
@@ -800,6 +808,7 @@ impl Vtd {
                 TranslateResult::Mapped(t)
             }
             Outcome::Fault { reason, fpd } => {
+                self.counters.faults += 1;
                 let recorded = !fpd
                     && self.log_fault(&FaultRecord {
                         source_id: req.sid,

@@ -168,6 +168,10 @@ pub struct BackendStats {
     pub gave_up: u64,
     /// Invalidation ranges left incomplete ([`MAX_ROUNDS_PER_RANGE`]).
     pub truncated_ranges: u64,
+    /// `IOMMU_HWPT_INVALIDATE` calls made for nested devices.
+    pub invalidate_calls: u64,
+    /// Invalidation entries those calls carried that the host handled.
+    pub invalidations: u64,
 }
 
 /// What a nested requester's guest entry says, for invalidation targeting

@@ -2,15 +2,25 @@
 //! configuration as its `model vtd` options, every register, the latched
 //! root table pointer and the fault log's next-record index.
 //!
+//! [`Vtd`] implements nesting-core's [`Snapshot`]: `unit.to_bytes()` is
+//! what a VMM stores (model `"vtd"`, format [`SNAPSHOT_VERSION`]), and
+//! `Vtd::from_bytes(&bytes)` the unit it restores; `snapshot()` and
+//! `restore()` work on the [`VtdSnapshot`] value. Passthrough devices are
+//! not in it: after restoring, enable passthrough and add each device
+//! again ([`Vtd::enable_passthrough`], [`Vtd::add_passthrough`]); the
+//! unit's first nesting event then rebuilds their host state from the
+//! tables.
+//!
 //! The translation cache is not saved: it is a cache, and a restored unit
 //! starts empty (always architecturally allowed). Pending nesting events
 //! are not saved either; a restored unit queues [`VtdEvent::Resync`] so a
 //! nesting layer rebuilds from the tables.
 
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
-use nesting_core::options::{ModelOptions, OptionError};
+use nesting_core::options::ModelOptions;
+use nesting_core::snapshot::check_version;
+pub use nesting_core::snapshot::{Snapshot, SnapshotError};
 
 use crate::Vtd;
 use crate::nesting::VtdEvent;
@@ -38,35 +48,13 @@ pub struct VtdSnapshot {
     pub descriptors_processed: u64,
 }
 
-/// A snapshot could not be restored.
-#[derive(Debug, Error)]
-pub enum SnapshotError {
-    /// Saved by an incompatible version.
-    #[error("snapshot version {found}, expected {SNAPSHOT_VERSION}")]
-    Version {
-        /// The version found.
-        found: u32,
-    },
-    /// The saved options do not make a VT-d configuration.
-    #[error("snapshot configuration")]
-    Config(#[source] OptionError),
-    /// A saved register does not exist in the configuration's layout.
-    #[error("snapshot register at {offset:#x} is not in the unit's layout")]
-    UnknownRegister {
-        /// Its offset.
-        offset: u64,
-    },
-    /// A register of the layout is missing from the snapshot.
-    #[error("snapshot lacks the register at {offset:#x}")]
-    MissingRegister {
-        /// Its offset.
-        offset: u64,
-    },
-}
+impl Snapshot for Vtd {
+    const MODEL: &'static str = "vtd";
+    const VERSION: u32 = SNAPSHOT_VERSION;
+    type State = VtdSnapshot;
 
-impl Vtd {
     /// The unit's state.
-    pub fn snapshot(&self) -> VtdSnapshot {
+    fn snapshot(&self) -> VtdSnapshot {
         let options = self
             .config()
             .options()
@@ -93,12 +81,10 @@ impl Vtd {
 
     /// A unit in the saved state (without an interrupt callback: set it
     /// again). Its first nesting event is [`VtdEvent::Resync`].
-    pub fn restore(s: &VtdSnapshot) -> Result<Vtd, SnapshotError> {
-        if s.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::Version { found: s.version });
-        }
+    fn restore(s: &VtdSnapshot) -> Result<Vtd, SnapshotError> {
+        check_version::<Vtd>(s.version)?;
         let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
-        let cfg = VtdConfig::from_options(&opts).map_err(SnapshotError::Config)?;
+        let cfg = VtdConfig::from_options(&opts).map_err(|e| SnapshotError::Config(e.into()))?;
         let mut unit = Vtd::new(cfg);
         let layout: Vec<u64> = unit.registers().descs().iter().map(|d| d.offset).collect();
         for (offset, _) in &s.registers {

@@ -549,3 +549,35 @@ fn view_refuses_huge_ranges_without_walking_them_all() {
     assert!(model.walks.load(Ordering::Relaxed) <= MAX_PAGES_PER_ACCESS + 1);
     drop(phys);
 }
+
+#[test]
+fn stats_count_hits_misses_and_invalidations() {
+    let tlb = Iotlb::new(64);
+    let rid = RequesterId::Pci(crate::types::Bdf(8));
+    let t = Translation {
+        iova: Iova(0x1000),
+        gpa: Gpa(0x5000),
+        size: PageSize::SIZE_4K,
+        access: Access::RW,
+    };
+    assert!(tlb.lookup(rid, None, Iova(0x1000), Access::READ).is_none());
+    tlb.count_miss();
+    let tag = IotlbTag {
+        domain: 1,
+        asid: None,
+    };
+    assert!(tlb.insert(tlb.generation(), rid, None, tag, t));
+    assert!(tlb.peek(rid, None, Iova(0x1000), Access::READ).is_some());
+    assert!(tlb.lookup(rid, None, Iova(0x1008), Access::READ).is_some());
+    tlb.invalidate(IotlbInvalidation::All);
+    let s = tlb.stats();
+    assert_eq!(
+        (s.hits, s.misses, s.invalidations),
+        (1, 1, 1),
+        "peek is no hit"
+    );
+    assert_eq!(
+        serde_json::to_string(&s).unwrap(),
+        r#"{"hits":1,"misses":1,"invalidations":1}"#
+    );
+}

@@ -3,7 +3,7 @@
 use nesting_core::types::Access;
 
 use super::{S1Setup, SID};
-use crate::snapshot::{SNAPSHOT_VERSION, SnapshotError};
+use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, SnapshotError};
 use crate::{Smmuv3, TranslateResult};
 
 #[test]

@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use nesting_core::snapshot::Snapshot as _;
 use nesting_core::types::Access;
 
 use super::{ASID, S1Setup, SID};

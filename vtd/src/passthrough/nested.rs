@@ -330,6 +330,8 @@ impl PassthroughBackend {
             return Ok(());
         }
         let report = engine.flush();
+        self.stats.invalidate_calls += report.calls;
+        self.stats.invalidations += report.handled;
         let mut res = Ok(());
         for f in report.failures {
             let Some(&(sid, key)) = usize::try_from(f.tag).ok().and_then(|t| tags.get(t)) else {

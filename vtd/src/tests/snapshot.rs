@@ -7,7 +7,7 @@ use crate::Vtd;
 use crate::mock::{LegacyTables, SlTables, desc, probe_like_linux};
 use crate::nesting::VtdEvent;
 use crate::regs::off;
-use crate::snapshot::{SnapshotError, VtdSnapshot};
+use crate::snapshot::{Snapshot, SnapshotError, VtdSnapshot};
 
 #[test]
 fn snapshot_round_trips_through_json_and_keeps_translating() {
@@ -49,7 +49,7 @@ fn restore_rejects_foreign_or_inconsistent_snapshots() {
     s.version = 99;
     assert!(matches!(
         Vtd::restore(&s),
-        Err(SnapshotError::Version { found: 99 })
+        Err(SnapshotError::Version { found: 99, .. })
     ));
     let mut s = good.clone();
     s.options.push("bogus=1".into());
@@ -72,4 +72,19 @@ fn restore_rejects_foreign_or_inconsistent_snapshots() {
         matches!(Vtd::restore(&s), Err(SnapshotError::UnknownRegister { .. })),
         "layout differs"
     );
+}
+
+#[test]
+fn enveloped_bytes_restore_and_name_the_model() {
+    let mut h = Harness::new(&["mode=legacy"]);
+    let t = LegacyTables::new(&h.mem, &mut h.alloc);
+    let _ = probe_like_linux(&mut h.vtd, &h.mem, &mut h.alloc, t.root);
+    let bytes = h.vtd.to_bytes().unwrap();
+    let env = nesting_core::snapshot::Envelope::from_bytes(&bytes).unwrap();
+    assert_eq!((env.model.as_str(), env.version), ("vtd", 1));
+    let back = Vtd::from_bytes(&bytes).unwrap();
+    assert_eq!(back.snapshot().registers, h.vtd.snapshot().registers);
+    // What a VMM stored before envelopes: the bare state.
+    let bare = serde_json::to_vec(&h.vtd.snapshot()).unwrap();
+    assert_eq!(Vtd::from_bytes(&bare).unwrap().snapshot(), h.vtd.snapshot());
 }
