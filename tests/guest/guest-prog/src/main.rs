@@ -24,14 +24,18 @@
 //!   driver chose, default domains, VFIO map / DMA / unmap / fault, two
 //!   endpoints in one domain (type1 and iommufd), blocking and unbind /
 //!   rebind, and a guest reboot counted in the endpoint's SCRATCH register.
-//! - `probe-bars` (the run script's VT-d probe boot): prints BAR0 of every
-//!   function of the harness's vendor.
+//! - `smmuv3`, `smmuv3-s2`: the same matrix on arm64 behind our SMMUv3
+//!   (`smmu.rs`), whose registers are BAR0 of a function named by the
+//!   device tree: stage-1 and stage-2 SMMUs.
+//! - `probe-bars` (the run script's probe boot for VT-d and SMMUv3):
+//!   prints BAR0 of every function of the harness's vendor.
 //! - `bench` (not a test scenario; `tests/guest/bench`): timed VFIO
 //!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
 mod bench;
 mod iommufd;
 mod matrix;
+mod smmu;
 mod sys;
 mod translated;
 mod two;
@@ -65,11 +69,16 @@ mod reg {
     /// Kept across function resets and guest reboots (cleared only when
     /// the server starts): the matrix scenarios count boots in it.
     pub const SCRATCH: usize = 0x3c;
+    /// TRANSLATE's answer: where a write to DST goes.
+    pub const RESULT_LO: usize = 0x40;
+    pub const RESULT_HI: usize = 0x44;
 }
 
 const ID_VDMA: u32 = u32::from_le_bytes(*b"VDMA");
 const OP_FILL: u32 = 1;
 const OP_COPY: u32 = 2;
+/// Translates a 4-byte write at DST into RESULT, moving nothing.
+const OP_TRANSLATE: u32 = 3;
 const ST_OK: u32 = 1;
 const ST_READ_FAULT: u32 = 2;
 const ST_WRITE_FAULT: u32 = 3;
@@ -125,6 +134,15 @@ struct Outcome {
 pub(crate) trait Bar {
     fn read(&self, off: usize) -> u32;
     fn write(&self, off: usize, v: u32);
+}
+
+impl<B: Bar> Bar for &B {
+    fn read(&self, off: usize) -> u32 {
+        (*self).read(off)
+    }
+    fn write(&self, off: usize, v: u32) {
+        (*self).write(off, v)
+    }
 }
 
 impl Bar for Mmio {
@@ -508,6 +526,8 @@ fn main() -> ExitCode {
             "vtd-scalable-ss" => {
                 matrix::run(&mut r, matrix::Iommu::Vtd(matrix::VtdMode::ScalableSs))
             }
+            "smmuv3" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S1)),
+            "smmuv3-s2" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S2)),
             "probe-bars" => probe_bars(&mut r),
             "bench" => bench::bench(&mut r),
             other => {

@@ -12,6 +12,7 @@
 //!   the default domains and map / DMA / unmap / fault again, SCRATCH := 2,
 //!   and init powers off.
 
+use crate::smmu::{self, SmmuLog, SmmuStage};
 use crate::sys::{self, Config, Mmio, PAGE};
 use crate::translated::{self, Ep, FaultLog, Stage, VirtioLog, VtdLog};
 use crate::{
@@ -25,6 +26,8 @@ pub enum Iommu {
     Virtio,
     /// Our VT-d unit at the BAR of a function, named by the DMAR.
     Vtd(VtdMode),
+    /// Our SMMUv3 at the BAR of a function, named by the device tree.
+    Smmu(SmmuStage),
 }
 
 /// The VT-d setup a scenario asks for (`--vtd-mode` of the server and the
@@ -61,15 +64,19 @@ pub fn run(r: &mut Report, iommu: Iommu) {
         crate::two::iommufd(r, log, &eps);
         translated::unbind_rebind(r, log, &eps[0]);
     }
-    if let Some(regs) = regs {
-        // The driver's fault handler ran for every fault: it clears each
-        // record's F bit and FSTS.PPF (VT-d 7.2.1, 11.4.9, W1C).
-        let left = VtdFaultRecords(regs).pending();
-        r.check(
-            "vtd/faults-cleared-by-driver",
-            left.is_empty(),
-            format!("pending records: {left:?}"),
-        );
+    match regs {
+        Some(Unit::Vtd(regs)) => {
+            // The driver's fault handler ran for every fault: it clears
+            // each record's F bit and FSTS.PPF (VT-d 7.2.1, 11.4.9, W1C).
+            let left = VtdFaultRecords(regs).pending();
+            r.check(
+                "vtd/faults-cleared-by-driver",
+                left.is_empty(),
+                format!("pending records: {left:?}"),
+            );
+        }
+        Some(Unit::Smmu(regs)) => smmu::end_checks(r, &regs),
+        None => {}
     }
     end_of_boot(r, &eps[0], boot);
 }
@@ -108,9 +115,15 @@ fn endpoints_and_boot(r: &mut Report) -> Option<([Ep; 2], u32)> {
     known.then_some((eps, boot))
 }
 
+/// An IOMMU's registers, for the checks at the end of a boot.
+enum Unit {
+    Vtd(Mmio),
+    Smmu(Mmio),
+}
+
 /// What the IOMMU checks need: where its faults are reported, the default
-/// domain type its mode implies, and (VT-d) the unit's registers.
-type IommuUp = (Box<dyn FaultLog>, &'static str, Option<Mmio>);
+/// domain type its mode implies, and (VT-d, SMMUv3) its registers.
+type IommuUp = (Box<dyn FaultLog>, &'static str, Option<Unit>);
 
 /// The IOMMU as the driver set it up.
 fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
@@ -120,6 +133,15 @@ fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
             return Some((Box::new(VirtioLog::new()), "DMA-FQ", None));
         }
         Iommu::Vtd(mode) => mode,
+        Iommu::Smmu(stage) => {
+            // Our arm64 kernel is built with IOMMU_DEFAULT_DMA_STRICT
+            // (arm64 defconfig): strict DMA domains.
+            let log = SmmuLog::new(stage, smmu::unit(r, stage)?);
+            let end = Mmio::map(&sys::find_function(VENDOR, smmu::SMMU_DEVICE)?, 0, 0x20000)
+                .ok()
+                .map(Unit::Smmu);
+            return Some((Box::new(log), "DMA", end));
+        }
     };
     let regs = vtd_unit(r, mode)?;
     let stage = match mode {
@@ -135,7 +157,7 @@ fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
     } else {
         "DMA-FQ"
     };
-    Some((Box::new(VtdLog::new(stage)), t, Some(regs)))
+    Some((Box::new(VtdLog::new(stage)), t, Some(Unit::Vtd(regs))))
 }
 
 /// SCRATCH := boot + 1; after the first boot, asks init to reboot.

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Page size of x86-64 Linux.
+/// Page size of the guest kernels (x86-64; arm64 built with 4 KiB pages).
 pub const PAGE: usize = 4096;
 
 /// The first PCI function in sysfs with `vendor:device`.
@@ -237,6 +237,14 @@ fn phys_of(va: u64) -> io::Result<u64> {
     Ok(pfn * PAGE as u64 + va % PAGE as u64)
 }
 
+/// The message of a `/dev/kmsg` record ("prio,seq,usec,flags;message",
+/// then dictionary lines such as " DEVICE=+platform:..." after a newline):
+/// the message line alone.
+fn kmsg_message(rec: &str) -> &str {
+    let msg = rec.split_once(';').map_or(rec, |(_, m)| m);
+    msg.split('\n').next().unwrap_or(msg).trim_end()
+}
+
 /// The kernel log from now on (`/dev/kmsg`, non-blocking).
 pub struct Kmsg(File);
 
@@ -262,8 +270,7 @@ impl Kmsg {
             match self.0.read(&mut buf) {
                 Ok(n) => {
                     let rec = String::from_utf8_lossy(&buf[..n]);
-                    // "prio,seq,usec,flags;message"
-                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
+                    let msg = kmsg_message(&rec);
                     if msg.contains(needle) {
                         return Some(msg.to_string());
                     }
@@ -272,6 +279,27 @@ impl Kmsg {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 // EPIPE: records were overwritten; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The next record, waiting up to `timeout`.
+    pub fn next(&mut self, timeout: std::time::Duration) -> Option<String> {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            match self.0.read(&mut buf) {
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    return Some(kmsg_message(&rec).to_string());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
                 Err(_) => return None,
             }
@@ -321,8 +349,7 @@ pub fn kernel_log() -> Vec<String> {
         match f.read(&mut buf) {
             Ok(n) => {
                 let rec = String::from_utf8_lossy(&buf[..n]);
-                let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
-                out.push(msg.to_string());
+                out.push(kmsg_message(&rec).to_string());
             }
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
             Err(_) => break,

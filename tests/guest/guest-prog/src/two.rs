@@ -84,8 +84,8 @@ pub fn type1(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
         return;
     };
     let irqs = [
-        crate::translated::enable(r, "two/ep1-bus-master-msix", &d[0].bar),
-        crate::translated::enable(r, "two/ep2-bus-master-msix", &d[1].bar),
+        crate::translated::enable(r, log, "two/ep1-bus-master-msix", &eps[0], &d[0].bar),
+        crate::translated::enable(r, log, "two/ep2-bus-master-msix", &eps[1], &d[1].bar),
     ];
     let (Ok(mut src), Ok(dst)) = (vfio::Buf::new(LEN), vfio::Buf::new(LEN)) else {
         return;
