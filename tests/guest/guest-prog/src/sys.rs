@@ -223,7 +223,7 @@ impl Drop for PinnedPage {
 /// Physical address of the resident page holding `va`
 /// (Documentation/admin-guide/mm/pagemap.rst: bit 63 present, bits 0-54
 /// the page frame number, shown to CAP_SYS_ADMIN only).
-fn phys_of(va: u64) -> io::Result<u64> {
+pub fn phys_of(va: u64) -> io::Result<u64> {
     let f = File::open("/proc/self/pagemap")?;
     let mut b = [0u8; 8];
     f.read_exact_at(&mut b, va / PAGE as u64 * 8)?;
