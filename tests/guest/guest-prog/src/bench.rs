@@ -19,7 +19,7 @@
 
 use std::time::Instant;
 
-use crate::sys::{self, PAGE};
+use crate::sys::{self, page};
 use crate::{CMD_MEM_BME, DEVICE, Endpoint, Report, ST_OK, VENDOR, fill_cmd, vfio};
 
 /// Above the guest's 512 MiB of RAM: reachable only through translation.
@@ -57,7 +57,7 @@ impl Dev {
         match self {
             Dev::Endpoint(ep) => {
                 let pattern = 0x5a00_0000 | i;
-                let o = ep.run(&fill_cmd(iova, PAGE as u32, pattern));
+                let o = ep.run(&fill_cmd(iova, page() as u32, pattern));
                 let byte = buf.get(last);
                 if o.status != ST_OK || byte != pattern.to_le_bytes()[0] {
                     return Err(format!("DMA {o:?}, byte {byte:#04x}"));
@@ -70,7 +70,7 @@ impl Dev {
                 w(itd::GVA_HI, (iova >> 32) as u32)?;
                 w(itd::GPA_LO, *phys as u32)?;
                 w(itd::GPA_HI, (*phys >> 32) as u32)?;
-                w(itd::LEN, PAGE as u32)?;
+                w(itd::LEN, page() as u32)?;
                 w(itd::ATTRS, 0)?;
                 w(itd::DBELL, 1)?;
                 dev.read32(itd::TRIGGER).map_err(|e| e.to_string())?;
@@ -138,7 +138,7 @@ pub fn bench(r: &mut Report) {
     if !r.check("vfio/bus-master", bme.is_ok(), format!("{bme:?}")) {
         return;
     }
-    let (Ok(small), Ok(huge)) = (vfio::Buf::new(PAGE), vfio::Buf::new(HUGE)) else {
+    let (Ok(small), Ok(huge)) = (vfio::Buf::new(page()), vfio::Buf::new(HUGE)) else {
         r.check("bench/buffers", false, "mmap failed");
         return;
     };
@@ -155,7 +155,7 @@ pub fn bench(r: &mut Report) {
                 vector: u32::MAX,
             }));
         }
-        let last = (buf.va() + (buf.len() - PAGE) as u64) as usize;
+        let last = (buf.va() + (buf.len() - page()) as u64) as usize;
         let phys = sys::phys_of(last as u64).map_err(|e| format!("pagemap: {e}"))?;
         Ok(Dev::TestDev { dev: v, phys })
     };
@@ -198,7 +198,7 @@ fn run(
     dma: bool,
 ) {
     let len = buf.len();
-    let last = (len - PAGE) as u64;
+    let last = (len - page()) as u64;
     let mut errors = Vec::new();
     let start = Instant::now();
     for i in 0..iters {

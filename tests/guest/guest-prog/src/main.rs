@@ -43,7 +43,7 @@ mod vfio;
 
 use std::process::ExitCode;
 
-use sys::{Config, Mmio, PAGE, PinnedPage};
+use sys::{Config, Mmio, PinnedPage, REGS, page};
 
 /// The endpoint's IDs (tests/guest/server/src/config.rs).
 const VENDOR: u16 = 0x1af4;
@@ -238,7 +238,7 @@ fn dma_passthrough(r: &mut Report) {
     );
     if !r.check(
         "endpoint/registers",
-        id == ID_VDMA && ver == 1 && max >= PAGE as u32,
+        id == ID_VDMA && ver == 1 && max >= page() as u32,
         format!("ID {id:#x}, VERSION {ver}, MAX_LEN {max:#x}"),
     ) {
         return;
@@ -293,8 +293,8 @@ fn transfer_checks(
     dst: &mut PinnedPage,
 ) {
     let p = 0xa5c3_5a3c;
-    let o = ep.run(&fill_cmd(dst.phys(), PAGE as u32, p));
-    let want: Vec<u8> = (0..PAGE).map(|i| pattern_byte(p, i)).collect();
+    let o = ep.run(&fill_cmd(dst.phys(), page() as u32, p));
+    let want: Vec<u8> = (0..page()).map(|i| pattern_byte(p, i)).collect();
     let got = dst.snapshot();
     r.check(
         "dma/fill-page",
@@ -305,7 +305,7 @@ fn transfer_checks(
     dst.fill(0xee);
     let (off, len, p) = (100usize, 1000usize, 0x0403_0201);
     let o = ep.run(&fill_cmd(dst.phys() + off as u64, len as u32, p));
-    let want: Vec<u8> = (0..PAGE)
+    let want: Vec<u8> = (0..page())
         .map(|i| {
             if (off..off + len).contains(&i) {
                 pattern_byte(p, i - off)
@@ -322,14 +322,14 @@ fn transfer_checks(
     );
 
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for i in 0..PAGE {
+    for i in 0..page() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         src.set(i, x as u8);
     }
     dst.fill(0);
-    let o = ep.run(&copy_cmd(src.phys(), dst.phys(), PAGE as u32));
+    let o = ep.run(&copy_cmd(src.phys(), dst.phys(), page() as u32));
     let (got, want) = (dst.snapshot(), src.snapshot());
     r.check(
         "dma/copy-page",
@@ -345,7 +345,7 @@ fn transfer_checks(
         len as u32,
     ));
     let s = src.snapshot();
-    let want: Vec<u8> = (0..PAGE)
+    let want: Vec<u8> = (0..page())
         .map(|i| {
             if (doff..doff + len).contains(&i) {
                 s[i - doff + so]
@@ -413,7 +413,7 @@ fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint<Mmio>, 
         .unwrap_or_default();
     let bar0 = sys::bar_address(&dev, 0).unwrap_or(0);
     r.check("endpoint/found", true, format!("{bdf}, BAR0 at {bar0:#x}"));
-    match (Mmio::map(&dev, 0, PAGE), Config::open(&dev)) {
+    match (Mmio::map(&dev, 0, REGS), Config::open(&dev)) {
         (Ok(bar), Ok(cfg)) => Some((
             dev,
             Endpoint {

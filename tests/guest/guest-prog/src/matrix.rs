@@ -13,7 +13,7 @@
 //!   and init powers off.
 
 use crate::smmu::{self, SmmuLog, SmmuStage};
-use crate::sys::{self, Config, Mmio, PAGE};
+use crate::sys::{self, Config, Mmio, REGS};
 use crate::translated::{self, Ep, FaultLog, Stage, VirtioLog, VtdLog};
 use crate::{
     CMD_MEM_BME, DEVICE, Endpoint, Report, ST_WRITE_FAULT, VENDOR, fill_cmd, pinned_filled, reg,
@@ -187,7 +187,7 @@ fn sysfs_bar(ep: &Ep) -> Result<(Mmio, Config), String> {
         cfg.write16(4, cmd | 0x2)
             .map_err(|e| format!("config: {e}"))?;
     }
-    let bar = Mmio::map(&ep.path, 0, PAGE).map_err(|e| format!("resource0: {e}"))?;
+    let bar = Mmio::map(&ep.path, 0, REGS).map_err(|e| format!("resource0: {e}"))?;
     Ok((bar, cfg))
 }
 
@@ -298,7 +298,7 @@ fn vtd_unit(r: &mut Report, mode: VtdMode) -> Option<Mmio> {
         iommus.iter().any(|n| n.starts_with("dmar")),
         format!("/sys/class/iommu: {iommus:?}"),
     );
-    let regs = match Mmio::map(&unit, 0, PAGE) {
+    let regs = match Mmio::map(&unit, 0, REGS) {
         Ok(m) => m,
         Err(e) => {
             r.check("vtd/registers", false, e.to_string());
@@ -377,7 +377,7 @@ fn vtd_mode(r: &mut Report, regs: &Mmio, mode: VtdMode) {
 /// the server signals for fault events) and enables MSI-X.
 fn route_fault_msi(unit: &std::path::Path, regs: &Mmio) -> std::io::Result<String> {
     let (data, addr, uaddr) = (regs.read(0x3c), regs.read(0x40), regs.read(0x44));
-    let table = Mmio::map(unit, 2, PAGE)?;
+    let table = Mmio::map(unit, 2, REGS)?;
     // MSI-X table entry (PCI Local Bus 3.0, 6.8.2.6-9): address low, high,
     // data, vector control (bit 0 mask).
     table.write(0, addr);
@@ -417,7 +417,7 @@ impl VtdFaultRecords {
         }
         for i in 0..nfr {
             let at = (fro + i * 16) as usize;
-            if at + 16 > PAGE {
+            if at + 16 > REGS {
                 break;
             }
             let (lo, hi) = (read64(&self.0, at), read64(&self.0, at + 8));

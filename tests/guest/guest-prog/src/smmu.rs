@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::sys::{self, Config, Mmio, PAGE};
+use crate::sys::{self, Config, Mmio, REGS};
 use crate::translated::{Ep, FaultLog, Pacer};
 use crate::{CMD_MEM_BME, Cmd, Endpoint, OP_TRANSLATE, Report, ST_OK, VENDOR, reg, vfio};
 
@@ -247,7 +247,7 @@ fn route_msis(func: &Path, regs: &Mmio) -> Result<String, String> {
             "EVENTQ_IRQ_CFG0 is 0: the driver set up no MSI ({msgs:x?})"
         ));
     }
-    let table = Mmio::map(func, 2, PAGE).map_err(|e| format!("resource2: {e}"))?;
+    let table = Mmio::map(func, 2, REGS).map_err(|e| format!("resource2: {e}"))?;
     for (i, (addr, data)) in msgs.iter().enumerate() {
         // MSI-X table entry (PCI Local Bus 3.0, 6.8.2.6-9): address low,
         // high, data, vector control (bit 0 mask).
@@ -381,7 +381,7 @@ impl FaultLog for SmmuLog {
     /// the harness writes that address into the table entry, so QEMU
     /// delivers what the SMMU would have.
     fn route_endpoint_msi(&mut self, ep: &Ep, dev: &vfio::Device) -> Result<String, String> {
-        let table = Mmio::map(&ep.path, 2, PAGE).map_err(|e| format!("resource2: {e}"))?;
+        let table = Mmio::map(&ep.path, 2, REGS).map_err(|e| format!("resource2: {e}"))?;
         let iova = u64::from(table.read(0)) | u64::from(table.read(4)) << 32;
         if !SW_MSI.contains(&iova) {
             return Err(format!(

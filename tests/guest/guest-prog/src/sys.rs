@@ -9,8 +9,23 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Page size of the guest kernels (x86-64; arm64 built with 4 KiB pages).
-pub const PAGE: usize = 4096;
+/// Bytes of a register page the program maps from a BAR (every BAR of the
+/// harness's functions is at least this big).
+pub const REGS: usize = 4096;
+
+/// The kernel's page size: 4 KiB on x86-64, 4 or 64 KiB on arm64 (fixed
+/// when the kernel is built). Buffers, pinned pages, `/proc/self/pagemap`
+/// and VFIO mappings (the IOMMU domain's smallest page is the kernel's)
+/// go by it.
+pub fn page() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf reads a constant of the C library; no memory is
+    // touched.
+    *SIZE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
 
 /// The first PCI function in sysfs with `vendor:device`.
 pub fn find_function(vendor: u16, device: u16) -> Option<PathBuf> {
@@ -163,7 +178,7 @@ impl PinnedPage {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE,
+                page(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_LOCKED,
                 -1,
@@ -189,14 +204,14 @@ impl PinnedPage {
 
     /// Sets every byte to `v`.
     pub fn fill(&mut self, v: u8) {
-        for i in 0..PAGE {
+        for i in 0..page() {
             self.set(i, v);
         }
     }
 
     /// Writes byte `i`.
     pub fn set(&mut self, i: usize, v: u8) {
-        assert!(i < PAGE);
+        assert!(i < page());
         // SAFETY: `i` is inside the live page; volatile because a device
         // reads the page behind the compiler's back.
         unsafe { self.addr.add(i).write_volatile(v) }
@@ -207,7 +222,7 @@ impl PinnedPage {
     pub fn snapshot(&self) -> Vec<u8> {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // SAFETY: every index is inside the live page.
-        (0..PAGE)
+        (0..page())
             .map(|i| unsafe { self.addr.add(i).read_volatile() })
             .collect()
     }
@@ -216,7 +231,7 @@ impl PinnedPage {
 impl Drop for PinnedPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the page `new` mapped.
-        unsafe { libc::munmap(self.addr.cast(), PAGE) };
+        unsafe { libc::munmap(self.addr.cast(), page()) };
     }
 }
 
@@ -226,7 +241,7 @@ impl Drop for PinnedPage {
 pub fn phys_of(va: u64) -> io::Result<u64> {
     let f = File::open("/proc/self/pagemap")?;
     let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, va / PAGE as u64 * 8)?;
+    f.read_exact_at(&mut b, va / page() as u64 * 8)?;
     let e = u64::from_le_bytes(b);
     let pfn = e & ((1 << 55) - 1);
     if e >> 63 == 0 || pfn == 0 {
@@ -234,7 +249,7 @@ pub fn phys_of(va: u64) -> io::Result<u64> {
             "page {va:#x} not present or PFN hidden ({e:#x})"
         )));
     }
-    Ok(pfn * PAGE as u64 + va % PAGE as u64)
+    Ok(pfn * page() as u64 + va % page() as u64)
 }
 
 /// The message of a `/dev/kmsg` record ("prio,seq,usec,flags;message",

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, Mmio, PAGE};
+use crate::sys::{self, Mmio, REGS, page};
 use crate::{
     CMD_MEM_BME, Cmd, Endpoint, Report, ST_OK, ST_READ_FAULT, ST_WRITE_FAULT, copy_cmd, diff,
     fill_cmd, pattern_byte, vfio,
@@ -18,7 +18,9 @@ pub const IOVA_SRC: u64 = 0x4000_0000;
 pub const IOVA_DST: u64 = 0x4010_0000;
 /// Two pages: the buffers' pages are not physically contiguous, so a
 /// transfer spanning them exercises per-page translation.
-const VFIO_LEN: usize = 2 * PAGE;
+fn vfio_len() -> usize {
+    2 * page()
+}
 
 /// One DMA test endpoint as the guest names it.
 pub struct Ep {
@@ -210,7 +212,7 @@ impl VtdLog {
     /// The fault line for `ep` at `iova` and its reason.
     fn line(&mut self, ep: &Ep, iova: u64) -> Result<(String, Option<u8>), String> {
         // The record holds the page of the address (FI, bits 63:12).
-        let page = iova & !(PAGE as u64 - 1);
+        let page = iova & !0xfff;
         let want = format!("Request device [{}] fault addr {page:#x}", ep.name);
         let line = self
             .kmsg
@@ -339,11 +341,11 @@ pub fn single(r: &mut Report, log: &mut dyn FaultLog, ep: &Ep) {
     let vfio::Vfio { dev, container } = v;
     let irq = enable(r, log, "vfio/bus-master-msix", ep, &dev);
     let (Some(irq), Ok(mut src), Ok(dst)) =
-        (irq, vfio::Buf::new(VFIO_LEN), vfio::Buf::new(VFIO_LEN))
+        (irq, vfio::Buf::new(vfio_len()), vfio::Buf::new(vfio_len()))
     else {
         return;
     };
-    let len = VFIO_LEN as u64;
+    let len = vfio_len() as u64;
     let maps = (
         container.map(src.va(), IOVA_SRC, len, false),
         container.map(dst.va(), IOVA_DST, len, true),
@@ -371,14 +373,15 @@ fn transfers(
     dst: &vfio::Buf,
 ) {
     let p = 0x6b5a_4b3c;
-    let o = ep.run(&fill_cmd(IOVA_DST, VFIO_LEN as u32, p));
-    let want: Vec<u8> = (0..VFIO_LEN).map(|i| pattern_byte(p, i)).collect();
+    let o = ep.run(&fill_cmd(IOVA_DST, vfio_len() as u32, p));
+    let want: Vec<u8> = (0..vfio_len()).map(|i| pattern_byte(p, i)).collect();
     let got = dst.snapshot();
     r.check(
         "dma/fill-iova",
         o.status == ST_OK && got == want,
         format!(
-            "{VFIO_LEN:#x} bytes at IOVA {IOVA_DST:#x}: {o:?}; {}",
+            "{:#x} bytes at IOVA {IOVA_DST:#x}: {o:?}; {}",
+            vfio_len(),
             diff(&got, &want)
         ),
     );
@@ -389,9 +392,9 @@ fn transfers(
         format!("eventfd of vector 0: {n:?}"),
     );
     randomize(src, 0x9e37_79b9_7f4a_7c15);
-    let o = ep.run(&copy_cmd(IOVA_SRC + 3, IOVA_DST + 5, VFIO_LEN as u32 - 8));
+    let o = ep.run(&copy_cmd(IOVA_SRC + 3, IOVA_DST + 5, vfio_len() as u32 - 8));
     let (s, got) = (src.snapshot(), dst.snapshot());
-    let ok = o.status == ST_OK && got[5..VFIO_LEN - 3] == s[3..VFIO_LEN - 5];
+    let ok = o.status == ST_OK && got[5..vfio_len() - 3] == s[3..vfio_len() - 5];
     r.check(
         "dma/copy-iova",
         ok,
@@ -399,7 +402,7 @@ fn transfers(
             "IOVA {:#x} -> {:#x}: {o:?}; {}",
             IOVA_SRC + 3,
             IOVA_DST + 5,
-            diff(&got[5..VFIO_LEN - 3], &s[3..VFIO_LEN - 5])
+            diff(&got[5..vfio_len() - 3], &s[3..vfio_len() - 5])
         ),
     );
     let n = irq.wait(2000);
@@ -436,13 +439,13 @@ fn refusals(
     let name = "dma/write-readonly-refused";
     expect_fault(r, log, name, ep, d, &cmd, ST_WRITE_FAULT, IOVA_SRC);
     let before = dst.snapshot();
-    let unmapped = container.unmap(IOVA_DST, VFIO_LEN as u64);
+    let unmapped = container.unmap(IOVA_DST, vfio_len() as u64);
     r.check(
         "vfio/unmap",
-        matches!(unmapped, Ok(n) if n == VFIO_LEN as u64),
+        matches!(unmapped, Ok(n) if n == vfio_len() as u64),
         format!("{unmapped:?}"),
     );
-    let at = IOVA_DST + PAGE as u64;
+    let at = IOVA_DST + page() as u64;
     let cmd = fill_cmd(at, 64, 0xffff_ffff);
     let name = "dma/after-unmap-refused";
     expect_fault(r, log, name, ep, d, &cmd, ST_WRITE_FAULT, at);
@@ -465,7 +468,7 @@ fn refusals(
 /// from sysfs) must not reach memory. Rebound, a new container maps the
 /// same IOVA and DMA works again.
 pub fn unbind_rebind(r: &mut Report, log: &mut dyn FaultLog, ep: &Ep) {
-    let Ok(buf) = vfio::Buf::new(PAGE) else {
+    let Ok(buf) = vfio::Buf::new(page()) else {
         r.check("rebind/buffer", false, "mmap failed");
         return;
     };
@@ -480,7 +483,7 @@ pub fn unbind_rebind(r: &mut Report, log: &mut dyn FaultLog, ep: &Ep) {
         unbound.is_ok() && driver.is_none(),
         format!("{unbound:?}, driver now {driver:?}"),
     );
-    let (bar, cfg) = match (Mmio::map(&ep.path, 0, PAGE), sys::Config::open(&ep.path)) {
+    let (bar, cfg) = match (Mmio::map(&ep.path, 0, REGS), sys::Config::open(&ep.path)) {
         (Ok(b), Ok(c)) => (b, c),
         (b, c) => {
             let e = format!("resource0: {:?}, config: {:?}", b.err(), c.err());
