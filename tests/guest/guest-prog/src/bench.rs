@@ -22,8 +22,8 @@ use std::time::Instant;
 use crate::sys::{self, page};
 use crate::{CMD_MEM_BME, DEVICE, Endpoint, Report, ST_OK, VENDOR, fill_cmd, vfio};
 
-/// Above the guest's 512 MiB of RAM: reachable only through translation.
-const IOVA: u64 = 0x4000_0000;
+/// Outside the guest's RAM: reachable only through translation.
+const IOVA: u64 = crate::translated::IOVA_SRC;
 /// QEMU's iommu-testdev (docs/specs/iommu-testdev.rst).
 const TESTDEV: (u16, u16) = (0x1b36, 0x0005);
 /// Its BAR0 registers and results.

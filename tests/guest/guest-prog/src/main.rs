@@ -26,7 +26,8 @@
 //!   rebind, and a guest reboot counted in the endpoint's SCRATCH register.
 //! - `smmuv3`, `smmuv3-s2`: the same matrix on arm64 behind our SMMUv3
 //!   (`smmu.rs`), whose registers are BAR0 of a function named by the
-//!   device tree: stage-1 and stage-2 SMMUs.
+//!   device tree: stage-1 and stage-2 SMMUs; `smmuv3-64k`,
+//!   `smmuv3-64k-s2` the same on a kernel with 64 KiB pages.
 //! - `probe-bars` (the run script's probe boot for VT-d and SMMUv3):
 //!   prints BAR0 of every function of the harness's vendor.
 //! - `bench` (not a test scenario; `tests/guest/bench`): timed VFIO
@@ -528,6 +529,20 @@ fn main() -> ExitCode {
             }
             "smmuv3" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S1)),
             "smmuv3-s2" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S2)),
+            "smmuv3-64k" | "smmuv3-64k-s2" => {
+                let stage = if a.ends_with("-s2") {
+                    smmu::SmmuStage::S2
+                } else {
+                    smmu::SmmuStage::S1
+                };
+                let p = page();
+                r.check(
+                    "kernel/page-size",
+                    p == 0x10000,
+                    format!("{p:#x}-byte pages, want 64 KiB"),
+                );
+                matrix::run(&mut r, matrix::Iommu::Smmu(stage));
+            }
             "probe-bars" => probe_bars(&mut r),
             "bench" => bench::bench(&mut r),
             other => {

@@ -12,10 +12,14 @@ use crate::{
     fill_cmd, pattern_byte, vfio,
 };
 
-/// IOVAs the guest chooses: above its 512 MiB of RAM, so an access can
-/// only reach the buffers through the IOMMU's translation.
+/// IOVAs the guest chooses: outside its 512 MiB of RAM (q35: from 0;
+/// Arm `virt`: from 1 GiB, so there above 4 GiB), so an access can only
+/// reach the buffers through the IOMMU's translation.
+#[cfg(not(target_arch = "aarch64"))]
 pub const IOVA_SRC: u64 = 0x4000_0000;
-pub const IOVA_DST: u64 = 0x4010_0000;
+#[cfg(target_arch = "aarch64")]
+pub const IOVA_SRC: u64 = 0x1_0000_0000;
+pub const IOVA_DST: u64 = IOVA_SRC + 0x10_0000;
 /// Two pages: the buffers' pages are not physically contiguous, so a
 /// transfer spanning them exercises per-page translation.
 fn vfio_len() -> usize {
