@@ -24,14 +24,19 @@
 //!   driver chose, default domains, VFIO map / DMA / unmap / fault, two
 //!   endpoints in one domain (type1 and iommufd), blocking and unbind /
 //!   rebind, and a guest reboot counted in the endpoint's SCRATCH register.
-//! - `probe-bars` (the run script's VT-d probe boot): prints BAR0 of every
-//!   function of the harness's vendor.
+//! - `smmuv3`, `smmuv3-s2`: the same matrix on arm64 behind our SMMUv3
+//!   (`smmu.rs`), whose registers are BAR0 of a function named by the
+//!   device tree: stage-1 and stage-2 SMMUs; `smmuv3-64k`,
+//!   `smmuv3-64k-s2` the same on a kernel with 64 KiB pages.
+//! - `probe-bars` (the run script's probe boot for VT-d and SMMUv3):
+//!   prints BAR0 of every function of the harness's vendor.
 //! - `bench` (not a test scenario; `tests/guest/bench`): timed VFIO
 //!   map/DMA/unmap loops behind whatever IOMMU the guest has.
 
 mod bench;
 mod iommufd;
 mod matrix;
+mod smmu;
 mod sys;
 mod translated;
 mod two;
@@ -39,7 +44,7 @@ mod vfio;
 
 use std::process::ExitCode;
 
-use sys::{Config, Mmio, PAGE, PinnedPage};
+use sys::{Config, Mmio, PinnedPage, REGS, page};
 
 /// The endpoint's IDs (tests/guest/server/src/config.rs).
 const VENDOR: u16 = 0x1af4;
@@ -65,11 +70,16 @@ mod reg {
     /// Kept across function resets and guest reboots (cleared only when
     /// the server starts): the matrix scenarios count boots in it.
     pub const SCRATCH: usize = 0x3c;
+    /// TRANSLATE's answer: where a write to DST goes.
+    pub const RESULT_LO: usize = 0x40;
+    pub const RESULT_HI: usize = 0x44;
 }
 
 const ID_VDMA: u32 = u32::from_le_bytes(*b"VDMA");
 const OP_FILL: u32 = 1;
 const OP_COPY: u32 = 2;
+/// Translates a 4-byte write at DST into RESULT, moving nothing.
+const OP_TRANSLATE: u32 = 3;
 const ST_OK: u32 = 1;
 const ST_READ_FAULT: u32 = 2;
 const ST_WRITE_FAULT: u32 = 3;
@@ -125,6 +135,15 @@ struct Outcome {
 pub(crate) trait Bar {
     fn read(&self, off: usize) -> u32;
     fn write(&self, off: usize, v: u32);
+}
+
+impl<B: Bar> Bar for &B {
+    fn read(&self, off: usize) -> u32 {
+        (*self).read(off)
+    }
+    fn write(&self, off: usize, v: u32) {
+        (*self).write(off, v)
+    }
 }
 
 impl Bar for Mmio {
@@ -220,7 +239,7 @@ fn dma_passthrough(r: &mut Report) {
     );
     if !r.check(
         "endpoint/registers",
-        id == ID_VDMA && ver == 1 && max >= PAGE as u32,
+        id == ID_VDMA && ver == 1 && max >= page() as u32,
         format!("ID {id:#x}, VERSION {ver}, MAX_LEN {max:#x}"),
     ) {
         return;
@@ -275,8 +294,8 @@ fn transfer_checks(
     dst: &mut PinnedPage,
 ) {
     let p = 0xa5c3_5a3c;
-    let o = ep.run(&fill_cmd(dst.phys(), PAGE as u32, p));
-    let want: Vec<u8> = (0..PAGE).map(|i| pattern_byte(p, i)).collect();
+    let o = ep.run(&fill_cmd(dst.phys(), page() as u32, p));
+    let want: Vec<u8> = (0..page()).map(|i| pattern_byte(p, i)).collect();
     let got = dst.snapshot();
     r.check(
         "dma/fill-page",
@@ -287,7 +306,7 @@ fn transfer_checks(
     dst.fill(0xee);
     let (off, len, p) = (100usize, 1000usize, 0x0403_0201);
     let o = ep.run(&fill_cmd(dst.phys() + off as u64, len as u32, p));
-    let want: Vec<u8> = (0..PAGE)
+    let want: Vec<u8> = (0..page())
         .map(|i| {
             if (off..off + len).contains(&i) {
                 pattern_byte(p, i - off)
@@ -304,14 +323,14 @@ fn transfer_checks(
     );
 
     let mut x = 0x2545_f491_4f6c_dd1du64;
-    for i in 0..PAGE {
+    for i in 0..page() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         src.set(i, x as u8);
     }
     dst.fill(0);
-    let o = ep.run(&copy_cmd(src.phys(), dst.phys(), PAGE as u32));
+    let o = ep.run(&copy_cmd(src.phys(), dst.phys(), page() as u32));
     let (got, want) = (dst.snapshot(), src.snapshot());
     r.check(
         "dma/copy-page",
@@ -327,7 +346,7 @@ fn transfer_checks(
         len as u32,
     ));
     let s = src.snapshot();
-    let want: Vec<u8> = (0..PAGE)
+    let want: Vec<u8> = (0..page())
         .map(|i| {
             if (doff..doff + len).contains(&i) {
                 s[i - doff + so]
@@ -395,7 +414,7 @@ fn open_endpoint(r: &mut Report) -> Option<(std::path::PathBuf, Endpoint<Mmio>, 
         .unwrap_or_default();
     let bar0 = sys::bar_address(&dev, 0).unwrap_or(0);
     r.check("endpoint/found", true, format!("{bdf}, BAR0 at {bar0:#x}"));
-    match (Mmio::map(&dev, 0, PAGE), Config::open(&dev)) {
+    match (Mmio::map(&dev, 0, REGS), Config::open(&dev)) {
         (Ok(bar), Ok(cfg)) => Some((
             dev,
             Endpoint {
@@ -507,6 +526,22 @@ fn main() -> ExitCode {
             }
             "vtd-scalable-ss" => {
                 matrix::run(&mut r, matrix::Iommu::Vtd(matrix::VtdMode::ScalableSs))
+            }
+            "smmuv3" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S1)),
+            "smmuv3-s2" => matrix::run(&mut r, matrix::Iommu::Smmu(smmu::SmmuStage::S2)),
+            "smmuv3-64k" | "smmuv3-64k-s2" => {
+                let stage = if a.ends_with("-s2") {
+                    smmu::SmmuStage::S2
+                } else {
+                    smmu::SmmuStage::S1
+                };
+                let p = page();
+                r.check(
+                    "kernel/page-size",
+                    p == 0x10000,
+                    format!("{p:#x}-byte pages, want 64 KiB"),
+                );
+                matrix::run(&mut r, matrix::Iommu::Smmu(stage));
             }
             "probe-bars" => probe_bars(&mut r),
             "bench" => bench::bench(&mut r),

@@ -12,7 +12,8 @@
 //!   the default domains and map / DMA / unmap / fault again, SCRATCH := 2,
 //!   and init powers off.
 
-use crate::sys::{self, Config, Mmio, PAGE};
+use crate::smmu::{self, SmmuLog, SmmuStage};
+use crate::sys::{self, Config, Mmio, REGS};
 use crate::translated::{self, Ep, FaultLog, Stage, VirtioLog, VtdLog};
 use crate::{
     CMD_MEM_BME, DEVICE, Endpoint, Report, ST_WRITE_FAULT, VENDOR, fill_cmd, pinned_filled, reg,
@@ -25,6 +26,8 @@ pub enum Iommu {
     Virtio,
     /// Our VT-d unit at the BAR of a function, named by the DMAR.
     Vtd(VtdMode),
+    /// Our SMMUv3 at the BAR of a function, named by the device tree.
+    Smmu(SmmuStage),
 }
 
 /// The VT-d setup a scenario asks for (`--vtd-mode` of the server and the
@@ -61,15 +64,19 @@ pub fn run(r: &mut Report, iommu: Iommu) {
         crate::two::iommufd(r, log, &eps);
         translated::unbind_rebind(r, log, &eps[0]);
     }
-    if let Some(regs) = regs {
-        // The driver's fault handler ran for every fault: it clears each
-        // record's F bit and FSTS.PPF (VT-d 7.2.1, 11.4.9, W1C).
-        let left = VtdFaultRecords(regs).pending();
-        r.check(
-            "vtd/faults-cleared-by-driver",
-            left.is_empty(),
-            format!("pending records: {left:?}"),
-        );
+    match regs {
+        Some(Unit::Vtd(regs)) => {
+            // The driver's fault handler ran for every fault: it clears
+            // each record's F bit and FSTS.PPF (VT-d 7.2.1, 11.4.9, W1C).
+            let left = VtdFaultRecords(regs).pending();
+            r.check(
+                "vtd/faults-cleared-by-driver",
+                left.is_empty(),
+                format!("pending records: {left:?}"),
+            );
+        }
+        Some(Unit::Smmu(regs)) => smmu::end_checks(r, &regs),
+        None => {}
     }
     end_of_boot(r, &eps[0], boot);
 }
@@ -108,9 +115,15 @@ fn endpoints_and_boot(r: &mut Report) -> Option<([Ep; 2], u32)> {
     known.then_some((eps, boot))
 }
 
+/// An IOMMU's registers, for the checks at the end of a boot.
+enum Unit {
+    Vtd(Mmio),
+    Smmu(Mmio),
+}
+
 /// What the IOMMU checks need: where its faults are reported, the default
-/// domain type its mode implies, and (VT-d) the unit's registers.
-type IommuUp = (Box<dyn FaultLog>, &'static str, Option<Mmio>);
+/// domain type its mode implies, and (VT-d, SMMUv3) its registers.
+type IommuUp = (Box<dyn FaultLog>, &'static str, Option<Unit>);
 
 /// The IOMMU as the driver set it up.
 fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
@@ -120,6 +133,15 @@ fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
             return Some((Box::new(VirtioLog::new()), "DMA-FQ", None));
         }
         Iommu::Vtd(mode) => mode,
+        Iommu::Smmu(stage) => {
+            // Our arm64 kernel is built with IOMMU_DEFAULT_DMA_STRICT
+            // (arm64 defconfig): strict DMA domains.
+            let log = SmmuLog::new(stage, smmu::unit(r, stage)?);
+            let end = Mmio::map(&sys::find_function(VENDOR, smmu::SMMU_DEVICE)?, 0, 0x20000)
+                .ok()
+                .map(Unit::Smmu);
+            return Some((Box::new(log), "DMA", end));
+        }
     };
     let regs = vtd_unit(r, mode)?;
     let stage = match mode {
@@ -135,7 +157,7 @@ fn iommu_up(r: &mut Report, iommu: Iommu) -> Option<IommuUp> {
     } else {
         "DMA-FQ"
     };
-    Some((Box::new(VtdLog::new(stage)), t, Some(regs)))
+    Some((Box::new(VtdLog::new(stage)), t, Some(Unit::Vtd(regs))))
 }
 
 /// SCRATCH := boot + 1; after the first boot, asks init to reboot.
@@ -165,7 +187,7 @@ fn sysfs_bar(ep: &Ep) -> Result<(Mmio, Config), String> {
         cfg.write16(4, cmd | 0x2)
             .map_err(|e| format!("config: {e}"))?;
     }
-    let bar = Mmio::map(&ep.path, 0, PAGE).map_err(|e| format!("resource0: {e}"))?;
+    let bar = Mmio::map(&ep.path, 0, REGS).map_err(|e| format!("resource0: {e}"))?;
     Ok((bar, cfg))
 }
 
@@ -276,7 +298,7 @@ fn vtd_unit(r: &mut Report, mode: VtdMode) -> Option<Mmio> {
         iommus.iter().any(|n| n.starts_with("dmar")),
         format!("/sys/class/iommu: {iommus:?}"),
     );
-    let regs = match Mmio::map(&unit, 0, PAGE) {
+    let regs = match Mmio::map(&unit, 0, REGS) {
         Ok(m) => m,
         Err(e) => {
             r.check("vtd/registers", false, e.to_string());
@@ -355,7 +377,7 @@ fn vtd_mode(r: &mut Report, regs: &Mmio, mode: VtdMode) {
 /// the server signals for fault events) and enables MSI-X.
 fn route_fault_msi(unit: &std::path::Path, regs: &Mmio) -> std::io::Result<String> {
     let (data, addr, uaddr) = (regs.read(0x3c), regs.read(0x40), regs.read(0x44));
-    let table = Mmio::map(unit, 2, PAGE)?;
+    let table = Mmio::map(unit, 2, REGS)?;
     // MSI-X table entry (PCI Local Bus 3.0, 6.8.2.6-9): address low, high,
     // data, vector control (bit 0 mask).
     table.write(0, addr);
@@ -395,7 +417,7 @@ impl VtdFaultRecords {
         }
         for i in 0..nfr {
             let at = (fro + i * 16) as usize;
-            if at + 16 > PAGE {
+            if at + 16 > REGS {
                 break;
             }
             let (lo, hi) = (read64(&self.0, at), read64(&self.0, at + 8));

@@ -9,8 +9,23 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Page size of x86-64 Linux.
-pub const PAGE: usize = 4096;
+/// Bytes of a register page the program maps from a BAR (every BAR of the
+/// harness's functions is at least this big).
+pub const REGS: usize = 4096;
+
+/// The kernel's page size: 4 KiB on x86-64, 4 or 64 KiB on arm64 (fixed
+/// when the kernel is built). Buffers, pinned pages, `/proc/self/pagemap`
+/// and VFIO mappings (the IOMMU domain's smallest page is the kernel's)
+/// go by it.
+pub fn page() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf reads a constant of the C library; no memory is
+    // touched.
+    *SIZE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
 
 /// The first PCI function in sysfs with `vendor:device`.
 pub fn find_function(vendor: u16, device: u16) -> Option<PathBuf> {
@@ -163,7 +178,7 @@ impl PinnedPage {
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE,
+                page(),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE | libc::MAP_LOCKED,
                 -1,
@@ -189,14 +204,14 @@ impl PinnedPage {
 
     /// Sets every byte to `v`.
     pub fn fill(&mut self, v: u8) {
-        for i in 0..PAGE {
+        for i in 0..page() {
             self.set(i, v);
         }
     }
 
     /// Writes byte `i`.
     pub fn set(&mut self, i: usize, v: u8) {
-        assert!(i < PAGE);
+        assert!(i < page());
         // SAFETY: `i` is inside the live page; volatile because a device
         // reads the page behind the compiler's back.
         unsafe { self.addr.add(i).write_volatile(v) }
@@ -207,7 +222,7 @@ impl PinnedPage {
     pub fn snapshot(&self) -> Vec<u8> {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // SAFETY: every index is inside the live page.
-        (0..PAGE)
+        (0..page())
             .map(|i| unsafe { self.addr.add(i).read_volatile() })
             .collect()
     }
@@ -216,17 +231,17 @@ impl PinnedPage {
 impl Drop for PinnedPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the page `new` mapped.
-        unsafe { libc::munmap(self.addr.cast(), PAGE) };
+        unsafe { libc::munmap(self.addr.cast(), page()) };
     }
 }
 
 /// Physical address of the resident page holding `va`
 /// (Documentation/admin-guide/mm/pagemap.rst: bit 63 present, bits 0-54
 /// the page frame number, shown to CAP_SYS_ADMIN only).
-fn phys_of(va: u64) -> io::Result<u64> {
+pub fn phys_of(va: u64) -> io::Result<u64> {
     let f = File::open("/proc/self/pagemap")?;
     let mut b = [0u8; 8];
-    f.read_exact_at(&mut b, va / PAGE as u64 * 8)?;
+    f.read_exact_at(&mut b, va / page() as u64 * 8)?;
     let e = u64::from_le_bytes(b);
     let pfn = e & ((1 << 55) - 1);
     if e >> 63 == 0 || pfn == 0 {
@@ -234,7 +249,15 @@ fn phys_of(va: u64) -> io::Result<u64> {
             "page {va:#x} not present or PFN hidden ({e:#x})"
         )));
     }
-    Ok(pfn * PAGE as u64 + va % PAGE as u64)
+    Ok(pfn * page() as u64 + va % page() as u64)
+}
+
+/// The message of a `/dev/kmsg` record ("prio,seq,usec,flags;message",
+/// then dictionary lines such as " DEVICE=+platform:..." after a newline):
+/// the message line alone.
+fn kmsg_message(rec: &str) -> &str {
+    let msg = rec.split_once(';').map_or(rec, |(_, m)| m);
+    msg.split('\n').next().unwrap_or(msg).trim_end()
 }
 
 /// The kernel log from now on (`/dev/kmsg`, non-blocking).
@@ -262,8 +285,7 @@ impl Kmsg {
             match self.0.read(&mut buf) {
                 Ok(n) => {
                     let rec = String::from_utf8_lossy(&buf[..n]);
-                    // "prio,seq,usec,flags;message"
-                    let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
+                    let msg = kmsg_message(&rec);
                     if msg.contains(needle) {
                         return Some(msg.to_string());
                     }
@@ -272,6 +294,27 @@ impl Kmsg {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 // EPIPE: records were overwritten; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// The next record, waiting up to `timeout`.
+    pub fn next(&mut self, timeout: std::time::Duration) -> Option<String> {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = vec![0u8; 8192];
+        while std::time::Instant::now() < deadline {
+            match self.0.read(&mut buf) {
+                Ok(n) => {
+                    let rec = String::from_utf8_lossy(&buf[..n]);
+                    return Some(kmsg_message(&rec).to_string());
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
                 Err(_) => return None,
             }
@@ -321,8 +364,7 @@ pub fn kernel_log() -> Vec<String> {
         match f.read(&mut buf) {
             Ok(n) => {
                 let rec = String::from_utf8_lossy(&buf[..n]);
-                let msg = rec.split_once(';').map_or(&*rec, |(_, m)| m).trim_end();
-                out.push(msg.to_string());
+                out.push(kmsg_message(&rec).to_string());
             }
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
             Err(_) => break,

@@ -3,7 +3,7 @@
 //! endpoint got, and a bound but unattached device shows the blocking
 //! domain).
 
-use crate::sys::PAGE;
+use crate::sys::page;
 use crate::translated::{Ep, FaultLog, IOVA_DST, IOVA_SRC, expect_fault, randomize};
 use crate::{
     CMD_MEM_BME, Endpoint, Report, ST_OK, ST_WRITE_FAULT, copy_cmd, diff, fill_cmd, pattern_byte,
@@ -11,7 +11,9 @@ use crate::{
 };
 
 /// Two pages: one for each endpoint.
-const LEN: usize = 2 * PAGE;
+fn len() -> usize {
+    2 * page()
+}
 
 type Pair = [Endpoint<vfio::Device>; 2];
 
@@ -29,7 +31,7 @@ fn bind_both(r: &mut Report, name: &str, eps: &[Ep; 2]) -> bool {
 /// Endpoint `i` fills page `i` of `buf` (mapped at IOVA_DST) with its own
 /// pattern through the one mapping; both pages are checked.
 fn fill_halves(r: &mut Report, name: &str, d: &Pair, buf: &vfio::Buf, pats: [u32; 2]) {
-    let half = PAGE as u32;
+    let half = page() as u32;
     let outs: Vec<_> = (0..2)
         .map(|i| {
             d[i].run(&fill_cmd(
@@ -40,8 +42,8 @@ fn fill_halves(r: &mut Report, name: &str, d: &Pair, buf: &vfio::Buf, pats: [u32
         })
         .collect();
     let got = buf.snapshot();
-    let want: Vec<u8> = (0..LEN)
-        .map(|i| pattern_byte(pats[i / PAGE], i % PAGE))
+    let want: Vec<u8> = (0..len())
+        .map(|i| pattern_byte(pats[i / page()], i % page()))
         .collect();
     r.check(
         name,
@@ -63,7 +65,7 @@ fn refused_after_unmap(
     d: &Pair,
 ) {
     for (i, (e, dev)) in eps.iter().zip(d).enumerate() {
-        let at = IOVA_DST + PAGE as u64 * i as u64;
+        let at = IOVA_DST + page() as u64 * i as u64;
         let cmd = fill_cmd(at, 64, 0xdead_beef);
         let name = format!("{prefix}/ep{}-after-unmap-refused", i + 1);
         expect_fault(r, log, &name, e, dev, &cmd, ST_WRITE_FAULT, at);
@@ -84,15 +86,15 @@ pub fn type1(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
         return;
     };
     let irqs = [
-        crate::translated::enable(r, "two/ep1-bus-master-msix", &d[0].bar),
-        crate::translated::enable(r, "two/ep2-bus-master-msix", &d[1].bar),
+        crate::translated::enable(r, log, "two/ep1-bus-master-msix", &eps[0], &d[0].bar),
+        crate::translated::enable(r, log, "two/ep2-bus-master-msix", &eps[1], &d[1].bar),
     ];
-    let (Ok(mut src), Ok(dst)) = (vfio::Buf::new(LEN), vfio::Buf::new(LEN)) else {
+    let (Ok(mut src), Ok(dst)) = (vfio::Buf::new(len()), vfio::Buf::new(len())) else {
         return;
     };
     let maps = (
-        c.map(src.va(), IOVA_SRC, LEN as u64, false),
-        c.map(dst.va(), IOVA_DST, LEN as u64, true),
+        c.map(src.va(), IOVA_SRC, len() as u64, false),
+        c.map(dst.va(), IOVA_DST, len() as u64, true),
     );
     if !r.check(
         "two/map-once",
@@ -110,10 +112,10 @@ pub fn type1(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
     );
     copy_and_faults(r, log, eps, &d, &mut src, &dst);
     let before = dst.snapshot();
-    let unmapped = c.unmap(IOVA_DST, LEN as u64);
+    let unmapped = c.unmap(IOVA_DST, len() as u64);
     r.check(
         "two/unmap-once",
-        matches!(unmapped, Ok(n) if n == LEN as u64),
+        matches!(unmapped, Ok(n) if n == len() as u64),
         format!("{unmapped:?}"),
     );
     refused_after_unmap(r, log, "two", eps, &d);
@@ -165,14 +167,14 @@ fn copy_and_faults(
     dst: &vfio::Buf,
 ) {
     randomize(src, 0x2545_f491_4f6c_dd1d);
-    let o = d[1].run(&copy_cmd(IOVA_SRC, IOVA_DST, PAGE as u32));
+    let o = d[1].run(&copy_cmd(IOVA_SRC, IOVA_DST, page() as u32));
     let (s, got) = (src.snapshot(), dst.snapshot());
     r.check(
         "two/ep2-copy-over-ep1",
-        o.status == ST_OK && got[..PAGE] == s[..PAGE],
+        o.status == ST_OK && got[..page()] == s[..page()],
         format!(
             "ep2 copies IOVA {IOVA_SRC:#x} -> {IOVA_DST:#x}: {o:?}; {}",
-            diff(&got[..PAGE], &s[..PAGE])
+            diff(&got[..page()], &s[..page()])
         ),
     );
     for (i, (e, dev)) in eps.iter().zip(d).enumerate() {
@@ -216,7 +218,7 @@ pub fn iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
     if !attach_both(r, &fd, &d) {
         return;
     }
-    let Ok(buf) = vfio::Buf::new(LEN) else {
+    let Ok(buf) = vfio::Buf::new(len()) else {
         r.check("iommufd/buffer", false, "mmap failed");
         return;
     };
@@ -224,15 +226,15 @@ pub fn iommufd(r: &mut Report, log: &mut dyn FaultLog, eps: &[Ep; 2]) {
     if !r.check(
         "iommufd/map-once",
         mapped.is_ok(),
-        format!("{LEN:#x} bytes at IOVA {IOVA_DST:#x}: {mapped:?}"),
+        format!("{:#x} bytes at IOVA {IOVA_DST:#x}: {mapped:?}", len()),
     ) {
         return;
     }
     fill_halves(r, "iommufd/fill-both", &d, &buf, [0x5151_6262, 0x7373_8484]);
-    let unmapped = fd.unmap(IOVA_DST, LEN as u64);
+    let unmapped = fd.unmap(IOVA_DST, len() as u64);
     r.check(
         "iommufd/unmap-once",
-        matches!(unmapped, Ok(n) if n == LEN as u64),
+        matches!(unmapped, Ok(n) if n == len() as u64),
         format!("{unmapped:?}"),
     );
     refused_after_unmap(r, log, "iommufd", eps, &d);

@@ -15,7 +15,8 @@
 //! |------|-----------|--------|------------------------------------------|
 //! | 0x00 | ID        | RO     | 0x414d4456 ("VDMA")                      |
 //! | 0x04 | VERSION   | RO     | 1                                        |
-//! | 0x08 | CMD       | RW     | write 1 FILL, 2 COPY: runs the command   |
+//! | 0x08 | CMD       | RW     | write 1 FILL, 2 COPY, 3 TRANSLATE: runs  |
+//! |      |           |        | the command                              |
 //! | 0x0c | STATUS    | RO     | [`Status`] of the last command           |
 //! | 0x10 | SRC_LO/HI | RW     | source IOVA (COPY), 0x14 high half       |
 //! | 0x18 | DST_LO/HI | RW     | destination IOVA, 0x1c high half         |
@@ -27,7 +28,17 @@
 //! | 0x38 | MAX_LEN   | RO     | [`MAX_LEN`]                              |
 //! | 0x3c | SCRATCH   | RW     | 32 bits kept across function resets and   |
 //! |      |           |        | guest reboots; 0 only when the server starts |
+//! | 0x40 | RESULT_LO | RO     | TRANSLATE: the address DST translates to,|
+//! |      |           |        | 0x44 high half                           |
 //!
+//! TRANSLATE asks the IOMMU what a 4-byte write to `DST` (the size of an
+//! MSI write) would reach, without writing: `STATUS` ok and the address in
+//! `RESULT`, or a write fault reported as for FILL. The harness needs it
+//! where QEMU delivers the function's MSI-X messages itself: QEMU sends
+//! them to the address in the MSI-X table untranslated, but behind an Arm
+//! SMMU that address is an IOVA (Linux maps the GIC ITS doorbell into the
+//! device's domain), so the guest program asks the endpoint where its MSI
+//! write goes and puts that address in the table.
 //! `SCRATCH` is harness plumbing, not device behaviour: the guest program
 //! writes a boot counter there so that after a reboot it knows which boot
 //! it is in. A function reset (QEMU sends `VFIO_USER_DEVICE_RESET` on
@@ -38,6 +49,7 @@ use std::sync::Arc;
 use log::{debug, info};
 use nesting_core::iotlb::{IommuView, Translate};
 use nesting_core::types::RequesterId;
+use vm_memory::iommu::Iommu;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Permissions};
 
 use crate::irq::MsixVectors;
@@ -71,7 +83,13 @@ static SPECS: &[RegSpec] = &[
     RegSpec::ro("FAULT_HI", 0x34, 4, 0),
     RegSpec::ro("MAX_LEN", 0x38, 4, MAX_LEN),
     RegSpec::rw("SCRATCH", 0x3c, 4, 0, 0xffff_ffff),
+    RegSpec::ro("RESULT_LO", 0x40, 4, 0),
+    RegSpec::ro("RESULT_HI", 0x44, 4, 0),
 ];
+
+/// Bytes of the write a TRANSLATE command asks about: an MSI is a 32-bit
+/// write (PCI Local Bus 3.0, 6.8.3.1 for MSI-X Message Data).
+const TRANSLATE_LEN: usize = 4;
 
 /// A command opcode; decoding is total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +98,8 @@ pub enum Op {
     Fill,
     /// Copy `[SRC, SRC + LEN)` to `[DST, DST + LEN)`.
     Copy,
+    /// Translate a 4-byte write at `DST` into `RESULT`; moves nothing.
+    Translate,
     /// Anything else.
     Unknown(u32),
 }
@@ -89,6 +109,7 @@ impl From<u32> for Op {
         match v {
             1 => Op::Fill,
             2 => Op::Copy,
+            3 => Op::Translate,
             v => Op::Unknown(v),
         }
     }
@@ -161,7 +182,10 @@ impl<T: Translate> DmaEndpoint<T> {
         let touched = self.regs.write(offset, data)?;
         if touched.contains(&"CMD") {
             let op = Op::from(self.regs.get("CMD"));
-            let (status, fault) = self.run(op, bus_master);
+            let (status, fault) = match op {
+                Op::Translate => self.translate(bus_master),
+                _ => self.run(op, bus_master),
+            };
             self.complete(op, status, fault, irqs);
         }
         Ok(())
@@ -209,7 +233,7 @@ impl<T: Translate> DmaEndpoint<T> {
             }
             // Translations just checked are in the view's cache; a failure
             // now means the memory went away under the command.
-            Op::Copy | Op::Unknown(_) => {
+            Op::Copy | Op::Translate | Op::Unknown(_) => {
                 if self.mem.read_slice(&mut buf, GuestAddress(src)).is_err() {
                     return (Status::ReadFault, src);
                 }
@@ -218,6 +242,33 @@ impl<T: Translate> DmaEndpoint<T> {
         if self.mem.write_slice(&buf, GuestAddress(dst)).is_err() {
             return (Status::WriteFault, dst);
         }
+        (Status::Ok, 0)
+    }
+
+    /// TRANSLATE: where a 4-byte write at `DST` goes, into `RESULT`. `LEN`
+    /// is not used.
+    fn translate(&mut self, bus_master: bool) -> (Status, u64) {
+        self.regs.set("RESULT_LO", 0);
+        self.regs.set("RESULT_HI", 0);
+        if !bus_master {
+            return (Status::NoBusMaster, 0);
+        }
+        let dst = self.addr("DST_LO", "DST_HI");
+        if dst.checked_add(TRANSLATE_LEN as u64).is_none() {
+            return (Status::BadLength, 0);
+        }
+        let target = self
+            .mem
+            .iommu()
+            .translate(GuestAddress(dst), TRANSLATE_LEN, Permissions::Write)
+            .ok()
+            .and_then(|mut it| it.next())
+            .map(|m| m.base.0);
+        let Some(gpa) = target else {
+            return (Status::WriteFault, dst);
+        };
+        self.regs.set("RESULT_LO", gpa as u32);
+        self.regs.set("RESULT_HI", (gpa >> 32) as u32);
         (Status::Ok, 0)
     }
 

@@ -23,6 +23,7 @@ pub mod passthrough;
 pub mod ram;
 pub mod record;
 pub mod regfile;
+pub mod smmu_fn;
 pub mod virtio_backend;
 pub mod virtio_pci;
 pub mod virtio_record;

@@ -7,8 +7,11 @@
 //!         [--socket2 PATH [--bdf2 BB:DD.F]]
 //!         [--virtio-iommu PATH [--iommu-bdf BB:DD.F]]
 //!         [--vtd PATH [--vtd-mode legacy|scalable-fs|scalable-ss]]
+//!         [--smmu PATH [--smmu-bdf BB:DD.F] [--smmu-option KEY=VALUE]...]
 //! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--bdf2 BB:DD.F] [--iommu-bdf BB:DD.F]
 //! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F] [--bdf2 BB:DD.F]
+//! viommu-guest-server --write-smmu-dts FILE --smmu-base ADDR [--smmu-bdf BB:DD.F]
+//!         [--bdf BB:DD.F] [--bdf2 BB:DD.F]
 //! ```
 //! `--socket` serves the DMA test endpoint; `--bdf` is where the guest sees
 //! it (default 00:05.0). `--socket2` serves a second DMA test endpoint
@@ -42,12 +45,23 @@
 //! Without `--vtd-mode` the unit has the model's defaults (scalable mode,
 //! first-stage tables, caching mode on).
 //!
+//! With `--smmu`, the SMMUv3 model's two register pages are BAR0 of a
+//! function (default 00:03.0, `--smmu-bdf`) on that socket and the SMMU
+//! translates the endpoints' DMA (StreamID = requester ID). Each
+//! `--smmu-option` is a model option as `.viommu` scripts write it
+//! (`stages=s2`, `gran=64k`; REPLAY.md "Model options"); the others keep
+//! the model's defaults. `--write-smmu-dts` writes the device-tree source
+//! fragment (the SMMU node with its `reg` at ADDR, the BAR's address, and
+//! the PCIe host's `iommu-map` naming the endpoints) that the harness
+//! appends to QEMU's own `virt` tree.
+//!
 //! A reset of the VT-d function (QEMU resets every function on a system
 //! reset, a guest reboot included) is a power-on reset of the whole unit;
 //! a reset of the virtio-iommu function resets the virtio device. The
 //! server keeps serving across reboots and exits when QEMU disconnects.
+//! A reset of the SMMUv3 function is a reset of the SMMU.
 //! With `VIOMMU_RECORD=PATH`, the guest's traffic with the IOMMU model
-//! (VT-d or virtio-iommu) is recorded as a `.viommu` script at PATH, and
+//! (VT-d, SMMUv3 or virtio-iommu) is recorded as a `.viommu` script at PATH, and
 //! after each reset of the unit at PATH with `-bootN` before `.viommu`
 //! (see the library's `record` module).
 //!
@@ -61,10 +75,13 @@ use std::sync::Arc;
 
 use log::{LevelFilter, Log, Metadata, Record, error, info};
 use nesting_core::iotlb::Translate;
+use nesting_core::options::ModelOptions;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
+use smmuv3::{Smmuv3, Smmuv3Config};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::record::Recorder;
+use viommu_guest_server::smmu_fn::{self, HarnessSmmu, SmmuBackend, SmmuNode};
 use viommu_guest_server::virtio_backend::{self, VirtioBackend};
 use viommu_guest_server::virtio_pci::iommu::connect_interrupts;
 use viommu_guest_server::virtio_record::RecordedVirtio;
@@ -78,6 +95,10 @@ use vtd::acpi::{Dmar, Drhd};
 
 /// Address width of the harness's VT-d unit (the model's default).
 const VTD_ADDRESS_WIDTH: u8 = 48;
+/// QEMU's Arm `virt` machine (hw/arm/virt.c): the GICv3 ITS node and the
+/// PCIe host node of the tree it builds (`-machine dumpdtb=FILE`).
+const VIRT_ITS_PATH: &str = "/intc@8000000/its@8080000";
+const VIRT_PCIE_PATH: &str = "/pcie@10000000";
 
 /// A stderr logger: one line per record, with the level and module.
 struct StderrLog;
@@ -108,6 +129,11 @@ struct Args {
     write_dmar: Option<PathBuf>,
     vtd_base: u64,
     vtd_mode: Option<VtdMode>,
+    smmu: Option<PathBuf>,
+    smmu_bdf: Bdf,
+    smmu_options: Vec<String>,
+    write_smmu_dts: Option<PathBuf>,
+    smmu_base: Option<u64>,
 }
 
 fn parse_bdf(s: &str) -> Option<Bdf> {
@@ -132,6 +158,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         write_dmar: None,
         vtd_base: 0,
         vtd_mode: None,
+        smmu: None,
+        smmu_bdf: Bdf::new(0, 3, 0),
+        smmu_options: Vec::new(),
+        write_smmu_dts: None,
+        smmu_base: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -162,6 +193,20 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 let v = value()?;
                 a.bdf = parse_bdf(&v).ok_or(format!("bad --bdf {v}"))?;
             }
+            "--smmu" => a.smmu = Some(PathBuf::from(value()?)),
+            "--smmu-bdf" => {
+                let v = value()?;
+                a.smmu_bdf = parse_bdf(&v).ok_or(format!("bad --smmu-bdf {v}"))?;
+            }
+            "--smmu-option" => a.smmu_options.push(value()?),
+            "--write-smmu-dts" => a.write_smmu_dts = Some(PathBuf::from(value()?)),
+            "--smmu-base" => {
+                let v = value()?;
+                a.smmu_base = Some(
+                    u64::from_str_radix(v.trim_start_matches("0x"), 16)
+                        .map_err(|_| format!("bad --smmu-base {v}"))?,
+                );
+            }
             "--iommu-bdf" => {
                 let v = value()?;
                 a.iommu_bdf = parse_bdf(&v).ok_or(format!("bad --iommu-bdf {v}"))?;
@@ -169,8 +214,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
             _ => return Err(format!("unknown argument {arg}")),
         }
     }
-    if a.socket.is_none() && a.write_viot.is_none() && a.write_dmar.is_none() {
-        return Err("--socket PATH, --write-viot FILE or --write-dmar FILE is required".into());
+    if a.socket.is_none()
+        && a.write_viot.is_none()
+        && a.write_dmar.is_none()
+        && a.write_smmu_dts.is_none()
+    {
+        return Err(
+            "--socket PATH, --write-viot FILE, --write-dmar FILE or --write-smmu-dts FILE \
+             is required"
+                .into(),
+        );
+    }
+    if a.write_smmu_dts.is_some() && a.smmu_base.is_none() {
+        return Err("--write-smmu-dts needs --smmu-base ADDR".into());
     }
     if a.socket2.is_some() && a.socket.is_none() {
         return Err("--socket2 needs --socket".into());
@@ -181,9 +237,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     if a.bdf2 == Some(a.bdf) {
         return Err("--bdf2 must differ from --bdf".into());
     }
-    if a.vtd.is_some() && a.virtio_iommu.is_some() {
-        return Err("--vtd and --virtio-iommu exclude each other".into());
+    let iommus = [a.vtd.is_some(), a.virtio_iommu.is_some(), a.smmu.is_some()];
+    if iommus.iter().filter(|x| **x).count() > 1 {
+        return Err("--vtd, --virtio-iommu and --smmu exclude each other".into());
     }
+    if endpoint_bdfs(&a).contains(&a.smmu_bdf) {
+        return Err("--smmu-bdf must differ from the endpoints' BDFs".into());
+    }
+    smmu_config(&a)?;
     Ok(a)
 }
 
@@ -306,6 +367,60 @@ fn dmar_for(a: &Args) -> Result<Vec<u8>, String> {
     dmar.body().map_err(|e| format!("DMAR: {e}"))
 }
 
+/// The SMMU's configuration: the model's defaults with `--smmu-option`s.
+fn smmu_config(a: &Args) -> Result<Smmuv3Config, String> {
+    let opts: Vec<&str> = a.smmu_options.iter().map(String::as_str).collect();
+    Smmuv3Config::from_options(&opts).map_err(|e| format!("--smmu-option: {e}"))
+}
+
+/// The device-tree fragment of the SMMU at `--smmu-base` (see
+/// [`smmu_fn::dts_fragment`]).
+fn smmu_dts_for(a: &Args) -> String {
+    smmu_fn::dts_fragment(&SmmuNode {
+        base: a.smmu_base.unwrap_or(0),
+        function_rid: a.smmu_bdf.0,
+        endpoints: endpoint_bdfs(a).iter().map(|b| b.0).collect(),
+        its_path: VIRT_ITS_PATH.into(),
+        pcie_path: VIRT_PCIE_PATH.into(),
+    })
+}
+
+/// Binds the SMMUv3 register function's socket and serves it on a thread.
+fn spawn_smmu(
+    socket: &Path,
+    unit: &Arc<HarnessSmmu>,
+) -> Result<std::thread::JoinHandle<bool>, String> {
+    let server = vfio_user::Server::new(socket, true, smmu_fn::irqs(), smmu_fn::regions())
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    info!("SMMUv3 registers on {}", socket.display());
+    let mut backend = SmmuBackend::new(Arc::clone(unit));
+    Ok(std::thread::spawn(move || match server.run(&mut backend) {
+        Ok(()) => {
+            info!("smmuv3: client disconnected");
+            true
+        }
+        Err(e) => {
+            error!("SMMUv3 server stopped: {e}");
+            false
+        }
+    }))
+}
+
+/// Serves the SMMU on `smmu_socket` and the endpoints behind it.
+fn run_smmu(a: &Args, socket: &Path, smmu_socket: &Path) -> Result<bool, String> {
+    let cfg = smmu_config(a)?;
+    info!("SMMUv3: {}", cfg.directive());
+    let recorder = Recorder::from_env(&cfg);
+    let mut unit = HarnessSmmu::new(Smmuv3::new(cfg));
+    if let Some(r) = recorder {
+        unit = unit.with_recorder(r);
+    }
+    let unit = Arc::new(unit);
+    let smmu = spawn_smmu(smmu_socket, &unit)?;
+    let ok = serve_endpoints(a, socket, &unit, smmu_fn::stream_of);
+    Ok(smmu.join().unwrap_or(false) && ok)
+}
+
 /// Binds the VT-d register function's socket and serves it on a thread.
 fn spawn_vtd(
     socket: &Path,
@@ -337,9 +452,15 @@ fn run(a: &Args) -> Result<bool, String> {
     if let Some(path) = &a.write_dmar {
         write(path, dmar_for(a)?)?;
     }
+    if let Some(path) = &a.write_smmu_dts {
+        write(path, smmu_dts_for(a).into_bytes())?;
+    }
     let Some(socket) = &a.socket else {
         return Ok(true);
     };
+    if let Some(smmu_socket) = &a.smmu {
+        return run_smmu(a, socket, smmu_socket);
+    }
     if let Some(vtd_socket) = &a.vtd {
         // Without a mode, the model's defaults (scalable mode, first
         // stage, caching mode, 48-bit); the width must match the DMAR's
@@ -425,6 +546,34 @@ mod tests {
         let a = args("--socket a --vtd v --vtd-mode scalable-ss").unwrap();
         assert_eq!(a.vtd_mode, Some(VtdMode::ScalableSs));
         assert!(args("--socket a --vtd v --vtd-mode nested").is_err());
+    }
+
+    #[test]
+    fn smmu_options_are_model_options_and_exclude_other_iommus() {
+        let a = args("--socket a --smmu s --smmu-option stages=s2").unwrap();
+        assert_eq!(
+            smmu_config(&a).unwrap().stages,
+            smmuv3::options::Smmuv3Stages::S2
+        );
+        assert!(args("--socket a --smmu s --smmu-option stages=s3").is_err());
+        assert!(args("--socket a --smmu s --vtd v").is_err());
+        assert!(args("--socket a --smmu s --smmu-bdf 00:05.0").is_err());
+        assert!(args("--write-smmu-dts f").is_err(), "needs --smmu-base");
+    }
+
+    #[test]
+    fn smmu_dts_names_both_endpoints_and_the_function() {
+        let a = args("--write-smmu-dts f --smmu-base 0x10000000 --bdf2 00:06.0").unwrap();
+        let text = smmu_dts_for(&a);
+        assert!(
+            text.contains("reg = <0x0 0x10000000 0x0 0x20000>;"),
+            "{text}"
+        );
+        assert!(text.contains("its@8080000} 0x18>;"), "{text}");
+        assert!(
+            text.contains("<0x28 &viommu_smmu 0x28 0x1 0x30 &viommu_smmu 0x30 0x1>"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -257,3 +257,31 @@ fn scratch_survives_reset_and_starts_zero() {
     assert_eq!(r32(&ep, 0x3c), 0xb007_0002, "kept across a function reset");
     assert_eq!(r32(&ep, 0x28), NO_VECTOR, "the others are reset");
 }
+
+#[test]
+fn translate_reports_target_without_writing() {
+    let (mut ep, mem, mut irqs) = endpoint(shifted(0x4_0000, 0x6000));
+    program(&mut ep, &mut irqs, 0, 0x1040, 0);
+    w32(&mut ep, &mut irqs, 0x08, 3);
+    assert_eq!(r32(&ep, 0x0c), Status::Ok as u32);
+    assert_eq!(r32(&ep, 0x40), 0x4_1040, "RESULT_LO");
+    assert_eq!(r32(&ep, 0x44), 0, "RESULT_HI");
+    assert_eq!(r32(&ep, 0x2c), 1, "counted as a command");
+    assert_eq!(mem.read_obj::<u32>(GuestAddress(0x4_1040)).unwrap(), 0);
+}
+
+#[test]
+fn translate_refused_is_write_fault_and_clears_result() {
+    let (mut ep, _, mut irqs) = endpoint(shifted(0, 0x6000));
+    program(&mut ep, &mut irqs, 0, 0x1000, 0);
+    w32(&mut ep, &mut irqs, 0x08, 3);
+    assert_eq!(r32(&ep, 0x40), 0x1000);
+    program(&mut ep, &mut irqs, 0, 0x6040, 0);
+    w32(&mut ep, &mut irqs, 0x08, 3);
+    assert_eq!(r32(&ep, 0x0c), Status::WriteFault as u32);
+    assert_eq!(r32(&ep, 0x30), 0x6040, "FAULT");
+    assert_eq!(r32(&ep, 0x40), 0, "no result");
+    ep.write(0x08, &3u32.to_le_bytes(), false, &mut irqs)
+        .unwrap();
+    assert_eq!(r32(&ep, 0x0c), Status::NoBusMaster as u32);
+}

@@ -1,0 +1,469 @@
+//! The SMMUv3 model's two 64 KiB register pages as BAR0 of a vfio-user
+//! function. The device tree the harness passes to QEMU's Arm `virt`
+//! machine (`-dtb`) has an `arm,smmu-v3` node whose `reg` is that BAR's
+//! address ([`dts_fragment`]) and an `iommu-map` on the PCIe host naming
+//! the endpoints, so the guest's arm-smmu-v3 driver programs our model
+//! through it.
+//!
+//! The function itself is a plain PCI function (1af4:10f2, from QEMU's
+//! experimental-use range; class 0x0806, IOMMU) with page 0 at BAR0
+//! offset 0, page 1 at 0x10000 (IHI 0070 "SMMU programming interface":
+//! the registers of page 1 sit 64 KiB above their page-0 namesakes) and
+//! an MSI-X table in BAR2. Guest RAM reaches the model through the
+//! function's `dma_map`s, and the endpoints' DMA is translated by the same
+//! SMMU, StreamID = PCI requester ID.
+//!
+//! Interrupts: with IDR0.MSI the SMMU signals its event queue, PRI queue
+//! and global errors as MSIs to the address and data the driver programmed
+//! (SMMU_EVENTQ_IRQ_CFG0/1, ...; Linux allocates them from the GICv3 ITS
+//! named by the node's `msi-parent`). A vfio-user server cannot write an
+//! arbitrary MSI; it can only signal its function's MSI-X vectors, whose
+//! messages QEMU takes from the function's MSI-X table. So each source has
+//! a vector ([`vector_of`]) and the guest side of the harness copies the
+//! SMMU's message registers into that vector's table entry and enables
+//! MSI-X; the node's `msi-parent` names the function's own requester ID as
+//! the ITS DeviceID, which is the DeviceID QEMU gives the function's MSI-X
+//! writes. CMD_SYNC completions need no interrupt: Linux's MSIPOLL has the
+//! SMMU write the sync's own slot in guest RAM, which the model does.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use log::{debug, info, warn};
+use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
+use nesting_core::types::{Access, Bdf, Iova, Pasid, RequesterId};
+use smmuv3::{Interrupt, IrqSource, Signal, Smmuv3, Smmuv3Config, TranslateResult};
+use vfio_bindings::bindings::vfio::{
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+};
+use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
+use vm_memory::GuestMemoryMmap;
+
+use crate::irq::MsixVectors;
+use crate::ram::{GuestRam, invalid};
+use crate::record::{self, Dma, RecMem, SharedRecorder};
+use crate::regfile::{RegFile, RegSpec};
+
+/// Device ID of the SMMUv3 register function (1af4:10f0..10ff is QEMU's
+/// experimental range; 10f0 is the DMA endpoint, 10f1 the VT-d unit).
+pub const SMMU_DEVICE_ID: u16 = 0x10f2;
+/// BAR0: both register pages. Linux's driver refuses a `reg` smaller
+/// than 128 KiB ("MMIO region too small") unless the firmware says the
+/// SMMU has page 0 only (a Cavium erratum).
+pub const SMMU_BAR_SIZE: u64 = smmuv3::regs::off::SIZE;
+/// BAR2: the MSI-X table (QEMU emulates it) and PBA.
+pub const SMMU_MSIX_BAR_SIZE: u64 = 0x1000;
+/// One MSI-X vector per SMMU interrupt source that has a message.
+pub const SMMU_MSIX_VECTORS: u32 = 3;
+
+/// The MSI-X vector standing for `source`'s MSI; CMD_SYNC completions
+/// have none (Linux polls them, MSIPOLL or CMDQ_CONS).
+pub fn vector_of(source: IrqSource) -> Option<u32> {
+    match source {
+        IrqSource::EventQueue => Some(0),
+        IrqSource::GlobalError => Some(1),
+        IrqSource::PriQueue => Some(2),
+        IrqSource::CmdSync => None,
+    }
+}
+
+static CONFIG: &[RegSpec] = &[
+    RegSpec::ro("VENDOR", 0x00, 2, 0x1af4),
+    RegSpec::ro("DEVICE", 0x02, 2, SMMU_DEVICE_ID as u32),
+    RegSpec::rw("COMMAND", 0x04, 2, 0, 0x0406),
+    // Capabilities List.
+    RegSpec::ro("STATUS", 0x06, 2, 1 << 4),
+    // Class 0x08 (base system peripheral), subclass 0x06 (IOMMU).
+    RegSpec::ro("CLASS_REV", 0x08, 4, 0x0806_0001),
+    RegSpec::rw("CACHE_LINE", 0x0c, 1, 0, 0xff),
+    // 32-bit memory BARs; the low bits of the size read back as zero.
+    RegSpec::rw("BAR0", 0x10, 4, 0, !(SMMU_BAR_SIZE as u32 - 1)),
+    RegSpec::rw("BAR2", 0x18, 4, 0, !(SMMU_MSIX_BAR_SIZE as u32 - 1)),
+    RegSpec::ro("SUBSYS_VENDOR", 0x2c, 2, 0x1af4),
+    RegSpec::ro("SUBSYS", 0x2e, 2, SMMU_DEVICE_ID as u32),
+    RegSpec::ro("CAP_PTR", 0x34, 1, 0x40),
+    RegSpec::rw("INT_LINE", 0x3c, 1, 0, 0xff),
+    // MSI-X (PCI Local Bus 3.0, 6.8.2): table size N - 1, table at BAR2
+    // offset 0, PBA at BAR2 offset 0x800.
+    RegSpec::ro("MSIX_HEAD", 0x40, 2, 0x11),
+    RegSpec::rw("MSIX_CTRL", 0x42, 2, SMMU_MSIX_VECTORS - 1, 0xc000),
+    RegSpec::ro("MSIX_TABLE", 0x44, 4, 2),
+    RegSpec::ro("MSIX_PBA", 0x48, 4, 0x800 | 2),
+];
+
+/// Routes the SMMU's interrupts to the register function's MSI-X vectors.
+/// Every MSI write is taken (`true`): on the platform it is a write to the
+/// ITS doorbell, which completes whether or not an interrupt results; the
+/// replay runner takes them the same way, so a recording does not depend
+/// on whether the guest had set its vectors up yet.
+fn with_interrupts(mut unit: Smmuv3, msix: &Arc<Mutex<MsixVectors>>) -> Smmuv3 {
+    let m = Arc::clone(msix);
+    unit.set_interrupt_callback(move |irq: Interrupt| {
+        let Some(vector) = vector_of(irq.source) else {
+            return true;
+        };
+        let sent = m
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .signal(vector);
+        match (sent, irq.signal) {
+            (true, _) => debug!("SMMUv3 {:?} on MSI-X vector {vector}", irq.source),
+            (false, Signal::Msi { addr, data }) => warn!(
+                "SMMUv3 {:?} MSI to {addr:#x}/{data:#x}: MSI-X vector {vector} not set up, dropped",
+                irq.source
+            ),
+            (false, s) => warn!(
+                "SMMUv3 {:?} interrupt ({s:?}): MSI-X vector {vector} not set up, dropped",
+                irq.source
+            ),
+        }
+        true
+    });
+    unit
+}
+
+/// An SMMU whose guest memory follows the client's `dma_map`s, shared by
+/// the register function and the endpoints it translates for.
+///
+/// A reset of the register function is a reset of the SMMU
+/// ([`Smmuv3::reset`]: registers, translation and configuration caches);
+/// its translation cache is the one endpoints' views follow, and it is
+/// kept across resets (emptied by them).
+///
+/// With a [`Recorder`](crate::record::Recorder), every register access,
+/// translation and reset is recorded ([`crate::record`]); the recorder's
+/// lock is taken before the SMMU's and held around the whole operation.
+pub struct HarnessSmmu {
+    unit: Mutex<Smmuv3>,
+    iotlb: Arc<Iotlb>,
+    mem: RwLock<Arc<GuestMemoryMmap>>,
+    msix: Arc<Mutex<MsixVectors>>,
+    recorder: Option<SharedRecorder>,
+}
+
+impl std::fmt::Debug for HarnessSmmu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HarnessSmmu").finish_non_exhaustive()
+    }
+}
+
+impl HarnessSmmu {
+    /// Shares `unit`; guest memory is empty until [`Self::set_memory`].
+    pub fn new(unit: Smmuv3) -> Self {
+        let msix = Arc::new(Mutex::new(MsixVectors::new(SMMU_MSIX_VECTORS)));
+        let unit = with_interrupts(unit, &msix);
+        HarnessSmmu {
+            iotlb: Arc::clone(unit.iotlb()),
+            unit: Mutex::new(unit),
+            mem: RwLock::new(Arc::new(GuestMemoryMmap::default())),
+            msix,
+            recorder: None,
+        }
+    }
+
+    /// Records the SMMU's traffic with `recorder`.
+    pub fn with_recorder(mut self, recorder: SharedRecorder) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Smmuv3> {
+        self.unit.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn memory(&self) -> Arc<GuestMemoryMmap> {
+        Arc::clone(&self.mem.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the guest memory the SMMU reads tables and queues from.
+    pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        if let Some(rec) = &self.recorder {
+            record::lock(rec).set_memory(Arc::clone(&mem));
+        }
+        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
+    }
+
+    /// The SMMU's configuration.
+    pub fn config(&self) -> Smmuv3Config {
+        self.lock().config().clone()
+    }
+
+    /// Register read of `size` bytes (4 or 8) at `offset` from page 0.
+    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        let Some(rec) = &self.recorder else {
+            return self.lock().mmio_read(offset, size);
+        };
+        let mut rec = record::lock(rec);
+        let v = self.lock().mmio_read(offset, size);
+        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
+        v
+    }
+
+    /// Register write, with its synchronous effects (enables, the GBPA
+    /// update, the command queue up to the new CMDQ_PROD).
+    pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        let mem = self.memory();
+        let Some(rec) = &self.recorder else {
+            self.lock().mmio_write(&*mem, offset, size, value);
+            return;
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
+        let mut u = self.lock();
+        rec.op(
+            &mem,
+            || u.mmio_write(&view, offset, size, value),
+            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
+        );
+    }
+
+    /// Reset of the SMMU (IHI 0070: registers take their reset values; an
+    /// SMMU has no reset of its own but its system's). In the harness the
+    /// register function is the SMMU's only presence on the platform, and
+    /// QEMU resets it (`VFIO_USER_DEVICE_RESET`) on every system reset,
+    /// so its reset stands for the system's.
+    pub fn reset(&self) {
+        let rec = self.recorder.as_ref().map(record::lock);
+        let mut u = self.lock();
+        if let Some(mut rec) = rec {
+            rec.reset();
+        }
+        u.reset();
+    }
+}
+
+impl Translate for HarnessSmmu {
+    fn translate(
+        &self,
+        rid: RequesterId,
+        pasid: Option<Pasid>,
+        iova: Iova,
+        access: Access,
+    ) -> Result<Translation, TranslateFault> {
+        let RequesterId::Stream(sid) = rid else {
+            return Err(TranslateFault { rid, iova });
+        };
+        let (sid, ssid) = (sid.0, pasid.map(Pasid::raw));
+        let mem = self.memory();
+        let fault = TranslateFault { rid, iova };
+        let outcome = |r: TranslateResult| match r {
+            TranslateResult::Mapped(t) => Ok(t),
+            TranslateResult::Fault { .. } | TranslateResult::Stalled { .. } => Err(fault),
+        };
+        let Some(rec) = &self.recorder else {
+            return outcome(self.lock().translate(&*mem, sid, ssid, iova, access));
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
+        let mut u = self.lock();
+        let dma = Dma {
+            sid,
+            pasid: ssid,
+            iova: iova.raw(),
+            access,
+        };
+        let mut out = Err(fault);
+        rec.translate(
+            &mem,
+            dma,
+            || {
+                out = outcome(u.translate(&view, sid, ssid, iova, access));
+                out.as_ref().ok().map(|t| t.gpa_of(iova).raw())
+            },
+            |_, _| (Vec::new(), Vec::new()),
+        );
+        out
+    }
+
+    fn iotlb(&self) -> &Iotlb {
+        &self.iotlb
+    }
+}
+
+/// The StreamID of a PCI function behind the harness's SMMU: its
+/// requester ID (the `iommu-map` of [`dts_fragment`] is the identity).
+pub fn stream_of(bdf: Bdf) -> RequesterId {
+    RequesterId::Stream(nesting_core::types::StreamId(u32::from(bdf.0)))
+}
+
+/// Where the SMMU node goes and what it names, for [`dts_fragment`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmmuNode {
+    /// The register function's BAR0 address: the node's `reg`.
+    pub base: u64,
+    /// The register function's requester ID: the ITS DeviceID of the
+    /// SMMU's MSIs (its MSI-X writes carry it).
+    pub function_rid: u16,
+    /// The requester IDs of the endpoints behind the SMMU.
+    pub endpoints: Vec<u16>,
+    /// Path of the GICv3 ITS node in QEMU's tree.
+    pub its_path: String,
+    /// Path of the PCIe host controller node in QEMU's tree.
+    pub pcie_path: String,
+}
+
+/// A device-tree source fragment to append to QEMU's own tree (from
+/// `-machine virt,dumpdtb=FILE`, decompiled by `dtc`; dtc merges a second
+/// definition of `/` into the first): the SMMU node and the PCIe host's
+/// `iommu-map`. The binding is Linux's
+/// Documentation/devicetree/bindings/iommu/arm,smmu-v3.yaml: `reg` of
+/// 128 KiB, `#iommu-cells` 1 (the StreamID), `dma-coherent` (the SMMU's
+/// table walks and queue accesses are coherent, IDR0.COHACC; Linux then
+/// uses MSIPOLL for CMD_SYNC), `msi-parent` with the DeviceID. No
+/// `interrupts`: a vfio-user function can raise no wired interrupt; the
+/// driver uses MSIs. Only the endpoints are in the `iommu-map`: a PCI
+/// requester ID the map does not cover has no IOMMU (Linux's `of_map_id`,
+/// "Bypasses translation"), and the register function must not sit
+/// behind the SMMU it implements.
+pub fn dts_fragment(n: &SmmuNode) -> String {
+    let (hi, lo) = (n.base >> 32, n.base & 0xffff_ffff);
+    let mut map = String::new();
+    for (i, rid) in n.endpoints.iter().enumerate() {
+        let sep = if i == 0 { "" } else { " " };
+        let _ = write!(map, "{sep}{rid:#x} &viommu_smmu {rid:#x} 0x1");
+    }
+    format!(
+        "\n/* The harness's SMMUv3 (tests/guest/server, smmu_fn.rs). */\n\
+         / {{\n\
+         \tviommu_smmu: smmuv3@{base:x} {{\n\
+         \t\tcompatible = \"arm,smmu-v3\";\n\
+         \t\treg = <{hi:#x} {lo:#x} 0x0 {size:#x}>;\n\
+         \t\t#iommu-cells = <1>;\n\
+         \t\tdma-coherent;\n\
+         \t\tmsi-parent = <&{{{its}}} {rid:#x}>;\n\
+         \t}};\n\
+         }};\n\
+         &{{{pcie}}} {{\n\
+         \tiommu-map = <{map}>;\n\
+         }};\n",
+        base = n.base,
+        size = SMMU_BAR_SIZE,
+        its = n.its_path,
+        rid = n.function_rid,
+        pcie = n.pcie_path,
+    )
+}
+
+/// Regions: BAR0 (both register pages), BAR2 (MSI-X) and config space.
+pub fn regions() -> Vec<ServerRegion> {
+    crate::backend::pci_regions(SMMU_BAR_SIZE, SMMU_MSIX_BAR_SIZE, 256)
+}
+
+/// MSI-X only, one vector per interrupt source.
+pub fn irqs() -> Vec<IrqInfo> {
+    crate::backend::msix_irqs(SMMU_MSIX_VECTORS)
+}
+
+/// The register function's backend.
+pub struct SmmuBackend {
+    unit: Arc<HarnessSmmu>,
+    config: RegFile,
+    ram: GuestRam,
+}
+
+impl SmmuBackend {
+    /// The function serving `unit`'s registers.
+    pub fn new(unit: Arc<HarnessSmmu>) -> Self {
+        SmmuBackend {
+            unit,
+            config: RegFile::new(CONFIG, 256),
+            ram: GuestRam::default(),
+        }
+    }
+}
+
+/// IHI 0070 "Register access": registers are accessed as 32-bit words,
+/// 64-bit registers also as aligned doublewords; other accesses are
+/// refused to the client (the model would ignore them).
+fn access_size(offset: u64, len: usize) -> io::Result<u32> {
+    match len {
+        4 | 8 if offset.saturating_add(len as u64) <= SMMU_BAR_SIZE => Ok(len as u32),
+        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+    }
+}
+
+impl ServerBackend for SmmuBackend {
+    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data).map_err(invalid),
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                let size = access_size(offset, data.len())?;
+                let v = self.unit.mmio_read(offset, size).to_le_bytes();
+                data.copy_from_slice(&v[..data.len()]);
+                Ok(())
+            }
+            VFIO_PCI_BAR2_REGION_INDEX => {
+                data.fill(0);
+                Ok(())
+            }
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
+        match region {
+            VFIO_PCI_CONFIG_REGION_INDEX => {
+                self.config.write(offset, data).map_err(invalid)?;
+                Ok(())
+            }
+            VFIO_PCI_BAR0_REGION_INDEX => {
+                let size = access_size(offset, data.len())?;
+                let mut b = [0u8; 8];
+                b[..data.len()].copy_from_slice(data);
+                self.unit.mmio_write(offset, size, u64::from_le_bytes(b));
+                Ok(())
+            }
+            VFIO_PCI_BAR2_REGION_INDEX => Ok(()),
+            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+        }
+    }
+
+    fn dma_map(
+        &mut self,
+        flags: DmaMapFlags,
+        offset: u64,
+        address: u64,
+        size: u64,
+        fd: Option<File>,
+    ) -> io::Result<()> {
+        self.ram
+            .map_message("smmuv3", flags, offset, address, size, fd)?;
+        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
+        Ok(())
+    }
+
+    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
+        self.ram.unmap_message("smmuv3", flags, address, size)?;
+        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
+        Ok(())
+    }
+
+    fn reset(&mut self) -> io::Result<()> {
+        info!("smmuv3: function reset: SMMU back to its reset state");
+        self.config.reset();
+        self.unit.reset();
+        Ok(())
+    }
+
+    fn set_irqs(
+        &mut self,
+        index: u32,
+        flags: u32,
+        start: u32,
+        count: u32,
+        fds: Vec<File>,
+    ) -> io::Result<()> {
+        self.unit
+            .msix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_irqs(index, flags, start, count, fds)
+            .inspect_err(|e| warn!("smmuv3: set_irqs: {e}"))
+            .map_err(invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests;
