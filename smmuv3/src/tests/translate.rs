@@ -557,3 +557,23 @@ fn privcfg_and_instcfg_override_the_transaction() {
     assert_eq!(s.h.gpa(SID, None, 0x5000, R), Some(0xf000));
     assert!(s.issue(&[cmd::cfgi_ste(SID)]));
 }
+
+// Found by the differential harness against QEMU (tests/differential,
+// docs/smmuv3-differential.md): QEMU is right on these three.
+
+#[test]
+fn ttb0_beyond_effective_ips_is_c_bad_cd() {
+    // 5.4 CD.TTB0: ILLEGAL outside the CD's effective IPS (here 32 bits),
+    // so C_BAD_CD, not a walk with an Address Size fault.
+    let mut s = S1Setup::new(&[]);
+    s.map(0x1000, 0x8000);
+    let cd = s1_cd(ASID, &s.pt, 0, false).with_ttb0(1 << 33);
+    s.drv
+        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    assert_eq!(s.h.fault(SID, None, 0x1000, W), Some(EventId::BadCd));
+    // Within the IPS it walks.
+    let cd = s1_cd(ASID, &s.pt, 0, false);
+    s.drv
+        .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
+    assert_eq!(s.h.gpa(SID, None, 0x1004, W), Some(0x8004));
+}
