@@ -577,3 +577,17 @@ fn ttb0_beyond_effective_ips_is_c_bad_cd() {
         .install_cd(&mut s.h.smmu, &s.h.mem, &mut s.h.alloc, s.cd_table, SID, 0, cd);
     assert_eq!(s.h.gpa(SID, None, 0x1004, W), Some(0x8004));
 }
+
+#[test]
+fn s2ttb_beyond_effective_s2ps_is_c_bad_ste() {
+    // 5.2 STE.S2TTB: ILLEGAL outside the effective S2PS (here 32 bits).
+    let mut h = Harness::new(&["stages=s2", "gran=4k"]);
+    let mut d = h.probe();
+    let pt = PageTable::stage2(&h.mem, &mut h.alloc, Granule::G4K, 40, 1, 48);
+    pt.map(&h.mem, &mut h.alloc, 0x1000, 0x8000, 3, pte::s2(true, true));
+    let bad = s2_ste(1, &pt, 0).with_s2ttb(1 << 33);
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x40, bad);
+    assert_eq!(h.fault(0x40, None, 0x1000, W), Some(EventId::BadSte));
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x41, s2_ste(1, &pt, 0));
+    assert_eq!(h.gpa(0x41, None, 0x1004, W), Some(0x8004));
+}
