@@ -591,3 +591,21 @@ fn s2ttb_beyond_effective_s2ps_is_c_bad_ste() {
     d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x41, s2_ste(1, &pt, 0));
     assert_eq!(h.gpa(0x41, None, 0x1004, W), Some(0x8004));
 }
+
+#[test]
+fn stage1_bypassed_input_beyond_ias_is_recorded_stage1_address_size_fault() {
+    // 3.4 "Address sizes": with stage 1 bypassed, an input address beyond
+    // the IAS (= OAS, 44 bits here) is a stage 1 Address Size fault,
+    // recorded although S2R is clear; below the IAS but beyond S2T0SZ it
+    // is a stage 2 Translation fault, which S2R = 0 does not record.
+    let mut h = Harness::new(&["stages=s2", "gran=4k", "oas=44"]);
+    let mut d = h.probe();
+    let pt = PageTable::stage2(&h.mem, &mut h.alloc, Granule::G4K, 40, 1, 44);
+    let ste = s2_ste(1, &pt, 4).with_s2r(false);
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x40, ste);
+    assert_eq!(h.fault(0x40, None, 1 << 44, W), Some(EventId::AddrSize));
+    let e = d.next_event(&mut h.smmu, &h.mem).expect("recorded");
+    assert_eq!((e.id(), e.s2(), e.input_addr()), (EventId::AddrSize, false, 1 << 44));
+    assert_eq!(h.fault(0x40, None, 1 << 40, W), Some(EventId::Translation));
+    assert!(d.next_event(&mut h.smmu, &h.mem).is_none());
+}
