@@ -186,10 +186,12 @@ struct Quirks {
     cdmax: bool,
     /// Stage-1 tables of a nested stream partly outside stage 2.
     tables_outside_s2: bool,
+    /// CD.HA and CD.HD, which QEMU's IDR0.HTTU = 0 makes ILLEGAL.
+    cd_httu: bool,
 }
 
 fn quirks() -> impl Strategy<Value = Quirks> {
-    prop::collection::vec(prop::bool::weighted(0.03), 7).prop_map(|v| Quirks {
+    prop::collection::vec(prop::bool::weighted(0.03), 8).prop_map(|v| Quirks {
         cd_invalid: v[0],
         epd0: v[1],
         s1stalld: v[2],
@@ -197,6 +199,7 @@ fn quirks() -> impl Strategy<Value = Quirks> {
         cd_stall: v[4],
         cdmax: v[5],
         tables_outside_s2: v[6],
+        cd_httu: v[7],
     })
 }
 
@@ -528,6 +531,8 @@ impl Builder {
             .with_r(s.s1.record)
             .with_a(!s.quirks.cd_abort_clear)
             .with_s(s.quirks.cd_stall)
+            .with_ha(s.quirks.cd_httu)
+            .with_hd(s.quirks.cd_httu)
             .with_aset(true)
             .with_asid(s.s1.tag)
             .with_ttb0(t.root());

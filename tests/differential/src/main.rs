@@ -22,7 +22,7 @@ struct Args {
     #[arg(long)]
     qemu: Option<PathBuf>,
     /// Generated cases per QEMU stage setting (stage=1, 2, nested).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = 100)]
     cases: u32,
     /// Seed of the generated cases (the same seed gives the same cases).
     #[arg(long, default_value_t = 0x5eed_0012)]

@@ -17,7 +17,7 @@ use crate::qemu::{DMA_PATTERN, DmaResult, QemuSide, QemuSpec};
 use crate::qtest::QtestError;
 use crate::registers;
 use crate::scenario::Scenario;
-use crate::triage::{self, Departure, Evidence};
+use crate::triage::{self, Departure, Evidence, Facts};
 use smmuv3::event::{EVENT_SIZE, EventRecord};
 use smmuv3::regs::off;
 
@@ -141,6 +141,17 @@ impl Disagreement {
                 )
             }
             Subject::EventField {
+                ours,
+                qemu,
+                field,
+                a,
+                b,
+            } if field == "TYPE" => format!(
+                "event type: ours {} ({a:#x}), QEMU {} ({b:#x})",
+                events::summary(ours),
+                events::summary(qemu)
+            ),
+            Subject::EventField {
                 ours, field, a, b, ..
             } => format!(
                 "event {}: {field} ours {a:#x}, QEMU {b:#x}",
@@ -214,6 +225,8 @@ struct Pair<'s> {
     qemu: QemuSide,
     /// Event queue PROD (index and wrap) last seen on each side.
     evtq_seen: (u64, u64),
+    /// Disagreements of the current step, triaged when it ends.
+    pending: Vec<Disagreement>,
     report: Report,
 }
 
@@ -227,34 +240,37 @@ pub fn run(scenario: &Scenario, spec: &QemuSpec) -> Result<Report, RunError> {
         ours,
         qemu,
         evtq_seen: (0, 0),
+        pending: Vec::new(),
         report: Report::default(),
     };
     for l in &scenario.lines {
         p.step(l.number, &l.directive)?;
     }
     p.finish()?;
-    let mut report = p.report;
-    for d in &mut report.diffs {
-        if d.departure.is_none() {
-            d.departure = triage::classify(d, &Evidence::none());
-        }
-    }
-    Ok(report)
+    Ok(p.report)
 }
 
 impl Pair<'_> {
     fn diff(&mut self, line: usize, sid: Option<u32>, subject: Subject) {
-        let mut d = Disagreement {
+        self.pending.push(Disagreement {
             line,
             sid,
             subject,
             departure: None,
-        };
-        let ev = sid.map_or_else(Evidence::none, |s| {
-            Evidence::gather(&self.ours, &self.scenario.config, s)
         });
-        d.departure = triage::classify(&d, &ev);
-        self.report.diffs.push(d);
+    }
+
+    /// Triages the step's disagreements with what both sides did and
+    /// what our memory says of the stream.
+    fn triage(&mut self, sid: Option<u32>, facts: Facts) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let ev = Evidence::gather(&self.ours, &self.scenario.config, sid, facts);
+        for mut d in std::mem::take(&mut self.pending) {
+            d.departure = triage::classify(&d, &ev, &self.report.diffs);
+            self.report.diffs.push(d);
+        }
     }
 
     fn check(&mut self, line: usize, expect: &Expect, actual: u64, what: &str) {
@@ -313,7 +329,15 @@ impl Pair<'_> {
             } => {
                 self.ours.mmio_write(*offset, size_of(*width), *value);
                 self.qemu.mmio_write(*offset, size_of(*width), *value)?;
-                self.events(line, None)?;
+                let (a, b) = self.events(line, None)?;
+                self.triage(
+                    None,
+                    Facts {
+                        ours_events: a,
+                        qemu_events: b,
+                        ..Facts::default()
+                    },
+                );
             }
             Directive::MmioRead {
                 width,
@@ -353,11 +377,22 @@ impl Pair<'_> {
                         "no iommu-testdev can have this StreamID (8..=255 only)",
                     );
                 } else {
-                    let ours = self.dma(line, *sid, *iova)?;
+                    let (ours, qemu) = self.dma(line, *sid, *iova)?;
                     if access.contains(nesting_core::types::Access::WRITE) {
                         self.check_translate(line, expect, ours);
                     }
-                    self.events(line, Some(*sid))?;
+                    let (a, b) = self.events(line, Some(*sid))?;
+                    let facts = Facts {
+                        iova: Some(*iova),
+                        ours_dma: Some(match ours {
+                            ModelDma::Mapped(g) => Some(g),
+                            ModelDma::Fault => None,
+                        }),
+                        qemu_dma: Some(qemu),
+                        ours_events: a,
+                        qemu_events: b,
+                    };
+                    self.triage(Some(*sid), facts);
                 }
             }
             other => {
@@ -365,6 +400,7 @@ impl Pair<'_> {
                 self.skip(line, &format!("not run: {other:?}"));
             }
         }
+        self.triage(None, Facts::default());
         Ok(())
     }
 
@@ -396,8 +432,8 @@ impl Pair<'_> {
         }
     }
 
-    /// One DMA write on both sides; returns ours.
-    fn dma(&mut self, line: usize, sid: u32, iova: u64) -> Result<ModelDma, RunError> {
+    /// One DMA write on both sides; returns where each went.
+    fn dma(&mut self, line: usize, sid: u32, iova: u64) -> Result<(ModelDma, QemuDma), RunError> {
         let ours = self.ours.dma_write(sid, iova);
         let target = match ours {
             ModelDma::Mapped(g) if self.ours.read_mem(g, DMA_PATTERN.len()).is_ok() => Some(g),
@@ -412,9 +448,9 @@ impl Pair<'_> {
         }
         let probe = target.unwrap_or(self.scenario.regions.first().map_or(0, |r| r.0));
         let qemu = match self.qemu.dma_write(sid, iova, probe)? {
-            DmaResult::AtGpa if target.is_some() => {
+            DmaResult::AtGpa if let Some(g) = target => {
                 self.report.dma_agreed += 1;
-                return Ok(ours);
+                return Ok((ours, QemuDma::At(g)));
             }
             DmaResult::Fault if target.is_none() => {
                 if let ModelDma::Mapped(g) = ours {
@@ -429,7 +465,7 @@ impl Pair<'_> {
                 } else {
                     self.report.dma_agreed += 1;
                 }
-                return Ok(ours);
+                return Ok((ours, QemuDma::Fault));
             }
             DmaResult::Fault => QemuDma::Fault,
             DmaResult::AtGpa | DmaResult::Elsewhere => self
@@ -459,7 +495,7 @@ impl Pair<'_> {
         {
             self.qemu.write_mem(q, &b)?;
         }
-        Ok(ours)
+        Ok((ours, qemu))
     }
 
     /// Where QEMU's last DMA landed: the first place in the scenario's
@@ -482,8 +518,13 @@ impl Pair<'_> {
         Ok(None)
     }
 
-    /// Event records written since the last look, on both sides.
-    fn events(&mut self, line: usize, sid: Option<u32>) -> Result<(), RunError> {
+    /// Event records written since the last look, on both sides; returns
+    /// them.
+    fn events(
+        &mut self,
+        line: usize,
+        sid: Option<u32>,
+    ) -> Result<(Vec<EventRecord>, Vec<EventRecord>), RunError> {
         let base_a = self.ours.mmio_read(off::EVTQ_BASE, 8);
         let base_b = self.qemu.mmio_read(off::EVTQ_BASE, 8)?;
         let prod_a = self.ours.mmio_read(off::EVTQ_PROD, 4);
@@ -493,7 +534,7 @@ impl Pair<'_> {
         let qemu = self.records_b(base_b, seen_b, prod_b)?;
         self.evtq_seen = (prod_a, prod_b);
         if ours.is_empty() && qemu.is_empty() {
-            return Ok(());
+            return Ok((Vec::new(), Vec::new()));
         }
         if ours.len() != qemu.len() {
             self.diff(
@@ -527,7 +568,10 @@ impl Pair<'_> {
             let b = self.ours.read_mem(at, EVENT_SIZE as usize)?;
             self.qemu.write_mem(at, &b)?;
         }
-        Ok(())
+        Ok((
+            ours.into_iter().map(|(_, r)| r).collect(),
+            qemu.into_iter().map(|(_, r)| r).collect(),
+        ))
     }
 
     fn records_a(
@@ -601,6 +645,7 @@ impl Pair<'_> {
                 at += len as u64;
             }
         }
+        self.triage(None, Facts::default());
         Ok(())
     }
 }
