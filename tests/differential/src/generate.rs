@@ -325,16 +325,12 @@ fn build(stage: QemuStage, spec: &CaseSpec) -> String {
         stage,
     };
     let mut seen = Vec::new();
-    let mut ste_at = Vec::new();
     for s in &spec.streams {
         if seen.contains(&s.sid) {
             continue;
         }
         seen.push(s.sid);
         let at = b.ste_slot(&spec.strtab, s.sid);
-        if let Some(at) = at {
-            ste_at.push(at);
-        }
         b.stream(s, at);
     }
     b.script(&spec.strtab)
@@ -352,8 +348,9 @@ fn wr(mem: &GuestMemoryMmap<()>, at: u64, v: u64) {
     mem.write_u64_le(Gpa(at), v).expect("scratch RAM");
 }
 
-fn rd(mem: &GuestMemoryMmap<()>, at: u64) -> u64 {
-    mem.read_u64_le(Gpa(at)).expect("scratch RAM")
+/// `x` aligned down to the 4-byte DMA.
+fn word(x: u64) -> u64 {
+    x & !3
 }
 
 /// IPS / S2PS encoding to bits.
@@ -428,11 +425,11 @@ impl Builder {
         }
         if s.mode != Mode::Translate {
             for m in &s.maps {
-                self.dmas.push((s.sid, RAM_BASE + (m.seed % DATA & !3)));
+                self.dmas.push((s.sid, RAM_BASE + word(m.seed % DATA)));
             }
         }
         for e in &s.extra {
-            self.dmas.push((s.sid, e & ((1u64 << 48) - 1) & !3));
+            self.dmas.push((s.sid, word(e & ((1u64 << 48) - 1))));
         }
     }
 
@@ -482,15 +479,12 @@ impl Builder {
             if s.quirks.cdmax {
                 ste = ste.with_s1cdmax(1);
             }
-            match &s2 {
-                Some(t) => {
-                    let pool_end = self.alloc.clone().alloc(&self.mem, 0, 1);
-                    self.map_pool_in_s2(s, t, pool_start, pool_end, ipa_offset);
-                    for (ipa, m) in s1_maps {
-                        self.map_ipa(s, t, ipa, &m);
-                    }
+            if let Some(t) = &s2 {
+                let pool_end = self.alloc.clone().alloc(&self.mem, 0, 1);
+                self.map_pool_in_s2(s, t, pool_start, pool_end, ipa_offset);
+                for (ipa, m) in s1_maps {
+                    self.map_ipa(s, t, ipa, &m);
                 }
-                None => {}
             }
         } else {
             ste = ste.with_config(SteMode::S2);
@@ -517,7 +511,7 @@ impl Builder {
         let cd_at = self.alloc.alloc(&self.mem, 64 * cds, 64);
         let t = PageTable::stage1(&self.mem, &mut self.alloc, s.s1.granule, s.s1.ia_bits, oa)
             .with_ipa_offset(ipa_offset);
-        let tbi = s.s1.pick % 8 == 0;
+        let tbi = s.s1.pick.is_multiple_of(8);
         let mut cd = Cd::default()
             .with_t0sz(u8::try_from(64 - s.s1.ia_bits).unwrap_or(16))
             .with_tg0(s.s1.granule.tg0())
@@ -599,22 +593,22 @@ impl Builder {
             // The output bits below a block's size are ignored, so the
             // DMA's own offset decides where QEMU (which takes the block)
             // writes: inside RAM.
-            (0, RAM_BASE + (m.offset % DATA & !3))
+            (0, RAM_BASE + word(m.offset % DATA))
         } else if to_ipa {
             // A nested stage 1 outputs IPAs; stage 2 maps them later.
             let ipa = (m.seed.rotate_left(17) % (1u64 << 40)) & !((1u64 << shift) - 1);
-            (ipa, m.offset % (1u64 << shift).min(1 << 16) & !3)
+            (ipa, word(m.offset % (1u64 << shift).min(1 << 16)))
         } else if m.high_output {
             let bits = ps_bits(st.ps).min(44);
             (
                 (1u64 << bits) & !((1u64 << shift) - 1),
-                m.offset % 0x1000 & !3,
+                word(m.offset % 0x1000),
             )
         } else {
             let size = 1u64 << shift;
             let slots = (DATA / size).max(1);
             let oa = RAM_BASE + size * (m.seed.rotate_left(29) % slots);
-            (oa, m.offset % size.min(DATA) & !3)
+            (oa, word(m.offset % size.min(DATA)))
         };
         let attrs = match t.cfg.stage {
             smmuv3::walk::Stage::One => s1_attrs(m),
@@ -641,14 +635,11 @@ impl Builder {
     /// Stage 2 maps the granule holding `ipa` to a data page (or leaves
     /// it unmapped, or beyond S2PS), as `m` says.
     fn map_ipa(&mut self, s: &Stream, t: &PageTable, ipa: u64, m: &Map) {
-        if ipa == 0 || ipa >> s.s2.ia_bits != 0 || m.seed % 11 == 0 {
+        if ipa == 0 || ipa >> s.s2.ia_bits != 0 || m.seed.is_multiple_of(11) {
             return;
         }
         let g = t.cfg.granule.shift();
         let page = ipa & !((1u64 << g) - 1);
-        if rd(&self.mem, POOL) == u64::MAX {
-            return;
-        }
         let oa = if m.high_output {
             1u64 << ps_bits(s.s2.ps).min(44)
         } else {
