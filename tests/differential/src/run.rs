@@ -102,6 +102,8 @@ pub struct Disagreement {
     pub subject: Subject,
     /// The known departure it is, if any.
     pub departure: Option<&'static Departure>,
+    /// For an unexpected one: what our memory says of its stream.
+    pub evidence: Option<String>,
 }
 
 impl Disagreement {
@@ -257,6 +259,7 @@ impl Pair<'_> {
             sid,
             subject,
             departure: None,
+            evidence: None,
         });
     }
 
@@ -269,6 +272,9 @@ impl Pair<'_> {
         let ev = Evidence::gather(&self.ours, &self.scenario.config, sid, facts);
         for mut d in std::mem::take(&mut self.pending) {
             d.departure = triage::classify(&d, &ev, &self.report.diffs);
+            if d.departure.is_none() && d.sid.is_some() {
+                d.evidence = Some(ev.describe());
+            }
             self.report.diffs.push(d);
         }
     }
@@ -304,24 +310,7 @@ impl Pair<'_> {
                 self.ours.write_mem(*gpa, bytes)?;
                 self.qemu.write_mem(*gpa, bytes)?;
             }
-            Directive::Read { width, gpa, expect } => {
-                let a = le(&self.ours.read_mem(*gpa, width.bytes())?);
-                let b = le(&self.qemu.read_mem(*gpa, width.bytes())?);
-                if expect.compared(a) != expect.compared(b) {
-                    self.diff(
-                        line,
-                        None,
-                        Subject::Memory {
-                            gpa: *gpa,
-                            ours: a,
-                            qemu: b,
-                        },
-                    );
-                    self.qemu
-                        .write_mem(*gpa, &a.to_le_bytes()[..width.bytes()])?;
-                }
-                self.check(line, expect, a, &format!("memory at {gpa:#x}"));
-            }
+            Directive::Read { width, gpa, expect } => self.read(line, *width, *gpa, expect)?,
             Directive::MmioWrite {
                 width,
                 offset,
@@ -343,25 +332,7 @@ impl Pair<'_> {
                 width,
                 offset,
                 expect,
-            } => {
-                let a = self.ours.mmio_read(*offset, size_of(*width));
-                let b = self.qemu.mmio_read(*offset, size_of(*width))?;
-                if expect.compared(a) != expect.compared(b) {
-                    let m = expect.mask.unwrap_or(u64::MAX);
-                    for (name, x, y) in registers::split(*offset, a & m, b & m) {
-                        self.diff(
-                            line,
-                            None,
-                            Subject::Register {
-                                name,
-                                ours: x,
-                                qemu: y,
-                            },
-                        );
-                    }
-                }
-                self.check(line, expect, a, &registers::name(*offset));
-            }
+            } => self.mmio_read(line, *width, *offset, expect)?,
             Directive::Translate {
                 sid,
                 pasid,
@@ -377,22 +348,8 @@ impl Pair<'_> {
                         "no iommu-testdev can have this StreamID (8..=255 only)",
                     );
                 } else {
-                    let (ours, qemu) = self.dma(line, *sid, *iova)?;
-                    if access.contains(nesting_core::types::Access::WRITE) {
-                        self.check_translate(line, expect, ours);
-                    }
-                    let (a, b) = self.events(line, Some(*sid))?;
-                    let facts = Facts {
-                        iova: Some(*iova),
-                        ours_dma: Some(match ours {
-                            ModelDma::Mapped(g) => Some(g),
-                            ModelDma::Fault => None,
-                        }),
-                        qemu_dma: Some(qemu),
-                        ours_events: a,
-                        qemu_events: b,
-                    };
-                    self.triage(Some(*sid), facts);
+                    let checked = access.contains(nesting_core::types::Access::WRITE);
+                    self.translate(line, *sid, *iova, checked.then_some(expect))?;
                 }
             }
             other => {
@@ -401,6 +358,89 @@ impl Pair<'_> {
             }
         }
         self.triage(None, Facts::default());
+        Ok(())
+    }
+
+    /// `readN GPA`: memory on both sides.
+    fn read(
+        &mut self,
+        line: usize,
+        width: Width,
+        gpa: u64,
+        expect: &Expect,
+    ) -> Result<(), RunError> {
+        let a = le(&self.ours.read_mem(gpa, width.bytes())?);
+        let b = le(&self.qemu.read_mem(gpa, width.bytes())?);
+        if expect.compared(a) != expect.compared(b) {
+            self.diff(
+                line,
+                None,
+                Subject::Memory {
+                    gpa,
+                    ours: a,
+                    qemu: b,
+                },
+            );
+            self.qemu
+                .write_mem(gpa, &a.to_le_bytes()[..width.bytes()])?;
+        }
+        self.check(line, expect, a, &format!("memory at {gpa:#x}"));
+        Ok(())
+    }
+
+    /// `mmio-readN OFFSET`: a register on both sides, by field.
+    fn mmio_read(
+        &mut self,
+        line: usize,
+        width: Width,
+        offset: u64,
+        expect: &Expect,
+    ) -> Result<(), RunError> {
+        let a = self.ours.mmio_read(offset, size_of(width));
+        let b = self.qemu.mmio_read(offset, size_of(width))?;
+        if expect.compared(a) != expect.compared(b) {
+            let m = expect.mask.unwrap_or(u64::MAX);
+            for (name, x, y) in registers::split(offset, a & m, b & m) {
+                self.diff(
+                    line,
+                    None,
+                    Subject::Register {
+                        name,
+                        ours: x,
+                        qemu: y,
+                    },
+                );
+            }
+        }
+        self.check(line, expect, a, &registers::name(offset));
+        Ok(())
+    }
+
+    /// `translate`: one DMA write on both sides, then the events it wrote,
+    /// triaged together.
+    fn translate(
+        &mut self,
+        line: usize,
+        sid: u32,
+        iova: u64,
+        expect: Option<&TranslateExpect>,
+    ) -> Result<(), RunError> {
+        let (ours, qemu) = self.dma(line, sid, iova)?;
+        if let Some(e) = expect {
+            self.check_translate(line, e, ours);
+        }
+        let (a, b) = self.events(line, Some(sid))?;
+        let facts = Facts {
+            iova: Some(iova),
+            ours_dma: Some(match ours {
+                ModelDma::Mapped(g) => Some(g),
+                ModelDma::Fault => None,
+            }),
+            qemu_dma: Some(qemu),
+            ours_events: a,
+            qemu_events: b,
+        };
+        self.triage(Some(sid), facts);
         Ok(())
     }
 
@@ -468,9 +508,20 @@ impl Pair<'_> {
                 return Ok((ours, QemuDma::Fault));
             }
             DmaResult::Fault => QemuDma::Fault,
-            DmaResult::AtGpa | DmaResult::Elsewhere => self
-                .find_qemu_write()?
-                .map_or(QemuDma::OutsideRam, QemuDma::At),
+            DmaResult::AtGpa | DmaResult::Elsewhere => match (self.find_qemu_write()?, ours) {
+                (None, ModelDma::Mapped(g)) if target.is_none() => {
+                    // Both wrote somewhere that is not the scenario's RAM
+                    // (QEMU's MMIO windows take writes): nothing to compare.
+                    self.skip(
+                        line,
+                        &format!(
+                            "ours translated to {g:#x} and QEMU wrote outside RAM: inconclusive"
+                        ),
+                    );
+                    return Ok((ours, QemuDma::OutsideRam));
+                }
+                (q, _) => q.map_or(QemuDma::OutsideRam, QemuDma::At),
+            },
             DmaResult::Other(code) => return Err(RunError::Device { line, code }),
         };
         self.diff(

@@ -96,6 +96,8 @@ pub struct Evidence {
     pub cd: Option<Cd>,
     /// The CD's IPA, for a nested stream.
     pub cd_ipa: Option<u64>,
+    /// A nested stream whose CD.TTB0 (an IPA) stage 2 does not map.
+    pub ttb0_unmapped: bool,
     /// The stage-1 walk of the DMA's address.
     pub s1: Option<Path>,
     /// The stage-1 table.
@@ -223,6 +225,9 @@ impl Evidence {
             self.cd = to_pa(s1.cd_table)
                 .and_then(|pa| read_qwords::<_, 8>(&ours.mem, pa).ok())
                 .map(Cd);
+            if let (true, Some(cd), Some(t)) = (nested, self.cd, &s2) {
+                self.ttb0_unmapped = trace(ours, t, cd.ttb0(), &mut |a| Some(a)).output.is_none();
+            }
             let table = self
                 .cd
                 .and_then(|cd| cd.decode(caps, &s1).ok())
@@ -240,6 +245,56 @@ impl Evidence {
         if let (Some(t), Some(ipa)) = (&s2, self.ipa) {
             self.s2 = Some(trace(ours, t, ipa, &mut |a| Some(a)));
         }
+    }
+
+    /// One line saying what the stream is, for an unexpected
+    /// disagreement's reader.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        if let Some(ste) = self.ste {
+            out.push(format!(
+                "STE {:?} -> {:?}",
+                ste.config(),
+                self.verdict.as_ref().map(|v| v.as_ref().map(|c| c.mode))
+            ));
+        }
+        if let Some(t) = self.s2_table() {
+            out.push(format!(
+                "S2 {:?} ia {} start L{} ttb {:#x} oa {}",
+                t.granule, t.ia_bits, t.start_level, t.ttb, t.oa_bits
+            ));
+        }
+        if let Some(cd) = self.cd {
+            out.push(format!(
+                "CD v {} t0sz {} tg0 {} ips {} r {} a {} s {} epd0 {} ttb0 {:#x}{}",
+                cd.v(),
+                cd.t0sz(),
+                cd.tg0(),
+                cd.ips(),
+                cd.r(),
+                cd.a(),
+                cd.s(),
+                cd.epd0(),
+                cd.ttb0(),
+                self.cd_ipa
+                    .map_or(String::new(), |i| format!(" (CD at IPA {i:#x})"))
+            ));
+        }
+        if let Some(p) = &self.s1 {
+            out.push(format!(
+                "S1 tables {:x?} descs {:x?} out {:x?}",
+                p.tables, p.descs, p.output
+            ));
+        }
+        if let Some(p) = &self.s2 {
+            out.push(format!(
+                "S2 of {:#x}: descs {:x?} out {:x?}",
+                self.ipa.unwrap_or(0),
+                p.descs,
+                p.output
+            ));
+        }
+        out.join("; ")
     }
 
     fn s2_table(&self) -> Option<TableConfig> {
@@ -360,6 +415,29 @@ fn s2_concat_alias(d: &Disagreement, ev: &Evidence) -> bool {
             .chain(ev.ipa)
             .chain(qemu_ipas)
             .any(aliases)
+}
+
+fn ttb_at_cd_decode(d: &Disagreement, ev: &Evidence) -> bool {
+    // A nested stream's DMA outside the CD's regions (no walk), with a
+    // TTB0 stage 2 does not map: QEMU faults it at stage 2 (CLASS TT)
+    // when it decodes the CD; we give the stage-1 Translation fault.
+    let qemu_tt = ev
+        .facts
+        .qemu_events
+        .iter()
+        .all(|r| r.s2() && r.class() == 1);
+    let ours_s1 = ev
+        .facts
+        .ours_events
+        .iter()
+        .all(|r| r.id() == EventId::Translation && !r.s2());
+    dma_step(d)
+        && ev.cd_ipa.is_some()
+        && ev.cd.is_some()
+        && ev.s1_table.is_none()
+        && ev.ttb0_unmapped
+        && qemu_tt
+        && ours_s1
 }
 
 fn event_ipa_low_bits(d: &Disagreement, _: &Evidence) -> bool {
@@ -535,6 +613,12 @@ pub static DEPARTURES: &[Departure] = &[
         consequences: &["SMMU_EVENTQ_PROD.WR"],
     },
     Departure {
+        key: "QEMU translates CD.TTB0 through stage 2 before the input address is checked",
+        doc: "q15",
+        matches: ttb_at_cd_decode,
+        consequences: &["SMMU_EVENTQ_PROD.WR"],
+    },
+    Departure {
         key: "QEMU writes IPA[11:0] into the event record",
         doc: "q3",
         matches: event_ipa_low_bits,
@@ -676,6 +760,7 @@ mod tests {
                 qemu,
             },
             departure: None,
+            evidence: None,
         }
     }
 
@@ -721,6 +806,7 @@ mod tests {
                 b,
             },
             departure: None,
+            evidence: None,
         };
         let ev = Evidence::none(Facts::default());
         assert!(event_ipa_low_bits(&d(0x234), &ev));
