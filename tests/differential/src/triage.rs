@@ -786,6 +786,55 @@ mod tests {
         assert_eq!(classify(&later, &ev, &[prior]).map(|d| d.doc), Some("q12"));
     }
 
+    fn s2_only(ipa: u64) -> Evidence {
+        use smmuv3::strtab::{Eats, S2Ste};
+        // 4 KiB, 40-bit IPA from level 1: two concatenated tables.
+        let table = TableConfig::stage2(Granule::G4K, 24, 1, 0x4003_0000, 44).unwrap();
+        let cfg = SteConfig {
+            mode: SteMode::S2,
+            s1: None,
+            s2: Some(S2Ste {
+                table,
+                vmid: 1,
+                record: true,
+                stall: false,
+            }),
+            vmid: 1,
+            eats: Eats::Off,
+            instcfg: 0,
+            privcfg: 0,
+        };
+        Evidence {
+            verdict: Some(Ok(cfg)),
+            ipa: Some(ipa),
+            ..Evidence::default()
+        }
+    }
+
+    fn dma(ours: Option<u64>) -> Disagreement {
+        Disagreement {
+            line: 5,
+            sid: Some(0x20),
+            subject: Subject::Dma {
+                sid: 0x20,
+                iova: 0,
+                ours,
+                qemu: QemuDma::Fault,
+            },
+            departure: None,
+            evidence: None,
+        }
+    }
+
+    #[test]
+    fn concatenated_table_alias_needs_an_ipa_in_the_second_table() {
+        let d = dma(Some(0x4009_3010));
+        assert!(s2_concat_alias(&d, &s2_only(0x80_0000_0010)));
+        assert!(!s2_concat_alias(&d, &s2_only(0xc000_1010)));
+        // Beyond the IPA size is a translation fault on both sides.
+        assert!(!s2_concat_alias(&d, &s2_only(1 << 40)));
+    }
+
     #[test]
     fn unknown_register_difference_is_unexpected() {
         let ev = Evidence::none(Facts::default());
