@@ -97,6 +97,10 @@ pub enum BadCd {
     Tsz,
     /// S = 1 while STE.S1STALLD = 1.
     Stall,
+    /// TTBx of an enabled region beyond the effective IPS.
+    Ttb,
+    /// HA or HD set beyond what SMMU_IDR0.HTTU implements.
+    Httu,
 }
 
 /// One of the two stage-1 regions.
@@ -141,6 +145,11 @@ impl Cd {
         if self.endi() {
             return Err(BadCd::Endi);
         }
+        // 5.4 CD.HA/HD: "It is ILLEGAL to set HA if SMMU_IDR0.HTTU ==
+        // 0b00. It is ILLEGAL to set HD if SMMU_IDR0.HTTU == 0b00 or 0b01."
+        if (self.ha() && !caps.hw_access()) || (self.hd() && !caps.hw_dirty()) {
+            return Err(BadCd::Httu);
+        }
         let r0 = self.region(caps, 0)?;
         let r1 = self.region(caps, 1)?;
         // 5.4 CD.S: S = 1 is ILLEGAL when STE.S1STALLD = 1.
@@ -175,7 +184,16 @@ impl Cd {
         let granule = tg.filter(|g| caps.has_granule(*g)).ok_or(BadCd::Granule)?;
         let oa = caps.effective_ps(self.ips(), granule);
         let mut t = TableConfig::stage1(granule, u32::from(tsz), ttb, oa).ok_or(BadCd::Tsz)?;
-        // 5.4 CD.HA/HD: IGNORED unless SMMU_IDR0.HTTU allows them.
+        // 5.4 CD.TTB0/TTB1: "it is ILLEGAL for the address in this field
+        // to be outside the range described by the CD's effective IPS
+        // value" (or outside 48 bits with a granule below 64 KiB, which
+        // the effective size already caps); 3.4.3 likewise. Not an
+        // Address Size fault: the CD itself is bad.
+        if ttb >> oa != 0 {
+            return Err(BadCd::Ttb);
+        }
+        // 5.4 CD.HA/HD (legal here, see `decode`): {HD, HA} = 0b10 is
+        // reserved and behaves as both clear.
         t.ha = self.ha() && caps.hw_access();
         t.hd = t.ha && self.hd() && caps.hw_dirty();
         t.affd = self.affd();

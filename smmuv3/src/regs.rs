@@ -163,6 +163,8 @@ nesting_core::bitfield! {
     HAD (idf::IDR3_HAD): bool => had, with_had;
     /// Range invalidation.
     RIL (idf::IDR3_RIL): bool => ril, with_ril;
+    /// Break-before-make behaviour level.
+    BBML (idf::IDR3_BBML): u8 => bbml, with_bbml;
 }
 
 nesting_core::bitfield! {
@@ -240,9 +242,20 @@ pub fn idr1(c: &Smmuv3Config) -> u64 {
         .0
 }
 
+/// IDR3.BBML: level 2. IHI 0070 6.3.4: "BBML is 0b01 or 0b10 in an
+/// implementation of SMMUv3.2 or later" (SMMU_AIDR says 3.2). Level 2
+/// is what the model does: a change of block size or output address
+/// without break-before-make never raises F_TLB_CONFLICT, a lookup
+/// returns the old or the new translation until the invalidation.
+pub const BBML_LEVEL2: u8 = 0b10;
+
 /// IDR3 of a configuration (IHI 0070 6.3.4).
 pub fn idr3(c: &Smmuv3Config) -> u64 {
-    Idr3(0).with_had(c.stages.s1()).with_ril(c.ril).0
+    Idr3(0)
+        .with_had(c.stages.s1())
+        .with_ril(c.ril)
+        .with_bbml(BBML_LEVEL2)
+        .0
 }
 
 /// IDR5 of a configuration (IHI 0070 6.3.6).

@@ -304,6 +304,8 @@ pub enum BadSte {
     S2Granule,
     /// S2T0SZ out of range or inconsistent with S2SL0.
     S2Geometry,
+    /// S2TTB beyond the effective S2PS.
+    S2Ttb,
     /// EATS reserved, or split-stage without both stages.
     Eats,
 }
@@ -402,6 +404,13 @@ impl Ste {
             .filter(|g| caps.has_granule(*g))
             .ok_or(BadSte::S2Granule)?;
         let oa_bits = caps.effective_ps(self.s2ps(), granule);
+        // 5.2 STE.S2TTB: "it is ILLEGAL for the address in this field to
+        // be outside the range described by the effective STE.S2PS value"
+        // (and outside 48 bits with a granule below 64 KiB, which the
+        // effective size already caps); 3.4.3 likewise.
+        if self.s2ttb() >> oa_bits != 0 {
+            return Err(BadSte::S2Ttb);
+        }
         let t0sz = u32::from(self.s2t0sz());
         let mut table = TableConfig::stage2(granule, t0sz, self.s2sl0(), self.s2ttb(), oa_bits)
             .ok_or(BadSte::S2Geometry)?;

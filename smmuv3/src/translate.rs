@@ -284,7 +284,7 @@ pub fn resolve_with<M: GuestMemory + ?Sized>(
         // C_BAD_SUBSTREAMID.
         SteMode::Bypass | SteMode::S2 if req.ssid.is_some() => bad_ssid(),
         SteMode::Bypass => Outcome::Mapped(identity(req.addr)),
-        SteMode::S2 => stage2_only(mem, ste, req, access),
+        SteMode::S2 => stage2_only(mem, caps, ste, req, access),
         SteMode::S1 | SteMode::Nested => stage1(mem, caps, ste, req, access, purpose, cache),
     }
 }
@@ -307,6 +307,7 @@ fn identity(addr: u64) -> Resolved {
 
 fn stage2_only<M: GuestMemory + ?Sized>(
     mem: &M,
+    caps: &Caps,
     ste: &SteConfig,
     req: &Request,
     access: Access,
@@ -314,6 +315,24 @@ fn stage2_only<M: GuestMemory + ?Sized>(
     let Some(s2) = ste.s2 else {
         return Outcome::Fault(Fault::silent());
     };
+    // 3.4 "Address sizes" (and 5.2 STE.S1DSS = 0b01): with stage 1
+    // bypassed the input address is the IPA, and one beyond the IAS (the
+    // OAS, without AArch32 tables) is a stage 1 Address Size fault,
+    // recorded (no CD, so no CD.R); only an IPA within it goes on to
+    // stage 2, whose own range (S2T0SZ) gives stage 2 Translation faults.
+    if req.addr >> caps.oas != 0 {
+        let f = WalkFault {
+            kind: FaultKind::AddressSize,
+            level: 0,
+            s2: None,
+        };
+        let ev = walk_fault(req, access, &f, FaultCfg::of(ste, None));
+        return Outcome::Fault(Fault {
+            record: true,
+            stall: false,
+            ..ev
+        });
+    }
     let w = WalkReq {
         addr: req.addr,
         access,
@@ -453,7 +472,7 @@ fn stage1<M: GuestMemory + ?Sized>(
         CdChoice::Index(i) => i,
         CdChoice::Fault(f) => return Outcome::Fault(f),
         CdChoice::BypassStage1 if ste.s2.is_some() => {
-            return stage2_only(mem, ste, req, access);
+            return stage2_only(mem, caps, ste, req, access);
         }
         CdChoice::BypassStage1 => return Outcome::Mapped(identity(req.addr)),
     };

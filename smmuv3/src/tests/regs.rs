@@ -24,6 +24,9 @@ fn idr_defaults_golden_values() {
     assert_eq!((idr1.cmdqs(), idr1.eventqs(), idr1.priqs()), (19, 19, 0));
     assert_eq!(h.read32(off::IDR1) & (7 << 28), 0, "no presets, no REL");
     assert!(Idr3(h.read32(off::IDR3)).ril());
+    // SMMUv3.2 (AIDR) needs BBML 1 or 2; found by the differential
+    // harness, QEMU reports 2.
+    assert_eq!(Idr3(h.read32(off::IDR3)).bbml(), 0b10);
     let idr5 = Idr5(h.read32(off::IDR5));
     assert_eq!(idr5.oas(), 5);
     assert!(idr5.gran4k() && idr5.gran16k() && idr5.gran64k());

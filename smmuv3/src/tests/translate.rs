@@ -557,3 +557,107 @@ fn privcfg_and_instcfg_override_the_transaction() {
     assert_eq!(s.h.gpa(SID, None, 0x5000, R), Some(0xf000));
     assert!(s.issue(&[cmd::cfgi_ste(SID)]));
 }
+
+// Found by the differential harness against QEMU (tests/differential,
+// docs/smmuv3-differential.md): QEMU is right on these three.
+
+#[test]
+fn ttb0_beyond_effective_ips_is_c_bad_cd() {
+    // 5.4 CD.TTB0: ILLEGAL outside the CD's effective IPS (here 32 bits),
+    // so C_BAD_CD, not a walk with an Address Size fault.
+    let mut s = S1Setup::new(&[]);
+    s.map(0x1000, 0x8000);
+    let cd = s1_cd(ASID, &s.pt, 0, false).with_ttb0(1 << 33);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
+    assert_eq!(s.h.fault(SID, None, 0x1000, W), Some(EventId::BadCd));
+    // Within the IPS it walks.
+    let cd = s1_cd(ASID, &s.pt, 0, false);
+    s.drv.install_cd(
+        &mut s.h.smmu,
+        &s.h.mem,
+        &mut s.h.alloc,
+        s.cd_table,
+        SID,
+        0,
+        cd,
+    );
+    assert_eq!(s.h.gpa(SID, None, 0x1004, W), Some(0x8004));
+}
+
+#[test]
+fn s2ttb_beyond_effective_s2ps_is_c_bad_ste() {
+    // 5.2 STE.S2TTB: ILLEGAL outside the effective S2PS (here 32 bits).
+    let mut h = Harness::new(&["stages=s2", "gran=4k"]);
+    let mut d = h.probe();
+    let pt = PageTable::stage2(&h.mem, &mut h.alloc, Granule::G4K, 40, 1, 48);
+    pt.map(&h.mem, &mut h.alloc, 0x1000, 0x8000, 3, pte::s2(true, true));
+    let bad = s2_ste(1, &pt, 0).with_s2ttb(1 << 33);
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x40, bad);
+    assert_eq!(h.fault(0x40, None, 0x1000, W), Some(EventId::BadSte));
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x41, s2_ste(1, &pt, 0));
+    assert_eq!(h.gpa(0x41, None, 0x1004, W), Some(0x8004));
+}
+
+#[test]
+fn stage1_bypassed_input_beyond_ias_is_recorded_stage1_address_size_fault() {
+    // 3.4 "Address sizes": with stage 1 bypassed, an input address beyond
+    // the IAS (= OAS, 44 bits here) is a stage 1 Address Size fault,
+    // recorded although S2R is clear; below the IAS but beyond S2T0SZ it
+    // is a stage 2 Translation fault, which S2R = 0 does not record.
+    let mut h = Harness::new(&["stages=s2", "gran=4k", "oas=44"]);
+    let mut d = h.probe();
+    let pt = PageTable::stage2(&h.mem, &mut h.alloc, Granule::G4K, 40, 1, 44);
+    let ste = s2_ste(1, &pt, 4).with_s2r(false);
+    d.install_ste(&mut h.smmu, &h.mem, &mut h.alloc, 0x40, ste);
+    assert_eq!(h.fault(0x40, None, 1 << 44, W), Some(EventId::AddrSize));
+    let e = d.next_event(&mut h.smmu, &h.mem).expect("recorded");
+    assert_eq!(
+        (e.id(), e.s2(), e.input_addr()),
+        (EventId::AddrSize, false, 1 << 44)
+    );
+    assert_eq!(h.fault(0x40, None, 1 << 40, W), Some(EventId::Translation));
+    assert!(d.next_event(&mut h.smmu, &h.mem).is_none());
+}
+
+#[test]
+fn cd_ha_hd_beyond_idr0_httu_are_c_bad_cd() {
+    // 5.4 CD.HA/HD: HA is ILLEGAL with HTTU = 0b00, HD with HTTU = 0b00
+    // or 0b01 (found by the differential harness: QEMU, HTTU = 0, reports
+    // C_BAD_CD; we ignored the bits and translated).
+    for (httu, ha, hd, bad) in [
+        ("httu=0", true, false, true),
+        ("httu=0", false, true, true),
+        ("httu=1", false, true, true),
+        ("httu=1", true, false, false),
+        ("httu=2", true, true, false),
+    ] {
+        let mut s = S1Setup::new(&[httu]);
+        s.map(0x1000, 0x8000);
+        let cd = s1_cd(ASID, &s.pt, 5, false).with_ha(ha).with_hd(hd);
+        s.drv.install_cd(
+            &mut s.h.smmu,
+            &s.h.mem,
+            &mut s.h.alloc,
+            s.cd_table,
+            SID,
+            0,
+            cd,
+        );
+        let got = s.h.translate(SID, None, 0x1004, W);
+        match got {
+            TranslateResult::Fault { event, .. } if bad => {
+                assert_eq!(event, Some(EventId::BadCd), "{httu} HA {ha} HD {hd}")
+            }
+            TranslateResult::Mapped(_) if !bad => {}
+            other => panic!("{httu} HA {ha} HD {hd}: {other:?}"),
+        }
+    }
+}

@@ -278,7 +278,8 @@ fn output_beyond_ips_is_address_size_fault() {
     let l3 = s.pt.get(&s.h.mem, 0x1000, 2);
     s.pt.set_raw(&s.h.mem, &mut s.h.alloc, 0x1000, 2, l3 | (1 << 41));
     assert_eq!(s.h.fault(SID, None, 0x1000, R), Some(EventId::AddrSize));
-    // And TTB0 itself.
+    // TTB0 itself beyond the IPS is not an Address Size fault but an
+    // ILLEGAL CD (5.4 CD.TTB0): see translate::ttb0_beyond_effective_ips_is_c_bad_cd.
     let cd = s1_cd(ASID, &s.pt, 2, true).with_ttb0(1 << 42);
     s.drv.install_cd(
         &mut s.h.smmu,
@@ -289,7 +290,7 @@ fn output_beyond_ips_is_address_size_fault() {
         0,
         cd,
     );
-    assert_eq!(s.h.fault(SID, None, 0x1000, R), Some(EventId::AddrSize));
+    assert_eq!(s.h.fault(SID, None, 0x1000, R), Some(EventId::BadCd));
 }
 
 #[test]
