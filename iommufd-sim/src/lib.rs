@@ -504,6 +504,30 @@ impl SimIommufd {
         g.state.report_event(q, data)
     }
 
+    /// Closes the file of a vEVENTQ or fault queue under the backend, as a
+    /// refused destroy leaves it (see [`HostBackend::destroy`]): every
+    /// later read and page response fails with ENOENT, and events reported
+    /// to it are never read. For tests of what a model does with a queue
+    /// it can no longer read. Returns whether `id` names such a queue.
+    pub fn close_queue(&self, id: ObjectId) -> bool {
+        let queue = matches!(id, ObjectId::Veventq(_) | ObjectId::FaultQueue(_));
+        let mut g = self.lock();
+        let exists = queue && g.state.objects.contains_key(&id.raw());
+        if exists {
+            g.state.closed_queues.insert(id.raw());
+        }
+        exists
+    }
+
+    /// The vEVENTQ [`SimIommufd::inject_vevent`] reports to for `viommu`.
+    pub fn veventq_of(&self, viommu: ViommuId) -> Option<VeventqId> {
+        self.lock()
+            .state
+            .default_veventq(viommu.0)
+            .ok()
+            .map(VeventqId)
+    }
+
     /// Raises a page request group of `group_len` faults (at `addr`, then
     /// one page further each) from a device or PASID, delivered to the
     /// fault queue of the HWPT it is attached to. ENODEV when detached,

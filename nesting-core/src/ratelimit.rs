@@ -145,13 +145,13 @@ mod tests {
         let t0 = Instant::now();
         // A million lines over 60 s of simulated time.
         let admitted = (0..1_000_000u64)
-            .filter(|i| {
-                l.admit_at(t0 + Duration::from_micros(i * 60))
-                    .is_some()
-            })
+            .filter(|i| l.admit_at(t0 + Duration::from_micros(i * 60)).is_some())
             .count();
         let windows = 60 / LOG_INTERVAL.as_secs() + 1;
-        assert!(admitted as u64 <= u64::from(LOG_BURST) * windows, "{admitted}");
+        assert!(
+            admitted as u64 <= u64::from(LOG_BURST) * windows,
+            "{admitted}"
+        );
         assert!(admitted as u64 >= u64::from(LOG_BURST) * (windows - 1));
     }
 

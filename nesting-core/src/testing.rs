@@ -160,7 +160,9 @@ mod tests {
         let before = c.lines();
         log::warn!("one");
         log::trace!("two");
-        std::thread::spawn(|| log::warn!("elsewhere")).join().unwrap();
+        std::thread::spawn(|| log::warn!("elsewhere"))
+            .join()
+            .unwrap();
         assert_eq!(c.lines() - before, 2);
     }
 }
