@@ -14,7 +14,9 @@ use vm_memory::{GuestAddress, GuestMemory, GuestMemoryResult, Permissions};
 /// Guest memory that counts every access a model makes through it: one
 /// read or write per `get_slices` call, whatever its length (vm-memory's
 /// `Bytes` makes one per object or slice read or written; a
-/// read-modify-write counts once as each).
+/// read-modify-write counts once as each). It offers no
+/// `physical_memory`, so code that would read guest regions directly
+/// takes the counted path.
 #[derive(Debug, Default)]
 pub struct CountingMemory<M> {
     inner: M,
@@ -77,9 +79,8 @@ impl<M: GuestMemory> GuestMemory for CountingMemory<M> {
         self.inner.get_slices(addr, count, access)
     }
 
-    fn physical_memory(&self) -> Option<&Self::PhysicalMemory> {
-        self.inner.physical_memory()
-    }
+    // No `physical_memory`: a reader that would read the regions directly
+    // (vtd's `EntryReader`) then goes through `get_slices`, and is counted.
 }
 
 thread_local! {

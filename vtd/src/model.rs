@@ -14,6 +14,7 @@ use vm_memory::GuestMemory;
 
 use crate::ats::DeviceTlbInvalidation;
 use crate::fault::{AddressType, FaultLog, FaultReason, FaultRecord, LogOutcome};
+use crate::limits::{MAX_QUEUE_DESCRIPTORS, MAX_SYNC_READS_PER_WRITE};
 use crate::nesting::{
     ContextScope, EventQueue, IotlbScope, VtdEvent, cache_event, cache_invalidations, device_event,
 };
@@ -90,6 +91,14 @@ pub struct Vtd {
     pub(crate) passthrough: Option<Box<PassthroughBackend>>,
     /// Events are queued without a backend too.
     keep_events: bool,
+    /// Guest-memory reads the passthrough backend may still make for the
+    /// MMIO write (or device addition) under way
+    /// ([`crate::limits::MAX_SYNC_READS_PER_WRITE`]), shared with the
+    /// budgeted memory it reads through.
+    sync_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// What [`Vtd::sync_reads_left`] starts from at each write (tests
+    /// lower it to reach it).
+    pub(crate) sync_read_budget: u64,
 }
 
 impl std::fmt::Debug for Vtd {
@@ -102,11 +111,6 @@ impl std::fmt::Debug for Vtd {
             .finish_non_exhaustive()
     }
 }
-
-/// Most 128-bit descriptors one queue can hold: IQA.QS is 3 bits, 2^7
-/// pages of 256 descriptors (11.4 IQA_REG). One tail write processes at most
-/// this many, so the drain is bounded even if the guest rewrites the tail.
-const MAX_QUEUE_DESCRIPTORS: u64 = 256 << 7;
 
 impl Vtd {
     /// A unit at reset.
@@ -124,6 +128,8 @@ impl Vtd {
             counters: crate::stats::Counters::default(),
             passthrough: None,
             keep_events: false,
+            sync_reads: Arc::new(MAX_SYNC_READS_PER_WRITE.into()),
+            sync_read_budget: MAX_SYNC_READS_PER_WRITE,
             cfg,
         }
     }
@@ -197,6 +203,25 @@ impl Vtd {
         self.descriptors_processed = processed;
     }
 
+    /// A new guest action: the passthrough backend may read
+    /// [`MAX_SYNC_READS_PER_WRITE`] more entries for it.
+    pub(crate) fn start_sync_budget(&mut self) {
+        self.sync_reads
+            .store(self.sync_read_budget, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads the passthrough backend may still make for the action under
+    /// way: loops over guest tables stop when it is spent, rather than
+    /// failing read after read.
+    pub(crate) fn sync_reads_left(&self) -> u64 {
+        self.sync_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shared budget counter.
+    pub(crate) fn sync_reads(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sync_reads.clone()
+    }
+
     /// Queues `ev` whoever consumes events (a restored unit's
     /// [`VtdEvent::Resync`]: the backend enabled later reads every table).
     pub(crate) fn push_event(&mut self, ev: VtdEvent) {
@@ -256,9 +281,10 @@ impl Vtd {
         value: u64,
     ) {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
-            log::debug!("vtd: unsupported {size}-byte write at {offset:#x}");
+            nesting_core::guest_log!(Debug, "vtd: unsupported {size}-byte write at {offset:#x}");
             return;
         }
+        self.start_sync_budget();
         for e in self.regs.write(offset, u64::from(size), value) {
             self.after_write(mem, &e);
         }

@@ -2,6 +2,8 @@
 //! the RID) becomes a nested context in the registry; IOTLB invalidations
 //! become stage-1 invalidations sent at the sync point.
 
+use std::collections::BTreeSet;
+
 use nesting_core::nested::NestedContext;
 use nesting_core::passthrough::{Place, Plan, Step};
 use nesting_core::types::{Bdf, Pasid};
@@ -99,6 +101,15 @@ impl PassthroughBackend {
     ) -> Result<(), HostRefusal> {
         let mut tags = Tags::new();
         let mut res = Ok(());
+        // Every read happens now, at the sync point: what a device's
+        // entries say does not change between two events of one sync, so
+        // each device is rescanned (and each PASID re-read) once however
+        // many context or PASID-cache invalidations the guest queued
+        // before its wait. A later event covered by an earlier rescan
+        // changes nothing and needs no flush either.
+        let mut all = false;
+        let mut devices: BTreeSet<u16> = BTreeSet::new();
+        let mut pasids: BTreeSet<u32> = BTreeSet::new();
         for ev in events {
             match *ev {
                 VtdEvent::TranslationEnabled(_)
@@ -106,25 +117,40 @@ impl PassthroughBackend {
                 | VtdEvent::Resync
                 | VtdEvent::Context(ContextScope::Global | ContextScope::Domain { .. })
                 | VtdEvent::PasidCache(PasidScope::Global | PasidScope::Domain { .. }) => {
+                    if std::mem::replace(&mut all, true) {
+                        continue;
+                    }
                     // A context change must not race invalidations queued
                     // for HWPTs it replaces.
                     res = res.and(self.flush_nested(vtd, &mut tags));
                     for sid in self.sids() {
-                        self.rescan_nested(vtd, mem, sid);
-                    }
-                }
-                VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => {
-                    res = res.and(self.flush_nested(vtd, &mut tags));
-                    for s in function_siblings(sid, fm) {
-                        if self.reg.contains(u32::from(s)) {
-                            self.rescan_nested(vtd, mem, s);
+                        if devices.insert(sid) {
+                            self.rescan_nested(vtd, mem, sid);
                         }
                     }
                 }
+                VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => {
+                    let todo: Vec<u16> = function_siblings(sid, fm)
+                        .filter(|s| self.reg.contains(u32::from(*s)) && !devices.contains(s))
+                        .collect();
+                    if all || todo.is_empty() {
+                        continue;
+                    }
+                    res = res.and(self.flush_nested(vtd, &mut tags));
+                    for s in todo {
+                        devices.insert(s);
+                        self.rescan_nested(vtd, mem, s);
+                    }
+                }
                 VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
+                    if all || !pasids.insert(pasid) {
+                        continue;
+                    }
                     res = res.and(self.flush_nested(vtd, &mut tags));
                     for sid in self.sids() {
-                        self.reread_pasid(vtd, mem, sid, pasid);
+                        if !devices.contains(&sid) {
+                            self.reread_pasid(vtd, mem, sid, pasid);
+                        }
                     }
                 }
                 VtdEvent::Iotlb(scope) => self.queue_iotlb(&scope, &mut tags),
