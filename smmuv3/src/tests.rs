@@ -13,6 +13,7 @@ use crate::walk::Granule;
 use crate::{Interrupt, Smmuv3, TranslateResult};
 
 mod ats;
+mod bounds;
 mod cache;
 mod cmdq;
 mod events;
