@@ -718,7 +718,7 @@ impl Smmuv3 {
                         );
                         self.evtq_overflow(mem);
                         backend.stats.lost += 1;
-                        failed.get_or_insert_with(|| error.clone());
+                        failed.get_or_insert(*error);
                     }
                     NestedEvent::PageRequest { .. } => {}
                 }

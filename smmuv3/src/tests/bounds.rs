@@ -47,7 +47,7 @@ fn fill(mem: &GuestMemoryMmap, words: &[(u64, usize)]) {
     for p in 0..PAGES {
         for i in 0..512u64 {
             let (t, low) = words[((p * 512 + i) as usize) % words.len()];
-            let d = page(t) | LOW[low % LOW.len()] | (1 << 51) * (i as u64 & 1);
+            let d = page(t) | LOW[low % LOW.len()] | ((1 << 51) * (i & 1));
             mem.write_u64_le(Gpa(page(p) + 8 * i), d).unwrap();
         }
     }
