@@ -951,7 +951,7 @@ impl NestedEngine {
             .collect();
         for &cookie in &old {
             if let Err(e) = self.respond(cookie, PageResponseCode::Invalid) {
-                log::warn!("timing out page request {cookie:#x}: {e}");
+                crate::guest_log!(Warn, "timing out page request {cookie:#x}: {e}");
             }
         }
         old

@@ -473,7 +473,8 @@ impl PassthroughBackend {
         self.stats.invalidate_calls += report.calls;
         self.stats.invalidations += report.handled;
         if let Some(f) = report.failures.first() {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "smmuv3 passthrough: the host failed the command at {:#x} ({}); {} unsent",
                 f.tag,
                 f.error,
@@ -511,7 +512,7 @@ impl PassthroughBackend {
         let Err(e) = self.reg.stage(&plan) else {
             return true;
         };
-        log::warn!("smmuv3 passthrough {sid:#x}: installing the STE: {e}");
+        nesting_core::guest_log!(Warn, "smmuv3 passthrough {sid:#x}: installing the STE: {e}");
         let block = Plan {
             steps: vec![Step::Place {
                 req: (sid, None),
@@ -519,7 +520,10 @@ impl PassthroughBackend {
             }],
         };
         if let Err(e) = self.reg.stage(&block) {
-            log::warn!("smmuv3 passthrough {sid:#x}: aborting after a refusal: {e}");
+            nesting_core::guest_log!(
+                Warn,
+                "smmuv3 passthrough {sid:#x}: aborting after a refusal: {e}"
+            );
         }
         false
     }

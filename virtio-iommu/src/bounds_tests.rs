@@ -318,3 +318,28 @@ fn notify_of_passthrough_requests_is_bounded_by_mappings_and_moves() {
     // Every move into domain 1 refilled its space: the work is real.
     assert!(calls >= 60 * 64, "{calls}");
 }
+
+/// A driver flooding what the device logs (over-long chains, bad
+/// `bypass` writes, accesses of unmanaged endpoints) gets at most a burst
+/// of lines per call site per interval, not a line per action.
+#[test]
+fn guest_triggered_log_lines_are_rate_limited() {
+    use nesting_core::ratelimit::{LOG_BURST, LOG_INTERVAL};
+    let counter = nesting_core::testing::LogCounter::install();
+    let mut b = bench(false);
+    let seg = crate::queue::MAX_CHAIN_SEGMENTS;
+    let bufs: Vec<(u64, u32)> = (0..=seg as u64).map(|i| (REQ_BUFS + i, 1)).collect();
+    let t0 = std::time::Instant::now();
+    let before = counter.lines();
+    for i in 0..2000u32 {
+        b.req.publish(&*b.mem, &bufs, &[]).unwrap();
+        b.notify(REQUEST_QUEUE);
+        b.drain_used();
+        b.dev.write_config(0x24, &[7]);
+        let _ = b.dev.translate(0x1000 + i, 0, Access::READ);
+    }
+    let lines = counter.lines() - before;
+    let windows = t0.elapsed().as_secs() / LOG_INTERVAL.as_secs() + 1;
+    assert!(lines >= 3, "{lines}");
+    assert!(lines <= 4 * u64::from(LOG_BURST) * windows, "{lines} lines");
+}

@@ -263,7 +263,7 @@ impl Vtd {
                 self.regs.read(offset, u64::from(size))
             }
             _ => {
-                log::debug!("vtd: unsupported {size}-byte read at {offset:#x}");
+                nesting_core::guest_log!(Debug, "vtd: unsupported {size}-byte read at {offset:#x}");
                 0
             }
         }
@@ -362,7 +362,7 @@ impl Vtd {
             addr: (self.regs.get(uaddr) << 32) | self.regs.get(addr),
             data: self.regs.get(data) as u32,
         };
-        log::trace!("vtd: interrupt {irq:?}");
+        nesting_core::guest_log!(Trace, "vtd: interrupt {irq:?}");
         if let Some(cb) = &self.irq {
             cb(irq);
         }
@@ -462,7 +462,7 @@ impl Vtd {
         // the unit ignores it (the command completes with CAIG=0, "not
         // performed").
         let caig = if self.qi_enabled() {
-            log::warn!("vtd: CCMD write while queued invalidation is enabled");
+            nesting_core::guest_log!(Warn, "vtd: CCMD write while queued invalidation is enabled");
             0
         } else {
             let cmd = ccmd::Ccmd(v);
@@ -492,7 +492,10 @@ impl Vtd {
         let reg = iotlb_reg::IotlbReg(v);
         let did = reg.did();
         let iaig = if self.qi_enabled() {
-            log::warn!("vtd: IOTLB_REG write while queued invalidation is enabled");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: IOTLB_REG write while queued invalidation is enabled"
+            );
             0
         } else {
             let scope = match reg.iirg() {
@@ -524,7 +527,8 @@ impl Vtd {
         match self.sync_host(mem) {
             Ok(()) => granularity,
             Err(r) => {
-                log::warn!(
+                nesting_core::guest_log!(
+                    Warn,
                     "vtd: register-based invalidation not performed on the host for {:#06x}",
                     r.sid
                 );
@@ -539,7 +543,7 @@ impl Vtd {
         let before = self.regs.get(off::FSTS);
         self.regs.set_field(off::IQER, iqer::IQEI, u64::from(code));
         self.regs.set(off::FSTS, fsts::IQE.set(before, 1));
-        log::debug!("vtd: invalidation queue error, IQEI {code}");
+        nesting_core::guest_log!(Debug, "vtd: invalidation queue error, IQEI {code}");
         self.fault_status_set(before);
     }
 
@@ -642,7 +646,10 @@ impl Vtd {
     ) {
         if status_write && mem.write_u32_le(Gpa(addr), data).is_err() {
             // A DMA write to no memory is dropped, as on a real platform.
-            log::warn!("vtd: invalidation wait status write to {addr:#x} failed");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: invalidation wait status write to {addr:#x} failed"
+            );
         }
         if interrupt {
             // VT-d "Hardware Generation of Invalidation Completion Events": no
@@ -769,7 +776,10 @@ impl Vtd {
         }
         let at = (iqa::IQA.mask() & a).checked_add(tail);
         if at.is_none_or(|at| prq::write_descriptor(mem, at, req).is_err()) {
-            log::warn!("vtd: page request queue at {a:#x} is not in guest memory");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: page request queue at {a:#x} is not in guest memory"
+            );
             return respond(prq::response::SUCCESS);
         }
         self.regs.set(off::PQT, next);

@@ -233,7 +233,7 @@ fn warn_host(what: &str, sid: u16, e: &dyn std::error::Error) {
         msg += &format!(": {c}");
         cause = c.source();
     }
-    log::warn!("vtd passthrough {sid:#06x}: {what}: {msg}");
+    nesting_core::guest_log!(Warn, "vtd passthrough {sid:#06x}: {what}: {msg}");
 }
 
 impl PassthroughBackend {
@@ -466,7 +466,8 @@ impl PassthroughBackend {
         if *n < MAX_HOST_RETRIES {
             return Err(r);
         }
-        log::error!(
+        nesting_core::guest_log!(
+            Error,
             "vtd passthrough {:#06x}: the host refused {MAX_HOST_RETRIES} times in a row; the device is blocked",
             r.sid
         );
@@ -510,7 +511,10 @@ impl PassthroughBackend {
             return;
         }
         if fpd {
-            log::debug!("vtd passthrough {sid:#06x} {key:?}: FPD set, no fault recorded");
+            nesting_core::guest_log!(
+                Debug,
+                "vtd passthrough {sid:#06x} {key:?}: FPD set, no fault recorded"
+            );
             return;
         }
         let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
@@ -660,7 +664,8 @@ fn pasids_in_use<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Vec<u
                 continue;
             }
             if out.len() == MAX_NESTED_PASIDS_PER_DEVICE {
-                log::warn!(
+                nesting_core::guest_log!(
+                    Warn,
                     "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; the rest stay blocked"
                 );
                 return out;

@@ -292,3 +292,36 @@ fn mmio_write_of_a_full_queue_with_passthrough_streams_is_bounded() {
     let syncs = u64::from(entries - 1) / 8;
     assert!(p.sim.calls(HostOp::HwptInvalidate) <= syncs + 1);
 }
+
+// -- Log lines -------------------------------------------------------------------
+
+/// A guest flooding what the SMMU logs (illegal commands, streams whose
+/// STE is invalid, the events and global errors they raise) gets at most
+/// a burst of lines per call site per interval, not a line per action.
+#[test]
+fn guest_triggered_log_lines_are_rate_limited() {
+    use nesting_core::ratelimit::{LOG_BURST, LOG_INTERVAL};
+    let counter = nesting_core::testing::LogCounter::install();
+    let mut h = Harness::new(&[]);
+    let d = h.probe();
+    let t0 = std::time::Instant::now();
+    let before = counter.lines();
+    for i in 0..2000u64 {
+        // An opcode no SMMU has: CERROR_ILL, GERROR.CMDQ_ERR.
+        let cons = h.read32(off::CMDQ_CONS) & 0x1ff;
+        write_qwords(&h.mem, d.cmdq.base + 16 * (cons & 0xff), [0x7f, 0]).unwrap();
+        h.write32(off::CMDQ_PROD, (cons + 1) & 0x1ff);
+        let gerror = h.read32(off::GERROR);
+        h.write32(off::GERRORN, gerror);
+        // A stream without a valid STE: C_BAD_STE.
+        let _ = h
+            .smmu
+            .translate(&h.mem, 0x40 + (i as u32 % 16), None, Iova(0), Access::READ);
+    }
+    let lines = counter.lines() - before;
+    // Call sites: CERROR_ILL, the global error, C_BAD_STE, the event, the
+    // interrupts (event queue, global error).
+    let windows = t0.elapsed().as_secs() / LOG_INTERVAL.as_secs() + 1;
+    assert!(lines >= 3, "{lines}");
+    assert!(lines <= 6 * u64::from(LOG_BURST) * windows, "{lines} lines");
+}

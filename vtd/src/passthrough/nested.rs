@@ -56,7 +56,8 @@ fn nested_context(entry: &PasidEntry) -> Option<NestedContext> {
 fn located(sid: u16, l: &crate::translate::Located) -> Want {
     let ctx = nested_context(&l.entry);
     if ctx.is_none() {
-        log::debug!(
+        nesting_core::guest_log!(
+            Debug,
             "vtd passthrough {sid:#06x} pasid {}: PGTT {:?} cannot nest; blocked",
             l.pasid,
             l.entry.pgtt()
@@ -363,7 +364,8 @@ impl PassthroughBackend {
             let Some(&(sid, key)) = usize::try_from(f.tag).ok().and_then(|t| tags.get(t)) else {
                 continue;
             };
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x} {key:?}: invalidation failed ({}), {} entries unsent",
                 f.error,
                 f.unsent.len()

@@ -374,7 +374,8 @@ impl PassthroughBackend {
         if known || others < MAX_NESTED_PASIDS_PER_DEVICE {
             self.reconcile_one(vtd, mem, (sid, key), dirty);
         } else {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; pasid {pasid:#x} stays blocked"
             );
         }
@@ -399,7 +400,8 @@ impl PassthroughBackend {
         // attach (iommu_attach_device_pasid: pasid < max_pasids): such a
         // PASID's entry is one the (virtual) unit cannot use.
         if want != Place::Blocked && !self.reg.carries(ep(req)) {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x}: pasid {:#x} is beyond what the host attaches; blocked",
                 key.map_or(0, Pasid::raw),
             );
@@ -492,7 +494,10 @@ impl PassthroughBackend {
             .or(owner.last())
             .map_or(0, |(_, sid)| *sid);
         if let StageError::Invalid { why, .. } = e {
-            log::error!("vtd passthrough: a shadow plan was refused as invalid: {why}");
+            nesting_core::guest_log!(
+                Error,
+                "vtd passthrough: a shadow plan was refused as invalid: {why}"
+            );
         }
         Err(HostRefusal { sid })
     }

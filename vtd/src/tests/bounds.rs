@@ -417,3 +417,29 @@ fn huge_range_over_self_referencing_tables_with_the_real_budget() {
     assert!(!done);
     assert!(crate::regs::fsts::ITE.is_set(s.h.read32(off::FSTS)));
 }
+
+// -- Log lines -----------------------------------------------------------------
+
+/// A guest flooding what the unit logs (register-based invalidations with
+/// queued invalidation on, invalid tails, unsupported accesses) gets at
+/// most a burst of lines per call site per interval, not a line per write.
+#[test]
+fn guest_triggered_log_lines_are_rate_limited() {
+    use nesting_core::ratelimit::{LOG_BURST, LOG_INTERVAL};
+    let counter = nesting_core::testing::LogCounter::install();
+    let (mut h, slots) = full_queue(0, light);
+    let t0 = std::time::Instant::now();
+    let before = counter.lines();
+    for i in 0..5000u64 {
+        h.write64(off::CCMD, 1 << 63 | 1 << 61);
+        h.write32(off::IQT, (i % slots) * 16 + 8);
+        h.write32(off::FSTS, crate::regs::fsts::IQE.mask());
+        h.vtd.mmio_write(&h.mem.clone(), 0x3, 2, 0);
+    }
+    let lines = counter.lines() - before;
+    // Call sites the flood reaches: CCMD, the queue error, the unsupported
+    // write.
+    let windows = t0.elapsed().as_secs() / LOG_INTERVAL.as_secs() + 1;
+    assert!(lines >= 3, "{lines}");
+    assert!(lines <= 3 * u64::from(LOG_BURST) * windows, "{lines} lines");
+}
