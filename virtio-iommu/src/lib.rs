@@ -177,6 +177,8 @@ mod bounds_tests;
 #[cfg(test)]
 mod completion_tests;
 #[cfg(test)]
+mod failing_host_tests;
+#[cfg(test)]
 mod hotplug_tests;
 #[cfg(test)]
 mod proptests;
