@@ -296,7 +296,7 @@ impl PassthroughBackend {
     }
 
     /// Moves one requester; on a host refusal it is blocked instead.
-    /// Returns whether it went where asked.
+    /// Returns whether it ended up where asked.
     fn place(&mut self, sid: u16, req: (u32, Option<Pasid>), to: Place<super::Space>) -> bool {
         let plan = Plan {
             steps: vec![Step::Place { req, to }],
@@ -314,7 +314,10 @@ impl PassthroughBackend {
         if let Err(e) = self.reg.stage(&block) {
             warn_host("blocking after a refusal", sid, &e);
         }
-        false
+        // Asked to block it, and blocked at the second try: nothing the
+        // guest asked for was refused (no fault owed, and none flagged
+        // that would silence the fault of its next entry's refusal).
+        to == Place::Blocked && self.reg.place(req) == Place::Blocked
     }
 
     fn queue_iotlb(&mut self, scope: &IotlbScope, tags: &mut Tags) {

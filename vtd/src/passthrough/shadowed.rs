@@ -436,6 +436,12 @@ impl PassthroughBackend {
             Err(e) => {
                 warn_host("attaching a shadowed device", sid, &e);
                 self.block(req);
+                // The guest cleared the entry and the requester is blocked
+                // after all: nothing the guest asked for was refused, and
+                // its next entry is owed a fault of its own if refused.
+                if want == Place::Blocked && self.reg.place(ep(req)) == Place::Blocked {
+                    return;
+                }
                 let fpd = fpd_of(mem, vtd, sid, key.map(Pasid::raw));
                 self.refusal_fault(vtd, sid, key, fpd);
             }

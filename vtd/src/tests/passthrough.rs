@@ -611,6 +611,7 @@ fn nested_device_the_host_will_not_take_is_refused_at_hotplug_and_handed_back() 
 }
 
 mod completion;
+mod failing_host;
 mod pasid;
 
 mod props {
