@@ -17,6 +17,7 @@ mod bounds;
 mod cache;
 mod cmdq;
 mod events;
+mod failing_host;
 mod host;
 mod instances;
 mod passthrough;
