@@ -193,6 +193,61 @@ pub struct SimHwpt {
     pub dirty_tracking: bool,
 }
 
+/// The errnos the kernel can return for `op` (docs/kernel-findings.md
+/// section 3, the iommufd sources it cites, and ENOMEM for every call that
+/// allocates), for fault injection that fails a call as the kernel would:
+/// [`SimIommufd::fail_nth`] with each of them.
+pub fn kernel_errnos(op: HostOp) -> &'static [Errno] {
+    use Errno as E;
+    match op {
+        HostOp::BindDevice => &[E::EBUSY, E::EINVAL, E::ENODEV, E::ENOMEM],
+        HostOp::UnbindDevice => &[E::ENOENT],
+        HostOp::GetHwInfo => &[E::ENOENT, E::EOPNOTSUPP, E::ENOMEM],
+        HostOp::IoasAlloc => &[E::ENOMEM],
+        HostOp::IoasMap => &[
+            E::EEXIST,
+            E::EINVAL,
+            E::ENOENT,
+            E::ENOMEM,
+            E::ENOSPC,
+            E::EFAULT,
+        ],
+        HostOp::IoasMapFile => &[E::EINVAL, E::EOVERFLOW, E::EBADF, E::ENOMEM, E::ENOSPC],
+        HostOp::IoasUnmap => &[E::ENOENT, E::EINVAL, E::EBUSY],
+        HostOp::IoasCopy => &[
+            E::ENOENT,
+            E::EEXIST,
+            E::EINVAL,
+            E::EPERM,
+            E::ENOMEM,
+            E::ENOSPC,
+        ],
+        HostOp::IoasIovaRanges => &[E::ENOENT, E::EOVERFLOW],
+        HostOp::IoasAllowIovas => &[E::EINVAL, E::EBUSY, E::ENOMEM],
+        HostOp::HwptAlloc => &[E::EOPNOTSUPP, E::EINVAL, E::ENOENT, E::ENOMEM],
+        HostOp::HwptInvalidate => &[E::EINVAL, E::EOPNOTSUPP, E::ENOMEM, E::ETIMEDOUT],
+        HostOp::SetDirtyTracking => &[E::EOPNOTSUPP, E::EINVAL],
+        HostOp::GetDirtyBitmap => &[E::EINVAL, E::EFAULT],
+        HostOp::ViommuAlloc => &[E::EINVAL, E::EOPNOTSUPP, E::ENOMEM],
+        HostOp::VdeviceAlloc => &[E::EEXIST, E::EINVAL, E::ENOMEM],
+        HostOp::VeventqAlloc => &[E::EINVAL, E::EEXIST, E::ENOMEM],
+        HostOp::VeventqRead => &[E::EINVAL, E::EFAULT, E::ENOENT],
+        HostOp::FaultQueueAlloc => &[E::ENOMEM],
+        HostOp::FaultRead => &[E::EINVAL, E::EFAULT, E::ENOENT],
+        HostOp::FaultRespond => &[E::EINVAL, E::ENOENT],
+        HostOp::Attach | HostOp::Replace => &[
+            E::EINVAL,
+            E::ENOENT,
+            E::EBUSY,
+            E::ENOMEM,
+            E::ENODEV,
+            E::EOPNOTSUPP,
+        ],
+        HostOp::Detach => &[E::EINVAL, E::ENOENT],
+        HostOp::Destroy => &[E::EBUSY, E::ENOENT],
+    }
+}
+
 /// One pending `fail_nth`.
 #[derive(Clone, Copy, Debug)]
 struct Injection {
@@ -223,6 +278,9 @@ struct Inner {
     calls: BTreeMap<HostOp, u64>,
     invalidation_entries: u64,
     injections: Vec<Injection>,
+    /// [`SimIommufd::fail_nth_call`]: calls left before the one that
+    /// fails, and which of its op's [`kernel_errnos`] it fails with.
+    any_call: Option<(u64, usize)>,
     hook: Hook,
 }
 
@@ -234,6 +292,14 @@ impl Inner {
         }
         *self.calls.entry(op).or_default() += 1;
         let mut fired = None;
+        if let Some((left, pick)) = self.any_call.as_mut() {
+            *left -= 1;
+            if *left == 0 {
+                let errnos = kernel_errnos(op);
+                fired = errnos.get(*pick % errnos.len().max(1)).copied();
+                self.any_call = None;
+            }
+        }
         self.injections.retain_mut(|i| {
             if i.op != op {
                 return true;
@@ -357,6 +423,30 @@ impl SimIommufd {
                 errno,
             });
         }
+    }
+
+    /// Makes the `n`-th host call from now (1 = the next), whatever its
+    /// op, fail with one of the errnos the kernel returns for that op
+    /// ([`kernel_errnos`], the one at `pick` modulo their number),
+    /// changing nothing. `n == 0` is ignored.
+    pub fn fail_nth_call(&self, n: u64, pick: usize) {
+        if n > 0 {
+            self.lock().any_call = Some((n, pick));
+        }
+    }
+
+    /// Injections of [`SimIommufd::fail_nth`] and
+    /// [`SimIommufd::fail_nth_call`] that have not fired yet.
+    pub fn injections_pending(&self) -> usize {
+        let g = self.lock();
+        g.injections.len() + usize::from(g.any_call.is_some())
+    }
+
+    /// Drops every injection that has not fired.
+    pub fn clear_injections(&self) {
+        let mut g = self.lock();
+        g.injections.clear();
+        g.any_call = None;
     }
 
     /// Runs `hook` at the start of every host call (failed and injected
@@ -502,6 +592,30 @@ impl SimIommufd {
             })
             .ok_or(Errno::EOPNOTSUPP)?;
         g.state.report_event(q, data)
+    }
+
+    /// Closes the file of a vEVENTQ or fault queue under the backend, as a
+    /// refused destroy leaves it (see [`HostBackend::destroy`]): every
+    /// later read and page response fails with ENOENT, and events reported
+    /// to it are never read. For tests of what a model does with a queue
+    /// it can no longer read. Returns whether `id` names such a queue.
+    pub fn close_queue(&self, id: ObjectId) -> bool {
+        let queue = matches!(id, ObjectId::Veventq(_) | ObjectId::FaultQueue(_));
+        let mut g = self.lock();
+        let exists = queue && g.state.objects.contains_key(&id.raw());
+        if exists {
+            g.state.closed_queues.insert(id.raw());
+        }
+        exists
+    }
+
+    /// The vEVENTQ [`SimIommufd::inject_vevent`] reports to for `viommu`.
+    pub fn veventq_of(&self, viommu: ViommuId) -> Option<VeventqId> {
+        self.lock()
+            .state
+            .default_veventq(viommu.0)
+            .ok()
+            .map(VeventqId)
     }
 
     /// Raises a page request group of `group_len` faults (at `addr`, then

@@ -30,6 +30,11 @@
 //!   lookup, and [`iotlb::IommuView`], a vm-memory `Iommu` over a model.
 //! - [`snapshot`]: the snapshot and restore API every model implements
 //!   ([`snapshot::Snapshot`]), its error and its versioned envelope.
+//! - [`ratelimit`]: [`guest_log!`], the rate-limited log line for
+//!   everything a guest can trigger.
+//! - `testing` (feature `test-utils`): guest memory that counts accesses
+//!   and a line-counting logger, for the per-action bounds of
+//!   `docs/guest-limits.md`.
 //!
 //! # Plugging it into a VMM
 //!
@@ -140,7 +145,10 @@ pub mod nested;
 pub mod options;
 pub mod passthrough;
 pub mod ram;
+pub mod ratelimit;
 pub mod regs;
 pub mod shadow;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod types;

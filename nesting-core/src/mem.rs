@@ -104,6 +104,90 @@ impl<M: GuestMemory + ?Sized> GuestMemoryExt for M {
     }
 }
 
+/// Guest memory whose reads stop after a budget: every read past it
+/// fails as an access to memory that is not there. A model wraps the
+/// memory a guest-driven loop reads through it, so that the loop's reads
+/// are bounded by construction whatever the guest's tables say; what the
+/// loop could not read gets the answer an unreadable table gets
+/// (blocked, faulted, not mirrored), never more access than the guest
+/// gave. Writes are not limited. It offers no `physical_memory`, so code
+/// that would read guest regions directly takes the budgeted path.
+///
+/// The budget is a shared counter ([`ReadBudget::shared`]), so code that
+/// holds it elsewhere sees what is left while the reads go on and can
+/// stop a loop early instead of failing read after read.
+#[derive(Debug)]
+pub struct ReadBudget<'a, M: ?Sized> {
+    inner: &'a M,
+    left: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    refused: std::cell::Cell<u64>,
+}
+
+impl<'a, M: GuestMemory + ?Sized> ReadBudget<'a, M> {
+    /// At most `reads` reads of `inner`.
+    pub fn new(inner: &'a M, reads: u64) -> Self {
+        Self::shared(inner, std::sync::Arc::new(reads.into()))
+    }
+
+    /// Reads of `inner` taken from the counter `left`.
+    pub fn shared(inner: &'a M, left: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        ReadBudget {
+            inner,
+            left,
+            refused: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Reads still allowed.
+    pub fn left(&self) -> u64 {
+        self.left.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads refused because the budget was spent.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+}
+
+impl<M: GuestMemory + ?Sized> GuestMemory for ReadBudget<'_, M> {
+    type PhysicalMemory = M::PhysicalMemory;
+    type Bitmap = M::Bitmap;
+
+    fn check_range(
+        &self,
+        addr: GuestAddress,
+        count: usize,
+        access: vm_memory::Permissions,
+    ) -> bool {
+        self.inner.check_range(addr, count, access)
+    }
+
+    fn get_slices<'b>(
+        &'b self,
+        addr: GuestAddress,
+        count: usize,
+        access: vm_memory::Permissions,
+    ) -> vm_memory::GuestMemoryResult<
+        impl vm_memory::guest_memory::GuestMemorySliceIterator<
+            'b,
+            vm_memory::bitmap::BS<'b, Self::Bitmap>,
+        >,
+    > {
+        if access.allow(vm_memory::Permissions::Read) {
+            let took = self.left.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |l| l.checked_sub(1),
+            );
+            if took.is_err() {
+                self.refused.set(self.refused.get().saturating_add(1));
+                return Err(GuestMemoryError::InvalidGuestAddress(addr));
+            }
+        }
+        self.inner.get_slices(addr, count, access)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +215,18 @@ mod tests {
         let err = m.read_u64_le(Gpa(0x0)).unwrap_err();
         assert!(err.to_string().contains("0x0"));
         assert!(m.read_u32_le(Gpa(u64::MAX - 1)).is_err());
+    }
+
+    #[test]
+    fn read_budget_refuses_reads_past_it_not_writes() {
+        let m = mem();
+        let b = ReadBudget::new(&m, 2);
+        assert!(b.read_u64_le(Gpa(0x1000)).is_ok());
+        assert!(b.read_u32_le(Gpa(0x1008)).is_ok());
+        assert!(b.read_u8(Gpa(0x1000)).is_err());
+        assert!(b.write_u32_le(Gpa(0x1000), 5).is_ok());
+        assert_eq!((b.left(), b.refused()), (0, 1));
+        assert_eq!(m.read_u32_le(Gpa(0x1000)).unwrap(), 5);
     }
 
     #[test]

@@ -27,7 +27,8 @@
 //!   architected error for, and which ones were never sent.
 //! - **Events.** vEVENTQ records and IOPF fault groups are read and handed
 //!   to the model as typed events; lost events are detected (the kernel's
-//!   marker, or a gap in sequence numbers). Each fault group is answered
+//!   marker, or a gap in sequence numbers), and a queue that cannot be
+//!   read (its file closed) is reported as an event too, never dropped. Each fault group is answered
 //!   exactly once; one the guest never answers is answered INVALID after a
 //!   timeout.
 
@@ -214,6 +215,15 @@ pub enum NestedEvent {
     },
     /// Events were lost before this point (queue overflow).
     Lost,
+    /// Reading a host queue (a vEVENTQ, the fault queue) failed: its file
+    /// was closed or the read refused, so events it held may be lost. It
+    /// comes after everything read before the failure, which is never
+    /// dropped; the model tells its guest as it tells of [`Self::Lost`],
+    /// and the VMM of the failure.
+    QueueFailed {
+        /// The host's error.
+        error: HostError,
+    },
     /// A page request group of a device; answer with
     /// [`NestedEngine::respond`].
     PageRequest {
@@ -831,7 +841,12 @@ impl NestedEngine {
     }
 
     /// Reads what the host reported: SMMUv3 vEVENTQ records (with lost
-    /// events detected) and page request groups, without blocking.
+    /// events detected) and page request groups, without blocking. A queue
+    /// that cannot be read is reported in the list
+    /// ([`NestedEvent::QueueFailed`]) after what was read before it, and
+    /// the other queues are still read: nothing read is dropped, and a
+    /// failure is never silent. (`Err` is kept for the API; host failures
+    /// are events now.)
     pub fn poll_events(&mut self, now: Instant) -> Result<Vec<NestedEvent>, NestedError> {
         let mut out = Vec::new();
         for p in &mut self.parents {
@@ -839,7 +854,14 @@ impl NestedEngine {
                 continue;
             };
             let Some(q) = &smmu.veventq else { continue };
-            for ev in self.host.veventq_read(q.id(), MAX_EVENTS_PER_POLL)? {
+            let read = match self.host.veventq_read(q.id(), MAX_EVENTS_PER_POLL) {
+                Ok(r) => r,
+                Err(error) => {
+                    out.push(NestedEvent::QueueFailed { error });
+                    continue;
+                }
+            };
+            for ev in read {
                 let seq = match &ev {
                     VEvent::Event { sequence, .. } | VEvent::Lost { sequence } => *sequence,
                 };
@@ -861,18 +883,19 @@ impl NestedEngine {
             }
         }
         if let Some(q) = self.fault.as_ref().map(|f| f.id()) {
-            self.read_faults(q, now, &mut out)?;
+            self.read_faults(q, now, &mut out);
         }
         Ok(out)
     }
 
-    fn read_faults(
-        &mut self,
-        q: FaultQueueId,
-        now: Instant,
-        out: &mut Vec<NestedEvent>,
-    ) -> Result<(), NestedError> {
-        for group in self.host.fault_read(q)? {
+    /// Reads the fault queue into `out`; a failed read or answer is
+    /// reported there too.
+    fn read_faults(&mut self, q: FaultQueueId, now: Instant, out: &mut Vec<NestedEvent>) {
+        let groups = match self.host.fault_read(q) {
+            Ok(g) => g,
+            Err(error) => return out.push(NestedEvent::QueueFailed { error }),
+        };
+        for group in groups {
             let Some(cookie) = group.cookie() else {
                 continue;
             };
@@ -890,17 +913,16 @@ impl NestedEngine {
                 _ => {
                     // A device we no longer track, or too many groups
                     // waiting: answer at once so the device does not hang.
-                    self.host.fault_respond(
-                        q,
-                        PageResponse {
-                            cookie,
-                            code: PageResponseCode::Invalid,
-                        },
-                    )?;
+                    let resp = PageResponse {
+                        cookie,
+                        code: PageResponseCode::Invalid,
+                    };
+                    if let Err(error) = self.host.fault_respond(q, resp) {
+                        out.push(NestedEvent::QueueFailed { error });
+                    }
                 }
             }
         }
-        Ok(())
     }
 
     /// Answers a page request group; each group is answered exactly once.
@@ -929,7 +951,7 @@ impl NestedEngine {
             .collect();
         for &cookie in &old {
             if let Err(e) = self.respond(cookie, PageResponseCode::Invalid) {
-                log::warn!("timing out page request {cookie:#x}: {e}");
+                crate::guest_log!(Warn, "timing out page request {cookie:#x}: {e}");
             }
         }
         old

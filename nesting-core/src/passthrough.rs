@@ -881,10 +881,16 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
             match u {
                 Undo::Moved { req, from } => {
                     if let Err(e) = self.move_to(req, from) {
-                        log::error!("passthrough {req:?}: cannot move back to {from:?}: {e}");
+                        crate::guest_log!(
+                            Error,
+                            "passthrough {req:?}: cannot move back to {from:?}: {e}"
+                        );
                         self.stats.undo_failures += 1;
                         if let Err(e) = self.move_to(req, Place::Blocked) {
-                            log::error!("passthrough {req:?}: cannot block it either: {e}");
+                            crate::guest_log!(
+                                Error,
+                                "passthrough {req:?}: cannot block it either: {e}"
+                            );
                         }
                     }
                 }
@@ -907,7 +913,10 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                     }
                     let calls = &mut self.stats.shadow_host_calls;
                     if let Err(e) = res.and_then(|()| counted_sync(calls, dom).map(|_| ())) {
-                        log::error!("passthrough space {space:?}: cannot restore it: {e}");
+                        crate::guest_log!(
+                            Error,
+                            "passthrough space {space:?}: cannot restore it: {e}"
+                        );
                         self.stats.undo_failures += 1;
                     }
                 }
@@ -1132,7 +1141,7 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
                 continue;
             }
             if let Err(e) = self.move_to(req, want) {
-                log::error!("passthrough {req:?}: cannot move to {want:?}: {e}");
+                crate::guest_log!(Error, "passthrough {req:?}: cannot move to {want:?}: {e}");
                 first = first.and(Err(e));
             }
         }
@@ -1146,7 +1155,7 @@ impl<S: Copy + Ord + fmt::Debug> Registry<S> {
             }
             dom.unmap_all();
             if let Err(e) = counted_sync(&mut self.stats.shadow_host_calls, &mut dom) {
-                log::error!("passthrough space {s:?}: cannot empty it: {e}");
+                crate::guest_log!(Error, "passthrough space {s:?}: cannot empty it: {e}");
             }
             for d in self.devices.values_mut() {
                 d.at.retain(|_, p| *p != Place::Shadow(s));

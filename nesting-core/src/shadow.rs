@@ -501,7 +501,8 @@ impl ShadowDomain {
             return Err(ShadowError::from_host(e));
         };
         let off = s.gpa - region.gpa.raw();
-        log::debug!(
+        crate::guest_log!(
+            Debug,
             "IOAS_COPY of {:#x} refused ({e}); mapping it directly",
             s.gpa
         );
@@ -585,7 +586,8 @@ impl ShadowDomain {
             if is_ram {
                 out.push(piece);
             } else {
-                log::warn!(
+                crate::guest_log!(
+                    Warn,
                     "guest maps iova {:#x}..={:#x} to gpa {at:#x}, which is not RAM: not mirrored to the host",
                     piece.first,
                     piece.last
@@ -621,7 +623,7 @@ impl ShadowDomain {
                 }
             };
             if !ok {
-                log::error!("shadow rollback failed; emptying the IOAS");
+                crate::guest_log!(Error, "shadow rollback failed; emptying the IOAS");
                 self.empty_host();
                 return;
             }
@@ -636,10 +638,13 @@ impl ShadowDomain {
             Ok(_) => self.runs = SpanMap::default(),
             Err(e) if e.errno == Errno::ENOENT => self.runs = SpanMap::default(),
             Err(e) => {
-                log::error!("cannot empty shadow IOAS ({e}); blocking its devices");
+                crate::guest_log!(
+                    Error,
+                    "cannot empty shadow IOAS ({e}); blocking its devices"
+                );
                 for &(dev, pasid) in &self.devices {
                     if let Err(e) = self.host.detach(dev, pasid) {
-                        log::error!("cannot block {dev}: {e}");
+                        crate::guest_log!(Error, "cannot block {dev}: {e}");
                     }
                 }
                 self.quarantined = true;
@@ -752,7 +757,7 @@ impl ShadowDomain {
         // (the kernel refused the attach if existing mappings break it).
         match Self::host_alignment(&self.host, self.ioas.id()) {
             Ok(a) => self.align = a,
-            Err(e) => log::warn!("cannot read the IOAS alignment after attach: {e}"),
+            Err(e) => crate::guest_log!(Warn, "cannot read the IOAS alignment after attach: {e}"),
         }
         Ok(())
     }
@@ -831,7 +836,7 @@ impl ShadowDomain {
                         .target_for(d, p, !on)
                         .and_then(|pt| self.host.attach(d, p, pt).map_err(ShadowError::from_host));
                     if let Err(e) = back {
-                        log::error!("cannot switch {d} back: {e}");
+                        crate::guest_log!(Error, "cannot switch {d} back: {e}");
                     }
                 }
                 self.identity = !on;

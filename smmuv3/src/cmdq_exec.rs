@@ -96,7 +96,10 @@ impl Smmuv3 {
         let cmd = match Command::decode(raw, &self.caps) {
             Ok(c) => c,
             Err(why) => {
-                log::debug!("smmuv3: CERROR_ILL at {at:#x}: {why:?} ({raw:#x?})");
+                nesting_core::guest_log!(
+                    Debug,
+                    "smmuv3: CERROR_ILL at {at:#x}: {why:?} ({raw:#x?})"
+                );
                 self.cmdq_error(mem, at, Cerror::Ill);
                 return false;
             }

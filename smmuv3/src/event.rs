@@ -276,7 +276,7 @@ impl Smmuv3 {
         mem: &M,
         ev: &Event,
     ) -> Recorded {
-        log::debug!("smmuv3: event {ev:x?}");
+        nesting_core::guest_log!(Debug, "smmuv3: event {ev:x?}");
         self.record_raw(mem, ev.encode().0)
     }
 

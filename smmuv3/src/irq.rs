@@ -72,7 +72,7 @@ impl Smmuv3 {
     /// Delivers `irq` to the VMM; `true` if it was taken (also when no
     /// callback is set: there is nobody to refuse it).
     pub(crate) fn deliver(&self, irq: Interrupt) -> bool {
-        log::trace!("smmuv3: interrupt {irq:?}");
+        nesting_core::guest_log!(Trace, "smmuv3: interrupt {irq:?}");
         self.cb.irq.as_ref().is_none_or(|f| f(irq))
     }
 
@@ -159,7 +159,7 @@ impl Smmuv3 {
 
     /// Activates a global error and raises the GERROR interrupt.
     pub(crate) fn global_error<M: GuestMemory + ?Sized>(&mut self, mem: &M, bit: Field) {
-        log::debug!("smmuv3: global error {bit:?}");
+        nesting_core::guest_log!(Debug, "smmuv3: global error {bit:?}");
         if self.activate_error(bit) {
             self.signal(mem, IrqSource::GlobalError);
         }

@@ -72,6 +72,7 @@ pub mod fdt;
 pub mod host;
 pub mod irq;
 pub mod ladder;
+pub mod limits;
 pub mod options;
 pub mod passthrough;
 pub mod priq;

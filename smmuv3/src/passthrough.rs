@@ -50,7 +50,8 @@
 //!   each vEVENTQ record (the kernel already put the guest's StreamID in
 //!   it) is copied into the guest's event queue, and lost host events (the
 //!   kernel's marker or a sequence gap) set the guest queue's overflow
-//!   flag. The vEVENTQ is as deep as the largest event queue the guest
+//!   flag; so does a vEVENTQ that cannot be read any more (its file
+//!   closed), which the VMM also gets as an error. The vEVENTQ is as deep as the largest event queue the guest
 //!   can configure ([`VEVENTQ_DEPTH`]), so it only overflows when the
 //!   guest's would.
 //! - **MSIs**: the host maps its MSI doorbell at its software MSI window
@@ -472,7 +473,8 @@ impl PassthroughBackend {
         self.stats.invalidate_calls += report.calls;
         self.stats.invalidations += report.handled;
         if let Some(f) = report.failures.first() {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "smmuv3 passthrough: the host failed the command at {:#x} ({}); {} unsent",
                 f.tag,
                 f.error,
@@ -510,7 +512,7 @@ impl PassthroughBackend {
         let Err(e) = self.reg.stage(&plan) else {
             return true;
         };
-        log::warn!("smmuv3 passthrough {sid:#x}: installing the STE: {e}");
+        nesting_core::guest_log!(Warn, "smmuv3 passthrough {sid:#x}: installing the STE: {e}");
         let block = Plan {
             steps: vec![Step::Place {
                 req: (sid, None),
@@ -518,7 +520,10 @@ impl PassthroughBackend {
             }],
         };
         if let Err(e) = self.reg.stage(&block) {
-            log::warn!("smmuv3 passthrough {sid:#x}: aborting after a refusal: {e}");
+            nesting_core::guest_log!(
+                Warn,
+                "smmuv3 passthrough {sid:#x}: aborting after a refusal: {e}"
+            );
         }
         false
     }
@@ -679,7 +684,10 @@ impl Smmuv3 {
     /// Copies what the host reported for passthrough devices into the
     /// guest's event queue; returns how many records were written. Call
     /// it when the host may have events (see the [`crate::passthrough`]
-    /// documentation).
+    /// documentation). A host event queue that cannot be read (its file
+    /// closed) is an `Err`, after every record read was written and the
+    /// guest's event queue flagged as overflowed: events are never lost
+    /// without the guest and the VMM being told.
     pub fn poll_host_events<M: GuestMemory + ?Sized>(
         &mut self,
         mem: &M,
@@ -689,6 +697,7 @@ impl Smmuv3 {
         };
         let res = backend.poll();
         let mut written = 0;
+        let mut failed = None;
         if let Ok(events) = &res {
             for ev in events {
                 match ev {
@@ -703,12 +712,27 @@ impl Smmuv3 {
                         self.evtq_overflow(mem);
                         backend.stats.lost += 1;
                     }
+                    // A vEVENTQ that cannot be read may have held events:
+                    // the guest is told as of an overflow (IHI 0070 "Event
+                    // queue overflow"), the VMM by the error.
+                    NestedEvent::QueueFailed { error } => {
+                        nesting_core::guest_log!(
+                            Warn,
+                            "smmuv3 passthrough: a host event queue cannot be read ({error}); reported to the guest as an event queue overflow"
+                        );
+                        self.evtq_overflow(mem);
+                        backend.stats.lost += 1;
+                        failed.get_or_insert(*error);
+                    }
                     NestedEvent::PageRequest { .. } => {}
                 }
             }
         }
         self.passthrough = Some(backend);
-        res.map(|_| written)
+        match failed {
+            Some(source) => Err(PassthroughError::Events(NestedError::Host { source })),
+            None => res.map(|_| written),
+        }
     }
 
     /// Re-derives every passthrough stream (SMMUEN or GBPA changed).

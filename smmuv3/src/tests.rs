@@ -13,9 +13,11 @@ use crate::walk::Granule;
 use crate::{Interrupt, Smmuv3, TranslateResult};
 
 mod ats;
+mod bounds;
 mod cache;
 mod cmdq;
 mod events;
+mod failing_host;
 mod host;
 mod instances;
 mod passthrough;

@@ -229,7 +229,7 @@ pub fn fetch_ste<M: GuestMemory + ?Sized>(
         return Err(fetch_fault(EventId::SteFetch, req, at));
     };
     let ste = Ste(words).decode(caps).map_err(|why| {
-        log::debug!("smmuv3: C_BAD_STE sid {:#x}: {why:?}", req.sid);
+        nesting_core::guest_log!(Debug, "smmuv3: C_BAD_STE sid {:#x}: {why:?}", req.sid);
         cfg_event(EventId::BadSte)
     })?;
     cache.put_ste(req.sid, ste);
@@ -452,7 +452,7 @@ fn fetch_cd<M: GuestMemory + ?Sized>(
     };
     let words = read_cd_words::<M, 8>(mem, ste, req, access, cd_addr)?;
     let cd = Cd(words).decode(caps, &s1).map_err(|why| {
-        log::debug!("smmuv3: C_BAD_CD sid {:#x}: {why:?}", req.sid);
+        nesting_core::guest_log!(Debug, "smmuv3: C_BAD_CD sid {:#x}: {why:?}", req.sid);
         Fault::config(Event::config(EventId::BadCd, req.sid, req.ssid))
     })?;
     cache.put_cd(req.sid, index, cd);

@@ -367,17 +367,20 @@ impl<M: GuestMemory> VirtioIommu<M> {
     pub fn write_config(&self, offset: u64, data: &[u8]) {
         let mut g = self.lock();
         let Some(v) = config::bypass_byte(offset, data) else {
-            log::debug!("virtio-iommu: ignored config write at {offset:#x}");
+            nesting_core::guest_log!(Debug, "virtio-iommu: ignored config write at {offset:#x}");
             return;
         };
         if !g.state.features.contains(Features::BYPASS_CONFIG) {
-            log::debug!("virtio-iommu: bypass write without BYPASS_CONFIG ignored");
+            nesting_core::guest_log!(
+                Debug,
+                "virtio-iommu: bypass write without BYPASS_CONFIG ignored"
+            );
             return;
         }
         // 5.13.4.1: "The driver MUST NOT write a value different than 0 or
         // 1 to bypass"; the device keeps presenting 0 or 1 (5.13.4.2).
         if v > 1 {
-            log::warn!("virtio-iommu: bypass write of {v:#x} ignored");
+            nesting_core::guest_log!(Warn, "virtio-iommu: bypass write of {v:#x} ignored");
             return;
         }
         // Unattached passthrough endpoints follow the rule on the host. If
@@ -394,7 +397,8 @@ impl<M: GuestMemory> VirtioIommu<M> {
             .state
             .change_rule(|st| st.bypass = v == 1, |st| st.bypass = old)
         {
-            log::error!(
+            nesting_core::guest_log!(
+                Error,
                 "virtio-iommu: bypass write of {v} not applied: passthrough endpoint {ep:#x}: {e}"
             );
         }

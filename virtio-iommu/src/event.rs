@@ -91,7 +91,8 @@ impl EventLog {
     pub fn push(&mut self, f: Fault) {
         if self.backlog.len() >= MAX_QUEUED_EVENTS {
             self.dropped += 1;
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "virtio-iommu: event backlog full, dropping fault of endpoint {:#x} at {:#x}",
                 f.endpoint,
                 f.address

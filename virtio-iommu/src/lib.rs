@@ -159,6 +159,7 @@ pub mod driver;
 pub mod event;
 pub mod fdt;
 pub mod ladder;
+pub mod limits;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 pub mod nesting;
@@ -172,7 +173,11 @@ pub mod stats;
 pub mod translate;
 
 #[cfg(test)]
+mod bounds_tests;
+#[cfg(test)]
 mod completion_tests;
+#[cfg(test)]
+mod failing_host_tests;
 #[cfg(test)]
 mod hotplug_tests;
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub(crate) fn status(e: &StageError, joining: bool) -> Status {
         why += &format!(": {c}");
         cause = c.source();
     }
-    log::warn!("virtio-iommu: passthrough: {why}");
+    nesting_core::guest_log!(Warn, "virtio-iommu: passthrough: {why}");
     if e.is_no_memory() {
         return Status::NoMem;
     }

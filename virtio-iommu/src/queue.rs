@@ -115,7 +115,8 @@ where
     let mut c = Chain::default();
     for (i, d) in chain.enumerate() {
         if i == MAX_CHAIN_SEGMENTS {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "virtio-iommu: descriptor chain over {MAX_CHAIN_SEGMENTS} buffers returned unused"
             );
             return None;

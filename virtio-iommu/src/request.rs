@@ -116,7 +116,7 @@ impl State {
         match status {
             Ok(()) => Status::Ok,
             Err(s) => {
-                log::debug!("virtio-iommu: {req:?} -> {s:?}");
+                nesting_core::guest_log!(Debug, "virtio-iommu: {req:?} -> {s:?}");
                 s
             }
         }

@@ -58,7 +58,7 @@ impl Default for RigSpec<'_> {
 
 /// The view of a device of `host`, read back from it as a VMM does: bound,
 /// attached to a probe IOAS for its ranges.
-fn read_view(sim: &Arc<SimIommufd>, dev: &mut BoundDevice) -> HostView {
+pub(crate) fn read_view(sim: &Arc<SimIommufd>, dev: &mut BoundDevice) -> HostView {
     let host: SharedHost = sim.clone();
     let probe = Ioas::alloc(&host).unwrap();
     dev.attach(None, PtId::Ioas(probe.id())).unwrap();

@@ -52,7 +52,8 @@ impl Probed {
             return;
         }
         if self.endpoints.len() >= MAX_PROBED_ENDPOINTS {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "virtio-iommu: over {MAX_PROBED_ENDPOINTS} endpoints probed; every endpoint now counts as probed"
             );
             self.endpoints.clear();
@@ -108,7 +109,8 @@ impl State {
         self.limit_refusals = self.limit_refusals.saturating_add(1);
         let n = self.limit_refusals;
         if n.is_power_of_two() {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "virtio-iommu: request for domain {domain} refused with S_NOMEM by {limit} ({n} refusal(s) so far); the guest's DMA through it will fault"
             );
         }

@@ -237,7 +237,10 @@ impl<M: GuestMemory> VirtioIommu<M> {
                 return hit.t;
             }
             Err(None) => {
-                log::warn!("virtio-iommu: translate for unmanaged endpoint {endpoint:#x}");
+                nesting_core::guest_log!(
+                    Warn,
+                    "virtio-iommu: translate for unmanaged endpoint {endpoint:#x}"
+                );
                 return Translation::Fault(FaultReason::Unspecified);
             }
             Err(Some(f)) => f,
@@ -251,7 +254,7 @@ impl<M: GuestMemory> VirtioIommu<M> {
                 Ok(0) => {}
                 Ok(_) => inner.signal_used(EVENT_QUEUE, &mem),
                 // The event queue is not set up yet: the fault waits.
-                Err(e) => log::debug!("virtio-iommu: fault queued: {e}"),
+                Err(e) => nesting_core::guest_log!(Debug, "virtio-iommu: fault queued: {e}"),
             }
         }
         Translation::Fault(FaultReason::from(fault.reason))
@@ -289,7 +292,10 @@ impl<M: GuestMemory + Send + Sync> Translate for VirtioIommu<M> {
                 return Ok(p);
             }
         }
-        log::warn!("virtio-iommu: {rid} at {iova:#x} maps less than a page; refused");
+        nesting_core::guest_log!(
+            Warn,
+            "virtio-iommu: {rid} at {iova:#x} maps less than a page; refused"
+        );
         Err(refused)
     }
 

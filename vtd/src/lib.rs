@@ -53,6 +53,8 @@
 //!   ([`Vtd::translate_translated`]) of emulated ATS devices, and the
 //!   guest's device-TLB invalidations delivered to the VMM
 //!   ([`Vtd::set_device_tlb_callback`]).
+//! - Limits: [`limits`] names the bounds on the work one guest action
+//!   can cause (`docs/guest-limits.md` tables them with the caps).
 //! - Snapshot and restore: [`snapshot`] (nesting-core's common
 //!   `Snapshot` API); counters a VMM exports: [`Vtd::stats`].
 //!
@@ -70,6 +72,7 @@ pub mod acpi;
 pub mod ats;
 pub mod fault;
 pub mod ladder;
+pub mod limits;
 pub mod nesting;
 pub mod options;
 pub mod passthrough;

@@ -14,6 +14,7 @@ use vm_memory::GuestMemory;
 
 use crate::ats::DeviceTlbInvalidation;
 use crate::fault::{AddressType, FaultLog, FaultReason, FaultRecord, LogOutcome};
+use crate::limits::{MAX_QUEUE_DESCRIPTORS, MAX_SYNC_READS_PER_WRITE};
 use crate::nesting::{
     ContextScope, EventQueue, IotlbScope, VtdEvent, cache_event, cache_invalidations, device_event,
 };
@@ -90,6 +91,14 @@ pub struct Vtd {
     pub(crate) passthrough: Option<Box<PassthroughBackend>>,
     /// Events are queued without a backend too.
     keep_events: bool,
+    /// Guest-memory reads the passthrough backend may still make for the
+    /// MMIO write (or device addition) under way
+    /// ([`crate::limits::MAX_SYNC_READS_PER_WRITE`]), shared with the
+    /// budgeted memory it reads through.
+    sync_reads: Arc<std::sync::atomic::AtomicU64>,
+    /// What [`Vtd::sync_reads_left`] starts from at each write (tests
+    /// lower it to reach it).
+    pub(crate) sync_read_budget: u64,
 }
 
 impl std::fmt::Debug for Vtd {
@@ -102,11 +111,6 @@ impl std::fmt::Debug for Vtd {
             .finish_non_exhaustive()
     }
 }
-
-/// Most 128-bit descriptors one queue can hold: IQA.QS is 3 bits, 2^7
-/// pages of 256 descriptors (11.4 IQA_REG). One tail write processes at most
-/// this many, so the drain is bounded even if the guest rewrites the tail.
-const MAX_QUEUE_DESCRIPTORS: u64 = 256 << 7;
 
 impl Vtd {
     /// A unit at reset.
@@ -124,6 +128,8 @@ impl Vtd {
             counters: crate::stats::Counters::default(),
             passthrough: None,
             keep_events: false,
+            sync_reads: Arc::new(MAX_SYNC_READS_PER_WRITE.into()),
+            sync_read_budget: MAX_SYNC_READS_PER_WRITE,
             cfg,
         }
     }
@@ -197,6 +203,25 @@ impl Vtd {
         self.descriptors_processed = processed;
     }
 
+    /// A new guest action: the passthrough backend may read
+    /// [`MAX_SYNC_READS_PER_WRITE`] more entries for it.
+    pub(crate) fn start_sync_budget(&mut self) {
+        self.sync_reads
+            .store(self.sync_read_budget, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reads the passthrough backend may still make for the action under
+    /// way: loops over guest tables stop when it is spent, rather than
+    /// failing read after read.
+    pub(crate) fn sync_reads_left(&self) -> u64 {
+        self.sync_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The shared budget counter.
+    pub(crate) fn sync_reads(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.sync_reads.clone()
+    }
+
     /// Queues `ev` whoever consumes events (a restored unit's
     /// [`VtdEvent::Resync`]: the backend enabled later reads every table).
     pub(crate) fn push_event(&mut self, ev: VtdEvent) {
@@ -238,7 +263,7 @@ impl Vtd {
                 self.regs.read(offset, u64::from(size))
             }
             _ => {
-                log::debug!("vtd: unsupported {size}-byte read at {offset:#x}");
+                nesting_core::guest_log!(Debug, "vtd: unsupported {size}-byte read at {offset:#x}");
                 0
             }
         }
@@ -256,9 +281,10 @@ impl Vtd {
         value: u64,
     ) {
         if !matches!(size, 4 | 8) || !offset.is_multiple_of(u64::from(size)) {
-            log::debug!("vtd: unsupported {size}-byte write at {offset:#x}");
+            nesting_core::guest_log!(Debug, "vtd: unsupported {size}-byte write at {offset:#x}");
             return;
         }
+        self.start_sync_budget();
         for e in self.regs.write(offset, u64::from(size), value) {
             self.after_write(mem, &e);
         }
@@ -336,7 +362,7 @@ impl Vtd {
             addr: (self.regs.get(uaddr) << 32) | self.regs.get(addr),
             data: self.regs.get(data) as u32,
         };
-        log::trace!("vtd: interrupt {irq:?}");
+        nesting_core::guest_log!(Trace, "vtd: interrupt {irq:?}");
         if let Some(cb) = &self.irq {
             cb(irq);
         }
@@ -436,7 +462,7 @@ impl Vtd {
         // the unit ignores it (the command completes with CAIG=0, "not
         // performed").
         let caig = if self.qi_enabled() {
-            log::warn!("vtd: CCMD write while queued invalidation is enabled");
+            nesting_core::guest_log!(Warn, "vtd: CCMD write while queued invalidation is enabled");
             0
         } else {
             let cmd = ccmd::Ccmd(v);
@@ -466,7 +492,10 @@ impl Vtd {
         let reg = iotlb_reg::IotlbReg(v);
         let did = reg.did();
         let iaig = if self.qi_enabled() {
-            log::warn!("vtd: IOTLB_REG write while queued invalidation is enabled");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: IOTLB_REG write while queued invalidation is enabled"
+            );
             0
         } else {
             let scope = match reg.iirg() {
@@ -498,7 +527,8 @@ impl Vtd {
         match self.sync_host(mem) {
             Ok(()) => granularity,
             Err(r) => {
-                log::warn!(
+                nesting_core::guest_log!(
+                    Warn,
                     "vtd: register-based invalidation not performed on the host for {:#06x}",
                     r.sid
                 );
@@ -513,7 +543,7 @@ impl Vtd {
         let before = self.regs.get(off::FSTS);
         self.regs.set_field(off::IQER, iqer::IQEI, u64::from(code));
         self.regs.set(off::FSTS, fsts::IQE.set(before, 1));
-        log::debug!("vtd: invalidation queue error, IQEI {code}");
+        nesting_core::guest_log!(Debug, "vtd: invalidation queue error, IQEI {code}");
         self.fault_status_set(before);
     }
 
@@ -616,7 +646,10 @@ impl Vtd {
     ) {
         if status_write && mem.write_u32_le(Gpa(addr), data).is_err() {
             // A DMA write to no memory is dropped, as on a real platform.
-            log::warn!("vtd: invalidation wait status write to {addr:#x} failed");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: invalidation wait status write to {addr:#x} failed"
+            );
         }
         if interrupt {
             // VT-d "Hardware Generation of Invalidation Completion Events": no
@@ -743,7 +776,10 @@ impl Vtd {
         }
         let at = (iqa::IQA.mask() & a).checked_add(tail);
         if at.is_none_or(|at| prq::write_descriptor(mem, at, req).is_err()) {
-            log::warn!("vtd: page request queue at {a:#x} is not in guest memory");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: page request queue at {a:#x} is not in guest memory"
+            );
             return respond(prq::response::SUCCESS);
         }
         self.regs.set(off::PQT, next);

@@ -188,7 +188,10 @@ impl EventQueue {
     /// [`MAX_PENDING_EVENTS`].
     pub fn push(&mut self, e: VtdEvent) {
         if self.q.len() >= MAX_PENDING_EVENTS {
-            log::warn!("vtd: {MAX_PENDING_EVENTS} undrained nesting events, collapsing to resync");
+            nesting_core::guest_log!(
+                Warn,
+                "vtd: {MAX_PENDING_EVENTS} undrained nesting events, collapsing to resync"
+            );
             self.q.clear();
             self.q.push_back(VtdEvent::Resync);
         }

@@ -72,6 +72,7 @@ use std::sync::Arc;
 use nesting_core::host::HostError;
 use nesting_core::host::objects::{BoundDevice, SharedHost};
 use nesting_core::ladder::{self, Decision, DecisionKind, HostView};
+use nesting_core::mem::ReadBudget;
 use nesting_core::passthrough::{Backing, HostFailure, Place, Registry};
 use nesting_core::ram::RamIoas;
 use nesting_core::types::{Bdf, Pasid};
@@ -103,6 +104,16 @@ pub const MAX_NESTED_PASIDS_PER_DEVICE: usize = 1024;
 /// larger; what is left over stays unmapped on the host (DMA there is
 /// blocked, never let through) and is logged.
 pub const MAX_ROUNDS_PER_RANGE: usize = 64;
+
+/// Most mappings one sync point reads from the guest's tables for its
+/// shadow spaces together: two shadow domains' worth
+/// ([`nesting_core::shadow::MAX_GUEST_SPANS`] each, so a global
+/// invalidation of a guest with full domains is read whole), and a bound
+/// on the plan a sync point builds (a step of about 64 bytes each) however
+/// the tables alias. Past it, the ranges left are unmapped on the host
+/// (DMA there is blocked, never let through) and logged, as a truncated
+/// range is.
+pub const MAX_MAPPINGS_PER_SYNC: usize = 2 * nesting_core::shadow::MAX_GUEST_SPANS;
 
 /// Consecutive sync points at which the host refused the work owed for the
 /// same device before the backend stops reporting the failure as a retried
@@ -172,6 +183,9 @@ pub struct BackendStats {
     pub invalidate_calls: u64,
     /// Invalidation entries those calls carried that the host handled.
     pub invalidations: u64,
+    /// Guest actions whose table reads passed
+    /// [`crate::limits::MAX_SYNC_READS_PER_WRITE`].
+    pub budget_exhausted: u64,
 }
 
 /// What a nested requester's guest entry says, for invalidation targeting
@@ -204,7 +218,10 @@ pub struct PassthroughBackend {
     faulted: BTreeSet<(u16, Option<Pasid>)>,
     /// Consecutive refused sync points per device.
     refusals: BTreeMap<u16, u32>,
-    stats: BackendStats,
+    /// Mappings the sync point under way may still read
+    /// ([`MAX_MAPPINGS_PER_SYNC`]).
+    map_room: usize,
+    pub(crate) stats: BackendStats,
 }
 
 /// Logs a host failure with its source-id (the guest learns of it
@@ -216,7 +233,7 @@ fn warn_host(what: &str, sid: u16, e: &dyn std::error::Error) {
         msg += &format!(": {c}");
         cause = c.source();
     }
-    log::warn!("vtd passthrough {sid:#06x}: {what}: {msg}");
+    nesting_core::guest_log!(Warn, "vtd passthrough {sid:#06x}: {what}: {msg}");
 }
 
 impl PassthroughBackend {
@@ -231,6 +248,7 @@ impl PassthroughBackend {
             tags: BTreeMap::new(),
             faulted: BTreeSet::new(),
             refusals: BTreeMap::new(),
+            map_room: MAX_MAPPINGS_PER_SYNC,
             stats: BackendStats::default(),
         }
     }
@@ -303,6 +321,7 @@ impl PassthroughBackend {
         if self.reg.contains(u32::from(sid)) {
             return Err((PassthroughError::Duplicate { sid }, device));
         }
+        self.map_room = MAX_MAPPINGS_PER_SYNC;
         let decision = self.decide(vtd, &view);
         if decision.kind == DecisionKind::Refuse {
             let decision = Box::new(decision);
@@ -417,6 +436,7 @@ impl PassthroughBackend {
         if events.is_empty() {
             return Ok(());
         }
+        self.map_room = MAX_MAPPINGS_PER_SYNC;
         let res = match self.kind {
             Some(DecisionKind::Nested) => self.sync_nested(vtd, mem, events),
             Some(DecisionKind::Shadow) => self.sync_shadow(vtd, mem, events),
@@ -446,7 +466,8 @@ impl PassthroughBackend {
         if *n < MAX_HOST_RETRIES {
             return Err(r);
         }
-        log::error!(
+        nesting_core::guest_log!(
+            Error,
             "vtd passthrough {:#06x}: the host refused {MAX_HOST_RETRIES} times in a row; the device is blocked",
             r.sid
         );
@@ -490,7 +511,10 @@ impl PassthroughBackend {
             return;
         }
         if fpd {
-            log::debug!("vtd passthrough {sid:#06x} {key:?}: FPD set, no fault recorded");
+            nesting_core::guest_log!(
+                Debug,
+                "vtd passthrough {sid:#06x} {key:?}: FPD set, no fault recorded"
+            );
             return;
         }
         let rec = refusal_fault(sid, key.map(Pasid::raw), 0, entry_refused(vtd));
@@ -527,6 +551,7 @@ impl Vtd {
         let Some(mut backend) = self.passthrough.take() else {
             return Err((PassthroughError::NotEnabled, device));
         };
+        self.start_sync_budget();
         // Events the unit queued before are the host's to see first.
         let events = self.take_events();
         if let Err(r) = backend.sync(self, mem, &events) {
@@ -559,7 +584,21 @@ impl Vtd {
             return Ok(());
         };
         let events = self.take_events();
-        let res = backend.sync(self, mem, &events);
+        // What the sync reads of the guest's tables is bounded by the
+        // action's budget, whatever the tables say: past it, reads fail
+        // as unreadable memory does (requesters blocked, mappings not
+        // mirrored: never more access than the guest gave).
+        let budget = ReadBudget::shared(mem, self.sync_reads());
+        let res = backend.sync(self, &budget, &events);
+        if budget.refused() > 0 {
+            backend.stats.budget_exhausted += 1;
+            nesting_core::guest_log!(
+                Warn,
+                "vtd passthrough: the guest's tables take more than {} reads for one register write; {} reads refused, what they cover stays blocked",
+                crate::limits::MAX_SYNC_READS_PER_WRITE,
+                budget.refused()
+            );
+        }
         self.passthrough = Some(backend);
         res
     }
@@ -607,6 +646,11 @@ fn pasids_in_use<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Vec<u
     let tables = ctx.max_pasids() / u64::from(PASIDS_PER_TABLE);
     let mut out = Vec::new();
     for t in (0..tables).filter_map(|t| u32::try_from(t).ok()) {
+        if vtd.sync_reads_left() == 0 {
+            // MAX_SYNC_READS_PER_WRITE: the PASIDs not read stay as they
+            // are found (blocked when new).
+            break;
+        }
         let base = t * PASIDS_PER_TABLE;
         let Ok(d) = PasidDirEntry::read(mem, dir, base) else {
             continue;
@@ -620,7 +664,8 @@ fn pasids_in_use<M: GuestMemory + ?Sized>(mem: &M, vtd: &Vtd, sid: u16) -> Vec<u
                 continue;
             }
             if out.len() == MAX_NESTED_PASIDS_PER_DEVICE {
-                log::warn!(
+                nesting_core::guest_log!(
+                    Warn,
                     "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; the rest stay blocked"
                 );
                 return out;

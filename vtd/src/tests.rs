@@ -11,6 +11,7 @@ use crate::options::VtdConfig;
 use crate::{Interrupt, TranslateResult, Vtd};
 
 mod ats;
+mod bounds;
 mod cache;
 mod faults;
 mod legacy;

@@ -574,7 +574,8 @@ fn parse_vevents(bytes: &[u8], payload_len: usize, next_sequence: &mut u32) -> V
     if !rest.is_empty() {
         // Not a whole record: the kernel never does this, but if a record
         // size disagrees with ours, the bytes are lost, and say so.
-        log::warn!(
+        crate::guest_log!(
+            Warn,
             "vEVENTQ read: {} trailing bytes are not a whole record (payload {payload_len})",
             rest.len()
         );
@@ -637,7 +638,8 @@ fn parse_faults(bytes: &[u8]) -> Vec<FaultGroup> {
     let mut current: Vec<PageFault> = Vec::new();
     let records = bytes.chunks_exact(PGFAULT_LEN);
     if !records.remainder().is_empty() {
-        log::warn!(
+        crate::guest_log!(
+            Warn,
             "fault queue read: {} trailing bytes are not a whole record",
             records.remainder().len()
         );
@@ -1149,7 +1151,8 @@ impl HostBackend for Iommufd {
                 }
                 Err(e) if groups.is_empty() => return Err(HostError::new(op, errno_of(&e))),
                 Err(e) => {
-                    log::warn!(
+                    crate::guest_log!(
+                        Warn,
                         "fault queue {q:?}: read failed after {} groups: {e}",
                         groups.len()
                     );

@@ -94,7 +94,7 @@ impl<T: HostObject> Owned<T> {
 impl<T: HostObject> Drop for Owned<T> {
     fn drop(&mut self) {
         if let Err(e) = self.host.destroy(self.id.object_id()) {
-            log::warn!("leaving {:?} to the kernel: {e}", self.id);
+            crate::guest_log!(Warn, "leaving {:?} to the kernel: {e}", self.id);
         }
     }
 }

@@ -365,6 +365,67 @@ fn vevents_are_read_and_gaps_reported_as_lost() {
 }
 
 #[test]
+fn closed_veventq_is_reported_not_dropped() {
+    let f = fixture(HostProfile::Smmuv3Nest);
+    let mut e = f.engine(NestedConfig::default());
+    f.add(&mut e, 0x800, NestedContext::Abort);
+    let v = e.viommus()[0];
+    f.sim.inject_vevent(v, vec![1; 32]).unwrap();
+    let q = f.sim.veventq_of(v).unwrap();
+    assert!(f.sim.close_queue(nesting_core::host::ObjectId::Veventq(q)));
+    let now = Instant::now();
+    for _ in 0..2 {
+        let evs = e.poll_events(now).unwrap();
+        assert!(
+            matches!(&evs[..], [NestedEvent::QueueFailed { error }] if error.errno == Errno::ENOENT),
+            "{evs:?}"
+        );
+    }
+}
+
+#[test]
+fn closed_fault_queue_is_reported_after_the_vevents_read() {
+    let f = fixture(HostProfile::Smmuv3Nest);
+    let mut e = f.engine(NestedConfig {
+        iopf: true,
+        ..Default::default()
+    });
+    let id = f.add(&mut e, 0x800, NestedContext::Abort);
+    e.install(
+        0x800,
+        None,
+        NestedContext::Smmuv3 {
+            ste: ste_s1(0x8_0000),
+        },
+    )
+    .unwrap();
+    let v = e.viommus()[0];
+    f.sim.inject_vevent(v, vec![7; 32]).unwrap();
+    let hwpt = f.sim.attached_hwpt(id, None).unwrap();
+    let fq = f
+        .sim
+        .hwpt(hwpt)
+        .unwrap()
+        .fault
+        .expect("nested HWPT with a fault queue");
+    assert!(
+        f.sim
+            .close_queue(nesting_core::host::ObjectId::FaultQueue(fq))
+    );
+    let evs = e.poll_events(Instant::now()).unwrap();
+    assert_eq!(
+        evs[0],
+        NestedEvent::Smmuv3 {
+            record: vec![7; 32]
+        }
+    );
+    assert!(
+        matches!(&evs[1..], [NestedEvent::QueueFailed { error }] if error.errno == Errno::ENOENT),
+        "{evs:?}"
+    );
+}
+
+#[test]
 fn page_requests_are_answered_exactly_once_or_timed_out() {
     let f = fixture(HostProfile::VtdNest);
     let mut e = f.engine(NestedConfig {

@@ -569,3 +569,56 @@ fn cfgi_all_rereads_every_passthrough_ste() {
     assert!(drv.issue(&mut p.h.smmu, &p.h.mem, &[cmd::cfgi_all()]));
     assert_eq!((p.data(a), p.data(b)), (Some(BYPASS), Some(BYPASS)));
 }
+
+/// Two host SMMUs, a passthrough device on each (StreamIDs 0x10, 0x20),
+/// one host event record queued on each vIOMMU's vEVENTQ.
+fn two_host_queues_with_an_event_each() -> (Pt, Driver, [nesting_core::host::ViommuId; 2], [u64; 4])
+{
+    let mut p = Pt::new(&[], nest());
+    p.add(0x10).unwrap();
+    let spec = nest();
+    let unit = p.sim.add_iommu(spec.clone());
+    p.add_on(unit, &spec, 0x20).unwrap();
+    let drv = p.h.probe();
+    let v = p.h.smmu.passthrough().unwrap().nested().unwrap().viommus();
+    assert_eq!(v.len(), 2, "one vIOMMU per host SMMU");
+    let rec: [u64; 4] = [0x10_0000_0010, 0, 0x1000, 0];
+    let bytes: Vec<u8> = rec.iter().flat_map(|w| w.to_le_bytes()).collect();
+    for id in &v {
+        p.sim.inject_vevent(*id, bytes.clone()).unwrap();
+    }
+    (p, drv, [v[0], v[1]], rec)
+}
+
+#[test]
+fn host_event_queue_closed_is_reported_as_overflow_and_error_and_keeps_what_was_read() {
+    let (mut p, mut drv, v, rec) = two_host_queues_with_an_event_each();
+    // The second vIOMMU's vEVENTQ goes away under the backend.
+    let q = p.sim.veventq_of(v[1]).unwrap();
+    assert!(p.sim.close_queue(nesting_core::host::ObjectId::Veventq(q)));
+    let err = p.h.smmu.poll_host_events(&p.h.mem).unwrap_err();
+    assert!(
+        matches!(&err, PassthroughError::Events(nesting_core::nested::NestedError::Host { source }) if source.errno == Errno::ENOENT),
+        "{err:?}"
+    );
+    // The first queue's record reached the guest, and the guest was told
+    // that events may be lost.
+    assert_eq!(drv.next_event(&mut p.h.smmu, &p.h.mem).unwrap().0, rec);
+    assert!(queue_ptr::OVF.is_set(p.h.read32(off::EVTQ_PROD)));
+    assert_eq!(p.h.smmu.passthrough().unwrap().stats().lost, 1);
+    assert_eq!(p.h.smmu.passthrough().unwrap().stats().events, 1);
+}
+
+#[test]
+fn host_event_read_failing_once_is_reported_then_reading_resumes() {
+    let (mut p, mut drv, _, rec) = two_host_queues_with_an_event_each();
+    p.sim.fail_nth(HostOp::VeventqRead, 1, Errno::EFAULT);
+    assert!(p.h.smmu.poll_host_events(&p.h.mem).is_err());
+    assert!(queue_ptr::OVF.is_set(p.h.read32(off::EVTQ_PROD)));
+    // The record of the queue whose read failed is still there: read now.
+    assert_eq!(p.h.smmu.poll_host_events(&p.h.mem).unwrap(), 1);
+    let got: Vec<[u64; 4]> = std::iter::from_fn(|| drv.next_event(&mut p.h.smmu, &p.h.mem))
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(got, vec![rec, rec]);
+}

@@ -2,6 +2,8 @@
 //! the RID) becomes a nested context in the registry; IOTLB invalidations
 //! become stage-1 invalidations sent at the sync point.
 
+use std::collections::BTreeSet;
+
 use nesting_core::nested::NestedContext;
 use nesting_core::passthrough::{Place, Plan, Step};
 use nesting_core::types::{Bdf, Pasid};
@@ -54,7 +56,8 @@ fn nested_context(entry: &PasidEntry) -> Option<NestedContext> {
 fn located(sid: u16, l: &crate::translate::Located) -> Want {
     let ctx = nested_context(&l.entry);
     if ctx.is_none() {
-        log::debug!(
+        nesting_core::guest_log!(
+            Debug,
             "vtd passthrough {sid:#06x} pasid {}: PGTT {:?} cannot nest; blocked",
             l.pasid,
             l.entry.pgtt()
@@ -99,6 +102,15 @@ impl PassthroughBackend {
     ) -> Result<(), HostRefusal> {
         let mut tags = Tags::new();
         let mut res = Ok(());
+        // Every read happens now, at the sync point: what a device's
+        // entries say does not change between two events of one sync, so
+        // each device is rescanned (and each PASID re-read) once however
+        // many context or PASID-cache invalidations the guest queued
+        // before its wait. A later event covered by an earlier rescan
+        // changes nothing and needs no flush either.
+        let mut all = false;
+        let mut devices: BTreeSet<u16> = BTreeSet::new();
+        let mut pasids: BTreeSet<u32> = BTreeSet::new();
         for ev in events {
             match *ev {
                 VtdEvent::TranslationEnabled(_)
@@ -106,25 +118,40 @@ impl PassthroughBackend {
                 | VtdEvent::Resync
                 | VtdEvent::Context(ContextScope::Global | ContextScope::Domain { .. })
                 | VtdEvent::PasidCache(PasidScope::Global | PasidScope::Domain { .. }) => {
+                    if std::mem::replace(&mut all, true) {
+                        continue;
+                    }
                     // A context change must not race invalidations queued
                     // for HWPTs it replaces.
                     res = res.and(self.flush_nested(vtd, &mut tags));
                     for sid in self.sids() {
-                        self.rescan_nested(vtd, mem, sid);
-                    }
-                }
-                VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => {
-                    res = res.and(self.flush_nested(vtd, &mut tags));
-                    for s in function_siblings(sid, fm) {
-                        if self.reg.contains(u32::from(s)) {
-                            self.rescan_nested(vtd, mem, s);
+                        if devices.insert(sid) {
+                            self.rescan_nested(vtd, mem, sid);
                         }
                     }
                 }
+                VtdEvent::Context(ContextScope::Device { sid, fm, .. }) => {
+                    let todo: Vec<u16> = function_siblings(sid, fm)
+                        .filter(|s| self.reg.contains(u32::from(*s)) && !devices.contains(s))
+                        .collect();
+                    if all || todo.is_empty() {
+                        continue;
+                    }
+                    res = res.and(self.flush_nested(vtd, &mut tags));
+                    for s in todo {
+                        devices.insert(s);
+                        self.rescan_nested(vtd, mem, s);
+                    }
+                }
                 VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
+                    if all || !pasids.insert(pasid) {
+                        continue;
+                    }
                     res = res.and(self.flush_nested(vtd, &mut tags));
                     for sid in self.sids() {
-                        self.reread_pasid(vtd, mem, sid, pasid);
+                        if !devices.contains(&sid) {
+                            self.reread_pasid(vtd, mem, sid, pasid);
+                        }
                     }
                 }
                 VtdEvent::Iotlb(scope) => self.queue_iotlb(&scope, &mut tags),
@@ -269,7 +296,7 @@ impl PassthroughBackend {
     }
 
     /// Moves one requester; on a host refusal it is blocked instead.
-    /// Returns whether it went where asked.
+    /// Returns whether it ended up where asked.
     fn place(&mut self, sid: u16, req: (u32, Option<Pasid>), to: Place<super::Space>) -> bool {
         let plan = Plan {
             steps: vec![Step::Place { req, to }],
@@ -287,7 +314,10 @@ impl PassthroughBackend {
         if let Err(e) = self.reg.stage(&block) {
             warn_host("blocking after a refusal", sid, &e);
         }
-        false
+        // Asked to block it, and blocked at the second try: nothing the
+        // guest asked for was refused (no fault owed, and none flagged
+        // that would silence the fault of its next entry's refusal).
+        to == Place::Blocked && self.reg.place(req) == Place::Blocked
     }
 
     fn queue_iotlb(&mut self, scope: &IotlbScope, tags: &mut Tags) {
@@ -337,7 +367,8 @@ impl PassthroughBackend {
             let Some(&(sid, key)) = usize::try_from(f.tag).ok().and_then(|t| tags.get(t)) else {
                 continue;
             };
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x} {key:?}: invalidation failed ({}), {} entries unsent",
                 f.error,
                 f.unsent.len()

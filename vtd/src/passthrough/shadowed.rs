@@ -41,7 +41,7 @@
 //!   supervisor-only pages are not reachable by privileged DMA of a
 //!   shadowed PASID (it faults on the host instead).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use nesting_core::ladder::{Check, HostView};
 use nesting_core::passthrough::{Place, Plan, StageError, Step};
@@ -49,12 +49,12 @@ use nesting_core::types::{Access, Bdf, Gpa, Iova, Pasid};
 use vm_memory::GuestMemory;
 
 use super::{
-    HostRefusal, MAX_NESTED_PASIDS_PER_DEVICE, MAX_ROUNDS_PER_RANGE, PassthroughBackend, fpd_of,
-    pasids_in_use, rid_did, rid_pasid, warn_host,
+    HostRefusal, MAX_MAPPINGS_PER_SYNC, MAX_NESTED_PASIDS_PER_DEVICE, MAX_ROUNDS_PER_RANGE,
+    PassthroughBackend, fpd_of, pasids_in_use, rid_did, rid_pasid, warn_host,
 };
 use crate::Vtd;
 use crate::nesting::{IotlbScope, PasidScope, VtdEvent};
-use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, TableView};
+use crate::shadow::{MAX_ENTRIES_PER_ENUMERATION, MIN_BUDGET, TableView};
 use crate::translate::{Caps, RootPointer, Tables, tables_for};
 
 /// Most shadow domains one unit keeps: each is a host IOAS (and a HWPT per
@@ -123,6 +123,35 @@ pub(super) type Dirty = BTreeMap<Space, Vec<Option<(u64, u64)>>>;
 /// A shadowed requester: a device's RID (`None`) or one of its PASIDs.
 type Requester = (u16, Option<Pasid>);
 
+/// What one sync point has reconciled already.
+#[derive(Debug, Default)]
+struct Once {
+    /// Every requester.
+    all: bool,
+    /// Every device's requester of these PASIDs.
+    pasids: BTreeSet<u32>,
+}
+
+/// The ranges to read again of one space: the whole space if any event
+/// asked for it, else the ranges merged where they overlap or touch, so
+/// that tables are read once per sync point however many invalidations
+/// of overlapping ranges the guest queued.
+fn normalize(ranges: Vec<Option<(u64, u64)>>) -> Vec<Option<(u64, u64)>> {
+    if ranges.contains(&None) {
+        return vec![None];
+    }
+    let mut r: Vec<(u64, u64)> = ranges.into_iter().flatten().collect();
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (first, last) in r {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out.into_iter().map(Some).collect()
+}
+
 fn ep((sid, key): Requester) -> (u32, Option<Pasid>) {
     (u32::from(sid), key)
 }
@@ -135,26 +164,34 @@ impl PassthroughBackend {
         events: &[VtdEvent],
     ) -> Result<(), HostRefusal> {
         let mut dirty = Dirty::new();
+        // Every read happens now, at the sync point: where the tables put
+        // a requester does not change between two events of one sync, so
+        // each requester is reconciled once however many context or PASID
+        // invalidations the guest queued before its wait (a queue full of
+        // them costs one reconcile, not one per descriptor).
+        let mut once = Once::default();
         for ev in events {
             match *ev {
                 // GCMD.TE (11.4.4): with it clear the RIDs see guest RAM
                 // untranslated; set again, every space is read anew.
                 VtdEvent::TranslationEnabled(on) => {
-                    self.reconcile_all(vtd, mem, &mut dirty);
+                    self.reconcile_all_once(vtd, mem, &mut dirty, &mut once);
                     if on {
                         self.resync_all(&mut dirty);
                     }
                 }
                 VtdEvent::PasidCache(PasidScope::Pasid { pasid, .. }) => {
-                    for sid in self.sids() {
-                        self.reconcile_pasid(vtd, mem, sid, pasid, &mut dirty);
+                    if !once.all && once.pasids.insert(pasid) {
+                        for sid in self.sids() {
+                            self.reconcile_pasid(vtd, mem, sid, pasid, &mut dirty);
+                        }
                     }
                 }
                 VtdEvent::RootTable { .. } | VtdEvent::Context(_) | VtdEvent::PasidCache(_) => {
-                    self.reconcile_all(vtd, mem, &mut dirty)
+                    self.reconcile_all_once(vtd, mem, &mut dirty, &mut once)
                 }
                 VtdEvent::Resync | VtdEvent::Iotlb(IotlbScope::Global) => {
-                    self.reconcile_all(vtd, mem, &mut dirty);
+                    self.reconcile_all_once(vtd, mem, &mut dirty, &mut once);
                     self.resync_all(&mut dirty);
                 }
                 VtdEvent::Iotlb(scope) => {
@@ -204,12 +241,18 @@ impl PassthroughBackend {
             .collect()
     }
 
-    fn reconcile_all<M: GuestMemory + ?Sized>(
+    /// Reconciles every requester, once per sync point.
+    fn reconcile_all_once<M: GuestMemory + ?Sized>(
         &mut self,
         vtd: &mut Vtd,
         mem: &M,
         dirty: &mut Dirty,
+        once: &mut Once,
     ) {
+        if once.all {
+            return;
+        }
+        once.all = true;
         for sid in self.sids() {
             self.reconcile(vtd, mem, sid, dirty);
         }
@@ -217,7 +260,10 @@ impl PassthroughBackend {
 
     fn resync_all(&self, dirty: &mut Dirty) {
         for (s, _) in self.reg.spaces() {
-            dirty.entry(*s).or_default().push(None);
+            let ranges = dirty.entry(*s).or_default();
+            if !ranges.contains(&None) {
+                ranges.push(None);
+            }
         }
     }
 
@@ -328,7 +374,8 @@ impl PassthroughBackend {
         if known || others < MAX_NESTED_PASIDS_PER_DEVICE {
             self.reconcile_one(vtd, mem, (sid, key), dirty);
         } else {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x}: more than {MAX_NESTED_PASIDS_PER_DEVICE} PASIDs; pasid {pasid:#x} stays blocked"
             );
         }
@@ -353,7 +400,8 @@ impl PassthroughBackend {
         // attach (iommu_attach_device_pasid: pasid < max_pasids): such a
         // PASID's entry is one the (virtual) unit cannot use.
         if want != Place::Blocked && !self.reg.carries(ep(req)) {
-            log::warn!(
+            nesting_core::guest_log!(
+                Warn,
                 "vtd passthrough {sid:#06x}: pasid {:#x} is beyond what the host attaches; blocked",
                 key.map_or(0, Pasid::raw),
             );
@@ -388,6 +436,12 @@ impl PassthroughBackend {
             Err(e) => {
                 warn_host("attaching a shadowed device", sid, &e);
                 self.block(req);
+                // The guest cleared the entry and the requester is blocked
+                // after all: nothing the guest asked for was refused, and
+                // its next entry is owed a fault of its own if refused.
+                if want == Place::Blocked && self.reg.place(ep(req)) == Place::Blocked {
+                    return;
+                }
                 let fpd = fpd_of(mem, vtd, sid, key.map(Pasid::raw));
                 self.refusal_fault(vtd, sid, key, fpd);
             }
@@ -427,7 +481,7 @@ impl PassthroughBackend {
             let Ok(sid) = u16::try_from(ep) else {
                 continue;
             };
-            for range in ranges {
+            for range in normalize(ranges) {
                 self.read_tables(vtd, mem, (sid, key), space, Some(range), &mut plan);
             }
             owner.push((plan.steps.len(), sid));
@@ -446,7 +500,10 @@ impl PassthroughBackend {
             .or(owner.last())
             .map_or(0, |(_, sid)| *sid);
         if let StageError::Invalid { why, .. } = e {
-            log::error!("vtd passthrough: a shadow plan was refused as invalid: {why}");
+            nesting_core::guest_log!(
+                Error,
+                "vtd passthrough: a shadow plan was refused as invalid: {why}"
+            );
         }
         Err(HostRefusal { sid })
     }
@@ -476,7 +533,17 @@ impl PassthroughBackend {
         };
         let pasid = key.map(Pasid::raw);
         for _ in 0..MAX_ROUNDS_PER_RANGE {
-            let budget = MAX_ENTRIES_PER_ENUMERATION;
+            let reads = usize::try_from(vtd.sync_reads_left()).unwrap_or(usize::MAX);
+            if self.map_room == 0 || reads == 0 {
+                // MAX_MAPPINGS_PER_SYNC or MAX_SYNC_READS_PER_WRITE: the
+                // rest of the range stays unmapped (the unmap above
+                // covers it), as a truncated range does.
+                break;
+            }
+            let budget = MAX_ENTRIES_PER_ENUMERATION
+                .min(self.map_room)
+                .min(reads)
+                .max(MIN_BUDGET);
             let view = vtd.table_view(mem, Bdf(sid), pasid, first, last, budget);
             let TableView::Mappings {
                 list,
@@ -488,6 +555,7 @@ impl PassthroughBackend {
                 // context event; nothing to mirror.
                 return;
             };
+            self.map_room = self.map_room.saturating_sub(list.len());
             for m in list {
                 plan.push(Step::Map {
                     space,
@@ -502,8 +570,9 @@ impl PassthroughBackend {
             }
             first = resume;
         }
-        log::warn!(
-            "vtd passthrough: {space:?}: range up to {last:#x} not fully read after {MAX_ROUNDS_PER_RANGE} rounds; the rest stays unmapped"
+        nesting_core::guest_log!(
+            Warn,
+            "vtd passthrough: {space:?}: range up to {last:#x} not fully read ({MAX_ROUNDS_PER_RANGE} rounds, {MAX_MAPPINGS_PER_SYNC} mappings per sync point or the reads of one register write); the rest stays unmapped"
         );
         self.stats.truncated_ranges += 1;
     }

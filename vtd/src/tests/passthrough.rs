@@ -22,10 +22,10 @@ use crate::mock::{
 use crate::passthrough::{PassthroughBackend, PassthroughError};
 use crate::regs::{fsts, off};
 
-const SID: u16 = 0x0010;
-const DID: u16 = 3;
+pub(crate) const SID: u16 = 0x0010;
+pub(crate) const DID: u16 = 3;
 
-pub(super) struct Host {
+pub(crate) struct Host {
     pub sim: Arc<SimIommufd>,
     pub dev: nesting_core::host::DevId,
 }
@@ -48,7 +48,7 @@ fn host_spec(h: &mut Harness, spec: &SimHostSpec) -> (Arc<SimIommufd>, BoundDevi
 }
 
 /// The unit's passthrough backend.
-pub(super) fn backend(h: &Harness) -> &PassthroughBackend {
+pub(crate) fn backend(h: &Harness) -> &PassthroughBackend {
     h.vtd.passthrough().expect("passthrough enabled")
 }
 
@@ -320,15 +320,15 @@ fn nested_translation_disabled_is_bypass_on_the_parent() {
     assert!(matches!(host.sim.hwpt(id).unwrap().data, HwptData::None));
 }
 
-struct Shadow {
-    h: Harness,
-    host: Host,
-    q: Queue,
-    sl: SlTables,
+pub(crate) struct Shadow {
+    pub h: Harness,
+    pub host: Host,
+    pub q: Queue,
+    pub sl: SlTables,
 }
 
 /// Legacy mode with caching mode on a host without nesting: shadowed.
-fn shadow() -> Shadow {
+pub(crate) fn shadow() -> Shadow {
     let mut h = Harness::new(&["mode=legacy", "cm=1"]);
     let host = accepted(&mut h, HostProfile::VtdNonest, DecisionKind::Shadow);
     let t = LegacyTables::new(&h.mem, &mut h.alloc);
@@ -344,20 +344,20 @@ fn shadow() -> Shadow {
 }
 
 impl Shadow {
-    fn ioas(&self) -> nesting_core::host::IoasId {
+    pub fn ioas(&self) -> nesting_core::host::IoasId {
         match self.host.sim.attachment(self.host.dev, None) {
             Some(PtId::Ioas(i)) => i,
             other => panic!("not attached to an IOAS: {other:?}"),
         }
     }
 
-    fn host_va(&self, gpa: u64) -> u64 {
+    pub fn host_va(&self, gpa: u64) -> u64 {
         self.h.mem.get_host_address(GuestAddress(gpa)).unwrap() as u64
     }
 
     /// Maps one 4 KiB page RW and sends its page-selective invalidation,
     /// as Linux's map path does in caching mode.
-    fn map_page(&mut self, iova: u64, gpa: u64) {
+    pub fn map_page(&mut self, iova: u64, gpa: u64) {
         self.sl
             .map(&self.h.mem, &mut self.h.alloc, iova, gpa, 12, true, true);
         self.invalidate_page(iova);
@@ -611,6 +611,7 @@ fn nested_device_the_host_will_not_take_is_refused_at_hotplug_and_handed_back() 
 }
 
 mod completion;
+mod failing_host;
 mod pasid;
 
 mod props {
