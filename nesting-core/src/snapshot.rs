@@ -35,9 +35,14 @@
 //! assert!(matches!(Envelope::from_bytes(b"garbage"), Err(SnapshotError::Encoding(_))));
 //! ```
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::options::ModelOptions;
+use crate::regs::RegisterFile;
 
 /// A boxed cause (a model's configuration error, a host failure).
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -216,6 +221,55 @@ pub fn check_version<T: Snapshot>(found: u32) -> Result<(), SnapshotError> {
         oldest: T::OLDEST_VERSION,
         newest: T::VERSION,
     })
+}
+
+/// A configuration as the `key=value` tokens a snapshot keeps (the
+/// model's `model` directive arguments).
+pub fn save_options<C: ModelOptions>(cfg: &C) -> Vec<String> {
+    cfg.options()
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
+}
+
+/// The configuration saved by [`save_options`].
+pub fn restore_options<C: ModelOptions>(saved: &[String]) -> Result<C, SnapshotError> {
+    let tokens: Vec<&str> = saved.iter().map(String::as_str).collect();
+    C::from_options(&tokens).map_err(|e| SnapshotError::Config(e.into()))
+}
+
+/// Every register of `regs` as (offset, value), in layout order.
+pub fn save_registers<A: Copy>(regs: &RegisterFile<A>) -> Vec<(u64, u64)> {
+    regs.descs()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.offset, regs.value(i)))
+        .collect()
+}
+
+/// The saved registers matched against the layout of `regs` (a file of
+/// the restored configuration): (offset, value) in layout order, every
+/// register of the layout exactly once. A saved register the layout lacks
+/// or a register of the layout not saved is an error, so a snapshot never
+/// half-restores.
+pub fn restore_registers<A: Copy>(
+    regs: &RegisterFile<A>,
+    saved: &[(u64, u64)],
+) -> Result<Vec<(u64, u64)>, SnapshotError> {
+    let by_offset: BTreeMap<u64, u64> = saved.iter().copied().collect();
+    let layout: BTreeSet<u64> = regs.descs().iter().map(|d| d.offset).collect();
+    if let Some(offset) = by_offset.keys().find(|o| !layout.contains(o)) {
+        return Err(SnapshotError::UnknownRegister { offset: *offset });
+    }
+    regs.descs()
+        .iter()
+        .map(|d| {
+            by_offset
+                .get(&d.offset)
+                .map(|v| (d.offset, *v))
+                .ok_or(SnapshotError::MissingRegister { offset: d.offset })
+        })
+        .collect()
 }
 
 #[cfg(test)]

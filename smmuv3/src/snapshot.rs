@@ -15,9 +15,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use nesting_core::options::ModelOptions;
-use nesting_core::snapshot::check_version;
 pub use nesting_core::snapshot::{Snapshot, SnapshotError};
+use nesting_core::snapshot::{
+    check_version, restore_options, restore_registers, save_options, save_registers,
+};
 
 use crate::Smmuv3;
 use crate::options::Smmuv3Config;
@@ -52,18 +53,8 @@ impl Snapshot for Smmuv3 {
 
     /// The SMMU's state.
     fn snapshot(&self) -> Smmuv3Snapshot {
-        let options = self
-            .config()
-            .options()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let registers = self
-            .regs
-            .descs()
-            .iter()
-            .map(|d| (d.offset, self.regs.get(d.offset)))
-            .collect();
+        let options = save_options(self.config());
+        let registers = save_registers(self.regs.file());
         Smmuv3Snapshot {
             version: SNAPSHOT_VERSION,
             options,
@@ -78,20 +69,9 @@ impl Snapshot for Smmuv3 {
     /// An SMMU in the saved state (without callbacks or host backend).
     fn restore(s: &Smmuv3Snapshot) -> Result<Smmuv3, SnapshotError> {
         check_version::<Smmuv3>(s.version)?;
-        let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
-        let cfg = Smmuv3Config::from_options(&opts).map_err(|e| SnapshotError::Config(e.into()))?;
+        let cfg: Smmuv3Config = restore_options(&s.options)?;
         let mut unit = Smmuv3::new(cfg);
-        let layout: Vec<u64> = unit.regs.descs().iter().map(|d| d.offset).collect();
-        if let Some((offset, _)) = s.registers.iter().find(|(o, _)| !layout.contains(o)) {
-            return Err(SnapshotError::UnknownRegister { offset: *offset });
-        }
-        for offset in layout {
-            let value = s
-                .registers
-                .iter()
-                .find(|(o, _)| *o == offset)
-                .map(|(_, v)| *v)
-                .ok_or(SnapshotError::MissingRegister { offset })?;
+        for (offset, value) in restore_registers(unit.regs.file(), &s.registers)? {
             unit.regs.set(offset, value);
         }
         unit.stalls = StallTable::restore(&s.stalls, s.next_stag);

@@ -473,6 +473,11 @@ impl RegisterFile {
         self.0.descs()
     }
 
+    /// The shared register file underneath (declarations and raw values).
+    pub fn file(&self) -> &nesting_core::regs::RegisterFile {
+        &self.0
+    }
+
     /// Raw value of the register at `offset` (0 if there is none).
     pub fn get(&self, offset: u64) -> u64 {
         self.0.get(offset)

@@ -18,9 +18,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use nesting_core::options::ModelOptions;
-use nesting_core::snapshot::check_version;
 pub use nesting_core::snapshot::{Snapshot, SnapshotError};
+use nesting_core::snapshot::{
+    check_version, restore_options, restore_registers, save_options, save_registers,
+};
 
 use crate::Vtd;
 use crate::nesting::VtdEvent;
@@ -55,18 +56,8 @@ impl Snapshot for Vtd {
 
     /// The unit's state.
     fn snapshot(&self) -> VtdSnapshot {
-        let options = self
-            .config()
-            .options()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        let registers = self
-            .registers()
-            .descs()
-            .iter()
-            .map(|d| (d.offset, self.registers().get(d.offset)))
-            .collect();
+        let options = save_options(self.config());
+        let registers = save_registers(self.registers().file());
         let (root_addr, root_ttm) = self.root_pointer();
         VtdSnapshot {
             version: SNAPSHOT_VERSION,
@@ -83,22 +74,9 @@ impl Snapshot for Vtd {
     /// again). Its first nesting event is [`VtdEvent::Resync`].
     fn restore(s: &VtdSnapshot) -> Result<Vtd, SnapshotError> {
         check_version::<Vtd>(s.version)?;
-        let opts: Vec<&str> = s.options.iter().map(String::as_str).collect();
-        let cfg = VtdConfig::from_options(&opts).map_err(|e| SnapshotError::Config(e.into()))?;
+        let cfg: VtdConfig = restore_options(&s.options)?;
         let mut unit = Vtd::new(cfg);
-        let layout: Vec<u64> = unit.registers().descs().iter().map(|d| d.offset).collect();
-        for (offset, _) in &s.registers {
-            if !layout.contains(offset) {
-                return Err(SnapshotError::UnknownRegister { offset: *offset });
-            }
-        }
-        for offset in layout {
-            let value = s
-                .registers
-                .iter()
-                .find(|(o, _)| *o == offset)
-                .map(|(_, v)| *v)
-                .ok_or(SnapshotError::MissingRegister { offset })?;
+        for (offset, value) in restore_registers(unit.registers().file(), &s.registers)? {
             unit.restore_register(offset, value);
         }
         unit.restore_internal(
