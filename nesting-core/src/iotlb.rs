@@ -306,6 +306,14 @@ pub struct Iotlb {
     /// Bit n set: some entry of page size 2^n may be cached.
     shifts: AtomicU64,
     generation: AtomicU64,
+    /// Inserts begun and finished (counted before the generation check and
+    /// after the slot is unlocked): see [`Iotlb::invalidate`].
+    inserts_begun: AtomicU64,
+    inserts_done: AtomicU64,
+    /// `inserts_done` as read at the start of the last complete scan of an
+    /// [`IotlbInvalidation::All`]: every insert it counts was visited by
+    /// that scan.
+    clean_at: AtomicU64,
     /// Round-robin victim choice when a set is full.
     victim: AtomicU64,
     counters: Counters,
@@ -333,6 +341,9 @@ impl Iotlb {
             set_mask: sets as u64 - 1,
             shifts: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            inserts_begun: AtomicU64::new(0),
+            inserts_done: AtomicU64::new(0),
+            clean_at: AtomicU64::new(0),
             victim: AtomicU64::new(0),
             counters: Counters::default(),
         }
@@ -475,15 +486,17 @@ impl Iotlb {
         let Some(slot) = set.get(way) else {
             return false;
         };
+        self.inserts_begun.fetch_add(1, Ordering::SeqCst);
         let next = slot.lock();
         // Checked while holding the slot: an invalidation bumps the
         // generation before it visits the slots, so either this insert sees
         // the new generation, or the invalidation visits the slot after it.
-        let fresh = self.generation.load(Ordering::Acquire) == at.0;
+        let fresh = self.generation.load(Ordering::SeqCst) == at.0;
         if fresh {
             slot.store(raw);
         }
         slot.unlock(next);
+        self.inserts_done.fetch_add(1, Ordering::SeqCst);
         if fresh {
             self.shifts.fetch_or(1u64 << shift, Ordering::AcqRel);
         }
@@ -492,9 +505,10 @@ impl Iotlb {
 
     /// Removes the entries `inv` names. Returns how many were removed.
     pub fn invalidate(&self, inv: IotlbInvalidation) -> usize {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
         let removed = match inv {
+            IotlbInvalidation::All => self.invalidate_all(),
             IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
                 Some(sets) => sets
                     .iter()
@@ -509,6 +523,30 @@ impl Iotlb {
             // probe per size actually in use.
             self.shifts.store(0, Ordering::Release);
         }
+        removed
+    }
+
+    /// Empties the cache, without visiting the slots when nothing was
+    /// inserted since the last complete scan (a reset, or a guest's global
+    /// invalidation, of an idle cache costs no scan of every slot).
+    ///
+    /// Sound with concurrent inserts (all orderings here are SeqCst, so
+    /// the counters and the generation have one order). Reading `done`
+    /// then `begun` equal means no insert was under way at the read of
+    /// `done`; one begun later checks the generation after this call
+    /// bumped it, so it stores only a translation walked after this
+    /// invalidation began. An insert counted in `clean_at` stored its
+    /// entry before that scan read the counter, so the scan removed it.
+    /// So when `done == begun == clean_at`, nothing is cached that this
+    /// invalidation must remove.
+    fn invalidate_all(&self) -> usize {
+        let done = self.inserts_done.load(Ordering::SeqCst);
+        let begun = self.inserts_begun.load(Ordering::SeqCst);
+        if done == begun && done == self.clean_at.load(Ordering::SeqCst) {
+            return 0;
+        }
+        let removed = self.clear_matching(0..self.slots.len(), IotlbInvalidation::All);
+        self.clean_at.fetch_max(done, Ordering::SeqCst);
         removed
     }
 
