@@ -507,16 +507,23 @@ impl Iotlb {
     pub fn invalidate(&self, inv: IotlbInvalidation) -> usize {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        let removed = match inv {
-            IotlbInvalidation::All => self.invalidate_all(),
-            IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
-                Some(sets) => sets
-                    .iter()
-                    .map(|&set| self.clear_matching(set * WAYS..set * WAYS + WAYS, inv))
-                    .sum(),
-                None => self.clear_matching(0..self.slots.len(), inv),
+        let removed = match self.empty_since_last_scan() {
+            Ok(()) => 0,
+            Err(done) => match inv {
+                IotlbInvalidation::All => {
+                    let removed = self.clear_matching(0..self.slots.len(), inv);
+                    self.clean_at.fetch_max(done, Ordering::SeqCst);
+                    removed
+                }
+                IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
+                    Some(sets) => sets
+                        .iter()
+                        .map(|&set| self.clear_matching(set * WAYS..set * WAYS + WAYS, inv))
+                        .sum(),
+                    None => self.clear_matching(0..self.slots.len(), inv),
+                },
+                _ => self.clear_matching(0..self.slots.len(), inv),
             },
-            _ => self.clear_matching(0..self.slots.len(), inv),
         };
         if inv == IotlbInvalidation::All {
             // Nothing of any size is cached any more; keep lookups at one
@@ -526,28 +533,29 @@ impl Iotlb {
         removed
     }
 
-    /// Empties the cache, without visiting the slots when nothing was
-    /// inserted since the last complete scan (a reset, or a guest's global
-    /// invalidation, of an idle cache costs no scan of every slot).
+    /// `Ok` when nothing can be cached that an invalidation begun (its
+    /// generation bumped) before this call must remove: nothing was
+    /// inserted since the start of the last complete scan of an
+    /// [`IotlbInvalidation::All`]. Then no invalidation visits the slots (a
+    /// reset, or a guest's invalidations, of an idle cache cost no scan of
+    /// every slot). Otherwise the count of finished inserts, which an
+    /// `All` scan begun now records in `clean_at` once complete.
     ///
     /// Sound with concurrent inserts (all orderings here are SeqCst, so
     /// the counters and the generation have one order). Reading `done`
     /// then `begun` equal means no insert was under way at the read of
-    /// `done`; one begun later checks the generation after this call
-    /// bumped it, so it stores only a translation walked after this
+    /// `done`; one begun later checks the generation after the caller
+    /// bumped it, so it stores only a translation walked after the
     /// invalidation began. An insert counted in `clean_at` stored its
     /// entry before that scan read the counter, so the scan removed it.
-    /// So when `done == begun == clean_at`, nothing is cached that this
-    /// invalidation must remove.
-    fn invalidate_all(&self) -> usize {
+    fn empty_since_last_scan(&self) -> Result<(), u64> {
         let done = self.inserts_done.load(Ordering::SeqCst);
         let begun = self.inserts_begun.load(Ordering::SeqCst);
         if done == begun && done == self.clean_at.load(Ordering::SeqCst) {
-            return 0;
+            Ok(())
+        } else {
+            Err(done)
         }
-        let removed = self.clear_matching(0..self.slots.len(), IotlbInvalidation::All);
-        self.clean_at.fetch_max(done, Ordering::SeqCst);
-        removed
     }
 
     /// The sets a small range's entries can be in, or `None` when the range
