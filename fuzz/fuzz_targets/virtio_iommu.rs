@@ -5,6 +5,7 @@
 //! (domains, mappings, waiting faults) stays within its named limits.
 #![no_main]
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +14,7 @@ use nesting_core::options::ModelOptions;
 use nesting_core::types::{Access, Gpa};
 use virtio_iommu::driver::SplitRing;
 use virtio_iommu::{DeviceOptions, MAX_QUEUED_EVENTS, VirtioIommu, VirtioIommuConfig};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest RAM: small, so that arbitrary addresses often land in it.
 const RAM: u64 = 0x1_0000;
@@ -53,8 +54,16 @@ impl Cursor<'_> {
     }
 }
 
-fn device(c: &mut Cursor<'_>) -> Option<VirtioIommu<GuestMemoryMmap>> {
-    let flags = c.u8()?;
+/// The device for configuration byte `flags`: made once per
+/// configuration and reused (its system reset is a full device reset;
+/// making one allocates its translation cache), and a second one to
+/// restore snapshots into. `None` if the options are refused.
+struct Devices {
+    dev: VirtioIommu<GuestMemoryMmap>,
+    again: VirtioIommu<GuestMemoryMmap>,
+}
+
+fn new_device(flags: u8) -> Option<VirtioIommu<GuestMemoryMmap>> {
     let probe = ["probe_size=0", "probe_size=0x40", "probe_size=0x200"][usize::from(flags % 3)];
     let bypass = if flags & 4 != 0 {
         "bypass=1"
@@ -80,6 +89,38 @@ fn device(c: &mut Cursor<'_>) -> Option<VirtioIommu<GuestMemoryMmap>> {
         },
     )
     .ok()
+}
+
+/// Configurations: the bits of the flags byte [`new_device`] reads.
+const CONFIGS: usize = 64;
+
+thread_local! {
+    static MEM: Arc<GuestMemoryMmap> =
+        Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).expect("ram"));
+    static DEVICES: RefCell<Vec<Option<Option<Devices>>>> =
+        RefCell::new((0..CONFIGS).map(|_| None).collect());
+}
+
+/// Runs `f` with zeroed RAM and the device of the configuration the
+/// input's first byte names, after a system reset.
+fn with_device(c: &mut Cursor<'_>, f: impl FnOnce(&mut Cursor<'_>, &Devices, &GuestMemoryMmap)) {
+    let Some(flags) = c.u8() else { return };
+    MEM.with(|mem| {
+        static ZEROS: [u8; RAM as usize] = [0; RAM as usize];
+        mem.write_slice(&ZEROS, GuestAddress(0)).expect("in ram");
+        DEVICES.with(|d| {
+            let mut all = d.borrow_mut();
+            let slot = all[usize::from(flags) % CONFIGS].get_or_insert_with(|| {
+                let dev = new_device(flags)?;
+                dev.set_memory(mem.clone());
+                let again = new_device(flags)?;
+                Some(Devices { dev, again })
+            });
+            let Some(devs) = slot else { return };
+            devs.dev.system_reset();
+            f(c, devs, mem);
+        })
+    })
 }
 
 fn step(
@@ -154,10 +195,11 @@ fn step(
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut c = Cursor(data);
-    let Some(dev) = device(&mut c) else { return };
-    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap());
-    dev.set_memory(mem.clone());
+    with_device(&mut Cursor(data), run);
+});
+
+fn run(c: &mut Cursor<'_>, devs: &Devices, mem: &GuestMemoryMmap) {
+    let dev = &devs.dev;
     let _ = dev.ack_features(dev.device_features());
     let (r0, next) = SplitRing::at(0x1000, 16);
     let (r1, _) = SplitRing::at(next, 16);
@@ -167,14 +209,15 @@ fuzz_target!(|data: &[u8]| {
             .unwrap();
     }
     for _ in 0..MAX_STEPS {
-        if step(&mut c, &dev, &mem, &mut rings).is_none() {
+        if step(c, dev, mem, &mut rings).is_none() {
             break;
         }
     }
     assert!(dev.pending_events() <= MAX_QUEUED_EVENTS);
     let snap = dev.snapshot();
     assert!(snap.tables.total_mappings() <= virtio_iommu::MAX_MAPPINGS_TOTAL);
-    // A snapshot of any reachable state restores.
-    let again = VirtioIommu::<GuestMemoryMmap>::from_snapshot(&snap).unwrap();
-    assert_eq!(again.snapshot(), snap);
-});
+    // A snapshot of any reachable state restores (into a device of the
+    // same configuration, as a migration destination would).
+    devs.again.restore(&snap).unwrap();
+    assert_eq!(devs.again.snapshot(), snap);
+}

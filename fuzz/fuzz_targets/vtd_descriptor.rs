@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use vtd::queue::{Decoded, decode};
 use vtd::{DeviceTlbInvalidation, Vtd};
 use vtd::regs::off;
+use vm_memory::GuestMemoryMmap;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
@@ -31,16 +32,18 @@ fuzz_target!(|data: &[u8]| {
     }
     // The queue: IQA from the first bytes (pointing anywhere), tail from
     // the next; the rest of the input is RAM.
-    let mem = vtd_common::ram(rest);
-    let mut unit = Vtd::new(cfg);
+    vtd_common::with_unit(sel, rest, |mem, unit| queue(mem, unit, rest));
+});
+
+fn queue(mem: &GuestMemoryMmap, unit: &mut Vtd, rest: &[u8]) {
     unit.set_device_tlb_callback(|i| assert!(i.len >= 4096));
-    unit.mmio_write(&mem, off::IQA, 8, vtd_common::u64_at(rest, 0) & !0x7f8);
-    unit.mmio_write(&mem, off::GCMD, 4, 1 << 26);
-    unit.mmio_write(&mem, off::IQT, 8, vtd_common::u64_at(rest, 8));
+    unit.mmio_write(mem, off::IQA, 8, vtd_common::u64_at(rest, 0) & !0x7f8);
+    unit.mmio_write(mem, off::GCMD, 4, 1 << 26);
+    unit.mmio_write(mem, off::IQT, 8, vtd_common::u64_at(rest, 8));
     let head = unit.mmio_read(off::IQH, 8);
     let tail = unit.mmio_read(off::IQT, 8);
     let iqe = unit.mmio_read(off::FSTS, 4) & (1 << 4) != 0;
     assert!(head == tail || iqe || unit.mmio_read(off::GSTS, 4) & (1 << 26) == 0);
     // One queue's worth at most.
     assert!(unit.descriptors_processed() <= 256 << 7);
-});
+}

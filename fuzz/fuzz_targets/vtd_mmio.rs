@@ -7,13 +7,16 @@
 mod vtd_common;
 
 use libfuzzer_sys::fuzz_target;
+use vm_memory::GuestMemoryMmap;
 use vtd::Vtd;
 use vtd::regs::off;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
-    let mem = vtd_common::ram(rest);
-    let mut unit = Vtd::new(vtd_common::config(sel));
+    vtd_common::with_unit(sel, rest, |mem, unit| run(mem, unit, rest));
+});
+
+fn run(mem: &GuestMemoryMmap, unit: &mut Vtd, rest: &[u8]) {
     let cap = unit.mmio_read(off::CAP, 8);
     let ecap = unit.mmio_read(off::ECAP, 8);
     for op in rest.chunks_exact(12).take(256) {
@@ -26,11 +29,11 @@ fuzz_target!(|data: &[u8]| {
         if head & (1 << 13) != 0 {
             let _ = unit.mmio_read(offset, size);
         } else {
-            unit.mmio_write(&mem, offset, size, value);
+            unit.mmio_write(mem, offset, size, value);
         }
         let _ = unit.take_events();
     }
     assert_eq!(unit.mmio_read(off::GCMD, 4), 0);
     assert_eq!(unit.mmio_read(off::CAP, 8), cap);
     assert_eq!(unit.mmio_read(off::ECAP, 8), ecap);
-});
+}

@@ -9,17 +9,20 @@ mod vtd_common;
 
 use libfuzzer_sys::fuzz_target;
 use nesting_core::types::{Access, Bdf, Iova, Pasid};
+use vm_memory::GuestMemoryMmap;
 use vtd::regs::off;
 use vtd::{AtsCompletion, AtsResponse, TranslateResult, TranslationRequest, Vtd};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, rest)) = data.split_first() else { return };
-    let mem = vtd_common::ram(rest);
-    let mut unit = Vtd::new(vtd_common::config(sel));
+    vtd_common::with_unit(sel, rest, |mem, unit| walk(mem, unit, rest));
+});
+
+fn walk(mem: &GuestMemoryMmap, unit: &mut Vtd, rest: &[u8]) {
     // Root table somewhere in (or outside) RAM, either table mode.
-    unit.mmio_write(&mem, off::RTADDR, 8, vtd_common::u64_at(rest, 0));
-    unit.mmio_write(&mem, off::GCMD, 4, 1 << 30);
-    unit.mmio_write(&mem, off::GCMD, 4, 1 << 31);
+    unit.mmio_write(mem, off::RTADDR, 8, vtd_common::u64_at(rest, 0));
+    unit.mmio_write(mem, off::GCMD, 4, 1 << 30);
+    unit.mmio_write(mem, off::GCMD, 4, 1 << 31);
     // Requests from the tail of the input.
     let reqs = rest.len().saturating_sub(16 * 16) / 16;
     for i in 0..reqs.min(16) {
@@ -31,12 +34,12 @@ fuzz_target!(|data: &[u8]| {
         let access = Access::from_bits_truncate((a >> 40) as u8) | Access::READ;
         // The shadowing view of the same requester: bounded by its budget.
         if let vtd::shadow::TableView::Mappings { list, .. } =
-            unit.table_view(&mem, sid, pasid.map(|p| p.raw()), iova & 0xffff_ffff, u64::MAX, 512)
+            unit.table_view(mem, sid, pasid.map(|p| p.raw()), iova & 0xffff_ffff, u64::MAX, 512)
         {
             assert!(list.len() <= 512);
             assert!(list.windows(2).all(|w| w[0].iova < w[1].iova));
         }
-        match unit.translate(&mem, sid, pasid, Iova(iova), access) {
+        match unit.translate(mem, sid, pasid, Iova(iova), access) {
             TranslateResult::Mapped(t) => {
                 assert!(t.iova.raw() <= iova && iova - t.iova.raw() < t.size.bytes());
                 assert_eq!(t.gpa.raw() & t.size.mask(), 0);
@@ -54,7 +57,7 @@ fuzz_target!(|data: &[u8]| {
             exec: (a >> 49) & 1 == 1,
             privileged: (a >> 50) & 1 == 1,
         };
-        let AtsResponse { completion, fault, recorded } = unit.translation_request(&mem, &req);
+        let AtsResponse { completion, fault, recorded } = unit.translation_request(mem, &req);
         match completion {
             AtsCompletion::Success(t) => {
                 assert!(fault.is_none() && !recorded);
@@ -67,8 +70,8 @@ fuzz_target!(|data: &[u8]| {
                 assert!(fault.is_some())
             }
         }
-        if let TranslateResult::Mapped(t) = unit.translate_translated(&mem, sid, iova, access) {
+        if let TranslateResult::Mapped(t) = unit.translate_translated(mem, sid, iova, access) {
             assert_eq!(t.gpa.raw(), iova & !0xfff);
         }
     }
-});
+}

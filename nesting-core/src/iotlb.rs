@@ -306,6 +306,14 @@ pub struct Iotlb {
     /// Bit n set: some entry of page size 2^n may be cached.
     shifts: AtomicU64,
     generation: AtomicU64,
+    /// Inserts begun and finished (counted before the generation check and
+    /// after the slot is unlocked): see [`Iotlb::invalidate`].
+    inserts_begun: AtomicU64,
+    inserts_done: AtomicU64,
+    /// `inserts_done` as read at the start of the last complete scan of an
+    /// [`IotlbInvalidation::All`]: every insert it counts was visited by
+    /// that scan.
+    clean_at: AtomicU64,
     /// Round-robin victim choice when a set is full.
     victim: AtomicU64,
     counters: Counters,
@@ -333,6 +341,9 @@ impl Iotlb {
             set_mask: sets as u64 - 1,
             shifts: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            inserts_begun: AtomicU64::new(0),
+            inserts_done: AtomicU64::new(0),
+            clean_at: AtomicU64::new(0),
             victim: AtomicU64::new(0),
             counters: Counters::default(),
         }
@@ -475,15 +486,17 @@ impl Iotlb {
         let Some(slot) = set.get(way) else {
             return false;
         };
+        self.inserts_begun.fetch_add(1, Ordering::SeqCst);
         let next = slot.lock();
         // Checked while holding the slot: an invalidation bumps the
         // generation before it visits the slots, so either this insert sees
         // the new generation, or the invalidation visits the slot after it.
-        let fresh = self.generation.load(Ordering::Acquire) == at.0;
+        let fresh = self.generation.load(Ordering::SeqCst) == at.0;
         if fresh {
             slot.store(raw);
         }
         slot.unlock(next);
+        self.inserts_done.fetch_add(1, Ordering::SeqCst);
         if fresh {
             self.shifts.fetch_or(1u64 << shift, Ordering::AcqRel);
         }
@@ -492,17 +505,25 @@ impl Iotlb {
 
     /// Removes the entries `inv` names. Returns how many were removed.
     pub fn invalidate(&self, inv: IotlbInvalidation) -> usize {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.counters.invalidations.fetch_add(1, Ordering::Relaxed);
-        let removed = match inv {
-            IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
-                Some(sets) => sets
-                    .iter()
-                    .map(|&set| self.clear_matching(set * WAYS..set * WAYS + WAYS, inv))
-                    .sum(),
-                None => self.clear_matching(0..self.slots.len(), inv),
+        let removed = match self.empty_since_last_scan() {
+            Ok(()) => 0,
+            Err(done) => match inv {
+                IotlbInvalidation::All => {
+                    let removed = self.clear_matching(0..self.slots.len(), inv);
+                    self.clean_at.fetch_max(done, Ordering::SeqCst);
+                    removed
+                }
+                IotlbInvalidation::Range { iova, len, .. } => match self.range_sets(iova, len) {
+                    Some(sets) => sets
+                        .iter()
+                        .map(|&set| self.clear_matching(set * WAYS..set * WAYS + WAYS, inv))
+                        .sum(),
+                    None => self.clear_matching(0..self.slots.len(), inv),
+                },
+                _ => self.clear_matching(0..self.slots.len(), inv),
             },
-            _ => self.clear_matching(0..self.slots.len(), inv),
         };
         if inv == IotlbInvalidation::All {
             // Nothing of any size is cached any more; keep lookups at one
@@ -510,6 +531,31 @@ impl Iotlb {
             self.shifts.store(0, Ordering::Release);
         }
         removed
+    }
+
+    /// `Ok` when nothing can be cached that an invalidation begun (its
+    /// generation bumped) before this call must remove: nothing was
+    /// inserted since the start of the last complete scan of an
+    /// [`IotlbInvalidation::All`]. Then no invalidation visits the slots (a
+    /// reset, or a guest's invalidations, of an idle cache cost no scan of
+    /// every slot). Otherwise the count of finished inserts, which an
+    /// `All` scan begun now records in `clean_at` once complete.
+    ///
+    /// Sound with concurrent inserts (all orderings here are SeqCst, so
+    /// the counters and the generation have one order). Reading `done`
+    /// then `begun` equal means no insert was under way at the read of
+    /// `done`; one begun later checks the generation after the caller
+    /// bumped it, so it stores only a translation walked after the
+    /// invalidation began. An insert counted in `clean_at` stored its
+    /// entry before that scan read the counter, so the scan removed it.
+    fn empty_since_last_scan(&self) -> Result<(), u64> {
+        let done = self.inserts_done.load(Ordering::SeqCst);
+        let begun = self.inserts_begun.load(Ordering::SeqCst);
+        if done == begun && done == self.clean_at.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(done)
+        }
     }
 
     /// The sets a small range's entries can be in, or `None` when the range

@@ -814,7 +814,7 @@ impl ShadowDomain {
     /// Switches the devices between the RAM IOAS (identity: IOVA = GPA)
     /// and the shadow IOAS by re-attaching them; the mappings stay in
     /// place. On a host failure the devices already switched are switched
-    /// back.
+    /// back, and those that cannot be are blocked.
     pub fn set_identity(&mut self, on: bool) -> Result<(), ShadowError> {
         if on == self.identity {
             return Ok(());
@@ -836,7 +836,13 @@ impl ShadowDomain {
                         .target_for(d, p, !on)
                         .and_then(|pt| self.host.attach(d, p, pt).map_err(ShadowError::from_host));
                     if let Err(e) = back {
-                        crate::guest_log!(Error, "cannot switch {d} back: {e}");
+                        // Left where it was switched to, the device would
+                        // see memory the guest did not give it (all of RAM,
+                        // when identity was being turned on): block it.
+                        crate::guest_log!(Error, "cannot switch {d} back: {e}; blocking it");
+                        if let Err(e) = self.host.detach(d, p) {
+                            crate::guest_log!(Error, "cannot block {d} either: {e}");
+                        }
                     }
                 }
                 self.identity = !on;

@@ -134,6 +134,29 @@ impl Vtd {
         }
     }
 
+    /// Back to the state of [`Vtd::new`] (a system reset): registers at
+    /// their reset values (11.4: translation and queued invalidation off),
+    /// the latched root table pointer, the fault log and the invalidation
+    /// count cleared, the translation cache emptied. Callbacks, statistics
+    /// and the passthrough backend stay; the backend's devices see
+    /// translation turned off before this returns, as a GCMD write
+    /// clearing TE would show them.
+    pub fn reset<M: GuestMemory + ?Sized>(&mut self, mem: &M) {
+        let was_enabled = self.translation_enabled();
+        self.regs = RegisterFile::new(&self.cfg);
+        self.root = RootPointer::default();
+        self.faults = FaultLog::default();
+        self.descriptors_processed = 0;
+        self.iotlb
+            .invalidate(nesting_core::iotlb::IotlbInvalidation::All);
+        if was_enabled {
+            self.emit(VtdEvent::TranslationEnabled(false));
+        }
+        if let Err(r) = self.sync_host(mem) {
+            self.report_invalidation_timeout(r.sid);
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &VtdConfig {
         &self.cfg

@@ -581,3 +581,56 @@ fn stats_count_hits_misses_and_invalidations() {
         r#"{"hits":1,"misses":1,"invalidations":1}"#
     );
 }
+
+#[test]
+fn invalidate_all_after_an_idle_period_still_removes_later_inserts() {
+    let tlb = Iotlb::new(64);
+    let t = page(0x1000, 0x5000, PageSize::SIZE_4K, Access::RW);
+    assert_eq!(
+        tlb.invalidate(IotlbInvalidation::All),
+        0,
+        "empty from the start"
+    );
+    assert!(tlb.insert(tlb.generation(), rid(1), None, TAG, t));
+    assert_eq!(tlb.invalidate(IotlbInvalidation::All), 1);
+    // Nothing inserted since: the idle invalidation still bumps the
+    // generation, so a walk begun before it caches nothing.
+    let before = tlb.generation();
+    assert_eq!(tlb.invalidate(IotlbInvalidation::All), 0);
+    assert!(!tlb.insert(before, rid(1), None, TAG, t));
+    assert!(tlb.is_empty());
+    // An insert after it is removed by the next one.
+    assert!(tlb.insert(tlb.generation(), rid(2), None, TAG, t));
+    assert_eq!(tlb.invalidate(IotlbInvalidation::Domain { domain: 9 }), 0);
+    assert_eq!(tlb.invalidate(IotlbInvalidation::All), 1);
+    assert!(tlb.is_empty());
+    assert_eq!(tlb.stats().invalidations, 5);
+}
+
+#[test]
+fn any_invalidation_of_a_cache_emptied_by_all_removes_later_inserts() {
+    let tlb = Iotlb::new(64);
+    let t = page(0x1000, 0x5000, PageSize::SIZE_4K, Access::RW);
+    assert!(tlb.insert(tlb.generation(), rid(1), None, TAG, t));
+    // Not empty: a requester invalidation scans and removes it.
+    assert_eq!(
+        tlb.invalidate(IotlbInvalidation::Requester { rid: rid(1) }),
+        1
+    );
+    // Empty, but no All scan says so: the next one scans, then idle
+    // invalidations of any kind skip.
+    assert_eq!(tlb.invalidate(IotlbInvalidation::All), 0);
+    let before = tlb.generation();
+    assert_eq!(
+        tlb.invalidate(IotlbInvalidation::Requester { rid: rid(1) }),
+        0
+    );
+    assert!(!tlb.insert(before, rid(1), None, TAG, t), "stale walk");
+    assert!(tlb.insert(tlb.generation(), rid(1), None, TAG, t));
+    assert_eq!(
+        tlb.invalidate(IotlbInvalidation::Requester { rid: rid(2) }),
+        0
+    );
+    assert_eq!(tlb.invalidate(IotlbInvalidation::Domain { domain: 1 }), 1);
+    assert!(tlb.is_empty());
+}

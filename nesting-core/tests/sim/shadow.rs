@@ -397,6 +397,26 @@ fn identity_switch_failure_switches_back() {
     );
 }
 
+#[test]
+fn identity_switch_failure_that_cannot_switch_back_blocks_the_device() {
+    // Found by the shadow_engine fuzz target: the second device's switch
+    // fails, and so does the first one's switch back; it stayed on the
+    // RAM IOAS (all of guest RAM) while the domain said translation on.
+    let mut f = fixture();
+    let mut d = f.domain();
+    let mut dev2 = BoundDevice::bind(&f.host, f.sim.add_device(0)).unwrap();
+    d.attach(&mut dev2, None).unwrap();
+    f.sim.fail_nth(HostOp::Replace, 2, Errno::ENOSPC);
+    f.sim.fail_nth(HostOp::Replace, 3, Errno::ENOSPC);
+    assert!(d.set_identity(true).is_err());
+    assert!(!d.is_identity());
+    assert_eq!(f.sim.attachment(f.dev.id(), None), None, "blocked");
+    assert_eq!(
+        f.sim.attachment(dev2.id(), None),
+        Some(PtId::Ioas(d.ioas().id()))
+    );
+}
+
 #[derive(Clone, Debug)]
 enum GuestOp {
     Map {

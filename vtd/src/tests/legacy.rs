@@ -366,3 +366,36 @@ fn host_reported_fault_is_recorded_like_a_walk_fault() {
     );
     assert_eq!(l.h.irq_count(), 1);
 }
+
+#[test]
+fn reset_returns_registers_cache_and_fault_log_to_power_on() {
+    let mut l = legacy(&[], 4);
+    l.sl.map(&l.h.mem, &mut l.h.alloc, 0x1000, 0x7_7000, 12, true, true);
+    assert_eq!(l.h.gpa(SID, None, 0x1000, Access::READ), Ok(0x7_7000));
+    assert!(l.h.gpa(SID, None, 0x5000, Access::READ).is_err());
+    assert_ne!(l.h.read32(off::FSTS), 0, "a fault is recorded");
+    assert!(!l.h.vtd.iotlb().is_empty());
+    let _ = l.h.vtd.take_events();
+
+    l.h.vtd.reset(&l.h.mem);
+
+    let fresh = crate::Vtd::new(l.h.vtd.config().clone());
+    for offset in (0..0x1000).step_by(4) {
+        assert_eq!(
+            l.h.read32(offset),
+            fresh.mmio_read(offset, 4),
+            "{offset:#x}"
+        );
+    }
+    assert_eq!(l.h.vtd.root_pointer(), (0, 0));
+    assert_eq!(l.h.vtd.fault_next(), 0);
+    assert_eq!(l.h.vtd.descriptors_processed(), 0);
+    assert!(l.h.vtd.iotlb().is_empty());
+    assert_eq!(
+        l.h.vtd.take_events(),
+        vec![crate::nesting::VtdEvent::TranslationEnabled(false)]
+    );
+    // The driver probes again and the same tables translate.
+    crate::mock::probe_like_linux(&mut l.h.vtd, &l.h.mem, &mut l.h.alloc, l.tables.root);
+    assert_eq!(l.h.gpa(SID, None, 0x1000, Access::READ), Ok(0x7_7000));
+}
