@@ -82,6 +82,24 @@ impl Dev {
         }
     }
 }
+impl Dev {
+    /// Writes `mark` to our endpoint's SCRATCH register and reads it
+    /// back (the write has then been handled): with accounting on, the
+    /// server prints a snapshot of its counters there (`ACCOUNT
+    /// mark=...`), and the bench takes the difference of a loop's two.
+    /// QEMU's test device has no server behind it.
+    fn mark(&self, mark: u32) {
+        if let Dev::Endpoint(ep) = self {
+            let at = crate::reg::SCRATCH as u64;
+            if ep.bar.write32(at, mark).is_ok() {
+                let _ = ep.bar.read32(at);
+            }
+        }
+    }
+}
+
+/// The server-side marks of the first loop; each loop has the next two.
+const FIRST_MARK: u32 = 0x100;
 const HUGE: usize = 2 << 20;
 const DEFAULT_ITERS: u32 = 200;
 /// Upper bound whatever the command line says (keeps one boot short).
@@ -168,8 +186,18 @@ pub fn bench(r: &mut Report) {
             return;
         }
     };
-    run(r, &small_dev, c, "map-unmap-4k", &small, n, false);
-    run(r, &small_dev, c, "map-dma-unmap-4k", &small, n, true);
+    let mut marks = FIRST_MARK..;
+    let mut run = |dev: &Dev, name: &str, buf: &vfio::Buf, iters: u32, dma: bool| {
+        let (start, end) = (marks.next().unwrap_or(0), marks.next().unwrap_or(0));
+        if let Dev::Endpoint(_) = dev {
+            println!("BENCH-MARKS {name} start={start} end={end}");
+        }
+        dev.mark(start);
+        run(r, dev, c, name, buf, iters, dma);
+        dev.mark(end);
+    };
+    run(&small_dev, "map-unmap-4k", &small, n, false);
+    run(&small_dev, "map-dma-unmap-4k", &small, n, true);
     let v = match small_dev {
         Dev::Endpoint(ep) => ep.bar,
         Dev::TestDev { dev, .. } => dev,
@@ -181,8 +209,8 @@ pub fn bench(r: &mut Report) {
             return;
         }
     };
-    run(r, &huge_dev, c, "map-unmap-2m", &huge, quarter, false);
-    run(r, &huge_dev, c, "map-dma-unmap-2m", &huge, quarter, true);
+    run(&huge_dev, "map-unmap-2m", &huge, quarter, false);
+    run(&huge_dev, "map-dma-unmap-2m", &huge, quarter, true);
 }
 
 /// `iters` times: MAP `buf` at IOVA, optionally FILL its last page by DMA

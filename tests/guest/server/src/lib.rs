@@ -15,6 +15,7 @@
 //! makes every IOVA the guest physical address of the same value.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod backend;
 pub mod config;
 pub mod dma;

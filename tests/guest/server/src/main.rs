@@ -66,7 +66,11 @@
 //! (see the library's `record` module).
 //!
 //! Log level from `VIOMMU_GUEST_LOG` (error, warn, info, debug, trace;
-//! default info), on stderr.
+//! default info), on stderr. With `VIOMMU_ACCOUNT=1` (`tests/guest/bench`)
+//! the server counts its messages, its threads' CPU time and the model's
+//! own time, and prints a snapshot (`ACCOUNT mark=...`) on stderr at each
+//! write of an endpoint's SCRATCH register and at exit (see the library's
+//! `account` module).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -78,6 +82,7 @@ use nesting_core::iotlb::Translate;
 use nesting_core::options::ModelOptions;
 use nesting_core::types::{Bdf, EndpointId, RequesterId};
 use smmuv3::{Smmuv3, Smmuv3Config};
+use viommu_guest_server::account::{self, ACCOUNTS, Accounted, Function};
 use viommu_guest_server::backend::{EndpointBackend, irqs, regions};
 use viommu_guest_server::passthrough::Passthrough;
 use viommu_guest_server::record::Recorder;
@@ -248,8 +253,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     Ok(a)
 }
 
-/// Serves the endpoint on `socket`, its DMA translated by `model` as `rid`.
-fn serve_endpoint<T: Translate>(socket: &Path, model: Arc<T>, rid: RequesterId) -> bool {
+/// Serves the endpoint on `socket`, its DMA translated by `model` as `rid`,
+/// its messages counted as `function`'s.
+fn serve_endpoint<T: Translate>(
+    socket: &Path,
+    model: Arc<T>,
+    rid: RequesterId,
+    function: Function,
+) -> bool {
     let server = match vfio_user::Server::new(socket, true, irqs(), regions()) {
         Ok(s) => s,
         Err(e) => {
@@ -258,8 +269,10 @@ fn serve_endpoint<T: Translate>(socket: &Path, model: Arc<T>, rid: RequesterId) 
         }
     };
     info!("DMA test endpoint ({rid}) on {}", socket.display());
-    let mut backend = EndpointBackend::new(model, rid);
-    match server.run(&mut backend) {
+    let mut backend = Accounted::new(function, EndpointBackend::new(model, rid));
+    let served = server.run(&mut backend);
+    ACCOUNTS.serving_done(function);
+    match served {
         Ok(()) => {
             info!("endpoint: client disconnected");
             true
@@ -278,7 +291,7 @@ fn spawn_endpoint<T: Translate + Send + Sync + 'static>(
     rid: RequesterId,
 ) -> std::thread::JoinHandle<bool> {
     let (socket, model) = (socket.to_path_buf(), Arc::clone(model));
-    std::thread::spawn(move || serve_endpoint(&socket, model, rid))
+    std::thread::spawn(move || serve_endpoint(&socket, model, rid, Function::Endpoint2))
 }
 
 /// The endpoints' BDFs: the first, and the second when given.
@@ -298,8 +311,19 @@ fn serve_endpoints<T: Translate + Send + Sync + 'static>(
         (Some(s), Some(b)) => Some(spawn_endpoint(s, model, rid(b))),
         _ => None,
     };
-    let ok = serve_endpoint(socket, Arc::clone(model), rid(a.bdf));
+    let ok = serve_endpoint(socket, Arc::clone(model), rid(a.bdf), Function::Endpoint);
     second.is_none_or(|t| t.join().unwrap_or(false)) && ok
+}
+
+/// Serves the IOMMU's function until the client goes, then keeps the
+/// serving thread's CPU time (see [`account`]).
+fn serve_iommu(
+    server: &vfio_user::Server,
+    backend: &mut dyn vfio_user::ServerBackend,
+) -> Result<(), vfio_user::Error> {
+    let served = server.run(backend);
+    ACCOUNTS.serving_done(Function::Iommu);
+    served
 }
 
 /// The virtio-iommu model the guest drives, with defaults for a test
@@ -327,16 +351,19 @@ fn spawn_virtio_iommu(
     .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     info!("virtio-iommu on {}", socket.display());
     let d = Arc::clone(dev);
-    let mut backend = VirtioBackend::new(Arc::clone(dev), Box::new(move |m| d.set_memory(m)));
+    let backend = VirtioBackend::new(Arc::clone(dev), Box::new(move |m| d.set_memory(m)));
     connect_interrupts(dev.device(), backend.transport().irq_router());
-    Ok(std::thread::spawn(move || match server.run(&mut backend) {
-        Ok(()) => {
-            info!("virtio-iommu: client disconnected");
-            true
-        }
-        Err(e) => {
-            error!("virtio-iommu server stopped: {e}");
-            false
+    let mut backend = Accounted::new(Function::Iommu, backend);
+    Ok(std::thread::spawn(move || {
+        match serve_iommu(&server, &mut backend) {
+            Ok(()) => {
+                info!("virtio-iommu: client disconnected");
+                true
+            }
+            Err(e) => {
+                error!("virtio-iommu server stopped: {e}");
+                false
+            }
         }
     }))
 }
@@ -393,15 +420,17 @@ fn spawn_smmu(
     let server = vfio_user::Server::new(socket, true, smmu_fn::irqs(), smmu_fn::regions())
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     info!("SMMUv3 registers on {}", socket.display());
-    let mut backend = SmmuBackend::new(Arc::clone(unit));
-    Ok(std::thread::spawn(move || match server.run(&mut backend) {
-        Ok(()) => {
-            info!("smmuv3: client disconnected");
-            true
-        }
-        Err(e) => {
-            error!("SMMUv3 server stopped: {e}");
-            false
+    let mut backend = Accounted::new(Function::Iommu, SmmuBackend::new(Arc::clone(unit)));
+    Ok(std::thread::spawn(move || {
+        match serve_iommu(&server, &mut backend) {
+            Ok(()) => {
+                info!("smmuv3: client disconnected");
+                true
+            }
+            Err(e) => {
+                error!("SMMUv3 server stopped: {e}");
+                false
+            }
         }
     }))
 }
@@ -429,15 +458,17 @@ fn spawn_vtd(
     let server = vfio_user::Server::new(socket, true, vtd_fn::irqs(), vtd_fn::regions())
         .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
     info!("VT-d registers on {}", socket.display());
-    let mut backend = VtdBackend::new(Arc::clone(unit));
-    Ok(std::thread::spawn(move || match server.run(&mut backend) {
-        Ok(()) => {
-            info!("vtd: client disconnected");
-            true
-        }
-        Err(e) => {
-            error!("VT-d server stopped: {e}");
-            false
+    let mut backend = Accounted::new(Function::Iommu, VtdBackend::new(Arc::clone(unit)));
+    Ok(std::thread::spawn(move || {
+        match serve_iommu(&server, &mut backend) {
+            Ok(()) => {
+                info!("vtd: client disconnected");
+                true
+            }
+            Err(e) => {
+                error!("VT-d server stopped: {e}");
+                false
+            }
         }
     }))
 }
@@ -504,6 +535,7 @@ fn main() -> ExitCode {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(level);
     }
+    account::enable_from_env();
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -511,7 +543,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&args) {
+    let outcome = run(&args);
+    if args.socket.is_some() {
+        ACCOUNTS.mark("exit");
+    }
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -41,6 +41,7 @@ use vfio_bindings::bindings::vfio::{
 use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
 use vm_memory::GuestMemoryMmap;
 
+use crate::account::{ACCOUNTS, Work};
 use crate::irq::MsixVectors;
 use crate::ram::{GuestRam, invalid};
 use crate::record::{self, Dma, RecMem, SharedRecorder};
@@ -192,11 +193,12 @@ impl HarnessSmmu {
 
     /// Register read of `size` bytes (4 or 8) at `offset` from page 0.
     pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        let read = |u: &mut Smmuv3| ACCOUNTS.timed(Work::ModelRead, || u.mmio_read(offset, size));
         let Some(rec) = &self.recorder else {
-            return self.lock().mmio_read(offset, size);
+            return read(&mut self.lock());
         };
         let mut rec = record::lock(rec);
-        let v = self.lock().mmio_read(offset, size);
+        let v = read(&mut self.lock());
         rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
         v
     }
@@ -205,8 +207,14 @@ impl HarnessSmmu {
     /// update, the command queue up to the new CMDQ_PROD).
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         let mem = self.memory();
+        // A write of the command queue's producer index runs the queue.
+        let work = match offset {
+            smmuv3::regs::off::CMDQ_PROD => Work::ModelQueue,
+            _ => Work::ModelWrite,
+        };
         let Some(rec) = &self.recorder else {
-            self.lock().mmio_write(&*mem, offset, size, value);
+            let mut u = self.lock();
+            ACCOUNTS.timed(work, || u.mmio_write(&*mem, offset, size, value));
             return;
         };
         let mut rec = record::lock(rec);
@@ -214,7 +222,7 @@ impl HarnessSmmu {
         let mut u = self.lock();
         rec.op(
             &mem,
-            || u.mmio_write(&view, offset, size, value),
+            || ACCOUNTS.timed(work, || u.mmio_write(&view, offset, size, value)),
             |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
         );
     }
@@ -253,7 +261,10 @@ impl Translate for HarnessSmmu {
             TranslateResult::Fault { .. } | TranslateResult::Stalled { .. } => Err(fault),
         };
         let Some(rec) = &self.recorder else {
-            return outcome(self.lock().translate(&*mem, sid, ssid, iova, access));
+            let mut u = self.lock();
+            return outcome(ACCOUNTS.timed(Work::ModelTranslate, || {
+                u.translate(&*mem, sid, ssid, iova, access)
+            }));
         };
         let mut rec = record::lock(rec);
         let view = RecMem::new(Arc::clone(&mem), rec.log());
@@ -269,7 +280,9 @@ impl Translate for HarnessSmmu {
             &mem,
             dma,
             || {
-                out = outcome(u.translate(&view, sid, ssid, iova, access));
+                out = outcome(ACCOUNTS.timed(Work::ModelTranslate, || {
+                    u.translate(&view, sid, ssid, iova, access)
+                }));
                 out.as_ref().ok().map(|t| t.gpa_of(iova).raw())
             },
             |_, _| (Vec::new(), Vec::new()),

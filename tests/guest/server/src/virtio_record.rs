@@ -33,6 +33,7 @@ use nesting_core::types::{Access, EndpointId, Iova, Pasid, RequesterId};
 use virtio_iommu::VirtioIommu;
 use vm_memory::GuestMemoryMmap;
 
+use crate::account::{ACCOUNTS, Work};
 use crate::record::{self, AccessLog, Dma, MemAccess, RecMem, SharedRecorder, bytes_seen};
 use crate::virtio_pci::VirtioDevice;
 
@@ -222,6 +223,20 @@ impl RecordedVirtio {
         lines
     }
 
+    /// The device serving a notification of queue `index`, timed, with
+    /// the requests it served (used-ring entries it added) counted.
+    fn notify_counted(&self, index: u16) {
+        if !ACCOUNTS.enabled() {
+            return VirtioDevice::notify(&self.dev, index);
+        }
+        let before = self.dev.used_count(index).unwrap_or(0);
+        ACCOUNTS.timed(Work::ModelQueue, || {
+            VirtioDevice::notify(&self.dev, index);
+        });
+        let after = self.dev.used_count(index).unwrap_or(0);
+        ACCOUNTS.requests(u64::from(after.wrapping_sub(before)));
+    }
+
     fn reset_with(&self, reset: impl FnOnce(&VirtioIommu<RecMem>)) {
         let rec = self.rec();
         if let Some(mut rec) = rec {
@@ -267,7 +282,7 @@ impl VirtioDevice for RecordedVirtio {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let rec = self.rec();
-        self.dev.read_config(offset, data);
+        ACCOUNTS.timed(Work::ModelRead, || self.dev.read_config(offset, data));
         let Some(mut rec) = rec else {
             return;
         };
@@ -291,7 +306,7 @@ impl VirtioDevice for RecordedVirtio {
 
     fn write_config(&self, offset: u64, data: &[u8]) {
         let rec = self.rec();
-        self.dev.write_config(offset, data);
+        ACCOUNTS.timed(Work::ModelWrite, || self.dev.write_config(offset, data));
         if let Some(mut rec) = rec {
             let lines: Vec<String> = match data.len() {
                 1 | 2 | 4 | 8 => {
@@ -336,14 +351,14 @@ impl VirtioDevice for RecordedVirtio {
 
     fn notify(&self, index: u16) {
         let Some(mut rec) = self.rec() else {
-            VirtioDevice::notify(&self.dev, index);
+            self.notify_counted(index);
             return;
         };
         let mem = self.memory();
         let before = self.used_counts();
         rec.op(
             &mem,
-            || VirtioDevice::notify(&self.dev, index),
+            || self.notify_counted(index),
             |_, accesses| {
                 let mut lines = self.consumed(&mem, accesses, before);
                 if !lines.is_empty() {
@@ -373,7 +388,9 @@ impl Translate for RecordedVirtio {
     ) -> Result<Translation, TranslateFault> {
         let (Some(mut rec), RequesterId::Endpoint(EndpointId(ep)), None) = (self.rec(), rid, pasid)
         else {
-            return Translate::translate(&self.dev, rid, pasid, iova, access);
+            return ACCOUNTS.timed(Work::ModelTranslate, || {
+                Translate::translate(&self.dev, rid, pasid, iova, access)
+            });
         };
         let mem = self.memory();
         let dma = Dma {
@@ -388,7 +405,9 @@ impl Translate for RecordedVirtio {
             &mem,
             dma,
             || {
-                out = Translate::translate(&self.dev, rid, pasid, iova, access);
+                out = ACCOUNTS.timed(Work::ModelTranslate, || {
+                    Translate::translate(&self.dev, rid, pasid, iova, access)
+                });
                 out.as_ref().ok().map(|t| t.gpa_of(iova).raw())
             },
             |r, accesses| {

@@ -38,6 +38,7 @@ use vm_memory::GuestMemoryMmap;
 use vtd::VtdConfig;
 use vtd::{InterruptSource, TranslateResult, Vtd};
 
+use crate::account::{ACCOUNTS, Work};
 use crate::irq::MsixVectors;
 use crate::record::{self, Dma, RecMem, SharedRecorder};
 
@@ -247,11 +248,12 @@ impl HarnessVtd {
 
     /// Register read of `size` bytes (4 or 8).
     pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        let read = |u: &mut Unit| ACCOUNTS.timed(Work::ModelRead, || u.vtd.mmio_read(offset, size));
         let Some(rec) = &self.recorder else {
-            return self.lock().vtd.mmio_read(offset, size);
+            return read(&mut self.lock());
         };
         let mut rec = record::lock(rec);
-        let v = self.lock().vtd.mmio_read(offset, size);
+        let v = read(&mut self.lock());
         rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
         v
     }
@@ -259,9 +261,14 @@ impl HarnessVtd {
     /// Register write, with its synchronous effects.
     pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
         let mem = self.memory();
+        // A write of the invalidation queue's tail runs the queue.
+        let work = match offset {
+            vtd::regs::off::IQT => Work::ModelQueue,
+            _ => Work::ModelWrite,
+        };
         let Some(rec) = &self.recorder else {
             let mut u = self.lock();
-            u.vtd.mmio_write(&*mem, offset, size, value);
+            ACCOUNTS.timed(work, || u.vtd.mmio_write(&*mem, offset, size, value));
             self.after_write(&mut u);
             return;
         };
@@ -270,7 +277,7 @@ impl HarnessVtd {
         let mut u = self.lock();
         rec.op(
             &mem,
-            || u.vtd.mmio_write(&view, offset, size, value),
+            || ACCOUNTS.timed(work, || u.vtd.mmio_write(&view, offset, size, value)),
             |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
         );
         self.after_write(&mut u);
@@ -316,7 +323,11 @@ impl Translate for HarnessVtd {
         let fault = TranslateFault { rid, iova };
         let Some(rec) = &self.recorder else {
             // The unit looks its own cache up first.
-            return match self.lock().vtd.translate(&*mem, bdf, pasid, iova, access) {
+            let mut u = self.lock();
+            let r = ACCOUNTS.timed(Work::ModelTranslate, || {
+                u.vtd.translate(&*mem, bdf, pasid, iova, access)
+            });
+            return match r {
                 TranslateResult::Mapped(t) => Ok(t),
                 TranslateResult::Fault { .. } => Err(fault),
             };
@@ -335,7 +346,10 @@ impl Translate for HarnessVtd {
             &mem,
             dma,
             || {
-                out = match u.vtd.translate(&view, bdf, pasid, iova, access) {
+                let r = ACCOUNTS.timed(Work::ModelTranslate, || {
+                    u.vtd.translate(&view, bdf, pasid, iova, access)
+                });
+                out = match r {
                     TranslateResult::Mapped(t) => Ok(t),
                     TranslateResult::Fault { .. } => Err(fault),
                 };
