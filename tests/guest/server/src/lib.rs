@@ -23,6 +23,7 @@ pub mod irq;
 pub mod passthrough;
 pub mod ram;
 pub mod record;
+pub mod reg_fn;
 pub mod regfile;
 pub mod smmu_fn;
 pub mod virtio_backend;

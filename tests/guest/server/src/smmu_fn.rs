@@ -27,25 +27,20 @@
 //! SMMU write the sync's own slot in guest RAM, which the model does.
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
 use nesting_core::types::{Access, Bdf, Iova, Pasid, RequesterId};
 use smmuv3::{Interrupt, IrqSource, Signal, Smmuv3, Smmuv3Config, TranslateResult};
-use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-};
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
+use vfio_user::{IrqInfo, ServerRegion};
 use vm_memory::GuestMemoryMmap;
 
 use crate::account::{ACCOUNTS, Work};
 use crate::irq::MsixVectors;
-use crate::ram::{GuestRam, invalid};
 use crate::record::{self, Dma, RecMem, SharedRecorder};
-use crate::regfile::{RegFile, RegSpec};
+use crate::reg_fn::{RegisterBackend, RegisterUnit};
+use crate::regfile::RegSpec;
 
 /// Device ID of the SMMUv3 register function (1af4:10f0..10ff is QEMU's
 /// experimental range; 10f0 is the DMA endpoint, 10f1 the VT-d unit).
@@ -370,111 +365,31 @@ pub fn irqs() -> Vec<IrqInfo> {
 }
 
 /// The register function's backend.
-pub struct SmmuBackend {
-    unit: Arc<HarnessSmmu>,
-    config: RegFile,
-    ram: GuestRam,
-}
+pub type SmmuBackend = RegisterBackend<HarnessSmmu>;
 
-impl SmmuBackend {
-    /// The function serving `unit`'s registers.
-    pub fn new(unit: Arc<HarnessSmmu>) -> Self {
-        SmmuBackend {
-            unit,
-            config: RegFile::new(CONFIG, 256),
-            ram: GuestRam::default(),
-        }
-    }
-}
+impl RegisterUnit for HarnessSmmu {
+    const NAME: &'static str = "smmuv3";
+    const BAR_SIZE: u64 = SMMU_BAR_SIZE;
+    const CONFIG: &'static [RegSpec] = CONFIG;
 
-/// IHI 0070 "Register access": registers are accessed as 32-bit words,
-/// 64-bit registers also as aligned doublewords; other accesses are
-/// refused to the client (the model would ignore them).
-fn access_size(offset: u64, len: usize) -> io::Result<u32> {
-    match len {
-        4 | 8 if offset.saturating_add(len as u64) <= SMMU_BAR_SIZE => Ok(len as u32),
-        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-    }
-}
-
-impl ServerBackend for SmmuBackend {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data).map_err(invalid),
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                let size = access_size(offset, data.len())?;
-                let v = self.unit.mmio_read(offset, size).to_le_bytes();
-                data.copy_from_slice(&v[..data.len()]);
-                Ok(())
-            }
-            VFIO_PCI_BAR2_REGION_INDEX => {
-                data.fill(0);
-                Ok(())
-            }
-            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        }
+    fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        HarnessSmmu::mmio_read(self, offset, size)
     }
 
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                self.config.write(offset, data).map_err(invalid)?;
-                Ok(())
-            }
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                let size = access_size(offset, data.len())?;
-                let mut b = [0u8; 8];
-                b[..data.len()].copy_from_slice(data);
-                self.unit.mmio_write(offset, size, u64::from_le_bytes(b));
-                Ok(())
-            }
-            VFIO_PCI_BAR2_REGION_INDEX => Ok(()),
-            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        }
+    fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        HarnessSmmu::mmio_write(self, offset, size, value)
     }
 
-    fn dma_map(
-        &mut self,
-        flags: DmaMapFlags,
-        offset: u64,
-        address: u64,
-        size: u64,
-        fd: Option<File>,
-    ) -> io::Result<()> {
-        self.ram
-            .map_message("smmuv3", flags, offset, address, size, fd)?;
-        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
-        Ok(())
+    fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        HarnessSmmu::set_memory(self, mem)
     }
 
-    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
-        self.ram.unmap_message("smmuv3", flags, address, size)?;
-        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
-        Ok(())
+    fn reset(&self) {
+        HarnessSmmu::reset(self)
     }
 
-    fn reset(&mut self) -> io::Result<()> {
-        info!("smmuv3: function reset: SMMU back to its reset state");
-        self.config.reset();
-        self.unit.reset();
-        Ok(())
-    }
-
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> io::Result<()> {
-        self.unit
-            .msix
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set_irqs(index, flags, start, count, fds)
-            .inspect_err(|e| warn!("smmuv3: set_irqs: {e}"))
-            .map_err(invalid)
+    fn msix(&self) -> &Mutex<MsixVectors> {
+        &self.msix
     }
 }
 

@@ -20,20 +20,15 @@
 //! vector the guest has not set up is logged and dropped (the fault stays
 //! in the fault recording registers).
 
-use std::fs::File;
-use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use nesting_core::iotlb::{
     Generation, Iotlb, IotlbInvalidation, Translate, TranslateFault, Translation,
 };
 use nesting_core::options::{ModelOptions, OptionError};
 use nesting_core::types::{Access, Iova, Pasid, RequesterId};
-use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR2_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-};
-use vfio_user::{DmaMapFlags, DmaUnmapFlags, IrqInfo, ServerBackend, ServerRegion};
+use vfio_user::{IrqInfo, ServerRegion};
 use vm_memory::GuestMemoryMmap;
 use vtd::VtdConfig;
 use vtd::{InterruptSource, TranslateResult, Vtd};
@@ -41,9 +36,8 @@ use vtd::{InterruptSource, TranslateResult, Vtd};
 use crate::account::{ACCOUNTS, Work};
 use crate::irq::MsixVectors;
 use crate::record::{self, Dma, RecMem, SharedRecorder};
-
-use crate::ram::{GuestRam, invalid};
-use crate::regfile::{RegFile, RegSpec};
+use crate::reg_fn::{RegisterBackend, RegisterUnit};
+use crate::regfile::RegSpec;
 
 /// Device ID of the VT-d register function (1af4:10f0..10ff is QEMU's
 /// experimental range; 10f0 is the DMA endpoint).
@@ -376,115 +370,31 @@ pub fn irqs() -> Vec<IrqInfo> {
 }
 
 /// The register function's backend.
-pub struct VtdBackend {
-    unit: Arc<HarnessVtd>,
-    config: RegFile,
-    ram: GuestRam,
-}
+pub type VtdBackend = RegisterBackend<HarnessVtd>;
 
-impl VtdBackend {
-    /// The function serving `unit`'s registers.
-    pub fn new(unit: Arc<HarnessVtd>) -> Self {
-        VtdBackend {
-            unit,
-            config: RegFile::new(CONFIG, 256),
-            ram: GuestRam::default(),
-        }
-    }
-}
+impl RegisterUnit for HarnessVtd {
+    const NAME: &'static str = "vtd";
+    const BAR_SIZE: u64 = VTD_BAR_SIZE;
+    const CONFIG: &'static [RegSpec] = CONFIG;
 
-/// VT-d 10.2: "Software is expected to access 32-bit registers as aligned
-/// doublewords and 64-bit registers as either aligned doublewords or
-/// aligned quadwords"; other accesses reach the model as they are and get
-/// its answer for unsupported sizes.
-fn access_size(offset: u64, len: usize) -> io::Result<u32> {
-    match len {
-        4 | 8 if offset.saturating_add(len as u64) <= VTD_BAR_SIZE => Ok(len as u32),
-        _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-    }
-}
-
-impl ServerBackend for VtdBackend {
-    fn region_read(&mut self, region: u32, offset: u64, data: &mut [u8]) -> io::Result<()> {
-        match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => self.config.read(offset, data).map_err(invalid),
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                let size = access_size(offset, data.len())?;
-                let v = self.unit.mmio_read(offset, size).to_le_bytes();
-                data.copy_from_slice(&v[..data.len()]);
-                Ok(())
-            }
-            VFIO_PCI_BAR2_REGION_INDEX => {
-                data.fill(0);
-                Ok(())
-            }
-            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        }
+    fn mmio_read(&self, offset: u64, size: u32) -> u64 {
+        HarnessVtd::mmio_read(self, offset, size)
     }
 
-    fn region_write(&mut self, region: u32, offset: u64, data: &[u8]) -> io::Result<()> {
-        match region {
-            VFIO_PCI_CONFIG_REGION_INDEX => {
-                self.config.write(offset, data).map_err(invalid)?;
-                Ok(())
-            }
-            VFIO_PCI_BAR0_REGION_INDEX => {
-                let size = access_size(offset, data.len())?;
-                let mut b = [0u8; 8];
-                b[..data.len()].copy_from_slice(data);
-                self.unit.mmio_write(offset, size, u64::from_le_bytes(b));
-                Ok(())
-            }
-            VFIO_PCI_BAR2_REGION_INDEX => Ok(()),
-            _ => Err(io::Error::from(io::ErrorKind::InvalidInput)),
-        }
+    fn mmio_write(&self, offset: u64, size: u32, value: u64) {
+        HarnessVtd::mmio_write(self, offset, size, value)
     }
 
-    fn dma_map(
-        &mut self,
-        flags: DmaMapFlags,
-        offset: u64,
-        address: u64,
-        size: u64,
-        fd: Option<File>,
-    ) -> io::Result<()> {
-        self.ram
-            .map_message("vtd", flags, offset, address, size, fd)?;
-        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
-        Ok(())
+    fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
+        HarnessVtd::set_memory(self, mem)
     }
 
-    fn dma_unmap(&mut self, flags: DmaUnmapFlags, address: u64, size: u64) -> io::Result<()> {
-        self.ram.unmap_message("vtd", flags, address, size)?;
-        self.unit.set_memory(Arc::new(self.ram.memory().clone()));
-        Ok(())
+    fn reset(&self) {
+        HarnessVtd::reset(self)
     }
 
-    fn reset(&mut self) -> io::Result<()> {
-        // The function is the unit's only presence on the platform: its
-        // reset (QEMU sends one on every system reset, guest reboots
-        // included) is the platform reset the unit follows.
-        info!("vtd: function reset: DMAR unit back to its power-on state");
-        self.config.reset();
-        self.unit.reset();
-        Ok(())
-    }
-
-    fn set_irqs(
-        &mut self,
-        index: u32,
-        flags: u32,
-        start: u32,
-        count: u32,
-        fds: Vec<File>,
-    ) -> io::Result<()> {
-        self.unit
-            .msix
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .set_irqs(index, flags, start, count, fds)
-            .inspect_err(|e| warn!("vtd: set_irqs: {e}"))
-            .map_err(invalid)
+    fn msix(&self) -> &Mutex<MsixVectors> {
+        &self.msix
     }
 }
 
@@ -493,6 +403,7 @@ mod tests {
     use super::*;
     use nesting_core::types::Bdf;
     use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
+    use vfio_user::ServerBackend;
     use vtd::VtdConfig;
 
     fn backend() -> (VtdBackend, Arc<HarnessVtd>) {

@@ -1,6 +1,7 @@
 use super::*;
 use nesting_core::types::StreamId;
 use vfio_bindings::bindings::vfio::VFIO_PCI_MSIX_IRQ_INDEX;
+use vfio_user::ServerBackend;
 use vm_memory::GuestAddress;
 
 fn backend() -> (SmmuBackend, Arc<HarnessSmmu>) {
