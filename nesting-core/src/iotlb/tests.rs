@@ -203,6 +203,41 @@ fn range_invalidation_hits_a_superpage_it_overlaps() {
     assert_eq!(tlb.invalidate(inv), 1);
 }
 
+/// In the default cache a 2 MiB range of 4 KiB pages is invalidated by
+/// probing its pages' sets at both page sizes in use (not by a scan):
+/// what it overlaps goes, the next 2 MiB stays.
+#[test]
+fn probed_range_invalidation_removes_every_page_size_it_overlaps() {
+    let tlb = Iotlb::default();
+    let base = 0x4000_0000u64;
+    let put = |iova: u64, size: PageSize| {
+        assert!(tlb.insert(
+            tlb.generation(),
+            rid(1),
+            None,
+            TAG,
+            page(iova, iova + 0x1_0000_0000, size, Access::RW),
+        ));
+    };
+    put(base, PageSize::SIZE_2M);
+    for p in 0..512u64 {
+        put(base + (2 << 20) + (p << 12), PageSize::SIZE_4K);
+        put(base + (4 << 20) + (p << 12), PageSize::SIZE_4K);
+    }
+    let range = |at: u64| IotlbInvalidation::Range {
+        domain: 1,
+        asid: None,
+        iova: Iova(at),
+        len: 2 << 20,
+    };
+    assert_eq!(tlb.invalidate(range(base)), 1);
+    assert_eq!(tlb.invalidate(range(base + (2 << 20))), 512);
+    assert_eq!(tlb.len(), 512);
+    let hit = |iova: u64| tlb.lookup(rid(1), None, Iova(iova), Access::READ).is_some();
+    assert!(!hit(base + 0x1000) && !hit(base + (2 << 20)));
+    assert!(hit(base + (4 << 20)) && hit(base + (6 << 20) - 0x1000));
+}
+
 #[test]
 fn range_invalidation_at_top_of_space_saturates() {
     let tlb = Iotlb::new(64);
@@ -393,11 +428,17 @@ proptest! {
     /// A guest that invalidates after every change sees, through the cache,
     /// exactly what an uncached walk returns.
     #[test]
-    fn cached_translate_equals_uncached_walk(ops in proptest::collection::vec(op(), 1..120)) {
-        // Two requesters per domain; a tiny cache so eviction happens too.
+    fn cached_translate_equals_uncached_walk(
+        ops in proptest::collection::vec(op(), 1..120),
+        large in any::<bool>(),
+    ) {
+        // Two requesters per domain; a tiny cache so eviction happens too,
+        // or the default one, where a 2 MiB range invalidation probes its
+        // pages' sets instead of scanning every slot.
+        let capacity = if large { DEFAULT_CAPACITY } else { 20 };
         let model = ToyModel {
             domains: [(0, 0), (1, 0), (2, 1), (3, 1)].into_iter().collect(),
-            iotlb: Iotlb::new(20),
+            iotlb: Iotlb::new(capacity),
             ..Default::default()
         };
         for op in ops {
