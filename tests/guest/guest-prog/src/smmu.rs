@@ -82,9 +82,22 @@ fn dt_node(dir: &Path, prefix: &str) -> Option<PathBuf> {
     v.into_iter().next()
 }
 
-/// The SMMU's device-tree node: (its path, the base its `reg` names).
+/// The SMMU's device-tree node, a child of the root whose `compatible`
+/// names "arm,smmu-v3" (whatever the node's name; the library's builder
+/// calls it `iommu@BASE`): (its path, the base its `reg` names).
 fn smmu_node() -> Option<(PathBuf, u64)> {
-    let node = dt_node(Path::new("/sys/firmware/devicetree/base"), "smmuv3@")?;
+    let mut nodes: Vec<PathBuf> = std::fs::read_dir("/sys/firmware/devicetree/base")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            std::fs::read(p.join("compatible")).is_ok_and(|c| {
+                c.split(|&b| b == 0)
+                    .any(|name| name == b"arm,smmu-v3".as_slice())
+            })
+        })
+        .collect();
+    nodes.sort();
+    let node = nodes.into_iter().next()?;
     let reg = std::fs::read(node.join("reg")).ok()?;
     Some((node.clone(), cells64(&reg)?))
 }

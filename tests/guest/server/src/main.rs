@@ -10,7 +10,7 @@
 //!         [--smmu PATH [--smmu-bdf BB:DD.F] [--smmu-option KEY=VALUE]...]
 //! viommu-guest-server --write-viot FILE [--bdf BB:DD.F] [--bdf2 BB:DD.F] [--iommu-bdf BB:DD.F]
 //! viommu-guest-server --write-dmar FILE --vtd-base ADDR [--bdf BB:DD.F] [--bdf2 BB:DD.F]
-//! viommu-guest-server --write-smmu-dts FILE --smmu-base ADDR [--smmu-bdf BB:DD.F]
+//! viommu-guest-server --write-smmu-dtb FILE --smmu-base ADDR --its-phandle N [--smmu-bdf BB:DD.F]
 //!         [--bdf BB:DD.F] [--bdf2 BB:DD.F]
 //! ```
 //! `--socket` serves the DMA test endpoint; `--bdf` is where the guest sees
@@ -50,10 +50,11 @@
 //! translates the endpoints' DMA (StreamID = requester ID). Each
 //! `--smmu-option` is a model option as `.viommu` scripts write it
 //! (`stages=s2`, `gran=64k`; REPLAY.md "Model options"); the others keep
-//! the model's defaults. `--write-smmu-dts` writes the device-tree source
-//! fragment (the SMMU node with its `reg` at ADDR, the BAR's address, and
-//! the PCIe host's `iommu-map` naming the endpoints) that the harness
-//! appends to QEMU's own `virt` tree.
+//! the model's defaults. `--write-smmu-dtb` writes, with the library's
+//! device-tree builders, a tree (the SMMU node with its `reg` at ADDR, the
+//! BAR's address, its `msi-parent` the ITS of phandle N, and the PCIe
+//! host's `iommu-map` naming the endpoints) that the harness merges into
+//! QEMU's own `virt` tree.
 //!
 //! A reset of the VT-d function (QEMU resets every function on a system
 //! reset, a guest reboot included) is a power-on reset of the whole unit;
@@ -100,10 +101,9 @@ use vtd::acpi::{Dmar, Drhd};
 
 /// Address width of the harness's VT-d unit (the model's default).
 const VTD_ADDRESS_WIDTH: u8 = 48;
-/// QEMU's Arm `virt` machine (hw/arm/virt.c): the GICv3 ITS node and the
-/// PCIe host node of the tree it builds (`-machine dumpdtb=FILE`).
-const VIRT_ITS_PATH: &str = "/intc@8000000/its@8080000";
-const VIRT_PCIE_PATH: &str = "/pcie@10000000";
+/// QEMU's Arm `virt` machine (hw/arm/virt.c): the PCIe host node of the
+/// tree it builds (`-machine dumpdtb=FILE`), a child of the root.
+const VIRT_PCIE_NODE: &str = "pcie@10000000";
 
 /// A stderr logger: one line per record, with the level and module.
 struct StderrLog;
@@ -137,8 +137,17 @@ struct Args {
     smmu: Option<PathBuf>,
     smmu_bdf: Bdf,
     smmu_options: Vec<String>,
-    write_smmu_dts: Option<PathBuf>,
+    write_smmu_dtb: Option<PathBuf>,
     smmu_base: Option<u64>,
+    its_phandle: Option<u32>,
+}
+
+/// A number as `fdtget -t u` prints it (decimal), or hex with `0x`.
+fn parse_u32(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 fn parse_bdf(s: &str) -> Option<Bdf> {
@@ -166,8 +175,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
         smmu: None,
         smmu_bdf: Bdf::new(0, 3, 0),
         smmu_options: Vec::new(),
-        write_smmu_dts: None,
+        write_smmu_dtb: None,
         smmu_base: None,
+        its_phandle: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -204,7 +214,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 a.smmu_bdf = parse_bdf(&v).ok_or(format!("bad --smmu-bdf {v}"))?;
             }
             "--smmu-option" => a.smmu_options.push(value()?),
-            "--write-smmu-dts" => a.write_smmu_dts = Some(PathBuf::from(value()?)),
+            "--write-smmu-dtb" => a.write_smmu_dtb = Some(PathBuf::from(value()?)),
+            "--its-phandle" => {
+                let v = value()?;
+                a.its_phandle = Some(parse_u32(&v).ok_or(format!("bad --its-phandle {v}"))?);
+            }
             "--smmu-base" => {
                 let v = value()?;
                 a.smmu_base = Some(
@@ -222,16 +236,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
     if a.socket.is_none()
         && a.write_viot.is_none()
         && a.write_dmar.is_none()
-        && a.write_smmu_dts.is_none()
+        && a.write_smmu_dtb.is_none()
     {
         return Err(
-            "--socket PATH, --write-viot FILE, --write-dmar FILE or --write-smmu-dts FILE \
+            "--socket PATH, --write-viot FILE, --write-dmar FILE or --write-smmu-dtb FILE \
              is required"
                 .into(),
         );
     }
-    if a.write_smmu_dts.is_some() && a.smmu_base.is_none() {
-        return Err("--write-smmu-dts needs --smmu-base ADDR".into());
+    if a.write_smmu_dtb.is_some() && (a.smmu_base.is_none() || a.its_phandle.is_none()) {
+        return Err("--write-smmu-dtb needs --smmu-base ADDR and --its-phandle N".into());
     }
     if a.socket2.is_some() && a.socket.is_none() {
         return Err("--socket2 needs --socket".into());
@@ -400,16 +414,17 @@ fn smmu_config(a: &Args) -> Result<Smmuv3Config, String> {
     Smmuv3Config::from_options(&opts).map_err(|e| format!("--smmu-option: {e}"))
 }
 
-/// The device-tree fragment of the SMMU at `--smmu-base` (see
-/// [`smmu_fn::dts_fragment`]).
-fn smmu_dts_for(a: &Args) -> String {
-    smmu_fn::dts_fragment(&SmmuNode {
+/// The device tree of the SMMU at `--smmu-base` (see
+/// [`smmu_fn::dtb_fragment`]).
+fn smmu_dtb_for(a: &Args) -> Result<Vec<u8>, String> {
+    smmu_fn::dtb_fragment(&SmmuNode {
         base: a.smmu_base.unwrap_or(0),
         function_rid: a.smmu_bdf.0,
         endpoints: endpoint_bdfs(a).iter().map(|b| b.0).collect(),
-        its_path: VIRT_ITS_PATH.into(),
-        pcie_path: VIRT_PCIE_PATH.into(),
+        its_phandle: a.its_phandle.unwrap_or(0),
+        pcie_node: VIRT_PCIE_NODE.into(),
     })
+    .map_err(|e| format!("SMMU device tree: {e}"))
 }
 
 /// Binds the SMMUv3 register function's socket and serves it on a thread.
@@ -483,8 +498,8 @@ fn run(a: &Args) -> Result<bool, String> {
     if let Some(path) = &a.write_dmar {
         write(path, dmar_for(a)?)?;
     }
-    if let Some(path) = &a.write_smmu_dts {
-        write(path, smmu_dts_for(a).into_bytes())?;
+    if let Some(path) = &a.write_smmu_dtb {
+        write(path, smmu_dtb_for(a)?)?;
     }
     let Some(socket) = &a.socket else {
         return Ok(true);
@@ -594,21 +609,46 @@ mod tests {
         assert!(args("--socket a --smmu s --smmu-option stages=s3").is_err());
         assert!(args("--socket a --smmu s --vtd v").is_err());
         assert!(args("--socket a --smmu s --smmu-bdf 00:05.0").is_err());
-        assert!(args("--write-smmu-dts f").is_err(), "needs --smmu-base");
+        assert!(
+            args("--write-smmu-dtb f --its-phandle 1").is_err(),
+            "needs --smmu-base"
+        );
+        assert!(
+            args("--write-smmu-dtb f --smmu-base 0").is_err(),
+            "needs --its-phandle"
+        );
     }
 
     #[test]
-    fn smmu_dts_names_both_endpoints_and_the_function() {
-        let a = args("--write-smmu-dts f --smmu-base 0x10000000 --bdf2 00:06.0").unwrap();
-        let text = smmu_dts_for(&a);
+    fn smmu_dtb_names_both_endpoints_and_the_function() {
+        let a =
+            args("--write-smmu-dtb f --smmu-base 0x10000000 --its-phandle 0x8006 --bdf2 00:06.0")
+                .unwrap();
+        let dtb = smmu_dtb_for(&a).unwrap();
+        let has = |cells: &[u32]| {
+            let bytes: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
+            dtb.windows(bytes.len()).any(|w| w == bytes.as_slice())
+        };
+        assert!(has(&[0xd00d_feed]), "an FDT blob");
         assert!(
-            text.contains("reg = <0x0 0x10000000 0x0 0x20000>;"),
-            "{text}"
+            has(&[0, 0x1000_0000, 0, 0x20000]),
+            "reg: both pages at the BAR"
         );
-        assert!(text.contains("its@8080000} 0x18>;"), "{text}");
         assert!(
-            text.contains("<0x28 &viommu_smmu 0x28 0x1 0x30 &viommu_smmu 0x30 0x1>"),
-            "{text}"
+            has(&[0x8006, 0x18]),
+            "msi-parent: the ITS, the function's RID"
+        );
+        let p = smmu_fn::SMMU_PHANDLE;
+        assert!(
+            has(&[0x28, p, 0x28, 1, 0x30, p, 0x30, 1]),
+            "iommu-map: both endpoints"
+        );
+        assert!(
+            args("--write-smmu-dtb f --smmu-base 0 --its-phandle 0")
+                .ok()
+                .and_then(|a| smmu_dtb_for(&a).ok())
+                .is_none(),
+            "phandle 0 is reserved"
         );
     }
 

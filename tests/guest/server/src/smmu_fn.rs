@@ -1,7 +1,7 @@
 //! The SMMUv3 model's two 64 KiB register pages as BAR0 of a vfio-user
 //! function. The device tree the harness passes to QEMU's Arm `virt`
 //! machine (`-dtb`) has an `arm,smmu-v3` node whose `reg` is that BAR's
-//! address ([`dts_fragment`]) and an `iommu-map` on the PCIe host naming
+//! address ([`dtb_fragment`]) and an `iommu-map` on the PCIe host naming
 //! the endpoints, so the guest's arm-smmu-v3 driver programs our model
 //! through it.
 //!
@@ -26,14 +26,15 @@
 //! writes. CMD_SYNC completions need no interrupt: Linux's MSIPOLL has the
 //! SMMU write the sync's own slot in guest RAM, which the model does.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use log::{debug, warn};
 use nesting_core::iotlb::{Iotlb, Translate, TranslateFault, Translation};
 use nesting_core::types::{Access, Bdf, Iova, Pasid, RequesterId};
+use smmuv3::fdt::{FdtError, IommuMapEntry, SmmuInterrupts, write_iommu_map, write_smmuv3_node};
 use smmuv3::{Interrupt, IrqSource, Signal, Smmuv3, Smmuv3Config, TranslateResult};
 use vfio_user::{IrqInfo, ServerRegion};
+use vm_fdt::FdtWriter;
 use vm_memory::GuestMemoryMmap;
 
 use crate::account::{ACCOUNTS, Work};
@@ -291,12 +292,12 @@ impl Translate for HarnessSmmu {
 }
 
 /// The StreamID of a PCI function behind the harness's SMMU: its
-/// requester ID (the `iommu-map` of [`dts_fragment`] is the identity).
+/// requester ID (the `iommu-map` of [`dtb_fragment`] is the identity).
 pub fn stream_of(bdf: Bdf) -> RequesterId {
     RequesterId::Stream(nesting_core::types::StreamId(u32::from(bdf.0)))
 }
 
-/// Where the SMMU node goes and what it names, for [`dts_fragment`].
+/// Where the SMMU node goes and what it names, for [`dtb_fragment`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmmuNode {
     /// The register function's BAR0 address: the node's `reg`.
@@ -306,52 +307,63 @@ pub struct SmmuNode {
     pub function_rid: u16,
     /// The requester IDs of the endpoints behind the SMMU.
     pub endpoints: Vec<u16>,
-    /// Path of the GICv3 ITS node in QEMU's tree.
-    pub its_path: String,
-    /// Path of the PCIe host controller node in QEMU's tree.
-    pub pcie_path: String,
+    /// Phandle of the GICv3 ITS node in QEMU's tree (its `phandle`
+    /// property, read from QEMU's tree by the harness).
+    pub its_phandle: u32,
+    /// Name of the PCIe host controller node, a child of the root in
+    /// QEMU's tree.
+    pub pcie_node: String,
 }
 
-/// A device-tree source fragment to append to QEMU's own tree (from
-/// `-machine virt,dumpdtb=FILE`, decompiled by `dtc`; dtc merges a second
-/// definition of `/` into the first): the SMMU node and the PCIe host's
-/// `iommu-map`. The binding is Linux's
-/// Documentation/devicetree/bindings/iommu/arm,smmu-v3.yaml: `reg` of
-/// 128 KiB, `#iommu-cells` 1 (the StreamID), `dma-coherent` (the SMMU's
-/// table walks and queue accesses are coherent, IDR0.COHACC; Linux then
-/// uses MSIPOLL for CMD_SYNC), `msi-parent` with the DeviceID. No
-/// `interrupts`: a vfio-user function can raise no wired interrupt; the
-/// driver uses MSIs. Only the endpoints are in the `iommu-map`: a PCI
-/// requester ID the map does not cover has no IOMMU (Linux's `of_map_id`,
-/// "Bypasses translation"), and the register function must not sit
-/// behind the SMMU it implements.
-pub fn dts_fragment(n: &SmmuNode) -> String {
-    let (hi, lo) = (n.base >> 32, n.base & 0xffff_ffff);
-    let mut map = String::new();
-    for (i, rid) in n.endpoints.iter().enumerate() {
-        let sep = if i == 0 { "" } else { " " };
-        let _ = write!(map, "{sep}{rid:#x} &viommu_smmu {rid:#x} 0x1");
+/// The SMMU node's phandle. QEMU numbers its own from 0x8000 up, so this
+/// one cannot collide with any in the tree it is merged into.
+pub const SMMU_PHANDLE: u32 = 0x5a00;
+
+/// A device tree to merge into QEMU's own (from `-machine
+/// virt,dumpdtb=FILE`; the harness decompiles both with `dtc` and lets it
+/// merge the second definition of `/` into the first), written by the
+/// library's device-tree builders (`smmuv3::fdt`), so the guest's Linux
+/// checks them: the SMMU node at the function's BAR, with `msi-parent`
+/// naming the function's own requester ID as the ITS DeviceID and no
+/// wired interrupts (a vfio-user function can raise none; the driver uses
+/// MSIs), and the PCIe host's `iommu-map`. Only the endpoints are in the
+/// map: a requester ID it does not cover has no IOMMU (Linux's
+/// `of_map_id`), and the register function must not sit behind the SMMU
+/// it implements. The binding is Linux's
+/// Documentation/devicetree/bindings/iommu/arm,smmu-v3.yaml.
+pub fn dtb_fragment(n: &SmmuNode) -> Result<Vec<u8>, FdtError> {
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    // QEMU's virt root has two address and size cells, as the builders
+    // expect of the node they write into.
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    let irqs = SmmuInterrupts {
+        msi_parent: Some((n.its_phandle, u32::from(n.function_rid))),
+        ..SmmuInterrupts::default()
+    };
+    write_smmuv3_node(&mut fdt, n.base, SMMU_PHANDLE, &irqs)?;
+    // No endpoints, no map: Linux refuses an empty `iommu-map` ("Bad
+    // iommu-map length") where a missing one means no IOMMU.
+    if n.endpoints.is_empty() {
+        fdt.end_node(root)?;
+        return Ok(fdt.finish()?);
     }
-    format!(
-        "\n/* The harness's SMMUv3 (tests/guest/server, smmu_fn.rs). */\n\
-         / {{\n\
-         \tviommu_smmu: smmuv3@{base:x} {{\n\
-         \t\tcompatible = \"arm,smmu-v3\";\n\
-         \t\treg = <{hi:#x} {lo:#x} 0x0 {size:#x}>;\n\
-         \t\t#iommu-cells = <1>;\n\
-         \t\tdma-coherent;\n\
-         \t\tmsi-parent = <&{{{its}}} {rid:#x}>;\n\
-         \t}};\n\
-         }};\n\
-         &{{{pcie}}} {{\n\
-         \tiommu-map = <{map}>;\n\
-         }};\n",
-        base = n.base,
-        size = SMMU_BAR_SIZE,
-        its = n.its_path,
-        rid = n.function_rid,
-        pcie = n.pcie_path,
-    )
+    let pcie = fdt.begin_node(&n.pcie_node)?;
+    let map: Vec<IommuMapEntry> = n
+        .endpoints
+        .iter()
+        .map(|&rid| IommuMapEntry {
+            rid_base: u32::from(rid),
+            iommu: SMMU_PHANDLE,
+            sid_base: u32::from(rid),
+            length: 1,
+        })
+        .collect();
+    write_iommu_map(&mut fdt, &map)?;
+    fdt.end_node(pcie)?;
+    fdt.end_node(root)?;
+    Ok(fdt.finish()?)
 }
 
 /// Regions: BAR0 (both register pages), BAR2 (MSI-X) and config space.

@@ -110,42 +110,67 @@ fn config_space_identifies_function_and_sizes_bar0() {
     assert_eq!(regions()[0].region_info.size, 0x20000);
 }
 
-#[test]
-fn dts_fragment_names_bar_msi_device_and_endpoints() {
-    let text = dts_fragment(&SmmuNode {
-        base: 0x1000_0000,
-        function_rid: 0x18,
-        endpoints: vec![0x28, 0x30],
-        its_path: "/intc@8000000/its@8080000".into(),
-        pcie_path: "/pcie@10000000".into(),
-    });
-    assert!(text.contains("viommu_smmu: smmuv3@10000000 {"), "{text}");
-    assert!(
-        text.contains("reg = <0x0 0x10000000 0x0 0x20000>;"),
-        "{text}"
-    );
-    assert!(
-        text.contains("msi-parent = <&{/intc@8000000/its@8080000} 0x18>;"),
-        "{text}"
-    );
-    assert!(text.contains("&{/pcie@10000000} {"), "{text}");
-    assert!(
-        text.contains("iommu-map = <0x28 &viommu_smmu 0x28 0x1 0x30 &viommu_smmu 0x30 0x1>;"),
-        "{text}"
-    );
-    assert!(!text.contains("interrupts"), "no wired interrupts: {text}");
+/// `cells` as big-endian words somewhere in `blob`.
+fn has_cells(blob: &[u8], cells: &[u32]) -> bool {
+    let bytes: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
+    blob.windows(bytes.len()).any(|w| w == bytes.as_slice())
+}
+
+fn has_bytes(blob: &[u8], bytes: &[u8]) -> bool {
+    blob.windows(bytes.len()).any(|w| w == bytes)
 }
 
 #[test]
-fn dts_fragment_splits_high_base() {
-    let text = dts_fragment(&SmmuNode {
+fn dtb_fragment_names_bar_msi_device_and_endpoints() {
+    let dtb = dtb_fragment(&SmmuNode {
+        base: 0x1000_0000,
+        function_rid: 0x18,
+        endpoints: vec![0x28, 0x30],
+        its_phandle: 0x8006,
+        pcie_node: "pcie@10000000".into(),
+    })
+    .unwrap();
+    assert!(has_cells(&dtb, &[0xd00d_feed]));
+    assert!(has_bytes(&dtb, b"iommu@10000000\0"));
+    assert!(has_bytes(&dtb, b"pcie@10000000\0"));
+    assert!(has_bytes(&dtb, b"arm,smmu-v3\0"));
+    assert!(has_cells(&dtb, &[0, 0x1000_0000, 0, 0x20000]), "reg");
+    assert!(has_cells(&dtb, &[0x8006, 0x18]), "msi-parent");
+    let p = SMMU_PHANDLE;
+    assert!(
+        has_cells(&dtb, &[0x28, p, 0x28, 1, 0x30, p, 0x30, 1]),
+        "iommu-map"
+    );
+    assert!(!has_bytes(&dtb, b"interrupts\0"), "no wired interrupts");
+}
+
+#[test]
+fn dtb_fragment_splits_high_base_and_refuses_reserved_phandles() {
+    let node = SmmuNode {
         base: 0x80_0000_0000,
         function_rid: 0x18,
         endpoints: vec![0x28],
-        its_path: "/its".into(),
-        pcie_path: "/pcie".into(),
-    });
-    assert!(text.contains("reg = <0x80 0x0 0x0 0x20000>;"), "{text}");
+        its_phandle: 1,
+        pcie_node: "pcie".into(),
+    };
+    assert!(has_cells(
+        &dtb_fragment(&node).unwrap(),
+        &[0x80, 0, 0, 0x20000]
+    ));
+    let no_its = SmmuNode {
+        its_phandle: 0,
+        ..node.clone()
+    };
+    assert!(dtb_fragment(&no_its).is_err());
+    let no_endpoint = SmmuNode {
+        endpoints: Vec::new(),
+        ..node
+    };
+    let dtb = dtb_fragment(&no_endpoint).unwrap();
+    assert!(
+        !has_bytes(&dtb, b"iommu-map\0") && !has_bytes(&dtb, b"pcie\0"),
+        "no endpoints: no (empty, refused) iommu-map"
+    );
 }
 
 /// A recorded SMMU driven the way Linux's arm-smmu-v3 driver drives it
