@@ -505,6 +505,17 @@ impl SimIommufd {
             .collect()
     }
 
+    /// The IOVA ranges an IOAS can hold now (what `IOMMU_IOAS_IOVA_RANGES`
+    /// reports), without counting a call or firing an injected failure;
+    /// empty if no such IOAS.
+    pub fn usable_iovas(&self, ioas: IoasId) -> Vec<IovaRange> {
+        self.lock()
+            .state
+            .iova_ranges(ioas.0)
+            .map(|r| r.ranges)
+            .unwrap_or_default()
+    }
+
     /// The memory behind one IOVA of an IOAS and the mapping's access.
     pub fn translate(&self, ioas: IoasId, iova: Iova) -> Option<(SimBacking, Access)> {
         let g = self.lock();

@@ -16,6 +16,12 @@
 //!   unmaps the run and maps the remainder again.
 //! - **Not RAM.** GPAs outside guest RAM (MMIO, BARs) are skipped with a
 //!   warning and counted; never fatal.
+//! - **Not mappable.** IOVAs the IOAS cannot hold (the attached devices'
+//!   reserved regions, beyond their IOMMUs' aperture, as
+//!   `IOMMU_IOAS_IOVA_RANGES` reports them) are skipped the same way: the
+//!   devices cannot reach them, and a guest that maps there cannot wedge
+//!   the domain with syncs the host refuses. When the devices change, the
+//!   next sync reconsiders what was skipped under the old ranges.
 //! - **Consistent on failure.** A host failure rolls the domain back to
 //!   what it was before the sync (guest view and host IOAS), and returns a
 //!   typed error the model turns into its architected error. If even the
@@ -37,7 +43,7 @@ use thiserror::Error;
 
 pub use spans::{Keyed, PackedSpan, SortedChunks, Span, SpanMap, SpanRecord};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::host::objects::{BoundDevice, Hwpt, Ioas, SharedHost};
 use crate::host::{
@@ -124,6 +130,9 @@ pub struct SyncReport {
     pub unmapped: u64,
     /// Bytes of guest mappings skipped because their GPAs are not RAM.
     pub skipped_bytes: u64,
+    /// Bytes of guest mappings skipped because the IOAS cannot hold their
+    /// IOVAs (reserved, or beyond the attached IOMMUs' aperture).
+    pub unmappable_bytes: u64,
 }
 
 /// Totals over a domain's life.
@@ -137,6 +146,8 @@ pub struct ShadowStats {
     pub host_calls: u64,
     /// Bytes skipped because they were not RAM.
     pub skipped_bytes: u64,
+    /// Bytes skipped because the IOAS could not hold their IOVAs.
+    pub unmappable_bytes: u64,
     /// COPYs refused by the host and done as MAP instead.
     pub copy_fallbacks: u64,
 }
@@ -193,6 +204,16 @@ pub struct ShadowDomain {
     rebuild: bool,
     /// Devices were detached because the IOAS could not be cleaned.
     quarantined: bool,
+    /// The IOVA ranges the IOAS can hold, inclusive and ascending, as the
+    /// host reported them since its devices last changed (`None`: ask).
+    usable: Option<Vec<(u64, u64)>>,
+    /// The gaps between `usable` ranges in which guest mappings were
+    /// skipped (whole gaps, so a few entries however many mappings).
+    skipped_gaps: BTreeSet<(u64, u64)>,
+    /// IOVA ranges the next sync reconsiders though the guest did not
+    /// change them: skipped gaps, after the devices (and the ranges)
+    /// changed.
+    recheck: Vec<(u64, u64)>,
     stats: ShadowStats,
 }
 
@@ -200,7 +221,7 @@ impl ShadowDomain {
     /// An empty domain with a new IOAS.
     pub fn new(host: &SharedHost, ram: &Arc<RamIoas>) -> Result<ShadowDomain, ShadowError> {
         let ioas = Ioas::alloc(host).map_err(ShadowError::from_host)?;
-        let align = Self::host_alignment(host, ioas.id())?;
+        let (align, usable) = Self::host_ranges(host, ioas.id())?;
         Ok(ShadowDomain {
             host: host.clone(),
             ram: ram.clone(),
@@ -215,6 +236,9 @@ impl ShadowDomain {
             identity: false,
             rebuild: false,
             quarantined: false,
+            usable: Some(usable),
+            skipped_gaps: BTreeSet::new(),
+            recheck: Vec::new(),
             stats: ShadowStats::default(),
         })
     }
@@ -223,11 +247,17 @@ impl ShadowDomain {
     /// size of the attached devices' IOMMUs, and never less than 4 KiB
     /// (an IOAS without devices reports 1, but every IOMMU it may meet has
     /// pages of at least 4 KiB).
-    fn host_alignment(host: &SharedHost, ioas: IoasId) -> Result<u64, ShadowError> {
+    /// With the IOVA ranges it can hold (inclusive, ascending).
+    fn host_ranges(host: &SharedHost, ioas: IoasId) -> Result<(u64, Vec<(u64, u64)>), ShadowError> {
         let r = host
             .ioas_iova_ranges(ioas)
             .map_err(ShadowError::from_host)?;
-        Ok(r.alignment.max(MIN_ALIGNMENT))
+        let usable = r
+            .ranges
+            .iter()
+            .map(|r| (r.first.raw(), r.last.raw()))
+            .collect();
+        Ok((r.alignment.max(MIN_ALIGNMENT), usable))
     }
 
     /// The shadow IOAS.
@@ -330,7 +360,7 @@ impl ShadowDomain {
 
     /// Whether changes are staged.
     pub fn has_staged(&self) -> bool {
-        !self.staged.is_empty() || self.rebuild
+        !self.staged.is_empty() || self.rebuild || !self.recheck.is_empty()
     }
 
     /// Applies the staged changes to the host IOAS. On failure the domain
@@ -351,15 +381,20 @@ impl ShadowDomain {
         let dirty = if self.rebuild {
             vec![(0, u64::MAX)]
         } else {
-            merge(staged.iter().map(Staged::range).collect())
+            let ranges = staged.iter().map(Staged::range);
+            merge(ranges.chain(self.recheck.iter().copied()).collect())
         };
         let mut report = SyncReport::default();
-        let result = self.apply_to_host(&dirty, &mut report);
+        let result = self
+            .refresh_usable(&mut report)
+            .and_then(|()| self.apply_to_host(&dirty, &mut report));
         self.stats.host_calls += report.host_calls;
         match result {
             Ok(()) => {
                 self.stats.syncs += 1;
                 self.stats.skipped_bytes += report.skipped_bytes;
+                self.stats.unmappable_bytes += report.unmappable_bytes;
+                self.recheck.clear();
                 Ok(report)
             }
             Err(e) => {
@@ -400,6 +435,26 @@ impl ShadowDomain {
                 self.guest.insert(s);
             }
         }
+    }
+
+    /// Asks the host which IOVAs the IOAS can hold, unless it already
+    /// did since the devices last changed.
+    fn refresh_usable(&mut self, report: &mut SyncReport) -> Result<(), ShadowError> {
+        if self.usable.is_none() {
+            report.host_calls += 1;
+            let (_, usable) = Self::host_ranges(&self.host, self.ioas.id())?;
+            self.usable = Some(usable);
+        }
+        Ok(())
+    }
+
+    /// The IOAS's devices (or their HWPTs) changed: its usable ranges may
+    /// have too. Mappings skipped under the old ones are reconsidered at
+    /// the next sync.
+    fn devices_changed(&mut self) {
+        self.usable = None;
+        let gaps = std::mem::take(&mut self.skipped_gaps);
+        self.recheck.extend(gaps);
     }
 
     /// Brings the host runs inside the dirty ranges in line with the guest
@@ -534,13 +589,17 @@ impl ShadowDomain {
     /// The host runs the guest view calls for inside `[first, last]`:
     /// guest spans clipped to it, cut at RAM region ends, non-RAM parts
     /// skipped, and neighbours contiguous in IOVA and GPA joined.
-    fn desired_runs(&self, first: u64, last: u64, report: &mut SyncReport) -> Vec<Span> {
+    fn desired_runs(&mut self, first: u64, last: u64, report: &mut SyncReport) -> Vec<Span> {
         let mut out: Vec<Span> = Vec::new();
         for g in self.guest.overlapping(first, last) {
             let Some(g) = g.clip(first, last) else {
                 continue;
             };
-            for piece in self.ram_pieces(&g, report) {
+            let mut pieces = Vec::new();
+            for p in self.ram_pieces(&g, report) {
+                pieces.extend(self.usable_pieces(&p, report));
+            }
+            for piece in pieces {
                 match out.last_mut() {
                     Some(prev)
                         if prev.continues_into(&piece)
@@ -555,6 +614,46 @@ impl ShadowDomain {
                     _ => out.push(piece),
                 }
             }
+        }
+        out
+    }
+
+    /// `span` cut into the parts whose IOVAs the IOAS can hold
+    /// ([`Self::refresh_usable`]; all of it if the ranges are unknown).
+    fn usable_pieces(&mut self, span: &Span, report: &mut SyncReport) -> Vec<Span> {
+        let Some(usable) = &self.usable else {
+            return vec![*span];
+        };
+        let mut out = Vec::new();
+        let mut kept = 0u64;
+        let start = usable.partition_point(|&(_, last)| last < span.first);
+        for &(first, last) in &usable[start..] {
+            if first > span.last {
+                break;
+            }
+            let (f, l) = (first.max(span.first), last.min(span.last));
+            kept = kept.saturating_add((l - f).saturating_add(1));
+            out.push(Span {
+                first: f,
+                last: l,
+                gpa: span.gpa + (f - span.first),
+                access: span.access,
+            });
+        }
+        let lost = span.len().saturating_sub(kept);
+        if lost != 0 {
+            crate::guest_log!(
+                Warn,
+                "guest maps iova {:#x}..={:#x}, which the host IOAS cannot hold (reserved or beyond the IOMMU's aperture): {lost:#x} bytes not mirrored",
+                span.first,
+                span.last
+            );
+            report.unmappable_bytes += lost;
+            let gaps = gaps_of(usable);
+            let touched = gaps
+                .into_iter()
+                .filter(|&(f, l)| f <= span.last && span.first <= l);
+            self.skipped_gaps.extend(touched);
         }
         out
     }
@@ -662,14 +761,9 @@ impl ShadowDomain {
             Err(e) => return Err(ShadowError::from_host(e)),
         }
         self.runs = SpanMap::default();
-        for s in self.desired_runs(0, u64::MAX, report) {
-            if let Err(e) = self.install(&s, report) {
-                self.empty_host();
-                return Err(e);
-            }
-            self.runs.insert(s);
-        }
         if self.quarantined {
+            // Back on the (now empty) IOAS first: their reserved regions
+            // and aperture decide what it can hold.
             let identity = self.identity;
             for (dev, pasid) in self.devices.clone() {
                 let pt = self.target_for(dev, pasid, identity)?;
@@ -678,6 +772,15 @@ impl ShadowDomain {
                     .map_err(ShadowError::from_host)?;
             }
             self.quarantined = false;
+            self.usable = None;
+            self.refresh_usable(report)?;
+        }
+        for s in self.desired_runs(0, u64::MAX, report) {
+            if let Err(e) = self.install(&s, report) {
+                self.empty_host();
+                return Err(e);
+            }
+            self.runs.insert(s);
         }
         self.rebuild = false;
         Ok(())
@@ -739,6 +842,31 @@ impl ShadowDomain {
             // The IOAS is not trustworthy until rebuilt.
             self.sync()?;
         }
+        let res = self.attach_inner(dev, pasid);
+        self.devices_changed();
+        if res.is_ok() {
+            // A device behind an IOMMU with larger pages raises the
+            // alignment (the kernel refused the attach if existing mappings
+            // break it); its reserved regions and aperture narrow what the
+            // IOAS can hold.
+            match Self::host_ranges(&self.host, self.ioas.id()) {
+                Ok((align, usable)) => {
+                    self.align = align;
+                    self.usable = Some(usable);
+                }
+                Err(e) => {
+                    crate::guest_log!(Warn, "cannot read the IOAS's ranges after attach: {e}")
+                }
+            }
+        }
+        res
+    }
+
+    fn attach_inner(
+        &mut self,
+        dev: &mut BoundDevice,
+        pasid: Option<Pasid>,
+    ) -> Result<(), ShadowError> {
         let id = dev.id();
         let identity = self.identity;
         let pt = self.target_for(id, pasid, identity)?;
@@ -752,12 +880,6 @@ impl ShadowDomain {
         dev.attach(pasid, pt).map_err(ShadowError::from_host)?;
         if !self.devices.contains(&(id, pasid)) {
             self.devices.push((id, pasid));
-        }
-        // A device behind an IOMMU with larger pages raises the alignment
-        // (the kernel refused the attach if existing mappings break it).
-        match Self::host_alignment(&self.host, self.ioas.id()) {
-            Ok(a) => self.align = a,
-            Err(e) => crate::guest_log!(Warn, "cannot read the IOAS alignment after attach: {e}"),
         }
         Ok(())
     }
@@ -784,6 +906,7 @@ impl ShadowDomain {
         if res.is_err() && !marked && !self.devices.iter().any(|(d, _)| *d == id) {
             self.pasid_devs.retain(|d| *d != id);
             self.pasid_hwpts.retain(|(_, d), _| *d != id);
+            self.devices_changed();
         }
         res
     }
@@ -795,7 +918,11 @@ impl ShadowDomain {
         pasid: Option<Pasid>,
     ) -> Result<(), ShadowError> {
         if self.devices.contains(&(dev.id(), pasid)) {
-            dev.detach(pasid).map_err(ShadowError::from_host)?;
+            let res = dev.detach(pasid);
+            if let Err(e) = res {
+                self.devices_changed();
+                return Err(ShadowError::from_host(e));
+            }
         }
         self.forget(dev.id(), pasid);
         Ok(())
@@ -809,6 +936,7 @@ impl ShadowDomain {
             self.pasid_hwpts.retain(|(_, d), _| *d != dev);
             self.pasid_devs.retain(|d| *d != dev);
         }
+        self.devices_changed();
     }
 
     /// Switches the devices between the RAM IOAS (identity: IOVA = GPA)
@@ -819,6 +947,12 @@ impl ShadowDomain {
         if on == self.identity {
             return Ok(());
         }
+        let res = self.switch_identity(on);
+        self.devices_changed();
+        res
+    }
+
+    fn switch_identity(&mut self, on: bool) -> Result<(), ShadowError> {
         self.identity = on;
         if self.quarantined {
             return Ok(());
@@ -851,6 +985,25 @@ impl ShadowDomain {
         }
         Ok(())
     }
+}
+
+/// The inclusive ranges between ascending, disjoint inclusive `ranges`
+/// (before the first and after the last included).
+fn gaps_of(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut next = Some(0u64);
+    for &(first, last) in ranges {
+        if let Some(n) = next
+            && n < first
+        {
+            out.push((n, first - 1));
+        }
+        next = last.checked_add(1);
+    }
+    if let Some(n) = next {
+        out.push((n, u64::MAX));
+    }
+    out
 }
 
 /// Sorted, merged (overlapping or adjacent) inclusive ranges.

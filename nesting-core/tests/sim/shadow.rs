@@ -417,6 +417,97 @@ fn identity_switch_failure_that_cannot_switch_back_blocks_the_device() {
     );
 }
 
+/// IOVAs (first, last) the shadow IOAS maps.
+fn host_iovas(f: &Fixture, d: &ShadowDomain) -> Vec<(u64, u64)> {
+    f.sim
+        .mappings(d.ioas().id())
+        .iter()
+        .map(|m| (m.range.first.raw(), m.range.last.raw()))
+        .collect()
+}
+
+#[test]
+fn iovas_the_ioas_cannot_hold_are_skipped_counted_and_not_fatal() {
+    // The VT-d host's device reserves its MSI window and has a 48-bit
+    // aperture: a guest mapping there is refused by IOMMU_IOAS_MAP, which
+    // would fail the sync (the model's invalidation) every time.
+    let mut f = fixture();
+    let mut d = f.domain();
+    d.map(Iova(0xfee0_0000), Gpa(0x1000), PAGE, Access::RW)
+        .unwrap();
+    d.map(Iova(1 << 48), Gpa(0x2000), 2 * PAGE, Access::RW)
+        .unwrap();
+    d.map(Iova(0x9000), Gpa(0x3000), PAGE, Access::RW).unwrap();
+    let r = d.sync().unwrap();
+    assert_eq!(r.unmappable_bytes, 3 * PAGE);
+    assert_eq!(r.mapped, 1);
+    assert_eq!(host_iovas(&f, &d), vec![(0x9000, 0x9fff)]);
+    assert_eq!(d.guest_mappings().count(), 3, "the guest view keeps them");
+    assert_eq!(d.stats().unmappable_bytes, 3 * PAGE);
+    assert!(!d.has_staged(), "settled");
+}
+
+#[test]
+fn skipped_iovas_are_mirrored_once_the_devices_that_reserved_them_leave() {
+    let mut f = fixture();
+    let mut d = f.domain();
+    d.map(Iova(1 << 48), Gpa(0x2000), PAGE, Access::RW).unwrap();
+    d.map(Iova(0x9000), Gpa(0x3000), PAGE, Access::RW).unwrap();
+    assert_eq!(d.sync().unwrap().unmappable_bytes, PAGE);
+    d.detach(&mut f.dev, None).unwrap();
+    assert!(d.has_staged(), "the skipped gap is reconsidered");
+    let r = d.sync().unwrap();
+    assert_eq!((r.unmappable_bytes, r.mapped), (0, 1));
+    assert_eq!(
+        host_iovas(&f, &d),
+        vec![(0x9000, 0x9fff), (1 << 48, (1 << 48) + PAGE - 1)]
+    );
+    // The device cannot come back while the IOAS holds what it reserves:
+    // the host refuses the attach and nothing changes.
+    assert!(d.attach(&mut f.dev, None).is_err());
+    assert_eq!(f.sim.attachment(f.dev.id(), None), None);
+}
+
+#[test]
+fn a_domain_whose_ranges_narrowed_during_a_rebuild_still_settles() {
+    // Found by the shadow_engine fuzz target: with identity on (devices on
+    // the RAM IOAS) the shadow IOAS has no device and holds any IOVA; a
+    // mapping at the top of the address space is mirrored. A failed
+    // rollback empties the IOAS; identity off then attaches the device to
+    // the empty IOAS (48-bit aperture), and every rebuild failed on the
+    // top mapping: the domain never settled.
+    let mut f = fixture();
+    let mut d = f.domain();
+    d.set_identity(true).unwrap();
+    d.map(Iova(0xffff_ffff_fffe_f000), Gpa(0x1000), PAGE, Access::RW)
+        .unwrap();
+    d.sync().unwrap();
+    assert_eq!(
+        host_iovas(&f, &d).len(),
+        1,
+        "mirrored: no device reserves it"
+    );
+    // The next sync's copy fails and so does its rollback's re-install of
+    // the run it replaced.
+    d.map(
+        Iova(0xffff_ffff_fffe_f000),
+        Gpa(0x1000),
+        2 * PAGE,
+        Access::RW,
+    )
+    .unwrap();
+    f.sim.fail_nth(HostOp::IoasCopy, 1, Errno::ENOMEM);
+    f.sim.fail_nth(HostOp::IoasCopy, 2, Errno::ENOMEM);
+    assert!(d.sync().is_err());
+    assert!(d.has_staged(), "a rebuild is due");
+    assert!(host_iovas(&f, &d).is_empty(), "emptied");
+    d.set_identity(false).unwrap();
+    let r = d.sync().unwrap();
+    assert_eq!(r.unmappable_bytes, PAGE);
+    assert!(!d.has_staged());
+    assert!(host_iovas(&f, &d).is_empty());
+}
+
 #[derive(Clone, Debug)]
 enum GuestOp {
     Map {
