@@ -400,7 +400,9 @@ impl NestedEngine {
     /// SMMUv3 StreamID) in context `initial` (VT-d with translation off:
     /// [`NestedContext::Bypass`]; SMMUv3: what GBPA says). The device joins
     /// the first stage-2 parent that can take it, or gets a new one. On
-    /// failure nothing changes and the device is handed back.
+    /// failure nothing changes and the device is handed back, except that
+    /// PASIDs it still had attached from before are detached first (and
+    /// if one cannot be, that is the failure).
     pub fn add_device(
         &mut self,
         vsid: u64,
@@ -409,6 +411,17 @@ impl NestedEngine {
     ) -> Result<(), (NestedError, BoundDevice)> {
         if self.devices.contains_key(&vsid) {
             return Err((NestedError::Duplicate { vsid }, dev));
+        }
+        // A device joins with no PASID of its past attached: one left
+        // attached (a detach the host refused when it left its last engine
+        // or domain) would reach what that context reached. If it cannot
+        // be detached now, the device is refused.
+        let mut dev = dev;
+        let stale: Vec<Pasid> = dev.attached_pasids().collect();
+        for p in stale {
+            if let Err(e) = dev.detach(Some(p)) {
+                return Err((e.into(), dev));
+            }
         }
         let info = match self.host.hw_info(dev.id()) {
             Ok(i) => i,
@@ -690,7 +703,10 @@ impl NestedEngine {
 
     /// Removes a device: every PASID and the RID detached, its HWPTs and
     /// vDEVICE destroyed, and the bound device handed back (blocked).
-    /// Page requests of the device still waiting are answered INVALID.
+    /// Page requests of the device still waiting are answered INVALID. A
+    /// detach the host refuses is logged; the bound device remembers what
+    /// is still attached, which its next engine ([`NestedEngine::add_device`])
+    /// or its drop detaches.
     pub fn remove_device(&mut self, vsid: u64) -> Result<BoundDevice, NestedError> {
         let mut device = self
             .devices

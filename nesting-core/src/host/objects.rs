@@ -235,6 +235,11 @@ impl BoundDevice {
     pub fn is_attached(&self, pasid: Option<Pasid>) -> bool {
         self.attached.contains(&pasid)
     }
+
+    /// The PASIDs attached (the RID not included).
+    pub fn attached_pasids(&self) -> impl Iterator<Item = Pasid> + '_ {
+        self.attached.iter().flatten().copied()
+    }
 }
 
 impl Drop for BoundDevice {

@@ -313,6 +313,35 @@ fn remove_device_detaches_everything_and_hands_it_back() {
 }
 
 #[test]
+fn a_pasid_left_attached_by_a_refused_detach_is_detached_when_the_device_rejoins() {
+    // Found by the nested_engine fuzz target: the PASID's detach failed
+    // when the device left, and it came back with that PASID still on the
+    // stage-2 parent (all of guest RAM) though its new context had none.
+    let f = fixture(HostProfile::VtdNest);
+    let mut e = f.engine(NestedConfig::default());
+    let id = f.add(&mut e, 0x11, NestedContext::Bypass);
+    e.install(0x11, Pasid::new(1), NestedContext::Bypass)
+        .unwrap();
+    f.sim.fail_nth(HostOp::Detach, 1, Errno::EOPNOTSUPP);
+    let dev = e.remove_device(0x11).unwrap();
+    assert!(
+        f.sim.attachment(id, Pasid::new(1)).is_some(),
+        "left attached"
+    );
+    // Rejoining detaches it first; if that fails too, the device is refused.
+    f.sim.fail_nth(HostOp::Detach, 1, Errno::EOPNOTSUPP);
+    let (_, dev) = e
+        .add_device(0x11, dev, NestedContext::Abort)
+        .expect_err("a PASID that cannot be detached");
+    assert!(e.device(0x11).is_none());
+    e.add_device(0x11, dev, NestedContext::Abort)
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert_eq!(f.sim.attachment(id, Pasid::new(1)), None);
+    assert_eq!(e.context(0x11, Pasid::new(1)), None);
+}
+
+#[test]
 fn dropping_the_engine_destroys_every_object_quietly() {
     let f = fixture(HostProfile::Smmuv3Nest);
     let destroys_before = f.sim.calls(HostOp::Destroy);
