@@ -765,11 +765,23 @@ impl ShadowDomain {
             // Back on the (now empty) IOAS first: their reserved regions
             // and aperture decide what it can hold.
             let identity = self.identity;
-            for (dev, pasid) in self.devices.clone() {
-                let pt = self.target_for(dev, pasid, identity)?;
-                self.host
-                    .attach(dev, pasid, pt)
-                    .map_err(ShadowError::from_host)?;
+            let devices = self.devices.clone();
+            for (i, &(dev, pasid)) in devices.iter().enumerate() {
+                let back = self.target_for(dev, pasid, identity).and_then(|pt| {
+                    self.host
+                        .attach(dev, pasid, pt)
+                        .map_err(ShadowError::from_host)
+                });
+                if let Err(e) = back {
+                    // Still quarantined: every device stays blocked, so
+                    // those already back are blocked again.
+                    for &(d, p) in &devices[..i] {
+                        if let Err(e) = self.host.detach(d, p) {
+                            crate::guest_log!(Error, "cannot block {d} again: {e}");
+                        }
+                    }
+                    return Err(e);
+                }
             }
             self.quarantined = false;
             self.usable = None;
@@ -839,8 +851,13 @@ impl ShadowDomain {
         pasid: Option<Pasid>,
     ) -> Result<(), ShadowError> {
         if self.quarantined {
-            // The IOAS is not trustworthy until rebuilt.
-            self.sync()?;
+            // The IOAS is not trustworthy until rebuilt. The guest's staged
+            // changes are not part of that: they wait for their own sync
+            // point (the model's), and stay staged whatever happens here.
+            let staged = std::mem::take(&mut self.staged);
+            let rebuilt = self.sync();
+            self.staged = staged;
+            rebuilt?;
         }
         let res = self.attach_inner(dev, pasid);
         self.devices_changed();
