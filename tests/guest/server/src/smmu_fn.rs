@@ -174,67 +174,9 @@ impl HarnessSmmu {
         Arc::clone(&self.mem.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the guest memory the SMMU reads tables and queues from.
-    pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
-        if let Some(rec) = &self.recorder {
-            record::lock(rec).set_memory(Arc::clone(&mem));
-        }
-        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
-    }
-
     /// The SMMU's configuration.
     pub fn config(&self) -> Smmuv3Config {
         self.lock().config().clone()
-    }
-
-    /// Register read of `size` bytes (4 or 8) at `offset` from page 0.
-    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        let read = |u: &mut Smmuv3| ACCOUNTS.timed(Work::ModelRead, || u.mmio_read(offset, size));
-        let Some(rec) = &self.recorder else {
-            return read(&mut self.lock());
-        };
-        let mut rec = record::lock(rec);
-        let v = read(&mut self.lock());
-        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
-        v
-    }
-
-    /// Register write, with its synchronous effects (enables, the GBPA
-    /// update, the command queue up to the new CMDQ_PROD).
-    pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
-        let mem = self.memory();
-        // A write of the command queue's producer index runs the queue.
-        let work = match offset {
-            smmuv3::regs::off::CMDQ_PROD => Work::ModelQueue,
-            _ => Work::ModelWrite,
-        };
-        let Some(rec) = &self.recorder else {
-            let mut u = self.lock();
-            ACCOUNTS.timed(work, || u.mmio_write(&*mem, offset, size, value));
-            return;
-        };
-        let mut rec = record::lock(rec);
-        let view = RecMem::new(Arc::clone(&mem), rec.log());
-        let mut u = self.lock();
-        rec.op(
-            &mem,
-            || ACCOUNTS.timed(work, || u.mmio_write(&view, offset, size, value)),
-            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
-        );
-    }
-
-    /// Reset of the SMMU (IHI 0070: registers take their reset values; an
-    /// SMMU has no reset of its own but its system's). In the harness the
-    /// register function is the SMMU's only presence on the platform, and
-    /// QEMU resets it (`VFIO_USER_DEVICE_RESET`) on every system reset,
-    /// so its reset stands for the system's.
-    pub fn reset(&self) {
-        let rec = self.recorder.as_ref().map(record::lock);
-        let mut u = self.lock();
-        if let Some(mut rec) = rec {
-            rec.reset();
-        }
-        u.reset();
     }
 }
 
@@ -384,20 +326,62 @@ impl RegisterUnit for HarnessSmmu {
     const BAR_SIZE: u64 = SMMU_BAR_SIZE;
     const CONFIG: &'static [RegSpec] = CONFIG;
 
+    /// Register read of `size` bytes (4 or 8) at `offset` from page 0.
     fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        HarnessSmmu::mmio_read(self, offset, size)
+        let read = |u: &mut Smmuv3| ACCOUNTS.timed(Work::ModelRead, || u.mmio_read(offset, size));
+        let Some(rec) = &self.recorder else {
+            return read(&mut self.lock());
+        };
+        let mut rec = record::lock(rec);
+        let v = read(&mut self.lock());
+        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
+        v
     }
 
+    /// Register write, with its synchronous effects (enables, the GBPA
+    /// update, the command queue up to the new CMDQ_PROD).
     fn mmio_write(&self, offset: u64, size: u32, value: u64) {
-        HarnessSmmu::mmio_write(self, offset, size, value)
+        let mem = self.memory();
+        // A write of the command queue's producer index runs the queue.
+        let work = match offset {
+            smmuv3::regs::off::CMDQ_PROD => Work::ModelQueue,
+            _ => Work::ModelWrite,
+        };
+        let Some(rec) = &self.recorder else {
+            let mut u = self.lock();
+            ACCOUNTS.timed(work, || u.mmio_write(&*mem, offset, size, value));
+            return;
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
+        let mut u = self.lock();
+        rec.op(
+            &mem,
+            || ACCOUNTS.timed(work, || u.mmio_write(&view, offset, size, value)),
+            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
+        );
     }
 
+    /// Replaces the guest memory the SMMU reads tables and queues from.
     fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
-        HarnessSmmu::set_memory(self, mem)
+        if let Some(rec) = &self.recorder {
+            record::lock(rec).set_memory(Arc::clone(&mem));
+        }
+        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
     }
 
+    /// Reset of the SMMU (IHI 0070: registers take their reset values; an
+    /// SMMU has no reset of its own but its system's). In the harness the
+    /// register function is the SMMU's only presence on the platform, and
+    /// QEMU resets it (`VFIO_USER_DEVICE_RESET`) on every system reset,
+    /// so its reset stands for the system's.
     fn reset(&self) {
-        HarnessSmmu::reset(self)
+        let rec = self.recorder.as_ref().map(record::lock);
+        let mut u = self.lock();
+        if let Some(mut rec) = rec {
+            rec.reset();
+        }
+        u.reset();
     }
 
     fn msix(&self) -> &Mutex<MsixVectors> {

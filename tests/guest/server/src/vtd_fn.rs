@@ -227,78 +227,15 @@ impl HarnessVtd {
         Arc::clone(&self.mem.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the guest memory the unit reads tables from.
-    pub fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
-        if let Some(rec) = &self.recorder {
-            record::lock(rec).set_memory(Arc::clone(&mem));
-        }
-        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
-    }
-
     /// The unit's configuration.
     pub fn config(&self) -> VtdConfig {
         self.lock().vtd.config().clone()
-    }
-
-    /// Register read of `size` bytes (4 or 8).
-    pub fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        let read = |u: &mut Unit| ACCOUNTS.timed(Work::ModelRead, || u.vtd.mmio_read(offset, size));
-        let Some(rec) = &self.recorder else {
-            return read(&mut self.lock());
-        };
-        let mut rec = record::lock(rec);
-        let v = read(&mut self.lock());
-        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
-        v
-    }
-
-    /// Register write, with its synchronous effects.
-    pub fn mmio_write(&self, offset: u64, size: u32, value: u64) {
-        let mem = self.memory();
-        // A write of the invalidation queue's tail runs the queue.
-        let work = match offset {
-            vtd::regs::off::IQT => Work::ModelQueue,
-            _ => Work::ModelWrite,
-        };
-        let Some(rec) = &self.recorder else {
-            let mut u = self.lock();
-            ACCOUNTS.timed(work, || u.vtd.mmio_write(&*mem, offset, size, value));
-            self.after_write(&mut u);
-            return;
-        };
-        let mut rec = record::lock(rec);
-        let view = RecMem::new(Arc::clone(&mem), rec.log());
-        let mut u = self.lock();
-        rec.op(
-            &mem,
-            || ACCOUNTS.timed(work, || u.vtd.mmio_write(&view, offset, size, value)),
-            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
-        );
-        self.after_write(&mut u);
     }
 
     /// After a register write: the views follow the unit's cache (a unit
     /// without passthrough devices queues no events).
     fn after_write(&self, u: &mut Unit) {
         self.follow(u);
-    }
-
-    /// Power-on reset of the unit (registers, latched root pointer, fault
-    /// log, caches): VT-d has no reset of its own, a unit follows its
-    /// platform's. In the harness the register function is the unit's only
-    /// presence on the platform, and QEMU resets it
-    /// (`VFIO_USER_DEVICE_RESET`) on every system reset, so its reset
-    /// stands for the platform's.
-    pub fn reset(&self) {
-        let rec = self.recorder.as_ref().map(record::lock);
-        let mut u = self.lock();
-        if let Some(mut rec) = rec {
-            rec.reset();
-        }
-        let cfg = u.vtd.config().clone();
-        u.vtd = with_interrupts(Vtd::new(cfg), &self.msix);
-        u.seen = u.vtd.iotlb().generation();
-        self.views.invalidate(IotlbInvalidation::All);
     }
 }
 
@@ -377,20 +314,67 @@ impl RegisterUnit for HarnessVtd {
     const BAR_SIZE: u64 = VTD_BAR_SIZE;
     const CONFIG: &'static [RegSpec] = CONFIG;
 
+    /// Register read of `size` bytes (4 or 8).
     fn mmio_read(&self, offset: u64, size: u32) -> u64 {
-        HarnessVtd::mmio_read(self, offset, size)
+        let read = |u: &mut Unit| ACCOUNTS.timed(Work::ModelRead, || u.vtd.mmio_read(offset, size));
+        let Some(rec) = &self.recorder else {
+            return read(&mut self.lock());
+        };
+        let mut rec = record::lock(rec);
+        let v = read(&mut self.lock());
+        rec.line(&format!("mmio-read{} {offset:#x} == {v:#x}", size * 8));
+        v
     }
 
+    /// Register write, with its synchronous effects.
     fn mmio_write(&self, offset: u64, size: u32, value: u64) {
-        HarnessVtd::mmio_write(self, offset, size, value)
+        let mem = self.memory();
+        // A write of the invalidation queue's tail runs the queue.
+        let work = match offset {
+            vtd::regs::off::IQT => Work::ModelQueue,
+            _ => Work::ModelWrite,
+        };
+        let Some(rec) = &self.recorder else {
+            let mut u = self.lock();
+            ACCOUNTS.timed(work, || u.vtd.mmio_write(&*mem, offset, size, value));
+            self.after_write(&mut u);
+            return;
+        };
+        let mut rec = record::lock(rec);
+        let view = RecMem::new(Arc::clone(&mem), rec.log());
+        let mut u = self.lock();
+        rec.op(
+            &mem,
+            || ACCOUNTS.timed(work, || u.vtd.mmio_write(&view, offset, size, value)),
+            |_, _| vec![format!("mmio-write{} {offset:#x} {value:#x}", size * 8)],
+        );
+        self.after_write(&mut u);
     }
 
+    /// Replaces the guest memory the unit reads tables from.
     fn set_memory(&self, mem: Arc<GuestMemoryMmap>) {
-        HarnessVtd::set_memory(self, mem)
+        if let Some(rec) = &self.recorder {
+            record::lock(rec).set_memory(Arc::clone(&mem));
+        }
+        *self.mem.write().unwrap_or_else(PoisonError::into_inner) = mem;
     }
 
+    /// Power-on reset of the unit (registers, latched root pointer, fault
+    /// log, caches): VT-d has no reset of its own, a unit follows its
+    /// platform's. In the harness the register function is the unit's only
+    /// presence on the platform, and QEMU resets it
+    /// (`VFIO_USER_DEVICE_RESET`) on every system reset, so its reset
+    /// stands for the platform's.
     fn reset(&self) {
-        HarnessVtd::reset(self)
+        let rec = self.recorder.as_ref().map(record::lock);
+        let mut u = self.lock();
+        if let Some(mut rec) = rec {
+            rec.reset();
+        }
+        let cfg = u.vtd.config().clone();
+        u.vtd = with_interrupts(Vtd::new(cfg), &self.msix);
+        u.seen = u.vtd.iotlb().generation();
+        self.views.invalidate(IotlbInvalidation::All);
     }
 
     fn msix(&self) -> &Mutex<MsixVectors> {

@@ -12,6 +12,7 @@ use vtd::Vtd;
 use vtd::mock::{FsTables, PageAlloc, PasidSetup, Queue, ScalableTables, SlTables, desc, flpte};
 
 use super::*;
+use crate::reg_fn::RegisterUnit;
 use crate::vtd_fn::{HarnessVtd, VtdMode};
 
 /// Guest RAM of the tests: 4 MiB at 0, tables from 1 MiB.
